@@ -1,0 +1,160 @@
+//! Running another CNI plugin (IPAM, or cni-bridge under cni-overlay) the way a runtime would.
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::process::{Command as Process, Stdio};
+
+use serde_json::Value;
+
+use crate::error::{CniError, Code, ErrorObject};
+use crate::request::{Command, Request};
+use crate::result::CniResult;
+
+#[derive(Debug, thiserror::Error)]
+pub enum DelegateError {
+    #[error("plugin {plugin:?} is not a plain executable name")]
+    BadName { plugin: String },
+    #[error("plugin {plugin:?} not found in CNI_PATH ({searched})")]
+    NotFound { plugin: String, searched: String },
+    #[error("running plugin {plugin} ({path}) failed")]
+    Spawn {
+        plugin: String,
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    /// The delegate reported a CNI error; its code is passed on unchanged.
+    #[error("{plugin} {command}: {error}")]
+    Reported {
+        plugin: String,
+        command: &'static str,
+        error: ErrorObject,
+    },
+    #[error("{plugin} {command} exited with {status} without a CNI error object (stderr: {stderr})")]
+    Crashed {
+        plugin: String,
+        command: &'static str,
+        status: std::process::ExitStatus,
+        stderr: String,
+    },
+    #[error("{plugin} {command} printed an unreadable result")]
+    BadResult {
+        plugin: String,
+        command: &'static str,
+        #[source]
+        source: serde_json::Error,
+    },
+}
+
+impl CniError for DelegateError {
+    fn code(&self) -> u32 {
+        match self {
+            DelegateError::Reported { error, .. } => error.code,
+            DelegateError::BadName { .. } => Code::InvalidConfig.into(),
+            DelegateError::NotFound { .. } => Code::InvalidEnvironment.into(),
+            DelegateError::Spawn { .. } | DelegateError::Crashed { .. } => Code::Io.into(),
+            DelegateError::BadResult { .. } => Code::Decode.into(),
+        }
+    }
+}
+
+/// Finds `plugin` in the request's CNI_PATH.
+pub fn find(plugin: &str, cni_path: &[PathBuf]) -> Result<PathBuf, DelegateError> {
+    if plugin.is_empty() || plugin.contains('/') || plugin == "." || plugin == ".." {
+        return Err(DelegateError::BadName {
+            plugin: plugin.to_string(),
+        });
+    }
+    cni_path
+        .iter()
+        .map(|dir| dir.join(plugin))
+        .find(|p| p.is_file())
+        .ok_or_else(|| DelegateError::NotFound {
+            plugin: plugin.to_string(),
+            searched: cni_path
+                .iter()
+                .map(|p| p.display().to_string())
+                .collect::<Vec<_>>()
+                .join(":"),
+        })
+}
+
+/// Runs `plugin` with `command`, the request's environment and `config` on stdin. Returns the
+/// parsed result for ADD and `None` otherwise.
+pub fn invoke(
+    req: &Request,
+    plugin: &str,
+    command: Command,
+    config: &Value,
+) -> Result<Option<CniResult>, DelegateError> {
+    let path = find(plugin, &req.cni_path)?;
+    let stdout = execute(req, plugin, &path, command, config)?;
+    if command != Command::Add {
+        return Ok(None);
+    }
+    let value: Value = serde_json::from_slice(&stdout).map_err(|source| DelegateError::BadResult {
+        plugin: plugin.to_string(),
+        command: command.as_str(),
+        source,
+    })?;
+    CniResult::from_value(&value)
+        .map(Some)
+        .map_err(|source| DelegateError::BadResult {
+            plugin: plugin.to_string(),
+            command: command.as_str(),
+            source,
+        })
+}
+
+fn execute(
+    req: &Request,
+    plugin: &str,
+    path: &Path,
+    command: Command,
+    config: &Value,
+) -> Result<Vec<u8>, DelegateError> {
+    let spawn_err = |source| DelegateError::Spawn {
+        plugin: plugin.to_string(),
+        path: path.to_path_buf(),
+        source,
+    };
+    let mut process = Process::new(path);
+    process
+        .env("CNI_COMMAND", command.as_str())
+        .env("CNI_CONTAINERID", &req.container_id)
+        .env("CNI_IFNAME", &req.ifname)
+        .env(
+            "CNI_NETNS",
+            req.netns.as_deref().unwrap_or(Path::new("")),
+        )
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    let mut child = process.spawn().map_err(spawn_err)?;
+    let input = serde_json::to_vec(config).unwrap_or_default();
+    if let Some(mut stdin) = child.stdin.take() {
+        // A delegate that exits without reading stdin is reported through its exit status.
+        let _ = stdin.write_all(&input);
+    }
+    let output = child.wait_with_output().map_err(spawn_err)?;
+    let stderr = String::from_utf8_lossy(&output.stderr).trim().to_string();
+    if !stderr.is_empty() {
+        tracing::debug!(plugin, command = command.as_str(), %stderr, "delegate stderr");
+    }
+    if output.status.success() {
+        return Ok(output.stdout);
+    }
+    match serde_json::from_slice::<ErrorObject>(&output.stdout) {
+        Ok(error) => Err(DelegateError::Reported {
+            plugin: plugin.to_string(),
+            command: command.as_str(),
+            error,
+        }),
+        Err(_) => Err(DelegateError::Crashed {
+            plugin: plugin.to_string(),
+            command: command.as_str(),
+            status: output.status,
+            stderr,
+        }),
+    }
+}

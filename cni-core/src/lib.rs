@@ -1,0 +1,20 @@
+//! Machinery shared by the Tether CNI plugins: spec types and versions, error codes, the entry
+//! point, delegation and crash-safe files. No plugin logic lives here.
+
+pub mod args;
+pub mod config;
+pub mod delegate;
+pub mod error;
+pub mod fsutil;
+pub mod logging;
+pub mod plugin;
+pub mod request;
+pub mod result;
+pub mod version;
+
+pub use config::{Attachment, NetConf};
+pub use error::{CniError, Code, ErrorObject};
+pub use plugin::{run, Plugin};
+pub use request::{Command, Request};
+pub use result::{CniResult, Dns, Interface, IpConfig, Route};
+pub use version::Version;
