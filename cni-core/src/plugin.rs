@@ -41,6 +41,8 @@ pub fn run_with<P: Plugin>(
         Ok(Some(value)) => (value, 0),
         Ok(None) => return 0,
         Err(err) => {
+            // No-op when the request got far enough to configure logging itself.
+            logging::init(None, None);
             tracing::error!(code = err.code, msg = %err.msg, details = %err.details, "plugin failed");
             let mut err = err;
             err.cni_version = version_hint;
