@@ -41,7 +41,11 @@ impl CniArgs {
         }
         let args = CniArgs { pairs };
         if !args.ignore_unknown() {
-            if let Some(key) = args.pairs.keys().find(|k| !KNOWN_KEYS.contains(&k.as_str())) {
+            if let Some(key) = args
+                .pairs
+                .keys()
+                .find(|k| !KNOWN_KEYS.contains(&k.as_str()))
+            {
                 return Err(ArgsError::UnknownKey(key.clone()));
             }
         }
@@ -54,7 +58,9 @@ impl CniArgs {
 
     fn ignore_unknown(&self) -> bool {
         matches!(
-            self.get("IgnoreUnknown").map(str::to_ascii_lowercase).as_deref(),
+            self.get("IgnoreUnknown")
+                .map(str::to_ascii_lowercase)
+                .as_deref(),
             Some("1" | "true")
         )
     }
@@ -81,7 +87,10 @@ mod tests {
             Err(ArgsError::UnknownKey("FOO".into()))
         );
         assert!(CniArgs::parse("IgnoreUnknown=true;FOO=bar").is_ok());
-        assert_eq!(CniArgs::parse("IP=10.0.0.5").unwrap().get("IP"), Some("10.0.0.5"));
+        assert_eq!(
+            CniArgs::parse("IP=10.0.0.5").unwrap().get("IP"),
+            Some("10.0.0.5")
+        );
         assert_eq!(CniArgs::parse(""), Ok(CniArgs::default()));
     }
 

@@ -30,7 +30,9 @@ pub enum DelegateError {
         command: &'static str,
         error: ErrorObject,
     },
-    #[error("{plugin} {command} exited with {status} without a CNI error object (stderr: {stderr})")]
+    #[error(
+        "{plugin} {command} exited with {status} without a CNI error object (stderr: {stderr})"
+    )]
     Crashed {
         plugin: String,
         command: &'static str,
@@ -92,11 +94,12 @@ pub fn invoke(
     if command != Command::Add {
         return Ok(None);
     }
-    let value: Value = serde_json::from_slice(&stdout).map_err(|source| DelegateError::BadResult {
-        plugin: plugin.to_string(),
-        command: command.as_str(),
-        source,
-    })?;
+    let value: Value =
+        serde_json::from_slice(&stdout).map_err(|source| DelegateError::BadResult {
+            plugin: plugin.to_string(),
+            command: command.as_str(),
+            source,
+        })?;
     CniResult::from_value(&value)
         .map(Some)
         .map_err(|source| DelegateError::BadResult {
@@ -123,10 +126,7 @@ fn execute(
         .env("CNI_COMMAND", command.as_str())
         .env("CNI_CONTAINERID", &req.container_id)
         .env("CNI_IFNAME", &req.ifname)
-        .env(
-            "CNI_NETNS",
-            req.netns.as_deref().unwrap_or(Path::new("")),
-        )
+        .env("CNI_NETNS", req.netns.as_deref().unwrap_or(Path::new("")))
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped());

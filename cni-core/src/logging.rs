@@ -18,13 +18,8 @@ pub fn init(log_file: Option<&str>, level: Option<&str>) {
         .with_max_level(level)
         .with_target(false)
         .with_ansi(false);
-    let file = log_file.and_then(|path| {
-        OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(path)
-            .ok()
-    });
+    let file =
+        log_file.and_then(|path| OpenOptions::new().create(true).append(true).open(path).ok());
     let _ = match file {
         Some(file) => builder.with_writer(Mutex::new(file)).try_init(),
         None => builder.with_writer(std::io::stderr).try_init(),

@@ -25,7 +25,12 @@ pub trait Plugin {
 /// Runs the plugin against the real process environment, stdin and stdout; returns the exit code.
 pub fn run<P: Plugin>(plugin: &P) -> std::process::ExitCode {
     let env = |key: &str| std::env::var(key).ok();
-    let code = run_with(plugin, &env, &mut std::io::stdin().lock(), &mut std::io::stdout().lock());
+    let code = run_with(
+        plugin,
+        &env,
+        &mut std::io::stdin().lock(),
+        &mut std::io::stdout().lock(),
+    );
     std::process::ExitCode::from(code)
 }
 
@@ -92,7 +97,10 @@ fn dispatch<P: Plugin>(
         Ok(r) => r,
         Err(e) => return fail(e, &asked),
     };
-    logging::init(req.config.log_file.as_deref(), req.config.log_level.as_deref());
+    logging::init(
+        req.config.log_file.as_deref(),
+        req.config.log_level.as_deref(),
+    );
     tracing::debug!(command = command.as_str(), container = %req.container_id, ifname = %req.ifname, network = %req.config.name, "invoked");
 
     let to_obj = |e: P::Error| ErrorObject::from_error(&e, &asked);

@@ -62,7 +62,9 @@ pub enum RequestError {
     MissingEnv(&'static str),
     #[error("CNI_CONTAINERID {0:?} is invalid: it must start with a letter or digit and hold only letters, digits, '_', '.', '-'")]
     InvalidContainerId(String),
-    #[error("CNI_IFNAME {0:?} is not a valid interface name (1-15 bytes, no '/', ':' or whitespace)")]
+    #[error(
+        "CNI_IFNAME {0:?} is not a valid interface name (1-15 bytes, no '/', ':' or whitespace)"
+    )]
     InvalidIfname(String),
     #[error(transparent)]
     Args(#[from] ArgsError),
@@ -149,7 +151,8 @@ impl Request {
 
         let non_empty = |key: &str| env(key).filter(|v| !v.is_empty());
         let (container_id, ifname) = if command.is_per_attachment() {
-            let id = non_empty("CNI_CONTAINERID").ok_or(RequestError::MissingEnv("CNI_CONTAINERID"))?;
+            let id =
+                non_empty("CNI_CONTAINERID").ok_or(RequestError::MissingEnv("CNI_CONTAINERID"))?;
             if !config::is_valid_container_id(&id) {
                 return Err(RequestError::InvalidContainerId(id));
             }

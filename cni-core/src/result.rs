@@ -29,7 +29,11 @@ pub struct Interface {
     pub mtu: Option<u32>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub sandbox: Option<String>,
-    #[serde(rename = "socketPath", default, skip_serializing_if = "Option::is_none")]
+    #[serde(
+        rename = "socketPath",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
     pub socket_path: Option<String>,
     #[serde(rename = "pciID", default, skip_serializing_if = "Option::is_none")]
     pub pci_id: Option<String>,

@@ -66,9 +66,9 @@ impl IpamConfig {
         let parsed: NetConfIn = req
             .parse_config()
             .map_err(|e| IpamError::InvalidConfig(format!("cannot read the ipam section: {e}")))?;
-        let ipam = parsed
-            .ipam
-            .ok_or_else(|| IpamError::InvalidConfig("the configuration has no ipam section".into()))?;
+        let ipam = parsed.ipam.ok_or_else(|| {
+            IpamError::InvalidConfig("the configuration has no ipam section".into())
+        })?;
 
         let mut raw_sets = Vec::new();
         if let Some(subnet) = ipam.subnet {
@@ -92,12 +92,18 @@ impl IpamConfig {
             .collect::<Result<Vec<_>, _>>()?;
         check_sets_disjoint(&range_sets)?;
 
-        let data_dir = ipam.data_dir.unwrap_or_else(|| PathBuf::from(DEFAULT_DATA_DIR));
+        let data_dir = ipam
+            .data_dir
+            .unwrap_or_else(|| PathBuf::from(DEFAULT_DATA_DIR));
         Ok(IpamConfig {
             network: req.config.name.clone(),
             dir: data_dir.join(&req.config.name),
             range_sets,
-            routes: ipam.routes.into_iter().map(|r| Route::new(r.dst, r.gw)).collect(),
+            routes: ipam
+                .routes
+                .into_iter()
+                .map(|r| Route::new(r.dst, r.gw))
+                .collect(),
             resolv_conf: ipam.resolv_conf,
         })
     }
@@ -105,7 +111,9 @@ impl IpamConfig {
 
 fn validate_set(index: usize, set: Vec<RangeIn>) -> Result<RangeSet, IpamError> {
     if set.is_empty() {
-        return Err(IpamError::InvalidConfig(format!("range set {index} is empty")));
+        return Err(IpamError::InvalidConfig(format!(
+            "range set {index} is empty"
+        )));
     }
     let ranges = set
         .into_iter()
@@ -152,8 +160,8 @@ fn validate_range(r: RangeIn) -> Result<Range, IpamError> {
             subnet.prefix()
         )));
     }
-    let net = IpNetwork::new(subnet.network(), subnet.prefix())
-        .map_err(|e| invalid(e.to_string()))?;
+    let net =
+        IpNetwork::new(subnet.network(), subnet.prefix()).map_err(|e| invalid(e.to_string()))?;
     let first_host = offset(net.network(), 1);
     let last_host = if net.is_ipv4() {
         offset(net.broadcast(), -1)
@@ -163,7 +171,11 @@ fn validate_range(r: RangeIn) -> Result<Range, IpamError> {
     let gateway = Some(r.gateway.unwrap_or(first_host));
     let start = r.range_start.unwrap_or(first_host);
     let end = r.range_end.unwrap_or(last_host);
-    for (what, ip) in [("rangeStart", Some(start)), ("rangeEnd", Some(end)), ("gateway", gateway)] {
+    for (what, ip) in [
+        ("rangeStart", Some(start)),
+        ("rangeEnd", Some(end)),
+        ("gateway", gateway),
+    ] {
         if let Some(ip) = ip {
             if !net.contains(ip) {
                 return Err(invalid(format!("{what} {ip} is outside the subnet")));
@@ -171,7 +183,9 @@ fn validate_range(r: RangeIn) -> Result<Range, IpamError> {
         }
     }
     if to_u128(start) > to_u128(end) {
-        return Err(invalid(format!("rangeStart {start} is after rangeEnd {end}")));
+        return Err(invalid(format!(
+            "rangeStart {start} is after rangeEnd {end}"
+        )));
     }
     Ok(Range {
         subnet: net,
@@ -222,9 +236,13 @@ pub fn requested_ips(req: &Request) -> Result<Vec<IpAddr>, IpamError> {
                     raw.push(s.to_string());
                     Ok(())
                 }
-                None => Err(IpamError::InvalidConfig(format!("{source} must be a list of strings"))),
+                None => Err(IpamError::InvalidConfig(format!(
+                    "{source} must be a list of strings"
+                ))),
             }),
-            Some(_) => Err(IpamError::InvalidConfig(format!("{source} must be a list of strings"))),
+            Some(_) => Err(IpamError::InvalidConfig(format!(
+                "{source} must be a list of strings"
+            ))),
         }
     };
     take(req.config.runtime_config.get("ips"), "runtimeConfig.ips")?;
@@ -239,9 +257,9 @@ pub fn requested_ips(req: &Request) -> Result<Vec<IpAddr>, IpamError> {
     let mut out = Vec::new();
     for item in raw {
         let addr = item.split('/').next().unwrap_or_default();
-        let ip: IpAddr = addr
-            .parse()
-            .map_err(|_| IpamError::InvalidConfig(format!("requested address {item:?} is not an IP address")))?;
+        let ip: IpAddr = addr.parse().map_err(|_| {
+            IpamError::InvalidConfig(format!("requested address {item:?} is not an IP address"))
+        })?;
         if seen.insert(ip) {
             out.push(ip);
         }

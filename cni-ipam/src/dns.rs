@@ -19,7 +19,9 @@ fn parse(text: &str) -> Dns {
     for line in text.lines() {
         let line = line.split(['#', ';']).next().unwrap_or_default();
         let mut words = line.split_whitespace();
-        let Some(keyword) = words.next() else { continue };
+        let Some(keyword) = words.next() else {
+            continue;
+        };
         let values: Vec<String> = words.map(str::to_string).collect();
         match keyword {
             "nameserver" => dns.nameservers.extend(values.into_iter().take(1)),
@@ -44,7 +46,10 @@ mod tests {
         );
         assert_eq!(dns.nameservers, ["10.96.0.10", "fd00::10"]);
         assert_eq!(dns.domain.as_deref(), Some("cluster.local"));
-        assert_eq!(dns.search, ["default.svc.cluster.local", "svc.cluster.local"]);
+        assert_eq!(
+            dns.search,
+            ["default.svc.cluster.local", "svc.cluster.local"]
+        );
         assert_eq!(dns.options, ["ndots:5", "edns0"]);
     }
 }

@@ -57,9 +57,16 @@ pub enum IpamError {
 }
 
 impl IpamError {
-    pub fn io(action: &'static str, path: impl Into<PathBuf>) -> impl FnOnce(std::io::Error) -> IpamError {
+    pub fn io(
+        action: &'static str,
+        path: impl Into<PathBuf>,
+    ) -> impl FnOnce(std::io::Error) -> IpamError {
         let path = path.into();
-        move |source| IpamError::Io { action, path, source }
+        move |source| IpamError::Io {
+            action,
+            path,
+            source,
+        }
     }
 }
 

@@ -39,7 +39,10 @@ impl Plugin for HostLocalIpam {
             let ip = match wanted[index] {
                 Some(ip) => {
                     if let Some(owner) = store.owner(ip)? {
-                        return Err(IpamError::AddressInUse { ip, owner: owner.to_string() });
+                        return Err(IpamError::AddressInUse {
+                            ip,
+                            owner: owner.to_string(),
+                        });
                     }
                     ip
                 }
@@ -113,7 +116,11 @@ impl Plugin for HostLocalIpam {
                 )));
             }
             let ours = |ip: &IpAddr| cfg.range_sets.iter().any(|s| s.range_of(*ip).is_some());
-            if let Some(extra) = reported.iter().filter(|ip| ours(ip)).find(|ip| !held.contains(ip)) {
+            if let Some(extra) = reported
+                .iter()
+                .filter(|ip| ours(ip))
+                .find(|ip| !held.contains(ip))
+            {
                 return Err(IpamError::CheckMismatch(format!(
                     "prevResult address {extra} is not leased to container {}",
                     req.container_id
@@ -153,7 +160,10 @@ impl Plugin for HostLocalIpam {
 }
 
 /// Places each requested address in its range set (at most one per set).
-fn assign_requests(sets: &[RangeSet], requested: &[IpAddr]) -> Result<Vec<Option<IpAddr>>, IpamError> {
+fn assign_requests(
+    sets: &[RangeSet],
+    requested: &[IpAddr],
+) -> Result<Vec<Option<IpAddr>>, IpamError> {
     let mut wanted: Vec<Option<IpAddr>> = vec![None; sets.len()];
     for &ip in requested {
         let index = sets
@@ -169,5 +179,8 @@ fn assign_requests(sets: &[RangeSet], requested: &[IpAddr]) -> Result<Vec<Option
 }
 
 fn join(ips: &[IpAddr]) -> String {
-    ips.iter().map(IpAddr::to_string).collect::<Vec<_>>().join(", ")
+    ips.iter()
+        .map(IpAddr::to_string)
+        .collect::<Vec<_>>()
+        .join(", ")
 }

@@ -154,7 +154,9 @@ impl Store {
         let mut held = Vec::new();
         for key in [index_key(container_id, ifname), index_key(container_id, "")] {
             for ip in self.read_index_entry(&self.index_dir.join(key))? {
-                if self.owner(ip)?.is_some_and(|o| o.is(container_id, ifname)) && !held.contains(&ip) {
+                if self.owner(ip)?.is_some_and(|o| o.is(container_id, ifname))
+                    && !held.contains(&ip)
+                {
                     held.push(ip);
                 }
             }
@@ -177,7 +179,8 @@ impl Store {
             let path = self.lease_path(*ip);
             write_atomic(&path, owner.as_bytes()).map_err(IpamError::io("writing lease", &path))?;
             let hint = self.dir.join(format!("{LAST_RESERVED_PREFIX}{set}"));
-            write_atomic(&hint, ip.to_string().as_bytes()).map_err(IpamError::io("writing", &hint))?;
+            write_atomic(&hint, ip.to_string().as_bytes())
+                .map_err(IpamError::io("writing", &hint))?;
         }
         sync_dir(&self.dir).map_err(IpamError::io("syncing", &self.dir))
     }
@@ -250,7 +253,9 @@ impl Store {
     fn all_leases(&self) -> Result<Vec<(IpAddr, Owner)>, IpamError> {
         let mut leases = Vec::new();
         for name in list_names(&self.dir)? {
-            let Ok(ip) = name.parse::<IpAddr>() else { continue };
+            let Ok(ip) = name.parse::<IpAddr>() else {
+                continue;
+            };
             if let Some(owner) = self.owner(ip)? {
                 leases.push((ip, owner));
             }
