@@ -11,30 +11,65 @@ use nix::fcntl::{Flock, FlockArg};
 /// torn one: write a temporary file beside it, fsync it, rename it over. The caller fsyncs the
 /// directory (once, after all renames) with [`sync_dir`].
 pub fn write_atomic(path: &Path, contents: &[u8]) -> io::Result<()> {
-    let dir = path.parent().unwrap_or(Path::new("."));
-    let name = path
-        .file_name()
-        .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidInput, "path has no file name"))?;
-    let tmp = dir.join(format!(
-        ".{}.tmp-{}",
-        name.to_string_lossy(),
-        std::process::id()
-    ));
-    let result = (|| {
-        let mut file = OpenOptions::new()
-            .write(true)
-            .create(true)
-            .truncate(true)
-            .mode(0o644)
-            .open(&tmp)?;
-        file.write_all(contents)?;
-        file.sync_all()?;
-        fs::rename(&tmp, path)
-    })();
+    let tmp = temp_path(path)?;
+    let result = write_file(&tmp, contents)
+        .and_then(|file| file.sync_all())
+        .and_then(|()| fs::rename(&tmp, path));
     if result.is_err() {
         let _ = fs::remove_file(&tmp);
     }
     result
+}
+
+/// Replaces `path` through a rename without flushing first: other processes never see a torn
+/// file. The returned handle makes the content durable with `sync_all()`; syncing several files
+/// after all renames lets a journaling filesystem commit them together. Until then a power loss
+/// may leave the file empty, so call it before reporting success.
+pub fn write_replace(path: &Path, contents: &[u8]) -> io::Result<File> {
+    let tmp = temp_path(path)?;
+    let result = write_file(&tmp, contents).and_then(|file| fs::rename(&tmp, path).map(|()| file));
+    if result.is_err() {
+        let _ = fs::remove_file(&tmp);
+    }
+    result
+}
+
+/// Overwrites `path` in place (creating it the first time). Cheaper than a rename because no new
+/// inode is made, but a reader could see a half-written file: only for files that are read under
+/// the same lock as they are written, and whose loss after a power failure is harmless.
+pub fn overwrite_in_place(path: &Path, contents: &[u8]) -> io::Result<()> {
+    let mut file = OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .mode(0o644)
+        .open(path)?;
+    file.write_all(contents)?;
+    file.set_len(contents.len() as u64)
+}
+
+/// `.<name>.tmp-<pid>` beside `path`: hidden, and unique per writer.
+fn temp_path(path: &Path) -> io::Result<std::path::PathBuf> {
+    let dir = path.parent().unwrap_or(Path::new("."));
+    let name = path
+        .file_name()
+        .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidInput, "path has no file name"))?;
+    Ok(dir.join(format!(
+        ".{}.tmp-{}",
+        name.to_string_lossy(),
+        std::process::id()
+    )))
+}
+
+fn write_file(path: &Path, contents: &[u8]) -> io::Result<File> {
+    let mut file = OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o644)
+        .open(path)?;
+    file.write_all(contents)?;
+    Ok(file)
 }
 
 /// Makes renames and unlinks in `dir` durable.

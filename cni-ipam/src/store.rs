@@ -4,12 +4,15 @@
 //! <dataDir>/<network>/lock                  flock taken by every operation (same file as host-local)
 //! <dataDir>/<network>/<ip>                  one lease: "<containerID>\r\n<ifname>"
 //! <dataDir>/<network>/last_reserved_ip.<n>  the last address handed out from range set n
-//! <dataDir>/<network>/by-container/<id>:<ifname>   Tether's index: the addresses of one attachment
+//! <dataDir>/<network>/attachment:<id>:<ifname> -> "ips=<ip>,<ip>"   Tether's index entry
 //! <dataDir>/<network>/.tether-index         marks the index as complete
 //! ```
 //!
-//! The index lets DEL and CHECK find a container's addresses without reading every lease. It is
-//! written before the leases it names, so a crash at any point leaves either nothing, or an index
+//! The index lets DEL and CHECK find a container's addresses without reading every lease. Its
+//! entries are symlinks whose target text lists the addresses: creating one is a single metadata
+//! operation (no data to flush, so one directory fsync makes it durable), and the target never
+//! names a file, so host-local's walk over the directory skips it if a node switches back. An
+//! entry is written before the leases it names, so a crash at any point leaves either nothing, an
 //! entry that DEL and GC clean up, or a complete lease.
 
 use std::collections::{BTreeMap, HashSet};
@@ -18,12 +21,15 @@ use std::io;
 use std::net::IpAddr;
 use std::path::{Path, PathBuf};
 
-use cni_core::fsutil::{remove_if_exists, sync_dir, write_atomic, FileLock};
+use cni_core::fsutil::{
+    overwrite_in_place, remove_if_exists, sync_dir, write_atomic, write_replace, FileLock,
+};
 use cni_core::Attachment;
 
 use crate::error::IpamError;
 
-const INDEX_DIR: &str = "by-container";
+const INDEX_PREFIX: &str = "attachment:";
+const INDEX_TARGET_PREFIX: &str = "ips=";
 const INDEX_MARKER: &str = ".tether-index";
 const LAST_RESERVED_PREFIX: &str = "last_reserved_ip.";
 
@@ -67,7 +73,6 @@ impl std::fmt::Display for Owner {
 /// The leases of one network, locked for the lifetime of this value.
 pub struct Store {
     dir: PathBuf,
-    index_dir: PathBuf,
     _lock: FileLock,
 }
 
@@ -93,7 +98,6 @@ impl Store {
         let lock = FileLock::exclusive(&lock_path).map_err(IpamError::io("locking", &lock_path))?;
         let store = Store {
             dir: dir.to_path_buf(),
-            index_dir: dir.join(INDEX_DIR),
             _lock: lock,
         };
         store.ensure_index()?;
@@ -106,8 +110,6 @@ impl Store {
         if marker.exists() {
             return Ok(());
         }
-        fs::create_dir_all(&self.index_dir)
-            .map_err(IpamError::io("creating index directory", &self.index_dir))?;
         let mut by_attachment: BTreeMap<String, Vec<IpAddr>> = BTreeMap::new();
         for (ip, owner) in self.all_leases()? {
             let key = index_key(&owner.container_id, owner.ifname.as_deref().unwrap_or(""));
@@ -115,7 +117,7 @@ impl Store {
         }
         let migrated = by_attachment.len();
         for (key, ips) in by_attachment {
-            self.write_index_entry(&self.index_dir.join(key), &ips)?;
+            self.write_index_entry(&key, &ips)?;
         }
         write_atomic(&marker, b"1\n").map_err(IpamError::io("writing", &marker))?;
         self.sync()?;
@@ -153,7 +155,7 @@ impl Store {
     pub fn held_by(&self, container_id: &str, ifname: &str) -> Result<Vec<IpAddr>, IpamError> {
         let mut held = Vec::new();
         for key in [index_key(container_id, ifname), index_key(container_id, "")] {
-            for ip in self.read_index_entry(&self.index_dir.join(key))? {
+            for ip in self.read_index_entry(&key)? {
                 if self.owner(ip)?.is_some_and(|o| o.is(container_id, ifname))
                     && !held.contains(&ip)
                 {
@@ -165,6 +167,8 @@ impl Store {
     }
 
     /// Records the leases: index entry first, then the lease files, then the round-robin hints.
+    /// Everything is renamed into place before anything is flushed, so that one journal commit
+    /// makes it all durable before ADD reports success.
     pub fn reserve(
         &self,
         container_id: &str,
@@ -172,31 +176,39 @@ impl Store {
         leases: &[(usize, IpAddr)],
     ) -> Result<(), IpamError> {
         let ips: Vec<IpAddr> = leases.iter().map(|(_, ip)| *ip).collect();
-        self.write_index_entry(&self.index_dir.join(index_key(container_id, ifname)), &ips)?;
-        sync_dir(&self.index_dir).map_err(IpamError::io("syncing", &self.index_dir))?;
+        self.write_index_entry(&index_key(container_id, ifname), &ips)?;
         let owner = format!("{container_id}\r\n{ifname}");
+        let mut written = Vec::with_capacity(leases.len());
         for (set, ip) in leases {
             let path = self.lease_path(*ip);
-            write_atomic(&path, owner.as_bytes()).map_err(IpamError::io("writing lease", &path))?;
+            let file = write_replace(&path, owner.as_bytes())
+                .map_err(IpamError::io("writing lease", &path))?;
+            written.push((path, file));
+            // Only a hint for round-robin order, read under the lock: a torn or lost one restarts
+            // at the range start.
             let hint = self.dir.join(format!("{LAST_RESERVED_PREFIX}{set}"));
-            write_atomic(&hint, ip.to_string().as_bytes())
+            overwrite_in_place(&hint, ip.to_string().as_bytes())
                 .map_err(IpamError::io("writing", &hint))?;
         }
-        sync_dir(&self.dir).map_err(IpamError::io("syncing", &self.dir))
+        for (path, file) in written {
+            file.sync_all()
+                .map_err(IpamError::io("syncing lease", &path))?;
+        }
+        self.sync()
     }
 
     /// Frees every lease of the attachment; returns what was freed. Unknown attachments free nothing.
     pub fn release(&self, container_id: &str, ifname: &str) -> Result<Vec<IpAddr>, IpamError> {
         let mut freed = Vec::new();
         for key in [index_key(container_id, ifname), index_key(container_id, "")] {
-            let entry = self.index_dir.join(key);
-            for ip in self.read_index_entry(&entry)? {
+            for ip in self.read_index_entry(&key)? {
                 if self.owner(ip)?.is_some_and(|o| o.is(container_id, ifname)) {
                     let path = self.lease_path(ip);
                     remove_if_exists(&path).map_err(IpamError::io("removing lease", &path))?;
                     freed.push(ip);
                 }
             }
+            let entry = self.dir.join(&key);
             remove_if_exists(&entry).map_err(IpamError::io("removing index entry", &entry))?;
         }
         self.sync()?;
@@ -221,22 +233,24 @@ impl Store {
                 freed.push(ip);
             }
         }
-        for name in list_names(&self.index_dir)? {
-            let (container_id, ifname) = name.split_once(':').unwrap_or((name.as_str(), ""));
+        let names = list_names(&self.dir)?;
+        for name in &names {
+            let Some(key) = name.strip_prefix(INDEX_PREFIX) else {
+                continue;
+            };
+            let (container_id, ifname) = key.split_once(':').unwrap_or((key, ""));
             let owner = Owner {
                 container_id: container_id.to_string(),
                 ifname: (!ifname.is_empty()).then(|| ifname.to_string()),
             };
             if !owner.is_valid(&valid_pairs, &valid_ids) {
-                let path = self.index_dir.join(&name);
+                let path = self.dir.join(name);
                 remove_if_exists(&path).map_err(IpamError::io("removing index entry", &path))?;
             }
         }
-        for dir in [&self.dir, &self.index_dir] {
-            for name in list_names(dir)?.into_iter().filter(|n| is_temp_file(n)) {
-                let path = dir.join(name);
-                remove_if_exists(&path).map_err(IpamError::io("removing", &path))?;
-            }
+        for name in names.iter().filter(|n| is_temp_file(n)) {
+            let path = self.dir.join(name);
+            remove_if_exists(&path).map_err(IpamError::io("removing", &path))?;
         }
         self.sync()?;
         Ok(freed)
@@ -263,30 +277,46 @@ impl Store {
         Ok(leases)
     }
 
-    fn read_index_entry(&self, path: &Path) -> Result<Vec<IpAddr>, IpamError> {
-        match fs::read_to_string(path) {
-            Ok(text) => Ok(text.lines().filter_map(|l| l.trim().parse().ok()).collect()),
+    fn read_index_entry(&self, key: &str) -> Result<Vec<IpAddr>, IpamError> {
+        let path = self.dir.join(key);
+        match fs::read_link(&path) {
+            Ok(target) => Ok(target
+                .to_string_lossy()
+                .strip_prefix(INDEX_TARGET_PREFIX)
+                .unwrap_or_default()
+                .split(',')
+                .filter_map(|ip| ip.parse().ok())
+                .collect()),
             Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(Vec::new()),
             Err(e) => Err(IpamError::io("reading index entry", path)(e)),
         }
     }
 
-    fn write_index_entry(&self, path: &Path, ips: &[IpAddr]) -> Result<(), IpamError> {
-        let text: String = ips.iter().map(|ip| format!("{ip}\n")).collect();
-        write_atomic(path, text.as_bytes()).map_err(IpamError::io("writing index entry", path))
+    /// Replaces the entry (a stale one may be left by an ADD that crashed).
+    fn write_index_entry(&self, key: &str, ips: &[IpAddr]) -> Result<(), IpamError> {
+        let path = self.dir.join(key);
+        let target = format!(
+            "{INDEX_TARGET_PREFIX}{}",
+            ips.iter()
+                .map(IpAddr::to_string)
+                .collect::<Vec<_>>()
+                .join(",")
+        );
+        let write = || {
+            remove_if_exists(&path)?;
+            std::os::unix::fs::symlink(&target, &path)
+        };
+        write().map_err(IpamError::io("writing index entry", &path))
     }
 
     fn sync(&self) -> Result<(), IpamError> {
-        for dir in [&self.dir, &self.index_dir] {
-            sync_dir(dir).map_err(IpamError::io("syncing", dir))?;
-        }
-        Ok(())
+        sync_dir(&self.dir).map_err(IpamError::io("syncing", &self.dir))
     }
 }
 
 /// Container IDs never contain ':' (validated by cni-core), so the key splits unambiguously.
 fn index_key(container_id: &str, ifname: &str) -> String {
-    format!("{container_id}:{ifname}")
+    format!("{INDEX_PREFIX}{container_id}:{ifname}")
 }
 
 fn is_temp_file(name: &str) -> bool {

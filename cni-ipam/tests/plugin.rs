@@ -80,6 +80,14 @@ impl Net {
         run("DEL", id, "eth0", &[], &self.conf)
     }
 
+    fn index_entries(&self) -> BTreeSet<String> {
+        std::fs::read_dir(self.lease_dir())
+            .unwrap()
+            .filter_map(|e| e.ok()?.file_name().into_string().ok())
+            .filter(|n| n.starts_with("attachment:"))
+            .collect()
+    }
+
     fn leases(&self) -> BTreeSet<String> {
         std::fs::read_dir(self.lease_dir())
             .map(|d| {
@@ -240,7 +248,7 @@ fn exhaustion_names_the_range_and_never_hands_out_reserved_addresses() {
     let err = net.add("c5").err(100);
     assert!(err["msg"].as_str().unwrap().contains("10.14.0.0/29"));
     assert_eq!(net.leases().len(), 5, "a failed ADD leaves nothing behind");
-    assert!(!net.lease_dir().join("by-container/c5:eth0").exists());
+    assert!(!net.index_entries().contains("attachment:c5:eth0"));
 }
 
 #[test]
@@ -410,11 +418,10 @@ fn gc_frees_attachments_not_listed_under_either_key() {
             BTreeSet::from(["10.21.0.2".to_string()]),
             "with {key}"
         );
-        let index: Vec<_> = std::fs::read_dir(net.lease_dir().join("by-container"))
-            .unwrap()
-            .map(|e| e.unwrap().file_name().into_string().unwrap())
-            .collect();
-        assert_eq!(index, ["keep:eth0"]);
+        assert_eq!(
+            net.index_entries(),
+            BTreeSet::from(["attachment:keep:eth0".to_string()])
+        );
         // GC is refused below 1.1.0.
         run(
             "GC",
@@ -689,10 +696,9 @@ fn killed_adds_leave_nothing_gc_cannot_reclaim() {
         let _ = child.wait();
     }
     // A crash right after the index entry was written: an entry whose lease never came.
-    std::fs::create_dir_all(net.lease_dir().join("by-container")).unwrap();
-    std::fs::write(
-        net.lease_dir().join("by-container/ghost:eth0"),
-        "10.31.0.200\n",
+    std::os::unix::fs::symlink(
+        "ips=10.31.0.200",
+        net.lease_dir().join("attachment:ghost:eth0"),
     )
     .unwrap();
     std::fs::write(net.lease_dir().join(".10.31.0.201.tmp-99999"), "half").unwrap();
@@ -712,16 +718,15 @@ fn killed_adds_leave_nothing_gc_cannot_reclaim() {
         .map(|e| e.unwrap().file_name().into_string().unwrap())
         .filter(|n| {
             !n.starts_with("last_reserved_ip.")
-                && !["lock", "by-container", ".tether-index"].contains(&n.as_str())
+                && !n.starts_with("attachment:")
+                && !["lock", ".tether-index"].contains(&n.as_str())
         })
         .collect();
     let kept = addresses(&keep)[0].split('/').next().unwrap().to_string();
     assert_eq!(left, [kept], "only the survivor's lease remains");
     assert_eq!(
-        std::fs::read_dir(net.lease_dir().join("by-container"))
-            .unwrap()
-            .count(),
-        1
+        net.index_entries(),
+        BTreeSet::from(["attachment:survivor:eth0".to_string()])
     );
 }
 
