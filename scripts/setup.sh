@@ -1,0 +1,36 @@
+#!/usr/bin/env bash
+# Installs everything Tether's build, demo and tests need on Debian 12. Run as root; safe to repeat.
+set -euo pipefail
+
+packages=(
+  build-essential            # the C toolchain some crates link with
+  containernetworking-plugins  # the reference plugins, for compatibility tests and benchmarks
+  iproute2                   # ip(8), for inspecting kernel state in tests and the demo
+  nftables                   # masquerade rules
+  jq                         # readable JSON in the demo
+)
+
+if [ "$(id -u)" -ne 0 ]; then
+  echo "setup.sh: run as root (it installs packages and the tests create network namespaces)" >&2
+  exit 1
+fi
+
+missing=()
+for p in "${packages[@]}"; do
+  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
+done
+if [ ${#missing[@]} -gt 0 ]; then
+  echo "setup.sh: installing ${missing[*]}"
+  apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+fi
+
+if ! command -v cargo >/dev/null; then
+  echo "setup.sh: Rust is missing. Install a current toolchain with rustup (https://rustup.rs), then re-run." >&2
+  exit 1
+fi
+if ! cargo nextest --version >/dev/null 2>&1; then
+  echo "setup.sh: installing cargo-nextest"
+  cargo install --locked -q cargo-nextest
+fi
+echo "setup.sh: ready"

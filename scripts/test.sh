@@ -1,0 +1,8 @@
+#!/usr/bin/env bash
+# Runs every check and test of the workspace. Run as root: kernel tests create network namespaces.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+scripts/setup.sh
+cargo fmt --all -- --check
+cargo clippy --workspace --all-targets -q -- -D warnings
+cargo nextest run --workspace --no-fail-fast "$@"
