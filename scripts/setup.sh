@@ -8,6 +8,8 @@ packages=(
   iproute2                   # ip(8), for inspecting kernel state in tests and the demo
   nftables                   # masquerade rules
   jq                         # readable JSON in the demo
+  iputils-ping               # reachability checks in tests and the demo
+  iperf3                     # throughput benchmarks
 )
 
 if [ "$(id -u)" -ne 0 ]; then

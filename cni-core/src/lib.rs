@@ -7,6 +7,8 @@ pub mod delegate;
 pub mod error;
 pub mod fsutil;
 pub mod logging;
+pub mod netlink;
+pub mod netns;
 pub mod plugin;
 pub mod request;
 pub mod result;

@@ -1,0 +1,726 @@
+//! A small typed layer over rtnetlink: links, addresses, routes and bridge ports.
+//!
+//! Synchronous on purpose: plugins are short-lived, single-threaded processes. Every failure names
+//! the object and the namespace it concerns; callers never build raw messages.
+
+use std::fmt;
+use std::io;
+use std::net::IpAddr;
+
+use ipnetwork::IpNetwork;
+use netlink_packet_core::{
+    NetlinkHeader, NetlinkMessage, NetlinkPayload, NLM_F_ACK, NLM_F_CREATE, NLM_F_DUMP, NLM_F_EXCL,
+    NLM_F_REQUEST,
+};
+use netlink_packet_route::address::{
+    AddressAttribute, AddressFlags, AddressHeaderFlags, AddressMessage, AddressScope,
+};
+use netlink_packet_route::link::{
+    AfSpecBridge, BridgeFlag, BridgeVlanInfo, BridgeVlanInfoFlags, InfoBridge, InfoBridgePort,
+    InfoData, InfoKind, InfoPortData, InfoPortKind, InfoVeth, LinkAttribute, LinkFlags, LinkInfo,
+    LinkMessage,
+};
+use netlink_packet_route::route::{
+    RouteAddress, RouteAttribute, RouteFlags, RouteHeader, RouteMessage, RouteMetric,
+    RouteProtocol, RouteScope, RouteType,
+};
+use netlink_packet_route::{AddressFamily, RouteNetlinkMessage};
+use netlink_sys::{protocols::NETLINK_ROUTE, Socket, SocketAddr};
+
+use crate::netns::{NetNs, NetnsError};
+
+/// A failed netlink operation: what was being done, where, and the kernel's answer.
+#[derive(Debug, thiserror::Error)]
+#[error("{action} {object}{place}: {source}")]
+pub struct NlError {
+    pub action: &'static str,
+    pub object: String,
+    place: Place,
+    #[source]
+    pub source: io::Error,
+}
+
+impl NlError {
+    pub fn errno(&self) -> Option<i32> {
+        self.source.raw_os_error()
+    }
+
+    pub fn is_exists(&self) -> bool {
+        self.errno() == Some(libc::EEXIST)
+    }
+}
+
+#[derive(Debug, Clone)]
+struct Place(Option<String>);
+
+impl fmt::Display for Place {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match &self.0 {
+            Some(ns) => write!(f, " in netns {ns}"),
+            None => Ok(()),
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum OpenError {
+    #[error(transparent)]
+    Netns(#[from] NetnsError),
+    #[error("opening a netlink socket{place}")]
+    Socket {
+        place: String,
+        #[source]
+        source: io::Error,
+    },
+}
+
+/// What the kernel says about one link.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Link {
+    pub index: u32,
+    pub name: String,
+    pub mac: Option<Vec<u8>>,
+    pub mtu: u32,
+    pub master: Option<u32>,
+    pub up: bool,
+    pub promisc: bool,
+    pub alias: Option<String>,
+    pub kind: Option<String>,
+    /// For a veth: the peer's index (in its own namespace).
+    pub peer_index: Option<u32>,
+    pub hairpin: Option<bool>,
+}
+
+impl Link {
+    pub fn mac_string(&self) -> Option<String> {
+        self.mac.as_ref().map(|m| format_mac(m))
+    }
+}
+
+pub fn format_mac(mac: &[u8]) -> String {
+    mac.iter()
+        .map(|b| format!("{b:02x}"))
+        .collect::<Vec<_>>()
+        .join(":")
+}
+
+pub fn parse_mac(text: &str) -> Option<[u8; 6]> {
+    let mut out = [0u8; 6];
+    let mut parts = text.split(':');
+    for byte in &mut out {
+        *byte = u8::from_str_radix(parts.next()?, 16).ok()?;
+    }
+    parts.next().is_none().then_some(out)
+}
+
+/// One route as the kernel holds it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RouteEntry {
+    pub dst: IpNetwork,
+    pub gateway: Option<IpAddr>,
+    pub oif: Option<u32>,
+    pub table: u32,
+    pub mtu: Option<u32>,
+}
+
+/// A route to add.
+#[derive(Debug, Clone)]
+pub struct RouteSpec {
+    pub dst: IpNetwork,
+    pub gateway: Option<IpAddr>,
+    pub oif: u32,
+    pub mtu: Option<u32>,
+    pub priority: Option<u32>,
+    pub onlink: bool,
+}
+
+/// The two ends of a veth pair, created with one request.
+#[derive(Debug, Clone)]
+pub struct VethSpec<'a> {
+    pub host_name: &'a str,
+    pub host_alias: Option<&'a str>,
+    pub host_master: Option<u32>,
+    pub peer_name: &'a str,
+    pub peer_mac: Option<[u8; 6]>,
+    pub peer_netns: &'a NetNs,
+    pub mtu: u32,
+}
+
+pub struct Netlink {
+    socket: Socket,
+    seq: u32,
+    place: Place,
+}
+
+impl Netlink {
+    /// A socket in the calling thread's namespace.
+    pub fn open() -> Result<Netlink, OpenError> {
+        Self::open_here(Place(None))
+    }
+
+    /// A socket inside `ns`; it keeps acting there after the thread has returned.
+    pub fn open_in(ns: &NetNs) -> Result<Netlink, OpenError> {
+        let place = Place(Some(ns.path().display().to_string()));
+        ns.run(|| Self::open_here(place))?
+    }
+
+    fn open_here(place: Place) -> Result<Netlink, OpenError> {
+        let socket = (|| {
+            let mut socket = Socket::new(NETLINK_ROUTE)?;
+            socket.bind_auto()?;
+            socket.connect(&SocketAddr::new(0, 0))?;
+            Ok(socket)
+        })()
+        .map_err(|source| OpenError::Socket {
+            place: place.to_string(),
+            source,
+        })?;
+        Ok(Netlink {
+            socket,
+            seq: 0,
+            place,
+        })
+    }
+
+    fn err(
+        &self,
+        action: &'static str,
+        object: impl fmt::Display,
+    ) -> impl FnOnce(io::Error) -> NlError {
+        let place = self.place.clone();
+        let object = object.to_string();
+        move |source| NlError {
+            action,
+            object,
+            place,
+            source,
+        }
+    }
+
+    /// Sends one request and collects the replies: until the ACK for a change, until DONE for a dump.
+    fn exchange(
+        &mut self,
+        message: RouteNetlinkMessage,
+        flags: u16,
+    ) -> io::Result<Vec<RouteNetlinkMessage>> {
+        self.seq = self.seq.wrapping_add(1);
+        let mut header = NetlinkHeader::default();
+        header.flags = NLM_F_REQUEST | flags;
+        header.sequence_number = self.seq;
+        let mut packet = NetlinkMessage::new(header, NetlinkPayload::from(message));
+        packet.finalize();
+        let mut buf = vec![0u8; packet.buffer_len()];
+        packet.serialize(&mut buf);
+        self.socket.send(&buf, 0)?;
+
+        let dump = flags & NLM_F_DUMP == NLM_F_DUMP;
+        let mut replies = Vec::new();
+        loop {
+            let (data, _) = self.socket.recv_from_full()?;
+            let mut offset = 0;
+            while offset < data.len() {
+                let reply = NetlinkMessage::<RouteNetlinkMessage>::deserialize(&data[offset..])
+                    .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e.to_string()))?;
+                let length = reply.header.length as usize;
+                if length == 0 {
+                    break;
+                }
+                offset += length;
+                if reply.header.sequence_number != self.seq {
+                    continue;
+                }
+                match reply.payload {
+                    NetlinkPayload::Error(e) => {
+                        return match e.code {
+                            None => Ok(replies),
+                            Some(_) => Err(e.to_io()),
+                        };
+                    }
+                    NetlinkPayload::Done(_) => return Ok(replies),
+                    NetlinkPayload::InnerMessage(m) => {
+                        replies.push(m);
+                        if !dump && flags & NLM_F_ACK == 0 {
+                            return Ok(replies);
+                        }
+                    }
+                    _ => {}
+                }
+            }
+        }
+    }
+
+    fn change(&mut self, message: RouteNetlinkMessage, extra_flags: u16) -> io::Result<()> {
+        self.exchange(message, NLM_F_ACK | extra_flags).map(drop)
+    }
+
+    // ---- links ----
+
+    pub fn link(&mut self, name: &str) -> Result<Option<Link>, NlError> {
+        let mut msg = LinkMessage::default();
+        msg.attributes.push(LinkAttribute::IfName(name.to_string()));
+        match self.exchange(RouteNetlinkMessage::GetLink(msg), 0) {
+            Ok(replies) => Ok(replies.into_iter().find_map(to_link)),
+            Err(e) if is_missing(&e) => Ok(None),
+            Err(e) => Err(self.err("looking up link", name)(e)),
+        }
+    }
+
+    pub fn link_by_index(&mut self, index: u32) -> Result<Option<Link>, NlError> {
+        let mut msg = LinkMessage::default();
+        msg.header.index = index;
+        match self.exchange(RouteNetlinkMessage::GetLink(msg), 0) {
+            Ok(replies) => Ok(replies.into_iter().find_map(to_link)),
+            Err(e) if is_missing(&e) => Ok(None),
+            Err(e) => Err(self.err("looking up link", format!("#{index}"))(e)),
+        }
+    }
+
+    pub fn links(&mut self) -> Result<Vec<Link>, NlError> {
+        let replies = self
+            .exchange(
+                RouteNetlinkMessage::GetLink(LinkMessage::default()),
+                NLM_F_DUMP,
+            )
+            .map_err(self.err("listing", "links"))?;
+        Ok(replies.into_iter().filter_map(to_link).collect())
+    }
+
+    /// Creates a bridge; an existing link of that name is left alone. Returns whether it was made.
+    pub fn create_bridge(
+        &mut self,
+        name: &str,
+        mtu: Option<u32>,
+        vlan_filtering: bool,
+    ) -> Result<bool, NlError> {
+        let mut msg = LinkMessage::default();
+        msg.attributes.push(LinkAttribute::IfName(name.to_string()));
+        if let Some(mtu) = mtu {
+            msg.attributes.push(LinkAttribute::Mtu(mtu));
+        }
+        let mut info = vec![LinkInfo::Kind(InfoKind::Bridge)];
+        if vlan_filtering {
+            info.push(LinkInfo::Data(InfoData::Bridge(vec![
+                InfoBridge::VlanFiltering(true),
+            ])));
+        }
+        msg.attributes.push(LinkAttribute::LinkInfo(info));
+        match self.change(RouteNetlinkMessage::NewLink(msg), NLM_F_CREATE | NLM_F_EXCL) {
+            Ok(()) => Ok(true),
+            Err(e) if e.raw_os_error() == Some(libc::EEXIST) => Ok(false),
+            Err(e) => Err(self.err("creating bridge", name)(e)),
+        }
+    }
+
+    pub fn set_vlan_filtering(&mut self, index: u32, on: bool) -> Result<(), NlError> {
+        let mut msg = LinkMessage::default();
+        msg.header.index = index;
+        msg.attributes.push(LinkAttribute::LinkInfo(vec![
+            LinkInfo::Kind(InfoKind::Bridge),
+            LinkInfo::Data(InfoData::Bridge(vec![InfoBridge::VlanFiltering(on)])),
+        ]));
+        self.change(RouteNetlinkMessage::NewLink(msg), 0)
+            .map_err(self.err("setting vlan_filtering on", format!("#{index}")))
+    }
+
+    /// Creates both ends of a veth pair in one request: the host end (up, attached to its bridge)
+    /// here and the peer straight inside its namespace.
+    pub fn create_veth(&mut self, spec: &VethSpec<'_>) -> Result<(), NlError> {
+        let mut peer = LinkMessage::default();
+        peer.attributes
+            .push(LinkAttribute::IfName(spec.peer_name.to_string()));
+        peer.attributes.push(LinkAttribute::Mtu(spec.mtu));
+        peer.attributes
+            .push(LinkAttribute::NetNsFd(spec.peer_netns.raw_fd()));
+        if let Some(mac) = spec.peer_mac {
+            peer.attributes.push(LinkAttribute::Address(mac.to_vec()));
+        }
+        let mut host = LinkMessage::default();
+        host.header.flags = LinkFlags::Up;
+        host.header.change_mask = LinkFlags::Up;
+        host.attributes
+            .push(LinkAttribute::IfName(spec.host_name.to_string()));
+        host.attributes.push(LinkAttribute::Mtu(spec.mtu));
+        if let Some(master) = spec.host_master {
+            host.attributes.push(LinkAttribute::Controller(master));
+        }
+        host.attributes.push(LinkAttribute::LinkInfo(vec![
+            LinkInfo::Kind(InfoKind::Veth),
+            LinkInfo::Data(InfoData::Veth(InfoVeth::Peer(peer))),
+        ]));
+        self.change(
+            RouteNetlinkMessage::NewLink(host),
+            NLM_F_CREATE | NLM_F_EXCL,
+        )
+        .map_err(self.err(
+            "creating veth",
+            format!(
+                "{} (peer {} in {})",
+                spec.host_name,
+                spec.peer_name,
+                spec.peer_netns.path().display()
+            ),
+        ))?;
+        if let Some(alias) = spec.host_alias {
+            self.set_alias(spec.host_name, alias)?;
+        }
+        Ok(())
+    }
+
+    fn set_alias(&mut self, name: &str, alias: &str) -> Result<(), NlError> {
+        let mut msg = LinkMessage::default();
+        msg.attributes.push(LinkAttribute::IfName(name.to_string()));
+        msg.attributes
+            .push(LinkAttribute::IfAlias(alias.to_string()));
+        self.change(RouteNetlinkMessage::SetLink(msg), 0)
+            .map_err(self.err("setting alias on", name))
+    }
+
+    /// Deletes a link by name. A link that is already gone is success (returns false).
+    pub fn delete_link(&mut self, name: &str) -> Result<bool, NlError> {
+        let mut msg = LinkMessage::default();
+        msg.attributes.push(LinkAttribute::IfName(name.to_string()));
+        match self.change(RouteNetlinkMessage::DelLink(msg), 0) {
+            Ok(()) => Ok(true),
+            Err(e) if is_missing(&e) => Ok(false),
+            Err(e) => Err(self.err("deleting link", name)(e)),
+        }
+    }
+
+    fn set_flags(
+        &mut self,
+        index: u32,
+        flag: LinkFlags,
+        on: bool,
+        what: &'static str,
+    ) -> Result<(), NlError> {
+        let mut msg = LinkMessage::default();
+        msg.header.index = index;
+        msg.header.flags = if on { flag } else { LinkFlags::empty() };
+        msg.header.change_mask = flag;
+        self.change(RouteNetlinkMessage::SetLink(msg), 0)
+            .map_err(self.err(what, format!("#{index}")))
+    }
+
+    pub fn set_up(&mut self, index: u32) -> Result<(), NlError> {
+        self.set_flags(index, LinkFlags::Up, true, "bringing up link")
+    }
+
+    pub fn set_promisc(&mut self, index: u32, on: bool) -> Result<(), NlError> {
+        self.set_flags(index, LinkFlags::Promisc, on, "setting promiscuous mode on")
+    }
+
+    pub fn set_mtu(&mut self, index: u32, mtu: u32) -> Result<(), NlError> {
+        let mut msg = LinkMessage::default();
+        msg.header.index = index;
+        msg.attributes.push(LinkAttribute::Mtu(mtu));
+        self.change(RouteNetlinkMessage::SetLink(msg), 0)
+            .map_err(self.err("setting MTU on", format!("#{index}")))
+    }
+
+    pub fn set_hairpin(&mut self, index: u32, on: bool) -> Result<(), NlError> {
+        let mut msg = LinkMessage::default();
+        msg.header.index = index;
+        msg.attributes.push(LinkAttribute::LinkInfo(vec![
+            LinkInfo::PortKind(InfoPortKind::Bridge),
+            LinkInfo::PortData(InfoPortData::BridgePort(vec![InfoBridgePort::HairpinMode(
+                on,
+            )])),
+        ]));
+        self.change(RouteNetlinkMessage::NewLink(msg), 0)
+            .map_err(self.err("setting hairpin mode on", format!("#{index}")))
+    }
+
+    /// Adds or removes a VLAN on a bridge port (or, with `on_bridge`, on the bridge itself).
+    pub fn bridge_vlan(
+        &mut self,
+        index: u32,
+        vid: u16,
+        pvid_untagged: bool,
+        on_bridge: bool,
+        add: bool,
+    ) -> Result<(), NlError> {
+        let mut msg = LinkMessage::default();
+        msg.header.interface_family = AddressFamily::Bridge;
+        msg.header.index = index;
+        let mut flags = BridgeVlanInfoFlags::empty();
+        if pvid_untagged {
+            flags |= BridgeVlanInfoFlags::Pvid | BridgeVlanInfoFlags::Untagged;
+        }
+        let mut spec = Vec::new();
+        if on_bridge {
+            spec.push(AfSpecBridge::Flags(BridgeFlag::LowerDev));
+        }
+        spec.push(AfSpecBridge::VlanInfo(BridgeVlanInfo { flags, vid }));
+        msg.attributes.push(LinkAttribute::AfSpecBridge(spec));
+        let (message, action) = if add {
+            (RouteNetlinkMessage::SetLink(msg), "adding VLAN to")
+        } else {
+            (RouteNetlinkMessage::DelLink(msg), "removing VLAN from")
+        };
+        match self.change(message, 0) {
+            Err(e) if !add && is_missing(&e) => Ok(()),
+            other => other.map_err(self.err(action, format!("#{index} (vid {vid})"))),
+        }
+    }
+
+    // ---- addresses ----
+
+    /// Adds an address; one that is already there is success (returns false). With `nodad`, an
+    /// IPv6 address is usable at once instead of after duplicate address detection.
+    pub fn add_address(
+        &mut self,
+        index: u32,
+        addr: IpNetwork,
+        nodad: bool,
+    ) -> Result<bool, NlError> {
+        let mut msg = address_message(index, addr);
+        if nodad && addr.is_ipv6() {
+            msg.header.flags = AddressHeaderFlags::Nodad;
+            msg.attributes
+                .push(AddressAttribute::Flags(AddressFlags::Nodad));
+        }
+        match self.change(
+            RouteNetlinkMessage::NewAddress(msg),
+            NLM_F_CREATE | NLM_F_EXCL,
+        ) {
+            Ok(()) => Ok(true),
+            Err(e) if e.raw_os_error() == Some(libc::EEXIST) => Ok(false),
+            Err(e) => Err(self.err("adding address", format!("{addr} to #{index}"))(e)),
+        }
+    }
+
+    pub fn del_address(&mut self, index: u32, addr: IpNetwork) -> Result<(), NlError> {
+        match self.change(
+            RouteNetlinkMessage::DelAddress(address_message(index, addr)),
+            0,
+        ) {
+            Err(e) if is_missing(&e) => Ok(()),
+            other => other.map_err(self.err("removing address", format!("{addr} from #{index}"))),
+        }
+    }
+
+    /// Addresses of one link (global and link scope), with their prefix length.
+    pub fn addresses(&mut self, index: u32) -> Result<Vec<IpNetwork>, NlError> {
+        let replies = self
+            .exchange(
+                RouteNetlinkMessage::GetAddress(AddressMessage::default()),
+                NLM_F_DUMP,
+            )
+            .map_err(self.err("listing addresses of", format!("#{index}")))?;
+        Ok(replies
+            .into_iter()
+            .filter_map(|m| match m {
+                RouteNetlinkMessage::NewAddress(a) if a.header.index == index => {
+                    let ip = a.attributes.iter().find_map(|attr| match attr {
+                        AddressAttribute::Address(ip) => Some(*ip),
+                        _ => None,
+                    })?;
+                    IpNetwork::new(ip, a.header.prefix_len).ok()
+                }
+                _ => None,
+            })
+            .collect())
+    }
+
+    // ---- routes ----
+
+    /// Adds a route to the main table; an identical one already there is success (returns false).
+    pub fn add_route(&mut self, spec: &RouteSpec) -> Result<bool, NlError> {
+        let mut msg = RouteMessage::default();
+        msg.header.address_family = family(spec.dst.ip());
+        msg.header.destination_prefix_length = spec.dst.prefix();
+        msg.header.table = RouteHeader::RT_TABLE_MAIN;
+        msg.header.protocol = RouteProtocol::Boot;
+        msg.header.kind = RouteType::Unicast;
+        msg.header.scope = if spec.gateway.is_some() {
+            RouteScope::Universe
+        } else {
+            RouteScope::Link
+        };
+        if spec.onlink {
+            msg.header.flags = RouteFlags::Onlink;
+        }
+        msg.attributes
+            .push(RouteAttribute::Destination(RouteAddress::from(
+                spec.dst.network(),
+            )));
+        if let Some(gw) = spec.gateway {
+            msg.attributes
+                .push(RouteAttribute::Gateway(RouteAddress::from(gw)));
+        }
+        msg.attributes.push(RouteAttribute::Oif(spec.oif));
+        if let Some(priority) = spec.priority {
+            msg.attributes.push(RouteAttribute::Priority(priority));
+        }
+        if let Some(mtu) = spec.mtu {
+            msg.attributes
+                .push(RouteAttribute::Metrics(vec![RouteMetric::Mtu(mtu)]));
+        }
+        let what = match spec.gateway {
+            Some(gw) => format!("{} via {gw} dev #{}", spec.dst, spec.oif),
+            None => format!("{} dev #{}", spec.dst, spec.oif),
+        };
+        match self.change(
+            RouteNetlinkMessage::NewRoute(msg),
+            NLM_F_CREATE | NLM_F_EXCL,
+        ) {
+            Ok(()) => Ok(true),
+            Err(e) if e.raw_os_error() == Some(libc::EEXIST) => Ok(false),
+            Err(e) => Err(self.err("adding route", what)(e)),
+        }
+    }
+
+    /// Routes of the main table for one family.
+    pub fn routes(&mut self, ipv6: bool) -> Result<Vec<RouteEntry>, NlError> {
+        let mut msg = RouteMessage::default();
+        msg.header.address_family = if ipv6 {
+            AddressFamily::Inet6
+        } else {
+            AddressFamily::Inet
+        };
+        let replies = self
+            .exchange(RouteNetlinkMessage::GetRoute(msg), NLM_F_DUMP)
+            .map_err(self.err("listing", "routes"))?;
+        Ok(replies
+            .into_iter()
+            .filter_map(|m| match m {
+                RouteNetlinkMessage::NewRoute(r) => to_route(r, ipv6),
+                _ => None,
+            })
+            .filter(|r| r.table == u32::from(RouteHeader::RT_TABLE_MAIN))
+            .collect())
+    }
+}
+
+fn family(ip: IpAddr) -> AddressFamily {
+    if ip.is_ipv4() {
+        AddressFamily::Inet
+    } else {
+        AddressFamily::Inet6
+    }
+}
+
+fn is_missing(e: &io::Error) -> bool {
+    matches!(
+        e.raw_os_error(),
+        Some(libc::ENODEV | libc::ENOENT | libc::EADDRNOTAVAIL | libc::ESRCH)
+    )
+}
+
+fn address_message(index: u32, addr: IpNetwork) -> AddressMessage {
+    let mut msg = AddressMessage::default();
+    msg.header.family = family(addr.ip());
+    msg.header.prefix_len = addr.prefix();
+    msg.header.index = index;
+    msg.header.scope = AddressScope::Universe;
+    if addr.is_ipv4() {
+        msg.attributes.push(AddressAttribute::Local(addr.ip()));
+    }
+    msg.attributes.push(AddressAttribute::Address(addr.ip()));
+    msg
+}
+
+fn to_link(message: RouteNetlinkMessage) -> Option<Link> {
+    let RouteNetlinkMessage::NewLink(msg) = message else {
+        return None;
+    };
+    let mut link = Link {
+        index: msg.header.index,
+        name: String::new(),
+        mac: None,
+        mtu: 0,
+        master: None,
+        up: msg.header.flags.contains(LinkFlags::Up),
+        promisc: msg.header.flags.contains(LinkFlags::Promisc),
+        alias: None,
+        kind: None,
+        peer_index: None,
+        hairpin: None,
+    };
+    for attr in msg.attributes {
+        match attr {
+            LinkAttribute::IfName(n) => link.name = n,
+            LinkAttribute::Address(a) => link.mac = Some(a),
+            LinkAttribute::Mtu(m) => link.mtu = m,
+            LinkAttribute::Controller(m) => link.master = Some(m),
+            LinkAttribute::IfAlias(a) => link.alias = Some(a),
+            LinkAttribute::Link(peer) => link.peer_index = Some(peer),
+            LinkAttribute::LinkInfo(infos) => {
+                for info in infos {
+                    match info {
+                        LinkInfo::Kind(kind) => link.kind = Some(kind.to_string()),
+                        LinkInfo::PortData(InfoPortData::BridgePort(port)) => {
+                            link.hairpin = port.iter().find_map(|p| match p {
+                                InfoBridgePort::HairpinMode(on) => Some(*on),
+                                _ => None,
+                            });
+                        }
+                        _ => {}
+                    }
+                }
+            }
+            _ => {}
+        }
+    }
+    Some(link)
+}
+
+fn to_route(msg: RouteMessage, ipv6: bool) -> Option<RouteEntry> {
+    let mut dst_ip: Option<IpAddr> = None;
+    let mut entry = RouteEntry {
+        dst: IpNetwork::new(
+            if ipv6 {
+                IpAddr::from([0u16; 8])
+            } else {
+                IpAddr::from([0u8; 4])
+            },
+            0,
+        )
+        .ok()?,
+        gateway: None,
+        oif: None,
+        table: u32::from(msg.header.table),
+        mtu: None,
+    };
+    for attr in msg.attributes {
+        match attr {
+            RouteAttribute::Destination(a) => dst_ip = route_ip(a),
+            RouteAttribute::Gateway(a) => entry.gateway = route_ip(a),
+            RouteAttribute::Oif(i) => entry.oif = Some(i),
+            RouteAttribute::Table(t) => entry.table = t,
+            RouteAttribute::Metrics(metrics) => {
+                entry.mtu = metrics.iter().find_map(|m| match m {
+                    RouteMetric::Mtu(mtu) => Some(*mtu),
+                    _ => None,
+                });
+            }
+            _ => {}
+        }
+    }
+    if let Some(ip) = dst_ip {
+        entry.dst = IpNetwork::new(ip, msg.header.destination_prefix_length).ok()?;
+    }
+    Some(entry)
+}
+
+fn route_ip(address: RouteAddress) -> Option<IpAddr> {
+    match address {
+        RouteAddress::Inet(v4) => Some(IpAddr::V4(v4)),
+        RouteAddress::Inet6(v6) => Some(IpAddr::V6(v6)),
+        _ => None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn macs_round_trip() {
+        let mac = parse_mac("0a:58:0A:f4:01:02").unwrap();
+        assert_eq!(format_mac(&mac), "0a:58:0a:f4:01:02");
+        assert!(parse_mac("0a:58:0a").is_none());
+        assert!(parse_mac("0a:58:0a:f4:01:02:03").is_none());
+        assert!(parse_mac("zz:58:0a:f4:01:02").is_none());
+    }
+}

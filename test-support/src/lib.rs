@@ -1,0 +1,198 @@
+//! Test helpers. Everything a test creates here is named `tt-<tag>-<pid>` and removed when its
+//! guard drops, also when the test fails or panics.
+
+#![allow(clippy::unwrap_used)] // Test helpers fail loudly by design.
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+
+use serde_json::Value;
+
+/// Whether kernel tests can run (they need root). Tests call [`require_root`] instead of skipping
+/// silently, so a non-root run fails loudly rather than passing without testing anything.
+pub fn require_root() {
+    let uid = current_uid();
+    assert_eq!(
+        uid, 0,
+        "kernel tests must run as root (sudo scripts/test.sh)"
+    );
+}
+
+fn current_uid() -> u32 {
+    let status = std::fs::read_to_string("/proc/self/status").unwrap();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("Uid:"))
+        .and_then(|l| l.split_whitespace().next())
+        .and_then(|u| u.parse().ok())
+        .unwrap()
+}
+
+/// Runs a command, panicking with its output if it fails.
+pub fn sh(program: &str, args: &[&str]) -> String {
+    let out = Command::new(program).args(args).output().unwrap();
+    assert!(
+        out.status.success(),
+        "{program} {args:?} failed: {}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout).unwrap()
+}
+
+/// Runs a command and returns its output whatever happens.
+pub fn try_sh(program: &str, args: &[&str]) -> Output {
+    Command::new(program).args(args).output().unwrap()
+}
+
+/// A named network namespace, deleted on drop.
+pub struct Netns {
+    pub name: String,
+}
+
+impl Netns {
+    pub fn new(tag: &str) -> Netns {
+        let name = unique(tag);
+        sh("ip", &["netns", "add", &name]);
+        let ns = Netns { name };
+        ns.ip(&["link", "set", "lo", "up"]);
+        ns
+    }
+
+    pub fn path(&self) -> PathBuf {
+        Path::new("/var/run/netns").join(&self.name)
+    }
+
+    /// Runs a command inside the namespace, panicking on failure.
+    pub fn exec(&self, args: &[&str]) -> String {
+        let mut full = vec!["netns", "exec", &self.name];
+        full.extend_from_slice(args);
+        sh("ip", &full)
+    }
+
+    pub fn try_exec(&self, args: &[&str]) -> Output {
+        let mut full = vec!["netns", "exec", &self.name];
+        full.extend_from_slice(args);
+        try_sh("ip", &full)
+    }
+
+    /// `ip <args>` inside the namespace.
+    pub fn ip(&self, args: &[&str]) -> String {
+        let mut full = vec!["-n", &self.name];
+        full.extend_from_slice(args);
+        sh("ip", &full)
+    }
+
+    /// `ip -j <args>` inside the namespace, parsed.
+    pub fn ip_json(&self, args: &[&str]) -> Value {
+        let mut full = vec!["-j", "-n", &self.name];
+        full.extend_from_slice(args);
+        serde_json::from_str(&sh("ip", &full)).unwrap_or(Value::Array(vec![]))
+    }
+
+    /// Pings `target` from inside the namespace: true when it answers.
+    pub fn ping(&self, target: &str) -> bool {
+        self.try_exec(&["ping", "-c", "1", "-W", "2", target])
+            .status
+            .success()
+    }
+}
+
+impl Drop for Netns {
+    fn drop(&mut self) {
+        let _ = try_sh("ip", &["netns", "del", &self.name]);
+    }
+}
+
+/// A host link (bridge, veth...) deleted on drop.
+pub struct HostLink {
+    pub name: String,
+}
+
+impl Drop for HostLink {
+    fn drop(&mut self) {
+        let _ = try_sh("ip", &["link", "del", &self.name]);
+    }
+}
+
+/// `tt-<tag>-<pid>`, shortened to fit where interface names must (15 bytes).
+pub fn unique(tag: &str) -> String {
+    format!("tt-{tag}-{}", std::process::id())
+}
+
+/// A short unique interface name (at most 15 bytes) for a test.
+pub fn ifname(tag: &str) -> String {
+    let name = format!("t{tag}{}", std::process::id() % 100_000);
+    assert!(name.len() <= 15, "{name} is too long for an interface name");
+    name
+}
+
+/// What a plugin printed and how it exited.
+#[derive(Debug)]
+pub struct PluginOut {
+    pub code: i32,
+    pub json: Value,
+    pub stdout: String,
+    pub stderr: String,
+}
+
+impl PluginOut {
+    pub fn ok(self) -> Value {
+        assert_eq!(
+            self.code, 0,
+            "expected success: {} {}",
+            self.stdout, self.stderr
+        );
+        self.json
+    }
+
+    pub fn err(self, code: u64) -> Value {
+        assert_ne!(
+            self.code, 0,
+            "expected error {code}, got success: {}",
+            self.stdout
+        );
+        assert_eq!(
+            self.json["code"], code,
+            "wrong error: {} {}",
+            self.stdout, self.stderr
+        );
+        self.json
+    }
+}
+
+/// Executes a CNI plugin as a runtime does.
+pub fn run_plugin(binary: &Path, env: &[(&str, &str)], stdin: &Value) -> PluginOut {
+    let mut cmd = Command::new(binary);
+    cmd.env_clear();
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    let mut child = cmd
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(&serde_json::to_vec(stdin).unwrap())
+        .unwrap();
+    let out = child.wait_with_output().unwrap();
+    let stdout = String::from_utf8(out.stdout).unwrap();
+    let json = if stdout.trim().is_empty() {
+        Value::Null
+    } else {
+        serde_json::from_str(&stdout)
+            .unwrap_or_else(|e| panic!("stdout is not JSON ({e}): {stdout:?}"))
+    };
+    PluginOut {
+        code: out.status.code().unwrap_or(-1),
+        json,
+        stdout,
+        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+    }
+}
