@@ -1,0 +1,616 @@
+//! The verbs of the bridge plugin.
+
+use std::collections::HashSet;
+use std::net::IpAddr;
+use std::path::Path;
+
+use cni_core::delegate;
+use cni_core::netlink::{Link, Netlink, RouteSpec, VethSpec};
+use cni_core::netns::NetNs;
+use cni_core::{CniResult, Command, Interface, IpConfig, Plugin, Request, Route};
+use ipnetwork::IpNetwork;
+use serde_json::Value;
+
+use crate::config::BridgeConf;
+use crate::error::{BridgeError, Failures};
+use crate::nft;
+
+/// Used when neither the config nor the host's default-route interface gives an MTU.
+const FALLBACK_MTU: u32 = 1500;
+
+pub struct BridgePlugin;
+
+impl Plugin for BridgePlugin {
+    type Error = BridgeError;
+
+    fn add(&self, req: &Request) -> Result<CniResult, BridgeError> {
+        let conf = BridgeConf::from_request(req)?;
+        let netns_path = req.netns.as_deref().unwrap_or(Path::new(""));
+        let pod_ns = NetNs::open(netns_path).map_err(BridgeError::NoNetns)?;
+        let mut pod_nl = Netlink::open_in(&pod_ns)?;
+        if pod_nl.link(&req.ifname)?.is_some() {
+            return Err(BridgeError::InterfaceExists {
+                ifname: req.ifname.clone(),
+                netns: netns_path.display().to_string(),
+            });
+        }
+        let mut host_nl = Netlink::open()?;
+        let mtu = match conf.mtu {
+            Some(mtu) => mtu,
+            None => default_mtu(&mut host_nl)?,
+        };
+        let bridge = ensure_bridge(&mut host_nl, &conf, mtu)?;
+
+        let ipam = match &conf.ipam_type {
+            Some(plugin) => {
+                delegate::invoke(req, plugin, Command::Add, &full_config(req))?.unwrap_or_default()
+            }
+            None => CniResult::default(),
+        };
+        let attached = PodAttachment::new(req, &conf, &pod_ns, mtu);
+        match attached.setup(&mut host_nl, &mut pod_nl, &bridge, ipam) {
+            Ok(result) => Ok(result),
+            Err(e) => {
+                tracing::warn!(error = %e, "ADD failed after IPAM, undoing it");
+                if let Err(undo) = teardown(req, &conf) {
+                    tracing::warn!(error = %undo, "undoing the failed ADD was incomplete");
+                }
+                Err(e)
+            }
+        }
+    }
+
+    fn del(&self, req: &Request) -> Result<(), BridgeError> {
+        let conf = BridgeConf::from_request(req)?;
+        teardown(req, &conf)
+    }
+
+    fn check(&self, req: &Request) -> Result<(), BridgeError> {
+        let conf = BridgeConf::from_request(req)?;
+        let prev = req
+            .prev_result
+            .as_ref()
+            .ok_or_else(|| BridgeError::InvalidConfig("CHECK needs prevResult".into()))?;
+        if let Some(plugin) = &conf.ipam_type {
+            delegate::invoke(req, plugin, Command::Check, &full_config(req))?;
+        }
+        check_attachment(req, &conf, prev)
+    }
+
+    fn gc(&self, req: &Request, valid: &[cni_core::Attachment]) -> Result<(), BridgeError> {
+        let conf = BridgeConf::from_request(req)?;
+        let mut failures = Failures::default();
+        if let Some(plugin) = &conf.ipam_type {
+            failures.note(delegate::invoke(
+                req,
+                plugin,
+                Command::Gc,
+                &full_config(req),
+            ));
+        }
+        let valid_owners: HashSet<String> = valid
+            .iter()
+            .map(|a| nft::owner(&a.container_id, &a.ifname))
+            .collect();
+        if let Some(mut nl) = failures.note(Netlink::open()) {
+            let prefix = alias_prefix(&req.config.name);
+            if let Some(links) = failures.note(nl.links()) {
+                for link in links {
+                    let Some(owner) = link.alias.as_deref().and_then(|a| a.strip_prefix(&prefix))
+                    else {
+                        continue;
+                    };
+                    if !valid_owners.contains(owner) {
+                        tracing::info!(link = %link.name, %owner, "GC removes leftover veth");
+                        failures.note(nl.delete_link(&link.name));
+                    }
+                }
+            }
+        }
+        failures.note(nft::gc_masquerade(&req.config.name, &valid_owners));
+        failures.note(nft::gc_spoofcheck(&req.config.name, &valid_owners));
+        failures.finish()
+    }
+
+    fn status(&self, req: &Request) -> Result<(), BridgeError> {
+        let conf = BridgeConf::from_request(req)?;
+        if let Some(plugin) = &conf.ipam_type {
+            delegate::invoke(req, plugin, Command::Status, &full_config(req))?;
+        }
+        let unavailable = |e: BridgeError| BridgeError::NotAvailable(error_text(&e));
+        let mut nl = Netlink::open().map_err(|e| unavailable(e.into()))?;
+        let mtu = match conf.mtu {
+            Some(mtu) => mtu,
+            None => default_mtu(&mut nl).map_err(unavailable)?,
+        };
+        ensure_bridge(&mut nl, &conf, mtu).map_err(unavailable)?;
+        Ok(())
+    }
+}
+
+fn error_text(e: &BridgeError) -> String {
+    let mut text = e.to_string();
+    let mut source = std::error::Error::source(e);
+    while let Some(cause) = source {
+        text.push_str(": ");
+        text.push_str(&cause.to_string());
+        source = cause.source();
+    }
+    text
+}
+
+/// The configuration as received: the IPAM plugin reads its own `ipam` section from it.
+fn full_config(req: &Request) -> Value {
+    Value::Object(req.raw_config.clone())
+}
+
+/// A stable host-side name, so that DEL finds the veth from the container ID and interface name
+/// alone (the netns may be gone): `veth` + 11 hex digits of a hash, 15 bytes in all.
+pub fn host_veth_name(container_id: &str, ifname: &str) -> String {
+    let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
+    for byte in container_id.bytes().chain([0]).chain(ifname.bytes()) {
+        hash ^= u64::from(byte);
+        hash = hash.wrapping_mul(0x0100_0000_01b3);
+    }
+    format!("veth{:011x}", hash >> 20)
+}
+
+/// `tether-bridge:<network>:` + `<containerID>/<ifname>` marks a host veth as ours (for GC).
+fn alias_prefix(network: &str) -> String {
+    format!("tether-bridge:{network}:")
+}
+
+fn default_mtu(nl: &mut Netlink) -> Result<u32, BridgeError> {
+    let oif = nl
+        .routes(false)?
+        .into_iter()
+        .find(|r| r.dst.prefix() == 0)
+        .and_then(|r| r.oif);
+    Ok(match oif {
+        Some(index) => nl.link_by_index(index)?.map_or(FALLBACK_MTU, |l| l.mtu),
+        None => FALLBACK_MTU,
+    })
+}
+
+/// Makes sure the bridge exists and is up. Parallel ADDs race here harmlessly: creation of an
+/// existing bridge is a no-op.
+fn ensure_bridge(nl: &mut Netlink, conf: &BridgeConf, mtu: u32) -> Result<Link, BridgeError> {
+    let existing = nl.link(&conf.bridge)?;
+    if existing.is_none() {
+        nl.create_bridge(&conf.bridge, Some(mtu), false)?;
+    }
+    let bridge = nl.link(&conf.bridge)?.ok_or_else(|| {
+        BridgeError::BridgeConflict(format!(
+            "bridge {} vanished while being set up",
+            conf.bridge
+        ))
+    })?;
+    if bridge.kind.as_deref() != Some("bridge") {
+        return Err(BridgeError::BridgeConflict(format!(
+            "{} exists but is a {} device, not a bridge",
+            conf.bridge,
+            bridge.kind.as_deref().unwrap_or("plain")
+        )));
+    }
+    if !bridge.up {
+        nl.set_up(bridge.index)?;
+    }
+    if conf.promisc_mode && !bridge.promisc {
+        nl.set_promisc(bridge.index, true)?;
+    }
+    if conf.vlan != 0 {
+        match nl.set_vlan_filtering(bridge.index, true) {
+            Err(e) if e.errno() == Some(libc::EOPNOTSUPP) => {
+                return Err(BridgeError::Unsupported(format!(
+                    "vlan {} (bridge VLAN filtering; the kernel needs CONFIG_BRIDGE_VLAN_FILTERING)",
+                    conf.vlan
+                )))
+            }
+            other => other?,
+        }
+    }
+    Ok(bridge)
+}
+
+/// One pod attachment being set up.
+struct PodAttachment<'a> {
+    req: &'a Request,
+    conf: &'a BridgeConf,
+    pod_ns: &'a NetNs,
+    mtu: u32,
+    host_veth: String,
+}
+
+impl<'a> PodAttachment<'a> {
+    fn new(req: &'a Request, conf: &'a BridgeConf, pod_ns: &'a NetNs, mtu: u32) -> Self {
+        PodAttachment {
+            req,
+            conf,
+            pod_ns,
+            mtu,
+            host_veth: host_veth_name(&req.container_id, &req.ifname),
+        }
+    }
+
+    fn setup(
+        &self,
+        host_nl: &mut Netlink,
+        pod_nl: &mut Netlink,
+        bridge: &Link,
+        ipam: CniResult,
+    ) -> Result<CniResult, BridgeError> {
+        let (req, conf) = (self.req, self.conf);
+        let alias = format!(
+            "{}{}",
+            alias_prefix(&req.config.name),
+            nft::owner(&req.container_id, &req.ifname)
+        );
+        host_nl
+            .create_veth(&VethSpec {
+                host_name: &self.host_veth,
+                host_alias: Some(&alias),
+                host_master: Some(bridge.index),
+                peer_name: &req.ifname,
+                peer_mac: conf.mac,
+                peer_netns: self.pod_ns,
+                mtu: self.mtu,
+            })
+            .map_err(|e| {
+                if e.is_exists() {
+                    BridgeError::InterfaceExists {
+                        ifname: self.host_veth.clone(),
+                        netns: "the host (a leftover of this container? DEL it first)".into(),
+                    }
+                } else {
+                    e.into()
+                }
+            })?;
+        let host_link = host_nl.link(&self.host_veth)?.ok_or_else(|| {
+            BridgeError::BridgeConflict(format!("veth {} vanished after creation", self.host_veth))
+        })?;
+        if conf.hairpin_mode {
+            host_nl.set_hairpin(host_link.index, true)?;
+        }
+        if conf.vlan != 0 {
+            host_nl.bridge_vlan(host_link.index, 1, false, false, false)?;
+            host_nl.bridge_vlan(host_link.index, conf.vlan, true, false, true)?;
+            if conf.is_gateway {
+                host_nl.bridge_vlan(bridge.index, conf.vlan, true, true, true)?;
+            }
+        }
+
+        let has_v6 = ipam.ips.iter().any(|ip| ip.address.is_ipv6());
+        if has_v6 {
+            // Addresses are added with NODAD; also skip DAD for the link-local address, so that
+            // IPv6 is usable as soon as ADD returns.
+            let path = format!("/proc/sys/net/ipv6/conf/{}/accept_dad", req.ifname);
+            self.pod_ns
+                .run(|| write_sysctl(&path, "0"))
+                .map_err(BridgeError::Netns)??;
+        }
+        let pod_link = pod_nl.link(&req.ifname)?.ok_or_else(|| {
+            BridgeError::BridgeConflict(format!(
+                "{} vanished from the pod after creation",
+                req.ifname
+            ))
+        })?;
+        pod_nl.set_up(pod_link.index)?;
+        for ip in &ipam.ips {
+            pod_nl.add_address(pod_link.index, ip.address, true)?;
+        }
+        let routes = self.pod_routes(&ipam);
+        for route in &routes {
+            let gateway = route.gw.or_else(|| gateway_for(&ipam, route.dst.ip()));
+            pod_nl.add_route(&RouteSpec {
+                dst: route.dst,
+                gateway,
+                oif: pod_link.index,
+                mtu: route.mtu,
+                priority: route.priority,
+                onlink: false,
+            })?;
+        }
+
+        if conf.is_gateway {
+            self.ensure_gateway(host_nl, bridge, &ipam)?;
+        }
+        if conf.ip_masq {
+            let addresses: Vec<IpNetwork> = ipam.ips.iter().map(|ip| ip.address).collect();
+            nft::add_masquerade(
+                &req.config.name,
+                &nft::owner(&req.container_id, &req.ifname),
+                &addresses,
+            )?;
+        }
+        let pod_mac = pod_link.mac_string().unwrap_or_default();
+        if conf.macspoofchk {
+            nft::add_spoofcheck(
+                &req.config.name,
+                &nft::owner(&req.container_id, &req.ifname),
+                &self.host_veth,
+                &pod_mac,
+            )?;
+        }
+
+        let bridge_now = host_nl
+            .link(&conf.bridge)?
+            .unwrap_or_else(|| bridge.clone());
+        let ips = ipam
+            .ips
+            .iter()
+            .map(|ip| IpConfig {
+                interface: Some(2),
+                ..ip.clone()
+            })
+            .collect();
+        Ok(CniResult {
+            interfaces: vec![
+                Interface {
+                    name: bridge_now.name.clone(),
+                    mac: bridge_now.mac_string(),
+                    ..Interface::default()
+                },
+                Interface {
+                    name: self.host_veth.clone(),
+                    mac: host_link.mac_string(),
+                    ..Interface::default()
+                },
+                Interface {
+                    name: req.ifname.clone(),
+                    mac: Some(pod_mac),
+                    mtu: Some(self.mtu),
+                    sandbox: Some(self.pod_ns.path().display().to_string()),
+                    ..Interface::default()
+                },
+            ],
+            ips,
+            routes,
+            dns: if ipam.dns.is_empty() {
+                conf.dns.clone().unwrap_or_default()
+            } else {
+                ipam.dns
+            },
+        })
+    }
+
+    /// IPAM's routes, plus a default route per family via the gateway with isDefaultGateway.
+    fn pod_routes(&self, ipam: &CniResult) -> Vec<Route> {
+        let mut routes = ipam.routes.clone();
+        if self.conf.is_default_gateway {
+            for ip in &ipam.ips {
+                let Some(gw) = ip.gateway else { continue };
+                let default: IpNetwork = if gw.is_ipv4() {
+                    IpNetwork::new(IpAddr::from([0u8; 4]), 0)
+                } else {
+                    IpNetwork::new(IpAddr::from([0u16; 8]), 0)
+                }
+                .unwrap_or(ip.address);
+                if !routes.iter().any(|r| r.dst == default) {
+                    routes.push(Route::new(default, Some(gw)));
+                }
+            }
+        }
+        routes
+    }
+
+    /// Puts each family's gateway address on the bridge and enables forwarding.
+    fn ensure_gateway(
+        &self,
+        nl: &mut Netlink,
+        bridge: &Link,
+        ipam: &CniResult,
+    ) -> Result<(), BridgeError> {
+        let gateways: Vec<IpNetwork> = ipam
+            .ips
+            .iter()
+            .filter_map(|ip| {
+                ip.gateway
+                    .and_then(|gw| IpNetwork::new(gw, ip.address.prefix()).ok())
+            })
+            .collect();
+        if gateways.is_empty() {
+            return Err(BridgeError::NoGateway);
+        }
+        let existing = nl.addresses(bridge.index)?;
+        for gw in &gateways {
+            if existing.contains(gw) {
+                continue;
+            }
+            let conflicting: Vec<&IpNetwork> = existing
+                .iter()
+                .filter(|a| {
+                    a.is_ipv4() == gw.is_ipv4()
+                        && a.prefix() == gw.prefix()
+                        && a.network() == gw.network()
+                })
+                .collect();
+            for old in conflicting {
+                if !self.conf.force_address {
+                    return Err(BridgeError::BridgeConflict(format!(
+                        "bridge {} already has {old} in the subnet of gateway {gw}; set forceAddress to replace it",
+                        bridge.name
+                    )));
+                }
+                nl.del_address(bridge.index, *old)?;
+            }
+            nl.add_address(bridge.index, *gw, true)?;
+        }
+        if gateways.iter().any(IpNetwork::is_ipv4) {
+            write_sysctl("/proc/sys/net/ipv4/ip_forward", "1")?;
+        }
+        if gateways.iter().any(IpNetwork::is_ipv6) {
+            write_sysctl("/proc/sys/net/ipv6/conf/all/forwarding", "1")?;
+        }
+        Ok(())
+    }
+}
+
+fn gateway_for(ipam: &CniResult, dst: IpAddr) -> Option<IpAddr> {
+    ipam.ips
+        .iter()
+        .filter(|ip| ip.address.is_ipv4() == dst.is_ipv4())
+        .find_map(|ip| ip.gateway)
+}
+
+/// Writes a sysctl only when it differs (writes to /proc/sys are not free).
+fn write_sysctl(path: &str, value: &str) -> Result<(), BridgeError> {
+    if std::fs::read_to_string(path).is_ok_and(|v| v.trim() == value) {
+        return Ok(());
+    }
+    std::fs::write(path, value).map_err(|source| BridgeError::Sysctl {
+        path: path.to_string(),
+        source,
+    })
+}
+
+/// Everything DEL undoes, best effort: IPAM, the veth pair, masquerade and spoof-check state.
+fn teardown(req: &Request, conf: &BridgeConf) -> Result<(), BridgeError> {
+    let mut failures = Failures::default();
+    if let Some(plugin) = &conf.ipam_type {
+        failures.note(delegate::invoke(
+            req,
+            plugin,
+            Command::Del,
+            &full_config(req),
+        ));
+    }
+    let host_veth = host_veth_name(&req.container_id, &req.ifname);
+    let deleted = Netlink::open()
+        .map_err(BridgeError::from)
+        .and_then(|mut nl| nl.delete_link(&host_veth).map_err(BridgeError::from));
+    if let Some(false) = failures.note(deleted) {
+        // No host end: remove a pod end that somehow survived, if the netns is still there.
+        if let Some(Ok(ns)) = req.netns.as_deref().map(NetNs::open) {
+            if let Some(mut pod_nl) = failures.note(Netlink::open_in(&ns)) {
+                failures.note(pod_nl.delete_link(&req.ifname));
+            }
+        }
+    }
+    let owner = nft::owner(&req.container_id, &req.ifname);
+    if conf.ip_masq {
+        failures.note(nft::remove_masquerade(&req.config.name, &owner));
+    }
+    if conf.macspoofchk {
+        failures.note(nft::remove_spoofcheck(&req.config.name, &owner));
+    }
+    failures.finish()
+}
+
+/// CHECK: the kernel state matches prevResult and the configuration.
+fn check_attachment(req: &Request, conf: &BridgeConf, prev: &CniResult) -> Result<(), BridgeError> {
+    let mismatch = |msg: String| Err(BridgeError::CheckMismatch(msg));
+    let mut host_nl = Netlink::open()?;
+    let Some(bridge) = host_nl.link(&conf.bridge)? else {
+        return mismatch(format!("bridge {} does not exist", conf.bridge));
+    };
+    if bridge.kind.as_deref() != Some("bridge") {
+        return mismatch(format!("{} is not a bridge", conf.bridge));
+    }
+    let host_veth = host_veth_name(&req.container_id, &req.ifname);
+    let Some(host_link) = host_nl.link(&host_veth)? else {
+        return mismatch(format!("host veth {host_veth} does not exist"));
+    };
+    if host_link.master != Some(bridge.index) {
+        return mismatch(format!(
+            "host veth {host_veth} is not attached to bridge {}",
+            conf.bridge
+        ));
+    }
+    let netns = req.netns.as_deref().unwrap_or(Path::new(""));
+    let pod_ns = NetNs::open(netns).map_err(BridgeError::NoNetns)?;
+    let mut pod_nl = Netlink::open_in(&pod_ns)?;
+    let Some(pod_link) = pod_nl.link(&req.ifname)? else {
+        return mismatch(format!(
+            "interface {} does not exist in {}",
+            req.ifname,
+            netns.display()
+        ));
+    };
+    if host_link.peer_index != Some(pod_link.index) {
+        return mismatch(format!(
+            "{} is not the peer of host veth {host_veth}",
+            req.ifname
+        ));
+    }
+    if !pod_link.up {
+        return mismatch(format!("{} is down", req.ifname));
+    }
+    let prev_pod = prev
+        .interfaces
+        .iter()
+        .position(|i| i.name == req.ifname && i.sandbox.is_some());
+    let prev_iface = prev_pod.map(|i| &prev.interfaces[i]);
+    let expected_mtu = conf.mtu.or(prev_iface.and_then(|i| i.mtu));
+    if let Some(mtu) = expected_mtu.filter(|m| *m != pod_link.mtu) {
+        return mismatch(format!(
+            "{} has MTU {}, expected {mtu}",
+            req.ifname, pod_link.mtu
+        ));
+    }
+    if let Some(mac) = prev_iface.and_then(|i| i.mac.as_deref()) {
+        if pod_link.mac_string().as_deref() != Some(&mac.to_ascii_lowercase()) {
+            return mismatch(format!(
+                "{} has MAC {}, prevResult says {mac}",
+                req.ifname,
+                pod_link.mac_string().unwrap_or_default()
+            ));
+        }
+    }
+    let addresses = pod_nl.addresses(pod_link.index)?;
+    for ip in prev
+        .ips
+        .iter()
+        .filter(|ip| ip.interface.is_none() || ip.interface == prev_pod)
+    {
+        if !addresses.contains(&ip.address) {
+            return mismatch(format!(
+                "address {} is missing from {}",
+                ip.address, req.ifname
+            ));
+        }
+    }
+    for route in &prev.routes {
+        let routes = pod_nl.routes(route.dst.is_ipv6())?;
+        let found = routes.iter().any(|r| {
+            r.dst.network() == route.dst.network()
+                && r.dst.prefix() == route.dst.prefix()
+                && route.gw.is_none_or(|gw| r.gateway == Some(gw))
+        });
+        if !found {
+            return mismatch(format!("route to {} is missing in the pod", route.dst));
+        }
+    }
+    if conf.is_gateway {
+        let bridge_addrs = host_nl.addresses(bridge.index)?;
+        for ip in &prev.ips {
+            if let Some(gw) = ip
+                .gateway
+                .and_then(|gw| IpNetwork::new(gw, ip.address.prefix()).ok())
+            {
+                if !bridge_addrs.contains(&gw) {
+                    return mismatch(format!(
+                        "gateway {gw} is missing from bridge {}",
+                        conf.bridge
+                    ));
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn host_veth_names_are_stable_short_and_distinct() {
+        let a = host_veth_name("abc", "eth0");
+        assert_eq!(a, host_veth_name("abc", "eth0"));
+        assert_eq!(a.len(), 15);
+        assert!(a.starts_with("veth"));
+        assert_ne!(a, host_veth_name("abc", "eth1"));
+        assert_ne!(a, host_veth_name("abd", "eth0"));
+        assert_ne!(host_veth_name("ab", "ceth0"), host_veth_name("abc", "eth0"));
+    }
+}
