@@ -12,7 +12,7 @@ use ipnetwork::IpNetwork;
 use serde_json::Value;
 
 use crate::config::BridgeConf;
-use crate::error::{BridgeError, Failures};
+use crate::error::{error_chain, BridgeError, Failures};
 use crate::nft;
 
 /// Used when neither the config nor the host's default-route interface gives an MTU.
@@ -117,7 +117,7 @@ impl Plugin for BridgePlugin {
         if let Some(plugin) = &conf.ipam_type {
             delegate::invoke(req, plugin, Command::Status, &full_config(req))?;
         }
-        let unavailable = |e: BridgeError| BridgeError::NotAvailable(error_text(&e));
+        let unavailable = |e: BridgeError| BridgeError::NotAvailable(error_chain(&e));
         let mut nl = Netlink::open().map_err(|e| unavailable(e.into()))?;
         let mtu = match conf.mtu {
             Some(mtu) => mtu,
@@ -126,17 +126,6 @@ impl Plugin for BridgePlugin {
         ensure_bridge(&mut nl, &conf, mtu).map_err(unavailable)?;
         Ok(())
     }
-}
-
-fn error_text(e: &BridgeError) -> String {
-    let mut text = e.to_string();
-    let mut source = std::error::Error::source(e);
-    while let Some(cause) = source {
-        text.push_str(": ");
-        text.push_str(&cause.to_string());
-        source = cause.source();
-    }
-    text
 }
 
 /// The configuration as received: the IPAM plugin reads its own `ipam` section from it.

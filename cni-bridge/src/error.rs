@@ -47,11 +47,12 @@ pub enum BridgeError {
     #[error("cni-bridge cannot serve ADD: {0}")]
     NotAvailable(String),
     /// Teardown keeps going and reports every failure together.
-    #[error("{}", .0.iter().map(|e| error_chain(e)).collect::<Vec<_>>().join("; "))]
+    #[error("{}", .0.iter().map(error_chain).collect::<Vec<_>>().join("; "))]
     Several(Vec<BridgeError>),
 }
 
-fn error_chain(e: &BridgeError) -> String {
+/// The error and all its causes on one line.
+pub fn error_chain(e: &BridgeError) -> String {
     let mut text = e.to_string();
     let mut source = std::error::Error::source(e);
     while let Some(cause) = source {
