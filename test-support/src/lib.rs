@@ -91,6 +91,13 @@ impl Netns {
         serde_json::from_str(&sh("ip", &full)).unwrap_or(Value::Array(vec![]))
     }
 
+    /// Whether a link of that name exists in the namespace.
+    pub fn has_link(&self, name: &str) -> bool {
+        try_sh("ip", &["-n", &self.name, "link", "show", name])
+            .status
+            .success()
+    }
+
     /// Pings `target` from inside the namespace: true when it answers.
     pub fn ping(&self, target: &str) -> bool {
         self.try_exec(&["ping", "-c", "1", "-W", "2", target])
@@ -114,6 +121,21 @@ impl Drop for HostLink {
     fn drop(&mut self) {
         let _ = try_sh("ip", &["link", "del", &self.name]);
     }
+}
+
+/// A binary of another workspace package, built next to this test's binaries if missing.
+pub fn workspace_binary(next_to: &Path, name: &str) -> PathBuf {
+    let dir = next_to.parent().unwrap();
+    let path = dir.join(name);
+    if !path.exists() {
+        let status = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
+            .args(["build", "-q", "-p", name])
+            .status()
+            .unwrap();
+        assert!(status.success(), "building {name} failed");
+    }
+    assert!(path.exists(), "{} is missing", path.display());
+    path
 }
 
 /// `tt-<tag>-<pid>`, shortened to fit where interface names must (15 bytes).
@@ -164,7 +186,24 @@ impl PluginOut {
 
 /// Executes a CNI plugin as a runtime does.
 pub fn run_plugin(binary: &Path, env: &[(&str, &str)], stdin: &Value) -> PluginOut {
-    let mut cmd = Command::new(binary);
+    run_plugin_in(None, binary, env, stdin)
+}
+
+/// Executes a CNI plugin inside a namespace (a simulated node) as a runtime there would.
+pub fn run_plugin_in(
+    node: Option<&Netns>,
+    binary: &Path,
+    env: &[(&str, &str)],
+    stdin: &Value,
+) -> PluginOut {
+    let mut cmd = match node {
+        Some(ns) => {
+            let mut c = Command::new("ip");
+            c.args(["netns", "exec", &ns.name]).arg(binary);
+            c
+        }
+        None => Command::new(binary),
+    };
     cmd.env_clear();
     for (k, v) in env {
         cmd.env(k, v);
