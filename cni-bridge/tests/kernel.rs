@@ -108,7 +108,7 @@ fn pod_address(result: &Value, family: u8) -> String {
         .unwrap()
         .iter()
         .map(|ip| ip["address"].as_str().unwrap())
-        .find(|a| (family == 4) == !a.contains(':'))
+        .find(|a| (family == 4) != a.contains(':'))
         .unwrap()
         .split('/')
         .next()
