@@ -2,6 +2,8 @@
 //! and printing comparison tables.
 
 use std::io::Write;
+use std::os::fd::{AsRawFd, BorrowedFd};
+use std::os::unix::process::CommandExt;
 use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
@@ -24,9 +26,36 @@ pub fn call(
     cni_path: &str,
     conf: &[u8],
 ) -> Call {
-    let start = Instant::now();
-    let child = Command::new(plugin)
-        .env_clear()
+    call_in(None, plugin, command, id, netns, cni_path, conf)
+}
+
+/// Like [`call`], with the plugin process started inside the network namespace `node` (a
+/// simulated node), entered in the child before exec so no wrapper process is timed.
+pub fn call_in(
+    node: Option<&std::fs::File>,
+    plugin: &Path,
+    command: &str,
+    id: &str,
+    netns: &str,
+    cni_path: &str,
+    conf: &[u8],
+) -> Call {
+    let mut cmd = Command::new(plugin);
+    if let Some(ns) = node {
+        let fd = ns.as_raw_fd();
+        // SAFETY: only setns runs between fork and exec, which is async-signal-safe; the fd stays
+        // open for the lifetime of `node`, which outlives the spawn.
+        unsafe {
+            cmd.pre_exec(move || {
+                nix::sched::setns(
+                    BorrowedFd::borrow_raw(fd),
+                    nix::sched::CloneFlags::CLONE_NEWNET,
+                )
+                .map_err(std::io::Error::from)
+            });
+        }
+    }
+    cmd.env_clear()
         .env("CNI_COMMAND", command)
         .env("CNI_CONTAINERID", id)
         .env("CNI_IFNAME", "eth0")
@@ -34,9 +63,9 @@ pub fn call(
         .env("CNI_PATH", cni_path)
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn();
-    let output = child.and_then(|mut child| {
+        .stderr(Stdio::null());
+    let start = Instant::now();
+    let output = cmd.spawn().and_then(|mut child| {
         if let Some(mut stdin) = child.stdin.take() {
             stdin.write_all(conf)?;
         }
@@ -89,6 +118,49 @@ pub fn ratio(ours: Duration, reference: Duration) -> String {
         return "-".into();
     }
     format!("{:.2}x", ours.as_secs_f64() / reference.as_secs_f64())
+}
+
+/// A network namespace made for a benchmark, deleted on drop.
+pub struct BenchNs {
+    pub name: String,
+}
+
+impl BenchNs {
+    pub fn new(name: String) -> BenchNs {
+        let _ = Command::new("ip").args(["netns", "del", &name]).output();
+        let ok = Command::new("ip")
+            .args(["netns", "add", &name])
+            .status()
+            .is_ok_and(|s| s.success());
+        assert!(ok, "cannot create netns {name}");
+        BenchNs { name }
+    }
+
+    pub fn path(&self) -> String {
+        format!("/var/run/netns/{}", self.name)
+    }
+
+    pub fn open(&self) -> std::fs::File {
+        std::fs::File::open(self.path()).unwrap_or_else(|e| panic!("opening {}: {e}", self.path()))
+    }
+
+    /// Runs a command inside the namespace and returns its stdout.
+    pub fn exec(&self, args: &[&str]) -> String {
+        let out = Command::new("ip")
+            .args(["netns", "exec", &self.name])
+            .args(args)
+            .output()
+            .unwrap_or_else(|e| panic!("ip netns exec {}: {e}", self.name));
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+}
+
+impl Drop for BenchNs {
+    fn drop(&mut self) {
+        let _ = Command::new("ip")
+            .args(["netns", "del", &self.name])
+            .output();
+    }
 }
 
 /// Prints a Markdown table row by row.

@@ -464,16 +464,9 @@ fn teardown(req: &Request, conf: &BridgeConf) -> Result<(), BridgeError> {
         ));
     }
     let host_veth = host_veth_name(&req.container_id, &req.ifname);
-    let deleted = Netlink::open()
-        .map_err(BridgeError::from)
-        .and_then(|mut nl| nl.delete_link(&host_veth).map_err(BridgeError::from));
-    if let Some(false) = failures.note(deleted) {
-        // No host end: remove a pod end that somehow survived, if the netns is still there.
-        if let Some(Ok(ns)) = req.netns.as_deref().map(NetNs::open) {
-            if let Some(mut pod_nl) = failures.note(Netlink::open_in(&ns)) {
-                failures.note(pod_nl.delete_link(&req.ifname));
-            }
-        }
+    // Deleting the host end removes the pair; the name is derived, so this works without the netns.
+    if let Some(mut host_nl) = failures.note(Netlink::open()) {
+        failures.note(host_nl.delete_link(&host_veth));
     }
     let owner = nft::owner(&req.container_id, &req.ifname);
     if conf.ip_masq {

@@ -1,0 +1,279 @@
+//! cni-bridge + cni-ipam against the reference bridge + host-local, in one run: ADD and DEL latency
+//! over N pods sequentially and with 16 in flight, inside a simulated node; then iperf3 TCP
+//! throughput between two pods on a Tether bridge against two namespaces joined by a bare veth pair.
+//!
+//! Usage: bridge-bench <tether bin dir> <reference bin dir> [pods] [iperf seconds]
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Mutex;
+use std::time::Duration;
+
+use serde_json::{json, Value};
+use tether_bench::{call_in, ms, print_table, ratio, stats, BenchNs, Stats};
+
+const PARALLEL: usize = 16;
+
+struct Implementation {
+    label: &'static str,
+    bridge: &'static str,
+    ipam: &'static str,
+    dir: PathBuf,
+}
+
+struct Latency {
+    add_seq: Stats,
+    del_seq: Stats,
+    add_par: Stats,
+    del_par: Stats,
+    failures: usize,
+}
+
+fn timed_round(
+    imp: &Implementation,
+    node: &std::fs::File,
+    pods: &[BenchNs],
+    conf: &[u8],
+    command: &str,
+    threads: usize,
+) -> (Vec<Duration>, usize) {
+    let plugin = imp.dir.join(imp.bridge);
+    let cni_path = imp.dir.display().to_string();
+    let next = AtomicUsize::new(0);
+    let out = Mutex::new((Vec::new(), 0usize));
+    std::thread::scope(|s| {
+        for _ in 0..threads {
+            s.spawn(|| loop {
+                let i = next.fetch_add(1, Ordering::Relaxed);
+                if i >= pods.len() {
+                    break;
+                }
+                let c = call_in(
+                    Some(node),
+                    &plugin,
+                    command,
+                    &format!("pod{i}"),
+                    &pods[i].path(),
+                    &cni_path,
+                    conf,
+                );
+                if let Ok(mut o) = out.lock() {
+                    o.0.push(c.elapsed);
+                    o.1 += usize::from(!c.ok);
+                    if !c.ok && o.1 <= 3 {
+                        eprintln!("{} {command} failed: {}", imp.label, c.stdout);
+                    }
+                }
+            });
+        }
+    });
+    out.into_inner().unwrap_or_default()
+}
+
+fn latency(imp: &Implementation, pods: &[BenchNs], data: &Path) -> Latency {
+    let node_ns = BenchNs::new(format!("tb-node-{}-{}", imp.bridge, std::process::id()));
+    node_ns.exec(&["ip", "link", "set", "lo", "up"]);
+    let node = node_ns.open();
+    let conf = serde_json::to_vec(&json!({
+        "cniVersion": "1.0.0",
+        "name": "benchnet",
+        "type": imp.bridge,
+        "bridge": "cni0",
+        "isGateway": true,
+        "mtu": 1400,
+        "ipam": {
+            "type": imp.ipam,
+            "dataDir": data.join(imp.bridge),
+            "ranges": [[{"subnet": "10.90.0.0/16"}]]
+        }
+    }))
+    .unwrap_or_default();
+    let (mut add_seq, f1) = timed_round(imp, &node, pods, &conf, "ADD", 1);
+    let (mut del_seq, f2) = timed_round(imp, &node, pods, &conf, "DEL", 1);
+    let (mut add_par, f3) = timed_round(imp, &node, pods, &conf, "ADD", PARALLEL);
+    let (mut del_par, f4) = timed_round(imp, &node, pods, &conf, "DEL", PARALLEL);
+    Latency {
+        add_seq: stats(&mut add_seq),
+        del_seq: stats(&mut del_seq),
+        add_par: stats(&mut add_par),
+        del_par: stats(&mut del_par),
+        failures: f1 + f2 + f3 + f4,
+    }
+}
+
+/// iperf3 from `client` to `server_ip` (served in `server`), in Gbit/s.
+fn iperf(server: &BenchNs, client: &BenchNs, server_ip: &str, seconds: u32) -> f64 {
+    let mut srv = Command::new("ip")
+        .args([
+            "netns",
+            "exec",
+            &server.name,
+            "iperf3",
+            "-s",
+            "-1",
+            "-B",
+            server_ip,
+        ])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap_or_else(|e| panic!("iperf3 server: {e}"));
+    std::thread::sleep(Duration::from_millis(300));
+    let out = client.exec(&["iperf3", "-c", server_ip, "-t", &seconds.to_string(), "-J"]);
+    let _ = srv.wait();
+    let v: Value = serde_json::from_str(&out).unwrap_or(Value::Null);
+    v["end"]["sum_received"]["bits_per_second"]
+        .as_f64()
+        .unwrap_or(0.0)
+        / 1e9
+}
+
+fn throughput(ours: &Implementation, data: &Path, seconds: u32, reps: usize) -> (f64, f64) {
+    let pid = std::process::id();
+    // Two pods on a Tether bridge inside a node.
+    let node_ns = BenchNs::new(format!("tb-tpnode-{pid}"));
+    let node = node_ns.open();
+    let pods = [
+        BenchNs::new(format!("tb-tpa-{pid}")),
+        BenchNs::new(format!("tb-tpb-{pid}")),
+    ];
+    let conf = serde_json::to_vec(&json!({
+        "cniVersion": "1.1.0", "name": "tpnet", "type": "cni-bridge", "bridge": "cni0",
+        "isGateway": true, "mtu": 1500,
+        "ipam": {"type": "cni-ipam", "dataDir": data.join("tp"), "ranges": [[{"subnet": "10.91.0.0/24"}]]}
+    }))
+    .unwrap_or_default();
+    for (i, pod) in pods.iter().enumerate() {
+        let c = call_in(
+            Some(&node),
+            &ours.dir.join("cni-bridge"),
+            "ADD",
+            &format!("tp{i}"),
+            &pod.path(),
+            &ours.dir.display().to_string(),
+            &conf,
+        );
+        assert!(c.ok, "tether ADD for throughput failed: {}", c.stdout);
+    }
+    // The limit: two namespaces joined by a bare veth pair.
+    let (va, vb) = (
+        BenchNs::new(format!("tb-vea-{pid}")),
+        BenchNs::new(format!("tb-veb-{pid}")),
+    );
+    va.exec(&[
+        "ip", "link", "add", "eth0", "mtu", "1500", "type", "veth", "peer", "name", "eth0",
+        "netns", &vb.name,
+    ]);
+    va.exec(&["ip", "addr", "add", "10.92.0.1/24", "dev", "eth0"]);
+    vb.exec(&["ip", "addr", "add", "10.92.0.2/24", "dev", "eth0"]);
+    va.exec(&["ip", "link", "set", "eth0", "up"]);
+    vb.exec(&["ip", "link", "set", "eth0", "up"]);
+    for ns in [&va, &vb, &pods[0], &pods[1]] {
+        ns.exec(&["ip", "link", "set", "lo", "up"]);
+    }
+    // Interleaved repetitions; the median of each side is reported.
+    let (mut bridge, mut bare) = (Vec::new(), Vec::new());
+    for _ in 0..reps {
+        bridge.push(iperf(&pods[1], &pods[0], "10.91.0.3", seconds));
+        bare.push(iperf(&vb, &va, "10.92.0.2", seconds));
+    }
+    let median = |v: &mut Vec<f64>| {
+        v.sort_by(|a, b| a.total_cmp(b));
+        v[v.len() / 2]
+    };
+    (median(&mut bridge), median(&mut bare))
+}
+
+fn main() {
+    let args: Vec<String> = std::env::args().collect();
+    if args.len() < 3 {
+        eprintln!(
+            "usage: bridge-bench <tether bin dir> <reference bin dir> [pods] [iperf seconds]"
+        );
+        std::process::exit(2);
+    }
+    let pods_n: usize = args.get(3).and_then(|a| a.parse().ok()).unwrap_or(200);
+    let seconds: u32 = args.get(4).and_then(|a| a.parse().ok()).unwrap_or(5);
+    let ours = Implementation {
+        label: "tether",
+        bridge: "cni-bridge",
+        ipam: "cni-ipam",
+        dir: PathBuf::from(&args[1]),
+    };
+    let reference = Implementation {
+        label: "reference",
+        bridge: "bridge",
+        ipam: "host-local",
+        dir: PathBuf::from(&args[2]),
+    };
+    let data = std::env::temp_dir().join(format!("tether-bridge-bench-{}", std::process::id()));
+    let pid = std::process::id();
+    eprintln!("creating {pods_n} pod namespaces...");
+    let pods: Vec<BenchNs> = (0..pods_n)
+        .map(|i| BenchNs::new(format!("tb-pod{i}-{pid}")))
+        .collect();
+
+    eprintln!("reference bridge + host-local...");
+    let r = latency(&reference, &pods, &data);
+    eprintln!("cni-bridge + cni-ipam...");
+    let o = latency(&ours, &pods, &data);
+    eprintln!("throughput ({seconds} s per run, 3 interleaved runs each)...");
+    let (bridge_gbps, bare_gbps) = throughput(&ours, &data, seconds, 3);
+    drop(pods);
+    let _ = std::fs::remove_dir_all(&data);
+
+    println!("cni-bridge + cni-ipam vs bridge + host-local: {pods_n} pods, {PARALLEL} in flight for the parallel rows\n");
+    let row = |what: &str, o: Stats, r: Stats| {
+        vec![
+            what.to_string(),
+            ms(r.p50),
+            ms(o.p50),
+            ratio(o.p50, r.p50),
+            ms(r.p99),
+            ms(o.p99),
+            ratio(o.p99, r.p99),
+        ]
+    };
+    print_table(
+        &[
+            "operation",
+            "reference p50 ms",
+            "tether p50 ms",
+            "p50 ratio",
+            "reference p99 ms",
+            "tether p99 ms",
+            "p99 ratio",
+        ],
+        &[
+            row("ADD (sequential)", o.add_seq, r.add_seq),
+            row("DEL (sequential)", o.del_seq, r.del_seq),
+            row(&format!("ADD ({PARALLEL} parallel)"), o.add_par, r.add_par),
+            row(&format!("DEL ({PARALLEL} parallel)"), o.del_par, r.del_par),
+        ],
+    );
+    println!(
+        "\nfailures: reference {}, tether {}\n",
+        r.failures, o.failures
+    );
+    print_table(
+        &["iperf3 TCP, pod to pod", "Gbit/s (median of 3)"],
+        &[
+            vec![
+                "two pods on a Tether bridge".into(),
+                format!("{bridge_gbps:.1}"),
+            ],
+            vec![
+                "two namespaces, bare veth pair (limit)".into(),
+                format!("{bare_gbps:.1}"),
+            ],
+            vec![
+                "bridge / bare veth".into(),
+                format!(
+                    "{:.0}%",
+                    100.0 * bridge_gbps / bare_gbps.max(f64::MIN_POSITIVE)
+                ),
+            ],
+        ],
+    );
+}
