@@ -10,6 +10,9 @@ packages=(
   jq                         # readable JSON in the demo
   iputils-ping               # reachability checks in tests and the demo
   iperf3                     # throughput benchmarks
+  containerd runc            # the real runtime of the end-to-end tests
+  busybox-static             # the e2e container image, built without a registry
+  file                       # checks that busybox is static
 )
 
 if [ "$(id -u)" -ne 0 ]; then
@@ -18,7 +21,7 @@ if [ "$(id -u)" -ne 0 ]; then
 fi
 
 missing=()
-for p in "${packages[@]}"; do
+for p in $(printf "%s\n" "${packages[@]}" | tr " " "\n"); do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
 done
 if [ ${#missing[@]} -gt 0 ]; then
