@@ -10,15 +10,18 @@ use std::net::IpAddr;
 use ipnetwork::IpNetwork;
 use netlink_packet_core::{
     NetlinkHeader, NetlinkMessage, NetlinkPayload, NLM_F_ACK, NLM_F_CREATE, NLM_F_DUMP, NLM_F_EXCL,
-    NLM_F_REQUEST,
+    NLM_F_REPLACE, NLM_F_REQUEST,
 };
 use netlink_packet_route::address::{
     AddressAttribute, AddressFlags, AddressHeaderFlags, AddressMessage, AddressScope,
 };
 use netlink_packet_route::link::{
     AfSpecBridge, BridgeFlag, BridgeVlanInfo, BridgeVlanInfoFlags, InfoBridge, InfoBridgePort,
-    InfoData, InfoKind, InfoPortData, InfoPortKind, InfoVeth, LinkAttribute, LinkFlags, LinkInfo,
-    LinkMessage,
+    InfoData, InfoKind, InfoPortData, InfoPortKind, InfoVeth, InfoVxlan, LinkAttribute, LinkFlags,
+    LinkInfo, LinkMessage,
+};
+use netlink_packet_route::neighbour::{
+    NeighbourAddress, NeighbourAttribute, NeighbourFlags, NeighbourMessage, NeighbourState,
 };
 use netlink_packet_route::route::{
     RouteAddress, RouteAttribute, RouteFlags, RouteHeader, RouteMessage, RouteMetric,
@@ -89,6 +92,43 @@ pub struct Link {
     /// For a veth: the peer's index (in its own namespace).
     pub peer_index: Option<u32>,
     pub hairpin: Option<bool>,
+    pub vxlan: Option<VxlanInfo>,
+}
+
+/// The settings of a VXLAN device that matter for reconciling it.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct VxlanInfo {
+    pub vni: Option<u32>,
+    pub port: Option<u16>,
+    pub local: Option<IpAddr>,
+    pub underlay: Option<u32>,
+    pub learning: Option<bool>,
+}
+
+/// A VXLAN device to create.
+#[derive(Debug, Clone)]
+pub struct VxlanSpec<'a> {
+    pub name: &'a str,
+    pub vni: u32,
+    pub port: u16,
+    pub local: IpAddr,
+    pub underlay: u32,
+    pub mtu: u32,
+    pub mac: Option<[u8; 6]>,
+}
+
+/// A permanent neighbour (ARP/NDP) entry.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct Neighbour {
+    pub ip: IpAddr,
+    pub mac: Vec<u8>,
+}
+
+/// A bridge forwarding entry of a VXLAN device: frames for `mac` go to underlay address `dst`.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct FdbEntry {
+    pub mac: Vec<u8>,
+    pub dst: Option<IpAddr>,
 }
 
 impl Link {
@@ -121,6 +161,7 @@ pub struct RouteEntry {
     pub oif: Option<u32>,
     pub table: u32,
     pub mtu: Option<u32>,
+    pub onlink: bool,
 }
 
 /// A route to add.
@@ -463,6 +504,163 @@ impl Netlink {
         }
     }
 
+    /// Creates a VXLAN device (learning off); an existing link of that name is left alone
+    /// (returns false) for the caller to compare with [`Link::vxlan`].
+    pub fn create_vxlan(&mut self, spec: &VxlanSpec<'_>) -> Result<bool, NlError> {
+        let mut msg = LinkMessage::default();
+        msg.attributes
+            .push(LinkAttribute::IfName(spec.name.to_string()));
+        msg.attributes.push(LinkAttribute::Mtu(spec.mtu));
+        if let Some(mac) = spec.mac {
+            msg.attributes.push(LinkAttribute::Address(mac.to_vec()));
+        }
+        let local = match spec.local {
+            IpAddr::V4(v4) => InfoVxlan::Local(v4),
+            IpAddr::V6(v6) => InfoVxlan::Local6(v6),
+        };
+        msg.attributes.push(LinkAttribute::LinkInfo(vec![
+            LinkInfo::Kind(InfoKind::Vxlan),
+            LinkInfo::Data(InfoData::Vxlan(vec![
+                InfoVxlan::Id(spec.vni),
+                local,
+                InfoVxlan::Link(spec.underlay),
+                InfoVxlan::Port(spec.port),
+                InfoVxlan::Learning(false),
+            ])),
+        ]));
+        match self.change(RouteNetlinkMessage::NewLink(msg), NLM_F_CREATE | NLM_F_EXCL) {
+            Ok(()) => Ok(true),
+            Err(e) if e.raw_os_error() == Some(libc::EEXIST) => Ok(false),
+            Err(e) => Err(self.err(
+                "creating vxlan",
+                format!("{} (vni {})", spec.name, spec.vni),
+            )(e)),
+        }
+    }
+
+    /// Permanent neighbour entries of one device.
+    pub fn neighbours(&mut self, index: u32) -> Result<Vec<Neighbour>, NlError> {
+        let replies = self
+            .exchange(
+                RouteNetlinkMessage::GetNeighbour(NeighbourMessage::default()),
+                NLM_F_DUMP,
+            )
+            .map_err(self.err("listing neighbours of", format!("#{index}")))?;
+        Ok(replies
+            .into_iter()
+            .filter_map(|m| match m {
+                RouteNetlinkMessage::NewNeighbour(n)
+                    if n.header.ifindex == index
+                        && n.header.state == NeighbourState::Permanent
+                        && n.header.family != AddressFamily::Bridge =>
+                {
+                    let mut ip = None;
+                    let mut mac = None;
+                    for attr in &n.attributes {
+                        match attr {
+                            NeighbourAttribute::Destination(a) => ip = neighbour_ip(a),
+                            NeighbourAttribute::LinkLayerAddress(m) => mac = Some(m.clone()),
+                            _ => {}
+                        }
+                    }
+                    Some(Neighbour { ip: ip?, mac: mac? })
+                }
+                _ => None,
+            })
+            .collect())
+    }
+
+    /// Adds or replaces a permanent neighbour entry.
+    pub fn set_neighbour(&mut self, index: u32, entry: &Neighbour) -> Result<(), NlError> {
+        let mut msg = NeighbourMessage::default();
+        msg.header.family = family(entry.ip);
+        msg.header.ifindex = index;
+        msg.header.state = NeighbourState::Permanent;
+        msg.attributes
+            .push(NeighbourAttribute::Destination(entry.ip.into()));
+        msg.attributes
+            .push(NeighbourAttribute::LinkLayerAddress(entry.mac.clone()));
+        self.change(
+            RouteNetlinkMessage::NewNeighbour(msg),
+            NLM_F_CREATE | NLM_F_REPLACE,
+        )
+        .map_err(self.err(
+            "setting neighbour",
+            format!("{} lladdr {} on #{index}", entry.ip, format_mac(&entry.mac)),
+        ))
+    }
+
+    pub fn del_neighbour(&mut self, index: u32, ip: IpAddr) -> Result<(), NlError> {
+        let mut msg = NeighbourMessage::default();
+        msg.header.family = family(ip);
+        msg.header.ifindex = index;
+        msg.attributes
+            .push(NeighbourAttribute::Destination(ip.into()));
+        match self.change(RouteNetlinkMessage::DelNeighbour(msg), 0) {
+            Err(e) if is_missing(&e) => Ok(()),
+            other => other.map_err(self.err("deleting neighbour", format!("{ip} on #{index}"))),
+        }
+    }
+
+    /// Permanent forwarding entries (with their remote address) of a VXLAN device.
+    pub fn fdb(&mut self, index: u32) -> Result<Vec<FdbEntry>, NlError> {
+        let mut request = NeighbourMessage::default();
+        request.header.family = AddressFamily::Bridge;
+        let replies = self
+            .exchange(RouteNetlinkMessage::GetNeighbour(request), NLM_F_DUMP)
+            .map_err(self.err("listing forwarding entries of", format!("#{index}")))?;
+        Ok(replies
+            .into_iter()
+            .filter_map(|m| match m {
+                RouteNetlinkMessage::NewNeighbour(n)
+                    if n.header.ifindex == index
+                        && n.header.family == AddressFamily::Bridge
+                        && n.header.state == NeighbourState::Permanent =>
+                {
+                    let mut entry = FdbEntry {
+                        mac: Vec::new(),
+                        dst: None,
+                    };
+                    for attr in &n.attributes {
+                        match attr {
+                            NeighbourAttribute::LinkLayerAddress(m) => entry.mac = m.clone(),
+                            NeighbourAttribute::Destination(a) => entry.dst = neighbour_ip(a),
+                            _ => {}
+                        }
+                    }
+                    (!entry.mac.is_empty()).then_some(entry)
+                }
+                _ => None,
+            })
+            .collect())
+    }
+
+    /// Adds or replaces the forwarding entry for `entry.mac`.
+    pub fn set_fdb(&mut self, index: u32, entry: &FdbEntry) -> Result<(), NlError> {
+        let msg = fdb_message(index, entry);
+        self.change(
+            RouteNetlinkMessage::NewNeighbour(msg),
+            NLM_F_CREATE | NLM_F_REPLACE,
+        )
+        .map_err(self.err(
+            "setting forwarding entry",
+            format!("{} on #{index}", format_mac(&entry.mac)),
+        ))
+    }
+
+    pub fn del_fdb(&mut self, index: u32, entry: &FdbEntry) -> Result<(), NlError> {
+        match self.change(
+            RouteNetlinkMessage::DelNeighbour(fdb_message(index, entry)),
+            0,
+        ) {
+            Err(e) if is_missing(&e) => Ok(()),
+            other => other.map_err(self.err(
+                "deleting forwarding entry",
+                format!("{} on #{index}", format_mac(&entry.mac)),
+            )),
+        }
+    }
+
     // ---- addresses ----
 
     /// Adds an address; one that is already there is success (returns false). With `nodad`, an
@@ -526,47 +724,39 @@ impl Netlink {
 
     /// Adds a route to the main table; an identical one already there is success (returns false).
     pub fn add_route(&mut self, spec: &RouteSpec) -> Result<bool, NlError> {
-        let mut msg = RouteMessage::default();
-        msg.header.address_family = family(spec.dst.ip());
-        msg.header.destination_prefix_length = spec.dst.prefix();
-        msg.header.table = RouteHeader::RT_TABLE_MAIN;
-        msg.header.protocol = RouteProtocol::Boot;
-        msg.header.kind = RouteType::Unicast;
-        msg.header.scope = if spec.gateway.is_some() {
-            RouteScope::Universe
-        } else {
-            RouteScope::Link
-        };
-        if spec.onlink {
-            msg.header.flags = RouteFlags::Onlink;
-        }
-        msg.attributes
-            .push(RouteAttribute::Destination(RouteAddress::from(
-                spec.dst.network(),
-            )));
-        if let Some(gw) = spec.gateway {
-            msg.attributes
-                .push(RouteAttribute::Gateway(RouteAddress::from(gw)));
-        }
-        msg.attributes.push(RouteAttribute::Oif(spec.oif));
-        if let Some(priority) = spec.priority {
-            msg.attributes.push(RouteAttribute::Priority(priority));
-        }
-        if let Some(mtu) = spec.mtu {
-            msg.attributes
-                .push(RouteAttribute::Metrics(vec![RouteMetric::Mtu(mtu)]));
-        }
-        let what = match spec.gateway {
-            Some(gw) => format!("{} via {gw} dev #{}", spec.dst, spec.oif),
-            None => format!("{} dev #{}", spec.dst, spec.oif),
-        };
         match self.change(
-            RouteNetlinkMessage::NewRoute(msg),
+            RouteNetlinkMessage::NewRoute(route_message(spec)),
             NLM_F_CREATE | NLM_F_EXCL,
         ) {
             Ok(()) => Ok(true),
             Err(e) if e.raw_os_error() == Some(libc::EEXIST) => Ok(false),
-            Err(e) => Err(self.err("adding route", what)(e)),
+            Err(e) => Err(self.err("adding route", describe_route(spec))(e)),
+        }
+    }
+
+    /// Adds the route, or replaces the one to the same destination.
+    pub fn replace_route(&mut self, spec: &RouteSpec) -> Result<(), NlError> {
+        self.change(
+            RouteNetlinkMessage::NewRoute(route_message(spec)),
+            NLM_F_CREATE | NLM_F_REPLACE,
+        )
+        .map_err(self.err("replacing route", describe_route(spec)))
+    }
+
+    /// Deletes the main-table route to `dst`; a missing one is success.
+    pub fn del_route(&mut self, dst: IpNetwork) -> Result<(), NlError> {
+        let mut msg = RouteMessage::default();
+        msg.header.address_family = family(dst.ip());
+        msg.header.destination_prefix_length = dst.prefix();
+        msg.header.table = RouteHeader::RT_TABLE_MAIN;
+        msg.header.scope = RouteScope::NoWhere;
+        msg.attributes
+            .push(RouteAttribute::Destination(RouteAddress::from(
+                dst.network(),
+            )));
+        match self.change(RouteNetlinkMessage::DelRoute(msg), 0) {
+            Err(e) if matches!(e.raw_os_error(), Some(libc::ESRCH | libc::ENOENT)) => Ok(()),
+            other => other.map_err(self.err("deleting route", dst)),
         }
     }
 
@@ -592,6 +782,47 @@ impl Netlink {
     }
 }
 
+fn route_message(spec: &RouteSpec) -> RouteMessage {
+    let mut msg = RouteMessage::default();
+    msg.header.address_family = family(spec.dst.ip());
+    msg.header.destination_prefix_length = spec.dst.prefix();
+    msg.header.table = RouteHeader::RT_TABLE_MAIN;
+    msg.header.protocol = RouteProtocol::Boot;
+    msg.header.kind = RouteType::Unicast;
+    msg.header.scope = if spec.gateway.is_some() {
+        RouteScope::Universe
+    } else {
+        RouteScope::Link
+    };
+    if spec.onlink {
+        msg.header.flags = RouteFlags::Onlink;
+    }
+    msg.attributes
+        .push(RouteAttribute::Destination(RouteAddress::from(
+            spec.dst.network(),
+        )));
+    if let Some(gw) = spec.gateway {
+        msg.attributes
+            .push(RouteAttribute::Gateway(RouteAddress::from(gw)));
+    }
+    msg.attributes.push(RouteAttribute::Oif(spec.oif));
+    if let Some(priority) = spec.priority {
+        msg.attributes.push(RouteAttribute::Priority(priority));
+    }
+    if let Some(mtu) = spec.mtu {
+        msg.attributes
+            .push(RouteAttribute::Metrics(vec![RouteMetric::Mtu(mtu)]));
+    }
+    msg
+}
+
+fn describe_route(spec: &RouteSpec) -> String {
+    match spec.gateway {
+        Some(gw) => format!("{} via {gw} dev #{}", spec.dst, spec.oif),
+        None => format!("{} dev #{}", spec.dst, spec.oif),
+    }
+}
+
 fn family(ip: IpAddr) -> AddressFamily {
     if ip.is_ipv4() {
         AddressFamily::Inet
@@ -605,6 +836,21 @@ fn is_missing(e: &io::Error) -> bool {
         e.raw_os_error(),
         Some(libc::ENODEV | libc::ENOENT | libc::EADDRNOTAVAIL | libc::ESRCH)
     )
+}
+
+fn fdb_message(index: u32, entry: &FdbEntry) -> NeighbourMessage {
+    let mut msg = NeighbourMessage::default();
+    msg.header.family = AddressFamily::Bridge;
+    msg.header.ifindex = index;
+    msg.header.state = NeighbourState::Permanent;
+    msg.header.flags = NeighbourFlags::Own;
+    msg.attributes
+        .push(NeighbourAttribute::LinkLayerAddress(entry.mac.clone()));
+    if let Some(dst) = entry.dst {
+        msg.attributes
+            .push(NeighbourAttribute::Destination(dst.into()));
+    }
+    msg
 }
 
 fn address_message(index: u32, addr: IpNetwork) -> AddressMessage {
@@ -636,6 +882,7 @@ fn to_link(message: RouteNetlinkMessage) -> Option<Link> {
         kind: None,
         peer_index: None,
         hairpin: None,
+        vxlan: None,
     };
     for attr in msg.attributes {
         match attr {
@@ -649,6 +896,9 @@ fn to_link(message: RouteNetlinkMessage) -> Option<Link> {
                 for info in infos {
                     match info {
                         LinkInfo::Kind(kind) => link.kind = Some(kind.to_string()),
+                        LinkInfo::Data(InfoData::Vxlan(attrs)) => {
+                            link.vxlan = Some(vxlan_info(&attrs))
+                        }
                         LinkInfo::PortData(InfoPortData::BridgePort(port)) => {
                             link.hairpin = port.iter().find_map(|p| match p {
                                 InfoBridgePort::HairpinMode(on) => Some(*on),
@@ -663,6 +913,38 @@ fn to_link(message: RouteNetlinkMessage) -> Option<Link> {
         }
     }
     Some(link)
+}
+
+fn vxlan_info(attrs: &[InfoVxlan]) -> VxlanInfo {
+    let mut info = VxlanInfo::default();
+    for attr in attrs {
+        match attr {
+            InfoVxlan::Id(vni) => info.vni = Some(*vni),
+            InfoVxlan::Port(port) => info.port = Some(*port),
+            InfoVxlan::Local(ip) => info.local = Some(IpAddr::V4(*ip)),
+            InfoVxlan::Local6(ip) => info.local = Some(IpAddr::V6(*ip)),
+            InfoVxlan::Link(index) => info.underlay = Some(*index),
+            InfoVxlan::Learning(on) => info.learning = Some(*on),
+            _ => {}
+        }
+    }
+    info
+}
+
+fn neighbour_ip(address: &NeighbourAddress) -> Option<IpAddr> {
+    match address {
+        NeighbourAddress::Inet(v4) => Some(IpAddr::V4(*v4)),
+        NeighbourAddress::Inet6(v6) => Some(IpAddr::V6(*v6)),
+        // AF_BRIDGE entries (VXLAN FDB) carry the remote address as raw bytes.
+        NeighbourAddress::Other(bytes) => match bytes.len() {
+            4 => <[u8; 4]>::try_from(bytes.as_slice()).ok().map(IpAddr::from),
+            16 => <[u8; 16]>::try_from(bytes.as_slice())
+                .ok()
+                .map(IpAddr::from),
+            _ => None,
+        },
+        _ => None,
+    }
 }
 
 fn to_route(msg: RouteMessage, ipv6: bool) -> Option<RouteEntry> {
@@ -681,6 +963,7 @@ fn to_route(msg: RouteMessage, ipv6: bool) -> Option<RouteEntry> {
         oif: None,
         table: u32::from(msg.header.table),
         mtu: None,
+        onlink: msg.header.flags.contains(RouteFlags::Onlink),
     };
     for attr in msg.attributes {
         match attr {

@@ -137,3 +137,118 @@ fn bridge_veth_addresses_routes_in_namespaces() {
         "the peer went with it"
     );
 }
+
+#[test]
+fn vxlan_with_neighbour_fdb_and_onlink_route_carries_traffic() {
+    require_root();
+    let (a, b) = (Netns::new("vxa"), Netns::new("vxb"));
+    a.ip(&[
+        "link", "add", "under0", "type", "veth", "peer", "name", "under0", "netns", &b.name,
+    ]);
+    for (ns, ip) in [(&a, "192.0.2.1/24"), (&b, "192.0.2.2/24")] {
+        ns.ip(&["addr", "add", ip, "dev", "under0"]);
+        ns.ip(&["link", "set", "under0", "up"]);
+    }
+    let mut setup = |ns: &Netns, local: &str, own: &str, remote_subnet: &str, remote_gw: &str| {
+        let handle = NetNs::open(&ns.path()).unwrap();
+        let mut nl = Netlink::open_in(&handle).unwrap();
+        let under = nl.link("under0").unwrap().unwrap();
+        let spec = cni_core::netlink::VxlanSpec {
+            name: "vx0",
+            vni: 7,
+            port: 8472,
+            local: local.parse().unwrap(),
+            underlay: under.index,
+            mtu: 1450,
+            mac: None,
+        };
+        assert!(nl.create_vxlan(&spec).unwrap());
+        assert!(
+            !nl.create_vxlan(&spec).unwrap(),
+            "existing device is left alone"
+        );
+        let vx = nl.link("vx0").unwrap().unwrap();
+        let info = vx.vxlan.clone().unwrap();
+        assert_eq!(
+            (info.vni, info.port, info.learning),
+            (Some(7), Some(8472), Some(false))
+        );
+        assert_eq!(info.local, Some(local.parse().unwrap()));
+        nl.add_address(vx.index, own.parse().unwrap(), false)
+            .unwrap();
+        nl.set_up(vx.index).unwrap();
+        (nl, vx, remote_subnet.to_string(), remote_gw.to_string())
+    };
+    let (mut nla, vxa, _, _) = setup(&a, "192.0.2.1", "10.1.1.0/32", "10.1.2.0/24", "10.1.2.0");
+    let (mut nlb, vxb, _, _) = setup(&b, "192.0.2.2", "10.1.2.0/32", "10.1.1.0/24", "10.1.1.0");
+    let (mac_a, mac_b) = (vxa.mac.clone().unwrap(), vxb.mac.clone().unwrap());
+    for (nl, vx, gw, mac, underlay, subnet) in [
+        (
+            &mut nla,
+            &vxa,
+            "10.1.2.0",
+            &mac_b,
+            "192.0.2.2",
+            "10.1.2.0/24",
+        ),
+        (
+            &mut nlb,
+            &vxb,
+            "10.1.1.0",
+            &mac_a,
+            "192.0.2.1",
+            "10.1.1.0/24",
+        ),
+    ] {
+        let neighbour = cni_core::netlink::Neighbour {
+            ip: gw.parse().unwrap(),
+            mac: mac.clone(),
+        };
+        nl.set_neighbour(vx.index, &neighbour).unwrap();
+        nl.set_neighbour(vx.index, &neighbour).unwrap();
+        assert_eq!(nl.neighbours(vx.index).unwrap(), [neighbour]);
+        let fdb = cni_core::netlink::FdbEntry {
+            mac: mac.clone(),
+            dst: Some(underlay.parse().unwrap()),
+        };
+        nl.set_fdb(vx.index, &fdb).unwrap();
+        assert!(
+            nl.fdb(vx.index).unwrap().contains(&fdb),
+            "{:?}",
+            nl.fdb(vx.index)
+        );
+        nl.replace_route(&RouteSpec {
+            dst: subnet.parse().unwrap(),
+            gateway: Some(gw.parse().unwrap()),
+            oif: vx.index,
+            mtu: None,
+            priority: None,
+            onlink: true,
+        })
+        .unwrap();
+        let route = nl
+            .routes(false)
+            .unwrap()
+            .into_iter()
+            .find(|r| r.dst.to_string() == subnet)
+            .unwrap();
+        assert!(route.onlink && route.oif == Some(vx.index));
+    }
+    assert!(a.ping("10.1.2.0"), "traffic crosses the VXLAN overlay");
+
+    nla.del_route("10.1.2.0/24".parse().unwrap()).unwrap();
+    nla.del_route("10.1.2.0/24".parse().unwrap()).unwrap();
+    nla.del_neighbour(vxa.index, "10.1.2.0".parse().unwrap())
+        .unwrap();
+    nla.del_neighbour(vxa.index, "10.1.2.0".parse().unwrap())
+        .unwrap();
+    let fdb = cni_core::netlink::FdbEntry {
+        mac: mac_b.clone(),
+        dst: Some("192.0.2.2".parse().unwrap()),
+    };
+    nla.del_fdb(vxa.index, &fdb).unwrap();
+    nla.del_fdb(vxa.index, &fdb).unwrap();
+    assert!(nla.neighbours(vxa.index).unwrap().is_empty());
+    assert!(!nla.fdb(vxa.index).unwrap().contains(&fdb));
+    assert!(!a.ping("10.1.2.0"));
+}
