@@ -149,7 +149,7 @@ fn vxlan_with_neighbour_fdb_and_onlink_route_carries_traffic() {
         ns.ip(&["addr", "add", ip, "dev", "under0"]);
         ns.ip(&["link", "set", "under0", "up"]);
     }
-    let mut setup = |ns: &Netns, local: &str, own: &str, remote_subnet: &str, remote_gw: &str| {
+    let setup = |ns: &Netns, local: &str, own: &str| {
         let handle = NetNs::open(&ns.path()).unwrap();
         let mut nl = Netlink::open_in(&handle).unwrap();
         let under = nl.link("under0").unwrap().unwrap();
@@ -177,10 +177,10 @@ fn vxlan_with_neighbour_fdb_and_onlink_route_carries_traffic() {
         nl.add_address(vx.index, own.parse().unwrap(), false)
             .unwrap();
         nl.set_up(vx.index).unwrap();
-        (nl, vx, remote_subnet.to_string(), remote_gw.to_string())
+        (nl, vx)
     };
-    let (mut nla, vxa, _, _) = setup(&a, "192.0.2.1", "10.1.1.0/32", "10.1.2.0/24", "10.1.2.0");
-    let (mut nlb, vxb, _, _) = setup(&b, "192.0.2.2", "10.1.2.0/32", "10.1.1.0/24", "10.1.1.0");
+    let (mut nla, vxa) = setup(&a, "192.0.2.1", "10.1.1.0/32");
+    let (mut nlb, vxb) = setup(&b, "192.0.2.2", "10.1.2.0/32");
     let (mac_a, mac_b) = (vxa.mac.clone().unwrap(), vxb.mac.clone().unwrap());
     for (nl, vx, gw, mac, underlay, subnet) in [
         (
