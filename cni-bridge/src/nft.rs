@@ -7,9 +7,7 @@
 //! which the kernel applies atomically, and changes are serialized by a lock file.
 
 use std::collections::HashSet;
-use std::io::Write;
 use std::path::Path;
-use std::process::{Command, Stdio};
 
 use cni_core::fsutil::FileLock;
 use ipnetwork::IpNetwork;
@@ -19,60 +17,12 @@ use crate::error::BridgeError;
 
 const INET_TABLE: &str = "tether";
 const LOCK_DIR: &str = "/run/tether";
-const NFT_CANDIDATES: [&str; 3] = ["/usr/sbin/nft", "/sbin/nft", "/usr/bin/nft"];
-
-fn nft_binary() -> Result<&'static str, BridgeError> {
-    NFT_CANDIDATES
-        .into_iter()
-        .find(|p| Path::new(p).exists())
-        .ok_or_else(|| BridgeError::Nftables("the nft binary is not installed".into()))
-}
-
-fn run(args: &[&str], stdin: Option<&str>) -> Result<String, String> {
-    let nft = nft_binary().map_err(|e| e.to_string())?;
-    let mut child = Command::new(nft)
-        .args(args)
-        .stdin(if stdin.is_some() {
-            Stdio::piped()
-        } else {
-            Stdio::null()
-        })
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .map_err(|e| format!("running {nft}: {e}"))?;
-    if let (Some(text), Some(mut pipe)) = (stdin, child.stdin.take()) {
-        pipe.write_all(text.as_bytes())
-            .map_err(|e| format!("writing to nft: {e}"))?;
-    }
-    let out = child
-        .wait_with_output()
-        .map_err(|e| format!("waiting for nft: {e}"))?;
-    if out.status.success() {
-        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
-    } else {
-        Err(String::from_utf8_lossy(&out.stderr).trim().to_string())
-    }
-}
-
 fn apply(batch: &str) -> Result<(), BridgeError> {
-    tracing::debug!(%batch, "nft batch");
-    run(&["-f", "-"], Some(batch))
-        .map(drop)
-        .map_err(BridgeError::Nftables)
+    cni_core::nft::apply(batch).map_err(|e| BridgeError::Nftables(e.to_string()))
 }
 
-/// The table as JSON objects; an absent table is empty.
 fn list_table(family: &str, table: &str) -> Result<Vec<Value>, BridgeError> {
-    match run(&["-j", "-a", "list", "table", family, table], None) {
-        Ok(text) => {
-            let value: Value = serde_json::from_str(&text)
-                .map_err(|e| BridgeError::Nftables(format!("unreadable nft output: {e}")))?;
-            Ok(value["nftables"].as_array().cloned().unwrap_or_default())
-        }
-        Err(e) if e.contains("No such file or directory") => Ok(Vec::new()),
-        Err(e) => Err(BridgeError::Nftables(e)),
-    }
+    cni_core::nft::list_table(family, table).map_err(|e| BridgeError::Nftables(e.to_string()))
 }
 
 fn lock() -> Result<FileLock, BridgeError> {

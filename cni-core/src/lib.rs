@@ -9,6 +9,7 @@ pub mod fsutil;
 pub mod logging;
 pub mod netlink;
 pub mod netns;
+pub mod nft;
 pub mod plugin;
 pub mod request;
 pub mod result;

@@ -224,6 +224,32 @@ fn check_sets_disjoint(sets: &[RangeSet]) -> Result<(), IpamError> {
     Ok(())
 }
 
+#[derive(Debug, Deserialize)]
+struct LocationIn {
+    ipam: Option<LocationIpamIn>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct LocationIpamIn {
+    data_dir: Option<PathBuf>,
+}
+
+/// Where the network's leases live: all DEL and GC need, so that they work even when the ranges
+/// in the configuration are missing or no longer valid.
+pub fn lease_dir(req: &Request) -> Result<PathBuf, IpamError> {
+    let parsed: LocationIn = req
+        .parse_config()
+        .map_err(|e| IpamError::InvalidConfig(format!("cannot read the ipam section: {e}")))?;
+    let ipam = parsed
+        .ipam
+        .ok_or_else(|| IpamError::InvalidConfig("the configuration has no ipam section".into()))?;
+    Ok(ipam
+        .data_dir
+        .unwrap_or_else(|| PathBuf::from(DEFAULT_DATA_DIR))
+        .join(&req.config.name))
+}
+
 /// Addresses the runtime asked for: `runtimeConfig.ips`, `args.cni.ips` and `CNI_ARGS` `IP=`
 /// (comma separated). A prefix length, if given, is ignored: the range decides it.
 pub fn requested_ips(req: &Request) -> Result<Vec<IpAddr>, IpamError> {

@@ -5,7 +5,7 @@ use std::net::IpAddr;
 
 use cni_core::{Attachment, CniResult, Dns, IpConfig, Plugin, Request};
 
-use crate::config::{requested_ips, IpamConfig};
+use crate::config::{lease_dir, requested_ips, IpamConfig};
 use crate::dns::read_resolv_conf;
 use crate::error::IpamError;
 use crate::range::RangeSet;
@@ -80,8 +80,7 @@ impl Plugin for HostLocalIpam {
     }
 
     fn del(&self, req: &Request) -> Result<(), IpamError> {
-        let cfg = IpamConfig::from_request(req)?;
-        if let Some(store) = Store::open_existing(&cfg.dir)? {
+        if let Some(store) = Store::open_existing(&lease_dir(req)?)? {
             let freed = store.release(&req.container_id, &req.ifname)?;
             tracing::info!(container = %req.container_id, ifname = %req.ifname, ips = %join(&freed), "released");
         }
@@ -131,10 +130,9 @@ impl Plugin for HostLocalIpam {
     }
 
     fn gc(&self, req: &Request, valid: &[Attachment]) -> Result<(), IpamError> {
-        let cfg = IpamConfig::from_request(req)?;
-        if let Some(store) = Store::open_existing(&cfg.dir)? {
+        if let Some(store) = Store::open_existing(&lease_dir(req)?)? {
             let freed = store.collect_garbage(valid)?;
-            tracing::info!(network = %cfg.network, freed = freed.len(), "GC done");
+            tracing::info!(network = %req.config.name, freed = freed.len(), "GC done");
         }
         Ok(())
     }

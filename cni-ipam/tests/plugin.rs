@@ -293,6 +293,21 @@ fn del_is_idempotent_and_succeeds_for_unknown_containers() {
 }
 
 #[test]
+fn del_and_gc_need_only_the_lease_directory() {
+    let net = Net::v4("10.33.0.0/24");
+    net.add("c1").ok();
+    // The ranges are gone from the configuration (say, the node's subnet is unknown after a
+    // reboot): DEL still frees the lease.
+    let bare = net.with(|c| c["ipam"] = json!({"type": "cni-ipam", "dataDir": net.dir.path()}));
+    run("DEL", "c1", "eth0", &[], &bare).ok();
+    assert!(net.leases().is_empty());
+    net.add("c2").ok();
+    run("GC", "", "", &[], &bare).ok();
+    assert!(net.leases().is_empty());
+    run("ADD", "c3", "eth0", &[], &bare).err(7);
+}
+
+#[test]
 fn del_only_frees_the_named_interface() {
     let net = Net::v4("10.18.0.0/24");
     run("ADD", "c1", "eth0", &[], &net.conf).ok();
