@@ -13,6 +13,8 @@ packages=(
   containerd runc            # the real runtime of the end-to-end tests
   busybox-static             # the e2e container image, built without a registry
   file                       # checks that busybox is static
+  etcd-server                # the overlay datastore in tests and the demo
+  protobuf-compiler          # protoc, for gRPC code generated at build time (etcd client, CSI)
 )
 
 if [ "$(id -u)" -ne 0 ]; then

@@ -1,0 +1,273 @@
+//! The etcd datastore: each node leases a subnet of the cluster CIDR with a transaction that only
+//! succeeds if nobody holds it, attaches the key to an etcd lease it keeps alive, and stores its
+//! VTEP next to it. Keys: `<prefix>/subnets/<a.b.c.d>-<len>` -> JSON [`Peer`].
+
+use std::net::{IpAddr, Ipv4Addr};
+use std::time::Duration;
+
+use etcd_client::{
+    Client, Compare, CompareOp, ConnectOptions, GetOptions, PutOptions, Txn, TxnOp, WatchOptions,
+    WatchStream,
+};
+use ipnetwork::IpNetwork;
+
+use super::state::Peer;
+use super::DaemonError;
+
+const TIMEOUT: Duration = Duration::from_secs(5);
+
+pub struct EtcdStore {
+    client: Client,
+    prefix: String,
+    ttl: i64,
+    lease: Option<i64>,
+    keeper: Option<etcd_client::LeaseKeeper>,
+    keep_stream: Option<etcd_client::LeaseKeepAliveStream>,
+}
+
+fn ds(context: &str) -> impl Fn(etcd_client::Error) -> DaemonError + '_ {
+    move |e| DaemonError::Datastore(format!("etcd {context}: {e}"))
+}
+
+impl EtcdStore {
+    pub async fn connect(
+        endpoints: &[String],
+        prefix: &str,
+        ttl: i64,
+    ) -> Result<EtcdStore, DaemonError> {
+        let options = ConnectOptions::new()
+            .with_connect_timeout(TIMEOUT)
+            .with_timeout(TIMEOUT);
+        let client = tokio::time::timeout(TIMEOUT, Client::connect(endpoints, Some(options)))
+            .await
+            .map_err(|_| {
+                DaemonError::Datastore(format!(
+                    "connecting to etcd {endpoints:?}: timed out after {TIMEOUT:?}"
+                ))
+            })?
+            .map_err(ds("connect"))?;
+        Ok(EtcdStore {
+            client,
+            prefix: prefix.trim_end_matches('/').to_string(),
+            ttl,
+            lease: None,
+            keeper: None,
+            keep_stream: None,
+        })
+    }
+
+    fn subnets_prefix(&self) -> String {
+        format!("{}/subnets/", self.prefix)
+    }
+
+    fn key(&self, subnet: IpNetwork) -> String {
+        format!(
+            "{}{}-{}",
+            self.subnets_prefix(),
+            subnet.network(),
+            subnet.prefix()
+        )
+    }
+
+    /// Every registered node.
+    pub async fn peers(&mut self) -> Result<Vec<Peer>, DaemonError> {
+        let resp = self
+            .client
+            .get(self.subnets_prefix(), Some(GetOptions::new().with_prefix()))
+            .await
+            .map_err(ds("listing nodes"))?;
+        Ok(resp
+            .kvs()
+            .iter()
+            .filter_map(|kv| match serde_json::from_slice::<Peer>(kv.value()) {
+                Ok(peer) => Some(peer),
+                Err(e) => {
+                    tracing::warn!(key = %String::from_utf8_lossy(kv.key()), error = %e, "ignoring unreadable registration");
+                    None
+                }
+            })
+            .collect())
+    }
+
+    /// Leases a subnet for `node` and publishes its VTEP. Keeps the node's current subnet if it
+    /// has one, else tries `hint` (the subnet it had before), else the first free one.
+    pub async fn register(
+        &mut self,
+        node: &str,
+        vtep_mac: &str,
+        underlay_ip: IpAddr,
+        cluster: IpNetwork,
+        size: u8,
+        hint: Option<IpNetwork>,
+    ) -> Result<IpNetwork, DaemonError> {
+        let lease = self
+            .client
+            .lease_grant(self.ttl, None)
+            .await
+            .map_err(ds("granting lease"))?
+            .id();
+        let (keeper, stream) = self
+            .client
+            .lease_keep_alive(lease)
+            .await
+            .map_err(ds("keeping lease alive"))?;
+        self.lease = Some(lease);
+        self.keeper = Some(keeper);
+        self.keep_stream = Some(stream);
+
+        let existing = self
+            .client
+            .get(self.subnets_prefix(), Some(GetOptions::new().with_prefix()))
+            .await
+            .map_err(ds("listing subnets"))?;
+        let mut taken = Vec::new();
+        let mut mine = None;
+        for kv in existing.kvs() {
+            if let Ok(peer) = serde_json::from_slice::<Peer>(kv.value()) {
+                if peer.node == node {
+                    mine = Some((peer.subnet, kv.mod_revision()));
+                }
+                taken.push(peer.subnet);
+            }
+        }
+        let value = |subnet: IpNetwork| {
+            serde_json::to_string(&Peer {
+                node: node.to_string(),
+                subnet,
+                vtep_mac: vtep_mac.to_string(),
+                underlay_ip,
+            })
+            .unwrap_or_default()
+        };
+        let put = |key: &str, subnet: IpNetwork| {
+            TxnOp::put(
+                key,
+                value(subnet),
+                Some(PutOptions::new().with_lease(lease)),
+            )
+        };
+
+        if let Some((subnet, revision)) = mine {
+            let key = self.key(subnet);
+            let txn = Txn::new()
+                .when([Compare::mod_revision(
+                    key.as_str(),
+                    CompareOp::Equal,
+                    revision,
+                )])
+                .and_then([put(&key, subnet)]);
+            if self
+                .client
+                .txn(txn)
+                .await
+                .map_err(ds("renewing registration"))?
+                .succeeded()
+            {
+                return Ok(subnet);
+            }
+        }
+        let candidates = hint
+            .filter(|h| h.prefix() == size && cluster.contains(h.network()))
+            .into_iter()
+            .chain(subnets_of(cluster, size));
+        for subnet in candidates {
+            if taken.contains(&subnet) {
+                continue;
+            }
+            let key = self.key(subnet);
+            let txn = Txn::new()
+                .when([Compare::create_revision(key.as_str(), CompareOp::Equal, 0)])
+                .and_then([put(&key, subnet)]);
+            if self
+                .client
+                .txn(txn)
+                .await
+                .map_err(ds("leasing subnet"))?
+                .succeeded()
+            {
+                return Ok(subnet);
+            }
+        }
+        Err(DaemonError::Datastore(format!(
+            "no free /{size} subnet left in cluster CIDR {cluster}"
+        )))
+    }
+
+    /// Renews the lease; an error means the registration is gone and must be made again.
+    pub async fn keep_alive(&mut self) -> Result<(), DaemonError> {
+        let (Some(keeper), Some(stream)) = (self.keeper.as_mut(), self.keep_stream.as_mut()) else {
+            return Err(DaemonError::Datastore("not registered".into()));
+        };
+        keeper.keep_alive().await.map_err(ds("keep-alive"))?;
+        match tokio::time::timeout(TIMEOUT, stream.message()).await {
+            Ok(Ok(Some(resp))) if resp.ttl() > 0 => Ok(()),
+            Ok(Ok(_)) => Err(DaemonError::Datastore("etcd lease expired".into())),
+            Ok(Err(e)) => Err(ds("keep-alive")(e)),
+            Err(_) => Err(DaemonError::Datastore("etcd keep-alive timed out".into())),
+        }
+    }
+
+    pub async fn watch(&mut self) -> Result<WatchStream, DaemonError> {
+        self.client
+            .watch(
+                self.subnets_prefix(),
+                Some(WatchOptions::new().with_prefix()),
+            )
+            .await
+            .map_err(ds("watching"))
+    }
+
+    /// Deletes this node's registration (the node leaves the overlay).
+    pub async fn leave(&mut self, node: &str) -> Result<(), DaemonError> {
+        for peer in self.peers().await? {
+            if peer.node == node {
+                let key = self.key(peer.subnet);
+                self.client
+                    .delete(key, None)
+                    .await
+                    .map_err(ds("deleting registration"))?;
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Every subnet of length `size` in `cluster`, in address order.
+pub fn subnets_of(cluster: IpNetwork, size: u8) -> impl Iterator<Item = IpNetwork> {
+    let base = match cluster.network() {
+        IpAddr::V4(v4) => u32::from(v4),
+        IpAddr::V6(_) => 0,
+    };
+    let count: u64 = if cluster.is_ipv4() && size >= cluster.prefix() && size <= 32 {
+        1u64 << (size - cluster.prefix())
+    } else {
+        0
+    };
+    let step: u64 = 1u64 << (32 - u32::from(size.min(32)));
+    (0..count).filter_map(move |i| {
+        let addr = u64::from(base) + i * step;
+        IpNetwork::new(IpAddr::V4(Ipv4Addr::from(addr as u32)), size).ok()
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn enumerates_subnets() {
+        let all: Vec<String> = subnets_of("10.244.0.0/22".parse().unwrap(), 24)
+            .map(|s| s.to_string())
+            .collect();
+        assert_eq!(
+            all,
+            [
+                "10.244.0.0/24",
+                "10.244.1.0/24",
+                "10.244.2.0/24",
+                "10.244.3.0/24"
+            ]
+        );
+        assert_eq!(subnets_of("10.0.0.0/8".parse().unwrap(), 24).count(), 65536);
+    }
+}

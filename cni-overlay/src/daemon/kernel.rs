@@ -1,0 +1,384 @@
+//! The node's kernel side: the underlay, the VXLAN device, and reconciling neighbour, FDB and route
+//! entries against the desired state. Only the difference is applied.
+
+use std::collections::BTreeSet;
+use std::net::IpAddr;
+
+use cni_core::netlink::{FdbEntry, Link, Neighbour, Netlink, RouteSpec, VxlanSpec};
+use ipnetwork::IpNetwork;
+
+use super::state::Desired;
+use super::DaemonError;
+
+/// The interface that carries encapsulated traffic between nodes.
+#[derive(Debug, Clone)]
+pub struct Underlay {
+    pub name: String,
+    pub index: u32,
+    pub address: IpNetwork,
+    pub mtu: u32,
+}
+
+impl Underlay {
+    pub fn ip(&self) -> IpAddr {
+        self.address.ip()
+    }
+
+    /// VXLAN over IPv4 costs 50 bytes of headers, over IPv6 70.
+    pub fn vxlan_mtu(&self) -> u32 {
+        self.mtu - if self.ip().is_ipv4() { 50 } else { 70 }
+    }
+}
+
+/// Counts of what one reconciliation changed.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct Changes {
+    pub added: usize,
+    pub removed: usize,
+}
+
+pub struct Kernel {
+    nl: Netlink,
+    pub underlay: Underlay,
+    vxlan_name: String,
+    vni: u32,
+    port: u16,
+    mac: [u8; 6],
+    tx_checksum_off: bool,
+}
+
+impl Kernel {
+    pub fn new(
+        iface: Option<&str>,
+        vxlan_name: String,
+        vni: u32,
+        port: u16,
+        node_name: &str,
+        tx_checksum_off: bool,
+    ) -> Result<Kernel, DaemonError> {
+        let mut nl = Netlink::open().map_err(|e| DaemonError::Kernel(e.to_string()))?;
+        let underlay = detect_underlay(&mut nl, iface)?;
+        Ok(Kernel {
+            nl,
+            underlay,
+            vxlan_name,
+            vni,
+            port,
+            mac: vtep_mac(node_name, vni),
+            tx_checksum_off,
+        })
+    }
+
+    /// Re-reads the underlay interface; true when its address (and so our VTEP) changed.
+    pub fn refresh_underlay(&mut self, iface: Option<&str>) -> Result<bool, DaemonError> {
+        let now = detect_underlay(&mut self.nl, iface)?;
+        let changed =
+            now.address.ip() != self.underlay.address.ip() || now.index != self.underlay.index;
+        if changed {
+            tracing::warn!(old = %self.underlay.address, new = %now.address, "underlay address changed");
+        }
+        self.underlay = now;
+        Ok(changed)
+    }
+
+    pub fn vtep_mac(&self) -> String {
+        cni_core::netlink::format_mac(&self.mac)
+    }
+
+    pub fn vxlan_name(&self) -> &str {
+        &self.vxlan_name
+    }
+
+    /// Makes sure the VXLAN device exists with our settings and is up; recreates it if it was
+    /// deleted or differs. A healthy device is never touched. The MAC is derived from the node
+    /// name, so a recreated device keeps it and peers' entries stay valid.
+    pub fn ensure_vxlan(&mut self, own_subnet: Option<IpNetwork>) -> Result<Link, DaemonError> {
+        let k = |e: cni_core::netlink::NlError| DaemonError::Kernel(e.to_string());
+        let existing = self.nl.link(&self.vxlan_name).map_err(k)?;
+        let wanted_mtu = self.underlay.vxlan_mtu();
+        let fits = existing.as_ref().is_some_and(|l| {
+            let info = l.vxlan.clone().unwrap_or_default();
+            l.kind.as_deref() == Some("vxlan")
+                && info.vni == Some(self.vni)
+                && info.port == Some(self.port)
+                && info.local == Some(self.underlay.ip())
+                && info.underlay == Some(self.underlay.index)
+                && l.mac.as_deref() == Some(&self.mac[..])
+        });
+        if existing.is_some() && !fits {
+            tracing::warn!(device = %self.vxlan_name, "VXLAN device differs from the configuration; recreating it");
+            self.nl.delete_link(&self.vxlan_name).map_err(k)?;
+        }
+        if !fits {
+            self.nl
+                .create_vxlan(&VxlanSpec {
+                    name: &self.vxlan_name,
+                    vni: self.vni,
+                    port: self.port,
+                    local: self.underlay.ip(),
+                    underlay: self.underlay.index,
+                    mtu: wanted_mtu,
+                    mac: Some(self.mac),
+                })
+                .map_err(k)?;
+            if self.tx_checksum_off {
+                set_tx_checksum(&self.vxlan_name, false)?;
+            }
+            tracing::info!(device = %self.vxlan_name, vni = self.vni, port = self.port, mtu = wanted_mtu, "VXLAN device created");
+        }
+        let link = self.nl.link(&self.vxlan_name).map_err(k)?.ok_or_else(|| {
+            DaemonError::Kernel(format!("{} vanished after creation", self.vxlan_name))
+        })?;
+        if link.mtu != wanted_mtu {
+            self.nl.set_mtu(link.index, wanted_mtu).map_err(k)?;
+        }
+        if let Some(subnet) = own_subnet {
+            let own = IpNetwork::new(subnet.network(), 32)
+                .map_err(|e| DaemonError::Config(e.to_string()))?;
+            for old in self.nl.addresses(link.index).map_err(k)? {
+                if old.is_ipv4() && old != own {
+                    self.nl.del_address(link.index, old).map_err(k)?;
+                }
+            }
+            self.nl.add_address(link.index, own, false).map_err(k)?;
+        }
+        if !link.up {
+            self.nl.set_up(link.index).map_err(k)?;
+        }
+        Ok(link)
+    }
+
+    /// Brings the kernel to `desired`, touching only entries that differ. Routes considered ours
+    /// are main-table routes into `cluster` (other than `own_subnet`) through the VXLAN device or
+    /// the underlay.
+    pub fn reconcile(
+        &mut self,
+        vxlan: &Link,
+        desired: &Desired,
+        cluster: IpNetwork,
+        own_subnet: IpNetwork,
+    ) -> Result<Changes, DaemonError> {
+        let k = |e: cni_core::netlink::NlError| DaemonError::Kernel(e.to_string());
+        let mut changes = Changes::default();
+        let index = vxlan.index;
+
+        let actual: BTreeSet<Neighbour> =
+            self.nl.neighbours(index).map_err(k)?.into_iter().collect();
+        for n in &actual {
+            if desired.neighbours.get(&n.ip) != Some(&n.mac) {
+                self.nl.del_neighbour(index, n.ip).map_err(k)?;
+                changes.removed += 1;
+            }
+        }
+        for (ip, mac) in &desired.neighbours {
+            let entry = Neighbour {
+                ip: *ip,
+                mac: mac.clone(),
+            };
+            if !actual.contains(&entry) {
+                self.nl.set_neighbour(index, &entry).map_err(k)?;
+                changes.added += 1;
+            }
+        }
+
+        let actual: BTreeSet<FdbEntry> = self
+            .nl
+            .fdb(index)
+            .map_err(k)?
+            .into_iter()
+            .filter(|e| e.dst.is_some())
+            .collect();
+        for e in &actual {
+            if desired.fdb.get(&e.mac) != e.dst.as_ref() {
+                self.nl.del_fdb(index, e).map_err(k)?;
+                changes.removed += 1;
+            }
+        }
+        for (mac, dst) in &desired.fdb {
+            let entry = FdbEntry {
+                mac: mac.clone(),
+                dst: Some(*dst),
+            };
+            if !actual.contains(&entry) {
+                self.nl.set_fdb(index, &entry).map_err(k)?;
+                changes.added += 1;
+            }
+        }
+
+        let ours = |dst: &IpNetwork, oif: Option<u32>| {
+            dst.is_ipv4()
+                && dst.prefix() > cluster.prefix()
+                && cluster.contains(dst.network())
+                && *dst != own_subnet
+                && (oif == Some(index) || oif == Some(self.underlay.index))
+        };
+        let actual: Vec<_> = self
+            .nl
+            .routes(false)
+            .map_err(k)?
+            .into_iter()
+            .filter(|r| ours(&r.dst, r.oif))
+            .collect();
+        for r in &actual {
+            if !desired.routes.contains_key(&r.dst) {
+                self.nl.del_route(r.dst).map_err(k)?;
+                changes.removed += 1;
+            }
+        }
+        for (dst, want) in &desired.routes {
+            let oif = if want.via_vxlan {
+                index
+            } else {
+                self.underlay.index
+            };
+            let present = actual.iter().any(|r| {
+                r.dst == *dst
+                    && r.gateway == Some(want.gateway)
+                    && r.oif == Some(oif)
+                    && r.onlink == want.via_vxlan
+            });
+            if !present {
+                self.nl
+                    .replace_route(&RouteSpec {
+                        dst: *dst,
+                        gateway: Some(want.gateway),
+                        oif,
+                        mtu: None,
+                        priority: None,
+                        onlink: want.via_vxlan,
+                    })
+                    .map_err(k)?;
+                changes.added += 1;
+            }
+        }
+        Ok(changes)
+    }
+
+    /// Removes the VXLAN device (and with it every entry on it) when the node leaves.
+    pub fn remove_vxlan(&mut self) -> Result<(), DaemonError> {
+        self.nl
+            .delete_link(&self.vxlan_name)
+            .map(drop)
+            .map_err(|e| DaemonError::Kernel(e.to_string()))
+    }
+}
+
+fn detect_underlay(nl: &mut Netlink, iface: Option<&str>) -> Result<Underlay, DaemonError> {
+    let k = |e: cni_core::netlink::NlError| DaemonError::Kernel(e.to_string());
+    let link = match iface {
+        Some(name) => nl
+            .link(name)
+            .map_err(k)?
+            .ok_or_else(|| DaemonError::Config(format!("--iface {name}: no such interface")))?,
+        None => {
+            let oif = nl
+                .routes(false)
+                .map_err(k)?
+                .into_iter()
+                .find(|r| r.dst.prefix() == 0)
+                .and_then(|r| r.oif)
+                .ok_or_else(|| {
+                    DaemonError::Config(
+                        "no default route: name the underlay interface with --iface".into(),
+                    )
+                })?;
+            nl.link_by_index(oif).map_err(k)?.ok_or_else(|| {
+                DaemonError::Config(format!("default route interface #{oif} vanished"))
+            })?
+        }
+    };
+    let address = nl
+        .addresses(link.index)
+        .map_err(k)?
+        .into_iter()
+        .find(|a| a.is_ipv4())
+        .ok_or_else(|| {
+            DaemonError::Config(format!(
+                "underlay interface {} has no IPv4 address",
+                link.name
+            ))
+        })?;
+    Ok(Underlay {
+        name: link.name,
+        index: link.index,
+        address,
+        mtu: link.mtu,
+    })
+}
+
+/// A stable, locally administered unicast MAC for the node's VTEP.
+fn vtep_mac(node_name: &str, vni: u32) -> [u8; 6] {
+    let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
+    for byte in node_name.bytes().chain(vni.to_be_bytes()) {
+        hash ^= u64::from(byte);
+        hash = hash.wrapping_mul(0x0100_0000_01b3);
+    }
+    let b = hash.to_be_bytes();
+    [0x0e, b[0], b[1], b[2], b[3], b[4]]
+}
+
+/// ETHTOOL_STXCSUM through the SIOCETHTOOL ioctl.
+fn set_tx_checksum(device: &str, on: bool) -> Result<(), DaemonError> {
+    #[repr(C)]
+    struct EthtoolValue {
+        cmd: u32,
+        data: u32,
+    }
+    #[repr(C)]
+    struct IfReq {
+        name: [libc::c_char; libc::IFNAMSIZ],
+        data: *mut EthtoolValue,
+        _pad: [u8; 16],
+    }
+    const ETHTOOL_STXCSUM: u32 = 0x17;
+    const SIOCETHTOOL: libc::c_ulong = 0x8946;
+    let mut value = EthtoolValue {
+        cmd: ETHTOOL_STXCSUM,
+        data: u32::from(on),
+    };
+    let mut req = IfReq {
+        name: [0; libc::IFNAMSIZ],
+        data: &mut value,
+        _pad: [0; 16],
+    };
+    for (dst, src) in req
+        .name
+        .iter_mut()
+        .zip(device.bytes().take(libc::IFNAMSIZ - 1))
+    {
+        *dst = src as libc::c_char;
+    }
+    // SAFETY: a datagram socket only serves as an ioctl handle; `req` and `value` outlive the call.
+    let result = unsafe {
+        let fd = libc::socket(libc::AF_INET, libc::SOCK_DGRAM | libc::SOCK_CLOEXEC, 0);
+        if fd < 0 {
+            -1
+        } else {
+            let r = libc::ioctl(fd, SIOCETHTOOL, &mut req);
+            libc::close(fd);
+            r
+        }
+    };
+    if result < 0 {
+        return Err(DaemonError::Kernel(format!(
+            "setting TX checksum offload on {device}: {}",
+            std::io::Error::last_os_error()
+        )));
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn vtep_macs_are_stable_local_unicast() {
+        let a = vtep_mac("node-a", 1);
+        assert_eq!(a, vtep_mac("node-a", 1));
+        assert_ne!(a, vtep_mac("node-b", 1));
+        assert_ne!(a, vtep_mac("node-a", 2));
+        assert_eq!(a[0] & 0x01, 0, "unicast");
+        assert_eq!(a[0] & 0x02, 0x02, "locally administered");
+    }
+}

@@ -1,0 +1,284 @@
+//! tether-overlayd: one per node. Leases the node's pod subnet from the datastore, publishes its
+//! VTEP, writes the node facts for the CNI plugin, and keeps the kernel's VXLAN entries for every
+//! other node in step with the datastore: at start-up, on every change, and on a resync timer.
+
+pub mod config;
+mod etcd;
+mod kernel;
+mod masq;
+mod metrics;
+pub mod state;
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use ipnetwork::IpNetwork;
+
+use crate::facts::NodeFacts;
+use config::{Args, DatastoreKind};
+use etcd::EtcdStore;
+use kernel::Kernel;
+use metrics::Metrics;
+
+#[derive(Debug, thiserror::Error)]
+pub enum DaemonError {
+    #[error("invalid configuration: {0}")]
+    Config(String),
+    #[error("kernel: {0}")]
+    Kernel(String),
+    #[error("datastore: {0}")]
+    Datastore(String),
+    #[error(transparent)]
+    Facts(#[from] crate::facts::FactsError),
+    #[error("metrics endpoint {addr}: {source}")]
+    Metrics {
+        addr: std::net::SocketAddr,
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+const BACKOFF_MAX: Duration = Duration::from_secs(30);
+
+/// Exponential backoff between datastore retries; every failure counts as a datastore error.
+struct Backoff {
+    delay: Duration,
+}
+
+impl Backoff {
+    fn new() -> Backoff {
+        Backoff {
+            delay: Duration::from_millis(200),
+        }
+    }
+
+    async fn failed(&mut self, metrics: &Metrics, what: &str, error: DaemonError) {
+        metrics
+            .datastore_errors
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        tracing::warn!(%error, retry_in = ?self.delay, "{what} failed");
+        tokio::time::sleep(self.delay).await;
+        self.delay = (self.delay * 2).min(BACKOFF_MAX);
+    }
+}
+
+async fn register(
+    args: &Args,
+    store: &mut EtcdStore,
+    kernel: &Kernel,
+    metrics: &Metrics,
+    cluster: IpNetwork,
+    hint: Option<IpNetwork>,
+) -> IpNetwork {
+    let mut backoff = Backoff::new();
+    loop {
+        let result = store
+            .register(
+                &args.node_name,
+                &kernel.vtep_mac(),
+                kernel.underlay.ip(),
+                cluster,
+                args.subnet_size,
+                hint,
+            )
+            .await;
+        match result {
+            Ok(subnet) => return subnet,
+            Err(e) => backoff.failed(metrics, "registering", e).await,
+        }
+    }
+}
+
+async fn watch(store: &mut EtcdStore, metrics: &Metrics) -> etcd_client::WatchStream {
+    let mut backoff = Backoff::new();
+    loop {
+        match store.watch().await {
+            Ok(w) => return w,
+            Err(e) => backoff.failed(metrics, "watching etcd", e).await,
+        }
+    }
+}
+
+pub async fn run(args: Args) -> Result<(), DaemonError> {
+    let cluster = args.validate()?;
+    if args.datastore == DatastoreKind::Kubernetes {
+        return Err(DaemonError::Config(
+            "the kubernetes datastore is not implemented yet; use --datastore etcd".into(),
+        ));
+    }
+    let mut kernel = Kernel::new(
+        args.iface.as_deref(),
+        args.vxlan_name(),
+        args.vni,
+        args.port,
+        &args.node_name,
+        args.vxlan_tx_checksum_off,
+    )?;
+    let metrics = Arc::new(Metrics::default());
+    if let Some(addr) = args.metrics_addr {
+        let listener = metrics::bind(addr)
+            .await
+            .map_err(|source| DaemonError::Metrics { addr, source })?;
+        let window = Duration::from_secs(args.resync_seconds * 3 + 5);
+        tokio::spawn(metrics::serve(listener, metrics.clone(), window));
+    }
+    tracing::info!(node = %args.node_name, underlay = %kernel.underlay.name, address = %kernel.underlay.address, mtu = kernel.underlay.vxlan_mtu(), "starting");
+
+    let mut backoff = Backoff::new();
+    let mut store = loop {
+        match EtcdStore::connect(&args.etcd_endpoints, &args.etcd_prefix, args.lease_ttl).await {
+            Ok(store) => break store,
+            Err(e) => backoff.failed(&metrics, "connecting to etcd", e).await,
+        }
+    };
+    if args.leave {
+        return leave(&args, &mut store, &mut kernel).await;
+    }
+
+    let hint = NodeFacts::read(&args.run_dir)
+        .ok()
+        .and_then(|f| f.subnets.first().copied());
+    let mut subnet = register(&args, &mut store, &kernel, &metrics, cluster, hint).await;
+    tracing::info!(%subnet, vtep_mac = %kernel.vtep_mac(), "registered");
+
+    publish_local(&args, &mut kernel, cluster, subnet)?;
+    enable_forwarding()?;
+
+    let mut changes = watch(&mut store, &metrics).await;
+    let mut resync = tokio::time::interval(Duration::from_secs(args.resync_seconds.max(1)));
+    let mut keep_alive =
+        tokio::time::interval(Duration::from_secs((args.lease_ttl as u64 / 3).max(1)));
+    let mut terminate =
+        tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+            .map_err(|e| DaemonError::Config(format!("installing the SIGTERM handler: {e}")))?;
+    loop {
+        reconcile(&args, &mut store, &mut kernel, &metrics, cluster, subnet).await;
+        tokio::select! {
+            _ = terminate.recv() => break,
+            _ = tokio::signal::ctrl_c() => break,
+            _ = resync.tick() => {
+                match kernel.refresh_underlay(args.iface.as_deref()) {
+                    Ok(true) => {
+                        // The VTEP moved: the device is recreated on the next ensure, and peers
+                        // learn the new address from the renewed registration.
+                        subnet = register(&args, &mut store, &kernel, &metrics, cluster, Some(subnet)).await;
+                        if let Err(e) = publish_local(&args, &mut kernel, cluster, subnet) {
+                            tracing::error!(error = %e, "updating the node after an underlay change failed");
+                        }
+                    }
+                    Ok(false) => {}
+                    Err(e) => tracing::error!(error = %e, "cannot read the underlay interface"),
+                }
+            }
+            _ = keep_alive.tick() => {
+                if let Err(e) = store.keep_alive().await {
+                    metrics.datastore_errors.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                    tracing::warn!(error = %e, "registration lost; registering again");
+                    let renewed = register(&args, &mut store, &kernel, &metrics, cluster, Some(subnet)).await;
+                    if renewed != subnet {
+                        subnet = renewed;
+                        if let Err(e) = publish_local(&args, &mut kernel, cluster, subnet) {
+                            tracing::error!(error = %e, "updating the node for its new subnet failed");
+                        }
+                    }
+                }
+            }
+            event = changes.message() => {
+                if let Err(e) = event {
+                    metrics.datastore_errors.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                    tracing::warn!(error = %e, "etcd watch broke; watching again");
+                    changes = watch(&mut store, &metrics).await;
+                }
+            }
+        }
+    }
+    // Leave the kernel as it is: a restarted daemon finds it right and pod traffic never stops.
+    tracing::info!("stopping; kernel entries stay in place");
+    Ok(())
+}
+
+/// The node-local side of the subnet: VXLAN device and address, facts file, masquerade.
+fn publish_local(
+    args: &Args,
+    kernel: &mut Kernel,
+    cluster: IpNetwork,
+    subnet: IpNetwork,
+) -> Result<(), DaemonError> {
+    let vxlan = kernel.ensure_vxlan(Some(subnet))?;
+    NodeFacts {
+        node_name: args.node_name.clone(),
+        subnets: vec![subnet],
+        cluster_cidrs: vec![cluster],
+        mtu: vxlan.mtu,
+        vxlan_device: kernel.vxlan_name().to_string(),
+    }
+    .write(&args.run_dir)?;
+    masq::apply(subnet, cluster)
+}
+
+/// One reconciliation. A datastore failure keeps every working entry as it is.
+async fn reconcile(
+    args: &Args,
+    store: &mut EtcdStore,
+    kernel: &mut Kernel,
+    metrics: &Metrics,
+    cluster: IpNetwork,
+    subnet: IpNetwork,
+) {
+    let peers = match store.peers().await {
+        Ok(p) => p,
+        Err(e) => {
+            metrics
+                .datastore_errors
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            tracing::warn!(error = %e, "cannot read peers; keeping the kernel as it is");
+            return;
+        }
+    };
+    let started = Instant::now();
+    let result = (|| {
+        let vxlan = kernel.ensure_vxlan(Some(subnet))?;
+        let desired = state::desired(
+            &peers,
+            &args.node_name,
+            kernel.underlay.address,
+            args.direct_routing,
+        );
+        let changes = kernel.reconcile(&vxlan, &desired, cluster, subnet)?;
+        Ok::<_, DaemonError>((desired.entries(), changes))
+    })();
+    match result {
+        Ok((entries, changes)) => {
+            let others = peers.iter().filter(|p| p.node != args.node_name).count();
+            metrics.reconciled(started.elapsed(), entries, others);
+            if changes != kernel::Changes::default() {
+                tracing::info!(added = changes.added, removed = changes.removed, entries, peers = others, took = ?started.elapsed(), "reconciled");
+            }
+        }
+        Err(e) => {
+            metrics
+                .reconcile_errors
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            tracing::error!(error = %e, "reconciliation failed");
+        }
+    }
+}
+
+async fn leave(args: &Args, store: &mut EtcdStore, kernel: &mut Kernel) -> Result<(), DaemonError> {
+    store.leave(&args.node_name).await?;
+    kernel.remove_vxlan()?;
+    masq::remove()?;
+    let facts = crate::facts::path(&args.run_dir);
+    cni_core::fsutil::remove_if_exists(&facts)
+        .map_err(|e| DaemonError::Kernel(format!("removing {}: {e}", facts.display())))?;
+    tracing::info!(node = %args.node_name, "left the overlay");
+    Ok(())
+}
+
+fn enable_forwarding() -> Result<(), DaemonError> {
+    let path = "/proc/sys/net/ipv4/ip_forward";
+    if std::fs::read_to_string(path).is_ok_and(|v| v.trim() == "1") {
+        return Ok(());
+    }
+    std::fs::write(path, "1").map_err(|e| DaemonError::Kernel(format!("enabling {path}: {e}")))
+}

@@ -1,0 +1,5 @@
+//! Tether's VXLAN overlay: the node daemon (`tether-overlayd`) and the CNI plugin (`cni-overlay`).
+
+pub mod daemon;
+pub mod facts;
+pub mod plugin;

@@ -1,0 +1,228 @@
+//! The cni-overlay CNI plugin: turns the node facts written by tether-overlayd into a cni-bridge
+//! configuration (cni-ipam on the node's subnet, routes to the cluster CIDR, the VXLAN MTU) and
+//! delegates. The delegate configuration is saved per attachment so that DEL works even after the
+//! daemon or its file is gone, and always releases the address.
+
+use std::collections::HashSet;
+use std::path::{Path, PathBuf};
+
+use cni_core::delegate::{self, DelegateError};
+use cni_core::fsutil::{remove_if_exists, write_atomic};
+use cni_core::{Attachment, CniError, CniResult, Code, Command, Plugin, Request};
+use serde::Deserialize;
+use serde_json::{json, Map, Value};
+
+use crate::facts::{FactsError, NodeFacts, DEFAULT_RUN_DIR};
+
+pub const DEFAULT_STATE_DIR: &str = "/var/lib/cni/tether-overlay";
+const DELEGATE: &str = "cni-bridge";
+const DEFAULT_IPAM: &str = "cni-ipam";
+
+#[derive(Debug, thiserror::Error)]
+pub enum OverlayError {
+    #[error("invalid cni-overlay configuration: {0}")]
+    InvalidConfig(String),
+    #[error("the node is not ready for pods yet")]
+    NotReady(#[source] FactsError),
+    #[error(transparent)]
+    Facts(FactsError),
+    #[error("saving the delegate configuration {path}")]
+    State {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error(transparent)]
+    Delegate(#[from] DelegateError),
+    #[error("cni-overlay cannot serve ADD")]
+    NotAvailable(#[source] FactsError),
+}
+
+impl CniError for OverlayError {
+    fn code(&self) -> u32 {
+        match self {
+            OverlayError::InvalidConfig(_) => Code::InvalidConfig.into(),
+            OverlayError::NotReady(_) => Code::TryAgainLater.into(),
+            OverlayError::Facts(_) | OverlayError::State { .. } => Code::Io.into(),
+            OverlayError::Delegate(e) => e.code(),
+            OverlayError::NotAvailable(_) => Code::NotAvailable.into(),
+        }
+    }
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct OverlayConfIn {
+    run_dir: Option<PathBuf>,
+    state_dir: Option<PathBuf>,
+}
+
+struct Settings {
+    run_dir: PathBuf,
+    state_dir: PathBuf,
+}
+
+impl Settings {
+    fn from_request(req: &Request) -> Result<Settings, OverlayError> {
+        let conf: OverlayConfIn = req
+            .parse_config()
+            .map_err(|e| OverlayError::InvalidConfig(e.to_string()))?;
+        Ok(Settings {
+            run_dir: conf
+                .run_dir
+                .unwrap_or_else(|| PathBuf::from(DEFAULT_RUN_DIR)),
+            state_dir: conf
+                .state_dir
+                .unwrap_or_else(|| PathBuf::from(DEFAULT_STATE_DIR))
+                .join(&req.config.name),
+        })
+    }
+
+    fn state_file(&self, container_id: &str, ifname: &str) -> PathBuf {
+        self.state_dir.join(format!("{container_id}:{ifname}.json"))
+    }
+}
+
+/// The cni-bridge configuration for this request. Keys the operator set (bridge name, hairpin,
+/// ipam `dataDir`...) are kept; facts, when known, fill the subnet, routes and MTU.
+pub fn delegate_config(req: &Request, facts: Option<&NodeFacts>) -> Value {
+    let mut conf: Map<String, Value> = req.raw_config.clone();
+    conf.remove("runDir");
+    conf.remove("stateDir");
+    conf.insert("type".into(), json!(DELEGATE));
+    for (key, value) in [
+        ("bridge", json!("cni0")),
+        ("isGateway", json!(true)),
+        ("isDefaultGateway", json!(true)),
+        ("hairpinMode", json!(true)),
+        ("ipMasq", json!(false)),
+    ] {
+        conf.entry(key).or_insert(value);
+    }
+    let mut ipam = match conf.remove("ipam") {
+        Some(Value::Object(map)) => map,
+        _ => Map::new(),
+    };
+    ipam.entry("type").or_insert(json!(DEFAULT_IPAM));
+    if let Some(facts) = facts {
+        conf.entry("mtu").or_insert(json!(facts.mtu));
+        let ranges: Vec<Value> = facts
+            .subnets
+            .iter()
+            .map(|s| json!([{"subnet": s.to_string()}]))
+            .collect();
+        ipam.insert("ranges".into(), Value::Array(ranges));
+        let routes: Vec<Value> = facts
+            .cluster_cidrs
+            .iter()
+            .map(|c| json!({"dst": c.to_string()}))
+            .collect();
+        ipam.insert("routes".into(), Value::Array(routes));
+    }
+    conf.insert("ipam".into(), Value::Object(ipam));
+    Value::Object(conf)
+}
+
+/// The saved delegate configuration with this request's version, prevResult and runtime data.
+fn saved_config(req: &Request, path: &Path) -> Option<Value> {
+    let mut saved: Map<String, Value> = serde_json::from_slice(&std::fs::read(path).ok()?).ok()?;
+    for key in ["cniVersion", "prevResult", "runtimeConfig", "args"] {
+        match req.raw_config.get(key) {
+            Some(value) => saved.insert(key.into(), value.clone()),
+            None => saved.remove(key),
+        };
+    }
+    Some(Value::Object(saved))
+}
+
+pub struct OverlayPlugin;
+
+impl Plugin for OverlayPlugin {
+    type Error = OverlayError;
+
+    fn add(&self, req: &Request) -> Result<CniResult, OverlayError> {
+        let settings = Settings::from_request(req)?;
+        let facts = NodeFacts::read(&settings.run_dir).map_err(|e| match e {
+            FactsError::Missing { .. } => OverlayError::NotReady(e),
+            other => OverlayError::Facts(other),
+        })?;
+        let conf = delegate_config(req, Some(&facts));
+        let state = settings.state_file(&req.container_id, &req.ifname);
+        let save = || -> std::io::Result<()> {
+            std::fs::create_dir_all(&settings.state_dir)?;
+            write_atomic(&state, &serde_json::to_vec(&conf).unwrap_or_default())
+        };
+        save().map_err(|source| OverlayError::State {
+            path: state.clone(),
+            source,
+        })?;
+        let result = delegate::invoke(req, DELEGATE, Command::Add, &conf)?;
+        Ok(result.unwrap_or_default())
+    }
+
+    fn del(&self, req: &Request) -> Result<(), OverlayError> {
+        let settings = Settings::from_request(req)?;
+        let state = settings.state_file(&req.container_id, &req.ifname);
+        let conf = saved_config(req, &state).unwrap_or_else(|| {
+            let facts = NodeFacts::read(&settings.run_dir).ok();
+            delegate_config(req, facts.as_ref())
+        });
+        delegate::invoke(req, DELEGATE, Command::Del, &conf)?;
+        remove_if_exists(&state).map_err(|source| OverlayError::State {
+            path: state,
+            source,
+        })
+    }
+
+    fn check(&self, req: &Request) -> Result<(), OverlayError> {
+        let settings = Settings::from_request(req)?;
+        let state = settings.state_file(&req.container_id, &req.ifname);
+        let conf = match saved_config(req, &state) {
+            Some(conf) => conf,
+            None => {
+                let facts = NodeFacts::read(&settings.run_dir).map_err(OverlayError::Facts)?;
+                delegate_config(req, Some(&facts))
+            }
+        };
+        delegate::invoke(req, DELEGATE, Command::Check, &conf)?;
+        Ok(())
+    }
+
+    fn gc(&self, req: &Request, valid: &[Attachment]) -> Result<(), OverlayError> {
+        let settings = Settings::from_request(req)?;
+        let facts = NodeFacts::read(&settings.run_dir).ok();
+        delegate::invoke(
+            req,
+            DELEGATE,
+            Command::Gc,
+            &delegate_config(req, facts.as_ref()),
+        )?;
+        let keep: HashSet<String> = valid
+            .iter()
+            .map(|a| format!("{}:{}.json", a.container_id, a.ifname))
+            .collect();
+        if let Ok(entries) = std::fs::read_dir(&settings.state_dir) {
+            for entry in entries.flatten() {
+                let name = entry.file_name().to_string_lossy().into_owned();
+                if name.ends_with(".json") && !keep.contains(&name) {
+                    let path = entry.path();
+                    remove_if_exists(&path)
+                        .map_err(|source| OverlayError::State { path, source })?;
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn status(&self, req: &Request) -> Result<(), OverlayError> {
+        let settings = Settings::from_request(req)?;
+        let facts = NodeFacts::read(&settings.run_dir).map_err(OverlayError::NotAvailable)?;
+        delegate::invoke(
+            req,
+            DELEGATE,
+            Command::Status,
+            &delegate_config(req, Some(&facts)),
+        )?;
+        Ok(())
+    }
+}
