@@ -18,6 +18,7 @@ const TIMEOUT: Duration = Duration::from_secs(5);
 
 pub struct EtcdStore {
     client: Client,
+    endpoints: Vec<String>,
     prefix: String,
     ttl: i64,
     lease: Option<i64>,
@@ -35,25 +36,24 @@ impl EtcdStore {
         prefix: &str,
         ttl: i64,
     ) -> Result<EtcdStore, DaemonError> {
-        let options = ConnectOptions::new()
-            .with_connect_timeout(TIMEOUT)
-            .with_timeout(TIMEOUT);
-        let client = tokio::time::timeout(TIMEOUT, Client::connect(endpoints, Some(options)))
-            .await
-            .map_err(|_| {
-                DaemonError::Datastore(format!(
-                    "connecting to etcd {endpoints:?}: timed out after {TIMEOUT:?}"
-                ))
-            })?
-            .map_err(ds("connect"))?;
         Ok(EtcdStore {
-            client,
+            client: new_client(endpoints).await?,
+            endpoints: endpoints.to_vec(),
             prefix: prefix.trim_end_matches('/').to_string(),
             ttl,
             lease: None,
             keeper: None,
             keep_stream: None,
         })
+    }
+
+    /// A fresh connection, after failures: an old one may be bound to an address the node no
+    /// longer has. The registration must be made again afterwards.
+    pub async fn reconnect(&mut self) -> Result<(), DaemonError> {
+        self.client = new_client(&self.endpoints).await?;
+        self.keeper = None;
+        self.keep_stream = None;
+        Ok(())
     }
 
     fn subnets_prefix(&self) -> String {
@@ -230,6 +230,21 @@ impl EtcdStore {
         }
         Ok(())
     }
+}
+
+async fn new_client(endpoints: &[String]) -> Result<Client, DaemonError> {
+    let options = ConnectOptions::new()
+        .with_connect_timeout(TIMEOUT)
+        .with_timeout(TIMEOUT)
+        .with_keep_alive(Duration::from_secs(2), TIMEOUT);
+    tokio::time::timeout(TIMEOUT, Client::connect(endpoints, Some(options)))
+        .await
+        .map_err(|_| {
+            DaemonError::Datastore(format!(
+                "connecting to etcd {endpoints:?}: timed out after {TIMEOUT:?}"
+            ))
+        })?
+        .map_err(ds("connect"))
 }
 
 /// Every subnet of length `size` in `cluster`, in address order.

@@ -84,7 +84,12 @@ async fn register(
             .await;
         match result {
             Ok(subnet) => return subnet,
-            Err(e) => backoff.failed(metrics, "registering", e).await,
+            Err(e) => {
+                backoff.failed(metrics, "registering", e).await;
+                if let Err(e) = store.reconnect().await {
+                    tracing::warn!(error = %e, "reconnecting to etcd failed");
+                }
+            }
         }
     }
 }
@@ -94,7 +99,12 @@ async fn watch(store: &mut EtcdStore, metrics: &Metrics) -> etcd_client::WatchSt
     loop {
         match store.watch().await {
             Ok(w) => return w,
-            Err(e) => backoff.failed(metrics, "watching etcd", e).await,
+            Err(e) => {
+                backoff.failed(metrics, "watching etcd", e).await;
+                if let Err(e) = store.reconnect().await {
+                    tracing::warn!(error = %e, "reconnecting to etcd failed");
+                }
+            }
         }
     }
 }
