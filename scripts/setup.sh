@@ -15,6 +15,7 @@ packages=(
   file                       # checks that busybox is static
   etcd-server                # the overlay datastore in tests and the demo
   protobuf-compiler          # protoc, for gRPC code generated at build time (etcd client, CSI)
+  libprotobuf-dev            # the well-known .proto files protoc imports (google/protobuf/*.proto)
 )
 
 if [ "$(id -u)" -ne 0 ]; then

@@ -86,11 +86,13 @@ impl Node {
             .spawn()
             .unwrap();
         self.daemon = Some(Daemon(child));
+        // Ready means this very process has reconciled: the facts file of an earlier run may
+        // still be there, so its presence proves nothing after a restart.
         let facts = self.run_dir().join("overlay.json");
         wait_for(
-            &format!("{} facts", self.name),
+            &format!("{} ready", self.name),
             Duration::from_secs(20),
-            || facts.exists(),
+            || facts.exists() && self.http("/healthz").starts_with("HTTP/1.1 200"),
             || self.log(),
         );
     }
@@ -146,9 +148,15 @@ impl Node {
         (pod, ip)
     }
 
+    fn http(&self, path: &str) -> String {
+        let script = format!(
+            "exec 3<>/dev/tcp/127.0.0.1/9402; printf 'GET {path} HTTP/1.0\\r\\n\\r\\n' >&3; cat <&3"
+        );
+        String::from_utf8_lossy(&self.ns.try_exec(&["bash", "-c", &script]).stdout).into_owned()
+    }
+
     fn metrics(&self) -> String {
-        let script = "exec 3<>/dev/tcp/127.0.0.1/9402; printf 'GET /metrics HTTP/1.0\\r\\n\\r\\n' >&3; cat <&3";
-        String::from_utf8_lossy(&self.ns.try_exec(&["bash", "-c", script]).stdout).into_owned()
+        self.http("/metrics")
     }
 
     fn leases(&self) -> usize {
