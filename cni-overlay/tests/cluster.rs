@@ -101,6 +101,27 @@ impl Node {
         self.daemon = None;
     }
 
+    /// SIGTERM, as a kubelet sends it: the daemon must exit cleanly and promptly whatever it is
+    /// waiting for.
+    fn terminate_cleanly(&mut self) {
+        let mut daemon = self.daemon.take().expect("daemon running");
+        let _ = Command::new("kill").arg(daemon.0.id().to_string()).status();
+        let deadline = Instant::now() + Duration::from_secs(2);
+        loop {
+            if let Some(status) = daemon.0.try_wait().unwrap() {
+                assert!(status.success(), "{status}\n{}", self.log());
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "{} ignored SIGTERM for 2 s\n{}",
+                self.name,
+                self.log()
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
     fn log(&self) -> String {
         std::fs::read_to_string(self.root.path().join("daemon.log")).unwrap_or_default()
     }
@@ -549,6 +570,26 @@ fn daemon_restarts_and_datastore_outages_lose_no_packet() {
     assert!(p0.ping(&ip1), "still up with etcd gone");
     let metrics = cluster.nodes[0].metrics();
     assert!(metrics.contains("tether_overlay_entries 3"), "{metrics}");
+
+    // A daemon that (re)starts while etcd is away waits in its retry loop, keeps the kernel as
+    // it is, and still stops at once on SIGTERM.
+    cluster.nodes[1].stop();
+    let node = &mut cluster.nodes[1];
+    let started = Command::new("ip")
+        .args(["netns", "exec", &node.ns.name])
+        .arg(bin_dir().join("tether-overlayd"))
+        .args(["--node-name", &node.name, "--cluster-cidr", "10.244.0.0/16"])
+        .args(["--datastore", "etcd", "--etcd-endpoints", ETCD, "--run-dir"])
+        .arg(node.run_dir())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    node.daemon = Some(Daemon(started));
+    std::thread::sleep(Duration::from_secs(1));
+    node.terminate_cleanly();
+    assert!(p0.ping(&ip1), "entries kept while the daemons were away");
+    cluster.nodes[0].terminate_cleanly();
 }
 
 #[test]

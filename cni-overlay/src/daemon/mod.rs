@@ -109,7 +109,30 @@ async fn watch(store: &mut EtcdStore, metrics: &Metrics) -> etcd_client::WatchSt
     }
 }
 
+/// Runs the daemon until SIGTERM or SIGINT. The signal is honoured at any point, also while the
+/// datastore is unreachable and a retry loop is waiting: dropping the work in flight is safe
+/// because every file write is atomic, netlink calls are synchronous, and the kernel entries are
+/// meant to outlive the daemon.
 pub async fn run(args: Args) -> Result<(), DaemonError> {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut terminate = signal(SignalKind::terminate())
+        .map_err(|e| DaemonError::Config(format!("installing the SIGTERM handler: {e}")))?;
+    let mut interrupt = signal(SignalKind::interrupt())
+        .map_err(|e| DaemonError::Config(format!("installing the SIGINT handler: {e}")))?;
+    tokio::select! {
+        result = serve(args) => result,
+        _ = terminate.recv() => {
+            tracing::info!("stopping on SIGTERM; kernel entries stay in place");
+            Ok(())
+        }
+        _ = interrupt.recv() => {
+            tracing::info!("stopping on SIGINT; kernel entries stay in place");
+            Ok(())
+        }
+    }
+}
+
+async fn serve(args: Args) -> Result<(), DaemonError> {
     let cluster = args.validate()?;
     if args.datastore == DatastoreKind::Kubernetes {
         return Err(DaemonError::Config(
@@ -158,14 +181,9 @@ pub async fn run(args: Args) -> Result<(), DaemonError> {
     let mut resync = tokio::time::interval(Duration::from_secs(args.resync_seconds.max(1)));
     let mut keep_alive =
         tokio::time::interval(Duration::from_secs((args.lease_ttl as u64 / 3).max(1)));
-    let mut terminate =
-        tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
-            .map_err(|e| DaemonError::Config(format!("installing the SIGTERM handler: {e}")))?;
     loop {
         reconcile(&args, &mut store, &mut kernel, &metrics, cluster, subnet).await;
         tokio::select! {
-            _ = terminate.recv() => break,
-            _ = tokio::signal::ctrl_c() => break,
             _ = resync.tick() => {
                 match kernel.refresh_underlay(args.iface.as_deref()) {
                     Ok(true) => {
@@ -202,9 +220,6 @@ pub async fn run(args: Args) -> Result<(), DaemonError> {
             }
         }
     }
-    // Leave the kernel as it is: a restarted daemon finds it right and pod traffic never stops.
-    tracing::info!("stopping; kernel entries stay in place");
-    Ok(())
 }
 
 /// The node-local side of the subnet: VXLAN device and address, facts file, masquerade.

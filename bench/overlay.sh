@@ -1,0 +1,122 @@
+#!/usr/bin/env bash
+# Tether's VXLAN overlay vs a hand-built flannel-style VXLAN with the same settings, and the
+# underlay itself (the limit), in one run; then the time from a node joining to the first
+# successful cross-node ping, and tether-overlayd's memory. Run as root:
+#   bench/overlay.sh [iperf seconds] [repetitions]      (defaults 5 and 3)
+# Everything lives in namespaces named tb-ov-*; they are removed on exit.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+secs=${1:-5}; reps=${2:-3}
+scripts/setup.sh >/dev/null
+cargo build --release -q -p cni-ipam -p cni-bridge -p cni-overlay
+bin=$PWD/target/x86_64-unknown-linux-gnu/release
+work=$(mktemp -d /tmp/tb-ov.XXXXXX)
+pids=()
+declare -A daemon_pid
+cleanup() {
+  for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done
+  for p in "${pids[@]}"; do while kill -0 "$p" 2>/dev/null; do sleep 0.05; done; done
+  for ns in $(ip netns list | awk '{print $1}' | grep '^tb-ov-' || true); do ip netns del "$ns"; done
+  rm -rf "$work"
+}
+trap cleanup EXIT INT TERM
+nsx() { local ns=$1; shift; ip netns exec "tb-ov-$ns" "$@"; }
+
+# The L2 segment, with etcd on it.
+ip netns add tb-ov-ul
+nsx ul ip link set lo up; nsx ul ip link add ul0 type bridge; nsx ul ip addr add 192.168.78.1/24 dev ul0; nsx ul ip link set ul0 up
+ip netns exec tb-ov-ul etcd --name b --data-dir "$work/etcd" --listen-client-urls http://192.168.78.1:2379 \
+  --advertise-client-urls http://192.168.78.1:2379 --listen-peer-urls http://127.0.0.1:2380 \
+  --initial-advertise-peer-urls http://127.0.0.1:2380 --initial-cluster b=http://127.0.0.1:2380 >/dev/null 2>&1 &
+pids+=($!)
+
+node() { # node NAME IP
+  ip netns add "tb-ov-$1"
+  nsx ul ip link add "p-$1" type veth peer name eth0 netns "tb-ov-$1"
+  nsx ul ip link set "p-$1" master ul0 up
+  nsx "$1" ip link set lo up; nsx "$1" ip link set eth0 mtu 1500 up
+  nsx "$1" ip addr add "$2/24" dev eth0; nsx "$1" ip route add default via 192.168.78.1
+}
+daemon() { # daemon NODE
+  mkdir -p "$work/$1"
+  # Started by `ip netns exec` itself (not through a shell function), so that $! is the daemon.
+  ip netns exec "tb-ov-$1" "$bin/tether-overlayd" --node-name "$1" --cluster-cidr 10.245.0.0/16 --datastore etcd \
+    --etcd-endpoints http://192.168.78.1:2379 --run-dir "$work/$1/run" --resync-seconds 1 \
+    2>"$work/$1/daemon.log" &
+  pids+=($!); daemon_pid[$1]=$!
+  local deadline=$((SECONDS + 30))
+  until [ -f "$work/$1/run/overlay.json" ]; do
+    [ $SECONDS -lt $deadline ] || { echo "tether-overlayd on $1 did not start:" >&2; cat "$work/$1/daemon.log" >&2; exit 1; }
+    sleep 0.05
+  done
+}
+pod() { # pod NODE POD -> prints the pod address
+  ip netns add "tb-ov-$2"; nsx "$2" ip link set lo up
+  jq -n --arg run "$work/$1/run" --arg st "$work/$1/state" --arg lease "$work/$1/leases" \
+    '{cniVersion:"1.1.0",name:"bench",type:"cni-overlay",runDir:$run,stateDir:$st,ipam:{dataDir:$lease}}' |
+    nsx "$1" env CNI_COMMAND=ADD CNI_CONTAINERID="$2" CNI_NETNS="/var/run/netns/tb-ov-$2" CNI_IFNAME=eth0 \
+      CNI_PATH="$bin" "$bin/cni-overlay" | jq -r '.ips[0].address' | cut -d/ -f1
+}
+iperf() { # iperf SERVER_NS CLIENT_NS SERVER_IP -> Gbit/s
+  nsx "$1" iperf3 -s -1 -B "$3" >/dev/null 2>&1 & local s=$!
+  sleep 0.3
+  nsx "$2" iperf3 -c "$3" -t "$secs" -J | jq '.end.sum_received.bits_per_second / 1e9'
+  wait "$s" 2>/dev/null || true
+}
+median() { sort -g | awk '{a[NR]=$1} END {print a[int((NR+1)/2)]}'; }
+
+echo "setting up: Tether nodes t1, t2; hand-built nodes h1, h2 (same segment, same settings)" >&2
+node t1 192.168.78.11; node t2 192.168.78.12
+daemon t1; daemon t2
+ta=$(pod t1 ta); tb=$(pod t2 tb)
+until nsx ta ping -c1 -W1 "$tb" >/dev/null 2>&1; do sleep 0.1; done
+
+# flannel-style by hand: VXLAN (vni 2, port 8472, learning off, MTU 1450), the subnet's network
+# address on it, cni0 with the gateway, a veth pod; static neighbour + FDB + onlink route.
+node h1 192.168.78.21; node h2 192.168.78.22
+hand() { # hand NODE LOCAL_IP N PEER_IP PEER_N PEER_MAC_SUFFIX MAC_SUFFIX
+  local n=$1 local=$2 i=$3 peer=$4 j=$5 peermac=0e:00:00:00:00:$6 mac=0e:00:00:00:00:$7
+  nsx "$n" ip link add vx type vxlan id 2 dstport 8472 local "$local" dev eth0 nolearning
+  nsx "$n" ip link set vx address "$mac" mtu 1450 up
+  nsx "$n" ip addr add "10.246.$i.0/32" dev vx
+  nsx "$n" ip neigh add "10.246.$j.0" lladdr "$peermac" dev vx nud permanent
+  nsx "$n" bridge fdb append "$peermac" dev vx dst "$peer" self permanent
+  nsx "$n" ip route add "10.246.$j.0/24" via "10.246.$j.0" dev vx onlink
+  nsx "$n" ip link add cni0 type bridge; nsx "$n" ip addr add "10.246.$i.1/24" dev cni0; nsx "$n" ip link set cni0 up
+  nsx "$n" sysctl -qw net.ipv4.ip_forward=1
+  ip netns add "tb-ov-$n-pod"
+  nsx "$n" ip link add vethp mtu 1450 type veth peer name eth0 mtu 1450 netns "tb-ov-$n-pod"
+  nsx "$n" ip link set vethp master cni0 up
+  nsx "$n-pod" ip addr add "10.246.$i.2/24" dev eth0; nsx "$n-pod" ip link set eth0 up; nsx "$n-pod" ip link set lo up
+  nsx "$n-pod" ip route add default via "10.246.$i.1"
+}
+hand h1 192.168.78.21 1 192.168.78.22 2 02 01
+hand h2 192.168.78.22 2 192.168.78.21 1 01 02
+nsx h1-pod ping -c1 -W2 10.246.2.2 >/dev/null
+
+t=(); h=(); u=()
+for r in $(seq 1 "$reps"); do
+  echo "iperf3 round $r/$reps ($secs s each)" >&2
+  t+=("$(iperf tb ta "$tb")")
+  h+=("$(iperf h2-pod h1-pod 10.246.2.2)")
+  u+=("$(iperf t2 t1 192.168.78.12)")
+done 2>/dev/null
+tm=$(printf '%s\n' "${t[@]}" | median); hm=$(printf '%s\n' "${h[@]}" | median); um=$(printf '%s\n' "${u[@]}" | median)
+
+# Convergence: a third node joins; time from starting its daemon to the first successful ping from
+# a pod on t1 to a pod on the new node (its pod is created as soon as the node facts exist).
+node t3 192.168.78.13
+start=$(date +%s%N)
+daemon t3
+tc=$(pod t3 tc)
+until nsx ta ping -c1 -W1 -i 0.01 "$tc" >/dev/null 2>&1; do :; done
+converge_ms=$(( ($(date +%s%N) - start) / 1000000 ))
+rss_kb=$(awk '/^VmRSS:/ {print $2}' "/proc/${daemon_pid[t1]}/status")
+
+printf '\n| iperf3 TCP, median of %s x %s s | Gbit/s | vs hand-built |\n|---|---|---|\n' "$reps" "$secs"
+printf '| pod to pod across nodes, Tether overlay | %.1f | %.0f%% |\n' "$tm" "$(awk "BEGIN {print 100*$tm/$hm}")"
+printf '| pod to pod across nodes, hand-built flannel-style VXLAN | %.1f | 100%% |\n' "$hm"
+printf '| node to node on the underlay (limit) | %.1f | %.0f%% |\n' "$um" "$(awk "BEGIN {print 100*$um/$hm}")"
+printf '\n| measure | value |\n|---|---|\n'
+printf '| node join to first cross-node ping | %s ms |\n' "$converge_ms"
+printf '| tether-overlayd RSS | %s KiB (%.1f MB) |\n' "$rss_kb" "$(awk "BEGIN {print $rss_kb/1024}")"
