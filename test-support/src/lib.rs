@@ -9,6 +9,8 @@ use std::process::{Command, Output, Stdio};
 
 use serde_json::Value;
 
+pub mod apiserver;
+
 /// Whether kernel tests can run (they need root). Tests call [`require_root`] instead of skipping
 /// silently, so a non-root run fails loudly rather than passing without testing anything.
 pub fn require_root() {

@@ -24,6 +24,7 @@ pub struct EtcdStore {
     lease: Option<i64>,
     keeper: Option<etcd_client::LeaseKeeper>,
     keep_stream: Option<etcd_client::LeaseKeepAliveStream>,
+    watch: Option<WatchStream>,
 }
 
 fn ds(context: &str) -> impl Fn(etcd_client::Error) -> DaemonError + '_ {
@@ -44,6 +45,7 @@ impl EtcdStore {
             lease: None,
             keeper: None,
             keep_stream: None,
+            watch: None,
         })
     }
 
@@ -53,6 +55,7 @@ impl EtcdStore {
         self.client = new_client(&self.endpoints).await?;
         self.keeper = None;
         self.keep_stream = None;
+        self.watch = None;
         Ok(())
     }
 
@@ -207,14 +210,34 @@ impl EtcdStore {
         }
     }
 
-    pub async fn watch(&mut self) -> Result<WatchStream, DaemonError> {
-        self.client
-            .watch(
-                self.subnets_prefix(),
-                Some(WatchOptions::new().with_prefix()),
-            )
-            .await
-            .map_err(ds("watching"))
+    /// Waits for the next change under the prefix. A broken watch is an error; the next call
+    /// watches again.
+    pub async fn changed(&mut self) -> Result<(), DaemonError> {
+        if self.watch.is_none() {
+            let stream = self
+                .client
+                .watch(
+                    self.subnets_prefix(),
+                    Some(WatchOptions::new().with_prefix()),
+                )
+                .await
+                .map_err(ds("watching"))?;
+            self.watch = Some(stream);
+        }
+        let Some(stream) = self.watch.as_mut() else {
+            return Err(DaemonError::Datastore("etcd watch missing".into()));
+        };
+        match stream.message().await {
+            Ok(Some(_)) => Ok(()),
+            Ok(None) => {
+                self.watch = None;
+                Err(DaemonError::Datastore("etcd closed the watch".into()))
+            }
+            Err(e) => {
+                self.watch = None;
+                Err(ds("watch")(e))
+            }
+        }
     }
 
     /// Deletes this node's registration (the node leaves the overlay).

@@ -3,8 +3,10 @@
 //! other node in step with the datastore: at start-up, on every change, and on a resync timer.
 
 pub mod config;
+mod datastore;
 mod etcd;
 mod kernel;
+pub mod kube;
 mod masq;
 mod metrics;
 pub mod state;
@@ -15,8 +17,8 @@ use std::time::{Duration, Instant};
 use ipnetwork::IpNetwork;
 
 use crate::facts::NodeFacts;
-use config::{Args, DatastoreKind};
-use etcd::EtcdStore;
+use config::Args;
+use datastore::{Datastore, Vtep};
 use kernel::Kernel;
 use metrics::Metrics;
 
@@ -62,47 +64,31 @@ impl Backoff {
     }
 }
 
+/// Registers until it works. Only a configuration error (say, a podCIDR outside the cluster CIDR)
+/// ends the retries.
 async fn register(
     args: &Args,
-    store: &mut EtcdStore,
+    store: &mut Datastore,
     kernel: &Kernel,
     metrics: &Metrics,
     cluster: IpNetwork,
     hint: Option<IpNetwork>,
-) -> IpNetwork {
+) -> Result<IpNetwork, DaemonError> {
     let mut backoff = Backoff::new();
     loop {
-        let result = store
-            .register(
-                &args.node_name,
-                &kernel.vtep_mac(),
-                kernel.underlay.ip(),
-                cluster,
-                args.subnet_size,
-                hint,
-            )
-            .await;
-        match result {
-            Ok(subnet) => return subnet,
+        let mac = kernel.vtep_mac();
+        let vtep = Vtep {
+            node: &args.node_name,
+            mac: &mac,
+            underlay_ip: kernel.underlay.ip(),
+        };
+        match store.register(&vtep, cluster, args.subnet_size, hint).await {
+            Ok(subnet) => return Ok(subnet),
+            Err(e @ DaemonError::Config(_)) => return Err(e),
             Err(e) => {
                 backoff.failed(metrics, "registering", e).await;
-                if let Err(e) = store.reconnect().await {
-                    tracing::warn!(error = %e, "reconnecting to etcd failed");
-                }
-            }
-        }
-    }
-}
-
-async fn watch(store: &mut EtcdStore, metrics: &Metrics) -> etcd_client::WatchStream {
-    let mut backoff = Backoff::new();
-    loop {
-        match store.watch().await {
-            Ok(w) => return w,
-            Err(e) => {
-                backoff.failed(metrics, "watching etcd", e).await;
-                if let Err(e) = store.reconnect().await {
-                    tracing::warn!(error = %e, "reconnecting to etcd failed");
+                if let Err(e) = store.recover().await {
+                    tracing::warn!(error = %e, "reconnecting to the datastore failed");
                 }
             }
         }
@@ -134,11 +120,6 @@ pub async fn run(args: Args) -> Result<(), DaemonError> {
 
 async fn serve(args: Args) -> Result<(), DaemonError> {
     let cluster = args.validate()?;
-    if args.datastore == DatastoreKind::Kubernetes {
-        return Err(DaemonError::Config(
-            "the kubernetes datastore is not implemented yet; use --datastore etcd".into(),
-        ));
-    }
     let mut kernel = Kernel::new(
         args.iface.as_deref(),
         args.vxlan_name(),
@@ -159,9 +140,14 @@ async fn serve(args: Args) -> Result<(), DaemonError> {
 
     let mut backoff = Backoff::new();
     let mut store = loop {
-        match EtcdStore::connect(&args.etcd_endpoints, &args.etcd_prefix, args.lease_ttl).await {
+        match Datastore::connect(&args).await {
             Ok(store) => break store,
-            Err(e) => backoff.failed(&metrics, "connecting to etcd", e).await,
+            Err(e @ DaemonError::Config(_)) => return Err(e),
+            Err(e) => {
+                backoff
+                    .failed(&metrics, "connecting to the datastore", e)
+                    .await
+            }
         }
     };
     if args.leave {
@@ -171,13 +157,13 @@ async fn serve(args: Args) -> Result<(), DaemonError> {
     let hint = NodeFacts::read(&args.run_dir)
         .ok()
         .and_then(|f| f.subnets.first().copied());
-    let mut subnet = register(&args, &mut store, &kernel, &metrics, cluster, hint).await;
+    let mut subnet = register(&args, &mut store, &kernel, &metrics, cluster, hint).await?;
     tracing::info!(%subnet, vtep_mac = %kernel.vtep_mac(), "registered");
 
     publish_local(&args, &mut kernel, cluster, subnet)?;
     enable_forwarding()?;
 
-    let mut changes = watch(&mut store, &metrics).await;
+    let mut watch_backoff = Backoff::new();
     let mut resync = tokio::time::interval(Duration::from_secs(args.resync_seconds.max(1)));
     let mut keep_alive =
         tokio::time::interval(Duration::from_secs((args.lease_ttl as u64 / 3).max(1)));
@@ -189,7 +175,7 @@ async fn serve(args: Args) -> Result<(), DaemonError> {
                     Ok(true) => {
                         // The VTEP moved: the device is recreated on the next ensure, and peers
                         // learn the new address from the renewed registration.
-                        subnet = register(&args, &mut store, &kernel, &metrics, cluster, Some(subnet)).await;
+                        subnet = register(&args, &mut store, &kernel, &metrics, cluster, Some(subnet)).await?;
                         if let Err(e) = publish_local(&args, &mut kernel, cluster, subnet) {
                             tracing::error!(error = %e, "updating the node after an underlay change failed");
                         }
@@ -202,7 +188,7 @@ async fn serve(args: Args) -> Result<(), DaemonError> {
                 if let Err(e) = store.keep_alive().await {
                     metrics.datastore_errors.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                     tracing::warn!(error = %e, "registration lost; registering again");
-                    let renewed = register(&args, &mut store, &kernel, &metrics, cluster, Some(subnet)).await;
+                    let renewed = register(&args, &mut store, &kernel, &metrics, cluster, Some(subnet)).await?;
                     if renewed != subnet {
                         subnet = renewed;
                         if let Err(e) = publish_local(&args, &mut kernel, cluster, subnet) {
@@ -211,11 +197,10 @@ async fn serve(args: Args) -> Result<(), DaemonError> {
                     }
                 }
             }
-            event = changes.message() => {
-                if let Err(e) = event {
-                    metrics.datastore_errors.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                    tracing::warn!(error = %e, "etcd watch broke; watching again");
-                    changes = watch(&mut store, &metrics).await;
+            changed = store.changed() => {
+                match changed {
+                    Ok(()) => watch_backoff = Backoff::new(),
+                    Err(e) => watch_backoff.failed(&metrics, "watching the datastore", e).await,
                 }
             }
         }
@@ -244,7 +229,7 @@ fn publish_local(
 /// One reconciliation. A datastore failure keeps every working entry as it is.
 async fn reconcile(
     args: &Args,
-    store: &mut EtcdStore,
+    store: &mut Datastore,
     kernel: &mut Kernel,
     metrics: &Metrics,
     cluster: IpNetwork,
@@ -289,7 +274,7 @@ async fn reconcile(
     }
 }
 
-async fn leave(args: &Args, store: &mut EtcdStore, kernel: &mut Kernel) -> Result<(), DaemonError> {
+async fn leave(args: &Args, store: &mut Datastore, kernel: &mut Kernel) -> Result<(), DaemonError> {
     store.leave(&args.node_name).await?;
     kernel.remove_vxlan()?;
     masq::remove()?;

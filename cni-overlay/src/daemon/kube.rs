@@ -1,0 +1,421 @@
+//! The Kubernetes datastore: the node's subnet is `Node.spec.podCIDR(s)` (allocated by the
+//! controller manager), the VTEP is published as two annotations on the daemon's own Node, and
+//! every other node is learned from a watch of all Nodes. It needs get, list, watch and patch on
+//! nodes, nothing else.
+//!
+//! The watch feeds a [`PeerCache`] that keeps only what the overlay needs (name, subnet, VTEP),
+//! never whole Node objects, so memory stays flat on large clusters.
+
+use std::collections::BTreeMap;
+use std::net::IpAddr;
+use std::path::Path;
+use std::pin::Pin;
+use std::time::Duration;
+
+use futures::{Stream, StreamExt};
+use ipnetwork::IpNetwork;
+use k8s_openapi::api::core::v1::Node;
+use kube::api::{Api, Patch, PatchParams};
+use kube::config::{KubeConfigOptions, Kubeconfig};
+use kube::runtime::watcher::{self, Event};
+use kube::runtime::WatchStreamExt;
+use kube::{Client, Config};
+
+use super::state::Peer;
+use super::DaemonError;
+
+/// Annotation holding a node's VTEP MAC address.
+pub const VTEP_MAC: &str = "overlay.tether.dev/vtep-mac";
+/// Annotation holding a node's underlay (VTEP) IP address.
+pub const UNDERLAY_IP: &str = "overlay.tether.dev/underlay-ip";
+
+const TIMEOUT: Duration = Duration::from_secs(10);
+
+type NodeEvents = Pin<Box<dyn Stream<Item = Result<Event<Node>, watcher::Error>> + Send>>;
+
+pub struct KubeStore {
+    api: Api<Node>,
+    node: String,
+    cache: PeerCache,
+    events: NodeEvents,
+    /// What this daemon last published on its own Node: (VTEP MAC, underlay IP).
+    published: Option<(String, IpAddr)>,
+}
+
+impl KubeStore {
+    /// A client from `kubeconfig`, or else from `KUBECONFIG`/`~/.kube/config`/the in-cluster
+    /// service account, in that order. A configuration that cannot be loaded is fatal.
+    pub async fn connect(kubeconfig: Option<&Path>, node: &str) -> Result<KubeStore, DaemonError> {
+        let config = match kubeconfig {
+            Some(path) => {
+                let file = Kubeconfig::read_from(path).map_err(|e| {
+                    DaemonError::Config(format!("reading kubeconfig {}: {e}", path.display()))
+                })?;
+                Config::from_custom_kubeconfig(file, &KubeConfigOptions::default())
+                    .await
+                    .map_err(|e| {
+                        DaemonError::Config(format!("kubeconfig {}: {e}", path.display()))
+                    })?
+            }
+            None => Config::infer().await.map_err(|e| {
+                DaemonError::Config(format!(
+                    "no Kubernetes configuration (give --kubeconfig, or run in a pod): {e}"
+                ))
+            })?,
+        };
+        let client = Client::try_from(config)
+            .map_err(|e| DaemonError::Config(format!("Kubernetes client: {e}")))?;
+        let api: Api<Node> = Api::all(client);
+        let events = watch_nodes(api.clone());
+        Ok(KubeStore {
+            api,
+            node: node.to_string(),
+            cache: PeerCache::default(),
+            events,
+            published: None,
+        })
+    }
+
+    /// The node's subnet from its `spec.podCIDR(s)`, after publishing the VTEP annotations.
+    /// A node without a podCIDR yet is a datastore error (retried); a podCIDR outside the
+    /// cluster CIDR is a configuration error.
+    pub async fn register(
+        &mut self,
+        vtep_mac: &str,
+        underlay_ip: IpAddr,
+        cluster: IpNetwork,
+    ) -> Result<IpNetwork, DaemonError> {
+        let node = timed("reading the Node", self.api.get(&self.node)).await?;
+        let subnet = pod_subnet(&node).ok_or_else(|| {
+            DaemonError::Datastore(format!(
+                "Node {} has no IPv4 spec.podCIDR yet (the controller manager assigns them with \
+                 --allocate-node-cidrs)",
+                self.node
+            ))
+        })?;
+        if !contains(cluster, subnet) {
+            return Err(DaemonError::Config(format!(
+                "Node {} has podCIDR {subnet}, which is outside the cluster CIDR {cluster}",
+                self.node
+            )));
+        }
+        let wanted = (vtep_mac.to_string(), underlay_ip);
+        if published_vtep(&node).as_ref() != Some(&wanted) {
+            let patch = serde_json::json!({
+                "metadata": {"annotations": {VTEP_MAC: vtep_mac, UNDERLAY_IP: underlay_ip.to_string()}}
+            });
+            timed(
+                "annotating the Node",
+                self.api
+                    .patch(&self.node, &PatchParams::default(), &Patch::Merge(&patch)),
+            )
+            .await?;
+        }
+        self.published = Some(wanted);
+        Ok(subnet)
+    }
+
+    /// Every node with a subnet and a published VTEP, once the first full list has arrived.
+    /// Before that the answer is an error, so the kernel is never reconciled against a partial
+    /// view (which would remove entries of nodes not listed yet).
+    pub fn peers(&self) -> Result<Vec<Peer>, DaemonError> {
+        self.cache.peers().ok_or_else(|| {
+            DaemonError::Datastore("the list of Nodes has not been received yet".into())
+        })
+    }
+
+    /// Waits for the next change that matters to the overlay.
+    pub async fn changed(&mut self) -> Result<(), DaemonError> {
+        loop {
+            match self.events.next().await {
+                Some(Ok(event)) => {
+                    if self.cache.apply(event) {
+                        return Ok(());
+                    }
+                }
+                Some(Err(e)) => {
+                    return Err(DaemonError::Datastore(format!("watching Nodes: {e}")));
+                }
+                None => self.events = watch_nodes(self.api.clone()),
+            }
+        }
+    }
+
+    /// Fails when the own Node no longer carries what this daemon published (someone removed
+    /// or changed the annotations), so that the caller publishes again.
+    pub fn keep_alive(&self) -> Result<(), DaemonError> {
+        let Some((mac, ip)) = &self.published else {
+            return Err(DaemonError::Datastore("not registered".into()));
+        };
+        match self.cache.get(&self.node) {
+            Some(me) if &me.vtep_mac != mac || &me.underlay_ip != ip => Err(
+                DaemonError::Datastore("the Node's VTEP annotations changed".into()),
+            ),
+            Some(_) => Ok(()),
+            // Not synced yet, or the annotations are gone.
+            None if self.cache.peers().is_none() => Ok(()),
+            None => Err(DaemonError::Datastore(
+                "the Node's VTEP annotations are missing".into(),
+            )),
+        }
+    }
+
+    /// Removes the VTEP annotations: the other nodes drop their entries for this one.
+    pub async fn leave(&mut self) -> Result<(), DaemonError> {
+        let patch = serde_json::json!({
+            "metadata": {"annotations": {VTEP_MAC: null, UNDERLAY_IP: null}}
+        });
+        timed(
+            "removing the Node's VTEP annotations",
+            self.api
+                .patch(&self.node, &PatchParams::default(), &Patch::Merge(&patch)),
+        )
+        .await?;
+        self.published = None;
+        Ok(())
+    }
+}
+
+fn watch_nodes(api: Api<Node>) -> NodeEvents {
+    watcher::watcher(api, watcher::Config::default())
+        .default_backoff()
+        .boxed()
+}
+
+async fn timed<T>(
+    what: &str,
+    call: impl std::future::Future<Output = Result<T, kube::Error>>,
+) -> Result<T, DaemonError> {
+    match tokio::time::timeout(TIMEOUT, call).await {
+        Ok(Ok(value)) => Ok(value),
+        Ok(Err(e)) => Err(DaemonError::Datastore(format!("{what}: {e}"))),
+        Err(_) => Err(DaemonError::Datastore(format!(
+            "{what}: no answer from the Kubernetes API within {TIMEOUT:?}"
+        ))),
+    }
+}
+
+fn contains(outer: IpNetwork, inner: IpNetwork) -> bool {
+    outer.is_ipv4() == inner.is_ipv4()
+        && inner.prefix() >= outer.prefix()
+        && outer.contains(inner.network())
+}
+
+/// The node's IPv4 pod subnet: the first IPv4 entry of `spec.podCIDRs`, else `spec.podCIDR`.
+pub fn pod_subnet(node: &Node) -> Option<IpNetwork> {
+    let spec = node.spec.as_ref()?;
+    spec.pod_cidrs
+        .iter()
+        .flatten()
+        .chain(spec.pod_cidr.iter())
+        .filter_map(|c| c.parse::<IpNetwork>().ok())
+        .find(IpNetwork::is_ipv4)
+        .and_then(|c| IpNetwork::new(c.network(), c.prefix()).ok())
+}
+
+/// The VTEP a node published, if both annotations are there and readable.
+pub fn published_vtep(node: &Node) -> Option<(String, IpAddr)> {
+    let annotations = node.metadata.annotations.as_ref()?;
+    let mac = annotations.get(VTEP_MAC)?;
+    cni_core::netlink::parse_mac(mac)?;
+    let ip = annotations.get(UNDERLAY_IP)?.parse().ok()?;
+    Some((mac.clone(), ip))
+}
+
+/// The overlay's view of a Node: `None` until it has both a subnet and a VTEP.
+pub fn peer_of(node: &Node) -> Option<Peer> {
+    let name = node.metadata.name.clone()?;
+    let subnet = pod_subnet(node)?;
+    let (vtep_mac, underlay_ip) = published_vtep(node)?;
+    Some(Peer {
+        node: name,
+        subnet,
+        vtep_mac,
+        underlay_ip,
+    })
+}
+
+/// The peers seen through the Node watch. Only what the overlay uses is kept. A (re)list is
+/// buffered and swapped in whole at its end, so a relist never shows a partial cluster.
+#[derive(Debug, Default)]
+pub struct PeerCache {
+    peers: BTreeMap<String, Peer>,
+    relisting: Option<BTreeMap<String, Peer>>,
+    synced: bool,
+}
+
+impl PeerCache {
+    /// Applies one watch event; true when the set of peers changed.
+    pub fn apply(&mut self, event: Event<Node>) -> bool {
+        match event {
+            Event::Init => {
+                self.relisting = Some(BTreeMap::new());
+                false
+            }
+            Event::InitApply(node) => {
+                if let (Some(list), Some(peer)) = (self.relisting.as_mut(), peer_of(&node)) {
+                    list.insert(peer.node.clone(), peer);
+                }
+                false
+            }
+            Event::InitDone => {
+                let listed = self.relisting.take().unwrap_or_default();
+                let changed = !self.synced || listed != self.peers;
+                self.peers = listed;
+                self.synced = true;
+                changed
+            }
+            Event::Apply(node) => {
+                let Some(name) = node.metadata.name.clone() else {
+                    return false;
+                };
+                match peer_of(&node) {
+                    Some(peer) => self.peers.insert(name, peer.clone()) != Some(peer),
+                    // A node without subnet or VTEP (yet, or any more) is not a peer.
+                    None => self.peers.remove(&name).is_some(),
+                }
+            }
+            Event::Delete(node) => node
+                .metadata
+                .name
+                .as_ref()
+                .is_some_and(|name| self.peers.remove(name).is_some()),
+        }
+    }
+
+    /// All peers, or `None` before the first complete list.
+    pub fn peers(&self) -> Option<Vec<Peer>> {
+        self.synced.then(|| self.peers.values().cloned().collect())
+    }
+
+    fn get(&self, node: &str) -> Option<&Peer> {
+        self.peers.get(node)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn node(name: &str, cidrs: &[&str], vtep: Option<(&str, &str)>) -> Node {
+        let mut value = serde_json::json!({
+            "metadata": {"name": name},
+            "spec": {"podCIDRs": cidrs},
+        });
+        if let Some(first) = cidrs.first() {
+            value["spec"]["podCIDR"] = (*first).into();
+        }
+        if let Some((mac, ip)) = vtep {
+            value["metadata"]["annotations"] = serde_json::json!({VTEP_MAC: mac, UNDERLAY_IP: ip});
+        }
+        serde_json::from_value(value).unwrap()
+    }
+
+    fn names(cache: &PeerCache) -> Vec<String> {
+        cache.peers().unwrap().into_iter().map(|p| p.node).collect()
+    }
+
+    #[test]
+    fn subnet_is_the_first_ipv4_pod_cidr_without_host_bits() {
+        let dual = node("a", &["fd00:10::/64", "10.244.3.0/24"], None);
+        assert_eq!(pod_subnet(&dual), Some("10.244.3.0/24".parse().unwrap()));
+        let sloppy = node("b", &["10.244.4.7/24"], None);
+        assert_eq!(pod_subnet(&sloppy), Some("10.244.4.0/24".parse().unwrap()));
+        assert_eq!(pod_subnet(&node("c", &["fd00:10::/64"], None)), None);
+        assert_eq!(pod_subnet(&node("d", &[], None)), None);
+    }
+
+    #[test]
+    fn a_node_is_a_peer_only_with_subnet_and_a_readable_vtep() {
+        let vtep = Some(("0e:00:00:00:00:01", "192.0.2.7"));
+        let peer = peer_of(&node("a", &["10.244.1.0/24"], vtep)).unwrap();
+        assert_eq!(peer.subnet, "10.244.1.0/24".parse().unwrap());
+        assert_eq!(peer.vtep_mac, "0e:00:00:00:00:01");
+        assert_eq!(peer.underlay_ip, "192.0.2.7".parse::<IpAddr>().unwrap());
+        assert!(peer_of(&node("b", &[], vtep)).is_none(), "no podCIDR");
+        assert!(
+            peer_of(&node("c", &["10.244.2.0/24"], None)).is_none(),
+            "no VTEP"
+        );
+        let bad_mac = Some(("not-a-mac", "192.0.2.7"));
+        assert!(peer_of(&node("d", &["10.244.2.0/24"], bad_mac)).is_none());
+        let bad_ip = Some(("0e:00:00:00:00:01", "nowhere"));
+        assert!(peer_of(&node("e", &["10.244.2.0/24"], bad_ip)).is_none());
+    }
+
+    #[test]
+    fn cache_is_unusable_until_the_first_list_completes() {
+        let mut cache = PeerCache::default();
+        assert!(cache.peers().is_none());
+        assert!(!cache.apply(Event::Init));
+        let a = node(
+            "a",
+            &["10.244.1.0/24"],
+            Some(("0e:00:00:00:00:01", "192.0.2.1")),
+        );
+        assert!(!cache.apply(Event::InitApply(a)));
+        assert!(cache.peers().is_none(), "a partial list must not be used");
+        assert!(cache.apply(Event::InitDone));
+        assert_eq!(names(&cache), ["a"]);
+    }
+
+    #[test]
+    fn watch_events_add_update_and_remove_peers() {
+        let mut cache = PeerCache::default();
+        cache.apply(Event::Init);
+        cache.apply(Event::InitDone);
+        let vtep = ("0e:00:00:00:00:02", "192.0.2.2");
+        // A node joins before it has a VTEP: not a peer yet.
+        assert!(!cache.apply(Event::Apply(node("b", &["10.244.2.0/24"], None))));
+        assert!(cache.apply(Event::Apply(node("b", &["10.244.2.0/24"], Some(vtep)))));
+        // The same object again (e.g. a status heartbeat) changes nothing.
+        assert!(!cache.apply(Event::Apply(node("b", &["10.244.2.0/24"], Some(vtep)))));
+        // Its underlay moves.
+        let moved = ("0e:00:00:00:00:02", "192.0.2.99");
+        assert!(cache.apply(Event::Apply(node("b", &["10.244.2.0/24"], Some(moved)))));
+        assert_eq!(
+            cache.get("b").unwrap().underlay_ip,
+            "192.0.2.99".parse::<IpAddr>().unwrap()
+        );
+        // Its annotations are removed (it left the overlay), then it is deleted.
+        assert!(cache.apply(Event::Apply(node("b", &["10.244.2.0/24"], None))));
+        assert!(names(&cache).is_empty());
+        assert!(!cache.apply(Event::Delete(node("b", &["10.244.2.0/24"], None))));
+        cache.apply(Event::Apply(node("c", &["10.244.3.0/24"], Some(vtep))));
+        assert!(cache.apply(Event::Delete(node("c", &[], None))));
+        assert!(names(&cache).is_empty());
+    }
+
+    #[test]
+    fn a_relist_replaces_the_cache_at_its_end_and_drops_nodes_it_no_longer_lists() {
+        let mut cache = PeerCache::default();
+        let vtep = |n: u8| (format!("0e:00:00:00:00:0{n}"), format!("192.0.2.{n}"));
+        let (ma, ia) = vtep(1);
+        let (mb, ib) = vtep(2);
+        let a = node("a", &["10.244.1.0/24"], Some((&ma, &ia)));
+        let b = node("b", &["10.244.2.0/24"], Some((&mb, &ib)));
+        cache.apply(Event::Init);
+        cache.apply(Event::InitApply(a.clone()));
+        cache.apply(Event::InitApply(b));
+        cache.apply(Event::InitDone);
+        assert_eq!(names(&cache), ["a", "b"]);
+        // The watch broke and its resource version expired: a relist in which b is gone.
+        cache.apply(Event::Init);
+        cache.apply(Event::InitApply(a.clone()));
+        assert_eq!(names(&cache), ["a", "b"], "old view kept during the relist");
+        assert!(cache.apply(Event::InitDone));
+        assert_eq!(names(&cache), ["a"]);
+        // A relist that finds the same cluster is not a change.
+        cache.apply(Event::Init);
+        cache.apply(Event::InitApply(a));
+        assert!(!cache.apply(Event::InitDone));
+    }
+
+    #[test]
+    fn pod_cidrs_must_lie_inside_the_cluster_cidr() {
+        let cluster: IpNetwork = "10.244.0.0/16".parse().unwrap();
+        assert!(contains(cluster, "10.244.7.0/24".parse().unwrap()));
+        assert!(!contains(cluster, "10.245.0.0/24".parse().unwrap()));
+        assert!(!contains(cluster, "10.0.0.0/8".parse().unwrap()));
+    }
+}

@@ -1,0 +1,248 @@
+#![allow(clippy::unwrap_used)] // Tests fail loudly by design.
+
+//! The overlay with the Kubernetes datastore. No real API server can run on this machine, so the
+//! daemons talk to `test_support::apiserver::NodeApiServer`, a stand-in that speaks the API's wire
+//! protocol for Nodes (get, list, watch, merge patch); the daemon's own `kube` client, its watch
+//! handling and every kernel entry are real.
+
+mod harness;
+
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use cni_overlay::daemon::kube::{UNDERLAY_IP, VTEP_MAC};
+use harness::{bin_dir, seen_source, wait_for, Cluster, Node};
+use serde_json::json;
+
+fn annotation(cluster: &Cluster, node: &str, key: &str) -> Option<String> {
+    cluster.api().node(node)?["metadata"]["annotations"][key]
+        .as_str()
+        .map(str::to_string)
+}
+
+fn vxlan_mac(node: &Node) -> String {
+    node.ns.ip_json(&["link", "show", "tether.1"])[0]["address"]
+        .as_str()
+        .unwrap()
+        .to_string()
+}
+
+fn has_route(node: &Node, subnet: &str) -> bool {
+    node.ns
+        .ip_json(&["route", "show", subnet])
+        .as_array()
+        .is_some_and(|r| !r.is_empty())
+}
+
+#[test]
+fn pod_cidrs_annotations_and_the_node_watch_make_the_mesh() {
+    let mut cluster = Cluster::with_kubernetes(
+        "ovk",
+        &[
+            Some("10.244.5.0/24"),
+            Some("10.244.9.0/24"),
+            Some("10.244.7.0/24"),
+        ],
+    );
+    for node in &mut cluster.nodes {
+        node.start(&[]);
+    }
+
+    // Each node's subnet is its podCIDR; each published its VTEP on its own Node.
+    for (node, cidr) in
+        cluster
+            .nodes
+            .iter()
+            .zip(["10.244.5.0/24", "10.244.9.0/24", "10.244.7.0/24"])
+    {
+        assert_eq!(node.facts()["subnets"][0], cidr, "{}", node.name);
+        assert_eq!(
+            annotation(&cluster, &node.name, VTEP_MAC),
+            Some(vxlan_mac(node))
+        );
+        assert_eq!(
+            annotation(&cluster, &node.name, UNDERLAY_IP),
+            Some(node.ip.clone())
+        );
+    }
+
+    let (p0, ip0) = cluster.nodes[0].pod("ovk-a");
+    let (p1, ip1) = cluster.nodes[1].pod("ovk-b");
+    let (_p2, ip2) = cluster.nodes[2].pod("ovk-c");
+    assert!(ip0.starts_with("10.244.5.") && ip1.starts_with("10.244.9."));
+    wait_for(
+        "cross-node reachability",
+        Duration::from_secs(20),
+        || p0.ping(&ip1) && p0.ping(&ip2) && p1.ping(&ip0),
+        || cluster.nodes[0].log(),
+    );
+    assert_eq!(seen_source(&p1, &p0, &ip1), ip0, "no NAT between pods");
+    for node in &cluster.nodes {
+        wait_for(
+            "six entries",
+            Duration::from_secs(5),
+            || node.metrics().contains("tether_overlay_entries 6"),
+            || node.metrics(),
+        );
+    }
+
+    // A node joins: the others learn it from the watch alone.
+    let args = cluster.nodes[0].datastore_args.clone();
+    cluster.add_node("ovk", 3, &args);
+    cluster.api().add_node("node3", Some("10.244.8.0/24"));
+    cluster.nodes[3].start(&[]);
+    let (_p3, ip3) = cluster.nodes[3].pod("ovk-d");
+    wait_for(
+        "the joined node",
+        Duration::from_secs(10),
+        || p0.ping(&ip3),
+        || cluster.nodes[0].log(),
+    );
+
+    // Someone strips node1's annotations: its daemon publishes them again.
+    cluster.api().patch_node(
+        "node1",
+        &json!({"metadata": {"annotations": {VTEP_MAC: null, UNDERLAY_IP: null}}}),
+    );
+    wait_for(
+        "annotations published again",
+        Duration::from_secs(10),
+        || annotation(&cluster, "node1", VTEP_MAC).is_some(),
+        || cluster.nodes[1].log(),
+    );
+    wait_for(
+        "reachability after re-annotation",
+        Duration::from_secs(10),
+        || p0.ping(&ip1),
+        || cluster.nodes[0].log(),
+    );
+
+    // node2's Node object is deleted: every other node drops its entries.
+    cluster.nodes[2].stop();
+    cluster.api().delete_node("node2");
+    for node in [&cluster.nodes[0], &cluster.nodes[1], &cluster.nodes[3]] {
+        wait_for(
+            "departure",
+            Duration::from_secs(10),
+            || !has_route(node, "10.244.7.0/24"),
+            || node.log(),
+        );
+        assert!(has_route(node, "10.244.8.0/24") || node.name == "node3");
+    }
+
+    // node3 leaves the overlay: its annotations go, and with them its entries elsewhere.
+    cluster.nodes[3].stop();
+    let node3 = &cluster.nodes[3];
+    let mut leave = vec![
+        bin_dir().join("tether-overlayd").display().to_string(),
+        "--node-name".into(),
+        "node3".into(),
+        "--cluster-cidr".into(),
+        harness::CLUSTER_CIDR.into(),
+        "--run-dir".into(),
+        node3.run_dir().display().to_string(),
+        "--leave".into(),
+    ];
+    leave.extend(node3.datastore_args.iter().cloned());
+    let leave: Vec<&str> = leave.iter().map(String::as_str).collect();
+    let out = node3.ns.try_exec(&leave);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(annotation(&cluster, "node3", VTEP_MAC), None);
+    wait_for(
+        "node3's entries gone",
+        Duration::from_secs(10),
+        || !has_route(&cluster.nodes[0], "10.244.8.0/24"),
+        || cluster.nodes[0].log(),
+    );
+
+    // Least privilege: get, list, watch and patch of Nodes is all the daemon ever asked for.
+    let requests = cluster.api().requests();
+    assert!(
+        requests.iter().any(|r| r.contains("watch=true")),
+        "{requests:?}"
+    );
+    assert!(
+        requests.iter().any(|r| r.starts_with("PATCH ")),
+        "{requests:?}"
+    );
+    for request in requests {
+        assert!(
+            request.starts_with("GET /api/v1/nodes") || request.starts_with("PATCH /api/v1/nodes/"),
+            "{request}"
+        );
+    }
+}
+
+#[test]
+fn waits_for_a_pod_cidr_rejects_a_foreign_one_and_rides_out_api_outages() {
+    let mut cluster = Cluster::with_kubernetes("ovo", &[Some("10.244.1.0/24"), None]);
+    cluster.nodes[0].start(&[]);
+
+    // node1 has no podCIDR yet: its daemon waits (no facts, so no pods) instead of guessing.
+    cluster.nodes[1].spawn(&[]);
+    std::thread::sleep(Duration::from_secs(2));
+    assert!(!cluster.nodes[1].ready());
+    assert!(
+        cluster.nodes[1].log().contains("no IPv4 spec.podCIDR"),
+        "{}",
+        cluster.nodes[1].log()
+    );
+    cluster.api().patch_node(
+        "node1",
+        &json!({"spec": {"podCIDR": "10.244.2.0/24", "podCIDRs": ["10.244.2.0/24"]}}),
+    );
+    cluster.nodes[1].wait_ready();
+    let (p0, _) = cluster.nodes[0].pod("ovo-a");
+    let (_p1, ip1) = cluster.nodes[1].pod("ovo-b");
+    wait_for(
+        "mesh",
+        Duration::from_secs(20),
+        || p0.ping(&ip1),
+        || cluster.nodes[0].log(),
+    );
+
+    // The API server goes away; pods keep talking, a daemon restarted meanwhile changes nothing,
+    // and the daemons catch up when the API is back.
+    let ping = Command::new("ip")
+        .args([
+            "netns", "exec", &p0.name, "ping", "-i", "0.02", "-c", "200", "-W", "1", &ip1,
+        ])
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    cluster.api().set_down(true);
+    cluster.nodes[0].stop();
+    cluster.nodes[0].spawn(&[]);
+    let out = ping.wait_with_output().unwrap();
+    let summary = String::from_utf8_lossy(&out.stdout);
+    assert!(summary.contains(" 0% packet loss"), "{summary}");
+    cluster.api().set_down(false);
+    cluster.nodes[0].wait_ready();
+    assert!(cluster.nodes[0]
+        .metrics()
+        .contains("tether_overlay_entries 3"));
+    assert!(p0.ping(&ip1));
+
+    // A podCIDR outside the cluster CIDR is a configuration error, not something to retry.
+    cluster.api().add_node("node9", Some("10.99.0.0/24"));
+    let node = &cluster.nodes[0];
+    let mut args = vec![
+        bin_dir().join("tether-overlayd").display().to_string(),
+        "--node-name".into(),
+        "node9".into(),
+        "--cluster-cidr".into(),
+        harness::CLUSTER_CIDR.into(),
+        "--run-dir".into(),
+        node.root.path().join("node9").display().to_string(),
+    ];
+    args.extend(node.datastore_args.iter().cloned());
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let out = node.ns.try_exec(&args);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(stderr.contains("outside the cluster CIDR"), "{stderr}");
+}
