@@ -72,7 +72,8 @@ ta=$(pod t1 ta); tb=$(pod t2 tb)
 until nsx ta ping -c1 -W1 "$tb" >/dev/null 2>&1; do sleep 0.1; done
 
 # flannel-style by hand: VXLAN (vni 2, port 8472, learning off, MTU 1450), the subnet's network
-# address on it, cni0 with the gateway, a veth pod; static neighbour + FDB + onlink route.
+# address on it, cni0 with the gateway, a veth pod; static neighbour + FDB + onlink route;
+# masquerade of traffic leaving the cluster, as Tether and flannel do.
 node h1 192.168.78.21; node h2 192.168.78.22
 hand() { # hand NODE LOCAL_IP N PEER_IP PEER_N PEER_MAC_SUFFIX MAC_SUFFIX
   local n=$1 local=$2 i=$3 peer=$4 j=$5 peermac=0e:00:00:00:00:$6 mac=0e:00:00:00:00:$7
@@ -84,6 +85,11 @@ hand() { # hand NODE LOCAL_IP N PEER_IP PEER_N PEER_MAC_SUFFIX MAC_SUFFIX
   nsx "$n" ip route add "10.246.$j.0/24" via "10.246.$j.0" dev vx onlink
   nsx "$n" ip link add cni0 type bridge; nsx "$n" ip addr add "10.246.$i.1/24" dev cni0; nsx "$n" ip link set cni0 up
   nsx "$n" sysctl -qw net.ipv4.ip_forward=1
+  # flannel masquerades traffic leaving the cluster too; the same rule (and so conntrack) here.
+  printf '%s\n' 'add table inet hand' \
+    'add chain inet hand post { type nat hook postrouting priority srcnat; policy accept; }' \
+    "add rule inet hand post ip saddr 10.246.$i.0/24 ip daddr != 10.246.0.0/16 masquerade" |
+    nsx "$n" nft -f -
   ip netns add "tb-ov-$n-pod"
   nsx "$n" ip link add vethp mtu 1450 type veth peer name eth0 mtu 1450 netns "tb-ov-$n-pod"
   nsx "$n" ip link set vethp master cni0 up

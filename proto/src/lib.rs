@@ -1,0 +1,12 @@
+//! The Container Storage Interface, v1.12 (`csi.v1`): messages and the Identity, Controller,
+//! Node and GroupController services, generated from `proto/csi.proto` at build time.
+
+#![allow(clippy::all, clippy::pedantic, clippy::unwrap_used)] // Generated code.
+
+/// Package `csi.v1`.
+pub mod v1 {
+    tonic::include_proto!("csi.v1");
+}
+
+/// The CSI version this crate implements.
+pub const CSI_VERSION: &str = "1.12.0";
