@@ -1,0 +1,331 @@
+//! StorageClass parameters and mount options of a CreateVolume request, validated once.
+
+use std::collections::{BTreeMap, HashMap};
+
+use serde::{Deserialize, Serialize};
+use tether_csi_proto::v1::{volume_capability, VolumeCapability};
+
+use crate::error::CsiError;
+use crate::ids::{Layout, NfsVersion, SharePath, ShareRef};
+
+/// Keys csi-provisioner adds with `--extra-create-metadata`.
+pub const PVC_NAME: &str = "csi.storage.k8s.io/pvc/name";
+pub const PVC_NAMESPACE: &str = "csi.storage.k8s.io/pvc/namespace";
+pub const PV_NAME: &str = "csi.storage.k8s.io/pv/name";
+/// Everything under this prefix belongs to the Kubernetes sidecars, not to us.
+const SIDECAR_PREFIX: &str = "csi.storage.k8s.io/";
+
+const KNOWN: [&str; 7] = [
+    "server",
+    "share",
+    "subDir",
+    "mountPermissions",
+    "onDelete",
+    "layout",
+    "fsType",
+];
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum OnDelete {
+    Delete,
+    Retain,
+    Archive,
+}
+
+/// What a volume is made of, as the StorageClass and the request decided it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct VolumeSettings {
+    pub on_delete: OnDelete,
+    pub mount_permissions: u32,
+    pub layout: String,
+    /// Filesystem of an image volume (ext4 or xfs); empty for directories.
+    #[serde(default)]
+    pub fs_type: String,
+}
+
+#[derive(Debug, Clone)]
+pub struct VolumeParams {
+    pub share: ShareRef,
+    pub path: SharePath,
+    pub layout: Layout,
+    pub settings: VolumeSettings,
+}
+
+impl VolumeParams {
+    /// Parses the request's parameters. `name` is the CSI volume name (the default directory).
+    pub fn parse(
+        name: &str,
+        parameters: &HashMap<String, String>,
+        capabilities: &[VolumeCapability],
+    ) -> Result<VolumeParams, CsiError> {
+        let mut unknown: Vec<&str> = parameters
+            .keys()
+            .map(String::as_str)
+            .filter(|k| !KNOWN.contains(k) && !k.starts_with(SIDECAR_PREFIX))
+            .collect();
+        if !unknown.is_empty() {
+            unknown.sort_unstable();
+            return Err(CsiError::invalid(format!(
+                "unknown StorageClass parameter(s): {} (known: {})",
+                unknown.join(", "),
+                KNOWN.join(", ")
+            )));
+        }
+        let required = |key: &str| {
+            parameters
+                .get(key)
+                .filter(|v| !v.is_empty())
+                .ok_or_else(|| {
+                    CsiError::invalid(format!("the StorageClass parameter {key:?} is required"))
+                })
+        };
+        let version = nfs_version(capabilities)?;
+        let share = ShareRef::new(required("server")?, required("share")?, version)?;
+
+        let layout = match parameters.get("layout").map(String::as_str) {
+            None | Some("") | Some("directory") => Layout::Directory,
+            Some("image") => Layout::Image,
+            Some(other) => {
+                return Err(CsiError::invalid(format!(
+                    "layout {other:?} is not one of directory, image"
+                )))
+            }
+        };
+        let on_delete = match parameters.get("onDelete").map(String::as_str) {
+            None | Some("") | Some("delete") => OnDelete::Delete,
+            Some("retain") => OnDelete::Retain,
+            Some("archive") => OnDelete::Archive,
+            Some(other) => {
+                return Err(CsiError::invalid(format!(
+                    "onDelete {other:?} is not one of delete, retain, archive"
+                )))
+            }
+        };
+        let mount_permissions = match parameters.get("mountPermissions") {
+            None => 0o777,
+            Some(text) => u32::from_str_radix(text.trim_start_matches("0o"), 8)
+                .ok()
+                .filter(|m| *m <= 0o7777)
+                .ok_or_else(|| {
+                    CsiError::invalid(format!(
+                        "mountPermissions {text:?} is not an octal mode such as 0770"
+                    ))
+                })?,
+        };
+        let fs_type = match (layout, parameters.get("fsType").map(String::as_str)) {
+            (Layout::Directory, None | Some("")) => String::new(),
+            (Layout::Directory, Some(fs)) => {
+                return Err(CsiError::invalid(format!(
+                    "fsType {fs:?} applies to layout: image only"
+                )))
+            }
+            (Layout::Image, None | Some("") | Some("ext4")) => "ext4".into(),
+            (Layout::Image, Some("xfs")) => "xfs".into(),
+            (Layout::Image, Some(fs)) => {
+                return Err(CsiError::invalid(format!(
+                    "fsType {fs:?} is not one of ext4, xfs"
+                )))
+            }
+        };
+        let path = match parameters.get("subDir").filter(|s| !s.is_empty()) {
+            Some(template) => SharePath::parse(&expand(template, parameters)?)?,
+            None => SharePath::parse(name).map_err(|e| {
+                CsiError::invalid(format!(
+                    "the volume name cannot be used as a directory ({e}); set the subDir parameter"
+                ))
+            })?,
+        };
+        Ok(VolumeParams {
+            share,
+            path,
+            layout,
+            settings: VolumeSettings {
+                on_delete,
+                mount_permissions,
+                layout: layout.name().into(),
+                fs_type,
+            },
+        })
+    }
+
+    /// The parameters that define the volume, for comparing a repeated request with the original.
+    pub fn canonical(&self) -> BTreeMap<String, String> {
+        BTreeMap::from([
+            ("server".to_string(), self.share.server.clone()),
+            ("share".to_string(), self.share.export.clone()),
+            (
+                "nfsvers".to_string(),
+                self.share.version.as_option().to_string(),
+            ),
+            ("path".to_string(), self.path.as_str().to_string()),
+            ("layout".to_string(), self.settings.layout.clone()),
+            ("fsType".to_string(), self.settings.fs_type.clone()),
+            (
+                "onDelete".to_string(),
+                format!("{:?}", self.settings.on_delete).to_lowercase(),
+            ),
+            (
+                "mountPermissions".to_string(),
+                format!("{:04o}", self.settings.mount_permissions),
+            ),
+        ])
+    }
+}
+
+/// Expands `${pvc.metadata.name}`, `${pvc.metadata.namespace}` and `${pv.metadata.name}`.
+fn expand(template: &str, parameters: &HashMap<String, String>) -> Result<String, CsiError> {
+    let mut out = String::new();
+    let mut rest = template;
+    while let Some(start) = rest.find("${") {
+        out.push_str(&rest[..start]);
+        let after = &rest[start + 2..];
+        let end = after
+            .find('}')
+            .ok_or_else(|| CsiError::invalid(format!("subDir {template:?} has an unclosed ${{")))?;
+        let variable = &after[..end];
+        let key = match variable {
+            "pvc.metadata.name" => PVC_NAME,
+            "pvc.metadata.namespace" => PVC_NAMESPACE,
+            "pv.metadata.name" => PV_NAME,
+            other => {
+                return Err(CsiError::invalid(format!(
+                    "subDir uses ${{{other}}}; known: ${{pvc.metadata.name}}, \
+                     ${{pvc.metadata.namespace}}, ${{pv.metadata.name}}"
+                )))
+            }
+        };
+        let value = parameters
+            .get(key)
+            .filter(|v| !v.is_empty())
+            .ok_or_else(|| {
+                CsiError::invalid(format!(
+                    "subDir uses ${{{variable}}} but the request carries no {key} \
+                 (run csi-provisioner with --extra-create-metadata)"
+                ))
+            })?;
+        out.push_str(value);
+        rest = &after[end + 1..];
+    }
+    out.push_str(rest);
+    Ok(out)
+}
+
+/// The NFS version from the capabilities' mount options (`nfsvers=`/`vers=`), NFSv4.1 if none.
+pub fn nfs_version(capabilities: &[VolumeCapability]) -> Result<NfsVersion, CsiError> {
+    let mut found: Option<NfsVersion> = None;
+    for capability in capabilities {
+        let Some(volume_capability::AccessType::Mount(mount)) = &capability.access_type else {
+            continue;
+        };
+        for flag in &mount.mount_flags {
+            for option in flag.split(',') {
+                let Some(value) = option
+                    .strip_prefix("nfsvers=")
+                    .or_else(|| option.strip_prefix("vers="))
+                else {
+                    continue;
+                };
+                let version = NfsVersion::parse(value).ok_or_else(|| {
+                    CsiError::invalid(format!(
+                        "mount option {option:?}: NFS version {value} is not supported (3 or 4.1)"
+                    ))
+                })?;
+                if found.is_some_and(|f| f != version) {
+                    return Err(CsiError::invalid(
+                        "the mount options ask for two different NFS versions",
+                    ));
+                }
+                found = Some(version);
+            }
+        }
+    }
+    Ok(found.unwrap_or(NfsVersion::V41))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tether_csi_proto::v1::volume_capability::{AccessMode, MountVolume};
+
+    fn params(pairs: &[(&str, &str)]) -> HashMap<String, String> {
+        pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect()
+    }
+
+    fn mount_with(flags: &[&str]) -> VolumeCapability {
+        VolumeCapability {
+            access_type: Some(volume_capability::AccessType::Mount(MountVolume {
+                mount_flags: flags.iter().map(|f| f.to_string()).collect(),
+                ..Default::default()
+            })),
+            access_mode: Some(AccessMode { mode: 5 }),
+        }
+    }
+
+    #[test]
+    fn defaults_and_templates() {
+        let p = VolumeParams::parse(
+            "pvc-1",
+            &params(&[("server", "nfs.example"), ("share", "/exports/k8s")]),
+            &[],
+        )
+        .unwrap();
+        assert_eq!(p.path.as_str(), "pvc-1");
+        assert_eq!(p.share.version, NfsVersion::V41);
+        assert_eq!(p.settings.on_delete, OnDelete::Delete);
+        assert_eq!(p.settings.mount_permissions, 0o777);
+
+        let p = VolumeParams::parse(
+            "pvc-1",
+            &params(&[
+                ("server", "nfs.example"),
+                ("share", "/exports/k8s"),
+                (
+                    "subDir",
+                    "${pvc.metadata.namespace}/${pvc.metadata.name}-data",
+                ),
+                (PVC_NAME, "db"),
+                (PVC_NAMESPACE, "team-a"),
+                (PV_NAME, "pvc-1"),
+                ("csi.storage.k8s.io/provisioner-secret-name", "x"),
+            ]),
+            &[mount_with(&["nfsvers=3", "hard"])],
+        )
+        .unwrap();
+        assert_eq!(p.path.as_str(), "team-a/db-data");
+        assert_eq!(p.share.version, NfsVersion::V3);
+    }
+
+    #[test]
+    fn errors_name_what_is_wrong() {
+        let base = [("server", "s"), ("share", "/e")];
+        let err = |extra: &[(&str, &str)], caps: &[VolumeCapability]| {
+            let mut all = base.to_vec();
+            all.extend_from_slice(extra);
+            VolumeParams::parse("pvc-1", &params(&all), caps)
+                .unwrap_err()
+                .to_string()
+        };
+        assert!(err(&[("colour", "red"), ("size", "1")], &[]).contains("colour, size"));
+        assert!(err(&[("subDir", "${pvc.metadata.name}")], &[]).contains("--extra-create-metadata"));
+        assert!(err(&[("subDir", "${node.name}")], &[]).contains("node.name"));
+        assert!(err(&[("subDir", "../x")], &[]).contains("would leave"));
+        assert!(err(&[("onDelete", "shred")], &[]).contains("shred"));
+        assert!(err(&[("mountPermissions", "rwx")], &[]).contains("octal"));
+        assert!(err(&[("layout", "zfs")], &[]).contains("zfs"));
+        assert!(err(&[], &[mount_with(&["nfsvers=2"])]).contains("not supported"));
+        assert!(err(
+            &[],
+            &[mount_with(&["nfsvers=3"]), mount_with(&["vers=4.1"])]
+        )
+        .contains("two"));
+        let missing = VolumeParams::parse("pvc-1", &params(&[("share", "/e")]), &[])
+            .unwrap_err()
+            .to_string();
+        assert!(missing.contains("\"server\""), "{missing}");
+    }
+}

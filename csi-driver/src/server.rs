@@ -1,0 +1,215 @@
+//! The command line and the gRPC server on a unix socket.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::{Parser, ValueEnum};
+use tether_csi_proto::v1::{controller_server::ControllerServer, identity_server::IdentityServer};
+use tokio::net::UnixListener;
+use tokio_stream::wrappers::UnixListenerStream;
+
+use crate::controller::ControllerService;
+use crate::driver::Driver;
+use crate::identity::IdentityService;
+use crate::ids::{NfsVersion, ShareRef};
+use crate::nfs::{ClientOptions, NfsPool};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum Mode {
+    /// Identity + Controller (a Deployment; unprivileged).
+    Controller,
+    /// Identity + Node (a DaemonSet; privileged).
+    Node,
+    /// Everything in one process.
+    All,
+}
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "tether-csi",
+    version,
+    about = "Tether CSI driver for volumes on NFS shares"
+)]
+pub struct Args {
+    #[arg(long, env = "TETHER_CSI_MODE", value_enum, default_value = "all")]
+    pub mode: Mode,
+    /// gRPC endpoint: unix:///path/to/csi.sock (or a plain path).
+    #[arg(long, env = "CSI_ENDPOINT", default_value = "unix:///csi/csi.sock")]
+    pub endpoint: String,
+    /// This node's name (the Kubernetes node name).
+    #[arg(long, env = "TETHER_CSI_NODE_ID", default_value = "")]
+    pub node_id: String,
+    /// Shares this instance serves: probed by Probe, listed by ListVolumes/ListSnapshots,
+    /// counted by GetCapacity. SERVER:/EXPORT, optionally ?nfsvers=3. Repeatable or comma-separated.
+    #[arg(long = "share", env = "TETHER_CSI_SHARES", value_delimiter = ',')]
+    pub shares: Vec<String>,
+    /// Seconds any NFS call, mount or unmount may take before it fails.
+    #[arg(long, env = "TETHER_CSI_NFS_TIMEOUT", default_value_t = 10)]
+    pub nfs_timeout: u64,
+    /// AUTH_SYS identity for the controller's NFS calls.
+    #[arg(long, env = "TETHER_CSI_NFS_UID", default_value_t = 0)]
+    pub nfs_uid: u32,
+    #[arg(long, env = "TETHER_CSI_NFS_GID", default_value_t = 0)]
+    pub nfs_gid: u32,
+    /// Use a privileged (< 1024) source port, for servers that export with `secure`; needs
+    /// CAP_NET_BIND_SERVICE.
+    #[arg(long, env = "TETHER_CSI_PRIVILEGED_PORT")]
+    pub privileged_port: bool,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ServeError {
+    #[error("--endpoint {0:?} is not a unix socket (unix:///path)")]
+    Endpoint(String),
+    #[error("--share {0:?}: {1}")]
+    Share(String, String),
+    #[error("--node-id is required in node mode")]
+    NodeId,
+    #[error("socket {path}: {source}")]
+    Socket {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("installing the signal handler: {0}")]
+    Signal(std::io::Error),
+    #[error("gRPC server: {0}")]
+    Grpc(#[from] tonic::transport::Error),
+}
+
+/// `unix:///a/b`, `unix:/a/b` or `/a/b` -> `/a/b`.
+pub fn socket_path(endpoint: &str) -> Result<PathBuf, ServeError> {
+    let path = endpoint
+        .strip_prefix("unix://")
+        .or_else(|| endpoint.strip_prefix("unix:"))
+        .unwrap_or(endpoint);
+    if !path.starts_with('/') {
+        return Err(ServeError::Endpoint(endpoint.into()));
+    }
+    Ok(PathBuf::from(path))
+}
+
+/// `server:/export` with an optional `?nfsvers=3`.
+pub fn parse_share(text: &str) -> Result<ShareRef, ServeError> {
+    let bad = |why: String| ServeError::Share(text.into(), why);
+    let (spec, query) = text.split_once('?').unwrap_or((text, ""));
+    let version = match query.strip_prefix("nfsvers=") {
+        None if query.is_empty() => NfsVersion::V41,
+        Some(v) => {
+            NfsVersion::parse(v).ok_or_else(|| bad(format!("NFS version {v} is not 3 or 4.1")))?
+        }
+        None => return Err(bad(format!("unknown option {query:?}"))),
+    };
+    let slash = spec
+        .find(":/")
+        .ok_or_else(|| bad("expected SERVER:/EXPORT".into()))?;
+    ShareRef::new(&spec[..slash], &spec[slash + 1..], version).map_err(|e| bad(e.to_string()))
+}
+
+/// Removes a socket file left by an earlier run; refuses to remove anything else.
+fn remove_stale_socket(path: &std::path::Path) -> Result<(), ServeError> {
+    use std::os::unix::fs::FileTypeExt;
+    match std::fs::symlink_metadata(path) {
+        Ok(meta) if meta.file_type().is_socket() => {
+            std::fs::remove_file(path).map_err(|source| ServeError::Socket {
+                path: path.into(),
+                source,
+            })
+        }
+        Ok(_) => Err(ServeError::Socket {
+            path: path.into(),
+            source: std::io::Error::new(
+                std::io::ErrorKind::AlreadyExists,
+                "exists and is not a socket; not removing it",
+            ),
+        }),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+        Err(source) => Err(ServeError::Socket {
+            path: path.into(),
+            source,
+        }),
+    }
+}
+
+pub async fn serve(args: Args) -> Result<(), ServeError> {
+    let socket = socket_path(&args.endpoint)?;
+    let shares = args
+        .shares
+        .iter()
+        .filter(|s| !s.is_empty())
+        .map(|s| parse_share(s))
+        .collect::<Result<Vec<_>, _>>()?;
+    if args.mode != Mode::Controller && args.node_id.is_empty() {
+        return Err(ServeError::NodeId);
+    }
+    let pool = NfsPool::new(ClientOptions {
+        timeout: Duration::from_secs(args.nfs_timeout.max(1)),
+        uid: args.nfs_uid,
+        gid: args.nfs_gid,
+        privileged_port: args.privileged_port,
+    });
+    let driver = Driver::new(args.node_id.clone(), pool, shares);
+
+    if let Some(dir) = socket.parent() {
+        std::fs::create_dir_all(dir).map_err(|source| ServeError::Socket {
+            path: dir.into(),
+            source,
+        })?;
+    }
+    remove_stale_socket(&socket)?;
+    let listener = UnixListener::bind(&socket).map_err(|source| ServeError::Socket {
+        path: socket.clone(),
+        source,
+    })?;
+    let mut terminate = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+        .map_err(ServeError::Signal)?;
+    let mut interrupt = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::interrupt())
+        .map_err(ServeError::Signal)?;
+    let shutdown = async move {
+        tokio::select! {
+            _ = terminate.recv() => tracing::info!("SIGTERM: stopping"),
+            _ = interrupt.recv() => tracing::info!("SIGINT: stopping"),
+        }
+    };
+
+    let mut router = tonic::transport::Server::builder()
+        .add_service(IdentityServer::new(IdentityService::new(driver.clone())));
+    if args.mode != Mode::Node {
+        router = router.add_service(ControllerServer::new(ControllerService::new(
+            driver.clone(),
+        )));
+    }
+    tracing::info!(socket = %socket.display(), mode = ?args.mode, node = %args.node_id, "serving CSI");
+    let result = router
+        .serve_with_incoming_shutdown(UnixListenerStream::new(listener), shutdown)
+        .await;
+    let _ = std::fs::remove_file(&socket);
+    result?;
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn endpoints_and_shares() {
+        assert_eq!(
+            socket_path("unix:///csi/csi.sock").unwrap(),
+            PathBuf::from("/csi/csi.sock")
+        );
+        assert_eq!(
+            socket_path("unix:/csi/csi.sock").unwrap(),
+            PathBuf::from("/csi/csi.sock")
+        );
+        assert!(socket_path("tcp://0.0.0.0:1").is_err());
+        let s = parse_share("10.0.0.5:/srv/nfs?nfsvers=3").unwrap();
+        assert_eq!(
+            (s.server.as_str(), s.export.as_str(), s.version),
+            ("10.0.0.5", "/srv/nfs", NfsVersion::V3)
+        );
+        assert_eq!(parse_share("[fd00::5]:/e").unwrap().server, "[fd00::5]");
+        assert!(parse_share("10.0.0.5").is_err());
+        assert!(parse_share("10.0.0.5:/e?nfsvers=2").is_err());
+    }
+}

@@ -1,0 +1,207 @@
+//! What Tether keeps on each share, next to the volumes, so that the controller is stateless:
+//!
+//! ```text
+//! <export>/<path>                           a volume (directory, or directory holding disk.img)
+//! <export>/.tether/volumes/<path key>.json  its record: name, capacity, parameters, source, state
+//! <export>/.tether/names/<name key>         symlink -> <path>: the claim that makes names unique
+//! <export>/.tether/snapshots/<key>/         snapshot.json + data/ (a copy of the volume's tree)
+//! <export>/.tether/trash/<...>              trees being deleted (renamed here first, atomically)
+//! ```
+
+use std::collections::BTreeMap;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use serde::{Deserialize, Serialize};
+
+use crate::error::NfsError;
+use crate::ids::{name_key, SharePath, META_DIR};
+use crate::nfs::Share;
+use crate::params::VolumeSettings;
+
+pub const VOLUMES: &str = ".tether/volumes";
+pub const NAMES: &str = ".tether/names";
+pub const SNAPSHOTS: &str = ".tether/snapshots";
+pub const TRASH: &str = ".tether/trash";
+
+/// The file holding an image volume's filesystem, inside the volume's directory.
+pub const IMAGE_FILE: &str = "disk.img";
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum State {
+    /// Being made; a repeated request finishes the job.
+    Creating,
+    Ready,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub enum Source {
+    Snapshot(String),
+    Volume(String),
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct VolumeRecord {
+    pub name: String,
+    pub volume_id: String,
+    pub path: String,
+    pub capacity_bytes: i64,
+    /// The parameters that define the volume (see `VolumeParams::canonical`).
+    pub parameters: BTreeMap<String, String>,
+    pub settings: VolumeSettings,
+    pub source: Option<Source>,
+    pub state: State,
+    pub created_unix: u64,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct SnapshotRecord {
+    pub name: String,
+    pub snapshot_id: String,
+    pub source_volume_id: String,
+    pub size_bytes: i64,
+    pub created_unix_nanos: u128,
+    pub state: State,
+}
+
+pub fn now_nanos() -> u128 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_nanos())
+        .unwrap_or(0)
+}
+
+pub fn record_path(path: &SharePath) -> String {
+    format!("{VOLUMES}/{}.json", path.key())
+}
+
+pub fn claim_path(name: &str) -> String {
+    format!("{NAMES}/{}", name_key(name))
+}
+
+pub fn snapshot_dir(key: &str) -> String {
+    format!("{SNAPSHOTS}/{key}")
+}
+
+/// Creates the metadata directories (owner-only: they are not for pods).
+pub async fn prepare(share: &Share) -> Result<(), NfsError> {
+    share.mkdir(META_DIR, 0o700).await?;
+    for dir in [VOLUMES, NAMES, SNAPSHOTS, TRASH] {
+        share.mkdir(dir, 0o700).await?;
+    }
+    Ok(())
+}
+
+fn parse<T: for<'de> Deserialize<'de>>(share: &Share, path: &str, data: &[u8]) -> Option<T> {
+    match serde_json::from_slice(data) {
+        Ok(value) => Some(value),
+        Err(e) => {
+            tracing::warn!(share = %share.label(), %path, error = %e, "ignoring an unreadable record");
+            None
+        }
+    }
+}
+
+pub async fn read_volume(
+    share: &Share,
+    path: &SharePath,
+) -> Result<Option<VolumeRecord>, NfsError> {
+    let file = record_path(path);
+    Ok(share
+        .read_file(&file)
+        .await?
+        .and_then(|data| parse(share, &file, &data)))
+}
+
+pub async fn write_volume(share: &Share, record: &VolumeRecord) -> Result<(), NfsError> {
+    let path = SharePath::parse(&record.path).map_err(|e| NfsError::Failed {
+        share: share.label().to_string(),
+        what: "writing a volume record".into(),
+        detail: e.to_string(),
+    })?;
+    let data = serde_json::to_vec_pretty(record).unwrap_or_default();
+    share.write_file_atomic(&record_path(&path), &data).await
+}
+
+/// Every volume record on the share.
+pub async fn list_volumes(share: &Share) -> Result<Vec<VolumeRecord>, NfsError> {
+    let mut records = Vec::new();
+    for entry in share.list_or_empty(VOLUMES).await? {
+        if !entry.name.ends_with(".json") || entry.name.starts_with('.') {
+            continue;
+        }
+        let file = format!("{VOLUMES}/{}", entry.name);
+        if let Some(record) = share
+            .read_file(&file)
+            .await?
+            .and_then(|data| parse::<VolumeRecord>(share, &file, &data))
+        {
+            records.push(record);
+        }
+    }
+    Ok(records)
+}
+
+pub async fn read_snapshot(share: &Share, key: &str) -> Result<Option<SnapshotRecord>, NfsError> {
+    let file = format!("{}/snapshot.json", snapshot_dir(key));
+    Ok(share
+        .read_file(&file)
+        .await?
+        .and_then(|data| parse(share, &file, &data)))
+}
+
+pub async fn write_snapshot(
+    share: &Share,
+    key: &str,
+    record: &SnapshotRecord,
+) -> Result<(), NfsError> {
+    let data = serde_json::to_vec_pretty(record).unwrap_or_default();
+    share
+        .write_file_atomic(&format!("{}/snapshot.json", snapshot_dir(key)), &data)
+        .await
+}
+
+pub async fn list_snapshots(share: &Share) -> Result<Vec<SnapshotRecord>, NfsError> {
+    let mut records = Vec::new();
+    for entry in share.list_or_empty(SNAPSHOTS).await? {
+        if let Some(record) = read_snapshot(share, &entry.name).await? {
+            records.push(record);
+        }
+    }
+    Ok(records)
+}
+
+/// Moves `path` into the trash (one atomic rename) and deletes it there, so an interrupted delete
+/// never leaves a half-deleted volume where a volume was. Trash a crash left behind is removed
+/// by later deletes on the same share once it is an hour old.
+pub async fn delete_tree(share: &Share, path: &str) -> Result<(), NfsError> {
+    if share.stat(path).await?.is_none() {
+        return Ok(());
+    }
+    let nanos = now_nanos();
+    let trash = format!("{TRASH}/{nanos}-{}", path.replace('/', "%2F"));
+    share.rename(path, &trash).await?;
+    share.remove_tree(&trash).await?;
+    sweep_trash(share, nanos).await
+}
+
+async fn sweep_trash(share: &Share, now: u128) -> Result<(), NfsError> {
+    const HOUR: u128 = 3_600_000_000_000;
+    for entry in share.list_or_empty(TRASH).await? {
+        let stamp = entry
+            .name
+            .split('-')
+            .next()
+            .and_then(|s| s.parse::<u128>().ok());
+        if stamp.is_some_and(|t| t + HOUR < now) {
+            tracing::info!(share = %share.label(), entry = %entry.name, "removing trash left by an interrupted delete");
+            share
+                .remove_tree(&format!("{TRASH}/{}", entry.name))
+                .await?;
+        }
+    }
+    Ok(())
+}
