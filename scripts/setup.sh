@@ -16,6 +16,8 @@ packages=(
   etcd-server                # the overlay datastore in tests and the demo
   protobuf-compiler          # protoc, for gRPC code generated at build time (etcd client, CSI)
   libprotobuf-dev            # the well-known .proto files protoc imports (google/protobuf/*.proto)
+  nfs-ganesha nfs-ganesha-vfs  # a user-space NFS server for the CSI tests and the demo
+  rpcbind                    # NFSv3 needs it (run inside the tests' own namespaces)
 )
 
 if [ "$(id -u)" -ne 0 ]; then

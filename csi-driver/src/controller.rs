@@ -550,7 +550,20 @@ impl ControllerService {
 
     async fn condition(&self, share: &Share, id: &VolumeId) -> CsiResult<VolumeCondition> {
         let path = id.path.as_str();
-        let condition = match share.stat(path).await? {
+        let entry = match share.stat(path).await {
+            Ok(entry) => entry,
+            Err(e) if e.is_stale() => {
+                return Ok(VolumeCondition {
+                    abnormal: true,
+                    message: format!(
+                        "the volume directory {path} is gone from {} ({e})",
+                        id.share
+                    ),
+                })
+            }
+            Err(e) => return Err(e.into()),
+        };
+        let condition = match entry {
             None => VolumeCondition {
                 abnormal: true,
                 message: format!("the volume directory {path} is gone from {}", id.share),

@@ -19,6 +19,8 @@ pub enum NfsError {
     NotFound { share: String, what: String },
     #[error("{what} on NFS server {share}: already exists")]
     Exists { share: String, what: String },
+    #[error("{what} on NFS server {share}: stale file handle (the object was removed or replaced on the server)")]
+    Stale { share: String, what: String },
     #[error("{what} on NFS server {share}: no space left")]
     NoSpace { share: String, what: String },
     #[error("{what} on NFS server {share}: permission denied ({detail})")]
@@ -42,6 +44,10 @@ impl NfsError {
 
     pub fn is_exists(&self) -> bool {
         matches!(self, NfsError::Exists { .. })
+    }
+
+    pub fn is_stale(&self) -> bool {
+        matches!(self, NfsError::Stale { .. })
     }
 }
 
@@ -89,6 +95,7 @@ impl From<CsiError> for Status {
                 NfsError::Unreachable { .. } => Code::Unavailable,
                 NfsError::NotFound { .. } => Code::NotFound,
                 NfsError::Exists { .. } => Code::AlreadyExists,
+                NfsError::Stale { .. } => Code::FailedPrecondition,
                 NfsError::NoSpace { .. } => Code::ResourceExhausted,
                 NfsError::Denied { .. } => Code::PermissionDenied,
                 NfsError::Failed { .. } => Code::Internal,

@@ -200,6 +200,12 @@ impl Share {
         }
         let detail = e.to_string();
         match &e {
+            nfs_rs::NfsError::Nfs3(nfs_rs::Nfs3ErrorCode::NFS3ERR_STALE) => {
+                NfsError::Stale { share, what }
+            }
+            nfs_rs::NfsError::Nfs4(code) if matches!(*code as u32, 70 | 10014) => {
+                NfsError::Stale { share, what }
+            }
             nfs_rs::NfsError::Nfs3(nfs_rs::Nfs3ErrorCode::NFS3ERR_NOSPC)
             | nfs_rs::NfsError::Nfs3(nfs_rs::Nfs3ErrorCode::NFS3ERR_DQUOT) => {
                 NfsError::NoSpace { share, what }

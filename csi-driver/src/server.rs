@@ -14,6 +14,9 @@ use crate::identity::IdentityService;
 use crate::ids::{NfsVersion, ShareRef};
 use crate::nfs::{ClientOptions, NfsPool};
 
+/// How long requests in flight may take to finish after SIGTERM.
+const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub enum Mode {
     /// Identity + Controller (a Deployment; unprivileged).
@@ -165,12 +168,13 @@ pub async fn serve(args: Args) -> Result<(), ServeError> {
         .map_err(ServeError::Signal)?;
     let mut interrupt = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::interrupt())
         .map_err(ServeError::Signal)?;
-    let shutdown = async move {
+    let signalled = async move {
         tokio::select! {
             _ = terminate.recv() => tracing::info!("SIGTERM: stopping"),
             _ = interrupt.recv() => tracing::info!("SIGINT: stopping"),
         }
     };
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
 
     let mut router = tonic::transport::Server::builder()
         .add_service(IdentityServer::new(IdentityService::new(driver.clone())));
@@ -180,9 +184,25 @@ pub async fn serve(args: Args) -> Result<(), ServeError> {
         )));
     }
     tracing::info!(socket = %socket.display(), mode = ?args.mode, node = %args.node_id, "serving CSI");
-    let result = router
-        .serve_with_incoming_shutdown(UnixListenerStream::new(listener), shutdown)
-        .await;
+    let server = router.serve_with_incoming_shutdown(UnixListenerStream::new(listener), async {
+        let _ = stopped.await;
+    });
+    tokio::pin!(server);
+    // Requests in flight get a grace period; idle connections (kubelet keeps one open) do not
+    // hold the process.
+    let result = tokio::select! {
+        result = &mut server => result,
+        _ = signalled => {
+            let _ = stop.send(());
+            match tokio::time::timeout(SHUTDOWN_GRACE, &mut server).await {
+                Ok(result) => result,
+                Err(_) => {
+                    tracing::info!(grace = ?SHUTDOWN_GRACE, "connections still open; exiting");
+                    Ok(())
+                }
+            }
+        }
+    };
     let _ = std::fs::remove_file(&socket);
     result?;
     Ok(())

@@ -10,6 +10,7 @@ use std::process::{Command, Output, Stdio};
 use serde_json::Value;
 
 pub mod apiserver;
+pub mod ganesha;
 
 /// Whether kernel tests can run (they need root). Tests call [`require_root`] instead of skipping
 /// silently, so a non-root run fails loudly rather than passing without testing anything.

@@ -1,0 +1,186 @@
+//! Runs the built tether-csi next to a real NFS server (nfs-ganesha in its own namespace) and
+//! talks to it over its unix socket with a tonic client, as kubelet and the CSI sidecars do.
+
+#![allow(dead_code)] // Each test binary uses a different part.
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Stdio};
+use std::time::{Duration, Instant};
+
+use test_support::ganesha::NfsServer;
+use tether_csi_proto::v1::{
+    self as csi, controller_client::ControllerClient, identity_client::IdentityClient,
+    volume_capability, VolumeCapability,
+};
+use tonic::transport::{Channel, Endpoint, Uri};
+
+pub fn binary() -> PathBuf {
+    PathBuf::from(env!("CARGO_BIN_EXE_tether-csi"))
+}
+
+pub struct Driver {
+    child: Option<Child>,
+    pub dir: tempfile::TempDir,
+    pub socket: PathBuf,
+}
+
+impl Driver {
+    /// Starts `tether-csi --mode controller` in the server's namespace with `extra` flags.
+    pub fn start(nfs: &NfsServer, extra: &[&str]) -> Driver {
+        let dir = tempfile::tempdir().unwrap();
+        let socket = dir.path().join("csi.sock");
+        let share = format!("{}:{}", nfs.address, nfs.share());
+        let log = std::fs::File::create(dir.path().join("driver.log")).unwrap();
+        let child = nfs
+            .command(&binary())
+            .args(["--mode", "controller", "--node-id", "test-node"])
+            .arg("--endpoint")
+            .arg(format!("unix://{}", socket.display()))
+            .args(["--share", &share, "--nfs-timeout", "3"])
+            .args(extra)
+            .env("TETHER_LOG", "debug")
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .unwrap();
+        let driver = Driver {
+            child: Some(child),
+            dir,
+            socket,
+        };
+        driver.wait_for_socket();
+        driver
+    }
+
+    fn wait_for_socket(&self) {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while !self.socket.exists() {
+            assert!(Instant::now() < deadline, "no socket:\n{}", self.log());
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.path().join("driver.log")).unwrap_or_default()
+    }
+
+    /// SIGTERM and the exit status.
+    pub fn terminate(&mut self) -> std::process::ExitStatus {
+        let mut child = self.child.take().unwrap();
+        let _ = std::process::Command::new("kill")
+            .arg(child.id().to_string())
+            .status();
+        let deadline = Instant::now() + Duration::from_secs(5);
+        loop {
+            if let Some(status) = child.try_wait().unwrap() {
+                return status;
+            }
+            assert!(Instant::now() < deadline, "tether-csi ignored SIGTERM");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    pub async fn channel(&self) -> Channel {
+        channel(&self.socket).await
+    }
+
+    pub async fn controller(&self) -> ControllerClient<Channel> {
+        ControllerClient::new(self.channel().await)
+    }
+
+    pub async fn identity(&self) -> IdentityClient<Channel> {
+        IdentityClient::new(self.channel().await)
+    }
+}
+
+impl Drop for Driver {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+pub async fn channel(socket: &Path) -> Channel {
+    let socket = socket.to_path_buf();
+    Endpoint::try_from("http://[::]:50051")
+        .unwrap()
+        .connect_with_connector(tower::service_fn(move |_: Uri| {
+            let socket = socket.clone();
+            async move {
+                Ok::<_, std::io::Error>(hyper_util::rt::TokioIo::new(
+                    tokio::net::UnixStream::connect(socket).await?,
+                ))
+            }
+        }))
+        .await
+        .unwrap()
+}
+
+pub fn mount_capability(
+    mode: volume_capability::access_mode::Mode,
+    flags: &[&str],
+) -> VolumeCapability {
+    VolumeCapability {
+        access_type: Some(volume_capability::AccessType::Mount(
+            volume_capability::MountVolume {
+                fs_type: String::new(),
+                mount_flags: flags.iter().map(|f| f.to_string()).collect(),
+                volume_mount_group: String::new(),
+            },
+        )),
+        access_mode: Some(volume_capability::AccessMode { mode: mode as i32 }),
+    }
+}
+
+pub fn block_capability(mode: volume_capability::access_mode::Mode) -> VolumeCapability {
+    VolumeCapability {
+        access_type: Some(volume_capability::AccessType::Block(
+            volume_capability::BlockVolume {},
+        )),
+        access_mode: Some(volume_capability::AccessMode { mode: mode as i32 }),
+    }
+}
+
+pub fn rwx() -> VolumeCapability {
+    mount_capability(
+        volume_capability::access_mode::Mode::MultiNodeMultiWriter,
+        &[],
+    )
+}
+
+/// A CreateVolume request for `nfs`'s share with `extra` StorageClass parameters.
+pub fn create_request(
+    nfs: &NfsServer,
+    name: &str,
+    bytes: i64,
+    extra: &[(&str, &str)],
+) -> csi::CreateVolumeRequest {
+    let mut parameters: std::collections::HashMap<String, String> = [
+        ("server".to_string(), nfs.address.clone()),
+        ("share".to_string(), nfs.share()),
+    ]
+    .into();
+    for (k, v) in extra {
+        parameters.insert(k.to_string(), v.to_string());
+    }
+    csi::CreateVolumeRequest {
+        name: name.into(),
+        capacity_range: Some(csi::CapacityRange {
+            required_bytes: bytes,
+            limit_bytes: 0,
+        }),
+        volume_capabilities: vec![rwx()],
+        parameters,
+        ..Default::default()
+    }
+}
+
+/// The gRPC code of a failed call.
+pub fn code<T: std::fmt::Debug>(result: Result<tonic::Response<T>, tonic::Status>) -> tonic::Code {
+    match result {
+        Ok(r) => panic!("expected an error, got {r:?}"),
+        Err(status) => status.code(),
+    }
+}
