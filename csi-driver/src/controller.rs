@@ -278,35 +278,36 @@ impl ControllerService {
             .locks
             .acquire(&[format!("volume name {}", req.name), format!("volume {id}")])?;
         let share = self.driver.prepared_share(&params.share).await?;
-        let space = share.space().await?;
-        if capacity > 0 && capacity as u64 > space.total_bytes {
+        let total = self.driver.share_size(&params.share, &share).await?;
+        if capacity > 0 && capacity as u64 > total {
             return Err(CsiError::OutOfRange(format!(
-                "{capacity} bytes is more than the whole share {} holds ({} bytes)",
-                params.share, space.total_bytes
+                "{capacity} bytes is more than the whole share {} holds ({total} bytes)",
+                params.share
             )));
         }
 
-        // Claim the name: the claim says which path this name owns.
+        // Claim the name: the claim says which path this name owns. A claim that exists already
+        // comes from an earlier request for this name.
         let claim = store::claim_path(&req.name);
         let path = params.path.as_str();
-        let fresh_claim = match share.read_link(&claim).await? {
-            Some(owned) if owned != path => {
-                return Err(CsiError::AlreadyExists(format!(
-                    "volume {:?} already exists at {owned} with other parameters",
-                    req.name
-                )))
-            }
-            Some(_) => false,
-            None => {
-                if !share.claim(&claim, path).await? {
-                    return Err(CsiError::Aborted(format!(
-                        "volume {:?} is being created by another caller",
+        let fresh_claim = share.claim(&claim, path).await?;
+        if !fresh_claim {
+            match share.read_link(&claim).await? {
+                Some(owned) if owned == path => {}
+                Some(owned) => {
+                    return Err(CsiError::AlreadyExists(format!(
+                        "volume {:?} already exists at {owned} with other parameters",
                         req.name
-                    )));
+                    )))
                 }
-                true
+                None => {
+                    return Err(CsiError::Aborted(format!(
+                        "volume {:?} is being deleted by another caller",
+                        req.name
+                    )))
+                }
             }
-        };
+        }
         let result = self
             .create_claimed(req, &params, &share, &id, capacity, source, fresh_claim)
             .await;
@@ -329,7 +330,13 @@ impl ControllerService {
     ) -> CsiResult<csi::CreateVolumeResponse> {
         let path = params.path.as_str();
         let canonical = params.canonical();
-        let existing = store::read_volume(share, &params.path).await?;
+        // With a fresh claim there was no earlier attempt, so there is no record of this name:
+        // mkdir below finds out whether the path is taken.
+        let existing = if fresh_claim {
+            None
+        } else {
+            store::read_volume(share, &params.path).await?
+        };
         if let Some(record) = &existing {
             if record.name != req.name {
                 return Err(CsiError::AlreadyExists(format!(
@@ -364,12 +371,28 @@ impl ControllerService {
         if !parent.is_empty() {
             share.mkdir_all(parent, 0o755).await?;
         }
-        let made = share.mkdir(path, 0o700).await?;
-        if !made && fresh_claim && existing.is_none() {
-            return Err(CsiError::AlreadyExists(format!(
-                "{path} already exists on {} and is not a Tether volume; choose another subDir",
-                params.share
-            )));
+        // An empty directory volume gets its final mode at once; one that is filled first stays
+        // private until it is complete.
+        let empty_directory = source.is_none() && params.layout == Layout::Directory;
+        let first_mode = if empty_directory {
+            params.settings.mount_permissions
+        } else {
+            0o700
+        };
+        let made = share.mkdir(path, first_mode).await?;
+        if !made && fresh_claim {
+            return Err(CsiError::AlreadyExists(
+                match store::read_volume(share, &params.path).await? {
+                    Some(other) => format!(
+                        "{path} on {} already belongs to volume {:?}",
+                        params.share, other.name
+                    ),
+                    None => format!(
+                        "{path} already exists on {} and is not a Tether volume; choose another subDir",
+                        params.share
+                    ),
+                },
+            ));
         }
         let mut record = VolumeRecord {
             name: req.name.clone(),
@@ -382,8 +405,6 @@ impl ControllerService {
             state: State::Creating,
             created_unix: (store::now_nanos() / 1_000_000_000) as u64,
         };
-        store::write_volume(share, &record).await?;
-
         if let Some(source) = &source {
             self.populate(source, share, path).await?;
         }
@@ -395,7 +416,13 @@ impl ControllerService {
                 None => share.create_sparse(&image, capacity as u64, 0o600).await?,
             }
         }
-        share.chmod(path, params.settings.mount_permissions).await?;
+        // The server may apply its own umask to a new directory: set the mode explicitly
+        // unless it is right already.
+        if !empty_directory
+            || share.stat(path).await?.map(|e| e.mode) != Some(params.settings.mount_permissions)
+        {
+            share.chmod(path, params.settings.mount_permissions).await?;
+        }
         record.state = State::Ready;
         store::write_volume(share, &record).await?;
         tracing::info!(volume = %id, name = %req.name, share = %params.share, capacity, "volume created");
@@ -530,6 +557,7 @@ impl ControllerService {
         share.remove_file(&store::record_path(&id.path)).await?;
         share.remove_file(&store::claim_path(&record.name)).await?;
         tracing::info!(volume = %req.volume_id, on_delete = ?record.settings.on_delete, "volume deleted");
+        self.driver.sweep_if_due(&id.share, &share).await?;
         Ok(csi::DeleteVolumeResponse {})
     }
 
@@ -893,8 +921,8 @@ impl ControllerService {
                 record.capacity_bytes
             )));
         }
-        let space = share.space().await?;
-        if wanted as u64 > space.total_bytes {
+        let total = self.driver.share_size(&id.share, &share).await?;
+        if wanted as u64 > total {
             return Err(CsiError::OutOfRange(format!(
                 "{wanted} bytes is more than the whole share {} holds",
                 id.share

@@ -1,7 +1,8 @@
 //! State shared by the services of one tether-csi process.
 
-use std::collections::{BTreeSet, HashSet};
+use std::collections::{BTreeSet, HashMap, HashSet};
 use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use crate::error::{CsiError, NfsError};
 use crate::ids::ShareRef;
@@ -21,7 +22,17 @@ pub struct Driver {
     seen: Mutex<BTreeSet<ShareRef>>,
     /// Shares whose metadata directories exist.
     prepared: Mutex<HashSet<ShareRef>>,
+    /// When each share's trash was last swept.
+    swept: Mutex<HashMap<ShareRef, Instant>>,
+    /// Each share's size, and when it was read.
+    sizes: Mutex<HashMap<ShareRef, (Instant, u64)>>,
 }
+
+/// How long a share's size (for capacity checks) is taken as known.
+const SIZE_TTL: Duration = Duration::from_secs(60);
+
+/// How often a share's trash is checked for what interrupted deletes left.
+const SWEEP_EVERY: Duration = Duration::from_secs(600);
 
 impl Driver {
     pub fn new(node_id: String, pool: NfsPool, configured: Vec<ShareRef>) -> Arc<Driver> {
@@ -32,6 +43,8 @@ impl Driver {
             seen: Mutex::new(configured.iter().cloned().collect()),
             configured,
             prepared: Mutex::new(HashSet::new()),
+            swept: Mutex::new(HashMap::new()),
+            sizes: Mutex::new(HashMap::new()),
         })
     }
 
@@ -75,5 +88,41 @@ impl Driver {
                 .insert(share.clone());
         }
         Ok(connected)
+    }
+
+    /// Sweeps the share's trash if that has not happened for a while (see `store::sweep_trash`).
+    pub async fn sweep_if_due(&self, share_ref: &ShareRef, share: &Share) -> Result<(), CsiError> {
+        {
+            let mut swept = self.swept.lock().unwrap_or_else(|p| p.into_inner());
+            if swept
+                .get(share_ref)
+                .is_some_and(|at| at.elapsed() < SWEEP_EVERY)
+            {
+                return Ok(());
+            }
+            swept.insert(share_ref.clone(), Instant::now());
+        }
+        store::sweep_trash(share).await?;
+        Ok(())
+    }
+
+    /// The share's total size in bytes, read from the server at most once a minute.
+    pub async fn share_size(&self, share_ref: &ShareRef, share: &Share) -> Result<u64, CsiError> {
+        if let Some((at, size)) = self
+            .sizes
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(share_ref)
+        {
+            if at.elapsed() < SIZE_TTL {
+                return Ok(*size);
+            }
+        }
+        let size = share.space().await?.total_bytes;
+        self.sizes
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(share_ref.clone(), (Instant::now(), size));
+        Ok(size)
     }
 }

@@ -79,6 +79,7 @@ impl NfsPool {
             label,
             timeout: self.options.timeout,
             broken: std::sync::atomic::AtomicBool::new(false),
+            dirs: Mutex::new(HashMap::new()),
         });
         let mut shares = self.shares.lock().unwrap_or_else(|p| p.into_inner());
         Ok(shares
@@ -153,9 +154,34 @@ pub struct Share {
     timeout: Duration,
     /// Set after a transport failure so that the pool reconnects.
     broken: std::sync::atomic::AtomicBool,
+    /// Directory path -> file handle, so that most calls need no LOOKUP first. A handle that
+    /// turns stale is dropped and looked up again once.
+    dirs: Mutex<HashMap<String, Bytes>>,
 }
 
 static TEMP_COUNTER: AtomicU64 = AtomicU64::new(0);
+
+/// `a/b/c` -> (`a/b`, `c`); `c` -> (``, `c`).
+fn split(path: &str) -> (&str, &str) {
+    path.rsplit_once('/').unwrap_or(("", path))
+}
+
+/// Runs `$op` with the handle of directory `$dir` bound to `$fh`; if the handle is stale, looks
+/// the directory up again and retries once.
+macro_rules! in_dir {
+    ($self:ident, $dir:expr, $what:expr, |$fh:ident| $op:expr) => {{
+        let what: String = $what;
+        let $fh = $self.dir($dir).await?;
+        match $self.call(what.clone(), $op).await {
+            Err(e) if e.is_stale() => {
+                $self.forget($dir);
+                let $fh = $self.dir($dir).await?;
+                $self.call(what, $op).await
+            }
+            other => other,
+        }
+    }};
+}
 
 impl Share {
     pub fn label(&self) -> &str {
@@ -232,6 +258,54 @@ impl Share {
         }
     }
 
+    /// The handle of directory `dir` ("" is the export's root).
+    async fn dir(&self, dir: &str) -> Result<Bytes, NfsError> {
+        if dir.is_empty() {
+            return Ok(self.mount.getfh().await);
+        }
+        if let Some(fh) = self.dirs.lock().unwrap_or_else(|p| p.into_inner()).get(dir) {
+            return Ok(fh.clone());
+        }
+        let found = self
+            .call(format!("looking up {dir}"), self.mount.lookup_path(dir))
+            .await?;
+        self.dirs
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(dir.to_string(), found.fh.clone());
+        Ok(found.fh)
+    }
+
+    /// Drops the cached handles of `path` and everything below it.
+    fn forget(&self, path: &str) {
+        let below = format!("{path}/");
+        self.dirs
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .retain(|k, _| k != path && !k.starts_with(&below));
+    }
+
+    /// The handle and attributes of the object at `path`.
+    async fn object(&self, path: &str) -> Result<nfs_rs::ObjRes, NfsError> {
+        if path.is_empty() {
+            let fh = self.mount.getfh().await;
+            let attr = self
+                .call(
+                    "reading the root's attributes",
+                    self.mount.getattr(fh.clone()),
+                )
+                .await?;
+            return Ok(nfs_rs::ObjRes {
+                fh,
+                attr: Some(attr),
+            });
+        }
+        let (dir, name) = split(path);
+        in_dir!(self, dir, format!("looking up {path}"), |fh| self
+            .mount
+            .lookup(fh.clone(), name))
+    }
+
     /// A cheap round trip that proves the server answers.
     pub async fn ping(&self) -> Result<(), NfsError> {
         self.call("a NULL call", self.mount.null()).await
@@ -247,29 +321,35 @@ impl Share {
 
     /// The entry at `path`, or `None` if there is nothing.
     pub async fn stat(&self, path: &str) -> Result<Option<Entry>, NfsError> {
-        match self
-            .call(format!("looking up {path}"), self.mount.getattr_path(path))
-            .await
-        {
-            Ok(attr) => Ok(Some(Entry {
-                name: path.rsplit('/').next().unwrap_or(path).to_string(),
-                kind: kind_of(attr.type_),
-                mode: attr.file_mode & 0o7777,
-                size: attr.filesize,
-            })),
-            Err(e) if e.is_not_found() => Ok(None),
-            Err(e) => Err(e),
-        }
+        let found = match self.object(path).await {
+            Ok(found) => found,
+            Err(e) if e.is_not_found() => return Ok(None),
+            Err(e) => return Err(e),
+        };
+        let attr = match found.attr {
+            Some(attr) => attr,
+            None => {
+                self.call(
+                    format!("reading attributes of {path}"),
+                    self.mount.getattr(found.fh),
+                )
+                .await?
+            }
+        };
+        Ok(Some(Entry {
+            name: split(path).1.to_string(),
+            kind: kind_of(attr.type_),
+            mode: attr.file_mode & 0o7777,
+            size: attr.filesize,
+        }))
     }
 
     /// Creates one directory; `Ok(false)` when it already existed.
     pub async fn mkdir(&self, path: &str, mode: u32) -> Result<bool, NfsError> {
-        match self
-            .call(
-                format!("creating directory {path}"),
-                self.mount.mkdir_path(path, mode),
-            )
-            .await
+        let (dir, name) = split(path);
+        match in_dir!(self, dir, format!("creating directory {path}"), |fh| self
+            .mount
+            .mkdir(fh.clone(), name, mode))
         {
             Ok(_) => Ok(true),
             Err(e) if e.is_exists() => Ok(false),
@@ -290,46 +370,60 @@ impl Share {
         Ok(())
     }
 
-    pub async fn chmod(&self, path: &str, mode: u32) -> Result<(), NfsError> {
+    async fn set_attributes(
+        &self,
+        path: &str,
+        mode: Option<u32>,
+        size: Option<u64>,
+    ) -> Result<(), NfsError> {
+        let found = self.object(path).await?;
         self.call(
-            format!("setting the mode of {path}"),
+            format!("setting attributes of {path}"),
             self.mount
-                .setattr_path(path, false, Some(mode), None, None, None, None, None),
+                .setattr(found.fh, None, mode, None, None, size, None, None),
         )
         .await
+    }
+
+    pub async fn chmod(&self, path: &str, mode: u32) -> Result<(), NfsError> {
+        self.set_attributes(path, Some(mode), None).await
     }
 
     /// Grows or shrinks a file (sparse when growing).
     pub async fn truncate(&self, path: &str, size: u64) -> Result<(), NfsError> {
-        self.call(
-            format!("resizing {path}"),
-            self.mount
-                .setattr_path(path, false, None, None, None, Some(size), None, None),
-        )
-        .await
+        self.set_attributes(path, None, Some(size)).await
     }
 
     /// Creates an empty file of `size` bytes (sparse).
     pub async fn create_sparse(&self, path: &str, size: u64, mode: u32) -> Result<(), NfsError> {
-        let created = self
-            .call(
-                format!("creating {path}"),
-                self.mount.create_path(path, Some(mode)),
-            )
-            .await?;
+        let (dir, name) = split(path);
+        let created = in_dir!(self, dir, format!("creating {path}"), |fh| self
+            .mount
+            .create(fh.clone(), name, Some(mode)))?;
+        self.call(
+            format!("resizing {path}"),
+            self.mount.setattr(
+                created.fh.clone(),
+                None,
+                None,
+                None,
+                None,
+                Some(size),
+                None,
+                None,
+            ),
+        )
+        .await?;
         self.call(format!("closing {path}"), self.mount.close(created.fh))
-            .await?;
-        self.truncate(path, size).await
+            .await
     }
 
     /// An exclusive claim: creates a symlink `path` -> `target`; `Ok(false)` if `path` exists.
     pub async fn claim(&self, path: &str, target: &str) -> Result<bool, NfsError> {
-        match self
-            .call(
-                format!("creating claim {path}"),
-                self.mount.symlink_path(target, path),
-            )
-            .await
+        let (dir, name) = split(path);
+        match in_dir!(self, dir, format!("creating claim {path}"), |fh| self
+            .mount
+            .symlink(target, fh.clone(), name))
         {
             Ok(_) => Ok(true),
             Err(e) if e.is_exists() => Ok(false),
@@ -339,25 +433,22 @@ impl Share {
 
     /// The target of the symlink at `path`, if there is one.
     pub async fn read_link(&self, path: &str) -> Result<Option<String>, NfsError> {
-        match self
-            .call(
-                format!("reading link {path}"),
-                self.mount.readlink_path(path),
-            )
-            .await
-        {
-            Ok(target) => Ok(Some(target)),
-            Err(e) if e.is_not_found() => Ok(None),
-            Err(e) => Err(e),
-        }
+        let found = match self.object(path).await {
+            Ok(found) => found,
+            Err(e) if e.is_not_found() => return Ok(None),
+            Err(e) => return Err(e),
+        };
+        self.call(
+            format!("reading link {path}"),
+            self.mount.readlink(found.fh),
+        )
+        .await
+        .map(Some)
     }
 
     /// The whole content of a (small) file, or `None` if it does not exist.
     pub async fn read_file(&self, path: &str) -> Result<Option<Vec<u8>>, NfsError> {
-        let found = match self
-            .call(format!("opening {path}"), self.mount.lookup_path(path))
-            .await
-        {
+        let found = match self.object(path).await {
             Ok(found) => found,
             Err(e) if e.is_not_found() => return Ok(None),
             Err(e) => return Err(e),
@@ -398,38 +489,19 @@ impl Share {
         Ok(data)
     }
 
-    /// Writes `path` atomically: a temporary file next to it, committed, then renamed over it.
+    /// Writes `path` atomically: a temporary file next to it, committed to stable storage, then
+    /// renamed over it.
     pub async fn write_file_atomic(&self, path: &str, data: &[u8]) -> Result<(), NfsError> {
-        let (dir, name) = path.rsplit_once('/').unwrap_or(("", path));
+        let (dir, name) = split(path);
         let n = TEMP_COUNTER.fetch_add(1, Ordering::Relaxed);
-        let temp_name = format!(".{name}.tmp-{}-{n}", std::process::id());
-        let temp = if dir.is_empty() {
-            temp_name
-        } else {
-            format!("{dir}/{temp_name}")
-        };
-        let written = self.write_new_file(&temp, data, 0o644).await;
-        let renamed = match written {
-            Ok(()) => self.rename(&temp, path).await,
-            Err(e) => Err(e),
-        };
-        if renamed.is_err() {
-            let _ = self.remove_file(&temp).await;
-        }
-        renamed
-    }
-
-    async fn write_new_file(&self, path: &str, data: &[u8], mode: u32) -> Result<(), NfsError> {
-        let created = self
-            .call(
-                format!("creating {path}"),
-                self.mount.create_path(path, Some(mode)),
-            )
-            .await?;
-        let result = async {
+        let temp = format!(".{name}.tmp-{}-{n}", std::process::id());
+        let created = in_dir!(self, dir, format!("creating {dir}/{temp}"), |fh| self
+            .mount
+            .create(fh.clone(), &temp, Some(0o644)))?;
+        let written = async {
             if !data.is_empty() {
                 self.call(
-                    format!("writing {path}"),
+                    format!("writing {dir}/{temp}"),
                     nfs_rs::write_all(
                         &*self.mount,
                         created.fh.clone(),
@@ -443,25 +515,75 @@ impl Share {
         }
         .await;
         let closed = self
-            .call(format!("closing {path}"), self.mount.close(created.fh))
+            .call(
+                format!("closing {dir}/{temp}"),
+                self.mount.close(created.fh),
+            )
             .await;
-        result.and(closed)
+        let renamed = match written.and(closed) {
+            Ok(()) => {
+                in_dir!(
+                    self,
+                    dir,
+                    format!("renaming {dir}/{temp} to {path}"),
+                    |fh| self.mount.rename(fh.clone(), &temp, fh.clone(), name)
+                )
+            }
+            Err(e) => Err(e),
+        };
+        if renamed.is_err() {
+            let _ = self.remove_file(&format!("{dir}/{temp}")).await;
+        }
+        renamed
     }
 
     pub async fn rename(&self, from: &str, to: &str) -> Result<(), NfsError> {
-        self.call(
-            format!("renaming {from} to {to}"),
-            self.mount.rename_path(from, to),
-        )
-        .await
+        let (from_dir, from_name) = split(from);
+        let (to_dir, to_name) = split(to);
+        let what = format!("renaming {from} to {to}");
+        let from_fh = self.dir(from_dir).await?;
+        let to_fh = self.dir(to_dir).await?;
+        let result = match self
+            .call(
+                what.clone(),
+                self.mount.rename(from_fh, from_name, to_fh, to_name),
+            )
+            .await
+        {
+            Err(e) if e.is_stale() => {
+                self.forget(from_dir);
+                self.forget(to_dir);
+                let from_fh = self.dir(from_dir).await?;
+                let to_fh = self.dir(to_dir).await?;
+                self.call(what, self.mount.rename(from_fh, from_name, to_fh, to_name))
+                    .await
+            }
+            other => other,
+        };
+        self.forget(from);
+        result
     }
 
     /// Removes a file or symlink; missing is fine.
     pub async fn remove_file(&self, path: &str) -> Result<(), NfsError> {
-        match self
-            .call(format!("removing {path}"), self.mount.remove_path(path))
-            .await
+        let (dir, name) = split(path);
+        match in_dir!(self, dir, format!("removing {path}"), |fh| self
+            .mount
+            .remove(fh.clone(), name))
         {
+            Err(e) if e.is_not_found() => Ok(()),
+            other => other,
+        }
+    }
+
+    /// Removes an empty directory; missing is fine.
+    async fn rmdir(&self, path: &str) -> Result<(), NfsError> {
+        let (dir, name) = split(path);
+        let result = in_dir!(self, dir, format!("removing directory {path}"), |fh| self
+            .mount
+            .rmdir(fh.clone(), name));
+        self.forget(path);
+        match result {
             Err(e) if e.is_not_found() => Ok(()),
             other => other,
         }
@@ -469,9 +591,30 @@ impl Share {
 
     pub async fn list(&self, dir: &str) -> Result<Vec<Entry>, NfsError> {
         let what = format!("listing {dir}");
-        let mut stream = self
-            .call(what.clone(), self.mount.readdirplus_path(dir))
-            .await?;
+        let fh = self.dir(dir).await?;
+        match self.list_handle(&what, fh).await {
+            Err(e) if e.is_stale() => {
+                self.forget(dir);
+                let fh = self.dir(dir).await?;
+                self.list_handle(&what, fh).await
+            }
+            other => other,
+        }
+    }
+
+    async fn list_handle(&self, what: &str, fh: Bytes) -> Result<Vec<Entry>, NfsError> {
+        let mut stream = match tokio::time::timeout(self.timeout, self.mount.readdirplus(fh)).await
+        {
+            Ok(stream) => stream,
+            Err(_) => {
+                self.broken.store(true, Ordering::Relaxed);
+                return Err(NfsError::Timeout {
+                    share: self.label.clone(),
+                    what: what.to_string(),
+                    after: self.timeout,
+                });
+            }
+        };
         let mut entries = Vec::new();
         loop {
             let next = match tokio::time::timeout(self.timeout, stream.next()).await {
@@ -480,13 +623,22 @@ impl Share {
                     self.broken.store(true, Ordering::Relaxed);
                     return Err(NfsError::Timeout {
                         share: self.label.clone(),
-                        what,
+                        what: what.to_string(),
                         after: self.timeout,
                     });
                 }
             };
             let Some(entry) = next else { break };
-            let entry = entry.map_err(|e| self.map(what.clone(), e))?;
+            let entry = match entry {
+                Ok(entry) => entry,
+                Err(e) => match self.map(what.to_string(), e) {
+                    // An entry removed while we list (another delete at work) is simply gone.
+                    gone if (gone.is_stale() || gone.is_not_found()) && !entries.is_empty() => {
+                        continue
+                    }
+                    other => return Err(other),
+                },
+            };
             if entry.file_name == "." || entry.file_name == ".." {
                 continue;
             }
@@ -512,12 +664,16 @@ impl Share {
         }
     }
 
-    /// `rm -rf`: missing is fine. Boxed because it recurses.
+    /// `rm -rf`: missing is fine. An empty directory (the common case) takes one call. Boxed
+    /// because it recurses.
     pub fn remove_tree<'a>(
         &'a self,
         path: &'a str,
     ) -> std::pin::Pin<Box<dyn Future<Output = Result<(), NfsError>> + Send + 'a>> {
         Box::pin(async move {
+            if self.rmdir(path).await.is_ok() {
+                return Ok(());
+            }
             let Some(entry) = self.stat(path).await? else {
                 return Ok(());
             };
@@ -532,16 +688,7 @@ impl Share {
                     self.remove_file(&child_path).await?;
                 }
             }
-            match self
-                .call(
-                    format!("removing directory {path}"),
-                    self.mount.rmdir_path(path),
-                )
-                .await
-            {
-                Err(e) if e.is_not_found() => Ok(()),
-                other => other,
-            }
+            self.rmdir(path).await
         })
     }
 

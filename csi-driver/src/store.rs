@@ -176,20 +176,21 @@ pub async fn list_snapshots(share: &Share) -> Result<Vec<SnapshotRecord>, NfsErr
 
 /// Moves `path` into the trash (one atomic rename) and deletes it there, so an interrupted delete
 /// never leaves a half-deleted volume where a volume was. Trash a crash left behind is removed
-/// by later deletes on the same share once it is an hour old.
+/// by [`sweep_trash`].
 pub async fn delete_tree(share: &Share, path: &str) -> Result<(), NfsError> {
-    if share.stat(path).await?.is_none() {
-        return Ok(());
+    let trash = format!("{TRASH}/{}-{}", now_nanos(), path.replace('/', "%2F"));
+    match share.rename(path, &trash).await {
+        Err(e) if e.is_not_found() => return Ok(()),
+        other => other?,
     }
-    let nanos = now_nanos();
-    let trash = format!("{TRASH}/{nanos}-{}", path.replace('/', "%2F"));
-    share.rename(path, &trash).await?;
-    share.remove_tree(&trash).await?;
-    sweep_trash(share, nanos).await
+    share.remove_tree(&trash).await
 }
 
-async fn sweep_trash(share: &Share, now: u128) -> Result<(), NfsError> {
+/// Removes trash entries older than an hour: what deletes interrupted by a crash left behind.
+/// Younger entries may belong to deletes still at work.
+pub async fn sweep_trash(share: &Share) -> Result<(), NfsError> {
     const HOUR: u128 = 3_600_000_000_000;
+    let now = now_nanos();
     for entry in share.list_or_empty(TRASH).await? {
         let stamp = entry
             .name
