@@ -179,7 +179,13 @@ fn volume_message(record: &VolumeRecord, share: &ShareRef) -> csi::Volume {
             ("path".to_string(), record.path.clone()),
             ("nfsvers".to_string(), share.version.as_option().to_string()),
             ("layout".to_string(), record.settings.layout.clone()),
-        ]),
+        ])
+        .into_iter()
+        .chain(
+            (!record.settings.fs_type.is_empty())
+                .then(|| ("fsType".to_string(), record.settings.fs_type.clone())),
+        )
+        .collect(),
         content_source,
         accessible_topology: Vec::new(),
     }

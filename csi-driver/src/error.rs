@@ -68,6 +68,10 @@ pub enum CsiError {
     #[error("{0}")]
     Unimplemented(String),
     #[error("{0}")]
+    DeadlineExceeded(String),
+    #[error("{0}")]
+    Unavailable(String),
+    #[error("{0}")]
     Internal(String),
     #[error(transparent)]
     Nfs(#[from] NfsError),
@@ -89,6 +93,8 @@ impl From<CsiError> for Status {
             CsiError::Aborted(_) => Code::Aborted,
             CsiError::FailedPrecondition(_) => Code::FailedPrecondition,
             CsiError::Unimplemented(_) => Code::Unimplemented,
+            CsiError::DeadlineExceeded(_) => Code::DeadlineExceeded,
+            CsiError::Unavailable(_) => Code::Unavailable,
             CsiError::Internal(_) => Code::Internal,
             CsiError::Nfs(nfs) => match nfs {
                 NfsError::Timeout { .. } => Code::DeadlineExceeded,

@@ -4,7 +4,9 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use clap::{Parser, ValueEnum};
-use tether_csi_proto::v1::{controller_server::ControllerServer, identity_server::IdentityServer};
+use tether_csi_proto::v1::{
+    controller_server::ControllerServer, identity_server::IdentityServer, node_server,
+};
 use tokio::net::UnixListener;
 use tokio_stream::wrappers::UnixListenerStream;
 
@@ -13,6 +15,7 @@ use crate::driver::Driver;
 use crate::identity::IdentityService;
 use crate::ids::{NfsVersion, ShareRef};
 use crate::nfs::{ClientOptions, NfsPool};
+use crate::node::{NodeServer, NodeService};
 
 /// How long requests in flight may take to finish after SIGTERM.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
@@ -58,6 +61,13 @@ pub struct Args {
     /// CAP_NET_BIND_SERVICE.
     #[arg(long, env = "TETHER_CSI_PRIVILEGED_PORT")]
     pub privileged_port: bool,
+    /// Node mode: where image volumes' directories are mounted privately.
+    #[arg(
+        long,
+        env = "TETHER_CSI_STATE_DIR",
+        default_value = "/var/lib/tether-csi"
+    )]
+    pub state_dir: PathBuf,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -145,8 +155,9 @@ pub async fn serve(args: Args) -> Result<(), ServeError> {
     if args.mode != Mode::Controller && args.node_id.is_empty() {
         return Err(ServeError::NodeId);
     }
+    let timeout = Duration::from_secs(args.nfs_timeout.max(1));
     let pool = NfsPool::new(ClientOptions {
-        timeout: Duration::from_secs(args.nfs_timeout.max(1)),
+        timeout,
         uid: args.nfs_uid,
         gid: args.nfs_gid,
         privileged_port: args.privileged_port,
@@ -181,6 +192,12 @@ pub async fn serve(args: Args) -> Result<(), ServeError> {
     if args.mode != Mode::Node {
         router = router.add_service(ControllerServer::new(ControllerService::new(
             driver.clone(),
+        )));
+    }
+    if args.mode != Mode::Controller {
+        let node = NodeService::new(driver.clone(), args.state_dir.clone(), timeout);
+        router = router.add_service(node_server::NodeServer::new(NodeServer(
+            std::sync::Arc::new(node),
         )));
     }
     tracing::info!(socket = %socket.display(), mode = ?args.mode, node = %args.node_id, "serving CSI");
