@@ -18,6 +18,7 @@ packages=(
   libprotobuf-dev            # the well-known .proto files protoc imports (google/protobuf/*.proto)
   nfs-ganesha nfs-ganesha-vfs  # a user-space NFS server for the CSI tests and the demo
   rpcbind                    # NFSv3 needs it (run inside the tests' own namespaces)
+  e2fsprogs xfsprogs         # mkfs/resize of image-layout volumes
 )
 
 if [ "$(id -u)" -ne 0 ]; then

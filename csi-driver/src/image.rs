@@ -235,7 +235,16 @@ pub fn ensure_filesystem(device: &Path, fs_type: &str) -> Result<bool, ImageErro
 pub fn grow_filesystem(device: &Path, mount_point: &Path, fs_type: &str) -> Result<(), ImageError> {
     match fs_type {
         "xfs" => run("xfs_growfs", &[], mount_point),
-        _ => run("resize2fs", &[], device),
+        _ => run("resize2fs", &[], device).map_err(|e| match e {
+            ImageError::Tool { tool, path, output } if output.contains("Permission denied") => {
+                ImageError::Tool {
+                    tool,
+                    path,
+                    output: format!("{output} (growing a mounted ext4 needs CAP_SYS_RESOURCE)"),
+                }
+            }
+            other => other,
+        }),
     }
 }
 
