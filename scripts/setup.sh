@@ -19,6 +19,7 @@ packages=(
   nfs-ganesha nfs-ganesha-vfs  # a user-space NFS server for the CSI tests and the demo
   rpcbind                    # NFSv3 needs it (run inside the tests' own namespaces)
   e2fsprogs xfsprogs         # mkfs/resize of image-layout volumes
+  qemu-system-x86 linux-image-amd64 cpio  # tests/vm/run.sh: a real kernel NFS client under QEMU
 )
 
 if [ "$(id -u)" -ne 0 ]; then

@@ -52,9 +52,11 @@ impl MountInfo {
         self.options.iter().any(|o| o == "ro")
     }
 
-    /// The same filesystem and subtree as `other` (a bind mount of it, or it).
+    /// The same filesystem and subtree as `other` (a bind mount of it, or it). The source counts
+    /// too: NFS mounts of different directories of one export share a superblock and all show
+    /// the root `/`.
     pub fn same_origin(&self, other: &MountInfo) -> bool {
-        self.device == other.device && self.root == other.root
+        self.device == other.device && self.root == other.root && self.source == other.source
     }
 }
 
@@ -274,12 +276,13 @@ mod tests {
 98 29 0:52 / /var/lib/kubelet/plugins/kubernetes.io/csi/nfs.tether.dev/abc/globalmount rw,relatime shared:40 - nfs4 10.0.0.5:/srv/k8s/pvc-1 rw,vers=4.1,rsize=1048576,addr=10.0.0.5
 120 29 0:52 / /var/lib/kubelet/pods/p1/volumes/kubernetes.io~csi/pvc-1/mount ro,relatime shared:40 - nfs4 10.0.0.5:/srv/k8s/pvc-1 rw,vers=4.1
 130 29 7:3 / /mnt/with\\040space rw,relatime - ext4 /dev/loop3 rw
+140 29 0:52 / /var/lib/kubelet/plugins/kubernetes.io/csi/nfs.tether.dev/def/globalmount rw,relatime - nfs4 10.0.0.5:/srv/k8s/pvc-2 rw,vers=4.1
 ";
 
     #[test]
     fn parses_mountinfo_including_escapes_and_optional_fields() {
         let mounts = parse_mountinfo(SAMPLE);
-        assert_eq!(mounts.len(), 4);
+        assert_eq!(mounts.len(), 5);
         let stage = &mounts[1];
         assert_eq!(stage.fs_type, "nfs4");
         assert_eq!(stage.source, "10.0.0.5:/srv/k8s/pvc-1");
@@ -289,6 +292,8 @@ mod tests {
         assert!(publish.read_only());
         assert!(publish.same_origin(stage));
         assert!(!mounts[3].same_origin(stage));
+        // Another volume of the same export: same superblock and root, other source.
+        assert!(!mounts[4].same_origin(stage));
         assert_eq!(mounts[3].mount_point, PathBuf::from("/mnt/with space"));
         assert!(mounts[3].super_options.contains(&"rw".to_string()));
     }

@@ -263,8 +263,6 @@ impl NodeService {
     /// Mounts the volume's NFS directory at `target` unless the right one is there and healthy;
     /// a stale or unreachable one is replaced.
     fn ensure_nfs_mount(&self, id: &VolumeId, target: &Path, extra: &[String]) -> CsiResult<()> {
-        std::fs::create_dir_all(target)
-            .map_err(|e| CsiError::Internal(format!("creating {}: {e}", target.display())))?;
         let source = nfs_source(id);
         if let Some(existing) = mounts::mounted_at(target)? {
             if existing.source != source || !existing.fs_type.starts_with("nfs") {
@@ -301,6 +299,9 @@ impl NodeService {
             }
             mounts::unmount_all(target, self.timeout)?;
         }
+        // A directory with a stale mount on it cannot be stat'ed, but it exists: created only
+        // when nothing is mounted there (any more).
+        create_dir(target)?;
         let (flags, options) = nfs_options(id, extra)?;
         let fs_type = match id.share.version {
             NfsVersion::V3 => "nfs",
@@ -507,8 +508,7 @@ impl NodeService {
                 })?;
             }
         } else {
-            std::fs::create_dir_all(&target)
-                .map_err(|e| CsiError::Internal(format!("creating {}: {e}", target.display())))?;
+            create_dir(&target)?;
         }
         mounts::bind(&origin, &target, read_only, self.timeout)?;
         tracing::info!(volume = %req.volume_id, target = %target.display(), read_only, "published");
@@ -546,12 +546,12 @@ impl NodeService {
     ) -> CsiResult<csi::NodeGetVolumeStatsResponse> {
         let path = required_path("volume_path", &req.volume_path)?;
         let id = volume(&req.volume_id)?;
-        let mount = mounts::mounted_at(&path)?.ok_or_else(|| {
-            CsiError::NotFound(format!(
+        if mounts::mounted_at(&path)?.is_none() {
+            return Err(CsiError::NotFound(format!(
                 "{} is not a published or staged volume",
                 path.display()
-            ))
-        })?;
+            )));
+        }
         let abnormal = |message: String| csi::NodeGetVolumeStatsResponse {
             usage: Vec::new(),
             volume_condition: Some(VolumeCondition {
@@ -575,8 +575,10 @@ impl NodeService {
             }
             Health::Error(e) => return Ok(abnormal(format!("{}: {e}", path.display()))),
         }
-        if mount.source.starts_with("/dev/") && !path.is_dir() {
-            let size = image::device_size(Path::new(&mount.source))? as i64;
+        use std::os::unix::fs::FileTypeExt;
+        let block = std::fs::metadata(&path).is_ok_and(|m| m.file_type().is_block_device());
+        if block {
+            let size = image::device_size(&path)? as i64;
             return Ok(csi::NodeGetVolumeStatsResponse {
                 usage: vec![csi::VolumeUsage {
                     available: 0,
@@ -692,6 +694,12 @@ impl NodeService {
                 req.volume_id
             ))
         })?;
+        // The controller grew the image on the server: opening it makes the NFS client revalidate
+        // its attributes (close-to-open consistency), so the loop device sees the new size.
+        let fresh = std::fs::File::open(&image_file)
+            .and_then(|f| f.metadata())
+            .map_err(|e| CsiError::Internal(format!("reading {}: {e}", image_file.display())))?;
+        tracing::debug!(size = fresh.len(), image = %image_file.display(), "image size on the server");
         image::refresh_capacity(&device)?;
         let size = image::device_size(&device)?;
         if size < wanted as u64 {
@@ -710,6 +718,17 @@ impl NodeService {
         Ok(csi::NodeExpandVolumeResponse {
             capacity_bytes: size as i64,
         })
+    }
+}
+
+fn create_dir(path: &Path) -> CsiResult<()> {
+    match std::fs::create_dir_all(path) {
+        Ok(()) => Ok(()),
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => Ok(()),
+        Err(e) => Err(CsiError::Internal(format!(
+            "creating {}: {e}",
+            path.display()
+        ))),
     }
 }
 

@@ -3,11 +3,24 @@
 # Source this file; then:
 #   nfs_start NAMESPACE DIR    # creates NAMESPACE, serves DIR/export at 10.251.0.1
 #   nfs_stop NAMESPACE DIR     # stops the server and deletes NAMESPACE
+#   nfs_stop_server DIR / nfs_start_server NAMESPACE DIR: stop and restart just the server
 # The server's clients run inside NAMESPACE (ip netns exec NAMESPACE ...).
 
 NFS_ADDRESS=10.251.0.1
 
 nfs_start() {
+  local ns=$1 dir=$2
+  ip netns add "$ns"
+  ip -n "$ns" link set lo up
+  ip -n "$ns" link add nfs0 type veth peer name nfs1
+  ip -n "$ns" addr add "$NFS_ADDRESS/24" dev nfs0
+  ip -n "$ns" link set nfs0 up
+  ip -n "$ns" link set nfs1 up
+  nfs_start_server "$ns" "$dir"
+}
+
+# Starts ganesha (again) in an existing namespace made by nfs_start.
+nfs_start_server() {
   local ns=$1 dir=$2
   mkdir -p "$dir/export" "$dir/recovery"
   cat > "$dir/ganesha.conf" <<CONF
@@ -39,12 +52,6 @@ EXPORT {
 }
 LOG { Default_Log_Level = WARN; }
 CONF
-  ip netns add "$ns"
-  ip -n "$ns" link set lo up
-  ip -n "$ns" link add nfs0 type veth peer name nfs1
-  ip -n "$ns" addr add "$NFS_ADDRESS/24" dev nfs0
-  ip -n "$ns" link set nfs0 up
-  ip -n "$ns" link set nfs1 up
   # rpcbind's socket lives in /run: a private tmpfs keeps it off the host.
   ip netns exec "$ns" unshare -m --propagation private sh -c "
     mount -t tmpfs none /run || exit 1
@@ -66,13 +73,20 @@ CONF
   sleep 0.3
 }
 
+# Stops ganesha and rpcbind; the namespace stays.
+nfs_stop_server() {
+  local dir=$1 pid
+  [ -f "$dir/server.pid" ] || return 0
+  pid=$(cat "$dir/server.pid")
+  kill -TERM "$pid" 2>/dev/null || true
+  for _ in $(seq 100); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
+  kill -KILL "$pid" 2>/dev/null || true
+  rm -f "$dir/server.pid"
+}
+
 nfs_stop() {
   local ns=$1 dir=$2 pid
-  if [ -f "$dir/server.pid" ]; then
-    pid=$(cat "$dir/server.pid")
-    kill -TERM "$pid" 2>/dev/null || true
-    for _ in $(seq 100); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
-  fi
+  nfs_stop_server "$dir"
   if ip netns list | grep -qw "$ns"; then
     for pid in $(ip netns pids "$ns"); do kill -KILL "$pid" 2>/dev/null || true; done
     ip netns del "$ns"
