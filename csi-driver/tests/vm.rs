@@ -812,3 +812,91 @@ async fn server_stopped_while_mounted(guest: &mut Guest) {
     let log = guest.log();
     assert!(log.contains("NodeStageVolume"), "{log}");
 }
+
+/// `bench/csi-node.sh`: NodeStage+NodePublish latency for both layouts and write throughput of
+/// an image volume vs a directory volume, inside the (emulated) VM. Prints Markdown tables.
+#[tokio::test]
+#[ignore = "a benchmark; bench/csi-node.sh runs it inside the QEMU guest"]
+async fn guest_node_bench() {
+    assert_eq!(std::env::var("TETHER_IN_VM").as_deref(), Ok("1"));
+    let rounds: usize = std::env::var("BENCH_ROUNDS")
+        .ok()
+        .and_then(|r| r.parse().ok())
+        .unwrap_or(10);
+    let mut guest = Guest::start();
+    let mut node = guest.node().await;
+    let mut rows = Vec::new();
+    let mut throughput = Vec::new();
+    for layout in ["directory", "image"] {
+        let cap = if layout == "image" {
+            common_mount("ext4")
+        } else {
+            mount_capability(Mode::MultiNodeMultiWriter, &[])
+        };
+        let mut samples = Vec::new();
+        for i in 0..rounds {
+            let name = format!("bench-{layout}-{i}");
+            let volume = guest
+                .create(&name, 256 * MIB, &[("layout", layout)], vec![cap.clone()])
+                .await;
+            let staging = guest.path(&format!("{name}-s"));
+            let target = guest.path(&format!("{name}-t"));
+            let started = Instant::now();
+            node.node_stage_volume(stage_request(&volume, &staging, &cap))
+                .await
+                .unwrap();
+            node.node_publish_volume(publish_request(&volume, &staging, &target, &cap, false))
+                .await
+                .unwrap();
+            samples.push(started.elapsed());
+            if i == 0 {
+                let out = Command::new("dd")
+                    .args(["if=/dev/zero", "bs=1M", "count=128", "conv=fsync"])
+                    .arg(format!("of={}", target.join("dd").display()))
+                    .output()
+                    .unwrap();
+                let text = String::from_utf8_lossy(&out.stderr).into_owned();
+                let rate = text
+                    .lines()
+                    .last()
+                    .unwrap_or("")
+                    .rsplit(", ")
+                    .next()
+                    .unwrap_or("?")
+                    .to_string();
+                throughput.push(format!("| {layout} | {rate} |"));
+            }
+            node.node_unpublish_volume(unpublish_request(&volume, &target))
+                .await
+                .unwrap();
+            node.node_unstage_volume(unstage_request(&volume, &staging))
+                .await
+                .unwrap();
+            guest
+                .controller()
+                .await
+                .delete_volume(csi::DeleteVolumeRequest {
+                    volume_id: volume.volume_id,
+                    ..Default::default()
+                })
+                .await
+                .unwrap();
+        }
+        samples.sort();
+        let ms = |d: Duration| format!("{:.0}", d.as_secs_f64() * 1000.0);
+        rows.push(format!(
+            "| {layout} | {} | {} | {} |",
+            ms(samples[samples.len() / 2]),
+            ms(samples[samples.len() * 9 / 10]),
+            rounds
+        ));
+    }
+    println!("\n| layout | NodeStage+NodePublish p50 ms | p90 ms | rounds |\n|---|---|---|---|");
+    for row in rows {
+        println!("{row}");
+    }
+    println!("\n| layout | dd 128 MiB, conv=fsync |\n|---|---|");
+    for row in throughput {
+        println!("{row}");
+    }
+}
