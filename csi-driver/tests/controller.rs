@@ -1140,3 +1140,139 @@ async fn logs_name_methods_and_volumes_but_never_secrets() {
         assert!(!log.contains(secret), "{secret} leaked:\n{log}");
     }
 }
+
+#[tokio::test]
+async fn image_volumes_are_sparse_files_that_snapshot_clone_and_grow() {
+    use std::os::unix::fs::MetadataExt;
+    let nfs = NfsServer::start("csii");
+    let driver = Driver::start(&nfs, &[]);
+    let mut c = driver.controller().await;
+    let single = mount_capability(Mode::SingleNodeWriter, &[]);
+    let mut request = create_request(
+        &nfs,
+        "pvc-img",
+        64 << 20,
+        &[("layout", "image"), ("fsType", "xfs")],
+    );
+    request.volume_capabilities = vec![single.clone(), block_capability(Mode::SingleNodeWriter)];
+    let volume = c
+        .create_volume(request.clone())
+        .await
+        .unwrap()
+        .into_inner()
+        .volume
+        .unwrap();
+    assert!(volume.volume_id.starts_with("vi4#"), "{}", volume.volume_id);
+    assert_eq!(volume.volume_context["fsType"], "xfs");
+    let image = volume_dir(&nfs, &volume.volume_id).join("disk.img");
+    let meta = std::fs::metadata(&image).unwrap();
+    assert_eq!(meta.len(), 64 << 20);
+    assert!(
+        meta.blocks() * 512 < 1 << 20,
+        "sparse: {} blocks",
+        meta.blocks()
+    );
+    assert_eq!(
+        c.create_volume(request)
+            .await
+            .unwrap()
+            .into_inner()
+            .volume
+            .unwrap()
+            .volume_id,
+        volume.volume_id
+    );
+
+    // Multi-node access and foreign filesystems do not fit an image.
+    let mut multi = create_request(&nfs, "pvc-img2", 64 << 20, &[("layout", "image")]);
+    multi.volume_capabilities = vec![rwx()];
+    assert_eq!(code(c.create_volume(multi).await), Code::InvalidArgument);
+    let mut btrfs = create_request(
+        &nfs,
+        "pvc-img3",
+        64 << 20,
+        &[("layout", "image"), ("fsType", "btrfs")],
+    );
+    btrfs.volume_capabilities = vec![single.clone()];
+    assert_eq!(code(c.create_volume(btrfs).await), Code::InvalidArgument);
+
+    // Some data in the image; a snapshot and a clone copy it, still sparse.
+    {
+        use std::io::{Seek, SeekFrom, Write};
+        let mut f = std::fs::OpenOptions::new()
+            .write(true)
+            .open(&image)
+            .unwrap();
+        f.seek(SeekFrom::Start(10 << 20)).unwrap();
+        f.write_all(b"inside the image").unwrap();
+    }
+    let snap = c
+        .create_snapshot(csi::CreateSnapshotRequest {
+            source_volume_id: volume.volume_id.clone(),
+            name: "snap-img".into(),
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .snapshot
+        .unwrap();
+    let mut restore = create_request(
+        &nfs,
+        "pvc-img-restored",
+        64 << 20,
+        &[("layout", "image"), ("fsType", "xfs")],
+    );
+    restore.volume_capabilities = vec![single.clone()];
+    restore.volume_content_source = Some(csi::VolumeContentSource {
+        r#type: Some(volume_content_source::Type::Snapshot(
+            volume_content_source::SnapshotSource {
+                snapshot_id: snap.snapshot_id,
+            },
+        )),
+    });
+    let restored = c
+        .create_volume(restore)
+        .await
+        .unwrap()
+        .into_inner()
+        .volume
+        .unwrap();
+    let copy = volume_dir(&nfs, &restored.volume_id).join("disk.img");
+    let copied = std::fs::read(&copy).unwrap();
+    assert_eq!(copied.len(), 64 << 20);
+    assert_eq!(&copied[10 << 20..(10 << 20) + 16], b"inside the image");
+    assert!(
+        std::fs::metadata(&copy).unwrap().blocks() * 512 < 4 << 20,
+        "the copy stays sparse"
+    );
+
+    // Expansion grows the file and asks for node expansion.
+    let grown = c
+        .controller_expand_volume(csi::ControllerExpandVolumeRequest {
+            volume_id: volume.volume_id.clone(),
+            capacity_range: Some(csi::CapacityRange {
+                required_bytes: 128 << 20,
+                limit_bytes: 0,
+            }),
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(grown.node_expansion_required);
+    assert_eq!(std::fs::metadata(&image).unwrap().len(), 128 << 20);
+    let validated = c
+        .validate_volume_capabilities(csi::ValidateVolumeCapabilitiesRequest {
+            volume_id: volume.volume_id.clone(),
+            volume_capabilities: vec![rwx()],
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(
+        validated.confirmed.is_none(),
+        "an image is not ReadWriteMany"
+    );
+}
