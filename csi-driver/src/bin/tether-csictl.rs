@@ -1,0 +1,376 @@
+//! `tether-csictl`: a small CSI client for operators and the demo. Talks to a tether-csi (or any
+//! CSI driver) over its unix socket and prints JSON.
+//!
+//! ```text
+//! tether-csictl --endpoint unix:///csi/csi.sock info
+//! tether-csictl create-volume pvc-1 --capacity 1Gi --param server=10.0.0.5 --param share=/srv/k8s
+//! tether-csictl create-snapshot snap-1 --source <volume id>
+//! ```
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+use serde_json::{json, Value};
+use tether_csi_proto::v1::{
+    self as csi, controller_client::ControllerClient, identity_client::IdentityClient,
+    volume_capability, volume_content_source,
+};
+use tonic::transport::{Channel, Endpoint, Uri};
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "tether-csictl",
+    version,
+    about = "Talk to a CSI driver over its unix socket"
+)]
+struct Args {
+    #[arg(long, env = "CSI_ENDPOINT", default_value = "unix:///csi/csi.sock")]
+    endpoint: String,
+    #[command(subcommand)]
+    command: Cmd,
+}
+
+#[derive(Debug, Subcommand)]
+enum Cmd {
+    /// GetPluginInfo, GetPluginCapabilities and Probe.
+    Info,
+    /// CreateVolume.
+    CreateVolume {
+        name: String,
+        /// Size, in bytes or with a Ki/Mi/Gi/Ti suffix.
+        #[arg(long, default_value = "1Gi")]
+        capacity: String,
+        /// A StorageClass parameter, KEY=VALUE (repeatable).
+        #[arg(long = "param")]
+        params: Vec<String>,
+        /// A mount option, e.g. nfsvers=3 (repeatable).
+        #[arg(long = "mount-option")]
+        mount_options: Vec<String>,
+        /// rwx (MULTI_NODE_MULTI_WRITER), rwo (SINGLE_NODE_WRITER) or rox (MULTI_NODE_READER_ONLY).
+        #[arg(long, default_value = "rwx")]
+        access: String,
+        /// Raw block access instead of a filesystem.
+        #[arg(long)]
+        block: bool,
+        #[arg(long, conflicts_with = "from_volume")]
+        from_snapshot: Option<String>,
+        #[arg(long)]
+        from_volume: Option<String>,
+    },
+    /// DeleteVolume.
+    DeleteVolume { volume_id: String },
+    /// ListVolumes (all pages).
+    ListVolumes,
+    /// ControllerExpandVolume.
+    ExpandVolume {
+        volume_id: String,
+        #[arg(long)]
+        capacity: String,
+    },
+    /// CreateSnapshot.
+    CreateSnapshot {
+        name: String,
+        #[arg(long)]
+        source: String,
+    },
+    /// DeleteSnapshot.
+    DeleteSnapshot { snapshot_id: String },
+    /// ListSnapshots (all pages), optionally of one source volume.
+    ListSnapshots {
+        #[arg(long)]
+        source: Option<String>,
+    },
+}
+
+fn bytes(text: &str) -> Result<i64, String> {
+    let (number, unit) = match text.find(|c: char| !c.is_ascii_digit()) {
+        Some(i) => text.split_at(i),
+        None => (text, ""),
+    };
+    let n: i64 = number
+        .parse()
+        .map_err(|_| format!("{text:?} is not a size"))?;
+    let shift = match unit {
+        "" => 0,
+        "Ki" => 10,
+        "Mi" => 20,
+        "Gi" => 30,
+        "Ti" => 40,
+        other => return Err(format!("unknown size unit {other:?} (use Ki, Mi, Gi, Ti)")),
+    };
+    n.checked_mul(1 << shift)
+        .ok_or_else(|| format!("{text} is too big"))
+}
+
+async fn channel(endpoint: &str) -> Result<Channel, String> {
+    let path = PathBuf::from(
+        endpoint
+            .strip_prefix("unix://")
+            .or_else(|| endpoint.strip_prefix("unix:"))
+            .unwrap_or(endpoint),
+    );
+    Endpoint::try_from("http://[::]:50051")
+        .map_err(|e| e.to_string())?
+        .connect_with_connector(tower::service_fn(move |_: Uri| {
+            let path = path.clone();
+            async move {
+                Ok::<_, std::io::Error>(hyper_util::rt::TokioIo::new(
+                    tokio::net::UnixStream::connect(path).await?,
+                ))
+            }
+        }))
+        .await
+        .map_err(|e| format!("connecting to {endpoint}: {e}"))
+}
+
+fn volume_json(v: &csi::Volume) -> Value {
+    json!({
+        "volumeId": v.volume_id,
+        "capacityBytes": v.capacity_bytes,
+        "volumeContext": v.volume_context,
+    })
+}
+
+fn snapshot_json(s: &csi::Snapshot) -> Value {
+    json!({
+        "snapshotId": s.snapshot_id,
+        "sourceVolumeId": s.source_volume_id,
+        "sizeBytes": s.size_bytes,
+        "readyToUse": s.ready_to_use,
+        "creationTime": s.creation_time.as_ref().map(|t| t.seconds),
+    })
+}
+
+fn status(e: tonic::Status) -> String {
+    format!("{:?}: {}", e.code(), e.message())
+}
+
+async fn run(args: Args) -> Result<Value, String> {
+    let channel = channel(&args.endpoint).await?;
+    let mut controller = ControllerClient::new(channel.clone());
+    match args.command {
+        Cmd::Info => {
+            let mut identity = IdentityClient::new(channel);
+            let info = identity
+                .get_plugin_info(csi::GetPluginInfoRequest {})
+                .await
+                .map_err(status)?
+                .into_inner();
+            let probe = identity.probe(csi::ProbeRequest {}).await;
+            Ok(json!({
+                "name": info.name,
+                "vendorVersion": info.vendor_version,
+                "ready": probe.as_ref().map(|p| p.get_ref().ready.unwrap_or(true)).unwrap_or(false),
+                "probe": probe.err().map(status),
+            }))
+        }
+        Cmd::CreateVolume {
+            name,
+            capacity,
+            params,
+            mount_options,
+            access,
+            block,
+            from_snapshot,
+            from_volume,
+        } => {
+            let mode = match access.as_str() {
+                "rwx" => volume_capability::access_mode::Mode::MultiNodeMultiWriter,
+                "rwo" => volume_capability::access_mode::Mode::SingleNodeWriter,
+                "rox" => volume_capability::access_mode::Mode::MultiNodeReaderOnly,
+                other => return Err(format!("--access {other}: use rwx, rwo or rox")),
+            };
+            let access_type = if block {
+                volume_capability::AccessType::Block(volume_capability::BlockVolume {})
+            } else {
+                volume_capability::AccessType::Mount(volume_capability::MountVolume {
+                    mount_flags: mount_options,
+                    ..Default::default()
+                })
+            };
+            let mut parameters = HashMap::new();
+            for p in params {
+                let (k, v) = p
+                    .split_once('=')
+                    .ok_or_else(|| format!("--param {p}: use KEY=VALUE"))?;
+                parameters.insert(k.to_string(), v.to_string());
+            }
+            let source = match (from_snapshot, from_volume) {
+                (Some(snapshot_id), _) => Some(volume_content_source::Type::Snapshot(
+                    volume_content_source::SnapshotSource { snapshot_id },
+                )),
+                (None, Some(volume_id)) => Some(volume_content_source::Type::Volume(
+                    volume_content_source::VolumeSource { volume_id },
+                )),
+                (None, None) => None,
+            };
+            let volume = controller
+                .create_volume(csi::CreateVolumeRequest {
+                    name,
+                    capacity_range: Some(csi::CapacityRange {
+                        required_bytes: bytes(&capacity)?,
+                        limit_bytes: 0,
+                    }),
+                    volume_capabilities: vec![csi::VolumeCapability {
+                        access_type: Some(access_type),
+                        access_mode: Some(volume_capability::AccessMode { mode: mode as i32 }),
+                    }],
+                    parameters,
+                    volume_content_source: source
+                        .map(|t| csi::VolumeContentSource { r#type: Some(t) }),
+                    ..Default::default()
+                })
+                .await
+                .map_err(status)?
+                .into_inner()
+                .volume
+                .ok_or("no volume in the answer")?;
+            Ok(volume_json(&volume))
+        }
+        Cmd::DeleteVolume { volume_id } => {
+            controller
+                .delete_volume(csi::DeleteVolumeRequest {
+                    volume_id: volume_id.clone(),
+                    ..Default::default()
+                })
+                .await
+                .map_err(status)?;
+            Ok(json!({"deleted": volume_id}))
+        }
+        Cmd::ListVolumes => {
+            let mut all = Vec::new();
+            let mut token = String::new();
+            loop {
+                let page = controller
+                    .list_volumes(csi::ListVolumesRequest {
+                        max_entries: 100,
+                        starting_token: token,
+                    })
+                    .await
+                    .map_err(status)?
+                    .into_inner();
+                all.extend(
+                    page.entries
+                        .iter()
+                        .filter_map(|e| e.volume.as_ref())
+                        .map(volume_json),
+                );
+                if page.next_token.is_empty() {
+                    break;
+                }
+                token = page.next_token;
+            }
+            Ok(Value::Array(all))
+        }
+        Cmd::ExpandVolume {
+            volume_id,
+            capacity,
+        } => {
+            let answer = controller
+                .controller_expand_volume(csi::ControllerExpandVolumeRequest {
+                    volume_id,
+                    capacity_range: Some(csi::CapacityRange {
+                        required_bytes: bytes(&capacity)?,
+                        limit_bytes: 0,
+                    }),
+                    ..Default::default()
+                })
+                .await
+                .map_err(status)?
+                .into_inner();
+            Ok(
+                json!({"capacityBytes": answer.capacity_bytes, "nodeExpansionRequired": answer.node_expansion_required}),
+            )
+        }
+        Cmd::CreateSnapshot { name, source } => {
+            let snapshot = controller
+                .create_snapshot(csi::CreateSnapshotRequest {
+                    source_volume_id: source,
+                    name,
+                    ..Default::default()
+                })
+                .await
+                .map_err(status)?
+                .into_inner()
+                .snapshot
+                .ok_or("no snapshot in the answer")?;
+            Ok(snapshot_json(&snapshot))
+        }
+        Cmd::DeleteSnapshot { snapshot_id } => {
+            controller
+                .delete_snapshot(csi::DeleteSnapshotRequest {
+                    snapshot_id: snapshot_id.clone(),
+                    ..Default::default()
+                })
+                .await
+                .map_err(status)?;
+            Ok(json!({"deleted": snapshot_id}))
+        }
+        Cmd::ListSnapshots { source } => {
+            let mut all = Vec::new();
+            let mut token = String::new();
+            loop {
+                let page = controller
+                    .list_snapshots(csi::ListSnapshotsRequest {
+                        max_entries: 100,
+                        starting_token: token,
+                        source_volume_id: source.clone().unwrap_or_default(),
+                        ..Default::default()
+                    })
+                    .await
+                    .map_err(status)?
+                    .into_inner();
+                all.extend(
+                    page.entries
+                        .iter()
+                        .filter_map(|e| e.snapshot.as_ref())
+                        .map(snapshot_json),
+                );
+                if page.next_token.is_empty() {
+                    break;
+                }
+                token = page.next_token;
+            }
+            Ok(Value::Array(all))
+        }
+    }
+}
+
+fn main() -> ExitCode {
+    let args = Args::parse();
+    let runtime = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("tether-csictl: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(run(args)) {
+        Ok(value) => {
+            println!("{value}");
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("tether-csictl: {e}");
+            ExitCode::from(1)
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sizes() {
+        assert_eq!(bytes("1Gi").unwrap(), 1 << 30);
+        assert_eq!(bytes("512").unwrap(), 512);
+        assert!(bytes("1GB").is_err());
+        assert!(bytes("x").is_err());
+    }
+}
