@@ -6,154 +6,12 @@
 //! so ctr runs inside a simulated node (its own netns, so cni0 is the node's) with overlay mounts
 //! over those paths in a private mount namespace: the host's directories are never touched.
 
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+mod support;
 
-use test_support::{require_root, sh, try_sh, workspace_binary, Netns};
+use std::path::Path;
 
-struct Containerd {
-    dir: tempfile::TempDir,
-    daemon: Child,
-    namespace: String,
-    node: Netns,
-    run_containerd_existed: bool,
-    containers: Vec<String>,
-}
-
-impl Containerd {
-    fn start() -> Containerd {
-        let run_containerd_existed = Path::new("/run/containerd").exists();
-        let dir = tempfile::Builder::new()
-            .prefix("tt-ctrd")
-            .tempdir_in("/tmp")
-            .unwrap();
-        let d = dir.path();
-        let config = format!(
-            "version = 2\nroot = \"{0}/root\"\nstate = \"{0}/state\"\n\
-             disabled_plugins = [\"io.containerd.grpc.v1.cri\"]\n\
-             [grpc]\n  address = \"{0}/containerd.sock\"\n\
-             [ttrpc]\n  address = \"{0}/containerd.sock.ttrpc\"\n\
-             [debug]\n  address = \"{0}/debug.sock\"\n",
-            d.display()
-        );
-        std::fs::write(d.join("config.toml"), config).unwrap();
-        let log = std::fs::File::create(d.join("containerd.log")).unwrap();
-        let daemon = Command::new("containerd")
-            .arg("--config")
-            .arg(d.join("config.toml"))
-            .stdout(Stdio::null())
-            .stderr(log)
-            .spawn()
-            .expect("containerd is missing: run scripts/setup.sh");
-        let ctrd = Containerd {
-            namespace: format!("tt-e2e-{}", std::process::id()),
-            node: Netns::new("ctrnode"),
-            dir,
-            daemon,
-            run_containerd_existed,
-            containers: Vec::new(),
-        };
-        let deadline = Instant::now() + Duration::from_secs(20);
-        while !ctrd.ctr_ok(&["version"]) {
-            assert!(
-                Instant::now() < deadline,
-                "containerd did not come up: {}",
-                ctrd.log()
-            );
-            std::thread::sleep(Duration::from_millis(100));
-        }
-        ctrd
-    }
-
-    fn socket(&self) -> String {
-        self.dir
-            .path()
-            .join("containerd.sock")
-            .display()
-            .to_string()
-    }
-
-    fn log(&self) -> String {
-        std::fs::read_to_string(self.dir.path().join("containerd.log")).unwrap_or_default()
-    }
-
-    fn ctr_args(&self, args: &[&str]) -> Vec<String> {
-        let mut all = vec![
-            "-a".to_string(),
-            self.socket(),
-            "-n".into(),
-            self.namespace.clone(),
-        ];
-        all.extend(args.iter().map(|a| a.to_string()));
-        all
-    }
-
-    fn ctr_ok(&self, args: &[&str]) -> bool {
-        Command::new("ctr")
-            .args(self.ctr_args(args))
-            .output()
-            .is_ok_and(|o| o.status.success())
-    }
-
-    fn ctr(&self, args: &[&str]) -> String {
-        let args = self.ctr_args(args);
-        let refs: Vec<&str> = args.iter().map(String::as_str).collect();
-        sh("ctr", &refs)
-    }
-
-    /// Runs ctr inside the node, where /etc/cni/net.d, /opt/cni/bin and /var/lib/cni are ours.
-    fn ctr_in_node(&self, args: &[&str]) -> std::process::Output {
-        let mut full = vec![
-            "netns".to_string(),
-            "exec".into(),
-            self.node.name.clone(),
-            "bash".into(),
-            self.dir.path().join("in-node.sh").display().to_string(),
-            "ctr".into(),
-        ];
-        full.extend(self.ctr_args(args));
-        Command::new("ip").args(&full).output().unwrap()
-    }
-
-    fn cni_dir(&self) -> PathBuf {
-        self.dir.path().join("cni")
-    }
-}
-
-impl Drop for Containerd {
-    fn drop(&mut self) {
-        for id in &self.containers {
-            let _ = Command::new("ctr")
-                .args(self.ctr_args(&["task", "kill", "-s", "KILL", id]))
-                .output();
-            std::thread::sleep(Duration::from_millis(200));
-            let _ = Command::new("ctr")
-                .args(self.ctr_args(&["task", "rm", "-f", id]))
-                .output();
-            let _ = Command::new("ctr")
-                .args(self.ctr_args(&["container", "rm", id]))
-                .output();
-        }
-        let _ = Command::new("ctr")
-            .args(self.ctr_args(&["images", "rm", "docker.io/tether/busybox:e2e"]))
-            .output();
-        let _ = Command::new("ctr")
-            .args(self.ctr_args(&["namespaces", "rm", &self.namespace]))
-            .output();
-        let _ = self.daemon.kill();
-        let _ = self.daemon.wait();
-        // Shims keep their state under /run/containerd whatever the config says.
-        let _ = std::fs::remove_dir_all(Path::new("/run/containerd/runc").join(&self.namespace));
-        if !self.run_containerd_existed {
-            let _ = std::fs::remove_dir_all("/run/containerd");
-        }
-        let _ = try_sh(
-            "umount",
-            &["-R", &self.dir.path().join("root").display().to_string()],
-        );
-    }
-}
+use support::Containerd;
+use test_support::{require_root, sh, workspace_binary};
 
 #[test]
 fn containerd_runs_two_containers_that_reach_each_other() {
@@ -177,6 +35,7 @@ fn containerd_runs_two_containers_that_reach_each_other() {
         &[&script.display().to_string(), &image.display().to_string()],
     );
     ctrd.ctr(&["images", "import", &image.display().to_string()]);
+    ctrd.images.push("docker.io/tether/busybox:e2e".into());
 
     let cni = ctrd.cni_dir();
     std::fs::create_dir_all(cni.join("bin")).unwrap();
