@@ -37,6 +37,12 @@ if [ ${#missing[@]} -gt 0 ]; then
   DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
 fi
 
+# Offline validation of deploy/ against the Kubernetes API schemas (scripts/test.sh).
+if ! python3 -c 'import kubernetes_validate' 2>/dev/null; then
+  echo "setup.sh: installing kubernetes-validate (PyPI)"
+  python3 -m pip install -q --disable-pip-version-check kubernetes-validate==1.37.0
+fi
+
 if ! command -v cargo >/dev/null; then
   echo "setup.sh: Rust is missing. Install a current toolchain with rustup (https://rustup.rs), then re-run." >&2
   exit 1

@@ -7,6 +7,7 @@
 
 mod harness;
 
+use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
@@ -245,4 +246,99 @@ fn waits_for_a_pod_cidr_rejects_a_foreign_one_and_rides_out_api_outages() {
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(!out.status.success());
     assert!(stderr.contains("outside the cluster CIDR"), "{stderr}");
+}
+
+/// The conflist in deploy/10-cni.yaml, as its block scalar holds it.
+fn deployed_conflist() -> String {
+    let manifest = std::fs::read_to_string(
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy/10-cni.yaml"),
+    )
+    .unwrap();
+    let mut lines = manifest
+        .lines()
+        .skip_while(|l| !l.trim_end().ends_with("10-tether.conflist: |"));
+    let header = lines.next().expect("the conflist in deploy/10-cni.yaml");
+    let indent = header.len() - header.trim_start().len();
+    lines
+        .take_while(|l| l.trim().is_empty() || l.len() - l.trim_start().len() > indent)
+        .map(|l| l.get(indent + 2..).unwrap_or("").to_string() + "\n")
+        .collect()
+}
+
+#[test]
+fn the_deployed_conflist_is_installed_and_serves_pods() {
+    let mut cluster =
+        Cluster::with_kubernetes("ovd", &[Some("10.244.3.0/24"), Some("10.244.4.0/24")]);
+    for node in &mut cluster.nodes {
+        node.start(&[]);
+    }
+    // The DaemonSet's init step, as the manifest runs it, into this test's "host" directories.
+    let host = tempfile::tempdir().unwrap();
+    let source = host.path().join("config/10-tether.conflist");
+    std::fs::create_dir_all(source.parent().unwrap()).unwrap();
+    std::fs::write(&source, deployed_conflist()).unwrap();
+    let install = Command::new(bin_dir().join("tether-cni-install"))
+        .arg("--from")
+        .arg(bin_dir())
+        .arg("--bin-dir")
+        .arg(host.path().join("opt/cni/bin"))
+        .arg("--conf-dir")
+        .arg(host.path().join("etc/cni/net.d"))
+        .arg("--conflist")
+        .arg(&source)
+        .output()
+        .unwrap();
+    assert!(
+        install.status.success(),
+        "{}",
+        String::from_utf8_lossy(&install.stderr)
+    );
+    let installed: serde_json::Value = serde_json::from_slice(
+        &std::fs::read(host.path().join("etc/cni/net.d/10-tether.conflist")).unwrap(),
+    )
+    .unwrap();
+    assert_eq!(installed["plugins"][0]["type"], "cni-overlay");
+
+    // A runtime turns the conflist's entry into the plugin's config; the simulated nodes share
+    // one machine, so run and data directories move into each node's own directory.
+    let plugins = host.path().join("opt/cni/bin");
+    let mut ips = Vec::new();
+    let mut pods = Vec::new();
+    for (i, node) in cluster.nodes.iter().enumerate() {
+        let mut conf = installed["plugins"][0].clone();
+        conf["cniVersion"] = installed["cniVersion"].clone();
+        conf["name"] = installed["name"].clone();
+        conf["runDir"] = json!(node.run_dir());
+        conf["stateDir"] = json!(node.root.path().join("state"));
+        conf["ipam"] = json!({"dataDir": node.root.path().join("leases")});
+        let pod = test_support::Netns::new(&format!("ovd-p{i}"));
+        let result = node
+            .plugin_with(&plugins, &conf, "ADD", &format!("ovd-p{i}"), Some(&pod))
+            .ok();
+        ips.push(
+            result["ips"][0]["address"]
+                .as_str()
+                .unwrap()
+                .split('/')
+                .next()
+                .unwrap()
+                .to_string(),
+        );
+        pods.push((pod, conf));
+    }
+    assert!(
+        ips[0].starts_with("10.244.3.") && ips[1].starts_with("10.244.4."),
+        "{ips:?}"
+    );
+    wait_for(
+        "pods across nodes through the deployed conflist",
+        Duration::from_secs(20),
+        || pods[0].0.ping(&ips[1]) && pods[1].0.ping(&ips[0]),
+        || cluster.nodes[0].log(),
+    );
+    for (i, (pod, conf)) in pods.iter().enumerate() {
+        cluster.nodes[i]
+            .plugin_with(&plugins, conf, "DEL", &format!("ovd-p{i}"), Some(pod))
+            .ok();
+    }
 }

@@ -145,13 +145,25 @@ impl Node {
             "runDir": self.run_dir(), "stateDir": self.root.path().join("state"),
             "ipam": {"dataDir": self.root.path().join("leases")}
         });
+        self.plugin_with(&bin_dir(), &conf, command, id, pod)
+    }
+
+    /// Runs `<plugins>/cni-overlay` with `conf`, as a runtime on this node would.
+    pub fn plugin_with(
+        &self,
+        plugins: &std::path::Path,
+        conf: &Value,
+        command: &str,
+        id: &str,
+        pod: Option<&Netns>,
+    ) -> PluginOut {
         let netns = pod
             .map(|p| p.path().display().to_string())
             .unwrap_or_default();
-        let cni_path = bin_dir().display().to_string();
+        let cni_path = plugins.display().to_string();
         run_plugin_in(
             Some(&self.ns),
-            &bin_dir().join("cni-overlay"),
+            &plugins.join("cni-overlay"),
             &[
                 ("CNI_COMMAND", command),
                 ("CNI_CONTAINERID", id),
@@ -159,7 +171,7 @@ impl Node {
                 ("CNI_IFNAME", "eth0"),
                 ("CNI_PATH", &cni_path),
             ],
-            &conf,
+            conf,
         )
     }
 

@@ -1,0 +1,123 @@
+#!/usr/bin/env python3
+"""Offline checks of deploy/: every manifest against the Kubernetes API schemas
+(kubernetes-validate, strict), and every command, flag and environment variable that a
+manifest gives Tether's own image against the built binaries' --help.
+
+    python3 deploy/validate.py --bin-dir target/x86_64-unknown-linux-gnu/debug
+"""
+
+import argparse
+import glob
+import os
+import re
+import subprocess
+import sys
+
+import kubernetes_validate
+import yaml
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+OUR_IMAGE = re.compile(r"^[^ ]*/tether:[^ ]+$")
+KUBERNETES_VERSIONS = ["1.30.0", "1.33.0", "1.37.0"]
+
+
+def documents():
+    for path in sorted(glob.glob(os.path.join(HERE, "*.yaml")) + glob.glob(os.path.join(HERE, "optional", "*.yaml"))):
+        with open(path) as f:
+            for doc in yaml.safe_load_all(f):
+                if doc:
+                    yield os.path.relpath(path, os.path.dirname(HERE)), doc
+
+
+def check_snapshot_class(doc):
+    """The snapshot CRDs are not part of the API schemas: check their documented shape."""
+    problems = []
+    allowed = {"apiVersion", "kind", "metadata", "driver", "deletionPolicy", "parameters"}
+    if doc.get("apiVersion") != "snapshot.storage.k8s.io/v1":
+        problems.append("apiVersion must be snapshot.storage.k8s.io/v1")
+    if not isinstance(doc.get("metadata", {}).get("name"), str):
+        problems.append("metadata.name is required")
+    if not isinstance(doc.get("driver"), str):
+        problems.append("driver is required")
+    if doc.get("deletionPolicy") not in ("Delete", "Retain"):
+        problems.append("deletionPolicy must be Delete or Retain")
+    extra = set(doc) - allowed
+    if extra:
+        problems.append(f"unknown fields {sorted(extra)}")
+    return problems
+
+
+def help_text(bin_dir, binary, cache={}):
+    if binary not in cache:
+        path = os.path.join(bin_dir, binary)
+        if not os.path.exists(path):
+            raise SystemExit(f"{path} is missing: build the workspace first")
+        cache[binary] = subprocess.run([path, "--help"], capture_output=True, text=True, check=True).stdout
+    return cache[binary]
+
+
+def pod_specs(doc):
+    spec = doc.get("spec", {})
+    template = spec.get("template", {}).get("spec")
+    if template:
+        yield template
+
+
+def main():
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--bin-dir", required=True)
+    args = parser.parse_args()
+    failures = []
+    config_maps = {}
+    checked = 0
+    images = set()
+    for path, doc in documents():
+        kind, name = doc.get("kind"), doc.get("metadata", {}).get("name")
+        where = f"{path}: {kind}/{name}"
+        if kind == "VolumeSnapshotClass":
+            failures += [f"{where}: {p}" for p in check_snapshot_class(doc)]
+        else:
+            for version in KUBERNETES_VERSIONS:
+                try:
+                    kubernetes_validate.validate(doc, version, strict=True)
+                except kubernetes_validate.ValidationError as e:
+                    failures.append(f"{where} (Kubernetes {version}): {e.message} at {'/'.join(map(str, e.path))}")
+                except kubernetes_validate.SchemaNotFoundError as e:
+                    failures.append(f"{where}: no schema ({e})")
+        checked += 1
+        if kind == "ConfigMap":
+            config_maps[name] = doc.get("data", {})
+        for pod in pod_specs(doc):
+            for container in pod.get("initContainers", []) + pod.get("containers", []):
+                if not OUR_IMAGE.match(container.get("image", "")):
+                    continue
+                images.add(container["image"])
+                command = container.get("command", []) + container.get("args", [])
+                if not command or not command[0].startswith("/opt/tether/bin/"):
+                    failures.append(f"{where}: container {container['name']} must run a binary in /opt/tether/bin")
+                    continue
+                binary = os.path.basename(command[0])
+                text = help_text(args.bin_dir, binary)
+                for word in command[1:]:
+                    if word.startswith("--"):
+                        flag = word.split("=", 1)[0]
+                        if not re.search(rf"(^|[\s,]){re.escape(flag)}([\s=<,]|$)", text, re.M):
+                            failures.append(f"{where}: {binary} has no flag {flag}")
+                env_names = [e["name"] for e in container.get("env", [])]
+                for source in container.get("envFrom", []):
+                    ref = source.get("configMapRef", {}).get("name")
+                    env_names += list(config_maps.get(ref, {}))
+                for env in env_names:
+                    if f"env: {env}=" not in text:
+                        failures.append(f"{where}: {binary} reads no environment variable {env}")
+    if len(images) > 1:
+        failures.append(f"the manifests use several Tether images: {sorted(images)}")
+    for failure in failures:
+        print("FAIL", failure)
+    print(f"deploy/: {checked} objects checked against Kubernetes {', '.join(KUBERNETES_VERSIONS)}; "
+          f"image {', '.join(sorted(images))}; {len(failures)} problem(s)")
+    sys.exit(1 if failures else 0)
+
+
+if __name__ == "__main__":
+    main()
