@@ -16,13 +16,11 @@ pub struct Containerd {
     daemon: Child,
     pub namespace: String,
     pub node: Netns,
-    run_containerd_existed: bool,
     pub containers: Vec<String>,
 }
 
 impl Containerd {
     pub fn start() -> Containerd {
-        let run_containerd_existed = Path::new("/run/containerd").exists();
         let dir = tempfile::Builder::new()
             .prefix("tt-ctrd")
             .tempdir_in("/tmp")
@@ -51,7 +49,6 @@ impl Containerd {
             node: Netns::new("ctrnode"),
             dir,
             daemon,
-            run_containerd_existed,
             containers: Vec::new(),
         };
         let deadline = Instant::now() + Duration::from_secs(20);
@@ -145,10 +142,15 @@ impl Drop for Containerd {
             .output();
         let _ = self.daemon.kill();
         let _ = self.daemon.wait();
-        // Shims keep their state under /run/containerd whatever the config says.
+        // Shims keep their state under /run/containerd whatever the config says. Other tests may
+        // run containerd at the same time: only empty directories go.
         let _ = std::fs::remove_dir_all(Path::new("/run/containerd/runc").join(&self.namespace));
-        if !self.run_containerd_existed {
-            let _ = std::fs::remove_dir_all("/run/containerd");
+        for dir in [
+            "/run/containerd/runc",
+            "/run/containerd/s",
+            "/run/containerd",
+        ] {
+            let _ = std::fs::remove_dir(dir);
         }
         let _ = try_sh(
             "umount",
