@@ -386,3 +386,151 @@ fn bad_configuration_exits_with_a_clear_error() {
         assert!(stderr.contains(needle), "{extra:?}: {stderr}");
     }
 }
+
+fn addresses(result: &serde_json::Value) -> Vec<String> {
+    result["ips"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|ip| {
+            ip["address"]
+                .as_str()
+                .unwrap()
+                .split('/')
+                .next()
+                .unwrap()
+                .to_string()
+        })
+        .collect()
+}
+
+#[test]
+fn dual_stack_pods_talk_over_both_families_without_nat() {
+    let mut cluster = Cluster::new_stopped("ovs", 2);
+    for node in &mut cluster.nodes {
+        node.start(&["--cluster-cidr", "fd00:244::/56", "--subnet-size-v6", "64"]);
+    }
+    let facts = cluster.nodes[0].facts();
+    assert_eq!(facts["subnets"].as_array().unwrap().len(), 2, "{facts}");
+    assert!(
+        facts["subnets"][1]
+            .as_str()
+            .unwrap()
+            .starts_with("fd00:244:"),
+        "{facts}"
+    );
+    assert_eq!(facts["clusterCidrs"][1], "fd00:244::/56");
+
+    let mut pods = Vec::new();
+    for (i, node) in cluster.nodes.iter().enumerate() {
+        let pod = Netns::new(&format!("ovs-p{i}"));
+        let result = node.plugin("ADD", &format!("ovs-p{i}"), Some(&pod)).ok();
+        let ips = addresses(&result);
+        assert_eq!(ips.len(), 2, "one address per family: {result}");
+        assert!(ips[1].starts_with("fd00:244:"), "{ips:?}");
+        pods.push((pod, ips));
+    }
+    wait_for(
+        "IPv6 across nodes",
+        Duration::from_secs(20),
+        || {
+            pods[0]
+                .0
+                .try_exec(&["ping", "-6", "-c", "1", "-W", "2", &pods[1].1[1]])
+                .status
+                .success()
+        },
+        || cluster.nodes[0].log(),
+    );
+    assert!(pods[1].0.ping(&pods[0].1[0]), "IPv4 across nodes");
+    // The receiver sees the sender's own IPv6 address.
+    assert_eq!(
+        seen_source(&pods[1].0, &pods[0].0, &pods[1].1[1]),
+        pods[0].1[1]
+    );
+
+    // Per peer: a neighbour entry and an onlink route per family, one FDB entry.
+    let node = &cluster.nodes[0];
+    let neigh6 = node
+        .ns
+        .ip_json(&["-6", "neigh", "show", "dev", "tether.1", "nud", "permanent"]);
+    assert_eq!(neigh6.as_array().unwrap().len(), 1, "{neigh6}");
+    let routes6 = node.ns.ip_json(&["-6", "route", "show", "dev", "tether.1"]);
+    assert!(
+        routes6.as_array().unwrap().iter().any(|r| r["dst"]
+            .as_str()
+            .is_some_and(|d| d.starts_with("fd00:244:"))
+            && r["flags"].to_string().contains("onlink")),
+        "{routes6}"
+    );
+    assert!(
+        node.metrics().contains("tether_overlay_entries 5"),
+        "{}",
+        node.metrics()
+    );
+    let rules = String::from_utf8_lossy(
+        &node
+            .ns
+            .try_exec(&["nft", "list", "table", "inet", "tether-overlay"])
+            .stdout,
+    )
+    .into_owned();
+    assert!(
+        rules.contains("ip6 saddr fd00:244:") && rules.contains("ip6 daddr != fd00:244::/56"),
+        "{rules}"
+    );
+    for (i, (pod, _)) in pods.iter().enumerate() {
+        cluster.nodes[i]
+            .plugin("DEL", &format!("ovs-p{i}"), Some(pod))
+            .ok();
+    }
+}
+
+#[test]
+fn vxlan_runs_over_an_ipv6_underlay() {
+    let mut cluster = Cluster::new_stopped("ov6", 2);
+    cluster
+        .underlay
+        .ip(&["-6", "addr", "add", "fd00:77::1/64", "dev", "ul0", "nodad"]);
+    for (i, node) in cluster.nodes.iter_mut().enumerate() {
+        let address = format!("fd00:77::{}", 10 + i);
+        node.ns.ip(&[
+            "-6",
+            "addr",
+            "add",
+            &format!("{address}/64"),
+            "dev",
+            "eth0",
+            "nodad",
+        ]);
+        node.start(&["--underlay-address", &address]);
+    }
+    // VXLAN over IPv6 costs 70 bytes: 1500 - 70.
+    assert_eq!(cluster.nodes[0].facts()["mtu"], 1430);
+    let link = cluster.nodes[0]
+        .ns
+        .ip_json(&["-d", "link", "show", "tether.1"]);
+    assert_eq!(
+        link[0]["linkinfo"]["info_data"]["local6"], "fd00:77::10",
+        "{link}"
+    );
+    let (p0, _) = cluster.nodes[0].pod("ov6-a");
+    let (_p1, ip1) = cluster.nodes[1].pod("ov6-b");
+    wait_for(
+        "pods across an IPv6 underlay",
+        Duration::from_secs(20),
+        || p0.ping(&ip1),
+        || cluster.nodes[0].log(),
+    );
+    let fdb = cluster.nodes[0]
+        .ns
+        .exec(&["bridge", "fdb", "show", "dev", "tether.1"]);
+    assert!(fdb.contains("dst fd00:77::11"), "{fdb}");
+    // A full-size packet of the pod MTU crosses.
+    let df = p0.try_exec(&["ping", "-c", "1", "-W", "2", "-M", "do", "-s", "1402", &ip1]);
+    assert!(
+        df.status.success(),
+        "{}",
+        String::from_utf8_lossy(&df.stdout)
+    );
+}

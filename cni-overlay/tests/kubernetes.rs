@@ -342,3 +342,66 @@ fn the_deployed_conflist_is_installed_and_serves_pods() {
             .ok();
     }
 }
+
+#[test]
+fn dual_stack_nodes_from_their_pod_cidrs() {
+    let mut cluster = Cluster::with_kubernetes("ovk6", &[]);
+    let args = [
+        "--datastore".to_string(),
+        "kubernetes".to_string(),
+        "--kubeconfig".to_string(),
+        cluster
+            ._etcd_dir
+            .path()
+            .join("kubeconfig")
+            .display()
+            .to_string(),
+    ];
+    for (i, cidrs) in [
+        ["10.244.5.0/24", "fd00:244:0:5::/64"],
+        ["10.244.6.0/24", "fd00:244:0:6::/64"],
+    ]
+    .iter()
+    .enumerate()
+    {
+        cluster.add_node("ovk6", i, &args);
+        cluster
+            .api()
+            .add_node_with_cidrs(&format!("node{i}"), cidrs);
+    }
+    for node in &mut cluster.nodes {
+        node.start(&["--cluster-cidr", "fd00:244::/56"]);
+    }
+    assert_eq!(cluster.nodes[1].facts()["subnets"][1], "fd00:244:0:6::/64");
+    let mut pods = Vec::new();
+    for (i, node) in cluster.nodes.iter().enumerate() {
+        let pod = test_support::Netns::new(&format!("ovk6-p{i}"));
+        let result = node.plugin("ADD", &format!("ovk6-p{i}"), Some(&pod)).ok();
+        let v6 = result["ips"][1]["address"]
+            .as_str()
+            .unwrap()
+            .split('/')
+            .next()
+            .unwrap()
+            .to_string();
+        pods.push((pod, v6));
+    }
+    assert!(pods[1].1.starts_with("fd00:244:0:6:"), "{}", pods[1].1);
+    wait_for(
+        "IPv6 between pods of dual-stack Nodes",
+        Duration::from_secs(20),
+        || {
+            pods[0]
+                .0
+                .try_exec(&["ping", "-6", "-c", "1", "-W", "2", &pods[1].1])
+                .status
+                .success()
+        },
+        || cluster.nodes[0].log(),
+    );
+    for (i, (pod, _)) in pods.iter().enumerate() {
+        cluster.nodes[i]
+            .plugin("DEL", &format!("ovk6-p{i}"), Some(pod))
+            .ok();
+    }
+}

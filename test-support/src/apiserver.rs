@@ -94,9 +94,14 @@ impl NodeApiServer {
 
     /// Registers a Node (as a kubelet would) with the pod CIDR a controller manager assigned.
     pub fn add_node(&self, name: &str, pod_cidr: Option<&str>) {
+        self.add_node_with_cidrs(name, pod_cidr.as_slice());
+    }
+
+    /// Registers a Node with several pod CIDRs (dual-stack: IPv4 first, as Kubernetes does).
+    pub fn add_node_with_cidrs(&self, name: &str, pod_cidrs: &[&str]) {
         let mut spec = json!({});
-        if let Some(cidr) = pod_cidr {
-            spec = json!({"podCIDR": cidr, "podCIDRs": [cidr]});
+        if let Some(first) = pod_cidrs.first() {
+            spec = json!({"podCIDR": first, "podCIDRs": pod_cidrs});
         }
         let node = json!({
             "apiVersion": "v1", "kind": "Node",

@@ -1,6 +1,6 @@
 //! tether-overlayd's command line; every flag can also come from an environment variable.
 
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
 
 use clap::{ArgAction, Parser, ValueEnum};
@@ -46,12 +46,19 @@ pub struct Args {
     pub etcd_endpoints: Vec<String>,
     #[arg(long, env = "TETHER_ETCD_PREFIX", default_value = "/tether/overlay")]
     pub etcd_prefix: String,
-    /// Prefix length of each node's subnet.
+    /// Prefix length of each node's IPv4 subnet (etcd datastore).
     #[arg(long, env = "TETHER_SUBNET_SIZE", default_value_t = 24)]
     pub subnet_size: u8,
+    /// Prefix length of each node's IPv6 subnet on dual-stack clusters (etcd datastore).
+    #[arg(long, env = "TETHER_SUBNET_SIZE_V6", default_value_t = 64)]
+    pub subnet_size_v6: u8,
     /// Underlay interface (default: the one holding the default route).
     #[arg(long, env = "TETHER_IFACE")]
     pub iface: Option<String>,
+    /// The VTEP address (default: the underlay interface's first IPv4 address, else its first
+    /// global IPv6 address). An IPv6 address makes VXLAN run over IPv6.
+    #[arg(long, env = "TETHER_UNDERLAY_ADDRESS")]
+    pub underlay_address: Option<IpAddr>,
     #[arg(long, env = "TETHER_VNI", default_value_t = 1)]
     pub vni: u32,
     #[arg(long, env = "TETHER_PORT", default_value_t = 8472)]
@@ -79,9 +86,21 @@ pub struct Args {
     pub leave: bool,
 }
 
+/// The cluster's pod address space: an IPv4 CIDR and, on dual-stack clusters, an IPv6 one.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ClusterCidrs {
+    pub v4: IpNetwork,
+    pub v6: Option<IpNetwork>,
+}
+
+impl ClusterCidrs {
+    pub fn all(&self) -> Vec<IpNetwork> {
+        std::iter::once(self.v4).chain(self.v6).collect()
+    }
+}
+
 impl Args {
-    /// The IPv4 cluster CIDR (IPv6 pod networks are not supported yet).
-    pub fn validate(&self) -> Result<IpNetwork, DaemonError> {
+    pub fn validate(&self) -> Result<ClusterCidrs, DaemonError> {
         let bad = |m: String| Err(DaemonError::Config(m));
         if self.vni == 0 || self.vni > 0x00ff_ffff {
             return bad(format!("--vni {} is outside 1-16777215", self.vni));
@@ -92,24 +111,57 @@ impl Args {
         if self.node_name.is_empty() {
             return bad("--node-name is empty".into());
         }
-        let Some(cidr) = self.cluster_cidr.iter().find(|c| c.is_ipv4()).copied() else {
-            return bad(
-                "--cluster-cidr needs an IPv4 CIDR (IPv6 pod networks are not supported yet)"
-                    .into(),
-            );
-        };
-        if self.cluster_cidr.iter().any(IpNetwork::is_ipv6) {
-            return bad("IPv6 cluster CIDRs are not supported yet; give only the IPv4 one".into());
-        }
-        if cidr.ip() != cidr.network() {
-            return bad(format!("--cluster-cidr {cidr} has host bits set"));
-        }
-        if self.subnet_size <= cidr.prefix() || self.subnet_size > 30 {
+        let v4: Vec<IpNetwork> = self
+            .cluster_cidr
+            .iter()
+            .filter(|c| c.is_ipv4())
+            .copied()
+            .collect();
+        let v6: Vec<IpNetwork> = self
+            .cluster_cidr
+            .iter()
+            .filter(|c| c.is_ipv6())
+            .copied()
+            .collect();
+        let [v4] = v4[..] else {
             return bad(format!(
-                "--subnet-size /{} must be longer than the cluster CIDR /{} and at most /30",
-                self.subnet_size,
-                cidr.prefix()
+                "--cluster-cidr needs exactly one IPv4 CIDR (and at most one IPv6 CIDR for dual-stack), got {:?}",
+                self.cluster_cidr
             ));
+        };
+        if v6.len() > 1 {
+            return bad("--cluster-cidr takes at most one IPv6 CIDR".into());
+        }
+        let v6 = v6.first().copied();
+        for cidr in std::iter::once(v4).chain(v6) {
+            if cidr.ip() != cidr.network() {
+                return bad(format!("--cluster-cidr {cidr} has host bits set"));
+            }
+        }
+        if self.datastore == DatastoreKind::Etcd {
+            if self.subnet_size <= v4.prefix() || self.subnet_size > 30 {
+                return bad(format!(
+                    "--subnet-size /{} must be longer than the cluster CIDR /{} and at most /30",
+                    self.subnet_size,
+                    v4.prefix()
+                ));
+            }
+            if let Some(v6) = v6 {
+                if self.subnet_size_v6 <= v6.prefix() || self.subnet_size_v6 > 126 {
+                    return bad(format!(
+                        "--subnet-size-v6 /{} must be longer than the IPv6 cluster CIDR /{} and at most /126",
+                        self.subnet_size_v6,
+                        v6.prefix()
+                    ));
+                }
+                // Node i gets the i-th subnet of each family: IPv6 must have as many.
+                if self.subnet_size_v6 - v6.prefix() < self.subnet_size - v4.prefix() {
+                    return bad(format!(
+                        "the IPv6 cluster CIDR {v6} holds fewer /{} subnets than {v4} holds /{}",
+                        self.subnet_size_v6, self.subnet_size
+                    ));
+                }
+            }
         }
         if self.datastore == DatastoreKind::Etcd && self.etcd_endpoints.is_empty() {
             return bad("--datastore etcd needs --etcd-endpoints".into());
@@ -117,7 +169,7 @@ impl Args {
         if self.lease_ttl < 2 {
             return bad("--lease-ttl must be at least 2 seconds".into());
         }
-        Ok(cidr)
+        Ok(ClusterCidrs { v4, v6 })
     }
 
     pub fn vxlan_name(&self) -> String {

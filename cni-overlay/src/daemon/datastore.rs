@@ -6,10 +6,10 @@ use std::net::IpAddr;
 
 use ipnetwork::IpNetwork;
 
-use super::config::{Args, DatastoreKind};
+use super::config::{Args, ClusterCidrs, DatastoreKind};
 use super::etcd::EtcdStore;
 use super::kube::KubeStore;
-use super::state::Peer;
+use super::state::{NodeSubnets, Peer};
 use super::DaemonError;
 
 pub enum Datastore {
@@ -42,17 +42,25 @@ impl Datastore {
     pub async fn register(
         &mut self,
         vtep: &Vtep<'_>,
-        cluster: IpNetwork,
-        size: u8,
+        clusters: ClusterCidrs,
+        sizes: (u8, u8),
         hint: Option<IpNetwork>,
-    ) -> Result<IpNetwork, DaemonError> {
+    ) -> Result<NodeSubnets, DaemonError> {
         match self {
             Datastore::Etcd(store) => {
                 store
-                    .register(vtep.node, vtep.mac, vtep.underlay_ip, cluster, size, hint)
+                    .register(
+                        vtep.node,
+                        vtep.mac,
+                        vtep.underlay_ip,
+                        clusters,
+                        sizes.0,
+                        sizes.1,
+                        hint,
+                    )
                     .await
             }
-            Datastore::Kube(store) => store.register(vtep.mac, vtep.underlay_ip, cluster).await,
+            Datastore::Kube(store) => store.register(vtep.mac, vtep.underlay_ip, clusters).await,
         }
     }
 

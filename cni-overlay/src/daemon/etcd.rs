@@ -2,7 +2,7 @@
 //! succeeds if nobody holds it, attaches the key to an etcd lease it keeps alive, and stores its
 //! VTEP next to it. Keys: `<prefix>/subnets/<a.b.c.d>-<len>` -> JSON [`Peer`].
 
-use std::net::{IpAddr, Ipv4Addr};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use std::time::Duration;
 
 use etcd_client::{
@@ -11,7 +11,8 @@ use etcd_client::{
 };
 use ipnetwork::IpNetwork;
 
-use super::state::Peer;
+use super::config::ClusterCidrs;
+use super::state::{NodeSubnets, Peer};
 use super::DaemonError;
 
 const TIMEOUT: Duration = Duration::from_secs(5);
@@ -94,15 +95,25 @@ impl EtcdStore {
 
     /// Leases a subnet for `node` and publishes its VTEP. Keeps the node's current subnet if it
     /// has one, else tries `hint` (the subnet it had before), else the first free one.
+    #[allow(clippy::too_many_arguments)]
     pub async fn register(
         &mut self,
         node: &str,
         vtep_mac: &str,
         underlay_ip: IpAddr,
-        cluster: IpNetwork,
+        clusters: ClusterCidrs,
         size: u8,
+        size_v6: u8,
         hint: Option<IpNetwork>,
-    ) -> Result<IpNetwork, DaemonError> {
+    ) -> Result<NodeSubnets, DaemonError> {
+        let cluster = clusters.v4;
+        // A node's IPv6 subnet follows from its IPv4 one, so one lease covers both.
+        let with_v6 = |subnet: IpNetwork| NodeSubnets {
+            v4: subnet,
+            v6: clusters
+                .v6
+                .and_then(|c6| v6_subnet_for(subnet, cluster, c6, size_v6)),
+        };
         let lease = self
             .client
             .lease_grant(self.ttl, None)
@@ -137,6 +148,7 @@ impl EtcdStore {
             serde_json::to_string(&Peer {
                 node: node.to_string(),
                 subnet,
+                subnet_v6: with_v6(subnet).v6,
                 vtep_mac: vtep_mac.to_string(),
                 underlay_ip,
             })
@@ -166,7 +178,7 @@ impl EtcdStore {
                 .map_err(ds("renewing registration"))?
                 .succeeded()
             {
-                return Ok(subnet);
+                return Ok(with_v6(subnet));
             }
         }
         let candidates = hint
@@ -188,7 +200,7 @@ impl EtcdStore {
                 .map_err(ds("leasing subnet"))?
                 .succeeded()
             {
-                return Ok(subnet);
+                return Ok(with_v6(subnet));
             }
         }
         Err(DaemonError::Datastore(format!(
@@ -270,6 +282,29 @@ async fn new_client(endpoints: &[String]) -> Result<Client, DaemonError> {
         .map_err(ds("connect"))
 }
 
+/// The IPv6 subnet paired with IPv4 subnet `v4`: the one with the same index in `cluster6`.
+pub fn v6_subnet_for(
+    v4: IpNetwork,
+    cluster4: IpNetwork,
+    cluster6: IpNetwork,
+    size6: u8,
+) -> Option<IpNetwork> {
+    let (IpAddr::V4(net4), IpAddr::V4(base4), IpAddr::V6(base6)) =
+        (v4.network(), cluster4.network(), cluster6.network())
+    else {
+        return None;
+    };
+    let index = u128::from((u32::from(net4) - u32::from(base4)) >> (32 - u32::from(v4.prefix())));
+    if size6 > 128
+        || size6 <= cluster6.prefix()
+        || index >= 1u128 << (size6 - cluster6.prefix()).min(127)
+    {
+        return None;
+    }
+    let address = u128::from(base6) + (index << (128 - u32::from(size6)));
+    IpNetwork::new(IpAddr::V6(Ipv6Addr::from(address)), size6).ok()
+}
+
 /// Every subnet of length `size` in `cluster`, in address order.
 pub fn subnets_of(cluster: IpNetwork, size: u8) -> impl Iterator<Item = IpNetwork> {
     let base = match cluster.network() {
@@ -307,5 +342,28 @@ mod tests {
             ]
         );
         assert_eq!(subnets_of("10.0.0.0/8".parse().unwrap(), 24).count(), 65536);
+    }
+
+    #[test]
+    fn ipv6_subnets_pair_with_ipv4_ones_by_index() {
+        let c4: IpNetwork = "10.244.0.0/16".parse().unwrap();
+        let c6: IpNetwork = "fd00:244::/56".parse().unwrap();
+        let pair = |v4: &str| v6_subnet_for(v4.parse().unwrap(), c4, c6, 64).map(|s| s.to_string());
+        assert_eq!(pair("10.244.0.0/24").as_deref(), Some("fd00:244::/64"));
+        assert_eq!(pair("10.244.7.0/24").as_deref(), Some("fd00:244:0:7::/64"));
+        assert_eq!(
+            pair("10.244.255.0/24").as_deref(),
+            Some("fd00:244:0:ff::/64")
+        );
+        // Not enough IPv6 subnets for this index.
+        assert_eq!(
+            v6_subnet_for(
+                "10.244.9.0/24".parse().unwrap(),
+                c4,
+                "fd00:244::/62".parse().unwrap(),
+                64
+            ),
+            None
+        );
     }
 }

@@ -40,6 +40,8 @@ pub struct Changes {
 pub struct Kernel {
     nl: Netlink,
     pub underlay: Underlay,
+    /// The VTEP address asked for on the command line, if any.
+    underlay_address: Option<IpAddr>,
     vxlan_name: String,
     vni: u32,
     port: u16,
@@ -50,6 +52,7 @@ pub struct Kernel {
 impl Kernel {
     pub fn new(
         iface: Option<&str>,
+        underlay_address: Option<IpAddr>,
         vxlan_name: String,
         vni: u32,
         port: u16,
@@ -57,10 +60,11 @@ impl Kernel {
         tx_checksum_off: bool,
     ) -> Result<Kernel, DaemonError> {
         let mut nl = Netlink::open().map_err(|e| DaemonError::Kernel(e.to_string()))?;
-        let underlay = detect_underlay(&mut nl, iface)?;
+        let underlay = detect_underlay(&mut nl, iface, underlay_address)?;
         Ok(Kernel {
             nl,
             underlay,
+            underlay_address,
             vxlan_name,
             vni,
             port,
@@ -71,7 +75,7 @@ impl Kernel {
 
     /// Re-reads the underlay interface; true when its address (and so our VTEP) changed.
     pub fn refresh_underlay(&mut self, iface: Option<&str>) -> Result<bool, DaemonError> {
-        let now = detect_underlay(&mut self.nl, iface)?;
+        let now = detect_underlay(&mut self.nl, iface, self.underlay_address)?;
         let changed =
             now.address.ip() != self.underlay.address.ip() || now.index != self.underlay.index;
         if changed {
@@ -92,7 +96,7 @@ impl Kernel {
     /// Makes sure the VXLAN device exists with our settings and is up; recreates it if it was
     /// deleted or differs. A healthy device is never touched. The MAC is derived from the node
     /// name, so a recreated device keeps it and peers' entries stay valid.
-    pub fn ensure_vxlan(&mut self, own_subnet: Option<IpNetwork>) -> Result<Link, DaemonError> {
+    pub fn ensure_vxlan(&mut self, own_subnets: &[IpNetwork]) -> Result<Link, DaemonError> {
         let k = |e: cni_core::netlink::NlError| DaemonError::Kernel(e.to_string());
         let existing = self.nl.link(&self.vxlan_name).map_err(k)?;
         let wanted_mtu = self.underlay.vxlan_mtu();
@@ -132,15 +136,21 @@ impl Kernel {
         if link.mtu != wanted_mtu {
             self.nl.set_mtu(link.index, wanted_mtu).map_err(k)?;
         }
-        if let Some(subnet) = own_subnet {
-            let own = IpNetwork::new(subnet.network(), 32)
-                .map_err(|e| DaemonError::Config(e.to_string()))?;
-            for old in self.nl.addresses(link.index).map_err(k)? {
-                if old.is_ipv4() && old != own {
-                    self.nl.del_address(link.index, old).map_err(k)?;
-                }
+        // Each own subnet's network address as a host address: what peers' neighbour entries
+        // point at. Other addresses go, except IPv6 link-local ones (the kernel's own).
+        let own: Vec<IpNetwork> = own_subnets
+            .iter()
+            .filter_map(|s| IpNetwork::new(s.network(), if s.is_ipv4() { 32 } else { 128 }).ok())
+            .collect();
+        for old in self.nl.addresses(link.index).map_err(k)? {
+            let link_local =
+                matches!(old.ip(), IpAddr::V6(v6) if v6.segments()[0] & 0xffc0 == 0xfe80);
+            if !link_local && !own.contains(&old) {
+                self.nl.del_address(link.index, old).map_err(k)?;
             }
-            self.nl.add_address(link.index, own, false).map_err(k)?;
+        }
+        for address in own {
+            self.nl.add_address(link.index, address, true).map_err(k)?;
         }
         if !link.up {
             self.nl.set_up(link.index).map_err(k)?;
@@ -155,8 +165,8 @@ impl Kernel {
         &mut self,
         vxlan: &Link,
         desired: &Desired,
-        cluster: IpNetwork,
-        own_subnet: IpNetwork,
+        clusters: &[IpNetwork],
+        own_subnets: &[IpNetwork],
     ) -> Result<Changes, DaemonError> {
         let k = |e: cni_core::netlink::NlError| DaemonError::Kernel(e.to_string());
         let mut changes = Changes::default();
@@ -206,19 +216,25 @@ impl Kernel {
         }
 
         let ours = |dst: &IpNetwork, oif: Option<u32>| {
-            dst.is_ipv4()
-                && dst.prefix() > cluster.prefix()
-                && cluster.contains(dst.network())
-                && *dst != own_subnet
+            clusters.iter().any(|cluster| {
+                cluster.is_ipv4() == dst.is_ipv4()
+                    && dst.prefix() > cluster.prefix()
+                    && cluster.contains(dst.network())
+            }) && !own_subnets.contains(dst)
                 && (oif == Some(index) || oif == Some(self.underlay.index))
         };
-        let actual: Vec<_> = self
-            .nl
-            .routes(false)
-            .map_err(k)?
-            .into_iter()
-            .filter(|r| ours(&r.dst, r.oif))
-            .collect();
+        let mut actual = Vec::new();
+        for ipv6 in [false, true] {
+            if clusters.iter().any(|c| c.is_ipv6() == ipv6) {
+                actual.extend(
+                    self.nl
+                        .routes(ipv6)
+                        .map_err(k)?
+                        .into_iter()
+                        .filter(|r| ours(&r.dst, r.oif)),
+                );
+            }
+        }
         for r in &actual {
             if !desired.routes.contains_key(&r.dst) {
                 self.nl.del_route(r.dst).map_err(k)?;
@@ -263,7 +279,11 @@ impl Kernel {
     }
 }
 
-fn detect_underlay(nl: &mut Netlink, iface: Option<&str>) -> Result<Underlay, DaemonError> {
+fn detect_underlay(
+    nl: &mut Netlink,
+    iface: Option<&str>,
+    wanted: Option<IpAddr>,
+) -> Result<Underlay, DaemonError> {
     let k = |e: cni_core::netlink::NlError| DaemonError::Kernel(e.to_string());
     let link = match iface {
         Some(name) => nl
@@ -271,33 +291,54 @@ fn detect_underlay(nl: &mut Netlink, iface: Option<&str>) -> Result<Underlay, Da
             .map_err(k)?
             .ok_or_else(|| DaemonError::Config(format!("--iface {name}: no such interface")))?,
         None => {
-            let oif = nl
-                .routes(false)
-                .map_err(k)?
-                .into_iter()
-                .find(|r| r.dst.prefix() == 0)
-                .and_then(|r| r.oif)
-                .ok_or_else(|| {
-                    DaemonError::Config(
-                        "no default route: name the underlay interface with --iface".into(),
-                    )
-                })?;
+            // The interface of the default route (IPv4, else IPv6).
+            let mut oif = None;
+            for ipv6 in [false, true] {
+                oif = nl
+                    .routes(ipv6)
+                    .map_err(k)?
+                    .into_iter()
+                    .find(|r| r.dst.prefix() == 0)
+                    .and_then(|r| r.oif);
+                if oif.is_some() {
+                    break;
+                }
+            }
+            let oif = oif.ok_or_else(|| {
+                DaemonError::Config(
+                    "no default route: name the underlay interface with --iface".into(),
+                )
+            })?;
             nl.link_by_index(oif).map_err(k)?.ok_or_else(|| {
                 DaemonError::Config(format!("default route interface #{oif} vanished"))
             })?
         }
     };
-    let address = nl
-        .addresses(link.index)
-        .map_err(k)?
-        .into_iter()
-        .find(|a| a.is_ipv4())
-        .ok_or_else(|| {
-            DaemonError::Config(format!(
-                "underlay interface {} has no IPv4 address",
-                link.name
-            ))
-        })?;
+    let addresses = nl.addresses(link.index).map_err(k)?;
+    let global_v6 =
+        |a: &IpNetwork| matches!(a.ip(), IpAddr::V6(v6) if v6.segments()[0] & 0xffc0 != 0xfe80);
+    let address = match wanted {
+        Some(ip) => addresses
+            .into_iter()
+            .find(|a| a.ip() == ip)
+            .ok_or_else(|| {
+                DaemonError::Config(format!(
+                    "--underlay-address {ip} is not an address of {}",
+                    link.name
+                ))
+            })?,
+        None => addresses
+            .iter()
+            .find(|a| a.is_ipv4())
+            .or_else(|| addresses.iter().find(|a| global_v6(a)))
+            .copied()
+            .ok_or_else(|| {
+                DaemonError::Config(format!(
+                    "underlay interface {} has no IPv4 or global IPv6 address",
+                    link.name
+                ))
+            })?,
+    };
     Ok(Underlay {
         name: link.name,
         index: link.index,

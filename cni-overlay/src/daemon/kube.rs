@@ -21,7 +21,8 @@ use kube::runtime::watcher::{self, Event};
 use kube::runtime::WatchStreamExt;
 use kube::{Client, Config};
 
-use super::state::Peer;
+use super::config::ClusterCidrs;
+use super::state::{NodeSubnets, Peer};
 use super::DaemonError;
 
 /// Annotation holding a node's VTEP MAC address.
@@ -83,8 +84,9 @@ impl KubeStore {
         &mut self,
         vtep_mac: &str,
         underlay_ip: IpAddr,
-        cluster: IpNetwork,
-    ) -> Result<IpNetwork, DaemonError> {
+        clusters: ClusterCidrs,
+    ) -> Result<NodeSubnets, DaemonError> {
+        let cluster = clusters.v4;
         let node = timed("reading the Node", self.api.get(&self.node)).await?;
         let subnet = pod_subnet(&node).ok_or_else(|| {
             DaemonError::Datastore(format!(
@@ -99,6 +101,20 @@ impl KubeStore {
                 self.node
             )));
         }
+        let subnet_v6 = match (clusters.v6, pod_subnet_v6(&node)) {
+            (Some(c6), Some(s6)) if contains(c6, s6) => Some(s6),
+            (Some(c6), Some(s6)) => {
+                return Err(DaemonError::Config(format!(
+                    "Node {} has podCIDR {s6}, which is outside the cluster CIDR {c6}",
+                    self.node
+                )))
+            }
+            (Some(c6), None) => {
+                tracing::warn!(node = %self.node, cluster = %c6, "the Node has no IPv6 podCIDR: its pods get IPv4 only");
+                None
+            }
+            (None, _) => None,
+        };
         let wanted = (vtep_mac.to_string(), underlay_ip);
         if published_vtep(&node).as_ref() != Some(&wanted) {
             let patch = serde_json::json!({
@@ -112,7 +128,10 @@ impl KubeStore {
             .await?;
         }
         self.published = Some(wanted);
-        Ok(subnet)
+        Ok(NodeSubnets {
+            v4: subnet,
+            v6: subnet_v6,
+        })
     }
 
     /// Every node with a subnet and a published VTEP, once the first full list has arrived.
@@ -213,6 +232,17 @@ pub fn pod_subnet(node: &Node) -> Option<IpNetwork> {
         .and_then(|c| IpNetwork::new(c.network(), c.prefix()).ok())
 }
 
+/// The node's IPv6 pod subnet, if it has one.
+pub fn pod_subnet_v6(node: &Node) -> Option<IpNetwork> {
+    let spec = node.spec.as_ref()?;
+    spec.pod_cidrs
+        .iter()
+        .flatten()
+        .filter_map(|c| c.parse::<IpNetwork>().ok())
+        .find(IpNetwork::is_ipv6)
+        .and_then(|c| IpNetwork::new(c.network(), c.prefix()).ok())
+}
+
 /// The VTEP a node published, if both annotations are there and readable.
 pub fn published_vtep(node: &Node) -> Option<(String, IpAddr)> {
     let annotations = node.metadata.annotations.as_ref()?;
@@ -230,6 +260,7 @@ pub fn peer_of(node: &Node) -> Option<Peer> {
     Some(Peer {
         node: name,
         subnet,
+        subnet_v6: pod_subnet_v6(node),
         vtep_mac,
         underlay_ip,
     })
@@ -319,6 +350,7 @@ mod tests {
     fn subnet_is_the_first_ipv4_pod_cidr_without_host_bits() {
         let dual = node("a", &["fd00:10::/64", "10.244.3.0/24"], None);
         assert_eq!(pod_subnet(&dual), Some("10.244.3.0/24".parse().unwrap()));
+        assert_eq!(pod_subnet_v6(&dual), Some("fd00:10::/64".parse().unwrap()));
         let sloppy = node("b", &["10.244.4.7/24"], None);
         assert_eq!(pod_subnet(&sloppy), Some("10.244.4.0/24".parse().unwrap()));
         assert_eq!(pod_subnet(&node("c", &["fd00:10::/64"], None)), None);

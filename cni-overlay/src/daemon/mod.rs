@@ -17,10 +17,11 @@ use std::time::{Duration, Instant};
 use ipnetwork::IpNetwork;
 
 use crate::facts::NodeFacts;
-use config::Args;
+use config::{Args, ClusterCidrs};
 use datastore::{Datastore, Vtep};
 use kernel::Kernel;
 use metrics::Metrics;
+use state::NodeSubnets;
 
 #[derive(Debug, thiserror::Error)]
 pub enum DaemonError {
@@ -71,9 +72,9 @@ async fn register(
     store: &mut Datastore,
     kernel: &Kernel,
     metrics: &Metrics,
-    cluster: IpNetwork,
+    clusters: ClusterCidrs,
     hint: Option<IpNetwork>,
-) -> Result<IpNetwork, DaemonError> {
+) -> Result<NodeSubnets, DaemonError> {
     let mut backoff = Backoff::new();
     loop {
         let mac = kernel.vtep_mac();
@@ -82,8 +83,9 @@ async fn register(
             mac: &mac,
             underlay_ip: kernel.underlay.ip(),
         };
-        match store.register(&vtep, cluster, args.subnet_size, hint).await {
-            Ok(subnet) => return Ok(subnet),
+        let sizes = (args.subnet_size, args.subnet_size_v6);
+        match store.register(&vtep, clusters, sizes, hint).await {
+            Ok(subnets) => return Ok(subnets),
             Err(e @ DaemonError::Config(_)) => return Err(e),
             Err(e) => {
                 backoff.failed(metrics, "registering", e).await;
@@ -119,9 +121,10 @@ pub async fn run(args: Args) -> Result<(), DaemonError> {
 }
 
 async fn serve(args: Args) -> Result<(), DaemonError> {
-    let cluster = args.validate()?;
+    let clusters = args.validate()?;
     let mut kernel = Kernel::new(
         args.iface.as_deref(),
+        args.underlay_address,
         args.vxlan_name(),
         args.vni,
         args.port,
@@ -156,11 +159,11 @@ async fn serve(args: Args) -> Result<(), DaemonError> {
 
     let hint = NodeFacts::read(&args.run_dir)
         .ok()
-        .and_then(|f| f.subnets.first().copied());
-    let mut subnet = register(&args, &mut store, &kernel, &metrics, cluster, hint).await?;
-    tracing::info!(%subnet, vtep_mac = %kernel.vtep_mac(), "registered");
+        .and_then(|f| f.subnets.iter().find(|s| s.is_ipv4()).copied());
+    let mut subnets = register(&args, &mut store, &kernel, &metrics, clusters, hint).await?;
+    tracing::info!(subnet = %subnets.v4, subnet_v6 = ?subnets.v6, vtep_mac = %kernel.vtep_mac(), "registered");
 
-    publish_local(&args, &mut kernel, cluster, subnet)?;
+    publish_local(&args, &mut kernel, clusters, subnets)?;
     enable_forwarding()?;
 
     let mut watch_backoff = Backoff::new();
@@ -168,15 +171,15 @@ async fn serve(args: Args) -> Result<(), DaemonError> {
     let mut keep_alive =
         tokio::time::interval(Duration::from_secs((args.lease_ttl as u64 / 3).max(1)));
     loop {
-        reconcile(&args, &mut store, &mut kernel, &metrics, cluster, subnet).await;
+        reconcile(&args, &mut store, &mut kernel, &metrics, clusters, subnets).await;
         tokio::select! {
             _ = resync.tick() => {
                 match kernel.refresh_underlay(args.iface.as_deref()) {
                     Ok(true) => {
                         // The VTEP moved: the device is recreated on the next ensure, and peers
                         // learn the new address from the renewed registration.
-                        subnet = register(&args, &mut store, &kernel, &metrics, cluster, Some(subnet)).await?;
-                        if let Err(e) = publish_local(&args, &mut kernel, cluster, subnet) {
+                        subnets = register(&args, &mut store, &kernel, &metrics, clusters, Some(subnets.v4)).await?;
+                        if let Err(e) = publish_local(&args, &mut kernel, clusters, subnets) {
                             tracing::error!(error = %e, "updating the node after an underlay change failed");
                         }
                     }
@@ -188,10 +191,10 @@ async fn serve(args: Args) -> Result<(), DaemonError> {
                 if let Err(e) = store.keep_alive().await {
                     metrics.datastore_errors.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                     tracing::warn!(error = %e, "registration lost; registering again");
-                    let renewed = register(&args, &mut store, &kernel, &metrics, cluster, Some(subnet)).await?;
-                    if renewed != subnet {
-                        subnet = renewed;
-                        if let Err(e) = publish_local(&args, &mut kernel, cluster, subnet) {
+                    let renewed = register(&args, &mut store, &kernel, &metrics, clusters, Some(subnets.v4)).await?;
+                    if renewed != subnets {
+                        subnets = renewed;
+                        if let Err(e) = publish_local(&args, &mut kernel, clusters, subnets) {
                             tracing::error!(error = %e, "updating the node for its new subnet failed");
                         }
                     }
@@ -207,23 +210,23 @@ async fn serve(args: Args) -> Result<(), DaemonError> {
     }
 }
 
-/// The node-local side of the subnet: VXLAN device and address, facts file, masquerade.
+/// The node-local side of the subnets: VXLAN device and addresses, facts file, masquerade.
 fn publish_local(
     args: &Args,
     kernel: &mut Kernel,
-    cluster: IpNetwork,
-    subnet: IpNetwork,
+    clusters: ClusterCidrs,
+    subnets: NodeSubnets,
 ) -> Result<(), DaemonError> {
-    let vxlan = kernel.ensure_vxlan(Some(subnet))?;
+    let vxlan = kernel.ensure_vxlan(&subnets.all())?;
     NodeFacts {
         node_name: args.node_name.clone(),
-        subnets: vec![subnet],
-        cluster_cidrs: vec![cluster],
+        subnets: subnets.all(),
+        cluster_cidrs: clusters.all(),
         mtu: vxlan.mtu,
         vxlan_device: kernel.vxlan_name().to_string(),
     }
     .write(&args.run_dir)?;
-    masq::apply(subnet, cluster)
+    masq::apply(subnets, clusters)
 }
 
 /// One reconciliation. A datastore failure keeps every working entry as it is.
@@ -232,8 +235,8 @@ async fn reconcile(
     store: &mut Datastore,
     kernel: &mut Kernel,
     metrics: &Metrics,
-    cluster: IpNetwork,
-    subnet: IpNetwork,
+    clusters: ClusterCidrs,
+    subnets: NodeSubnets,
 ) {
     let peers = match store.peers().await {
         Ok(p) => p,
@@ -247,14 +250,14 @@ async fn reconcile(
     };
     let started = Instant::now();
     let result = (|| {
-        let vxlan = kernel.ensure_vxlan(Some(subnet))?;
+        let vxlan = kernel.ensure_vxlan(&subnets.all())?;
         let desired = state::desired(
             &peers,
             &args.node_name,
             kernel.underlay.address,
             args.direct_routing,
         );
-        let changes = kernel.reconcile(&vxlan, &desired, cluster, subnet)?;
+        let changes = kernel.reconcile(&vxlan, &desired, &clusters.all(), &subnets.all())?;
         Ok::<_, DaemonError>((desired.entries(), changes))
     })();
     match result {

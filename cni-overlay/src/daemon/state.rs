@@ -11,9 +11,36 @@ use serde::{Deserialize, Serialize};
 #[serde(rename_all = "camelCase")]
 pub struct Peer {
     pub node: String,
+    /// The node's IPv4 pod subnet.
     pub subnet: IpNetwork,
+    /// Its IPv6 pod subnet, on dual-stack clusters.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub subnet_v6: Option<IpNetwork>,
     pub vtep_mac: String,
     pub underlay_ip: IpAddr,
+}
+
+impl Peer {
+    /// The node's pod subnets, IPv4 first, without host bits.
+    pub fn subnets(&self) -> Vec<IpNetwork> {
+        std::iter::once(self.subnet)
+            .chain(self.subnet_v6)
+            .filter_map(|s| IpNetwork::new(s.network(), s.prefix()).ok())
+            .collect()
+    }
+}
+
+/// This node's pod subnets.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct NodeSubnets {
+    pub v4: IpNetwork,
+    pub v6: Option<IpNetwork>,
+}
+
+impl NodeSubnets {
+    pub fn all(&self) -> Vec<IpNetwork> {
+        std::iter::once(self.v4).chain(self.v6).collect()
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -39,8 +66,10 @@ impl Desired {
     }
 }
 
-/// Desired state for `me`: three entries per other node, or one route with direct routing to a
-/// node on the same L2 segment (`underlay_net`).
+/// Desired state for `me`: for every other node a neighbour entry per pod subnet (the subnet's
+/// network address -> the node's VTEP MAC), one FDB entry (VTEP MAC -> underlay address) and an
+/// onlink route per pod subnet. With direct routing, a subnet of the underlay's family on a node
+/// of the same L2 segment (`underlay_net`) gets a plain route via that node's underlay address.
 pub fn desired(peers: &[Peer], me: &str, underlay_net: IpNetwork, direct_routing: bool) -> Desired {
     let mut out = Desired::default();
     for peer in peers.iter().filter(|p| p.node != me) {
@@ -48,28 +77,31 @@ pub fn desired(peers: &[Peer], me: &str, underlay_net: IpNetwork, direct_routing
             tracing::warn!(node = %peer.node, mac = %peer.vtep_mac, "peer has an unreadable VTEP MAC; skipped");
             continue;
         };
-        let subnet =
-            IpNetwork::new(peer.subnet.network(), peer.subnet.prefix()).unwrap_or(peer.subnet);
-        if direct_routing && underlay_net.contains(peer.underlay_ip) {
+        for subnet in peer.subnets() {
+            let direct = direct_routing
+                && underlay_net.contains(peer.underlay_ip)
+                && peer.underlay_ip.is_ipv4() == subnet.is_ipv4();
+            if direct {
+                out.routes.insert(
+                    subnet,
+                    RouteWant {
+                        gateway: peer.underlay_ip,
+                        via_vxlan: false,
+                    },
+                );
+                continue;
+            }
+            let gateway = subnet.network();
+            out.neighbours.insert(gateway, mac.to_vec());
+            out.fdb.insert(mac.to_vec(), peer.underlay_ip);
             out.routes.insert(
                 subnet,
                 RouteWant {
-                    gateway: peer.underlay_ip,
-                    via_vxlan: false,
+                    gateway,
+                    via_vxlan: true,
                 },
             );
-            continue;
         }
-        let gateway = subnet.network();
-        out.neighbours.insert(gateway, mac.to_vec());
-        out.fdb.insert(mac.to_vec(), peer.underlay_ip);
-        out.routes.insert(
-            subnet,
-            RouteWant {
-                gateway,
-                via_vxlan: true,
-            },
-        );
     }
     out
 }
@@ -82,9 +114,36 @@ mod tests {
         Peer {
             node: node.into(),
             subnet: subnet.parse().unwrap(),
+            subnet_v6: None,
             vtep_mac: mac.into(),
             underlay_ip: ip.parse().unwrap(),
         }
+    }
+
+    #[test]
+    fn dual_stack_peers_get_entries_for_both_families() {
+        let mut b = peer("b", "10.244.1.0/24", "0a:00:00:00:00:0b", "192.0.2.11");
+        b.subnet_v6 = Some("fd00:244:0:1::/64".parse().unwrap());
+        let d = desired(&[b.clone()], "a", "192.0.2.0/24".parse().unwrap(), false);
+        assert_eq!(d.neighbours.len(), 2);
+        assert_eq!(d.fdb.len(), 1, "one VTEP, one FDB entry");
+        assert_eq!(d.routes.len(), 2);
+        let v6 = &d.routes[&"fd00:244:0:1::/64".parse().unwrap()];
+        assert_eq!(v6.gateway, "fd00:244:0:1::".parse::<IpAddr>().unwrap());
+        assert!(v6.via_vxlan);
+        // Direct routing over an IPv4 underlay cannot carry the IPv6 subnet: that stays on VXLAN.
+        let d = desired(&[b], "a", "192.0.2.0/24".parse().unwrap(), true);
+        assert!(!d.routes[&"10.244.1.0/24".parse().unwrap()].via_vxlan);
+        assert!(d.routes[&"fd00:244:0:1::/64".parse().unwrap()].via_vxlan);
+        assert_eq!(d.neighbours.len(), 1);
+    }
+
+    #[test]
+    fn registrations_without_an_ipv6_subnet_still_parse() {
+        let old = r#"{"node":"b","subnet":"10.244.1.0/24","vtepMac":"0a:00:00:00:00:0b","underlayIp":"192.0.2.11"}"#;
+        let peer: Peer = serde_json::from_str(old).unwrap();
+        assert_eq!(peer.subnet_v6, None);
+        assert!(!serde_json::to_string(&peer).unwrap().contains("subnetV6"));
     }
 
     #[test]

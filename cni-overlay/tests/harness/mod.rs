@@ -238,14 +238,20 @@ impl Cluster {
 
     /// `count` nodes whose daemons lease subnets from a real etcd.
     pub fn new(tag: &str, count: usize) -> Cluster {
+        let mut cluster = Cluster::new_stopped(tag, count);
+        for node in &mut cluster.nodes {
+            node.start(&[]);
+        }
+        cluster
+    }
+
+    /// Like [`Cluster::new`], with the daemons not started yet.
+    pub fn new_stopped(tag: &str, count: usize) -> Cluster {
         let mut cluster = Cluster::underlay(tag);
         cluster.start_etcd();
         let args = ["--datastore", "etcd", "--etcd-endpoints", ETCD].map(String::from);
         for i in 0..count {
             cluster.add_node(tag, i, &args);
-        }
-        for node in &mut cluster.nodes {
-            node.start(&[]);
         }
         cluster
     }
