@@ -51,7 +51,7 @@ if [ ! -f "$initramfs" ]; then
   cp /bin/busybox "$build/bin/busybox"
   cp "$root/tests/vm/init" "$build/init"; chmod +x "$build/init"
   mods=/lib/modules/$version
-  wanted="virtio_pci virtio_net 9pnet_virtio 9p nfsv3 nfsv4 loop ext4 crc32c_generic xfs"
+  wanted="virtio_pci virtio_net 9pnet_virtio 9p nfsv3 nfsv4 loop ext4 crc32c_generic xfs bridge veth"
   # Each module with everything it depends on, from modules.dep.
   files=$(for m in $wanted; do modprobe -S "$version" --show-depends "$m" 2>/dev/null; done |
           awk '$1 == "insmod" {print $2}' | sort -u)
