@@ -150,6 +150,22 @@ fn departed_nodes_and_moved_underlays_converge() {
         || p0.ping(&ip1) && p0.ping(&ip2),
         || cluster.nodes[0].log(),
     );
+    // Someone deletes node0's VXLAN device: the next reconciliation recreates it, with the same
+    // MAC (peers' entries stay right) and every entry.
+    let mac_before =
+        cluster.nodes[0].ns.ip_json(&["link", "show", "tether.1"])[0]["address"].clone();
+    cluster.nodes[0].ns.ip(&["link", "del", "tether.1"]);
+    wait_for(
+        "the VXLAN device recreated and the mesh back",
+        Duration::from_secs(15),
+        || cluster.nodes[0].ns.has_link("tether.1") && p0.ping(&ip1) && p0.ping(&ip2),
+        || cluster.nodes[0].log(),
+    );
+    assert_eq!(
+        cluster.nodes[0].ns.ip_json(&["link", "show", "tether.1"])[0]["address"],
+        mac_before
+    );
+
     let subnet2 = cluster.nodes[2].facts()["subnets"][0]
         .as_str()
         .unwrap()

@@ -470,6 +470,34 @@ async fn snapshots_clones_and_listing() {
     let mut clash = snap_request.clone();
     clash.source_volume_id = other.volume_id.clone();
     assert_eq!(code(c.create_snapshot(clash).await), Code::AlreadyExists);
+    // Snapshot names of exactly 128 bytes work too.
+    let mut long = snap_request.clone();
+    long.name = "s".repeat(128);
+    let long_id = c
+        .create_snapshot(long.clone())
+        .await
+        .unwrap()
+        .into_inner()
+        .snapshot
+        .unwrap()
+        .snapshot_id;
+    assert!(long_id.len() <= 128);
+    assert_eq!(
+        c.create_snapshot(long)
+            .await
+            .unwrap()
+            .into_inner()
+            .snapshot
+            .unwrap()
+            .snapshot_id,
+        long_id
+    );
+    c.delete_snapshot(csi::DeleteSnapshotRequest {
+        snapshot_id: long_id,
+        ..Default::default()
+    })
+    .await
+    .unwrap();
     let mut missing_source = snap_request.clone();
     missing_source.name = "snapshot-x".into();
     missing_source.source_volume_id = format!("vd4#{}#{}#pvc-gone", nfs.address, nfs.share());
@@ -655,8 +683,8 @@ async fn snapshots_clones_and_listing() {
         .into_inner();
     assert_eq!(got.snapshot.unwrap().snapshot_id, snap);
 
-    // Delete, twice; then it is gone.
-    for _ in 0..2 {
+    // Delete, ten times; then it is gone.
+    for _ in 0..10 {
         c.delete_snapshot(csi::DeleteSnapshotRequest {
             snapshot_id: snap.clone(),
             ..Default::default()
@@ -700,19 +728,36 @@ async fn expand_validate_list_capacity_and_condition() {
         ids.push(v.volume_id);
     }
 
-    let expanded = c
-        .controller_expand_volume(csi::ControllerExpandVolumeRequest {
-            volume_id: ids[0].clone(),
-            capacity_range: Some(csi::CapacityRange {
-                required_bytes: 3 * GIB,
-                limit_bytes: 0,
-            }),
-            ..Default::default()
-        })
+    let expand = csi::ControllerExpandVolumeRequest {
+        volume_id: ids[0].clone(),
+        capacity_range: Some(csi::CapacityRange {
+            required_bytes: 3 * GIB,
+            limit_bytes: 0,
+        }),
+        ..Default::default()
+    };
+    let mut expanded = Default::default();
+    for _ in 0..10 {
+        expanded = c
+            .controller_expand_volume(expand.clone())
+            .await
+            .unwrap()
+            .into_inner();
+        assert_eq!(expanded.capacity_bytes, 3 * GIB);
+    }
+    // Asking for less than it has is fine: volumes do not shrink.
+    let mut smaller = expand.clone();
+    smaller.capacity_range = Some(csi::CapacityRange {
+        required_bytes: GIB,
+        limit_bytes: 0,
+    });
+    let kept = c
+        .controller_expand_volume(smaller)
         .await
         .unwrap()
         .into_inner();
-    assert_eq!(expanded.capacity_bytes, 3 * GIB);
+    assert_eq!(kept.capacity_bytes, 3 * GIB);
+    let expanded: csi::ControllerExpandVolumeResponse = expanded;
     assert!(
         !expanded.node_expansion_required,
         "a directory has nothing to grow on the node"
