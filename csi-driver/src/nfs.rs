@@ -198,14 +198,17 @@ impl Share {
         match tokio::time::timeout(self.timeout, op).await {
             Ok(Ok(value)) => Ok(value),
             Ok(Err(e)) => Err(self.map(what, e)),
-            Err(_) => {
-                self.broken.store(true, Ordering::Relaxed);
-                Err(NfsError::Timeout {
-                    share: self.label.clone(),
-                    what,
-                    after: self.timeout,
-                })
-            }
+            Err(_) => Err(self.timed_out(&what)),
+        }
+    }
+
+    /// The error for a call that got no answer in time; the connection is rebuilt next time.
+    fn timed_out(&self, what: &str) -> NfsError {
+        self.broken.store(true, Ordering::Relaxed);
+        NfsError::Timeout {
+            share: self.label.clone(),
+            what: what.to_string(),
+            after: self.timeout,
         }
     }
 
@@ -603,31 +606,14 @@ impl Share {
     }
 
     async fn list_handle(&self, what: &str, fh: Bytes) -> Result<Vec<Entry>, NfsError> {
-        let mut stream = match tokio::time::timeout(self.timeout, self.mount.readdirplus(fh)).await
-        {
-            Ok(stream) => stream,
-            Err(_) => {
-                self.broken.store(true, Ordering::Relaxed);
-                return Err(NfsError::Timeout {
-                    share: self.label.clone(),
-                    what: what.to_string(),
-                    after: self.timeout,
-                });
-            }
-        };
+        let mut stream = tokio::time::timeout(self.timeout, self.mount.readdirplus(fh))
+            .await
+            .map_err(|_| self.timed_out(what))?;
         let mut entries = Vec::new();
         loop {
-            let next = match tokio::time::timeout(self.timeout, stream.next()).await {
-                Ok(next) => next,
-                Err(_) => {
-                    self.broken.store(true, Ordering::Relaxed);
-                    return Err(NfsError::Timeout {
-                        share: self.label.clone(),
-                        what: what.to_string(),
-                        after: self.timeout,
-                    });
-                }
-            };
+            let next = tokio::time::timeout(self.timeout, stream.next())
+                .await
+                .map_err(|_| self.timed_out(what))?;
             let Some(entry) = next else { break };
             let entry = match entry {
                 Ok(entry) => entry,

@@ -8,19 +8,10 @@ use std::time::{Duration, Instant};
 
 use tether_bench::{ms, print_table, stats};
 use tether_csi_proto::v1::{self as csi, controller_client::ControllerClient, volume_capability};
-use tonic::transport::{Channel, Endpoint, Uri};
+use tonic::transport::Channel;
 
 async fn connect(socket: PathBuf) -> ControllerClient<Channel> {
-    let channel = Endpoint::try_from("http://[::]:50051")
-        .expect("static URI")
-        .connect_with_connector(tower::service_fn(move |_: Uri| {
-            let socket = socket.clone();
-            async move {
-                Ok::<_, std::io::Error>(hyper_util::rt::TokioIo::new(
-                    tokio::net::UnixStream::connect(socket).await?,
-                ))
-            }
-        }))
+    let channel = tether_csi::client::channel(&socket.display().to_string())
         .await
         .expect("connecting to tether-csi");
     ControllerClient::new(channel)

@@ -8,7 +8,6 @@
 //! ```
 
 use std::collections::HashMap;
-use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
@@ -17,7 +16,7 @@ use tether_csi_proto::v1::{
     self as csi, controller_client::ControllerClient, identity_client::IdentityClient,
     volume_capability, volume_content_source,
 };
-use tonic::transport::{Channel, Endpoint, Uri};
+use tonic::transport::Channel;
 
 #[derive(Debug, Parser)]
 #[command(
@@ -105,22 +104,7 @@ fn bytes(text: &str) -> Result<i64, String> {
 }
 
 async fn channel(endpoint: &str) -> Result<Channel, String> {
-    let path = PathBuf::from(
-        endpoint
-            .strip_prefix("unix://")
-            .or_else(|| endpoint.strip_prefix("unix:"))
-            .unwrap_or(endpoint),
-    );
-    Endpoint::try_from("http://[::]:50051")
-        .map_err(|e| e.to_string())?
-        .connect_with_connector(tower::service_fn(move |_: Uri| {
-            let path = path.clone();
-            async move {
-                Ok::<_, std::io::Error>(hyper_util::rt::TokioIo::new(
-                    tokio::net::UnixStream::connect(path).await?,
-                ))
-            }
-        }))
+    tether_csi::client::channel(endpoint)
         .await
         .map_err(|e| format!("connecting to {endpoint}: {e}"))
 }

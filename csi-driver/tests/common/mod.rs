@@ -12,7 +12,7 @@ use tether_csi_proto::v1::{
     self as csi, controller_client::ControllerClient, identity_client::IdentityClient,
     volume_capability, VolumeCapability,
 };
-use tonic::transport::{Channel, Endpoint, Uri};
+use tonic::transport::Channel;
 
 pub fn binary() -> PathBuf {
     PathBuf::from(env!("CARGO_BIN_EXE_tether-csi"))
@@ -103,17 +103,7 @@ impl Drop for Driver {
 }
 
 pub async fn channel(socket: &Path) -> Channel {
-    let socket = socket.to_path_buf();
-    Endpoint::try_from("http://[::]:50051")
-        .unwrap()
-        .connect_with_connector(tower::service_fn(move |_: Uri| {
-            let socket = socket.clone();
-            async move {
-                Ok::<_, std::io::Error>(hyper_util::rt::TokioIo::new(
-                    tokio::net::UnixStream::connect(socket).await?,
-                ))
-            }
-        }))
+    tether_csi::client::channel(&socket.display().to_string())
         .await
         .unwrap()
 }
