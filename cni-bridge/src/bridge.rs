@@ -7,6 +7,7 @@ use std::path::Path;
 use cni_core::delegate;
 use cni_core::netlink::{Link, Netlink, RouteSpec, VethSpec};
 use cni_core::netns::NetNs;
+use cni_core::unlink;
 use cni_core::{CniResult, Command, Interface, IpConfig, Plugin, Request, Route};
 use ipnetwork::IpNetwork;
 use serde_json::Value;
@@ -465,9 +466,9 @@ fn teardown(req: &Request, conf: &BridgeConf) -> Result<(), BridgeError> {
     }
     let host_veth = host_veth_name(&req.container_id, &req.ifname);
     // Deleting the host end removes the pair; the name is derived, so this works without the netns.
-    if let Some(mut host_nl) = failures.note(Netlink::open()) {
-        failures.note(host_nl.delete_link(&host_veth));
-    }
+    // DEL returns once the kernel has unlisted the pair; a helper process waits out the kernel's
+    // RCU barrier that follows (most of the cost of deleting a veth), see cni_core::unlink.
+    failures.note(unlink::delete_link_detached(&host_veth));
     let owner = nft::owner(&req.container_id, &req.ifname);
     if conf.ip_masq {
         failures.note(nft::remove_masquerade(&req.config.name, &owner));

@@ -3,6 +3,7 @@
 use cni_core::delegate::DelegateError;
 use cni_core::netlink::{NlError, OpenError};
 use cni_core::netns::NetnsError;
+use cni_core::unlink::UnlinkError;
 use cni_core::{CniError, Code};
 
 /// Plugin-specific codes (100+), documented in the README.
@@ -30,6 +31,8 @@ pub enum BridgeError {
     Netns(NetnsError),
     #[error("kernel refused")]
     Kernel(#[from] NlError),
+    #[error("removing the veth pair")]
+    Unlink(#[from] UnlinkError),
     #[error("writing sysctl {path}")]
     Sysctl {
         path: String,
@@ -71,7 +74,10 @@ impl CniError for BridgeError {
             BridgeError::NoNetns(_) => Code::UnknownContainer.into(),
             BridgeError::InterfaceExists { .. } => CODE_INTERFACE_EXISTS,
             BridgeError::BridgeConflict(_) => CODE_BRIDGE_CONFLICT,
-            BridgeError::Open(_) | BridgeError::Netns(_) | BridgeError::Kernel(_) => CODE_KERNEL,
+            BridgeError::Open(_)
+            | BridgeError::Netns(_)
+            | BridgeError::Kernel(_)
+            | BridgeError::Unlink(_) => CODE_KERNEL,
             BridgeError::Sysctl { .. } => Code::Io.into(),
             BridgeError::Ipam(e) => e.code(),
             BridgeError::NoGateway => Code::InvalidConfig.into(),

@@ -431,6 +431,25 @@ fn del_is_idempotent_and_works_without_the_netns() {
 }
 
 #[test]
+fn del_removes_both_ends_before_it_returns_and_the_names_are_free_again() {
+    // DEL leaves the kernel's post-deletion wait to a helper process; everything a runtime can
+    // observe must already be gone when DEL exits.
+    let node = Node::new("brredo");
+    let pod = Netns::new("brredop");
+    let conf = node.conf(json!({}));
+    for round in 0..5 {
+        let result = node.add("again", &pod, &conf);
+        let veth = host_veth(&result);
+        assert!(node.link(&veth).is_some());
+        assert!(pod.has_link("eth0"));
+        node.run("DEL", "again", Some(&pod), "eth0", &conf).ok();
+        assert!(node.link(&veth).is_none(), "round {round}: host end still there");
+        assert!(!pod.has_link("eth0"), "round {round}: pod end still there");
+        assert_eq!(node.leases(), 0);
+    }
+}
+
+#[test]
 fn add_onto_an_existing_interface_fails_and_undoes_ipam() {
     let node = Node::new("brdup");
     let pod = Netns::new("brdupp");

@@ -13,6 +13,7 @@ pub mod nft;
 pub mod plugin;
 pub mod request;
 pub mod result;
+pub mod unlink;
 pub mod version;
 
 pub use config::{Attachment, NetConf};

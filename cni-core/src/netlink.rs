@@ -51,6 +51,16 @@ impl NlError {
     pub fn is_exists(&self) -> bool {
         self.errno() == Some(libc::EEXIST)
     }
+
+    /// A failure in the calling thread's own namespace.
+    pub(crate) fn here(action: &'static str, object: impl fmt::Display, source: io::Error) -> Self {
+        NlError {
+            action,
+            object: object.to_string(),
+            place: Place(None),
+            source,
+        }
+    }
 }
 
 #[derive(Debug, Clone)]

@@ -1,0 +1,113 @@
+#![allow(clippy::unwrap_used)] // Tests fail loudly by design.
+
+//! Deleting a veth pair without waiting for the kernel to free it, against the real kernel.
+
+use std::time::{Duration, Instant};
+
+use cni_core::netlink::{Netlink, VethSpec};
+use cni_core::netns::NetNs;
+use cni_core::unlink::delete_link_detached;
+use test_support::{require_root, Netns};
+
+/// Zombie children of this process (the helper must never leave one behind).
+fn zombie_children() -> Vec<String> {
+    let mut zombies = Vec::new();
+    for task in std::fs::read_dir("/proc/self/task").unwrap() {
+        let children = std::fs::read_to_string(task.unwrap().path().join("children")).unwrap();
+        for pid in children.split_whitespace() {
+            if let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+                let state = stat.rsplit(") ").next().unwrap_or("").chars().next();
+                if state == Some('Z') {
+                    zombies.push(pid.to_string());
+                }
+            }
+        }
+    }
+    zombies
+}
+
+#[test]
+fn the_pair_is_gone_when_the_call_returns_and_the_name_is_free() {
+    require_root();
+    let host = Netns::new("ulhost");
+    let pod = Netns::new("ulpod");
+    let host_ns = NetNs::open(&host.path()).unwrap();
+    let pod_ns = NetNs::open(&pod.path()).unwrap();
+    let mut nl = Netlink::open_in(&host_ns).unwrap();
+    let mut pod_nl = Netlink::open_in(&pod_ns).unwrap();
+    let veth = |nl: &mut Netlink, peer: &str| {
+        nl.create_veth(&VethSpec {
+            host_name: "vethul0",
+            host_alias: None,
+            host_master: None,
+            peer_name: peer,
+            peer_mac: None,
+            peer_netns: &pod_ns,
+            mtu: 1400,
+        })
+        .unwrap();
+    };
+
+    for round in 0..10 {
+        let peer = format!("eth{round}");
+        veth(&mut nl, &peer);
+        let index = nl.link("vethul0").unwrap().unwrap().index;
+        nl.set_up(index).unwrap();
+        assert!(pod_nl.link(&peer).unwrap().is_some());
+
+        let deleted = host_ns.run(|| delete_link_detached("vethul0")).unwrap();
+        assert!(deleted.unwrap(), "round {round}: the link existed");
+        assert!(nl.link("vethul0").unwrap().is_none(), "round {round}: host end still listed");
+        assert!(nl.link_by_index(index).unwrap().is_none());
+        assert!(pod_nl.link(&peer).unwrap().is_none(), "round {round}: pod end still listed");
+    }
+    // The name is free at once: a new pair with it can be made right after the call.
+    veth(&mut nl, "eth0");
+    assert!(host_ns.run(|| delete_link_detached("vethul0")).unwrap().unwrap());
+
+    // Deleting what does not exist is success, reported as nothing deleted.
+    assert!(!host_ns.run(|| delete_link_detached("vethul0")).unwrap().unwrap());
+    assert!(!host_ns.run(|| delete_link_detached("nosuchlink")).unwrap().unwrap());
+    assert_eq!(zombie_children(), Vec::<String>::new(), "helpers left zombies");
+}
+
+#[test]
+fn the_helper_finishes_the_deletion_and_exits() {
+    require_root();
+    // Adopt orphans, so that the helper (a grandchild) is reaped here and its status seen.
+    // SAFETY: prctl with integer arguments only.
+    assert_eq!(unsafe { libc::prctl(libc::PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) }, 0);
+    let host = Netns::new("ulreap");
+    let host_ns = NetNs::open(&host.path()).unwrap();
+    let mut nl = Netlink::open_in(&host_ns).unwrap();
+    nl.create_veth(&VethSpec {
+        host_name: "vethrp0",
+        host_alias: None,
+        host_master: None,
+        peer_name: "vethrp1",
+        peer_mac: None,
+        peer_netns: &host_ns,
+        mtu: 1400,
+    })
+    .unwrap();
+    assert!(host_ns.run(|| delete_link_detached("vethrp0")).unwrap().unwrap());
+    assert!(nl.link("vethrp1").unwrap().is_none());
+
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let mut reaped = 0;
+    loop {
+        let mut status = 0;
+        // SAFETY: waitpid writes the status into the integer it is given.
+        let pid = unsafe { libc::waitpid(-1, &mut status, libc::WNOHANG) };
+        if pid > 0 {
+            assert!(libc::WIFEXITED(status) && libc::WEXITSTATUS(status) == 0, "status {status}");
+            reaped += 1;
+        } else if pid < 0 {
+            break; // ECHILD: nothing left
+        } else {
+            assert!(Instant::now() < deadline, "the helper is still running");
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+    assert_eq!(reaped, 1, "exactly one helper process");
+}
