@@ -42,14 +42,29 @@ impl Plugin for BridgePlugin {
         };
         let bridge = ensure_bridge(&mut host_nl, &conf, mtu)?;
 
-        let ipam = match &conf.ipam_type {
-            Some(plugin) => {
-                delegate::invoke(req, plugin, Command::Add, &full_config(req))?.unwrap_or_default()
-            }
-            None => CniResult::default(),
-        };
+        // IPAM runs in its own process; the veth pair, which needs no address, is made meanwhile.
+        let ipam_run = conf
+            .ipam_type
+            .as_deref()
+            .map(|plugin| delegate::start(req, plugin, Command::Add, &full_config(req)))
+            .transpose()?;
         let attached = PodAttachment::new(req, &conf, &pod_ns, mtu);
-        match attached.setup(&mut host_nl, &mut pod_nl, &bridge, ipam) {
+        let link = attached.create_link(&mut host_nl, &bridge);
+        let ipam = match ipam_run.map(delegate::Running::finish).transpose() {
+            Ok(ipam) => ipam.flatten().unwrap_or_default(),
+            Err(e) => {
+                // IPAM handed out nothing; only the veth pair (if it was made) goes.
+                if link.is_ok() {
+                    if let Err(undo) = unlink::delete_link_detached(&attached.host_veth) {
+                        tracing::warn!(error = %undo, "removing the veth after IPAM failed");
+                    }
+                }
+                return Err(e.into());
+            }
+        };
+        match link.and_then(|host_link| {
+            attached.configure(&mut host_nl, &mut pod_nl, &bridge, host_link, ipam)
+        }) {
             Ok(result) => Ok(result),
             Err(e) => {
                 tracing::warn!(error = %e, "ADD failed after IPAM, undoing it");
@@ -222,13 +237,8 @@ impl<'a> PodAttachment<'a> {
         }
     }
 
-    fn setup(
-        &self,
-        host_nl: &mut Netlink,
-        pod_nl: &mut Netlink,
-        bridge: &Link,
-        ipam: CniResult,
-    ) -> Result<CniResult, BridgeError> {
+    /// The veth pair: the pod end straight into the pod's namespace, the host end on the bridge.
+    fn create_link(&self, host_nl: &mut Netlink, bridge: &Link) -> Result<Link, BridgeError> {
         let (req, conf) = (self.req, self.conf);
         let alias = format!(
             "{}{}",
@@ -268,6 +278,19 @@ impl<'a> PodAttachment<'a> {
                 host_nl.bridge_vlan(bridge.index, conf.vlan, true, true, true)?;
             }
         }
+        Ok(host_link)
+    }
+
+    /// Everything that needs IPAM's answer: addresses, routes, gateway, nftables; the result.
+    fn configure(
+        &self,
+        host_nl: &mut Netlink,
+        pod_nl: &mut Netlink,
+        bridge: &Link,
+        host_link: Link,
+        ipam: CniResult,
+    ) -> Result<CniResult, BridgeError> {
+        let (req, conf) = (self.req, self.conf);
 
         let has_v6 = ipam.ips.iter().any(|ip| ip.address.is_ipv6());
         if has_v6 {
@@ -456,19 +479,23 @@ fn write_sysctl(path: &str, value: &str) -> Result<(), BridgeError> {
 /// Everything DEL undoes, best effort: IPAM, the veth pair, masquerade and spoof-check state.
 fn teardown(req: &Request, conf: &BridgeConf) -> Result<(), BridgeError> {
     let mut failures = Failures::default();
-    if let Some(plugin) = &conf.ipam_type {
-        failures.note(delegate::invoke(
+    // IPAM's DEL runs in its own process while the veth pair goes.
+    let ipam_run = conf.ipam_type.as_deref().and_then(|plugin| {
+        failures.note(delegate::start(
             req,
             plugin,
             Command::Del,
             &full_config(req),
-        ));
-    }
+        ))
+    });
     let host_veth = host_veth_name(&req.container_id, &req.ifname);
     // Deleting the host end removes the pair; the name is derived, so this works without the netns.
     // DEL returns once the kernel has unlisted the pair; a helper process waits out the kernel's
     // RCU barrier that follows (most of the cost of deleting a veth), see cni_core::unlink.
     failures.note(unlink::delete_link_detached(&host_veth));
+    if let Some(run) = ipam_run {
+        failures.note(run.finish());
+    }
     let owner = nft::owner(&req.container_id, &req.ifname);
     if conf.ip_masq {
         failures.note(nft::remove_masquerade(&req.config.name, &owner));

@@ -443,7 +443,10 @@ fn del_removes_both_ends_before_it_returns_and_the_names_are_free_again() {
         assert!(node.link(&veth).is_some());
         assert!(pod.has_link("eth0"));
         node.run("DEL", "again", Some(&pod), "eth0", &conf).ok();
-        assert!(node.link(&veth).is_none(), "round {round}: host end still there");
+        assert!(
+            node.link(&veth).is_none(),
+            "round {round}: host end still there"
+        );
         assert!(!pod.has_link("eth0"), "round {round}: pod end still there");
         assert_eq!(node.leases(), 0);
     }
@@ -481,6 +484,32 @@ fn add_onto_an_existing_interface_fails_and_undoes_ipam() {
         addrs.contains("10.88.0.1") && !addrs.contains("10.88.0.200"),
         "{addrs}"
     );
+}
+
+#[test]
+fn an_ipam_failure_leaves_no_veth_behind() {
+    // The veth pair is made while IPAM runs; when IPAM refuses (here: the range is full), the
+    // pair goes again and the error is IPAM's own.
+    let node = Node::new("brfull");
+    let conf = node.conf(json!({
+        "ipam": {
+            "type": "cni-ipam",
+            "dataDir": node.data.path(),
+            "ranges": [[{"subnet": "10.88.0.0/30"}]]
+        }
+    }));
+    let first = Netns::new("brfulla");
+    let second = Netns::new("brfullb");
+    node.add("only", &first, &conf);
+    let out = node.run("ADD", "none", Some(&second), "eth0", &conf);
+    assert_ne!(out.code, 0);
+    let err = out.json;
+    assert!(err["code"].as_u64().is_some_and(|c| c >= 100), "IPAM's own code: {err}");
+    assert!(err["details"].as_str().unwrap().contains("10.88.0.0/30"), "{err}");
+    assert!(!second.has_link("eth0"), "pod end left behind");
+    let veths = node.ns.ip_json(&["-d", "link", "show", "type", "veth"]);
+    assert_eq!(veths.as_array().unwrap().len(), 1, "only the first pod's veth: {veths}");
+    assert_eq!(node.leases(), 1);
 }
 
 #[test]

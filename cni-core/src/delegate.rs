@@ -2,7 +2,7 @@
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
-use std::process::{Command as Process, Stdio};
+use std::process::{Child, Command as Process, Output, Stdio};
 
 use serde_json::Value;
 
@@ -89,39 +89,26 @@ pub fn invoke(
     command: Command,
     config: &Value,
 ) -> Result<Option<CniResult>, DelegateError> {
-    let path = find(plugin, &req.cni_path)?;
-    let stdout = execute(req, plugin, &path, command, config)?;
-    if command != Command::Add {
-        return Ok(None);
-    }
-    let value: Value =
-        serde_json::from_slice(&stdout).map_err(|source| DelegateError::BadResult {
-            plugin: plugin.to_string(),
-            command: command.as_str(),
-            source,
-        })?;
-    CniResult::from_value(&value)
-        .map(Some)
-        .map_err(|source| DelegateError::BadResult {
-            plugin: plugin.to_string(),
-            command: command.as_str(),
-            source,
-        })
+    start(req, plugin, command, config)?.finish()
 }
 
-fn execute(
+/// Starts `plugin` like [`invoke`] and returns at once, so that the caller can do independent
+/// work while the delegate runs; [`Running::finish`] collects the outcome. A `Running` that is
+/// dropped unfinished still waits for the delegate, so that it never outlives the caller's
+/// decision about what to undo.
+pub fn start(
     req: &Request,
     plugin: &str,
-    path: &Path,
     command: Command,
     config: &Value,
-) -> Result<Vec<u8>, DelegateError> {
+) -> Result<Running, DelegateError> {
+    let path = find(plugin, &req.cni_path)?;
     let spawn_err = |source| DelegateError::Spawn {
         plugin: plugin.to_string(),
-        path: path.to_path_buf(),
+        path: path.clone(),
         source,
     };
-    let mut process = Process::new(path);
+    let mut process = Process::new(&path);
     process
         .env("CNI_COMMAND", command.as_str())
         .env("CNI_CONTAINERID", &req.container_id)
@@ -133,10 +120,64 @@ fn execute(
     let mut child = process.spawn().map_err(spawn_err)?;
     let input = serde_json::to_vec(config).unwrap_or_default();
     if let Some(mut stdin) = child.stdin.take() {
-        // A delegate that exits without reading stdin is reported through its exit status.
+        // A delegate that exits without reading stdin is reported through its exit status. The
+        // configuration is far smaller than a pipe's buffer, so this does not wait for the child.
         let _ = stdin.write_all(&input);
     }
-    let output = child.wait_with_output().map_err(spawn_err)?;
+    Ok(Running {
+        child: Some(child),
+        plugin: plugin.to_string(),
+        path,
+        command,
+    })
+}
+
+/// A delegate started by [`start`].
+pub struct Running {
+    child: Option<Child>,
+    plugin: String,
+    path: PathBuf,
+    command: Command,
+}
+
+impl Running {
+    /// Waits for the delegate: its parsed result for ADD, `None` for other commands, or its error.
+    pub fn finish(mut self) -> Result<Option<CniResult>, DelegateError> {
+        let (plugin, command) = (self.plugin.clone(), self.command);
+        let Some(child) = self.child.take() else {
+            return Ok(None);
+        };
+        let output = child
+            .wait_with_output()
+            .map_err(|source| DelegateError::Spawn {
+                plugin: plugin.clone(),
+                path: self.path.clone(),
+                source,
+            })?;
+        let stdout = outcome(&plugin, command, output)?;
+        if command != Command::Add {
+            return Ok(None);
+        }
+        let bad_result = |source| DelegateError::BadResult {
+            plugin: plugin.clone(),
+            command: command.as_str(),
+            source,
+        };
+        let value: Value = serde_json::from_slice(&stdout).map_err(bad_result)?;
+        CniResult::from_value(&value).map(Some).map_err(bad_result)
+    }
+}
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        if let Some(child) = self.child.take() {
+            let _ = child.wait_with_output();
+        }
+    }
+}
+
+/// The delegate's stdout when it succeeded, or the error it reported.
+fn outcome(plugin: &str, command: Command, output: Output) -> Result<Vec<u8>, DelegateError> {
     let stderr = String::from_utf8_lossy(&output.stderr).trim().to_string();
     if !stderr.is_empty() {
         tracing::debug!(plugin, command = command.as_str(), %stderr, "delegate stderr");

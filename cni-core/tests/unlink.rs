@@ -57,18 +57,37 @@ fn the_pair_is_gone_when_the_call_returns_and_the_name_is_free() {
 
         let deleted = host_ns.run(|| delete_link_detached("vethul0")).unwrap();
         assert!(deleted.unwrap(), "round {round}: the link existed");
-        assert!(nl.link("vethul0").unwrap().is_none(), "round {round}: host end still listed");
+        assert!(
+            nl.link("vethul0").unwrap().is_none(),
+            "round {round}: host end still listed"
+        );
         assert!(nl.link_by_index(index).unwrap().is_none());
-        assert!(pod_nl.link(&peer).unwrap().is_none(), "round {round}: pod end still listed");
+        assert!(
+            pod_nl.link(&peer).unwrap().is_none(),
+            "round {round}: pod end still listed"
+        );
     }
     // The name is free at once: a new pair with it can be made right after the call.
     veth(&mut nl, "eth0");
-    assert!(host_ns.run(|| delete_link_detached("vethul0")).unwrap().unwrap());
+    assert!(host_ns
+        .run(|| delete_link_detached("vethul0"))
+        .unwrap()
+        .unwrap());
 
     // Deleting what does not exist is success, reported as nothing deleted.
-    assert!(!host_ns.run(|| delete_link_detached("vethul0")).unwrap().unwrap());
-    assert!(!host_ns.run(|| delete_link_detached("nosuchlink")).unwrap().unwrap());
-    assert_eq!(zombie_children(), Vec::<String>::new(), "helpers left zombies");
+    assert!(!host_ns
+        .run(|| delete_link_detached("vethul0"))
+        .unwrap()
+        .unwrap());
+    assert!(!host_ns
+        .run(|| delete_link_detached("nosuchlink"))
+        .unwrap()
+        .unwrap());
+    assert_eq!(
+        zombie_children(),
+        Vec::<String>::new(),
+        "helpers left zombies"
+    );
 }
 
 #[test]
@@ -76,7 +95,10 @@ fn the_helper_finishes_the_deletion_and_exits() {
     require_root();
     // Adopt orphans, so that the helper (a grandchild) is reaped here and its status seen.
     // SAFETY: prctl with integer arguments only.
-    assert_eq!(unsafe { libc::prctl(libc::PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) }, 0);
+    assert_eq!(
+        unsafe { libc::prctl(libc::PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) },
+        0
+    );
     let host = Netns::new("ulreap");
     let host_ns = NetNs::open(&host.path()).unwrap();
     let mut nl = Netlink::open_in(&host_ns).unwrap();
@@ -90,7 +112,10 @@ fn the_helper_finishes_the_deletion_and_exits() {
         mtu: 1400,
     })
     .unwrap();
-    assert!(host_ns.run(|| delete_link_detached("vethrp0")).unwrap().unwrap());
+    assert!(host_ns
+        .run(|| delete_link_detached("vethrp0"))
+        .unwrap()
+        .unwrap());
     assert!(nl.link("vethrp1").unwrap().is_none());
 
     let deadline = Instant::now() + Duration::from_secs(20);
@@ -100,7 +125,10 @@ fn the_helper_finishes_the_deletion_and_exits() {
         // SAFETY: waitpid writes the status into the integer it is given.
         let pid = unsafe { libc::waitpid(-1, &mut status, libc::WNOHANG) };
         if pid > 0 {
-            assert!(libc::WIFEXITED(status) && libc::WEXITSTATUS(status) == 0, "status {status}");
+            assert!(
+                libc::WIFEXITED(status) && libc::WEXITSTATUS(status) == 0,
+                "status {status}"
+            );
             reaped += 1;
         } else if pid < 0 {
             break; // ECHILD: nothing left

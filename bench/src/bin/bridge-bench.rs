@@ -1,8 +1,10 @@
 //! cni-bridge + cni-ipam against the reference bridge + host-local, in one run: ADD and DEL latency
 //! over N pods sequentially and with 16 in flight, inside a simulated node; then iperf3 TCP
 //! throughput between two pods on a Tether bridge against two namespaces joined by a bare veth pair.
+//! The latency rounds alternate between the two implementations (and which goes first), so that
+//! a machine whose speed drifts during the run treats both alike; samples of all rounds are pooled.
 //!
-//! Usage: bridge-bench <tether bin dir> <reference bin dir> [pods] [iperf seconds]
+//! Usage: bridge-bench <tether bin dir> <reference bin dir> [pods] [iperf seconds] [rounds]
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
@@ -14,6 +16,7 @@ use serde_json::{json, Value};
 use tether_bench::{call_in, ms, print_table, ratio, stats, BenchNs, Stats};
 
 const PARALLEL: usize = 16;
+const IPERF_REPS: usize = 5;
 
 struct Implementation {
     label: &'static str,
@@ -22,12 +25,34 @@ struct Implementation {
     dir: PathBuf,
 }
 
+/// Samples of every round, per operation.
+#[derive(Default)]
 struct Latency {
+    add_seq: Vec<Duration>,
+    del_seq: Vec<Duration>,
+    add_par: Vec<Duration>,
+    del_par: Vec<Duration>,
+    failures: usize,
+}
+
+struct LatencyStats {
     add_seq: Stats,
     del_seq: Stats,
     add_par: Stats,
     del_par: Stats,
     failures: usize,
+}
+
+impl Latency {
+    fn stats(mut self) -> LatencyStats {
+        LatencyStats {
+            add_seq: stats(&mut self.add_seq),
+            del_seq: stats(&mut self.del_seq),
+            add_par: stats(&mut self.add_par),
+            del_par: stats(&mut self.del_par),
+            failures: self.failures,
+        }
+    }
 }
 
 fn timed_round(
@@ -71,7 +96,8 @@ fn timed_round(
     out.into_inner().unwrap_or_default()
 }
 
-fn latency(imp: &Implementation, pods: &[BenchNs], data: &Path) -> Latency {
+/// One round: ADD then DEL of every pod sequentially, then with PARALLEL in flight.
+fn latency_round(imp: &Implementation, pods: &[BenchNs], data: &Path, into: &mut Latency) {
     let node_ns = BenchNs::new(format!("tb-node-{}-{}", imp.bridge, std::process::id()));
     node_ns.exec(&["ip", "link", "set", "lo", "up"]);
     let node = node_ns.open();
@@ -89,16 +115,15 @@ fn latency(imp: &Implementation, pods: &[BenchNs], data: &Path) -> Latency {
         }
     }))
     .unwrap_or_default();
-    let (mut add_seq, f1) = timed_round(imp, &node, pods, &conf, "ADD", 1);
-    let (mut del_seq, f2) = timed_round(imp, &node, pods, &conf, "DEL", 1);
-    let (mut add_par, f3) = timed_round(imp, &node, pods, &conf, "ADD", PARALLEL);
-    let (mut del_par, f4) = timed_round(imp, &node, pods, &conf, "DEL", PARALLEL);
-    Latency {
-        add_seq: stats(&mut add_seq),
-        del_seq: stats(&mut del_seq),
-        add_par: stats(&mut add_par),
-        del_par: stats(&mut del_par),
-        failures: f1 + f2 + f3 + f4,
+    for (samples, command, threads) in [
+        (&mut into.add_seq, "ADD", 1),
+        (&mut into.del_seq, "DEL", 1),
+        (&mut into.add_par, "ADD", PARALLEL),
+        (&mut into.del_par, "DEL", PARALLEL),
+    ] {
+        let (taken, failed) = timed_round(imp, &node, pods, &conf, command, threads);
+        samples.extend(taken);
+        into.failures += failed;
     }
 }
 
@@ -195,6 +220,7 @@ fn main() {
     }
     let pods_n: usize = args.get(3).and_then(|a| a.parse().ok()).unwrap_or(200);
     let seconds: u32 = args.get(4).and_then(|a| a.parse().ok()).unwrap_or(5);
+    let rounds: usize = args.get(5).and_then(|a| a.parse().ok()).unwrap_or(3).max(1);
     let ours = Implementation {
         label: "tether",
         bridge: "cni-bridge",
@@ -214,16 +240,29 @@ fn main() {
         .map(|i| BenchNs::new(format!("tb-pod{i}-{pid}")))
         .collect();
 
-    eprintln!("reference bridge + host-local...");
-    let r = latency(&reference, &pods, &data);
-    eprintln!("cni-bridge + cni-ipam...");
-    let o = latency(&ours, &pods, &data);
-    eprintln!("throughput ({seconds} s per run, 3 interleaved runs each)...");
-    let (bridge_gbps, bare_gbps) = throughput(&ours, &data, seconds, 3);
+    let (mut r, mut o) = (Latency::default(), Latency::default());
+    for round in 0..rounds {
+        let mut order = [(&reference, &mut r), (&ours, &mut o)];
+        if round % 2 == 1 {
+            order.reverse();
+        }
+        for (imp, into) in order {
+            eprintln!(
+                "round {}/{rounds}: {} + {}...",
+                round + 1,
+                imp.bridge,
+                imp.ipam
+            );
+            latency_round(imp, &pods, &data, into);
+        }
+    }
+    let (r, o) = (r.stats(), o.stats());
+    eprintln!("throughput ({seconds} s per run, {IPERF_REPS} interleaved runs each)...");
+    let (bridge_gbps, bare_gbps) = throughput(&ours, &data, seconds, IPERF_REPS);
     drop(pods);
     let _ = std::fs::remove_dir_all(&data);
 
-    println!("cni-bridge + cni-ipam vs bridge + host-local: {pods_n} pods, {PARALLEL} in flight for the parallel rows\n");
+    println!("cni-bridge + cni-ipam vs bridge + host-local: {pods_n} pods x {rounds} alternating rounds, {PARALLEL} in flight for the parallel rows\n");
     let row = |what: &str, o: Stats, r: Stats| {
         vec![
             what.to_string(),
@@ -257,7 +296,7 @@ fn main() {
         r.failures, o.failures
     );
     print_table(
-        &["iperf3 TCP, pod to pod", "Gbit/s (median of 3)"],
+        &["iperf3 TCP, pod to pod", "Gbit/s (median of 5)"],
         &[
             vec![
                 "two pods on a Tether bridge".into(),
