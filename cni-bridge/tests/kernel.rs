@@ -504,11 +504,21 @@ fn an_ipam_failure_leaves_no_veth_behind() {
     let out = node.run("ADD", "none", Some(&second), "eth0", &conf);
     assert_ne!(out.code, 0);
     let err = out.json;
-    assert!(err["code"].as_u64().is_some_and(|c| c >= 100), "IPAM's own code: {err}");
-    assert!(err["details"].as_str().unwrap().contains("10.88.0.0/30"), "{err}");
+    assert!(
+        err["code"].as_u64().is_some_and(|c| c >= 100),
+        "IPAM's own code: {err}"
+    );
+    assert!(
+        err["details"].as_str().unwrap().contains("10.88.0.0/30"),
+        "{err}"
+    );
     assert!(!second.has_link("eth0"), "pod end left behind");
     let veths = node.ns.ip_json(&["-d", "link", "show", "type", "veth"]);
-    assert_eq!(veths.as_array().unwrap().len(), 1, "only the first pod's veth: {veths}");
+    assert_eq!(
+        veths.as_array().unwrap().len(),
+        1,
+        "only the first pod's veth: {veths}"
+    );
     assert_eq!(node.leases(), 1);
 }
 
