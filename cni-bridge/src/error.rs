@@ -39,7 +39,7 @@ pub enum BridgeError {
         #[source]
         source: std::io::Error,
     },
-    #[error("IPAM")]
+    #[error("the IPAM plugin failed")]
     Ipam(#[from] DelegateError),
     #[error("IPAM returned no address for the gateway")]
     NoGateway,
