@@ -143,7 +143,7 @@ pub struct Running {
 impl Running {
     /// Waits for the delegate: its parsed result for ADD, `None` for other commands, or its error.
     pub fn finish(mut self) -> Result<Option<CniResult>, DelegateError> {
-        let (plugin, command) = (self.plugin.clone(), self.command);
+        let (plugin, command) = (std::mem::take(&mut self.plugin), self.command);
         let Some(child) = self.child.take() else {
             return Ok(None);
         };

@@ -7,7 +7,7 @@ mod harness;
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
-use harness::{bin_dir, seen_source, wait_for, Cluster, Daemon, ETCD, EXTERNAL};
+use harness::{bin_dir, seen_source, wait_for, Cluster, Daemon, SteadyPing, ETCD, EXTERNAL};
 use test_support::{require_root, Netns};
 
 #[test]
@@ -254,13 +254,7 @@ fn daemon_restarts_and_datastore_outages_lose_no_packet() {
         || cluster.nodes[0].log(),
     );
 
-    let ping = Command::new("ip")
-        .args([
-            "netns", "exec", &p0.name, "ping", "-i", "0.02", "-c", "300", "-W", "1", &ip1,
-        ])
-        .stdout(Stdio::piped())
-        .spawn()
-        .unwrap();
+    let ping = SteadyPing::start(&p0, &ip1, 300);
     std::thread::sleep(Duration::from_millis(500));
     for i in 0..2 {
         cluster.nodes[i].stop();
@@ -268,9 +262,7 @@ fn daemon_restarts_and_datastore_outages_lose_no_packet() {
     }
     // etcd goes away: working entries stay.
     cluster.etcd = None;
-    let out = ping.wait_with_output().unwrap();
-    let summary = String::from_utf8_lossy(&out.stdout);
-    assert!(summary.contains(" 0% packet loss"), "{summary}");
+    ping.assert_no_loss();
     assert!(p0.ping(&ip1), "still up with etcd gone");
     let metrics = cluster.nodes[0].metrics();
     assert!(metrics.contains("tether_overlay_entries 3"), "{metrics}");

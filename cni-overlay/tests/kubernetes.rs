@@ -8,11 +8,11 @@
 mod harness;
 
 use std::path::Path;
-use std::process::{Command, Stdio};
+use std::process::Command;
 use std::time::Duration;
 
 use cni_overlay::daemon::kube::{UNDERLAY_IP, VTEP_MAC};
-use harness::{bin_dir, seen_source, wait_for, Cluster, Node};
+use harness::{bin_dir, seen_source, wait_for, Cluster, Node, SteadyPing};
 use serde_json::json;
 
 fn annotation(cluster: &Cluster, node: &str, key: &str) -> Option<String> {
@@ -208,19 +208,11 @@ fn waits_for_a_pod_cidr_rejects_a_foreign_one_and_rides_out_api_outages() {
 
     // The API server goes away; pods keep talking, a daemon restarted meanwhile changes nothing,
     // and the daemons catch up when the API is back.
-    let ping = Command::new("ip")
-        .args([
-            "netns", "exec", &p0.name, "ping", "-i", "0.02", "-c", "200", "-W", "1", &ip1,
-        ])
-        .stdout(Stdio::piped())
-        .spawn()
-        .unwrap();
+    let ping = SteadyPing::start(&p0, &ip1, 200);
     cluster.api().set_down(true);
     cluster.nodes[0].stop();
     cluster.nodes[0].spawn(&[]);
-    let out = ping.wait_with_output().unwrap();
-    let summary = String::from_utf8_lossy(&out.stdout);
-    assert!(summary.contains(" 0% packet loss"), "{summary}");
+    ping.assert_no_loss();
     cluster.api().set_down(false);
     cluster.nodes[0].wait_ready();
     assert!(cluster.nodes[0]

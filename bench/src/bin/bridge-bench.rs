@@ -38,26 +38,6 @@ struct Latency {
     failures: usize,
 }
 
-struct LatencyStats {
-    add_seq: Stats,
-    del_seq: Stats,
-    add_par: Stats,
-    del_par: Stats,
-    failures: usize,
-}
-
-impl Latency {
-    fn stats(mut self) -> LatencyStats {
-        LatencyStats {
-            add_seq: stats(&mut self.add_seq),
-            del_seq: stats(&mut self.del_seq),
-            add_par: stats(&mut self.add_par),
-            del_par: stats(&mut self.del_par),
-            failures: self.failures,
-        }
-    }
-}
-
 fn timed_round(
     imp: &Implementation,
     node: &std::fs::File,
@@ -310,14 +290,14 @@ fn main() {
             latency_round(imp, &pods, &data, into);
         }
     }
-    let (r, o) = (r.stats(), o.stats());
     eprintln!("throughput ({seconds} s per run, {IPERF_REPS} interleaved runs each)...");
     let tp = throughput(&ours, &data, seconds, IPERF_REPS);
     drop(pods);
     let _ = std::fs::remove_dir_all(&data);
 
     println!("cni-bridge + cni-ipam vs bridge + host-local: {pods_n} pods x {rounds} alternating rounds, {PARALLEL} in flight for the parallel rows\n");
-    let row = |what: &str, o: Stats, r: Stats| {
+    let row = |what: &str, o: &mut Vec<Duration>, r: &mut Vec<Duration>| {
+        let (o, r): (Stats, Stats) = (stats(o), stats(r));
         vec![
             what.to_string(),
             ms(r.p50),
@@ -339,10 +319,18 @@ fn main() {
             "p99 ratio",
         ],
         &[
-            row("ADD (sequential)", o.add_seq, r.add_seq),
-            row("DEL (sequential)", o.del_seq, r.del_seq),
-            row(&format!("ADD ({PARALLEL} parallel)"), o.add_par, r.add_par),
-            row(&format!("DEL ({PARALLEL} parallel)"), o.del_par, r.del_par),
+            row("ADD (sequential)", &mut o.add_seq, &mut r.add_seq),
+            row("DEL (sequential)", &mut o.del_seq, &mut r.del_seq),
+            row(
+                &format!("ADD ({PARALLEL} parallel)"),
+                &mut o.add_par,
+                &mut r.add_par,
+            ),
+            row(
+                &format!("DEL ({PARALLEL} parallel)"),
+                &mut o.del_par,
+                &mut r.del_par,
+            ),
         ],
     );
     println!(

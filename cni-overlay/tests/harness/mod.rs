@@ -364,6 +364,31 @@ pub fn wait_for(
     }
 }
 
+/// A ping from `pod` to `ip` every 20 ms running in the background, for checking that something
+/// done meanwhile loses no packet.
+pub struct SteadyPing(Child);
+
+impl SteadyPing {
+    pub fn start(pod: &Netns, ip: &str, count: u32) -> SteadyPing {
+        let count = count.to_string();
+        let child = Command::new("ip")
+            .args([
+                "netns", "exec", &pod.name, "ping", "-i", "0.02", "-c", &count, "-W", "1", ip,
+            ])
+            .stdout(Stdio::piped())
+            .spawn()
+            .unwrap();
+        SteadyPing(child)
+    }
+
+    /// Waits for the last ping and asserts that every one was answered.
+    pub fn assert_no_loss(self) {
+        let out = self.0.wait_with_output().unwrap();
+        let summary = String::from_utf8_lossy(&out.stdout);
+        assert!(summary.contains(" 0% packet loss"), "{summary}");
+    }
+}
+
 /// iperf3 from `client` to `server_ip`; returns the source address the server saw.
 pub fn seen_source(server: &Netns, client: &Netns, server_ip: &str) -> String {
     let srv = Command::new("ip")
