@@ -18,7 +18,7 @@ pub fn require_root() {
     let uid = current_uid();
     assert_eq!(
         uid, 0,
-        "kernel tests must run as root (sudo scripts/test.sh)"
+        "kernel tests must run as root (as root: scripts/test.sh)"
     );
 }
 
