@@ -180,16 +180,18 @@ fn default_mtu(nl: &mut Netlink) -> Result<u32, BridgeError> {
 /// Makes sure the bridge exists and is up. Parallel ADDs race here harmlessly: creation of an
 /// existing bridge is a no-op.
 fn ensure_bridge(nl: &mut Netlink, conf: &BridgeConf, mtu: u32) -> Result<Link, BridgeError> {
-    let existing = nl.link(&conf.bridge)?;
-    if existing.is_none() {
-        nl.create_bridge(&conf.bridge, Some(mtu), false)?;
-    }
-    let bridge = nl.link(&conf.bridge)?.ok_or_else(|| {
-        BridgeError::BridgeConflict(format!(
-            "bridge {} vanished while being set up",
-            conf.bridge
-        ))
-    })?;
+    let bridge = match nl.link(&conf.bridge)? {
+        Some(existing) => existing,
+        None => {
+            nl.create_bridge(&conf.bridge, Some(mtu), false)?;
+            nl.link(&conf.bridge)?.ok_or_else(|| {
+                BridgeError::BridgeConflict(format!(
+                    "bridge {} vanished while being set up",
+                    conf.bridge
+                ))
+            })?
+        }
+    };
     if bridge.kind.as_deref() != Some("bridge") {
         return Err(BridgeError::BridgeConflict(format!(
             "{} exists but is a {} device, not a bridge",

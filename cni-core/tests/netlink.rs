@@ -252,3 +252,50 @@ fn vxlan_with_neighbour_fdb_and_onlink_route_carries_traffic() {
     assert!(!nla.fdb(vxa.index).unwrap().contains(&fdb));
     assert!(!a.ping("10.1.2.0"));
 }
+
+#[test]
+fn addresses_of_one_link_leave_out_every_other_link_and_later_dumps_still_work() {
+    require_root();
+    let host = Netns::new("nladdr");
+    let host_ns = NetNs::open(&host.path()).unwrap();
+    let mut nl = Netlink::open_in(&host_ns).unwrap();
+    let mut indices = Vec::new();
+    for i in 0..3u8 {
+        let name = format!("br-a{i}");
+        nl.create_bridge(&name, None, false).unwrap();
+        let index = nl.link(&name).unwrap().unwrap().index;
+        nl.set_up(index).unwrap();
+        nl.add_address(index, format!("10.78.{i}.1/24").parse().unwrap(), false)
+            .unwrap();
+        nl.add_address(index, format!("fd00:78:{i}::1/64").parse().unwrap(), true)
+            .unwrap();
+        indices.push(index);
+    }
+    for (i, index) in indices.iter().enumerate() {
+        // Up links also carry their own fe80:: address; what matters is no other link's.
+        let mut addrs: Vec<ipnetwork::IpNetwork> = nl
+            .addresses(*index)
+            .unwrap()
+            .into_iter()
+            .filter(|a| !a.to_string().starts_with("fe80:"))
+            .collect();
+        addrs.sort();
+        let mut want: Vec<ipnetwork::IpNetwork> = vec![
+            format!("10.78.{i}.1/24").parse().unwrap(),
+            format!("fd00:78:{i}::1/64").parse().unwrap(),
+        ];
+        want.sort();
+        assert_eq!(addrs, want, "addresses of br-a{i}");
+    }
+    // The strict check is only for that one request: unfiltered dumps answer in full afterwards.
+    let names: Vec<String> = nl.links().unwrap().into_iter().map(|l| l.name).collect();
+    for i in 0..3 {
+        assert!(names.contains(&format!("br-a{i}")), "{names:?}");
+    }
+    assert_eq!(
+        nl.routes(false).unwrap().len(),
+        3,
+        "one subnet route per bridge"
+    );
+    assert!(nl.addresses(9999).unwrap().is_empty());
+}

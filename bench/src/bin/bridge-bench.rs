@@ -6,6 +6,7 @@
 //!
 //! Usage: bridge-bench <tether bin dir> <reference bin dir> [pods] [iperf seconds] [rounds]
 
+use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -16,7 +17,10 @@ use serde_json::{json, Value};
 use tether_bench::{call_in, ms, print_table, ratio, stats, BenchNs, Stats};
 
 const PARALLEL: usize = 16;
-const IPERF_REPS: usize = 5;
+/// Short runs, many of them, in rotating order: this VM's throughput drifts by 20% from one
+/// second to the next, so each repetition's configurations are compared with each other (the
+/// median of those paired ratios) as well as by their own medians.
+const IPERF_REPS: usize = 15;
 /// Both iperf3 ends run on this CPU: with client and server free to move between the two cores,
 /// single runs varied by 40%; on one core they vary by a few percent.
 const IPERF_CPU: &str = "0";
@@ -36,6 +40,22 @@ struct Latency {
     add_par: Vec<Duration>,
     del_par: Vec<Duration>,
     failures: usize,
+}
+
+/// With BRIDGE_BENCH_TRACE=<file>, every call's latency is appended there as
+/// `<implementation> <command> <threads> <pod index> <microseconds>`, to study the tails.
+fn trace() -> Option<&'static std::fs::File> {
+    static TRACE: std::sync::OnceLock<Option<std::fs::File>> = std::sync::OnceLock::new();
+    TRACE
+        .get_or_init(|| {
+            let path = std::env::var_os("BRIDGE_BENCH_TRACE")?;
+            std::fs::OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(path)
+                .ok()
+        })
+        .as_ref()
 }
 
 fn timed_round(
@@ -66,6 +86,15 @@ fn timed_round(
                     &cni_path,
                     conf,
                 );
+                if let Some(t) = trace() {
+                    // One write per line, so lines of parallel calls do not interleave.
+                    let line = format!(
+                        "{} {command} {threads} {i} {}\n",
+                        imp.label,
+                        c.elapsed.as_micros()
+                    );
+                    let _ = (&*t).write_all(line.as_bytes());
+                }
                 if let Ok(mut o) = out.lock() {
                     o.0.push(c.elapsed);
                     o.1 += usize::from(!c.ok);
@@ -150,12 +179,30 @@ fn iperf(server: &BenchNs, client: &BenchNs, server_ip: &str, seconds: u32) -> f
         / 1e9
 }
 
-/// Gbit/s: two pods on a Tether bridge, two namespaces on a bridge made by hand (the kernel's
-/// own cost of a bridge hop), two namespaces joined by one bare veth pair (the limit).
+/// Gbit/s per repetition: two pods on a Tether bridge; two namespaces on a bridge made by hand
+/// (the kernel's own cost of a bridge hop), with bridge-nf-call-iptables on (as Kubernetes needs)
+/// and off (what br_netfilter costs); two namespaces joined by one bare veth pair (the limit).
 struct Throughput {
-    tether: f64,
-    by_hand: f64,
-    bare: f64,
+    tether: Vec<f64>,
+    by_hand: Vec<f64>,
+    by_hand_no_nf: Vec<f64>,
+    bare: Vec<f64>,
+}
+
+fn median(v: &[f64]) -> f64 {
+    let mut v = v.to_vec();
+    v.sort_by(|a, b| a.total_cmp(b));
+    v.get(v.len() / 2).copied().unwrap_or(0.0)
+}
+
+/// Median over repetitions of a[i] / b[i]: both were measured within seconds of each other.
+fn paired(a: &[f64], b: &[f64]) -> f64 {
+    let ratios: Vec<f64> = a
+        .iter()
+        .zip(b)
+        .map(|(a, b)| a / b.max(f64::MIN_POSITIVE))
+        .collect();
+    median(&ratios)
 }
 
 fn throughput(ours: &Implementation, data: &Path, seconds: u32, reps: usize) -> Throughput {
@@ -226,34 +273,52 @@ fn throughput(ours: &Implementation, data: &Path, seconds: u32, reps: usize) -> 
     for ns in [&va, &vb, &pods[0], &pods[1], &ha, &hb] {
         ns.exec(&["ip", "link", "set", "lo", "up"]);
     }
-    // Interleaved repetitions; the median of each is reported.
-    let (mut tether, mut by_hand, mut bare) = (Vec::new(), Vec::new(), Vec::new());
-    for _ in 0..reps {
-        tether.push(iperf(&pods[1], &pods[0], "10.91.0.3", seconds));
-        by_hand.push(iperf(&hb, &ha, "10.93.0.2", seconds));
-        bare.push(iperf(&vb, &va, "10.92.0.2", seconds));
-    }
-    let median = |v: &mut Vec<f64>| {
-        v.sort_by(|a, b| a.total_cmp(b));
-        v[v.len() / 2]
+    let nf_call = |on: bool| {
+        let v = if on { "1" } else { "0" };
+        hand_node.exec(&[
+            "sysctl",
+            "-qw",
+            &format!("net.bridge.bridge-nf-call-iptables={v}"),
+        ]);
     };
-    Throughput {
-        tether: median(&mut tether),
-        by_hand: median(&mut by_hand),
-        bare: median(&mut bare),
+    // Interleaved repetitions, the order rotating so that no configuration always goes first.
+    let mut tp = Throughput {
+        tether: Vec::new(),
+        by_hand: Vec::new(),
+        by_hand_no_nf: Vec::new(),
+        bare: Vec::new(),
+    };
+    for rep in 0..reps {
+        for k in 0..4 {
+            match (rep + k) % 4 {
+                0 => tp
+                    .tether
+                    .push(iperf(&pods[1], &pods[0], "10.91.0.3", seconds)),
+                1 => {
+                    nf_call(true);
+                    tp.by_hand.push(iperf(&hb, &ha, "10.93.0.2", seconds));
+                }
+                2 => {
+                    nf_call(false);
+                    tp.by_hand_no_nf.push(iperf(&hb, &ha, "10.93.0.2", seconds));
+                }
+                _ => tp.bare.push(iperf(&vb, &va, "10.92.0.2", seconds)),
+            }
+        }
     }
+    tp
 }
 
 fn main() {
     let args: Vec<String> = std::env::args().collect();
     if args.len() < 3 {
         eprintln!(
-            "usage: bridge-bench <tether bin dir> <reference bin dir> [pods] [iperf seconds]"
+            "usage: bridge-bench <tether bin dir> <reference bin dir> [pods] [iperf seconds] [rounds]"
         );
         std::process::exit(2);
     }
     let pods_n: usize = args.get(3).and_then(|a| a.parse().ok()).unwrap_or(200);
-    let seconds: u32 = args.get(4).and_then(|a| a.parse().ok()).unwrap_or(5);
+    let seconds: u32 = args.get(4).and_then(|a| a.parse().ok()).unwrap_or(2);
     let rounds: usize = args.get(5).and_then(|a| a.parse().ok()).unwrap_or(3).max(1);
     let ours = Implementation {
         label: "tether",
@@ -337,33 +402,38 @@ fn main() {
         "\nfailures: reference {}, tether {}\n",
         r.failures, o.failures
     );
-    let pct = |a: f64, b: f64| format!("{:.0}%", 100.0 * a / b.max(f64::MIN_POSITIVE));
+    let pct = |r: f64| format!("{:.0}%", 100.0 * r);
+    let rows = [
+        ("two pods on a Tether bridge", &tp.tether),
+        ("two namespaces on a bridge made by hand", &tp.by_hand),
+        (
+            "the same, bridge-nf-call-iptables=0 (kube-proxy needs 1)",
+            &tp.by_hand_no_nf,
+        ),
+        ("two namespaces, bare veth pair (limit)", &tp.bare),
+    ];
     print_table(
         &[
-            &format!("iperf3 TCP, both ends on one CPU, median of {IPERF_REPS}"),
-            "Gbit/s",
+            &format!(
+                "iperf3 TCP, both ends on one CPU, {IPERF_REPS} x {seconds} s, rotating order"
+            ),
+            "median Gbit/s",
             "vs bare veth",
             "vs bridge by hand",
         ],
-        &[
-            vec![
-                "two pods on a Tether bridge".into(),
-                format!("{:.1}", tp.tether),
-                pct(tp.tether, tp.bare),
-                pct(tp.tether, tp.by_hand),
-            ],
-            vec![
-                "two namespaces on a bridge made by hand".into(),
-                format!("{:.1}", tp.by_hand),
-                pct(tp.by_hand, tp.bare),
-                "100%".into(),
-            ],
-            vec![
-                "two namespaces, bare veth pair (limit)".into(),
-                format!("{:.1}", tp.bare),
-                "100%".into(),
-                pct(tp.bare, tp.by_hand),
-            ],
-        ],
+        &rows
+            .iter()
+            .map(|(what, v)| {
+                vec![
+                    what.to_string(),
+                    format!("{:.1}", median(v)),
+                    pct(paired(v, &tp.bare)),
+                    pct(paired(v, &tp.by_hand)),
+                ]
+            })
+            .collect::<Vec<_>>(),
+    );
+    println!(
+        "\nratios are medians of per-repetition ratios (configurations measured seconds apart)"
     );
 }
