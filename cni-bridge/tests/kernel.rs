@@ -207,6 +207,23 @@ fn dual_stack_pods_talk_over_ipv6_at_once() {
     assert!(b.ping(&pod_address(&ra, 4)), "IPv4 too");
     let v6_default = a.ip_json(&["-6", "route", "show", "default"]);
     assert_eq!(v6_default[0]["gateway"], "fd00:89::1");
+    // The host ends are bridge ports: no IPv6 address (no link-local, no DAD) of their own, while
+    // the pods keep theirs.
+    for result in [&ra, &rb] {
+        let veth = host_veth(result);
+        assert!(node.link(&veth).is_some(), "{veth} exists");
+        let host_addrs = node.ns.ip_json(&["-6", "addr", "show", "dev", &veth]);
+        let any = host_addrs
+            .as_array()
+            .into_iter()
+            .flatten()
+            .any(|l| l["addr_info"].as_array().is_some_and(|a| !a.is_empty()));
+        assert!(!any, "{veth}: {host_addrs}");
+    }
+    assert!(
+        addrs.contains("fe80:"),
+        "the pod keeps its link-local: {addrs}"
+    );
 }
 
 #[test]

@@ -17,9 +17,9 @@ use netlink_packet_route::address::{
     AddressAttribute, AddressFlags, AddressHeaderFlags, AddressMessage, AddressScope,
 };
 use netlink_packet_route::link::{
-    AfSpecBridge, BridgeFlag, BridgeVlanInfo, BridgeVlanInfoFlags, InfoBridge, InfoBridgePort,
-    InfoData, InfoKind, InfoPortData, InfoPortKind, InfoVeth, InfoVxlan, LinkAttribute, LinkFlags,
-    LinkInfo, LinkMessage,
+    AfSpecBridge, AfSpecInet6, AfSpecUnspec, BridgeFlag, BridgeVlanInfo, BridgeVlanInfoFlags,
+    In6AddrGenMode, InfoBridge, InfoBridgePort, InfoData, InfoKind, InfoPortData, InfoPortKind,
+    InfoVeth, InfoVxlan, LinkAttribute, LinkFlags, LinkInfo, LinkMessage,
 };
 use netlink_packet_route::neighbour::{
     NeighbourAddress, NeighbourAttribute, NeighbourFlags, NeighbourMessage, NeighbourState,
@@ -392,8 +392,13 @@ impl Netlink {
             .map_err(self.err("setting vlan_filtering on", format!("#{index}")))
     }
 
-    /// Creates both ends of a veth pair in one request: the host end (up, attached to its bridge)
-    /// here and the peer straight inside its namespace.
+    /// Creates both ends of a veth pair in one request: the host end here and the peer straight
+    /// inside its namespace; then brings the host end up.
+    ///
+    /// A host end that is a bridge port (`host_master`) gets no IPv6 address of its own (a bridge
+    /// port's addresses are never used): no link-local address, so no duplicate address detection,
+    /// router solicitations or per-port fe80::/64 route, work that otherwise holds the RTNL lock
+    /// and grows with the number of pods on the node.
     pub fn create_veth(&mut self, spec: &VethSpec<'_>) -> Result<(), NlError> {
         let mut peer = LinkMessage::default();
         peer.attributes
@@ -405,8 +410,6 @@ impl Netlink {
             peer.attributes.push(LinkAttribute::Address(mac.to_vec()));
         }
         let mut host = LinkMessage::default();
-        host.header.flags = LinkFlags::Up;
-        host.header.change_mask = LinkFlags::Up;
         host.attributes
             .push(LinkAttribute::IfName(spec.host_name.to_string()));
         host.attributes.push(LinkAttribute::Mtu(spec.mtu));
@@ -430,19 +433,31 @@ impl Netlink {
                 spec.peer_netns.path().display()
             ),
         ))?;
+        // Set while the link is down, before IPv6 could make a link-local address.
+        let mut settings = Vec::new();
         if let Some(alias) = spec.host_alias {
-            self.set_alias(spec.host_name, alias)?;
+            settings.push(LinkAttribute::IfAlias(alias.to_string()));
         }
-        Ok(())
-    }
-
-    fn set_alias(&mut self, name: &str, alias: &str) -> Result<(), NlError> {
-        let mut msg = LinkMessage::default();
-        msg.attributes.push(LinkAttribute::IfName(name.to_string()));
-        msg.attributes
-            .push(LinkAttribute::IfAlias(alias.to_string()));
-        self.change(RouteNetlinkMessage::SetLink(msg), 0)
-            .map_err(self.err("setting alias on", name))
+        if spec.host_master.is_some() {
+            settings.push(LinkAttribute::AfSpecUnspec(vec![AfSpecUnspec::Inet6(
+                vec![AfSpecInet6::AddrGenMode(In6AddrGenMode::None)],
+            )]));
+        }
+        if !settings.is_empty() {
+            let mut msg = LinkMessage::default();
+            msg.attributes
+                .push(LinkAttribute::IfName(spec.host_name.to_string()));
+            msg.attributes.extend(settings);
+            self.change(RouteNetlinkMessage::SetLink(msg), 0)
+                .map_err(self.err("setting alias and addrgenmode on", spec.host_name))?;
+        }
+        let mut up = LinkMessage::default();
+        up.header.flags = LinkFlags::Up;
+        up.header.change_mask = LinkFlags::Up;
+        up.attributes
+            .push(LinkAttribute::IfName(spec.host_name.to_string()));
+        self.change(RouteNetlinkMessage::SetLink(up), 0)
+            .map_err(self.err("bringing up link", spec.host_name))
     }
 
     /// Deletes a link by name. A link that is already gone is success (returns false).
