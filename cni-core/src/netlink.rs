@@ -451,9 +451,7 @@ impl Netlink {
             self.change(RouteNetlinkMessage::SetLink(msg), 0)
                 .map_err(self.err("setting alias and addrgenmode on", spec.host_name))?;
         }
-        let mut up = LinkMessage::default();
-        up.header.flags = LinkFlags::Up;
-        up.header.change_mask = LinkFlags::Up;
+        let mut up = flags_message(LinkFlags::Up, true);
         up.attributes
             .push(LinkAttribute::IfName(spec.host_name.to_string()));
         self.change(RouteNetlinkMessage::SetLink(up), 0)
@@ -478,10 +476,8 @@ impl Netlink {
         on: bool,
         what: &'static str,
     ) -> Result<(), NlError> {
-        let mut msg = LinkMessage::default();
+        let mut msg = flags_message(flag, on);
         msg.header.index = index;
-        msg.header.flags = if on { flag } else { LinkFlags::empty() };
-        msg.header.change_mask = flag;
         self.change(RouteNetlinkMessage::SetLink(msg), 0)
             .map_err(self.err(what, format!("#{index}")))
     }
@@ -830,6 +826,15 @@ impl Netlink {
             .filter(|r| r.table == u32::from(RouteHeader::RT_TABLE_MAIN))
             .collect())
     }
+}
+
+/// A link change that turns `flag` on or off and leaves the other flags alone; the caller names
+/// the link (by index or by name).
+fn flags_message(flag: LinkFlags, on: bool) -> LinkMessage {
+    let mut msg = LinkMessage::default();
+    msg.header.flags = if on { flag } else { LinkFlags::empty() };
+    msg.header.change_mask = flag;
+    msg
 }
 
 fn route_message(spec: &RouteSpec) -> RouteMessage {
