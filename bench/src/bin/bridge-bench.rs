@@ -139,8 +139,9 @@ fn latency_round(imp: &Implementation, pods: &[BenchNs], data: &Path, into: &mut
     }
 }
 
-/// iperf3 from `client` to `server_ip` (served in `server`), in Gbit/s.
-fn iperf(server: &BenchNs, client: &BenchNs, server_ip: &str, seconds: u32) -> f64 {
+/// iperf3 from `client` to `server_ip` (served in `server`) with congestion control `cc`, in
+/// Gbit/s.
+fn iperf(server: &BenchNs, client: &BenchNs, server_ip: &str, seconds: u32, cc: &str) -> f64 {
     let mut srv = Command::new("ip")
         .args([
             "netns",
@@ -169,6 +170,8 @@ fn iperf(server: &BenchNs, client: &BenchNs, server_ip: &str, seconds: u32) -> f
         server_ip,
         "-t",
         &seconds.to_string(),
+        "-C",
+        cc,
         "-J",
     ]);
     let _ = srv.wait();
@@ -205,7 +208,37 @@ fn paired(a: &[f64], b: &[f64]) -> f64 {
     median(&ratios)
 }
 
-fn throughput(ours: &Implementation, data: &Path, seconds: u32, reps: usize) -> Throughput {
+/// The congestion controls to measure with: cubic (Linux's default) always, and BBR when the
+/// kernel has it. They load the path differently: BBR paces its sending, and on this VM paced
+/// runs are limited by the pacing as much as by the CPU, which hides part of a hop's cost; cubic
+/// sends as fast as the CPU allows, so every per-packet cost shows.
+fn congestion_controls() -> Vec<&'static str> {
+    let available = || {
+        std::fs::read_to_string("/proc/sys/net/ipv4/tcp_available_congestion_control")
+            .unwrap_or_default()
+    };
+    if !available().split_whitespace().any(|c| c == "bbr") {
+        let _ = Command::new("modprobe")
+            .args(["-q", "tcp_bbr"])
+            .stderr(Stdio::null())
+            .status();
+    }
+    let bbr = available().split_whitespace().any(|c| c == "bbr");
+    if bbr {
+        vec!["cubic", "bbr"]
+    } else {
+        vec!["cubic"]
+    }
+}
+
+/// Throughput per congestion control, in the order given.
+fn throughput(
+    ours: &Implementation,
+    data: &Path,
+    seconds: u32,
+    reps: usize,
+    controls: &[&str],
+) -> Vec<Throughput> {
     let pid = std::process::id();
     // Two pods on a Tether bridge inside a node.
     let node_ns = BenchNs::new(format!("tb-tpnode-{pid}"));
@@ -282,31 +315,117 @@ fn throughput(ours: &Implementation, data: &Path, seconds: u32, reps: usize) -> 
         ]);
     };
     // Interleaved repetitions, the order rotating so that no configuration always goes first.
-    let mut tp = Throughput {
-        tether: Vec::new(),
-        by_hand: Vec::new(),
-        by_hand_no_nf: Vec::new(),
-        bare: Vec::new(),
-    };
-    for rep in 0..reps {
-        for k in 0..4 {
-            match (rep + k) % 4 {
-                0 => tp
-                    .tether
-                    .push(iperf(&pods[1], &pods[0], "10.91.0.3", seconds)),
-                1 => {
-                    nf_call(true);
-                    tp.by_hand.push(iperf(&hb, &ha, "10.93.0.2", seconds));
+    let mut all = Vec::new();
+    for cc in controls {
+        eprintln!("throughput with {cc}...");
+        let mut tp = Throughput {
+            tether: Vec::new(),
+            by_hand: Vec::new(),
+            by_hand_no_nf: Vec::new(),
+            bare: Vec::new(),
+        };
+        for rep in 0..reps {
+            for k in 0..4 {
+                match (rep + k) % 4 {
+                    0 => tp
+                        .tether
+                        .push(iperf(&pods[1], &pods[0], "10.91.0.3", seconds, cc)),
+                    1 => {
+                        nf_call(true);
+                        tp.by_hand.push(iperf(&hb, &ha, "10.93.0.2", seconds, cc));
+                    }
+                    2 => {
+                        nf_call(false);
+                        tp.by_hand_no_nf
+                            .push(iperf(&hb, &ha, "10.93.0.2", seconds, cc));
+                    }
+                    _ => tp.bare.push(iperf(&vb, &va, "10.92.0.2", seconds, cc)),
                 }
-                2 => {
-                    nf_call(false);
-                    tp.by_hand_no_nf.push(iperf(&hb, &ha, "10.93.0.2", seconds));
-                }
-                _ => tp.bare.push(iperf(&vb, &va, "10.92.0.2", seconds)),
             }
         }
+        all.push(tp);
     }
-    tp
+    all
+}
+
+fn print_latency(pods_n: usize, rounds: usize, o: &mut Latency, r: &mut Latency) {
+    println!("cni-bridge + cni-ipam vs bridge + host-local: {pods_n} pods x {rounds} alternating rounds, {PARALLEL} in flight for the parallel rows\n");
+    let row = |what: &str, o: &mut Vec<Duration>, r: &mut Vec<Duration>| {
+        let (o, r): (Stats, Stats) = (stats(o), stats(r));
+        vec![
+            what.to_string(),
+            ms(r.p50),
+            ms(o.p50),
+            ratio(o.p50, r.p50),
+            ms(r.p99),
+            ms(o.p99),
+            ratio(o.p99, r.p99),
+        ]
+    };
+    print_table(
+        &[
+            "operation",
+            "reference p50 ms",
+            "tether p50 ms",
+            "p50 ratio",
+            "reference p99 ms",
+            "tether p99 ms",
+            "p99 ratio",
+        ],
+        &[
+            row("ADD (sequential)", &mut o.add_seq, &mut r.add_seq),
+            row("DEL (sequential)", &mut o.del_seq, &mut r.del_seq),
+            row(
+                &format!("ADD ({PARALLEL} parallel)"),
+                &mut o.add_par,
+                &mut r.add_par,
+            ),
+            row(
+                &format!("DEL ({PARALLEL} parallel)"),
+                &mut o.del_par,
+                &mut r.del_par,
+            ),
+        ],
+    );
+    println!(
+        "\nfailures: reference {}, tether {}\n",
+        r.failures, o.failures
+    );
+}
+
+fn print_throughput(cc: &str, seconds: u32, tp: &Throughput) {
+    println!();
+    let pct = |r: f64| format!("{:.0}%", 100.0 * r);
+    let rows = [
+        ("two pods on a Tether bridge", &tp.tether),
+        ("two namespaces on a bridge made by hand", &tp.by_hand),
+        (
+            "the same, bridge-nf-call-iptables=0 (kube-proxy needs 1)",
+            &tp.by_hand_no_nf,
+        ),
+        ("two namespaces, bare veth pair (limit)", &tp.bare),
+    ];
+    print_table(
+        &[
+            &format!(
+                "iperf3 TCP ({cc}), both ends on one CPU, {IPERF_REPS} x {seconds} s, rotating order"
+            ),
+            "median Gbit/s",
+            "vs bare veth",
+            "vs bridge by hand",
+        ],
+        &rows
+            .iter()
+            .map(|(what, v)| {
+                vec![
+                    what.to_string(),
+                    format!("{:.1}", median(v)),
+                    pct(paired(v, &tp.bare)),
+                    pct(paired(v, &tp.by_hand)),
+                ]
+            })
+            .collect::<Vec<_>>(),
+    );
 }
 
 fn main() {
@@ -355,84 +474,18 @@ fn main() {
             latency_round(imp, &pods, &data, into);
         }
     }
+    let controls = congestion_controls();
     eprintln!("throughput ({seconds} s per run, {IPERF_REPS} interleaved runs each)...");
-    let tp = throughput(&ours, &data, seconds, IPERF_REPS);
+    let tps = throughput(&ours, &data, seconds, IPERF_REPS, &controls);
     drop(pods);
     let _ = std::fs::remove_dir_all(&data);
 
-    println!("cni-bridge + cni-ipam vs bridge + host-local: {pods_n} pods x {rounds} alternating rounds, {PARALLEL} in flight for the parallel rows\n");
-    let row = |what: &str, o: &mut Vec<Duration>, r: &mut Vec<Duration>| {
-        let (o, r): (Stats, Stats) = (stats(o), stats(r));
-        vec![
-            what.to_string(),
-            ms(r.p50),
-            ms(o.p50),
-            ratio(o.p50, r.p50),
-            ms(r.p99),
-            ms(o.p99),
-            ratio(o.p99, r.p99),
-        ]
-    };
-    print_table(
-        &[
-            "operation",
-            "reference p50 ms",
-            "tether p50 ms",
-            "p50 ratio",
-            "reference p99 ms",
-            "tether p99 ms",
-            "p99 ratio",
-        ],
-        &[
-            row("ADD (sequential)", &mut o.add_seq, &mut r.add_seq),
-            row("DEL (sequential)", &mut o.del_seq, &mut r.del_seq),
-            row(
-                &format!("ADD ({PARALLEL} parallel)"),
-                &mut o.add_par,
-                &mut r.add_par,
-            ),
-            row(
-                &format!("DEL ({PARALLEL} parallel)"),
-                &mut o.del_par,
-                &mut r.del_par,
-            ),
-        ],
-    );
-    println!(
-        "\nfailures: reference {}, tether {}\n",
-        r.failures, o.failures
-    );
-    let pct = |r: f64| format!("{:.0}%", 100.0 * r);
-    let rows = [
-        ("two pods on a Tether bridge", &tp.tether),
-        ("two namespaces on a bridge made by hand", &tp.by_hand),
-        (
-            "the same, bridge-nf-call-iptables=0 (kube-proxy needs 1)",
-            &tp.by_hand_no_nf,
-        ),
-        ("two namespaces, bare veth pair (limit)", &tp.bare),
-    ];
-    print_table(
-        &[
-            &format!(
-                "iperf3 TCP, both ends on one CPU, {IPERF_REPS} x {seconds} s, rotating order"
-            ),
-            "median Gbit/s",
-            "vs bare veth",
-            "vs bridge by hand",
-        ],
-        &rows
-            .iter()
-            .map(|(what, v)| {
-                vec![
-                    what.to_string(),
-                    format!("{:.1}", median(v)),
-                    pct(paired(v, &tp.bare)),
-                    pct(paired(v, &tp.by_hand)),
-                ]
-            })
-            .collect::<Vec<_>>(),
-    );
+    if pods_n > 0 {
+        print_latency(pods_n, rounds, &mut o, &mut r);
+    }
+    for (cc, tp) in controls.iter().zip(&tps) {
+        print_throughput(cc, seconds, tp);
+    }
     println!(
         "\nratios are medians of per-repetition ratios (configurations measured seconds apart)"
     );
