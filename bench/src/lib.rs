@@ -163,6 +163,38 @@ impl Drop for BenchNs {
     }
 }
 
+/// Prints the latency comparison table: per operation, both implementations' p50 and p99 and the
+/// ratios `ours / reference`. Rows are `(operation, ours, reference)`.
+pub fn print_latency_table(reference: &str, ours: &str, rows: &[(String, Stats, Stats)]) {
+    let header = [
+        "operation".to_string(),
+        format!("{reference} p50 ms"),
+        format!("{ours} p50 ms"),
+        "p50 ratio".to_string(),
+        format!("{reference} p99 ms"),
+        format!("{ours} p99 ms"),
+        "p99 ratio".to_string(),
+    ];
+    let rows: Vec<Vec<String>> = rows
+        .iter()
+        .map(|(what, o, r)| {
+            vec![
+                what.clone(),
+                ms(r.p50),
+                ms(o.p50),
+                ratio(o.p50, r.p50),
+                ms(r.p99),
+                ms(o.p99),
+                ratio(o.p99, r.p99),
+            ]
+        })
+        .collect();
+    print_table(
+        &header.iter().map(String::as_str).collect::<Vec<_>>(),
+        &rows,
+    );
+}
+
 /// Prints a Markdown table row by row.
 pub fn print_table(header: &[&str], rows: &[Vec<String>]) {
     println!("| {} |", header.join(" | "));

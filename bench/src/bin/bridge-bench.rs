@@ -14,7 +14,7 @@ use std::sync::Mutex;
 use std::time::Duration;
 
 use serde_json::{json, Value};
-use tether_bench::{call_in, ms, print_table, ratio, stats, BenchNs, Stats};
+use tether_bench::{call_in, print_latency_table, print_table, stats, BenchNs};
 
 const PARALLEL: usize = 16;
 /// Short runs, many of them, in rotating order: this VM's throughput drifts by 20% from one
@@ -350,43 +350,23 @@ fn throughput(
 
 fn print_latency(pods_n: usize, rounds: usize, o: &mut Latency, r: &mut Latency) {
     println!("cni-bridge + cni-ipam vs bridge + host-local: {pods_n} pods x {rounds} alternating rounds, {PARALLEL} in flight for the parallel rows\n");
-    let row = |what: &str, o: &mut Vec<Duration>, r: &mut Vec<Duration>| {
-        let (o, r): (Stats, Stats) = (stats(o), stats(r));
-        vec![
-            what.to_string(),
-            ms(r.p50),
-            ms(o.p50),
-            ratio(o.p50, r.p50),
-            ms(r.p99),
-            ms(o.p99),
-            ratio(o.p99, r.p99),
-        ]
-    };
-    print_table(
-        &[
-            "operation",
-            "reference p50 ms",
-            "tether p50 ms",
-            "p50 ratio",
-            "reference p99 ms",
-            "tether p99 ms",
-            "p99 ratio",
-        ],
-        &[
-            row("ADD (sequential)", &mut o.add_seq, &mut r.add_seq),
-            row("DEL (sequential)", &mut o.del_seq, &mut r.del_seq),
-            row(
-                &format!("ADD ({PARALLEL} parallel)"),
-                &mut o.add_par,
-                &mut r.add_par,
-            ),
-            row(
-                &format!("DEL ({PARALLEL} parallel)"),
-                &mut o.del_par,
-                &mut r.del_par,
-            ),
-        ],
-    );
+    let row =
+        |what: String, o: &mut Vec<Duration>, r: &mut Vec<Duration>| (what, stats(o), stats(r));
+    let rows = [
+        row("ADD (sequential)".into(), &mut o.add_seq, &mut r.add_seq),
+        row("DEL (sequential)".into(), &mut o.del_seq, &mut r.del_seq),
+        row(
+            format!("ADD ({PARALLEL} parallel)"),
+            &mut o.add_par,
+            &mut r.add_par,
+        ),
+        row(
+            format!("DEL ({PARALLEL} parallel)"),
+            &mut o.del_par,
+            &mut r.del_par,
+        ),
+    ];
+    print_latency_table("reference", "tether", &rows);
     println!(
         "\nfailures: reference {}, tether {}\n",
         r.failures, o.failures

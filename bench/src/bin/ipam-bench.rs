@@ -10,7 +10,7 @@ use std::sync::Mutex;
 use std::time::Duration;
 
 use serde_json::json;
-use tether_bench::{call, ms, print_table, ratio, stats, Stats};
+use tether_bench::{call, print_latency_table, stats, Stats};
 
 const PARALLEL: usize = 16;
 
@@ -133,31 +133,13 @@ fn main() {
     let _ = std::fs::remove_dir_all(&base);
 
     println!("cni-ipam vs host-local: {calls} calls per row, {PARALLEL} in flight for the parallel row\n");
-    let row = |what: &str, o: Stats, r: Stats| {
-        vec![
-            what.to_string(),
-            ms(r.p50),
-            ms(o.p50),
-            ratio(o.p50, r.p50),
-            ms(r.p99),
-            ms(o.p99),
-            ratio(o.p99, r.p99),
-        ]
-    };
-    print_table(
+    print_latency_table(
+        "host-local",
+        "cni-ipam",
         &[
-            "operation",
-            "host-local p50 ms",
-            "cni-ipam p50 ms",
-            "p50 ratio",
-            "host-local p99 ms",
-            "cni-ipam p99 ms",
-            "p99 ratio",
-        ],
-        &[
-            row("ADD (sequential)", o.add_seq, r.add_seq),
-            row("DEL (sequential)", o.del_seq, r.del_seq),
-            row(&format!("ADD ({PARALLEL} parallel)"), o.add_par, r.add_par),
+            ("ADD (sequential)".into(), o.add_seq, r.add_seq),
+            ("DEL (sequential)".into(), o.del_seq, r.del_seq),
+            (format!("ADD ({PARALLEL} parallel)"), o.add_par, r.add_par),
         ],
     );
     println!(
