@@ -5,15 +5,17 @@ use std::net::IpAddr;
 use std::path::Path;
 
 use cni_core::delegate;
+use cni_core::names;
+use cni_core::netlink::detached as unlink;
 use cni_core::netlink::{Link, Netlink, RouteSpec, VethSpec};
 use cni_core::netns::NetNs;
-use cni_core::unlink;
+use cni_core::sysctl;
 use cni_core::{CniResult, Command, Interface, IpConfig, Plugin, Request, Route};
 use ipnetwork::IpNetwork;
 use serde_json::Value;
 
 use crate::config::BridgeConf;
-use crate::error::{error_chain, BridgeError, Failures};
+use crate::error::{finish, BridgeError, Failures};
 use crate::nft;
 
 /// Used when neither the config nor the host's default-route interface gives an MTU.
@@ -125,7 +127,7 @@ impl Plugin for BridgePlugin {
         }
         failures.note(nft::gc_masquerade(&req.config.name, &valid_owners));
         failures.note(nft::gc_spoofcheck(&req.config.name, &valid_owners));
-        failures.finish()
+        finish(failures)
     }
 
     fn status(&self, req: &Request) -> Result<(), BridgeError> {
@@ -133,7 +135,7 @@ impl Plugin for BridgePlugin {
         if let Some(plugin) = &conf.ipam_type {
             delegate::invoke(req, plugin, Command::Status, &full_config(req))?;
         }
-        let unavailable = |e: BridgeError| BridgeError::NotAvailable(error_chain(&e));
+        let unavailable = |e: BridgeError| BridgeError::NotAvailable(cni_core::error::chain(&e));
         let mut nl = Netlink::open().map_err(|e| unavailable(e.into()))?;
         let mtu = match conf.mtu {
             Some(mtu) => mtu,
@@ -152,11 +154,7 @@ fn full_config(req: &Request) -> Value {
 /// A stable host-side name, so that DEL finds the veth from the container ID and interface name
 /// alone (the netns may be gone): `veth` + 11 hex digits of a hash, 15 bytes in all.
 pub fn host_veth_name(container_id: &str, ifname: &str) -> String {
-    let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
-    for byte in container_id.bytes().chain([0]).chain(ifname.bytes()) {
-        hash ^= u64::from(byte);
-        hash = hash.wrapping_mul(0x0100_0000_01b3);
-    }
+    let hash = names::hash64(container_id.bytes().chain([0]).chain(ifname.bytes()));
     format!("veth{:011x}", hash >> 20)
 }
 
@@ -300,7 +298,7 @@ impl<'a> PodAttachment<'a> {
             // IPv6 is usable as soon as ADD returns.
             let path = format!("/proc/sys/net/ipv6/conf/{}/accept_dad", req.ifname);
             self.pod_ns
-                .run(|| write_sysctl(&path, "0"))
+                .run(|| sysctl::set(&path, "0"))
                 .map_err(BridgeError::Netns)??;
         }
         let pod_link = pod_nl.link(&req.ifname)?.ok_or_else(|| {
@@ -451,10 +449,10 @@ impl<'a> PodAttachment<'a> {
             nl.add_address(bridge.index, *gw, true)?;
         }
         if gateways.iter().any(IpNetwork::is_ipv4) {
-            write_sysctl("/proc/sys/net/ipv4/ip_forward", "1")?;
+            sysctl::enable_forwarding(false)?;
         }
         if gateways.iter().any(IpNetwork::is_ipv6) {
-            write_sysctl("/proc/sys/net/ipv6/conf/all/forwarding", "1")?;
+            sysctl::enable_forwarding(true)?;
         }
         Ok(())
     }
@@ -465,17 +463,6 @@ fn gateway_for(ipam: &CniResult, dst: IpAddr) -> Option<IpAddr> {
         .iter()
         .filter(|ip| ip.address.is_ipv4() == dst.is_ipv4())
         .find_map(|ip| ip.gateway)
-}
-
-/// Writes a sysctl only when it differs (writes to /proc/sys are not free).
-fn write_sysctl(path: &str, value: &str) -> Result<(), BridgeError> {
-    if std::fs::read_to_string(path).is_ok_and(|v| v.trim() == value) {
-        return Ok(());
-    }
-    std::fs::write(path, value).map_err(|source| BridgeError::Sysctl {
-        path: path.to_string(),
-        source,
-    })
 }
 
 /// Everything DEL undoes, best effort: IPAM, the veth pair, masquerade and spoof-check state.
@@ -505,7 +492,7 @@ fn teardown(req: &Request, conf: &BridgeConf) -> Result<(), BridgeError> {
     if conf.macspoofchk {
         failures.note(nft::remove_spoofcheck(&req.config.name, &owner));
     }
-    failures.finish()
+    finish(failures)
 }
 
 /// CHECK: the kernel state matches prevResult and the configuration.

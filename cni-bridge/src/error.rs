@@ -1,17 +1,19 @@
 //! Everything cni-bridge can fail with, and the CNI code each one maps to.
 
 use cni_core::delegate::DelegateError;
-use cni_core::netlink::{NlError, OpenError};
+use cni_core::error::most_severe;
+use cni_core::firewall::FirewallError;
+use cni_core::netlink::{NlError, OpenError, UnlinkError};
 use cni_core::netns::NetnsError;
-use cni_core::unlink::UnlinkError;
+use cni_core::sysctl::SysctlError;
 use cni_core::{CniError, Code};
 
-/// Plugin-specific codes (100+), documented in the README.
-pub const CODE_INTERFACE_EXISTS: u32 = 100;
-pub const CODE_BRIDGE_CONFLICT: u32 = 101;
-pub const CODE_KERNEL: u32 = 102;
-pub const CODE_CHECK_MISMATCH: u32 = 103;
-pub const CODE_NFTABLES: u32 = 104;
+/// cni-bridge's own codes (120-129), documented in the README.
+pub const CODE_INTERFACE_EXISTS: u32 = 120;
+pub const CODE_BRIDGE_CONFLICT: u32 = 121;
+pub const CODE_KERNEL: u32 = 122;
+pub const CODE_CHECK_MISMATCH: u32 = 123;
+pub const CODE_NFTABLES: u32 = 124;
 
 #[derive(Debug, thiserror::Error)]
 pub enum BridgeError {
@@ -33,37 +35,22 @@ pub enum BridgeError {
     Kernel(#[from] NlError),
     #[error("removing the veth pair")]
     Unlink(#[from] UnlinkError),
-    #[error("writing sysctl {path}")]
-    Sysctl {
-        path: String,
-        #[source]
-        source: std::io::Error,
-    },
-    #[error("the IPAM plugin failed")]
+    #[error(transparent)]
+    Sysctl(#[from] SysctlError),
+    /// IPAM's own error: its code, its message with the plugin named, its details.
+    #[error(transparent)]
     Ipam(#[from] DelegateError),
     #[error("IPAM returned no address for the gateway")]
     NoGateway,
     #[error("check failed: {0}")]
     CheckMismatch(String),
-    #[error("nftables: {0}")]
-    Nftables(String),
+    #[error("nftables")]
+    Nftables(#[source] FirewallError),
     #[error("cni-bridge cannot serve ADD: {0}")]
     NotAvailable(String),
     /// Teardown keeps going and reports every failure together.
-    #[error("{}", .0.iter().map(error_chain).collect::<Vec<_>>().join("; "))]
+    #[error("{}", .0.iter().map(cni_core::error::chain).collect::<Vec<_>>().join("; "))]
     Several(Vec<BridgeError>),
-}
-
-/// The error and all its causes on one line.
-pub fn error_chain(e: &BridgeError) -> String {
-    let mut text = e.to_string();
-    let mut source = std::error::Error::source(e);
-    while let Some(cause) = source {
-        text.push_str(": ");
-        text.push_str(&cause.to_string());
-        source = cause.source();
-    }
-    text
 }
 
 impl CniError for BridgeError {
@@ -78,39 +65,23 @@ impl CniError for BridgeError {
             | BridgeError::Netns(_)
             | BridgeError::Kernel(_)
             | BridgeError::Unlink(_) => CODE_KERNEL,
-            BridgeError::Sysctl { .. } => Code::Io.into(),
+            BridgeError::Sysctl(_) => Code::Io.into(),
             BridgeError::Ipam(e) => e.code(),
             BridgeError::NoGateway => Code::InvalidConfig.into(),
             BridgeError::CheckMismatch(_) => CODE_CHECK_MISMATCH,
             BridgeError::Nftables(_) => CODE_NFTABLES,
             BridgeError::NotAvailable(_) => Code::NotAvailable.into(),
-            BridgeError::Several(errors) => errors.first().map_or(CODE_KERNEL, CniError::code),
+            BridgeError::Several(errors) => {
+                most_severe(errors.iter().map(CniError::code), CODE_KERNEL)
+            }
         }
     }
 }
 
-/// Collects failures of a teardown that keeps going.
-#[derive(Default)]
-pub struct Failures(Vec<BridgeError>);
+/// The failures of a teardown that keeps going.
+pub type Failures = cni_core::teardown::Failures<BridgeError>;
 
-impl Failures {
-    pub fn note<T>(&mut self, result: Result<T, impl Into<BridgeError>>) -> Option<T> {
-        match result {
-            Ok(v) => Some(v),
-            Err(e) => {
-                let e = e.into();
-                tracing::warn!(error = %error_chain(&e), "teardown step failed, continuing");
-                self.0.push(e);
-                None
-            }
-        }
-    }
-
-    pub fn finish(mut self) -> Result<(), BridgeError> {
-        match self.0.len() {
-            0 => Ok(()),
-            1 => Err(self.0.remove(0)),
-            _ => Err(BridgeError::Several(self.0)),
-        }
-    }
+/// Ok, the one failure, or all of them.
+pub fn finish(failures: Failures) -> Result<(), BridgeError> {
+    failures.finish_with(BridgeError::Several)
 }

@@ -3,50 +3,28 @@
 //! Masquerade is per network subnet: one base chain per (network, subnet) with one rule, matching
 //! source addresses in the network's set. Each attachment is an element of that set, commented with
 //! `<containerID>/<ifname>`, so DEL can remove exactly its own state even without the netns or a
-//! prevResult; when the set empties, the chains and set go too. Every change is one `nft -f` batch,
-//! which the kernel applies atomically, and changes are serialized by a lock file.
+//! prevResult; when the set empties, its chains and the set go too, and the table with them once
+//! nothing is left in it. Every change is one atomic batch, and changes are serialized by a lock.
 
 use std::collections::HashSet;
-use std::path::Path;
 
-use cni_core::fsutil::FileLock;
+use cni_core::firewall::build::{
+    self, base_chain, commented, elements, field, prefix, rule, rule_handle, set, set_ref, text,
+};
+use cni_core::firewall::expr::MetaKey;
+use cni_core::firewall::schema::{SetType, SetTypeValue};
+use cni_core::firewall::stmt::Statement;
+use cni_core::firewall::types::{NfChainPolicy, NfChainType, NfFamily, NfHook};
+use cni_core::firewall::{list_table, Batch, Lock};
+use cni_core::names::identifier;
 use ipnetwork::IpNetwork;
-use serde_json::Value;
 
 use crate::error::BridgeError;
 
 const INET_TABLE: &str = "tether";
-const LOCK_DIR: &str = "/run/tether";
-fn apply(batch: &str) -> Result<(), BridgeError> {
-    cni_core::nft::apply(batch).map_err(|e| BridgeError::Nftables(e.to_string()))
-}
-
-fn list_table(family: &str, table: &str) -> Result<Vec<Value>, BridgeError> {
-    cni_core::nft::list_table(family, table).map_err(|e| BridgeError::Nftables(e.to_string()))
-}
-
-fn lock() -> Result<FileLock, BridgeError> {
-    std::fs::create_dir_all(LOCK_DIR)
-        .map_err(|e| BridgeError::Nftables(format!("creating {LOCK_DIR}: {e}")))?;
-    let path = Path::new(LOCK_DIR).join("cni-bridge-nft.lock");
-    FileLock::exclusive(&path)
-        .map_err(|e| BridgeError::Nftables(format!("locking {}: {e}", path.display())))
-}
-
-/// nft identifiers allow only letters, digits and `_` here; a short hash of the exact name keeps
-/// networks whose names differ only in punctuation apart.
-fn identifier(text: &str) -> String {
-    let mut hash: u32 = 0x811c_9dc5;
-    for byte in text.bytes() {
-        hash ^= u32::from(byte);
-        hash = hash.wrapping_mul(0x0100_0193);
-    }
-    let clean: String = text
-        .chars()
-        .map(|c| if c.is_ascii_alphanumeric() { c } else { '_' })
-        .collect();
-    format!("{clean}_{hash:08x}")
-}
+const LOCK: &str = "cni-bridge-nft";
+/// `srcnat`.
+const SRCNAT: i32 = 100;
 
 fn set_name(network: &str, v4: bool) -> String {
     format!("masq{}_{}", if v4 { 4 } else { 6 }, identifier(network))
@@ -70,93 +48,130 @@ pub fn add_masquerade(
     if addresses.is_empty() {
         return Ok(());
     }
-    let mut batch = format!("add table inet {INET_TABLE}\n");
+    let fam = NfFamily::INet;
+    let mut batch = Batch::new();
+    batch.add(build::table(fam, INET_TABLE));
     for addr in addresses {
         let v4 = addr.is_ipv4();
-        let set = set_name(network, v4);
+        let set_name = set_name(network, v4);
         let subnet = IpNetwork::new(addr.network(), addr.prefix()).unwrap_or(*addr);
         let chain = chain_name(network, &subnet);
-        let (fam, addr_type, multicast) = if v4 {
-            ("ip", "ipv4_addr", "224.0.0.0/4")
+        let (proto, kind, multicast) = if v4 {
+            ("ip", SetType::Ipv4Addr, "224.0.0.0/4")
         } else {
-            ("ip6", "ipv6_addr", "ff00::/8")
+            ("ip6", SetType::Ipv6Addr, "ff00::/8")
         };
-        batch.push_str(&format!(
-            "add set inet {INET_TABLE} {set} {{ type {addr_type}; }}\n\
-             add element inet {INET_TABLE} {set} {{ {ip} comment \"{owner}\" }}\n\
-             add chain inet {INET_TABLE} {chain} {{ type nat hook postrouting priority srcnat; policy accept; }}\n\
-             flush chain inet {INET_TABLE} {chain}\n\
-             add rule inet {INET_TABLE} {chain} {fam} saddr {subnet} {fam} saddr @{set} {fam} daddr != {subnet} {fam} daddr != {multicast} masquerade comment \"tether-bridge {network}\"\n",
-            ip = addr.ip(),
-        ));
+        let multicast: IpNetwork = multicast.parse().unwrap_or(subnet);
+        batch
+            .add(set(
+                fam,
+                INET_TABLE,
+                &set_name,
+                SetTypeValue::Single(kind),
+                &[],
+            ))
+            .add(elements(
+                fam,
+                INET_TABLE,
+                &set_name,
+                vec![commented(text(addr.ip().to_string()), owner)],
+            ))
+            .add(base_chain(
+                fam,
+                INET_TABLE,
+                &chain,
+                NfChainType::NAT,
+                NfHook::Postrouting,
+                SRCNAT,
+                NfChainPolicy::Accept,
+            ))
+            .flush(cni_core::firewall::schema::FlushObject::Chain(
+                chain_object(fam, &chain),
+            ))
+            .add(rule(
+                fam,
+                INET_TABLE,
+                &chain,
+                vec![
+                    build::eq(field(proto, "saddr"), prefix(subnet)),
+                    build::eq(field(proto, "saddr"), set_ref(&set_name)),
+                    build::ne(field(proto, "daddr"), prefix(subnet)),
+                    build::ne(field(proto, "daddr"), prefix(multicast)),
+                    Statement::Masquerade(None),
+                ],
+                Some(&format!("tether-bridge {network}")),
+            ));
     }
     let _lock = lock()?;
-    apply(&batch)
+    batch.apply().map_err(BridgeError::Nftables)
+}
+
+fn chain_object(fam: NfFamily, name: &str) -> cni_core::firewall::schema::Chain<'static> {
+    cni_core::firewall::schema::Chain {
+        family: fam,
+        table: INET_TABLE.to_string().into(),
+        name: name.to_string().into(),
+        ..Default::default()
+    }
+}
+
+fn lock() -> Result<Lock, BridgeError> {
+    Lock::take(LOCK).map_err(BridgeError::Nftables)
 }
 
 /// Removes the attachments' elements that `remove` selects; drops chains and sets of the network
-/// that are left empty.
+/// that are left empty, and the table when nothing at all is left in it.
 fn prune_masquerade(network: &str, remove: impl Fn(&str) -> bool) -> Result<(), BridgeError> {
+    let fam = NfFamily::INet;
     let _lock = lock()?;
-    let objects = list_table("inet", INET_TABLE)?;
-    let mut batch = String::new();
+    let listing = list_table(fam, INET_TABLE).map_err(BridgeError::Nftables)?;
+    let mut batch = Batch::new();
+    let mut dropped_sets = HashSet::new();
+    let mut dropped_chains = HashSet::new();
     for v4 in [true, false] {
-        let set = set_name(network, v4);
-        let Some(found) = objects
-            .iter()
-            .find_map(|o| o.get("set").filter(|s| s["name"] == set.as_str()))
-        else {
+        let set_name = set_name(network, v4);
+        let Some(found) = listing.set(&set_name) else {
             continue;
         };
-        let elements: Vec<(String, Option<String>)> = found["elem"]
-            .as_array()
-            .map(|elems| elems.iter().filter_map(element).collect())
-            .unwrap_or_default();
-        let doomed: Vec<&String> = elements
+        let listed = build::listed_elements(found.elem.as_deref());
+        let doomed: Vec<_> = listed
             .iter()
             .filter(|(_, comment)| comment.as_deref().is_none_or(&remove))
-            .map(|(value, _)| value)
+            .map(|(value, _)| value.clone())
             .collect();
-        if doomed.len() == elements.len() {
+        if doomed.len() == listed.len() {
             // Nothing of this family is left: the chains whose rule uses the set go with it.
-            let reference = format!("\"@{set}\"");
-            let mut chains: Vec<&str> = objects
-                .iter()
-                .filter_map(|o| o.get("rule"))
-                .filter(|r| r.to_string().contains(&reference))
-                .filter_map(|r| r["chain"].as_str())
-                .collect();
-            chains.dedup();
-            for chain in chains {
-                batch.push_str(&format!("delete chain inet {INET_TABLE} {chain}\n"));
+            for chain in listing.chains_using(&set_name) {
+                batch.delete(build::chain(fam, INET_TABLE, &chain));
+                dropped_chains.insert(chain);
             }
-            batch.push_str(&format!("delete set inet {INET_TABLE} {set}\n"));
-        } else if !doomed.is_empty() {
-            let list: Vec<&str> = doomed.iter().map(|s| s.as_str()).collect();
-            batch.push_str(&format!(
-                "delete element inet {INET_TABLE} {set} {{ {} }}\n",
-                list.join(", ")
+            batch.delete(build::set(
+                fam,
+                INET_TABLE,
+                &set_name,
+                found.set_type.clone(),
+                &[],
             ));
+            dropped_sets.insert(set_name);
+        } else if !doomed.is_empty() {
+            batch.delete(elements(fam, INET_TABLE, &set_name, doomed));
         }
     }
-    if batch.is_empty() {
-        return Ok(());
+    let empty_after = listing.exists
+        && listing
+            .sets
+            .iter()
+            .all(|s| dropped_sets.contains(s.name.as_ref()))
+        && listing.maps.is_empty()
+        && listing
+            .chains
+            .iter()
+            .all(|c| dropped_chains.contains(c.name.as_ref()));
+    if empty_after {
+        batch = Batch::new();
+        batch.delete(build::table(fam, INET_TABLE));
     }
-    apply(&batch)
-}
-
-fn element(value: &Value) -> Option<(String, Option<String>)> {
-    match value {
-        Value::String(s) => Some((s.clone(), None)),
-        Value::Object(obj) => {
-            let inner = obj.get("elem")?;
-            Some((
-                inner["val"].as_str()?.to_string(),
-                inner["comment"].as_str().map(str::to_string),
-            ))
-        }
-        _ => None,
-    }
+    batch.apply().map_err(BridgeError::Nftables)
 }
 
 pub fn remove_masquerade(network: &str, owner: &str) -> Result<(), BridgeError> {
@@ -183,39 +198,71 @@ pub fn add_spoofcheck(
     host_veth: &str,
     mac: &str,
 ) -> Result<(), BridgeError> {
+    let fam = NfFamily::Bridge;
     let _lock = lock()?;
-    remove_spoof_rules(|comment| comment == spoof_comment(network, owner))?;
-    apply(&format!(
-        "add table bridge {BRIDGE_TABLE}\n\
-         add chain bridge {BRIDGE_TABLE} {SPOOF_CHAIN} {{ type filter hook prerouting priority -200; policy accept; }}\n\
-         add rule bridge {BRIDGE_TABLE} {SPOOF_CHAIN} iifname \"{host_veth}\" ether saddr != {mac} drop comment \"{}\"\n",
-        spoof_comment(network, owner)
-    ))
+    let comment = spoof_comment(network, owner);
+    let mut batch = spoof_removals(|c| c == comment, false)?;
+    batch
+        .add(build::table(fam, BRIDGE_TABLE))
+        .add(base_chain(
+            fam,
+            BRIDGE_TABLE,
+            SPOOF_CHAIN,
+            NfChainType::Filter,
+            NfHook::Prerouting,
+            -200,
+            NfChainPolicy::Accept,
+        ))
+        .add(rule(
+            fam,
+            BRIDGE_TABLE,
+            SPOOF_CHAIN,
+            vec![
+                build::eq(build::meta(MetaKey::Iifname), text(host_veth)),
+                build::ne(field("ether", "saddr"), text(mac)),
+                Statement::Drop(None),
+            ],
+            Some(&comment),
+        ));
+    batch.apply().map_err(BridgeError::Nftables)
 }
 
-fn remove_spoof_rules(remove: impl Fn(&str) -> bool) -> Result<(), BridgeError> {
-    let objects = list_table("bridge", BRIDGE_TABLE)?;
-    let batch: String = objects
-        .iter()
-        .filter_map(|o| o.get("rule"))
-        .filter(|r| r["comment"].as_str().is_some_and(&remove))
-        .filter_map(|r| r["handle"].as_u64())
-        .map(|handle| format!("delete rule bridge {BRIDGE_TABLE} {SPOOF_CHAIN} handle {handle}\n"))
-        .collect();
-    if batch.is_empty() {
-        return Ok(());
+/// The deletions of every spoof-check rule whose comment `remove` selects; with `drop_table`,
+/// the deletion of the whole table instead when no rule would be left in it.
+fn spoof_removals(remove: impl Fn(&str) -> bool, drop_table: bool) -> Result<Batch, BridgeError> {
+    let fam = NfFamily::Bridge;
+    let listing = list_table(fam, BRIDGE_TABLE).map_err(BridgeError::Nftables)?;
+    let mut batch = Batch::new();
+    let (doomed, kept): (Vec<_>, Vec<_>) = listing
+        .rules_in(SPOOF_CHAIN)
+        .partition(|r| r.comment.as_deref().is_some_and(&remove));
+    if drop_table && listing.exists && kept.is_empty() && !doomed.is_empty() {
+        batch.delete(build::table(fam, BRIDGE_TABLE));
+        return Ok(batch);
     }
-    apply(&batch)
+    for r in &doomed {
+        if let Some(handle) = r.handle {
+            batch.delete(rule_handle(fam, BRIDGE_TABLE, SPOOF_CHAIN, handle));
+        }
+    }
+    Ok(batch)
 }
 
 pub fn remove_spoofcheck(network: &str, owner: &str) -> Result<(), BridgeError> {
     let _lock = lock()?;
     let comment = spoof_comment(network, owner);
-    remove_spoof_rules(|c| c == comment)
+    spoof_removals(|c| c == comment, true)?
+        .apply()
+        .map_err(BridgeError::Nftables)
 }
 
 pub fn gc_spoofcheck(network: &str, valid: &HashSet<String>) -> Result<(), BridgeError> {
     let _lock = lock()?;
     let prefix = format!("tether-bridge {network} ");
-    remove_spoof_rules(|c| c.strip_prefix(&prefix).is_some_and(|o| !valid.contains(o)))
+    spoof_removals(
+        |c| c.strip_prefix(&prefix).is_some_and(|o| !valid.contains(o)),
+        true,
+    )?
+    .apply()
+    .map_err(BridgeError::Nftables)
 }

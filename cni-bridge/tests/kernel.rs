@@ -475,7 +475,7 @@ fn add_onto_an_existing_interface_fails_and_undoes_ipam() {
     let pod = Netns::new("brdupp");
     let conf = node.conf(json!({}));
     node.add("dup", &pod, &conf);
-    let err = node.run("ADD", "dup2", Some(&pod), "eth0", &conf).err(100);
+    let err = node.run("ADD", "dup2", Some(&pod), "eth0", &conf).err(120);
     assert!(err["msg"].as_str().unwrap().contains("eth0"));
     assert_eq!(node.leases(), 1, "no lease for the failed ADD");
 
@@ -488,7 +488,7 @@ fn add_onto_an_existing_interface_fails_and_undoes_ipam() {
         .ip(&["addr", "add", "10.88.0.200/24", "dev", "cni0"]);
     let err = conflict
         .run("ADD", "c1", Some(&other), "eth0", &conflict.conf(json!({})))
-        .err(101);
+        .err(121);
     assert!(
         err["msg"].as_str().unwrap().contains("forceAddress"),
         "{err}"
@@ -521,13 +521,11 @@ fn an_ipam_failure_leaves_no_veth_behind() {
     let out = node.run("ADD", "none", Some(&second), "eth0", &conf);
     assert_ne!(out.code, 0);
     let err = out.json;
+    assert_eq!(err["code"], 110, "IPAM's own code (range exhausted): {err}");
+    let msg = err["msg"].as_str().unwrap();
     assert!(
-        err["code"].as_u64().is_some_and(|c| c >= 100),
-        "IPAM's own code: {err}"
-    );
-    assert!(
-        err["details"].as_str().unwrap().contains("10.88.0.0/30"),
-        "{err}"
+        msg.starts_with("cni-ipam ADD: ") && msg.contains("10.88.0.0/30"),
+        "the message names the delegate and carries its own: {err}"
     );
     assert!(!second.has_link("eth0"), "pod end left behind");
     let veths = node.ns.ip_json(&["-d", "link", "show", "type", "veth"]);
@@ -554,13 +552,13 @@ fn check_finds_a_removed_address_and_a_removed_veth() {
     pod.ip(&["addr", "del", "10.88.0.2/24", "dev", "eth0"]);
     let err = node
         .run("CHECK", "chk", Some(&pod), "eth0", &with_prev)
-        .err(103);
+        .err(123);
     assert!(err["msg"].as_str().unwrap().contains("10.88.0.2"), "{err}");
 
     node.ns.ip(&["link", "del", &host_veth(&result)]);
     let err = node
         .run("CHECK", "chk", Some(&pod), "eth0", &with_prev)
-        .err(103);
+        .err(123);
     assert!(err["msg"].as_str().unwrap().contains("veth"), "{err}");
 }
 

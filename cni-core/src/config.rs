@@ -30,6 +30,9 @@ pub struct NetConf {
     /// `error`, `warn` (default), `info`, `debug` or `trace`.
     #[serde(rename = "logLevel", default)]
     pub log_level: Option<String>,
+    /// `text` (default) or `json`.
+    #[serde(rename = "logFormat", default)]
+    pub log_format: Option<String>,
 }
 
 /// One attachment the runtime still considers alive (GC input).

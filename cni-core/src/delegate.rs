@@ -23,12 +23,16 @@ pub enum DelegateError {
         #[source]
         source: std::io::Error,
     },
-    /// The delegate reported a CNI error; its code is passed on unchanged.
-    #[error("{plugin} {command}: {error}")]
+    /// The delegate reported a CNI error: its code is passed on unchanged, its message is ours
+    /// with the delegate named, its details are our details.
+    #[error("{plugin} {command}: {msg}")]
     Reported {
         plugin: String,
         command: &'static str,
-        error: ErrorObject,
+        code: u32,
+        msg: String,
+        #[source]
+        details: Option<Details>,
     },
     #[error(
         "{plugin} {command} exited with {status} without a CNI error object (stderr: {stderr})"
@@ -48,10 +52,15 @@ pub enum DelegateError {
     },
 }
 
+/// A delegate's `details`, carried as the cause of [`DelegateError::Reported`].
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct Details(pub String);
+
 impl CniError for DelegateError {
     fn code(&self) -> u32 {
         match self {
-            DelegateError::Reported { error, .. } => error.code,
+            DelegateError::Reported { code, .. } => *code,
             DelegateError::BadName { .. } => Code::InvalidConfig.into(),
             DelegateError::NotFound { .. } => Code::InvalidEnvironment.into(),
             DelegateError::Spawn { .. } | DelegateError::Crashed { .. } => Code::Io.into(),
@@ -189,7 +198,9 @@ fn outcome(plugin: &str, command: Command, output: Output) -> Result<Vec<u8>, De
         Ok(error) => Err(DelegateError::Reported {
             plugin: plugin.to_string(),
             command: command.as_str(),
-            error,
+            code: error.code,
+            details: (!error.details.is_empty()).then_some(Details(error.details)),
+            msg: error.msg,
         }),
         Err(_) => Err(DelegateError::Crashed {
             plugin: plugin.to_string(),

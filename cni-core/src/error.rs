@@ -48,19 +48,69 @@ pub struct ErrorObject {
 impl ErrorObject {
     /// `msg` is the error's own message, `details` the chain of causes below it.
     pub fn from_error<E: CniError + ?Sized>(err: &E, cni_version: &str) -> Self {
-        let mut causes = Vec::new();
-        let mut source = err.source();
-        while let Some(cause) = source {
-            causes.push(cause.to_string());
-            source = cause.source();
-        }
         ErrorObject {
             cni_version: cni_version.to_string(),
             code: err.code(),
             msg: err.to_string(),
-            details: causes.join(": "),
+            details: causes(err),
         }
     }
+}
+
+/// The causes below `err`, joined with `: ` (empty when it has none).
+pub fn causes<E: std::error::Error + ?Sized>(err: &E) -> String {
+    let mut out = Vec::new();
+    let mut source = err.source();
+    while let Some(cause) = source {
+        out.push(cause.to_string());
+        source = cause.source();
+    }
+    out.join(": ")
+}
+
+/// An error and all its causes on one line: `outer: cause: cause`.
+pub fn chain<E: std::error::Error + ?Sized>(err: &E) -> String {
+    match causes(err) {
+        below if below.is_empty() => err.to_string(),
+        below => format!("{err}: {below}"),
+    }
+}
+
+/// How much a code tells the caller, for choosing the one code that stands for several failures:
+/// what the caller must fix (version, environment, configuration, input) outranks a plugin's own
+/// condition (100+), which outranks I/O, then "not available", "try again later" and
+/// "unknown container" (which a retry or nothing at all cures).
+pub fn severity(code: u32) -> u8 {
+    match code {
+        1 | 2 | 4 | 6 | 7 => 6,
+        100.. => 5,
+        5 => 4,
+        50 | 51 => 3,
+        11 => 2,
+        3 => 1,
+        _ => 4,
+    }
+}
+
+/// The most severe of `codes` (the first among equals); `fallback` for none.
+pub fn most_severe(codes: impl IntoIterator<Item = u32>, fallback: u32) -> u32 {
+    codes
+        .into_iter()
+        .fold(None, |best: Option<u32>, code| match best {
+            Some(b) if severity(b) >= severity(code) => Some(b),
+            _ => Some(code),
+        })
+        .unwrap_or(fallback)
+}
+
+/// The CNI error codes each Tether plugin owns (documented in the README). A delegate's error
+/// keeps its own code, so a code says which plugin failed and why.
+pub mod ranges {
+    pub const IPAM: std::ops::Range<u32> = 110..120;
+    pub const BRIDGE: std::ops::Range<u32> = 120..130;
+    pub const OVERLAY: std::ops::Range<u32> = 130..140;
+    pub const PORTMAP: std::ops::Range<u32> = 140..150;
+    pub const BANDWIDTH: std::ops::Range<u32> = 150..160;
 }
 
 impl std::fmt::Display for ErrorObject {
@@ -96,5 +146,15 @@ mod tests {
         assert_eq!(obj.details, "disk on fire");
         let json = serde_json::to_value(&obj).unwrap();
         assert_eq!(json["cniVersion"], "1.1.0");
+        assert_eq!(chain(&err), "outer: disk on fire");
+    }
+
+    #[test]
+    fn the_most_severe_code_stands_for_several() {
+        assert_eq!(most_severe([5, 122, 3], 0), 122);
+        assert_eq!(most_severe([3, 11], 0), 11);
+        assert_eq!(most_severe([122, 7, 5], 0), 7);
+        assert_eq!(most_severe([113, 124], 0), 113, "first among equals");
+        assert_eq!(most_severe([], 42), 42);
     }
 }

@@ -21,6 +21,33 @@ pub fn write_atomic(path: &Path, contents: &[u8]) -> io::Result<()> {
     result
 }
 
+/// Replaces `path` with `contents` and `mode` (atomically, durably, as [`write_atomic`], and the
+/// directory synced) unless it holds exactly that already. Returns whether it wrote. A node
+/// whose files are right is left alone: no new inode, no change event for watchers.
+pub fn write_if_changed(path: &Path, contents: &[u8], mode: u32) -> io::Result<bool> {
+    use std::os::unix::fs::PermissionsExt;
+    if let (Ok(existing), Ok(meta)) = (fs::read(path), fs::metadata(path)) {
+        if existing == contents && meta.permissions().mode() & 0o7777 == mode {
+            return Ok(false);
+        }
+    }
+    let tmp = temp_path(path)?;
+    let result = (|| {
+        let file = write_file(&tmp, contents)?;
+        file.set_permissions(fs::Permissions::from_mode(mode))?;
+        file.sync_all()?;
+        fs::rename(&tmp, path)
+    })();
+    if result.is_err() {
+        let _ = fs::remove_file(&tmp);
+    }
+    result?;
+    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+        sync_dir(dir)?;
+    }
+    Ok(true)
+}
+
 /// Replaces `path` through a rename without flushing first: other processes never see a torn
 /// file. The returned handle makes the content durable with `sync_all()`; syncing several files
 /// after all renames lets a journaling filesystem commit them together. Until then a power loss
@@ -119,6 +146,30 @@ mod tests {
         sync_dir(dir.path()).unwrap();
         assert_eq!(fs::read(&path).unwrap(), b"two");
         assert_eq!(fs::read_dir(dir.path()).unwrap().count(), 1);
+    }
+
+    #[test]
+    fn write_if_changed_writes_only_differences() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("plugin");
+        assert!(write_if_changed(&path, b"v1", 0o755).unwrap());
+        assert!(!write_if_changed(&path, b"v1", 0o755).unwrap());
+        assert!(
+            write_if_changed(&path, b"v1", 0o644).unwrap(),
+            "mode counts"
+        );
+        assert_eq!(
+            fs::metadata(&path).unwrap().permissions().mode() & 0o777,
+            0o644
+        );
+        assert!(write_if_changed(&path, b"v2", 0o644).unwrap());
+        assert_eq!(fs::read(&path).unwrap(), b"v2");
+        assert_eq!(
+            fs::read_dir(dir.path()).unwrap().count(),
+            1,
+            "no temporary files"
+        );
     }
 
     #[test]

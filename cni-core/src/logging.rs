@@ -6,9 +6,10 @@ use std::sync::Mutex;
 use tracing_subscriber::filter::LevelFilter;
 
 /// Installs the subscriber once per process. `level` defaults to `warn`; the `TETHER_LOG`
-/// environment variable overrides the configured level. A log file that cannot be opened falls
+/// environment variable overrides the configured level. `format` `json` writes one JSON object
+/// per line (for log collectors), anything else text. A log file that cannot be opened falls
 /// back to stderr rather than failing the operation.
-pub fn init(log_file: Option<&str>, level: Option<&str>) {
+pub fn init(log_file: Option<&str>, level: Option<&str>, format: Option<&str>) {
     let level = std::env::var("TETHER_LOG")
         .ok()
         .or_else(|| level.map(str::to_string))
@@ -20,8 +21,19 @@ pub fn init(log_file: Option<&str>, level: Option<&str>) {
         .with_ansi(false);
     let file =
         log_file.and_then(|path| OpenOptions::new().create(true).append(true).open(path).ok());
-    let _ = match file {
-        Some(file) => builder.with_writer(Mutex::new(file)).try_init(),
-        None => builder.with_writer(std::io::stderr).try_init(),
+    let json = format == Some("json");
+    let _ = match (file, json) {
+        (Some(file), false) => builder.with_writer(Mutex::new(file)).try_init(),
+        (Some(file), true) => builder
+            .json()
+            .flatten_event(true)
+            .with_writer(Mutex::new(file))
+            .try_init(),
+        (None, false) => builder.with_writer(std::io::stderr).try_init(),
+        (None, true) => builder
+            .json()
+            .flatten_event(true)
+            .with_writer(std::io::stderr)
+            .try_init(),
     };
 }

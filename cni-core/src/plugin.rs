@@ -47,7 +47,7 @@ pub fn run_with<P: Plugin>(
         Ok(None) => return 0,
         Err(err) => {
             // No-op when the request got far enough to configure logging itself.
-            logging::init(None, None);
+            logging::init(None, None, None);
             tracing::error!(code = err.code, msg = %err.msg, details = %err.details, "plugin failed");
             let mut err = err;
             err.cni_version = version_hint;
@@ -100,6 +100,7 @@ fn dispatch<P: Plugin>(
     logging::init(
         req.config.log_file.as_deref(),
         req.config.log_level.as_deref(),
+        req.config.log_format.as_deref(),
     );
     tracing::debug!(command = command.as_str(), container = %req.container_id, ifname = %req.ifname, network = %req.config.name, "invoked");
 

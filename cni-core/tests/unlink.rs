@@ -4,9 +4,9 @@
 
 use std::time::{Duration, Instant};
 
+use cni_core::netlink::delete_link_detached;
 use cni_core::netlink::{Netlink, VethSpec};
 use cni_core::netns::NetNs;
-use cni_core::unlink::delete_link_detached;
 use test_support::{require_root, Netns};
 
 /// Zombie children of this process (the helper must never leave one behind).

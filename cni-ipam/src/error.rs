@@ -5,12 +5,12 @@ use std::path::PathBuf;
 
 use cni_core::{CniError, Code};
 
-/// Plugin-specific codes (100+), documented in the README.
-pub const CODE_RANGE_EXHAUSTED: u32 = 100;
-pub const CODE_ALREADY_ALLOCATED: u32 = 101;
-pub const CODE_ADDRESS_IN_USE: u32 = 102;
-pub const CODE_NOT_IN_RANGE: u32 = 103;
-pub const CODE_CHECK_MISMATCH: u32 = 104;
+/// cni-ipam's own codes (110-119), documented in the README.
+pub const CODE_RANGE_EXHAUSTED: u32 = 110;
+pub const CODE_ALREADY_ALLOCATED: u32 = 111;
+pub const CODE_ADDRESS_IN_USE: u32 = 112;
+pub const CODE_NOT_IN_RANGE: u32 = 113;
+pub const CODE_CHECK_MISMATCH: u32 = 114;
 
 #[derive(Debug, thiserror::Error)]
 pub enum IpamError {

@@ -51,13 +51,13 @@ fn add_and_del_through_the_delegate() {
     assert_eq!(result.ips[0].address.to_string(), "10.40.0.2/30");
     assert!(dir.path().join("delegated/10.40.0.2").exists());
 
-    // The delegate's own CNI error comes back with its code unchanged (100: exhausted).
+    // The delegate's own CNI error comes back with its code unchanged (110: exhausted).
     let other = conf.clone();
     let mut again = add.clone();
     again.container_id = "deleg2".into();
     let err = invoke(&again, "cni-ipam", Command::Add, &other).unwrap_err();
     assert!(matches!(err, DelegateError::Reported { .. }), "{err}");
-    assert_eq!(err.code(), 100);
+    assert_eq!(err.code(), 110);
 
     let del = request(Command::Del, &path, &conf);
     assert!(invoke(&del, "cni-ipam", Command::Del, &conf)

@@ -228,7 +228,7 @@ fn legacy_single_range_and_range_limits() {
     assert_eq!(addresses(&a), ["10.13.0.100/24"]);
     assert_eq!(addresses(&b), ["10.13.0.101/24"]);
     assert_eq!(a["ips"][0]["gateway"], "10.13.0.254");
-    let err = run("ADD", "c", "eth0", &[], &conf).err(100);
+    let err = run("ADD", "c", "eth0", &[], &conf).err(110);
     assert!(
         err["msg"].as_str().unwrap().contains("10.13.0.0/24"),
         "names the range: {err}"
@@ -245,7 +245,7 @@ fn exhaustion_names_the_range_and_never_hands_out_reserved_addresses() {
     }
     let expected: BTreeSet<String> = (2..=6).map(|i| format!("10.14.0.{i}/29")).collect();
     assert_eq!(got, expected);
-    let err = net.add("c5").err(100);
+    let err = net.add("c5").err(110);
     assert!(err["msg"].as_str().unwrap().contains("10.14.0.0/29"));
     assert_eq!(net.leases().len(), 5, "a failed ADD leaves nothing behind");
     assert!(!net.index_entries().contains("attachment:c5:eth0"));
@@ -269,7 +269,7 @@ fn allocation_is_round_robin_and_wraps_around() {
 fn duplicate_add_is_refused_without_a_second_address() {
     let net = Net::v4("10.16.0.0/24");
     net.add("c1").ok();
-    let err = net.add("c1").err(101);
+    let err = net.add("c1").err(111);
     assert!(err["msg"].as_str().unwrap().contains("10.16.0.2"));
     assert_eq!(net.leases().len(), 1);
     // Another interface of the same container is a separate attachment.
@@ -337,7 +337,7 @@ fn requested_addresses_from_every_source() {
     );
 
     // Taken, outside every range, reserved, two for one set.
-    let taken = run("ADD", "d", "eth0", &[], &by_runtime).err(102);
+    let taken = run("ADD", "d", "eth0", &[], &by_runtime).err(112);
     assert!(
         taken["msg"].as_str().unwrap().contains("container a"),
         "{taken}"
@@ -349,7 +349,7 @@ fn requested_addresses_from_every_source() {
         &[("CNI_ARGS", "IP=10.99.0.5")],
         &net.conf,
     )
-    .err(103);
+    .err(113);
     run(
         "ADD",
         "f",
@@ -357,7 +357,7 @@ fn requested_addresses_from_every_source() {
         &[("CNI_ARGS", "IP=10.19.0.1")],
         &net.conf,
     )
-    .err(103);
+    .err(113);
     run(
         "ADD",
         "g",
@@ -390,7 +390,7 @@ fn check_verifies_leases_against_prev_result() {
         &[],
         &net.with(|c| c["prevResult"] = partial),
     )
-    .err(104);
+    .err(114);
     // A prevResult claiming an address someone else holds.
     net.add("c2").ok();
     let mut wrong = result.clone();
@@ -402,11 +402,11 @@ fn check_verifies_leases_against_prev_result() {
         &[],
         &net.with(|c| c["prevResult"] = wrong),
     )
-    .err(104);
+    .err(114);
     // Unknown container, and a lease that vanished.
     run("CHECK", "nobody", "eth0", &[], &with_prev).err(3);
     std::fs::remove_file(net.lease_dir().join("fd00:20::2")).unwrap();
-    run("CHECK", "c1", "eth0", &[], &with_prev).err(104);
+    run("CHECK", "c1", "eth0", &[], &with_prev).err(114);
     // CHECK does not exist before 0.4.0.
     let old = net.with(|c| c["cniVersion"] = json!("0.3.1"));
     run("CHECK", "c1", "eth0", &[], &old).err(1);
@@ -784,7 +784,7 @@ fn takes_over_a_reference_host_local_directory() {
     }
     // cni-ipam continues after host-local's last address and can free host-local's leases.
     assert_eq!(addresses(&net.add("new").ok()), ["10.32.0.4/24"]);
-    net.add("old1").err(101);
+    net.add("old1").err(111);
     net.del("old1").ok();
     assert_eq!(
         net.leases(),

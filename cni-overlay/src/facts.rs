@@ -40,12 +40,24 @@ pub enum FactsError {
         #[source]
         source: serde_json::Error,
     },
+    #[error("removing node facts {path}")]
+    Remove {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
     #[error("writing node facts {path}")]
     Write {
         path: PathBuf,
         #[source]
         source: std::io::Error,
     },
+}
+
+/// Removes the facts file (the node leaves the overlay); a missing file is success.
+pub fn remove(run_dir: &Path) -> Result<(), FactsError> {
+    let path = path(run_dir);
+    cni_core::fsutil::remove_if_exists(&path).map_err(|source| FactsError::Remove { path, source })
 }
 
 impl NodeFacts {

@@ -3,8 +3,6 @@
 //! (temporary file, fsync, rename) and only when the content changed, so a runtime never sees a
 //! torn file and an unchanged node is left alone.
 
-use std::io::Write;
-use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
@@ -64,41 +62,7 @@ fn io<'a>(what: &'static str, path: &'a Path) -> impl FnOnce(std::io::Error) -> 
 
 /// Writes `contents` to `path` with `mode` unless it holds exactly that already. True if written.
 fn install(path: &Path, contents: &[u8], mode: u32) -> Result<bool, InstallError> {
-    use std::os::unix::fs::PermissionsExt;
-    if let Ok(existing) = std::fs::read(path) {
-        let same_mode =
-            std::fs::metadata(path).is_ok_and(|m| m.permissions().mode() & 0o777 == mode);
-        if existing == contents && same_mode {
-            return Ok(false);
-        }
-    }
-    let name = path
-        .file_name()
-        .map(|n| n.to_string_lossy().into_owned())
-        .unwrap_or_default();
-    let temp = path.with_file_name(format!(".{name}.tether-tmp-{}", std::process::id()));
-    let written = (|| {
-        let mut file = std::fs::OpenOptions::new()
-            .write(true)
-            .create(true)
-            .truncate(true)
-            .mode(mode)
-            .open(&temp)?;
-        file.write_all(contents)?;
-        file.set_permissions(std::fs::Permissions::from_mode(mode))?;
-        file.sync_all()?;
-        std::fs::rename(&temp, path)
-    })();
-    if let Err(e) = written {
-        let _ = std::fs::remove_file(&temp);
-        return Err(io("writing", path)(e));
-    }
-    if let Some(dir) = path.parent() {
-        std::fs::File::open(dir)
-            .and_then(|d| d.sync_all())
-            .map_err(io("syncing", dir))?;
-    }
-    Ok(true)
+    cni_core::fsutil::write_if_changed(path, contents, mode).map_err(io("writing", path))
 }
 
 /// The conflist must be one cni-overlay would run: JSON, a name, a cniVersion, cni-overlay first.

@@ -5,15 +5,10 @@ use cni_overlay::daemon::{self, config::Args};
 
 fn main() -> std::process::ExitCode {
     let args = Args::parse();
-    let level = std::env::var("TETHER_LOG")
-        .ok()
-        .and_then(|l| l.parse::<tracing_subscriber::filter::LevelFilter>().ok())
-        .unwrap_or(tracing_subscriber::filter::LevelFilter::INFO);
-    tracing_subscriber::fmt()
-        .with_max_level(level)
-        .with_target(false)
-        .with_writer(std::io::stderr)
-        .init();
+    tether_observe::logging::init(
+        args.log_format,
+        tracing_subscriber::filter::LevelFilter::INFO,
+    );
     let runtime = match tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -27,6 +22,7 @@ fn main() -> std::process::ExitCode {
     match runtime.block_on(daemon::run(args)) {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(e) => {
+            let e = cni_core::error::chain(&e);
             tracing::error!("{e}");
             eprintln!("tether-overlayd: {e}");
             std::process::ExitCode::from(2)

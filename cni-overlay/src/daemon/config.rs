@@ -6,7 +6,7 @@ use std::path::PathBuf;
 use clap::{ArgAction, Parser, ValueEnum};
 use ipnetwork::IpNetwork;
 
-use super::DaemonError;
+use super::error::DaemonError;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub enum DatastoreKind {
@@ -81,6 +81,9 @@ pub struct Args {
     /// UDP checksum bug; it costs throughput (measured 14.7 -> 2.7 Gbit/s).
     #[arg(long, env = "TETHER_VXLAN_TX_CSUM_OFF", action = ArgAction::SetTrue)]
     pub vxlan_tx_checksum_off: bool,
+    /// Log lines as `text` or `json` (one object per line, for log collectors).
+    #[arg(long, env = "TETHER_LOG_FORMAT", default_value = "text")]
+    pub log_format: tether_observe::logging::LogFormat,
     /// Remove this node from the overlay (registration, VXLAN device, facts file) and exit.
     #[arg(long, action = ArgAction::SetTrue)]
     pub leave: bool,

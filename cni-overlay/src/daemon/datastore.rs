@@ -7,10 +7,10 @@ use std::net::IpAddr;
 use ipnetwork::IpNetwork;
 
 use super::config::{Args, ClusterCidrs, DatastoreKind};
+use super::error::DaemonError;
 use super::etcd::EtcdStore;
 use super::kube::KubeStore;
 use super::state::{NodeSubnets, Peer};
-use super::DaemonError;
 
 pub enum Datastore {
     Etcd(Box<EtcdStore>),

@@ -12,8 +12,8 @@ use etcd_client::{
 use ipnetwork::IpNetwork;
 
 use super::config::ClusterCidrs;
+use super::error::DaemonError;
 use super::state::{NodeSubnets, Peer};
-use super::DaemonError;
 
 const TIMEOUT: Duration = Duration::from_secs(5);
 
@@ -28,8 +28,8 @@ pub struct EtcdStore {
     watch: Option<WatchStream>,
 }
 
-fn ds(context: &str) -> impl Fn(etcd_client::Error) -> DaemonError + '_ {
-    move |e| DaemonError::Datastore(format!("etcd {context}: {e}"))
+fn ds(context: &str) -> impl FnOnce(etcd_client::Error) -> DaemonError {
+    DaemonError::datastore_call(format!("etcd {context}"))
 }
 
 impl EtcdStore {
@@ -203,7 +203,7 @@ impl EtcdStore {
                 return Ok(with_v6(subnet));
             }
         }
-        Err(DaemonError::Datastore(format!(
+        Err(DaemonError::datastore(format!(
             "no free /{size} subnet left in cluster CIDR {cluster}"
         )))
     }
@@ -211,14 +211,14 @@ impl EtcdStore {
     /// Renews the lease; an error means the registration is gone and must be made again.
     pub async fn keep_alive(&mut self) -> Result<(), DaemonError> {
         let (Some(keeper), Some(stream)) = (self.keeper.as_mut(), self.keep_stream.as_mut()) else {
-            return Err(DaemonError::Datastore("not registered".into()));
+            return Err(DaemonError::datastore("not registered"));
         };
         keeper.keep_alive().await.map_err(ds("keep-alive"))?;
         match tokio::time::timeout(TIMEOUT, stream.message()).await {
             Ok(Ok(Some(resp))) if resp.ttl() > 0 => Ok(()),
-            Ok(Ok(_)) => Err(DaemonError::Datastore("etcd lease expired".into())),
+            Ok(Ok(_)) => Err(DaemonError::datastore("etcd lease expired")),
             Ok(Err(e)) => Err(ds("keep-alive")(e)),
-            Err(_) => Err(DaemonError::Datastore("etcd keep-alive timed out".into())),
+            Err(_) => Err(DaemonError::datastore("etcd keep-alive timed out")),
         }
     }
 
@@ -237,13 +237,13 @@ impl EtcdStore {
             self.watch = Some(stream);
         }
         let Some(stream) = self.watch.as_mut() else {
-            return Err(DaemonError::Datastore("etcd watch missing".into()));
+            return Err(DaemonError::datastore("etcd watch missing"));
         };
         match stream.message().await {
             Ok(Some(_)) => Ok(()),
             Ok(None) => {
                 self.watch = None;
-                Err(DaemonError::Datastore("etcd closed the watch".into()))
+                Err(DaemonError::datastore("etcd closed the watch"))
             }
             Err(e) => {
                 self.watch = None;
@@ -275,7 +275,7 @@ async fn new_client(endpoints: &[String]) -> Result<Client, DaemonError> {
     tokio::time::timeout(TIMEOUT, Client::connect(endpoints, Some(options)))
         .await
         .map_err(|_| {
-            DaemonError::Datastore(format!(
+            DaemonError::datastore(format!(
                 "connecting to etcd {endpoints:?}: timed out after {TIMEOUT:?}"
             ))
         })?

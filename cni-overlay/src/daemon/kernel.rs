@@ -4,11 +4,12 @@
 use std::collections::BTreeSet;
 use std::net::IpAddr;
 
-use cni_core::netlink::{FdbEntry, Link, Neighbour, Netlink, RouteSpec, VxlanSpec};
+use cni_core::netlink::{FdbEntry, Link, Neighbour, Netlink, NlError, RouteSpec, VxlanSpec};
+use cni_core::teardown::Failures;
 use ipnetwork::IpNetwork;
 
+use super::error::DaemonError;
 use super::state::Desired;
-use super::DaemonError;
 
 /// The interface that carries encapsulated traffic between nodes.
 #[derive(Debug, Clone)]
@@ -37,6 +38,31 @@ pub struct Changes {
     pub removed: usize,
 }
 
+/// One kernel entry, as a failure names it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Entry {
+    Neighbour(IpAddr),
+    Fdb(Vec<u8>),
+    Route(IpNetwork),
+    /// Reading the kernel's entries of one kind failed: none of that kind were compared.
+    Listing(&'static str),
+}
+
+/// An entry the kernel refused; the others were applied.
+#[derive(Debug, thiserror::Error)]
+#[error("{error}")]
+pub struct EntryError {
+    pub entry: Entry,
+    pub error: NlError,
+}
+
+/// What one reconciliation did, and every entry it could not apply.
+#[derive(Debug, Default)]
+pub struct Outcome {
+    pub changes: Changes,
+    pub failures: Vec<EntryError>,
+}
+
 pub struct Kernel {
     nl: Netlink,
     pub underlay: Underlay,
@@ -59,7 +85,7 @@ impl Kernel {
         node_name: &str,
         tx_checksum_off: bool,
     ) -> Result<Kernel, DaemonError> {
-        let mut nl = Netlink::open().map_err(|e| DaemonError::Kernel(e.to_string()))?;
+        let mut nl = Netlink::open()?;
         let underlay = detect_underlay(&mut nl, iface, underlay_address)?;
         Ok(Kernel {
             nl,
@@ -97,8 +123,7 @@ impl Kernel {
     /// deleted or differs. A healthy device is never touched. The MAC is derived from the node
     /// name, so a recreated device keeps it and peers' entries stay valid.
     pub fn ensure_vxlan(&mut self, own_subnets: &[IpNetwork]) -> Result<Link, DaemonError> {
-        let k = |e: cni_core::netlink::NlError| DaemonError::Kernel(e.to_string());
-        let existing = self.nl.link(&self.vxlan_name).map_err(k)?;
+        let existing = self.nl.link(&self.vxlan_name)?;
         let wanted_mtu = self.underlay.vxlan_mtu();
         let fits = existing.as_ref().is_some_and(|l| {
             let info = l.vxlan.clone().unwrap_or_default();
@@ -111,30 +136,28 @@ impl Kernel {
         });
         if existing.is_some() && !fits {
             tracing::warn!(device = %self.vxlan_name, "VXLAN device differs from the configuration; recreating it");
-            self.nl.delete_link(&self.vxlan_name).map_err(k)?;
+            self.nl.delete_link(&self.vxlan_name)?;
         }
         if !fits {
-            self.nl
-                .create_vxlan(&VxlanSpec {
-                    name: &self.vxlan_name,
-                    vni: self.vni,
-                    port: self.port,
-                    local: self.underlay.ip(),
-                    underlay: self.underlay.index,
-                    mtu: wanted_mtu,
-                    mac: Some(self.mac),
-                })
-                .map_err(k)?;
+            self.nl.create_vxlan(&VxlanSpec {
+                name: &self.vxlan_name,
+                vni: self.vni,
+                port: self.port,
+                local: self.underlay.ip(),
+                underlay: self.underlay.index,
+                mtu: wanted_mtu,
+                mac: Some(self.mac),
+            })?;
             if self.tx_checksum_off {
                 set_tx_checksum(&self.vxlan_name, false)?;
             }
             tracing::info!(device = %self.vxlan_name, vni = self.vni, port = self.port, mtu = wanted_mtu, "VXLAN device created");
         }
-        let link = self.nl.link(&self.vxlan_name).map_err(k)?.ok_or_else(|| {
-            DaemonError::Kernel(format!("{} vanished after creation", self.vxlan_name))
+        let link = self.nl.link(&self.vxlan_name)?.ok_or_else(|| {
+            DaemonError::KernelState(format!("{} vanished after creation", self.vxlan_name))
         })?;
         if link.mtu != wanted_mtu {
-            self.nl.set_mtu(link.index, wanted_mtu).map_err(k)?;
+            self.nl.set_mtu(link.index, wanted_mtu)?;
         }
         // Each own subnet's network address as a host address: what peers' neighbour entries
         // point at. Other addresses go, except IPv6 link-local ones (the kernel's own).
@@ -142,111 +165,145 @@ impl Kernel {
             .iter()
             .filter_map(|s| IpNetwork::new(s.network(), if s.is_ipv4() { 32 } else { 128 }).ok())
             .collect();
-        for old in self.nl.addresses(link.index).map_err(k)? {
+        for old in self.nl.addresses(link.index)? {
             let link_local =
                 matches!(old.ip(), IpAddr::V6(v6) if v6.segments()[0] & 0xffc0 == 0xfe80);
             if !link_local && !own.contains(&old) {
-                self.nl.del_address(link.index, old).map_err(k)?;
+                self.nl.del_address(link.index, old)?;
             }
         }
         for address in own {
-            self.nl.add_address(link.index, address, true).map_err(k)?;
+            self.nl.add_address(link.index, address, true)?;
         }
         if !link.up {
-            self.nl.set_up(link.index).map_err(k)?;
+            self.nl.set_up(link.index)?;
         }
         Ok(link)
     }
 
     /// Brings the kernel to `desired`, touching only entries that differ. Routes considered ours
     /// are main-table routes into `cluster` (other than `own_subnet`) through the VXLAN device or
-    /// the underlay.
+    /// the underlay. Every entry that can be applied is: one the kernel refuses is reported in
+    /// the outcome and the rest carry on.
     pub fn reconcile(
         &mut self,
         vxlan: &Link,
         desired: &Desired,
         clusters: &[IpNetwork],
         own_subnets: &[IpNetwork],
-    ) -> Result<Changes, DaemonError> {
-        let k = |e: cni_core::netlink::NlError| DaemonError::Kernel(e.to_string());
+    ) -> Outcome {
         let mut changes = Changes::default();
+        let mut failures: Failures<EntryError> = Failures::new("kernel entry");
         let index = vxlan.index;
+        let fail = |entry: Entry| move |error: NlError| EntryError { entry, error };
 
-        let actual: BTreeSet<Neighbour> =
-            self.nl.neighbours(index).map_err(k)?.into_iter().collect();
-        for n in &actual {
-            if desired.neighbours.get(&n.ip) != Some(&n.mac) {
-                self.nl.del_neighbour(index, n.ip).map_err(k)?;
-                changes.removed += 1;
+        let listed = self
+            .nl
+            .neighbours(index)
+            .map_err(fail(Entry::Listing("neighbours")));
+        if let Some(actual) = failures.note(listed) {
+            let actual: BTreeSet<Neighbour> = actual.into_iter().collect();
+            for n in &actual {
+                if desired.neighbours.get(&n.ip) != Some(&n.mac) {
+                    let done = self.nl.del_neighbour(index, n.ip);
+                    if failures
+                        .note(done.map_err(fail(Entry::Neighbour(n.ip))))
+                        .is_some()
+                    {
+                        changes.removed += 1;
+                    }
+                }
+            }
+            for (ip, mac) in &desired.neighbours {
+                let entry = Neighbour {
+                    ip: *ip,
+                    mac: mac.clone(),
+                };
+                if !actual.contains(&entry) {
+                    let done = self.nl.set_neighbour(index, &entry);
+                    if failures
+                        .note(done.map_err(fail(Entry::Neighbour(*ip))))
+                        .is_some()
+                    {
+                        changes.added += 1;
+                    }
+                }
             }
         }
-        for (ip, mac) in &desired.neighbours {
-            let entry = Neighbour {
-                ip: *ip,
-                mac: mac.clone(),
-            };
-            if !actual.contains(&entry) {
-                self.nl.set_neighbour(index, &entry).map_err(k)?;
-                changes.added += 1;
-            }
-        }
 
-        let actual: BTreeSet<FdbEntry> = self
+        let listed = self
             .nl
             .fdb(index)
-            .map_err(k)?
-            .into_iter()
-            .filter(|e| e.dst.is_some())
-            .collect();
-        for e in &actual {
-            if desired.fdb.get(&e.mac) != e.dst.as_ref() {
-                self.nl.del_fdb(index, e).map_err(k)?;
-                changes.removed += 1;
+            .map_err(fail(Entry::Listing("forwarding entries")));
+        if let Some(actual) = failures.note(listed) {
+            let actual: BTreeSet<FdbEntry> =
+                actual.into_iter().filter(|e| e.dst.is_some()).collect();
+            for e in &actual {
+                if desired.fdb.get(&e.mac) != e.dst.as_ref() {
+                    let done = self.nl.del_fdb(index, e);
+                    if failures
+                        .note(done.map_err(fail(Entry::Fdb(e.mac.clone()))))
+                        .is_some()
+                    {
+                        changes.removed += 1;
+                    }
+                }
             }
-        }
-        for (mac, dst) in &desired.fdb {
-            let entry = FdbEntry {
-                mac: mac.clone(),
-                dst: Some(*dst),
-            };
-            if !actual.contains(&entry) {
-                self.nl.set_fdb(index, &entry).map_err(k)?;
-                changes.added += 1;
+            for (mac, dst) in &desired.fdb {
+                let entry = FdbEntry {
+                    mac: mac.clone(),
+                    dst: Some(*dst),
+                };
+                if !actual.contains(&entry) {
+                    let done = self.nl.set_fdb(index, &entry);
+                    if failures
+                        .note(done.map_err(fail(Entry::Fdb(mac.clone()))))
+                        .is_some()
+                    {
+                        changes.added += 1;
+                    }
+                }
             }
         }
 
+        let underlay = self.underlay.index;
         let ours = |dst: &IpNetwork, oif: Option<u32>| {
             clusters.iter().any(|cluster| {
                 cluster.is_ipv4() == dst.is_ipv4()
                     && dst.prefix() > cluster.prefix()
                     && cluster.contains(dst.network())
             }) && !own_subnets.contains(dst)
-                && (oif == Some(index) || oif == Some(self.underlay.index))
+                && (oif == Some(index) || oif == Some(underlay))
         };
         let mut actual = Vec::new();
+        let mut listed_all = true;
         for ipv6 in [false, true] {
             if clusters.iter().any(|c| c.is_ipv6() == ipv6) {
-                actual.extend(
-                    self.nl
-                        .routes(ipv6)
-                        .map_err(k)?
-                        .into_iter()
-                        .filter(|r| ours(&r.dst, r.oif)),
-                );
+                let listed = self.nl.routes(ipv6).map_err(fail(Entry::Listing("routes")));
+                match failures.note(listed) {
+                    Some(routes) => {
+                        actual.extend(routes.into_iter().filter(|r| ours(&r.dst, r.oif)))
+                    }
+                    None => listed_all = false,
+                }
             }
         }
-        for r in &actual {
-            if !desired.routes.contains_key(&r.dst) {
-                self.nl.del_route(r.dst).map_err(k)?;
-                changes.removed += 1;
+        // Without the full list a route could be taken for a stale one: remove nothing then.
+        if listed_all {
+            for r in &actual {
+                if !desired.routes.contains_key(&r.dst) {
+                    let done = self.nl.del_route(r.dst);
+                    if failures
+                        .note(done.map_err(fail(Entry::Route(r.dst))))
+                        .is_some()
+                    {
+                        changes.removed += 1;
+                    }
+                }
             }
         }
         for (dst, want) in &desired.routes {
-            let oif = if want.via_vxlan {
-                index
-            } else {
-                self.underlay.index
-            };
+            let oif = if want.via_vxlan { index } else { underlay };
             let present = actual.iter().any(|r| {
                 r.dst == *dst
                     && r.gateway == Some(want.gateway)
@@ -254,28 +311,32 @@ impl Kernel {
                     && r.onlink == want.via_vxlan
             });
             if !present {
-                self.nl
-                    .replace_route(&RouteSpec {
-                        dst: *dst,
-                        gateway: Some(want.gateway),
-                        oif,
-                        mtu: None,
-                        priority: None,
-                        onlink: want.via_vxlan,
-                    })
-                    .map_err(k)?;
-                changes.added += 1;
+                let done = self.nl.replace_route(&RouteSpec {
+                    dst: *dst,
+                    gateway: Some(want.gateway),
+                    oif,
+                    mtu: None,
+                    priority: None,
+                    onlink: want.via_vxlan,
+                });
+                if failures
+                    .note(done.map_err(fail(Entry::Route(*dst))))
+                    .is_some()
+                {
+                    changes.added += 1;
+                }
             }
         }
-        Ok(changes)
+        Outcome {
+            changes,
+            failures: failures.into_errors(),
+        }
     }
 
     /// Removes the VXLAN device (and with it every entry on it) when the node leaves.
     pub fn remove_vxlan(&mut self) -> Result<(), DaemonError> {
-        self.nl
-            .delete_link(&self.vxlan_name)
-            .map(drop)
-            .map_err(|e| DaemonError::Kernel(e.to_string()))
+        self.nl.delete_link(&self.vxlan_name)?;
+        Ok(())
     }
 }
 
@@ -284,19 +345,16 @@ fn detect_underlay(
     iface: Option<&str>,
     wanted: Option<IpAddr>,
 ) -> Result<Underlay, DaemonError> {
-    let k = |e: cni_core::netlink::NlError| DaemonError::Kernel(e.to_string());
     let link = match iface {
         Some(name) => nl
-            .link(name)
-            .map_err(k)?
+            .link(name)?
             .ok_or_else(|| DaemonError::Config(format!("--iface {name}: no such interface")))?,
         None => {
             // The interface of the default route (IPv4, else IPv6).
             let mut oif = None;
             for ipv6 in [false, true] {
                 oif = nl
-                    .routes(ipv6)
-                    .map_err(k)?
+                    .routes(ipv6)?
                     .into_iter()
                     .find(|r| r.dst.prefix() == 0)
                     .and_then(|r| r.oif);
@@ -309,12 +367,12 @@ fn detect_underlay(
                     "no default route: name the underlay interface with --iface".into(),
                 )
             })?;
-            nl.link_by_index(oif).map_err(k)?.ok_or_else(|| {
+            nl.link_by_index(oif)?.ok_or_else(|| {
                 DaemonError::Config(format!("default route interface #{oif} vanished"))
             })?
         }
     };
-    let addresses = nl.addresses(link.index).map_err(k)?;
+    let addresses = nl.addresses(link.index)?;
     let global_v6 =
         |a: &IpNetwork| matches!(a.ip(), IpAddr::V6(v6) if v6.segments()[0] & 0xffc0 != 0xfe80);
     let address = match wanted {
@@ -349,12 +407,7 @@ fn detect_underlay(
 
 /// A stable, locally administered unicast MAC for the node's VTEP.
 fn vtep_mac(node_name: &str, vni: u32) -> [u8; 6] {
-    let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
-    for byte in node_name.bytes().chain(vni.to_be_bytes()) {
-        hash ^= u64::from(byte);
-        hash = hash.wrapping_mul(0x0100_0000_01b3);
-    }
-    let b = hash.to_be_bytes();
+    let b = cni_core::names::hash64(node_name.bytes().chain(vni.to_be_bytes())).to_be_bytes();
     [0x0e, b[0], b[1], b[2], b[3], b[4]]
 }
 
@@ -401,7 +454,7 @@ fn set_tx_checksum(device: &str, on: bool) -> Result<(), DaemonError> {
         }
     };
     if result < 0 {
-        return Err(DaemonError::Kernel(format!(
+        return Err(DaemonError::KernelState(format!(
             "setting TX checksum offload on {device}: {}",
             std::io::Error::last_os_error()
         )));

@@ -22,8 +22,8 @@ use kube::runtime::WatchStreamExt;
 use kube::{Client, Config};
 
 use super::config::ClusterCidrs;
+use super::error::DaemonError;
 use super::state::{NodeSubnets, Peer};
-use super::DaemonError;
 
 /// Annotation holding a node's VTEP MAC address.
 pub const VTEP_MAC: &str = "overlay.tether.dev/vtep-mac";
@@ -89,7 +89,7 @@ impl KubeStore {
         let cluster = clusters.v4;
         let node = timed("reading the Node", self.api.get(&self.node)).await?;
         let subnet = pod_subnet(&node).ok_or_else(|| {
-            DaemonError::Datastore(format!(
+            DaemonError::datastore(format!(
                 "Node {} has no IPv4 spec.podCIDR yet (the controller manager assigns them with \
                  --allocate-node-cidrs)",
                 self.node
@@ -138,9 +138,9 @@ impl KubeStore {
     /// Before that the answer is an error, so the kernel is never reconciled against a partial
     /// view (which would remove entries of nodes not listed yet).
     pub fn peers(&self) -> Result<Vec<Peer>, DaemonError> {
-        self.cache.peers().ok_or_else(|| {
-            DaemonError::Datastore("the list of Nodes has not been received yet".into())
-        })
+        self.cache
+            .peers()
+            .ok_or_else(|| DaemonError::datastore("the list of Nodes has not been received yet"))
     }
 
     /// Waits for the next change that matters to the overlay.
@@ -152,9 +152,7 @@ impl KubeStore {
                         return Ok(());
                     }
                 }
-                Some(Err(e)) => {
-                    return Err(DaemonError::Datastore(format!("watching Nodes: {e}")));
-                }
+                Some(Err(e)) => return Err(DaemonError::datastore_call("watching Nodes")(e)),
                 None => self.events = watch_nodes(self.api.clone()),
             }
         }
@@ -164,17 +162,17 @@ impl KubeStore {
     /// or changed the annotations), so that the caller publishes again.
     pub fn keep_alive(&self) -> Result<(), DaemonError> {
         let Some((mac, ip)) = &self.published else {
-            return Err(DaemonError::Datastore("not registered".into()));
+            return Err(DaemonError::datastore("not registered"));
         };
         match self.cache.get(&self.node) {
             Some(me) if &me.vtep_mac != mac || &me.underlay_ip != ip => Err(
-                DaemonError::Datastore("the Node's VTEP annotations changed".into()),
+                DaemonError::datastore("the Node's VTEP annotations changed"),
             ),
             Some(_) => Ok(()),
             // Not synced yet, or the annotations are gone.
             None if self.cache.peers().is_none() => Ok(()),
-            None => Err(DaemonError::Datastore(
-                "the Node's VTEP annotations are missing".into(),
+            None => Err(DaemonError::datastore(
+                "the Node's VTEP annotations are missing",
             )),
         }
     }
@@ -207,8 +205,8 @@ async fn timed<T>(
 ) -> Result<T, DaemonError> {
     match tokio::time::timeout(TIMEOUT, call).await {
         Ok(Ok(value)) => Ok(value),
-        Ok(Err(e)) => Err(DaemonError::Datastore(format!("{what}: {e}"))),
-        Err(_) => Err(DaemonError::Datastore(format!(
+        Ok(Err(e)) => Err(DaemonError::datastore_call(what)(e)),
+        Err(_) => Err(DaemonError::datastore(format!(
             "{what}: no answer from the Kubernetes API within {TIMEOUT:?}"
         ))),
     }

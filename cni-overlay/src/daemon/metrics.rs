@@ -1,117 +1,147 @@
-//! Health and Prometheus metrics over plain HTTP.
+//! tether-overlayd's metrics (prometheus-client) and what its health and readiness probes say.
 
-use std::net::SocketAddr;
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::TcpListener;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::Histogram;
+use prometheus_client::registry::Registry;
+use tether_observe::http::{latency_buckets, Endpoints};
 
 #[derive(Debug)]
 pub struct Metrics {
-    pub entries: AtomicU64,
-    pub peers: AtomicU64,
-    pub reconciles: AtomicU64,
-    pub reconcile_errors: AtomicU64,
-    pub last_reconcile_micros: AtomicU64,
-    pub datastore_errors: AtomicU64,
-    last_success: std::sync::Mutex<Option<Instant>>,
+    pub entries: Gauge,
+    pub peers: Gauge,
+    pub reconciles: Counter,
+    pub reconcile_errors: Counter,
+    pub entry_errors: Gauge,
+    pub reconcile_duration: Histogram,
+    pub datastore_errors: Counter,
+    state: Mutex<Health>,
+}
+
+#[derive(Debug, Default)]
+struct Health {
+    /// When a reconciliation last ran to its end (with or without refused entries).
+    last_run: Option<Instant>,
+    /// The entries the kernel refused in that run, described.
+    refused: Vec<String>,
 }
 
 impl Default for Metrics {
     fn default() -> Self {
         Metrics {
-            entries: AtomicU64::new(0),
-            peers: AtomicU64::new(0),
-            reconciles: AtomicU64::new(0),
-            reconcile_errors: AtomicU64::new(0),
-            last_reconcile_micros: AtomicU64::new(0),
-            datastore_errors: AtomicU64::new(0),
-            last_success: std::sync::Mutex::new(None),
+            entries: Gauge::default(),
+            peers: Gauge::default(),
+            reconciles: Counter::default(),
+            reconcile_errors: Counter::default(),
+            entry_errors: Gauge::default(),
+            reconcile_duration: Histogram::new(latency_buckets()),
+            datastore_errors: Counter::default(),
+            state: Mutex::new(Health::default()),
         }
     }
 }
 
 impl Metrics {
-    pub fn reconciled(&self, took: Duration, entries: usize, peers: usize) {
-        self.reconciles.fetch_add(1, Ordering::Relaxed);
-        self.last_reconcile_micros
-            .store(took.as_micros() as u64, Ordering::Relaxed);
-        self.entries.store(entries as u64, Ordering::Relaxed);
-        self.peers.store(peers as u64, Ordering::Relaxed);
-        if let Ok(mut last) = self.last_success.lock() {
-            *last = Some(Instant::now());
+    pub fn registry(self: &Arc<Self>) -> Registry {
+        let mut r = Registry::default();
+        r.register(
+            "tether_overlay_entries",
+            "Kernel entries (neighbour, FDB, route) programmed for other nodes",
+            self.entries.clone(),
+        );
+        r.register(
+            "tether_overlay_peers",
+            "Other nodes known from the datastore",
+            self.peers.clone(),
+        );
+        r.register(
+            "tether_overlay_reconciles",
+            "Reconciliations run",
+            self.reconciles.clone(),
+        );
+        r.register(
+            "tether_overlay_reconcile_errors",
+            "Reconciliations in which an entry could not be applied",
+            self.reconcile_errors.clone(),
+        );
+        r.register(
+            "tether_overlay_entry_errors",
+            "Kernel entries refused in the last reconciliation",
+            self.entry_errors.clone(),
+        );
+        r.register(
+            "tether_overlay_reconcile_duration_seconds",
+            "Duration of reconciliations",
+            self.reconcile_duration.clone(),
+        );
+        r.register(
+            "tether_overlay_datastore_errors",
+            "Failed datastore operations",
+            self.datastore_errors.clone(),
+        );
+        r
+    }
+
+    /// One reconciliation ran: `entries` applied for `peers` other nodes, `refused` failed.
+    pub fn reconciled(&self, took: Duration, entries: usize, peers: usize, refused: Vec<String>) {
+        self.reconciles.inc();
+        self.reconcile_duration.observe(took.as_secs_f64());
+        self.entries.set(entries as i64);
+        self.peers.set(peers as i64);
+        self.entry_errors.set(refused.len() as i64);
+        if !refused.is_empty() {
+            self.reconcile_errors.inc();
+        }
+        if let Ok(mut state) = self.state.lock() {
+            state.last_run = Some(Instant::now());
+            state.refused = refused;
         }
     }
 
-    /// Healthy once a reconciliation succeeded within `window`.
-    pub fn healthy(&self, window: Duration) -> bool {
-        self.last_success
+    /// Alive: a reconciliation ran to its end within `window`.
+    pub fn healthy(&self, window: Duration) -> Result<(), String> {
+        let state = self
+            .state
             .lock()
-            .ok()
-            .and_then(|l| *l)
-            .is_some_and(|t| t.elapsed() < window)
+            .map_err(|_| "state poisoned".to_string())?;
+        match state.last_run {
+            Some(at) if at.elapsed() < window => Ok(()),
+            Some(at) => Err(format!("not reconciled for {:?}", at.elapsed())),
+            None => Err("not reconciled yet".into()),
+        }
     }
 
-    fn render(&self) -> String {
-        let g = |a: &AtomicU64| a.load(Ordering::Relaxed);
-        format!(
-            "# HELP tether_overlay_entries Kernel entries (neighbour, FDB, route) programmed for other nodes.\n\
-             # TYPE tether_overlay_entries gauge\ntether_overlay_entries {}\n\
-             # HELP tether_overlay_peers Other nodes known from the datastore.\n\
-             # TYPE tether_overlay_peers gauge\ntether_overlay_peers {}\n\
-             # HELP tether_overlay_reconciles_total Reconciliations run.\n\
-             # TYPE tether_overlay_reconciles_total counter\ntether_overlay_reconciles_total {}\n\
-             # HELP tether_overlay_reconcile_errors_total Reconciliations that failed.\n\
-             # TYPE tether_overlay_reconcile_errors_total counter\ntether_overlay_reconcile_errors_total {}\n\
-             # HELP tether_overlay_reconcile_duration_seconds Duration of the last reconciliation.\n\
-             # TYPE tether_overlay_reconcile_duration_seconds gauge\ntether_overlay_reconcile_duration_seconds {:.6}\n\
-             # HELP tether_overlay_datastore_errors_total Failed datastore operations.\n\
-             # TYPE tether_overlay_datastore_errors_total counter\ntether_overlay_datastore_errors_total {}\n",
-            g(&self.entries),
-            g(&self.peers),
-            g(&self.reconciles),
-            g(&self.reconcile_errors),
-            g(&self.last_reconcile_micros) as f64 / 1e6,
-            g(&self.datastore_errors),
-        )
+    /// Ready: alive, and the kernel holds every entry the datastore asks for.
+    pub fn ready(&self, window: Duration) -> Result<(), String> {
+        self.healthy(window)?;
+        let state = self
+            .state
+            .lock()
+            .map_err(|_| "state poisoned".to_string())?;
+        match state.refused.as_slice() {
+            [] => Ok(()),
+            refused => Err(format!(
+                "{} kernel entries refused: {}",
+                refused.len(),
+                refused
+                    .iter()
+                    .take(5)
+                    .cloned()
+                    .collect::<Vec<_>>()
+                    .join("; ")
+            )),
+        }
     }
-}
 
-/// Serves `/healthz` (200 once reconciled within `window`, else 503) and `/metrics`.
-pub async fn serve(listener: TcpListener, metrics: Arc<Metrics>, window: Duration) {
-    loop {
-        let Ok((mut conn, _)) = listener.accept().await else {
-            continue;
-        };
-        let metrics = metrics.clone();
-        tokio::spawn(async move {
-            let mut buf = [0u8; 1024];
-            let n = match tokio::time::timeout(Duration::from_secs(5), conn.read(&mut buf)).await {
-                Ok(Ok(n)) => n,
-                _ => return,
-            };
-            let request = String::from_utf8_lossy(&buf[..n]);
-            let path = request.split_whitespace().nth(1).unwrap_or("/");
-            let (status, body) = match path {
-                "/metrics" => ("200 OK", metrics.render()),
-                "/healthz" | "/readyz" if metrics.healthy(window) => ("200 OK", "ok\n".to_string()),
-                "/healthz" | "/readyz" => (
-                    "503 Service Unavailable",
-                    "not reconciled recently\n".to_string(),
-                ),
-                _ => ("404 Not Found", "not found\n".to_string()),
-            };
-            let response = format!(
-                "HTTP/1.1 {status}\r\nContent-Type: text/plain; version=0.0.4\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
-                body.len()
-            );
-            let _ = conn.write_all(response.as_bytes()).await;
-        });
+    pub fn endpoints(self: &Arc<Self>, window: Duration) -> Endpoints {
+        let (alive, ready) = (self.clone(), self.clone());
+        Endpoints {
+            registry: Arc::new(Mutex::new(self.registry())),
+            healthz: Box::new(move || alive.healthy(window)),
+            readyz: Box::new(move || ready.ready(window)),
+        }
     }
-}
-
-pub async fn bind(addr: SocketAddr) -> std::io::Result<TcpListener> {
-    TcpListener::bind(addr).await
 }

@@ -4,6 +4,7 @@
 
 pub mod config;
 mod datastore;
+pub mod error;
 mod etcd;
 mod kernel;
 pub mod kube;
@@ -19,27 +20,10 @@ use ipnetwork::IpNetwork;
 use crate::facts::NodeFacts;
 use config::{Args, ClusterCidrs};
 use datastore::{Datastore, Vtep};
+pub use error::DaemonError;
 use kernel::Kernel;
 use metrics::Metrics;
 use state::NodeSubnets;
-
-#[derive(Debug, thiserror::Error)]
-pub enum DaemonError {
-    #[error("invalid configuration: {0}")]
-    Config(String),
-    #[error("kernel: {0}")]
-    Kernel(String),
-    #[error("datastore: {0}")]
-    Datastore(String),
-    #[error(transparent)]
-    Facts(#[from] crate::facts::FactsError),
-    #[error("metrics endpoint {addr}: {source}")]
-    Metrics {
-        addr: std::net::SocketAddr,
-        #[source]
-        source: std::io::Error,
-    },
-}
 
 const BACKOFF_MAX: Duration = Duration::from_secs(30);
 
@@ -56,9 +40,7 @@ impl Backoff {
     }
 
     async fn failed(&mut self, metrics: &Metrics, what: &str, error: DaemonError) {
-        metrics
-            .datastore_errors
-            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        metrics.datastore_errors.inc();
         tracing::warn!(%error, retry_in = ?self.delay, "{what} failed");
         tokio::time::sleep(self.delay).await;
         self.delay = (self.delay * 2).min(BACKOFF_MAX);
@@ -86,7 +68,7 @@ async fn register(
         let sizes = (args.subnet_size, args.subnet_size_v6);
         match store.register(&vtep, clusters, sizes, hint).await {
             Ok(subnets) => return Ok(subnets),
-            Err(e @ DaemonError::Config(_)) => return Err(e),
+            Err(e) if e.is_fatal() => return Err(e),
             Err(e) => {
                 backoff.failed(metrics, "registering", e).await;
                 if let Err(e) = store.recover().await {
@@ -103,10 +85,9 @@ async fn register(
 /// meant to outlive the daemon.
 pub async fn run(args: Args) -> Result<(), DaemonError> {
     use tokio::signal::unix::{signal, SignalKind};
-    let mut terminate = signal(SignalKind::terminate())
-        .map_err(|e| DaemonError::Config(format!("installing the SIGTERM handler: {e}")))?;
-    let mut interrupt = signal(SignalKind::interrupt())
-        .map_err(|e| DaemonError::Config(format!("installing the SIGINT handler: {e}")))?;
+    let handler = |signal| move |source| DaemonError::Signal { signal, source };
+    let mut terminate = signal(SignalKind::terminate()).map_err(handler("SIGTERM"))?;
+    let mut interrupt = signal(SignalKind::interrupt()).map_err(handler("SIGINT"))?;
     tokio::select! {
         result = serve(args) => result,
         _ = terminate.recv() => {
@@ -133,11 +114,14 @@ async fn serve(args: Args) -> Result<(), DaemonError> {
     )?;
     let metrics = Arc::new(Metrics::default());
     if let Some(addr) = args.metrics_addr {
-        let listener = metrics::bind(addr)
+        let listener = tether_observe::http::bind(addr)
             .await
             .map_err(|source| DaemonError::Metrics { addr, source })?;
         let window = Duration::from_secs(args.resync_seconds * 3 + 5);
-        tokio::spawn(metrics::serve(listener, metrics.clone(), window));
+        tokio::spawn(tether_observe::http::serve(
+            listener,
+            Arc::new(metrics.endpoints(window)),
+        ));
     }
     tracing::info!(node = %args.node_name, underlay = %kernel.underlay.name, address = %kernel.underlay.address, mtu = kernel.underlay.vxlan_mtu(), "starting");
 
@@ -145,7 +129,7 @@ async fn serve(args: Args) -> Result<(), DaemonError> {
     let mut store = loop {
         match Datastore::connect(&args).await {
             Ok(store) => break store,
-            Err(e @ DaemonError::Config(_)) => return Err(e),
+            Err(e) if e.is_fatal() => return Err(e),
             Err(e) => {
                 backoff
                     .failed(&metrics, "connecting to the datastore", e)
@@ -189,7 +173,7 @@ async fn serve(args: Args) -> Result<(), DaemonError> {
             }
             _ = keep_alive.tick() => {
                 if let Err(e) = store.keep_alive().await {
-                    metrics.datastore_errors.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                    metrics.datastore_errors.inc();
                     tracing::warn!(error = %e, "registration lost; registering again");
                     let renewed = register(&args, &mut store, &kernel, &metrics, clusters, Some(subnets.v4)).await?;
                     if renewed != subnets {
@@ -229,7 +213,8 @@ fn publish_local(
     masq::apply(subnets, clusters)
 }
 
-/// One reconciliation. A datastore failure keeps every working entry as it is.
+/// One reconciliation. A datastore failure keeps every working entry as it is; an entry the
+/// kernel refuses is reported (log, metrics, readiness) and every other entry is applied.
 async fn reconcile(
     args: &Args,
     store: &mut Datastore,
@@ -241,39 +226,45 @@ async fn reconcile(
     let peers = match store.peers().await {
         Ok(p) => p,
         Err(e) => {
-            metrics
-                .datastore_errors
-                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-            tracing::warn!(error = %e, "cannot read peers; keeping the kernel as it is");
+            metrics.datastore_errors.inc();
+            tracing::warn!(error = %cni_core::error::chain(&e), "cannot read peers; keeping the kernel as it is");
             return;
         }
     };
     let started = Instant::now();
-    let result = (|| {
-        let vxlan = kernel.ensure_vxlan(&subnets.all())?;
-        let desired = state::desired(
-            &peers,
-            &args.node_name,
-            kernel.underlay.address,
-            args.direct_routing,
-        );
-        let changes = kernel.reconcile(&vxlan, &desired, &clusters.all(), &subnets.all())?;
-        Ok::<_, DaemonError>((desired.entries(), changes))
-    })();
-    match result {
-        Ok((entries, changes)) => {
-            let others = peers.iter().filter(|p| p.node != args.node_name).count();
-            metrics.reconciled(started.elapsed(), entries, others);
-            if changes != kernel::Changes::default() {
-                tracing::info!(added = changes.added, removed = changes.removed, entries, peers = others, took = ?started.elapsed(), "reconciled");
-            }
-        }
+    let vxlan = match kernel.ensure_vxlan(&subnets.all()) {
+        Ok(vxlan) => vxlan,
         Err(e) => {
-            metrics
-                .reconcile_errors
-                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-            tracing::error!(error = %e, "reconciliation failed");
+            let refused = vec![format!("VXLAN device: {}", cni_core::error::chain(&e))];
+            metrics.reconciled(started.elapsed(), 0, 0, refused);
+            tracing::error!(error = %cni_core::error::chain(&e), "the VXLAN device cannot be set up");
+            return;
         }
+    };
+    let desired = state::desired(
+        &peers,
+        &args.node_name,
+        kernel.underlay.address,
+        args.direct_routing,
+    );
+    let outcome = kernel.reconcile(&vxlan, &desired, &clusters.all(), &subnets.all());
+    let others = peers.iter().filter(|p| p.node != args.node_name).count();
+    let refused: Vec<String> = outcome
+        .failures
+        .iter()
+        .map(|f| match state::owner(&peers, &f.entry) {
+            Some(node) => format!("node {node}: {}", cni_core::error::chain(f)),
+            None => cni_core::error::chain(f),
+        })
+        .collect();
+    for why in &refused {
+        tracing::error!(entry = %why, "the kernel refused an entry; the others are applied");
+    }
+    let applied = desired.entries().saturating_sub(outcome.failures.len());
+    metrics.reconciled(started.elapsed(), applied, others, refused);
+    let changes = outcome.changes;
+    if changes != kernel::Changes::default() {
+        tracing::info!(added = changes.added, removed = changes.removed, entries = applied, peers = others, took = ?started.elapsed(), "reconciled");
     }
 }
 
@@ -281,17 +272,12 @@ async fn leave(args: &Args, store: &mut Datastore, kernel: &mut Kernel) -> Resul
     store.leave(&args.node_name).await?;
     kernel.remove_vxlan()?;
     masq::remove()?;
-    let facts = crate::facts::path(&args.run_dir);
-    cni_core::fsutil::remove_if_exists(&facts)
-        .map_err(|e| DaemonError::Kernel(format!("removing {}: {e}", facts.display())))?;
+    crate::facts::remove(&args.run_dir)?;
     tracing::info!(node = %args.node_name, "left the overlay");
     Ok(())
 }
 
 fn enable_forwarding() -> Result<(), DaemonError> {
-    let path = "/proc/sys/net/ipv4/ip_forward";
-    if std::fs::read_to_string(path).is_ok_and(|v| v.trim() == "1") {
-        return Ok(());
-    }
-    std::fs::write(path, "1").map_err(|e| DaemonError::Kernel(format!("enabling {path}: {e}")))
+    cni_core::sysctl::enable_forwarding(false)?;
+    Ok(())
 }

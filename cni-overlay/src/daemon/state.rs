@@ -66,6 +66,22 @@ impl Desired {
     }
 }
 
+/// The node whose entry `entry` is, for reports.
+pub fn owner<'a>(peers: &'a [Peer], entry: &super::kernel::Entry) -> Option<&'a str> {
+    use super::kernel::Entry;
+    peers
+        .iter()
+        .find(|p| match entry {
+            Entry::Neighbour(ip) => p.subnets().iter().any(|s| s.network() == *ip),
+            Entry::Fdb(mac) => {
+                cni_core::netlink::parse_mac(&p.vtep_mac).is_some_and(|m| m[..] == mac[..])
+            }
+            Entry::Route(dst) => p.subnets().contains(dst),
+            Entry::Listing(_) => false,
+        })
+        .map(|p| p.node.as_str())
+}
+
 /// Desired state for `me`: for every other node a neighbour entry per pod subnet (the subnet's
 /// network address -> the node's VTEP MAC), one FDB entry (VTEP MAC -> underlay address) and an
 /// onlink route per pod subnet. With direct routing, a subnet of the underlay's family on a node

@@ -191,7 +191,7 @@ impl Node {
 
     pub fn http(&self, path: &str) -> String {
         let script = format!(
-            "exec 3<>/dev/tcp/127.0.0.1/9402; printf 'GET {path} HTTP/1.0\\r\\n\\r\\n' >&3; cat <&3"
+            "exec 3<>/dev/tcp/127.0.0.1/9402; printf 'GET {path} HTTP/1.1\\r\\nHost: localhost\\r\\nConnection: close\\r\\n\\r\\n' >&3; cat <&3"
         );
         String::from_utf8_lossy(&self.ns.try_exec(&["bash", "-c", &script]).stdout).into_owned()
     }

@@ -19,14 +19,12 @@ use std::io;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::time::Duration;
 
-use netlink_packet_core::{
-    NetlinkHeader, NetlinkMessage, NetlinkPayload, NLM_F_ACK, NLM_F_REQUEST,
-};
+use netlink_packet_core::{NetlinkMessage, NetlinkPayload, NLM_F_ACK};
 use netlink_packet_route::link::{LinkHeader, LinkMessage};
 use netlink_packet_route::{AddressFamily, RouteNetlinkMessage};
 use netlink_sys::{protocols::NETLINK_ROUTE, Socket, SocketAddr};
 
-use crate::netlink::{Netlink, NlError, OpenError};
+use super::{socket, Netlink, NlError, OpenError};
 
 /// The multicast group of link notifications (`RTMGRP_LINK`).
 const RTMGRP_LINK: u32 = 1;
@@ -99,17 +97,7 @@ fn dellink_request(index: u32) -> Vec<u8> {
         index,
         ..LinkHeader::default()
     };
-    let mut header = NetlinkHeader::default();
-    header.flags = NLM_F_REQUEST | NLM_F_ACK;
-    header.sequence_number = 1;
-    let mut packet = NetlinkMessage::new(
-        header,
-        NetlinkPayload::from(RouteNetlinkMessage::DelLink(msg)),
-    );
-    packet.finalize();
-    let mut buf = vec![0u8; packet.buffer_len()];
-    packet.serialize(&mut buf);
-    buf
+    socket::encode(RouteNetlinkMessage::DelLink(msg), NLM_F_ACK, 1)
 }
 
 /// Forks the helper that sends `request`; returns the read end of the pipe on which the helper
@@ -212,28 +200,10 @@ unsafe fn send_and_ack(request: &[u8]) -> i32 {
             }
             return errno();
         }
-        if let Some(code) = ack_code(&buf[..n as usize]) {
+        if let Some(code) = socket::ack_errno(&buf[..n as usize]) {
             return code;
         }
     }
-}
-
-/// The errno carried by an `NLMSG_ERROR` message (0 is the ACK), if `data` holds one.
-fn ack_code(data: &[u8]) -> Option<i32> {
-    let mut offset = 0;
-    while data.len() >= offset + 20 {
-        let word = |at: usize| [data[at], data[at + 1], data[at + 2], data[at + 3]];
-        let length = u32::from_ne_bytes(word(offset)) as usize;
-        let kind = u16::from_ne_bytes([data[offset + 4], data[offset + 5]]);
-        if kind == libc::NLMSG_ERROR as u16 {
-            return Some(-i32::from_ne_bytes(word(offset + 16)));
-        }
-        if length < 16 {
-            return None;
-        }
-        offset += (length + 3) & !3;
-    }
-    None
 }
 
 /// Waits for the kernel's `RTM_DELLINK` for `index`, or for the helper's answer, whichever comes
@@ -333,23 +303,6 @@ fn announces_deletion(data: &[u8], index: u32) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn ack_codes_are_read_from_error_messages() {
-        // nlmsghdr (len 36, type NLMSG_ERROR) + error -19 + the echoed request header.
-        let mut ack = Vec::new();
-        ack.extend_from_slice(&36u32.to_ne_bytes());
-        ack.extend_from_slice(&(libc::NLMSG_ERROR as u16).to_ne_bytes());
-        ack.extend_from_slice(&0u16.to_ne_bytes());
-        ack.extend_from_slice(&1u32.to_ne_bytes());
-        ack.extend_from_slice(&0u32.to_ne_bytes());
-        ack.extend_from_slice(&(-19i32).to_ne_bytes());
-        ack.extend_from_slice(&[0u8; 16]);
-        assert_eq!(ack_code(&ack), Some(19));
-        ack[16..20].copy_from_slice(&0i32.to_ne_bytes());
-        assert_eq!(ack_code(&ack), Some(0));
-        assert_eq!(ack_code(&ack[..10]), None);
-    }
 
     #[test]
     fn the_request_names_the_index() {

@@ -1,0 +1,256 @@
+//! A typed layer over nftables: batches built from the `nftables` crate's schema, applied with
+//! one `nft -j -f -` (one kernel transaction: all of it or none of it), and listings parsed into
+//! the same types. Callers own their tables and rule logic; nobody builds nft text.
+//!
+//! Where the crate's schema has no word for something nft accepts (a map whose values are
+//! verdicts), [`Batch::raw`] takes the JSON command as nft documents it; each such use says why.
+
+pub mod build;
+
+use std::path::Path;
+
+use nftables::schema::{Chain, NfCmd, NfListObject, NfObject, Rule, Set};
+use nftables::types::NfFamily;
+use serde_json::Value;
+
+pub use nftables::{expr, schema, stmt, types};
+
+const CANDIDATES: [&str; 3] = ["/usr/sbin/nft", "/sbin/nft", "/usr/bin/nft"];
+
+#[derive(Debug, thiserror::Error)]
+pub enum FirewallError {
+    #[error("the nft binary is not installed (looked in /usr/sbin, /sbin, /usr/bin)")]
+    Missing,
+    #[error("nft {action}: {detail}")]
+    Nft {
+        action: &'static str,
+        detail: String,
+    },
+    #[error("unreadable nft output")]
+    Output(#[source] serde_json::Error),
+    #[error("taking the nftables lock {path}")]
+    Lock {
+        path: String,
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+fn nft() -> Result<&'static str, FirewallError> {
+    CANDIDATES
+        .into_iter()
+        .find(|p| Path::new(p).exists())
+        .ok_or(FirewallError::Missing)
+}
+
+/// Runs nft with `args` (and `stdin`), returning its stdout or its complaint.
+fn run(action: &'static str, args: &[&str], stdin: Option<&str>) -> Result<String, FirewallError> {
+    use std::io::Write;
+    use std::process::{Command, Stdio};
+    let spawn_err = |e: std::io::Error| FirewallError::Nft {
+        action,
+        detail: format!("running nft: {e}"),
+    };
+    let mut child = Command::new(nft()?)
+        .args(args)
+        .stdin(if stdin.is_some() {
+            Stdio::piped()
+        } else {
+            Stdio::null()
+        })
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .map_err(spawn_err)?;
+    if let (Some(text), Some(mut pipe)) = (stdin, child.stdin.take()) {
+        pipe.write_all(text.as_bytes()).map_err(spawn_err)?;
+    }
+    let out = child.wait_with_output().map_err(spawn_err)?;
+    if out.status.success() {
+        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+    } else {
+        Err(FirewallError::Nft {
+            action,
+            detail: String::from_utf8_lossy(&out.stderr).trim().to_string(),
+        })
+    }
+}
+
+/// Commands applied together, atomically.
+#[derive(Debug, Default, Clone)]
+pub struct Batch {
+    commands: Vec<Value>,
+}
+
+impl Batch {
+    pub fn new() -> Batch {
+        Batch::default()
+    }
+
+    fn push(&mut self, cmd: NfCmd<'_>) {
+        // The crate's types always serialize.
+        if let Ok(value) = serde_json::to_value(NfObject::CmdObject(cmd)) {
+            self.commands.push(value);
+        }
+    }
+
+    /// `add`: creates the object, or leaves an existing one (tables, chains, sets) alone.
+    pub fn add(&mut self, obj: NfListObject<'_>) -> &mut Batch {
+        self.push(NfCmd::Add(obj));
+        self
+    }
+
+    /// `delete`: removes the object; fails the whole batch if it does not exist.
+    pub fn delete(&mut self, obj: NfListObject<'_>) -> &mut Batch {
+        self.push(NfCmd::Delete(obj));
+        self
+    }
+
+    /// `flush`: empties a chain, set, map or table.
+    pub fn flush(&mut self, obj: schema::FlushObject<'_>) -> &mut Batch {
+        self.push(NfCmd::Flush(obj));
+        self
+    }
+
+    /// A command the crate's schema cannot express, as libnftables-json(5) spells it.
+    pub fn raw(&mut self, command: Value) -> &mut Batch {
+        self.commands.push(command);
+        self
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.commands.is_empty()
+    }
+
+    pub fn len(&self) -> usize {
+        self.commands.len()
+    }
+
+    /// The batch as the JSON document `nft -j -f` reads.
+    pub fn to_json(&self) -> String {
+        serde_json::json!({ "nftables": self.commands }).to_string()
+    }
+
+    /// Applies every command as one transaction. An empty batch is a no-op.
+    pub fn apply(&self) -> Result<(), FirewallError> {
+        if self.commands.is_empty() {
+            return Ok(());
+        }
+        let payload = self.to_json();
+        tracing::debug!(batch = %payload, "nft batch");
+        run("applying a batch", &["-j", "-f", "-"], Some(&payload)).map(drop)
+    }
+}
+
+/// What one table holds, parsed. Objects the schema cannot read are skipped (and logged), so one
+/// foreign rule never hides the rest.
+#[derive(Debug, Default, Clone)]
+pub struct Listing {
+    pub chains: Vec<Chain<'static>>,
+    pub rules: Vec<Rule<'static>>,
+    pub sets: Vec<Set<'static>>,
+    pub maps: Vec<schema::Map<'static>>,
+    /// Whether the table exists at all.
+    pub exists: bool,
+}
+
+impl Listing {
+    pub fn set(&self, name: &str) -> Option<&Set<'static>> {
+        self.sets.iter().find(|s| s.name == name)
+    }
+
+    pub fn map(&self, name: &str) -> Option<&schema::Map<'static>> {
+        self.maps.iter().find(|m| m.name == name)
+    }
+
+    pub fn chain(&self, name: &str) -> Option<&Chain<'static>> {
+        self.chains.iter().find(|c| c.name == name)
+    }
+
+    pub fn rules_in<'a>(&'a self, chain: &'a str) -> impl Iterator<Item = &'a Rule<'static>> + 'a {
+        self.rules.iter().filter(move |r| r.chain == chain)
+    }
+
+    /// The chains holding a rule that looks up set or map `name` (`@name`).
+    pub fn chains_using(&self, name: &str) -> Vec<String> {
+        let reference = format!("@{name}");
+        let mut chains: Vec<String> = self
+            .rules
+            .iter()
+            .filter(|r| r.expr.iter().any(|s| build::mentions(s, &reference)))
+            .map(|r| r.chain.to_string())
+            .collect();
+        chains.sort();
+        chains.dedup();
+        chains
+    }
+}
+
+/// The table `family name` with rule handles; an absent table is an empty listing.
+pub fn list_table(family: NfFamily, name: &str) -> Result<Listing, FirewallError> {
+    let family_word = build::family_name(family);
+    let text = match run(
+        "listing a table",
+        &["-j", "-a", "list", "table", family_word, name],
+        None,
+    ) {
+        Ok(text) => text,
+        Err(FirewallError::Nft { detail, .. }) if detail.contains("No such file or directory") => {
+            return Ok(Listing::default())
+        }
+        Err(e) => return Err(e),
+    };
+    parse_listing(&text)
+}
+
+/// Parses `nft -j list ...` output.
+pub fn parse_listing(text: &str) -> Result<Listing, FirewallError> {
+    let document: Value = serde_json::from_str(text).map_err(FirewallError::Output)?;
+    let mut listing = Listing::default();
+    for object in document["nftables"].as_array().into_iter().flatten() {
+        if object.get("metainfo").is_some() {
+            continue;
+        }
+        match serde_json::from_value::<NfListObject<'static>>(object.clone()) {
+            Ok(NfListObject::Table(_)) => listing.exists = true,
+            Ok(NfListObject::Chain(c)) => listing.chains.push(c),
+            Ok(NfListObject::Rule(r)) => listing.rules.push(r),
+            Ok(NfListObject::Set(s)) => listing.sets.push(*s),
+            Ok(NfListObject::Map(m)) => listing.maps.push(*m),
+            Ok(_) => {}
+            Err(e) => tracing::debug!(error = %e, %object, "nft object not in the schema; skipped"),
+        }
+    }
+    Ok(listing)
+}
+
+/// An exclusive lock for read-modify-write changes of one of our tables, shared by every process
+/// on the node (`/run/tether/<name>.lock`), released on drop.
+pub struct Lock {
+    _held: crate::fsutil::FileLock,
+}
+
+impl Lock {
+    pub fn take(name: &str) -> Result<Lock, FirewallError> {
+        let dir = Path::new(LOCK_DIR);
+        let path = dir.join(format!("{name}.lock"));
+        let err = |source| FirewallError::Lock {
+            path: path.display().to_string(),
+            source,
+        };
+        std::fs::create_dir_all(dir).map_err(err)?;
+        crate::fsutil::FileLock::exclusive(&path)
+            .map(|held| Lock { _held: held })
+            .map_err(|source| FirewallError::Lock {
+                path: path.display().to_string(),
+                source,
+            })
+    }
+}
+
+const LOCK_DIR: &str = "/run/tether";
+
+/// Whether nft can be run and the kernel answers (for STATUS and readiness).
+pub fn probe() -> Result<(), FirewallError> {
+    run("listing tables", &["list", "tables"], None).map(drop)
+}
