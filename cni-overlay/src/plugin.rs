@@ -8,6 +8,7 @@ use std::path::{Path, PathBuf};
 
 use cni_core::delegate::{self, DelegateError};
 use cni_core::fsutil::{remove_if_exists, write_atomic};
+use cni_core::teardown::Failures;
 use cni_core::{Attachment, CniError, CniResult, Code, Command, Plugin, Request};
 use serde::Deserialize;
 use serde_json::{json, Map, Value};
@@ -36,6 +37,9 @@ pub enum OverlayError {
     Delegate(#[from] DelegateError),
     #[error("cni-overlay cannot serve ADD")]
     NotAvailable(#[source] FactsError),
+    /// GC keeps going and reports every failure together.
+    #[error("{}", .0.iter().map(cni_core::error::chain).collect::<Vec<_>>().join("; "))]
+    Several(Vec<OverlayError>),
 }
 
 impl CniError for OverlayError {
@@ -46,6 +50,9 @@ impl CniError for OverlayError {
             OverlayError::Facts(_) | OverlayError::State { .. } => Code::Io.into(),
             OverlayError::Delegate(e) => e.code(),
             OverlayError::NotAvailable(_) => Code::NotAvailable.into(),
+            OverlayError::Several(errors) => {
+                cni_core::error::most_severe(errors.iter().map(CniError::code), Code::Io.into())
+            }
         }
     }
 }
@@ -191,12 +198,13 @@ impl Plugin for OverlayPlugin {
     fn gc(&self, req: &Request, valid: &[Attachment]) -> Result<(), OverlayError> {
         let settings = Settings::from_request(req)?;
         let facts = NodeFacts::read(&settings.run_dir).ok();
-        delegate::invoke(
+        let mut failures: Failures<OverlayError> = Failures::new("GC step");
+        failures.note(delegate::invoke(
             req,
             DELEGATE,
             Command::Gc,
             &delegate_config(req, facts.as_ref()),
-        )?;
+        ));
         let keep: HashSet<String> = valid
             .iter()
             .map(|a| format!("{}:{}.json", a.container_id, a.ifname))
@@ -206,12 +214,14 @@ impl Plugin for OverlayPlugin {
                 let name = entry.file_name().to_string_lossy().into_owned();
                 if name.ends_with(".json") && !keep.contains(&name) {
                     let path = entry.path();
-                    remove_if_exists(&path)
-                        .map_err(|source| OverlayError::State { path, source })?;
+                    failures.note(
+                        remove_if_exists(&path)
+                            .map_err(|source| OverlayError::State { path, source }),
+                    );
                 }
             }
         }
-        Ok(())
+        failures.finish_with(OverlayError::Several)
     }
 
     fn status(&self, req: &Request) -> Result<(), OverlayError> {

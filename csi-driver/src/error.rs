@@ -1,8 +1,7 @@
-//! The driver's errors, and the one place where they become gRPC statuses.
+//! The driver's errors by meaning: NFS calls, and what a request ran into. They become gRPC
+//! statuses in one place, `rpc::status`.
 
 use std::time::Duration;
-
-use tonic::{Code, Status};
 
 /// A failure talking to an NFS server. Always names the server and share.
 #[derive(Debug, thiserror::Error)]
@@ -51,63 +50,77 @@ impl NfsError {
     }
 }
 
+/// What a request ran into, by meaning. Which gRPC code each meaning is, is decided in one table:
+/// `rpc::status`.
 #[derive(Debug, thiserror::Error)]
 pub enum CsiError {
+    /// The request is malformed, or asks for something this driver never does.
     #[error("{0}")]
-    InvalidArgument(String),
+    Invalid(String),
+    /// The volume, snapshot, source or path the request names does not exist.
     #[error("{0}")]
     NotFound(String),
+    /// The name or path is taken by something incompatible with the request.
     #[error("{0}")]
-    AlreadyExists(String),
+    Conflict(String),
+    /// A size the volume, its source or the share cannot give.
     #[error("{0}")]
-    OutOfRange(String),
+    Capacity(String),
+    /// Another operation on the same volume or name is under way: retry later.
     #[error("{0}")]
-    Aborted(String),
+    Busy(String),
+    /// A paging token this driver did not issue (or that no longer fits).
+    #[error("starting_token {0:?} was not issued by this driver")]
+    StaleToken(String),
+    /// The object exists but is not in the state the request needs (not staged, published
+    /// elsewhere, holding something unexpected).
     #[error("{0}")]
-    FailedPrecondition(String),
+    WrongState(String),
+    /// An RPC or option this driver does not offer (and does not advertise).
     #[error("{0}")]
-    Unimplemented(String),
-    #[error("{0}")]
-    DeadlineExceeded(String),
-    #[error("{0}")]
-    Unavailable(String),
-    #[error("{0}")]
-    Internal(String),
+    NotOffered(String),
+    /// A file or directory on this node could not be made or read.
+    #[error("{what} {path}")]
+    Host {
+        what: &'static str,
+        path: std::path::PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    /// The NFS server's name does not resolve.
+    #[error("cannot resolve NFS server {0:?}")]
+    Unresolvable(String),
     #[error(transparent)]
     Nfs(#[from] NfsError),
+    /// Mounting an NFS export on this node failed.
+    #[error("mounting {export} at {}", .target.display())]
+    NfsMount {
+        export: String,
+        target: std::path::PathBuf,
+        #[source]
+        source: crate::mounts::MountError,
+    },
+    #[error(transparent)]
+    Mount(#[from] crate::mounts::MountError),
+    #[error(transparent)]
+    Image(#[from] crate::image::ImageError),
+    /// A worker thread died: a bug.
+    #[error("{0}")]
+    Internal(String),
 }
 
 impl CsiError {
     pub fn invalid(message: impl Into<String>) -> CsiError {
-        CsiError::InvalidArgument(message.into())
+        CsiError::Invalid(message.into())
     }
-}
 
-impl From<CsiError> for Status {
-    fn from(error: CsiError) -> Status {
-        let code = match &error {
-            CsiError::InvalidArgument(_) => Code::InvalidArgument,
-            CsiError::NotFound(_) => Code::NotFound,
-            CsiError::AlreadyExists(_) => Code::AlreadyExists,
-            CsiError::OutOfRange(_) => Code::OutOfRange,
-            CsiError::Aborted(_) => Code::Aborted,
-            CsiError::FailedPrecondition(_) => Code::FailedPrecondition,
-            CsiError::Unimplemented(_) => Code::Unimplemented,
-            CsiError::DeadlineExceeded(_) => Code::DeadlineExceeded,
-            CsiError::Unavailable(_) => Code::Unavailable,
-            CsiError::Internal(_) => Code::Internal,
-            CsiError::Nfs(nfs) => match nfs {
-                NfsError::Timeout { .. } => Code::DeadlineExceeded,
-                NfsError::Unreachable { .. } => Code::Unavailable,
-                NfsError::NotFound { .. } => Code::NotFound,
-                NfsError::Exists { .. } => Code::AlreadyExists,
-                NfsError::Stale { .. } => Code::FailedPrecondition,
-                NfsError::NoSpace { .. } => Code::ResourceExhausted,
-                NfsError::Denied { .. } => Code::PermissionDenied,
-                NfsError::Failed { .. } => Code::Internal,
-            },
-        };
-        Status::new(code, error.to_string())
+    /// A failed local file operation on `path`.
+    pub fn host(
+        what: &'static str,
+        path: &std::path::Path,
+    ) -> impl FnOnce(std::io::Error) -> CsiError {
+        let path = path.to_path_buf();
+        move |source| CsiError::Host { what, path, source }
     }
 }
 

@@ -23,7 +23,7 @@ impl OpLocks {
     pub fn acquire(&self, keys: &[String]) -> Result<OpGuard, CsiError> {
         let mut busy = self.busy.lock().unwrap_or_else(|p| p.into_inner());
         if let Some(taken) = keys.iter().find(|k| busy.contains(*k)) {
-            return Err(CsiError::Aborted(format!(
+            return Err(CsiError::Busy(format!(
                 "an operation on {taken} is already in progress; retry later"
             )));
         }
@@ -58,7 +58,7 @@ mod tests {
             .unwrap();
         assert!(matches!(
             locks.acquire(&["name x".into()]),
-            Err(CsiError::Aborted(_))
+            Err(CsiError::Busy(_))
         ));
         // All or nothing: the failed attempt took nothing.
         assert!(locks.acquire(&["volume b".into()]).is_ok());

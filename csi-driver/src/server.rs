@@ -4,18 +4,17 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use clap::{Parser, ValueEnum};
-use tether_csi_proto::v1::{
-    controller_server::ControllerServer, identity_server::IdentityServer, node_server,
-};
+use tether_csi_proto::v1::{controller_server, identity_server, node_server};
 use tokio::net::UnixListener;
 use tokio_stream::wrappers::UnixListenerStream;
 
 use crate::controller::ControllerService;
 use crate::driver::Driver;
-use crate::identity::IdentityService;
+
 use crate::ids::{NfsVersion, ShareRef};
 use crate::nfs::{ClientOptions, NfsPool};
-use crate::node::{NodeServer, NodeService};
+use crate::node::NodeService;
+use crate::rpc::{ControllerServer, IdentityService, NodeServer};
 
 /// How long requests in flight may take to finish after SIGTERM.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
@@ -187,11 +186,12 @@ pub async fn serve(args: Args) -> Result<(), ServeError> {
     };
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
 
-    let mut router = tonic::transport::Server::builder()
-        .add_service(IdentityServer::new(IdentityService::new(driver.clone())));
+    let mut router = tonic::transport::Server::builder().add_service(
+        identity_server::IdentityServer::new(IdentityService::new(driver.clone())),
+    );
     if args.mode != Mode::Node {
-        router = router.add_service(ControllerServer::new(ControllerService::new(
-            driver.clone(),
+        router = router.add_service(controller_server::ControllerServer::new(ControllerServer(
+            std::sync::Arc::new(ControllerService::new(driver.clone())),
         )));
     }
     if args.mode != Mode::Controller {

@@ -33,18 +33,26 @@ fn metrics_and_probes_over_http_1_0_and_1_1() {
         healthz: Box::new(|| Ok(())),
         readyz: Box::new(|| Err("2 kernel entries refused".into())),
     });
-    let listener = runtime.block_on(bind("127.0.0.1:0".parse().unwrap())).unwrap();
+    let listener = runtime
+        .block_on(bind("127.0.0.1:0".parse().unwrap()))
+        .unwrap();
     let addr = listener.local_addr().unwrap();
     runtime.spawn(serve(listener, endpoints));
 
     let health = get(addr, "GET /healthz HTTP/1.0\r\n\r\n");
     assert!(health.starts_with("HTTP/1.0 200"), "{health}");
-    let ready = get(addr, "GET /readyz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n");
+    let ready = get(
+        addr,
+        "GET /readyz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
+    );
     assert!(ready.starts_with("HTTP/1.1 503"), "{ready}");
     assert!(ready.ends_with("2 kernel entries refused\n"), "{ready}");
     let metrics = get(addr, "GET /metrics HTTP/1.0\r\n\r\n");
     assert!(metrics.contains("tether_test_things_total 1"), "{metrics}");
     assert!(metrics.contains("# EOF"), "{metrics}");
-    let missing = get(addr, "GET /nope HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n");
+    let missing = get(
+        addr,
+        "GET /nope HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
+    );
     assert!(missing.starts_with("HTTP/1.1 404"), "{missing}");
 }

@@ -5,7 +5,7 @@ use std::sync::Arc;
 use tether_csi_proto::v1::{self as csi, plugin_capability};
 use tonic::{Request, Response, Status};
 
-use crate::controller::traced;
+use super::traced;
 use crate::driver::{Driver, DRIVER_NAME};
 use crate::error::CsiError;
 
@@ -31,7 +31,7 @@ impl IdentityService {
                 Err(e) => Err(e),
             };
             if let Err(e) = reached {
-                return Err(CsiError::FailedPrecondition(format!("not ready: {e}")));
+                return Err(CsiError::WrongState(format!("not ready: {e}")));
             }
         }
         Ok(csi::ProbeResponse { ready: Some(true) })

@@ -1,0 +1,110 @@
+//! The gRPC boundary: the three tonic services, request tracing, and the one table that turns
+//! the driver's errors into gRPC statuses.
+
+mod controller;
+mod identity;
+mod node;
+
+pub use controller::ControllerServer;
+pub use identity::IdentityService;
+pub use node::NodeServer;
+
+use tonic::{Code, Response, Status};
+
+use crate::error::{CsiError, CsiResult, NfsError};
+use crate::image::ImageError;
+use crate::mounts::MountError;
+use crate::redact::Redact;
+
+/// The gRPC code of every error the driver can report: the one place this is decided.
+pub fn code(error: &CsiError) -> Code {
+    match error {
+        CsiError::Invalid(_) => Code::InvalidArgument,
+        CsiError::NotFound(_) => Code::NotFound,
+        CsiError::Conflict(_) => Code::AlreadyExists,
+        CsiError::Capacity(_) => Code::OutOfRange,
+        CsiError::Busy(_) | CsiError::StaleToken(_) => Code::Aborted,
+        CsiError::WrongState(_) => Code::FailedPrecondition,
+        CsiError::NotOffered(_) => Code::Unimplemented,
+        CsiError::Host { .. } | CsiError::Internal(_) => Code::Internal,
+        CsiError::Unresolvable(_) => Code::Unavailable,
+        CsiError::Nfs(nfs) => match nfs {
+            NfsError::Timeout { .. } => Code::DeadlineExceeded,
+            NfsError::Unreachable { .. } => Code::Unavailable,
+            NfsError::NotFound { .. } => Code::NotFound,
+            NfsError::Exists { .. } => Code::AlreadyExists,
+            NfsError::Stale { .. } => Code::FailedPrecondition,
+            NfsError::NoSpace { .. } => Code::ResourceExhausted,
+            NfsError::Denied { .. } => Code::PermissionDenied,
+            NfsError::Failed { .. } => Code::Internal,
+        },
+        CsiError::NfsMount { source, .. } => match source {
+            MountError::Timeout { .. } => Code::DeadlineExceeded,
+            _ => Code::Unavailable,
+        },
+        CsiError::Mount(mount) => match mount {
+            MountError::Timeout { .. } => Code::DeadlineExceeded,
+            _ => Code::Internal,
+        },
+        CsiError::Image(image) => match image {
+            ImageError::WrongFilesystem { .. } => Code::FailedPrecondition,
+            _ => Code::Internal,
+        },
+    }
+}
+
+impl From<CsiError> for Status {
+    fn from(error: CsiError) -> Status {
+        Status::new(code(&error), message(&error))
+    }
+}
+
+/// The error and its causes on one line; a cause whose text the message already holds is not
+/// repeated.
+fn message(error: &CsiError) -> String {
+    let mut text = error.to_string();
+    let mut source = std::error::Error::source(error);
+    while let Some(cause) = source {
+        let cause_text = cause.to_string();
+        if !text.contains(&cause_text) {
+            text.push_str(": ");
+            text.push_str(&cause_text);
+        }
+        source = cause.source();
+    }
+    text
+}
+
+/// Logs the call (method, ids, redacted request at debug level) and runs it, logging failures.
+pub(crate) async fn traced<Req: Redact, T>(
+    method: &'static str,
+    subject: &str,
+    request: &Req,
+    work: impl std::future::Future<Output = CsiResult<T>>,
+) -> Result<Response<T>, Status> {
+    tracing::info!(method, subject, "request");
+    tracing::debug!(method, request = %request.redacted(), "request body");
+    let started = std::time::Instant::now();
+    match work.await {
+        Ok(response) => {
+            tracing::info!(method, subject, took = ?started.elapsed(), "ok");
+            Ok(Response::new(response))
+        }
+        Err(error) => {
+            let status = Status::from(error);
+            tracing::warn!(method, subject, code = ?status.code(), message = status.message(), took = ?started.elapsed(), "failed");
+            Err(status)
+        }
+    }
+}
+
+/// Runs blocking work off the async runtime.
+async fn blocking<S: Send + Sync + 'static, T: Send + 'static>(
+    service: &std::sync::Arc<S>,
+    work: impl FnOnce(&S) -> CsiResult<T> + Send + 'static,
+) -> CsiResult<T> {
+    let service = service.clone();
+    tokio::task::spawn_blocking(move || work(&service))
+        .await
+        .map_err(|e| CsiError::Internal(format!("node operation panicked: {e}")))?
+}
