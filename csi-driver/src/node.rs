@@ -26,6 +26,7 @@ use crate::driver::Driver;
 use crate::error::{CsiError, CsiResult};
 use crate::ids::{Layout, VolumeId};
 use crate::image;
+use crate::locks::OpGuard;
 use crate::mounts::{self, MountInfo};
 use crate::nfs_mount::{create_dir, ensure_nfs_mount, health, Health};
 use crate::store::IMAGE_FILE;
@@ -51,6 +52,17 @@ impl NodeService {
         }
     }
 
+    /// Serializes node operations on one volume (a second one meanwhile is ABORTED, and retried
+    /// by kubelet).
+    fn lock(&self, volume_id: &str) -> CsiResult<OpGuard> {
+        if volume_id.is_empty() {
+            return Err(CsiError::invalid("volume_id is required"));
+        }
+        self.driver
+            .locks
+            .acquire(&[format!("node volume {volume_id}")])
+    }
+
     /// Where an image volume's directory is mounted privately on this node.
     pub(crate) fn private_dir(&self, volume_id: &str) -> PathBuf {
         let digest = Sha256::digest(volume_id.as_bytes());
@@ -71,10 +83,7 @@ impl NodeService {
         let staging = required_path("staging_target_path", &req.staging_target_path)?;
         let capability = capability(req.volume_capability.as_ref())?;
         let id = volume(&req.volume_id)?;
-        let _guard = self
-            .driver
-            .locks
-            .acquire(&[format!("node volume {}", req.volume_id)])?;
+        let _guard = self.lock(&req.volume_id)?;
         let flags = mount_flags(capability);
         match id.layout {
             Layout::Directory => {
@@ -135,13 +144,7 @@ impl NodeService {
         req: &csi::NodeUnstageVolumeRequest,
     ) -> CsiResult<csi::NodeUnstageVolumeResponse> {
         let staging = required_path("staging_target_path", &req.staging_target_path)?;
-        if req.volume_id.is_empty() {
-            return Err(CsiError::invalid("volume_id is required"));
-        }
-        let _guard = self
-            .driver
-            .locks
-            .acquire(&[format!("node volume {}", req.volume_id)])?;
+        let _guard = self.lock(&req.volume_id)?;
         mounts::unmount_all(&staging, self.timeout)?;
         if VolumeId::decode(&req.volume_id).is_some_and(|id| id.layout == Layout::Image) {
             let private = self.private_dir(&req.volume_id);
@@ -164,10 +167,7 @@ impl NodeService {
         let staging = required_path("staging_target_path", &req.staging_target_path)?;
         let capability = capability(req.volume_capability.as_ref())?;
         let id = volume(&req.volume_id)?;
-        let _guard = self
-            .driver
-            .locks
-            .acquire(&[format!("node volume {}", req.volume_id)])?;
+        let _guard = self.lock(&req.volume_id)?;
         let read_only = req.readonly || read_only_mode(capability);
 
         // The origin to publish: the staged filesystem, or the loop device of a block volume.
@@ -263,13 +263,7 @@ impl NodeService {
         req: &csi::NodeUnpublishVolumeRequest,
     ) -> CsiResult<csi::NodeUnpublishVolumeResponse> {
         let target = required_path("target_path", &req.target_path)?;
-        if req.volume_id.is_empty() {
-            return Err(CsiError::invalid("volume_id is required"));
-        }
-        let _guard = self
-            .driver
-            .locks
-            .acquire(&[format!("node volume {}", req.volume_id)])?;
+        let _guard = self.lock(&req.volume_id)?;
         mounts::unmount_all(&target, self.timeout)?;
         match std::fs::symlink_metadata(&target) {
             Ok(meta) if meta.is_dir() => {
@@ -289,10 +283,7 @@ impl NodeService {
     ) -> CsiResult<csi::NodeExpandVolumeResponse> {
         let path = required_path("volume_path", &req.volume_path)?;
         let id = volume(&req.volume_id)?;
-        let _guard = self
-            .driver
-            .locks
-            .acquire(&[format!("node volume {}", req.volume_id)])?;
+        let _guard = self.lock(&req.volume_id)?;
         let wanted = req
             .capacity_range
             .as_ref()
