@@ -5,15 +5,10 @@ use tether_csi::server::{serve, Args};
 
 fn main() -> std::process::ExitCode {
     let args = Args::parse();
-    let level = std::env::var("TETHER_LOG")
-        .ok()
-        .and_then(|l| l.parse::<tracing_subscriber::filter::LevelFilter>().ok())
-        .unwrap_or(tracing_subscriber::filter::LevelFilter::INFO);
-    tracing_subscriber::fmt()
-        .with_max_level(level)
-        .with_target(false)
-        .with_writer(std::io::stderr)
-        .init();
+    tether_observe::logging::init(
+        args.log_format,
+        tracing_subscriber::filter::LevelFilter::INFO,
+    );
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()

@@ -60,6 +60,9 @@ pub struct Args {
     /// CAP_NET_BIND_SERVICE.
     #[arg(long, env = "TETHER_CSI_PRIVILEGED_PORT")]
     pub privileged_port: bool,
+    /// Log lines as `text` or `json` (one object per line, for log collectors).
+    #[arg(long, env = "TETHER_LOG_FORMAT", default_value = "text")]
+    pub log_format: tether_observe::logging::LogFormat,
     /// Node mode: where image volumes' directories are mounted privately.
     #[arg(
         long,

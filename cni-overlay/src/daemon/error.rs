@@ -42,6 +42,9 @@ pub enum DaemonError {
         #[source]
         source: std::io::Error,
     },
+    /// Several steps of a keep-going operation (leaving the overlay) failed.
+    #[error("{}", .0.iter().map(cni_core::error::chain).collect::<Vec<_>>().join("; "))]
+    Several(Vec<DaemonError>),
     #[error("installing the {signal} handler")]
     Signal {
         signal: &'static str,

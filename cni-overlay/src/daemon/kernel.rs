@@ -56,6 +56,31 @@ pub struct EntryError {
     pub error: NlError,
 }
 
+/// One reconciliation in progress: what it changed, what the kernel refused.
+struct Run {
+    changes: Changes,
+    failures: Failures<EntryError>,
+}
+
+impl Run {
+    fn note<T>(&mut self, entry: Entry, result: Result<T, NlError>) -> Option<T> {
+        self.failures
+            .note(result.map_err(|error| EntryError { entry, error }))
+    }
+
+    fn added(&mut self, entry: Entry, result: Result<(), NlError>) {
+        if self.note(entry, result).is_some() {
+            self.changes.added += 1;
+        }
+    }
+
+    fn removed(&mut self, entry: Entry, result: Result<(), NlError>) {
+        if self.note(entry, result).is_some() {
+            self.changes.removed += 1;
+        }
+    }
+}
+
 /// What one reconciliation did, and every entry it could not apply.
 #[derive(Debug, Default)]
 pub struct Outcome {
@@ -192,80 +217,74 @@ impl Kernel {
         clusters: &[IpNetwork],
         own_subnets: &[IpNetwork],
     ) -> Outcome {
-        let mut changes = Changes::default();
-        let mut failures: Failures<EntryError> = Failures::new("kernel entry");
-        let index = vxlan.index;
-        let fail = |entry: Entry| move |error: NlError| EntryError { entry, error };
+        let mut run = Run {
+            changes: Changes::default(),
+            failures: Failures::new("kernel entry"),
+        };
+        self.reconcile_neighbours(vxlan.index, desired, &mut run);
+        self.reconcile_fdb(vxlan.index, desired, &mut run);
+        self.reconcile_routes(vxlan.index, desired, clusters, own_subnets, &mut run);
+        Outcome {
+            changes: run.changes,
+            failures: run.failures.into_errors(),
+        }
+    }
 
-        let listed = self
-            .nl
-            .neighbours(index)
-            .map_err(fail(Entry::Listing("neighbours")));
-        if let Some(actual) = failures.note(listed) {
-            let actual: BTreeSet<Neighbour> = actual.into_iter().collect();
-            for n in &actual {
-                if desired.neighbours.get(&n.ip) != Some(&n.mac) {
-                    let done = self.nl.del_neighbour(index, n.ip);
-                    if failures
-                        .note(done.map_err(fail(Entry::Neighbour(n.ip))))
-                        .is_some()
-                    {
-                        changes.removed += 1;
-                    }
-                }
-            }
-            for (ip, mac) in &desired.neighbours {
-                let entry = Neighbour {
-                    ip: *ip,
-                    mac: mac.clone(),
-                };
-                if !actual.contains(&entry) {
-                    let done = self.nl.set_neighbour(index, &entry);
-                    if failures
-                        .note(done.map_err(fail(Entry::Neighbour(*ip))))
-                        .is_some()
-                    {
-                        changes.added += 1;
-                    }
-                }
+    fn reconcile_neighbours(&mut self, index: u32, desired: &Desired, run: &mut Run) {
+        let Some(actual) = run.note(Entry::Listing("neighbours"), self.nl.neighbours(index)) else {
+            return;
+        };
+        let actual: BTreeSet<Neighbour> = actual.into_iter().collect();
+        for n in &actual {
+            if desired.neighbours.get(&n.ip) != Some(&n.mac) {
+                let done = self.nl.del_neighbour(index, n.ip);
+                run.removed(Entry::Neighbour(n.ip), done);
             }
         }
-
-        let listed = self
-            .nl
-            .fdb(index)
-            .map_err(fail(Entry::Listing("forwarding entries")));
-        if let Some(actual) = failures.note(listed) {
-            let actual: BTreeSet<FdbEntry> =
-                actual.into_iter().filter(|e| e.dst.is_some()).collect();
-            for e in &actual {
-                if desired.fdb.get(&e.mac) != e.dst.as_ref() {
-                    let done = self.nl.del_fdb(index, e);
-                    if failures
-                        .note(done.map_err(fail(Entry::Fdb(e.mac.clone()))))
-                        .is_some()
-                    {
-                        changes.removed += 1;
-                    }
-                }
-            }
-            for (mac, dst) in &desired.fdb {
-                let entry = FdbEntry {
-                    mac: mac.clone(),
-                    dst: Some(*dst),
-                };
-                if !actual.contains(&entry) {
-                    let done = self.nl.set_fdb(index, &entry);
-                    if failures
-                        .note(done.map_err(fail(Entry::Fdb(mac.clone()))))
-                        .is_some()
-                    {
-                        changes.added += 1;
-                    }
-                }
+        for (ip, mac) in &desired.neighbours {
+            let entry = Neighbour {
+                ip: *ip,
+                mac: mac.clone(),
+            };
+            if !actual.contains(&entry) {
+                let done = self.nl.set_neighbour(index, &entry);
+                run.added(Entry::Neighbour(*ip), done);
             }
         }
+    }
 
+    fn reconcile_fdb(&mut self, index: u32, desired: &Desired, run: &mut Run) {
+        let Some(actual) = run.note(Entry::Listing("forwarding entries"), self.nl.fdb(index))
+        else {
+            return;
+        };
+        let actual: BTreeSet<FdbEntry> = actual.into_iter().filter(|e| e.dst.is_some()).collect();
+        for e in &actual {
+            if desired.fdb.get(&e.mac) != e.dst.as_ref() {
+                let done = self.nl.del_fdb(index, e);
+                run.removed(Entry::Fdb(e.mac.clone()), done);
+            }
+        }
+        for (mac, dst) in &desired.fdb {
+            let entry = FdbEntry {
+                mac: mac.clone(),
+                dst: Some(*dst),
+            };
+            if !actual.contains(&entry) {
+                let done = self.nl.set_fdb(index, &entry);
+                run.added(Entry::Fdb(mac.clone()), done);
+            }
+        }
+    }
+
+    fn reconcile_routes(
+        &mut self,
+        index: u32,
+        desired: &Desired,
+        clusters: &[IpNetwork],
+        own_subnets: &[IpNetwork],
+        run: &mut Run,
+    ) {
         let underlay = self.underlay.index;
         let ours = |dst: &IpNetwork, oif: Option<u32>| {
             clusters.iter().any(|cluster| {
@@ -279,8 +298,7 @@ impl Kernel {
         let mut listed_all = true;
         for ipv6 in [false, true] {
             if clusters.iter().any(|c| c.is_ipv6() == ipv6) {
-                let listed = self.nl.routes(ipv6).map_err(fail(Entry::Listing("routes")));
-                match failures.note(listed) {
+                match run.note(Entry::Listing("routes"), self.nl.routes(ipv6)) {
                     Some(routes) => {
                         actual.extend(routes.into_iter().filter(|r| ours(&r.dst, r.oif)))
                     }
@@ -293,12 +311,7 @@ impl Kernel {
             for r in &actual {
                 if !desired.routes.contains_key(&r.dst) {
                     let done = self.nl.del_route(r.dst);
-                    if failures
-                        .note(done.map_err(fail(Entry::Route(r.dst))))
-                        .is_some()
-                    {
-                        changes.removed += 1;
-                    }
+                    run.removed(Entry::Route(r.dst), done);
                 }
             }
         }
@@ -319,17 +332,8 @@ impl Kernel {
                     priority: None,
                     onlink: want.via_vxlan,
                 });
-                if failures
-                    .note(done.map_err(fail(Entry::Route(*dst))))
-                    .is_some()
-                {
-                    changes.added += 1;
-                }
+                run.added(Entry::Route(*dst), done);
             }
-        }
-        Outcome {
-            changes,
-            failures: failures.into_errors(),
         }
     }
 

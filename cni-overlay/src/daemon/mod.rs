@@ -17,6 +17,8 @@ use std::time::{Duration, Instant};
 
 use ipnetwork::IpNetwork;
 
+use cni_core::teardown::Failures;
+
 use crate::facts::NodeFacts;
 use config::{Args, ClusterCidrs};
 use datastore::{Datastore, Vtep};
@@ -268,11 +270,15 @@ async fn reconcile(
     }
 }
 
+/// Withdraws the node: registration, VXLAN device, masquerade, facts. Every step is tried; the
+/// failures are reported together.
 async fn leave(args: &Args, store: &mut Datastore, kernel: &mut Kernel) -> Result<(), DaemonError> {
-    store.leave(&args.node_name).await?;
-    kernel.remove_vxlan()?;
-    masq::remove()?;
-    crate::facts::remove(&args.run_dir)?;
+    let mut failures: Failures<DaemonError> = Failures::new("leaving step");
+    failures.note(store.leave(&args.node_name).await);
+    failures.note(kernel.remove_vxlan());
+    failures.note(masq::remove());
+    failures.note(crate::facts::remove(&args.run_dir));
+    failures.finish_with(DaemonError::Several)?;
     tracing::info!(node = %args.node_name, "left the overlay");
     Ok(())
 }
