@@ -181,7 +181,14 @@ fn ensure_bridge(nl: &mut Netlink, conf: &BridgeConf, mtu: u32) -> Result<Link, 
     let bridge = match nl.link(&conf.bridge)? {
         Some(existing) => existing,
         None => {
-            nl.create_bridge(&conf.bridge, Some(mtu), false)?;
+            if nl.create_bridge(&conf.bridge, Some(mtu), false)? {
+                // Before it goes up: its IPv6 addresses need no duplicate address detection, so
+                // the gateway answers neighbour solicitations as soon as the first ADD returns.
+                let dad = format!("/proc/sys/net/ipv6/conf/{}/accept_dad", conf.bridge);
+                if sysctl::get(&dad).is_some() {
+                    sysctl::set(&dad, "0")?;
+                }
+            }
             nl.link(&conf.bridge)?.ok_or_else(|| {
                 BridgeError::BridgeConflict(format!(
                     "bridge {} vanished while being set up",

@@ -3,6 +3,7 @@
 
 pub mod args;
 pub mod config;
+pub mod conntrack;
 pub mod delegate;
 pub mod error;
 pub mod firewall;

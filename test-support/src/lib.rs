@@ -10,7 +10,9 @@ use std::process::{Command, Output, Stdio};
 use serde_json::Value;
 
 pub mod apiserver;
+pub mod chain;
 pub mod ganesha;
+pub mod responder;
 
 /// Whether kernel tests can run (they need root). Tests call [`require_root`] instead of skipping
 /// silently, so a non-root run fails loudly rather than passing without testing anything.

@@ -271,3 +271,101 @@ pub fn listed_elements(
         })
         .collect()
 }
+
+/// `fib daddr type local`: the packet is addressed to this node.
+pub fn to_local_address() -> Statement<'static> {
+    use nftables::expr::{Fib, FibFlag, FibResult};
+    eq(
+        Expression::Named(NamedExpression::Fib(Fib {
+            result: FibResult::Type,
+            flags: [FibFlag::Daddr].into_iter().collect(),
+        })),
+        text("local"),
+    )
+}
+
+/// `<key> vmap @<map>`: jump to whatever verdict the map holds for the key.
+pub fn vmap(key: Expression<'static>, map: &str) -> Statement<'static> {
+    Statement::VerdictMap(nftables::stmt::VerdictMap {
+        key,
+        data: set_ref(map),
+    })
+}
+
+/// A verdict that jumps to `chain` (a verdict map's value).
+pub fn jump_to(chain: &str) -> Expression<'static> {
+    Expression::Verdict(nftables::expr::Verdict::Jump(nftables::stmt::JumpTarget {
+        target: s(chain),
+    }))
+}
+
+/// `jump <chain>` as a statement.
+pub fn jump(chain: &str) -> Statement<'static> {
+    Statement::Jump(nftables::stmt::JumpTarget { target: s(chain) })
+}
+
+/// A map element: `key : value`.
+pub fn mapping(key: Expression<'static>, value: Expression<'static>) -> Expression<'static> {
+    Expression::List(vec![key, value])
+}
+
+/// `dnat ip to <ip>:<port>` (`ip6` for an IPv6 address).
+pub fn dnat(ip: IpAddr, port: u16) -> Statement<'static> {
+    use nftables::stmt::{NATFamily, NAT};
+    Statement::DNAT(Some(NAT {
+        addr: Some(address(ip)),
+        family: Some(if ip.is_ipv4() {
+            NATFamily::IP
+        } else {
+            NATFamily::IP6
+        }),
+        port: Some(number(u32::from(port))),
+        flags: None,
+    }))
+}
+
+/// `meta mark set meta mark | <bits>`.
+pub fn set_mark_bits(bits: u32) -> Statement<'static> {
+    use nftables::expr::BinaryOperation;
+    Statement::Mangle(nftables::stmt::Mangle {
+        key: meta(MetaKey::Mark),
+        value: Expression::BinaryOperation(Box::new(BinaryOperation::OR(vec![
+            meta(MetaKey::Mark),
+            number(bits),
+        ]))),
+    })
+}
+
+/// `meta mark & <bits> == <bits>`.
+pub fn has_mark_bits(bits: u32) -> Statement<'static> {
+    use nftables::expr::BinaryOperation;
+    eq(
+        Expression::BinaryOperation(Box::new(BinaryOperation::AND(
+            meta(MetaKey::Mark),
+            number(bits),
+        ))),
+        number(bits),
+    )
+}
+
+/// `ct status <flag>` (a flag test, not an equality).
+pub fn ct_status(flag: &str) -> Statement<'static> {
+    is(ct("status"), Operator::IN, text(flag))
+}
+
+/// The `add map` command of a verdict map keyed by `key_types` (the crate's schema has no
+/// verdict value type, so this one is written as libnftables-json(5) spells it).
+pub fn verdict_map(
+    family: NfFamily,
+    table: &str,
+    name: &str,
+    key_types: &[&str],
+) -> serde_json::Value {
+    serde_json::json!({"add": {"map": {
+        "family": family_name(family),
+        "table": table,
+        "name": name,
+        "type": key_types,
+        "map": "verdict",
+    }}})
+}

@@ -149,7 +149,7 @@ pub struct Listing {
     pub chains: Vec<Chain<'static>>,
     pub rules: Vec<Rule<'static>>,
     pub sets: Vec<Set<'static>>,
-    pub maps: Vec<schema::Map<'static>>,
+    pub maps: Vec<ListedMap>,
     /// Whether the table exists at all.
     pub exists: bool,
 }
@@ -159,7 +159,7 @@ impl Listing {
         self.sets.iter().find(|s| s.name == name)
     }
 
-    pub fn map(&self, name: &str) -> Option<&schema::Map<'static>> {
+    pub fn map(&self, name: &str) -> Option<&ListedMap> {
         self.maps.iter().find(|m| m.name == name)
     }
 
@@ -183,6 +183,44 @@ impl Listing {
         chains.sort();
         chains.dedup();
         chains
+    }
+}
+
+/// A named map as nft lists it. The crate's `Map` cannot read every map type nft prints (a
+/// verdict map, a concatenated value), so maps are read into this: name, and each element as
+/// (key, comment, value).
+#[derive(Debug, Clone, serde::Deserialize)]
+pub struct ListedMap {
+    pub name: String,
+    #[serde(default)]
+    elem: Vec<expr::Expression<'static>>,
+}
+
+impl ListedMap {
+    /// Each element's key, the key's comment, and its value.
+    pub fn elements(
+        &self,
+    ) -> Vec<(
+        expr::Expression<'static>,
+        Option<String>,
+        expr::Expression<'static>,
+    )> {
+        self.elem
+            .iter()
+            .filter_map(|e| match e {
+                expr::Expression::List(pair) if pair.len() == 2 => {
+                    let (key, comment) = match &pair[0] {
+                        expr::Expression::Named(expr::NamedExpression::Elem(elem)) => (
+                            (*elem.val).clone(),
+                            elem.comment.as_ref().map(|c| c.to_string()),
+                        ),
+                        other => (other.clone(), None),
+                    };
+                    Some((key, comment, pair[1].clone()))
+                }
+                _ => None,
+            })
+            .collect()
     }
 }
 
@@ -211,12 +249,18 @@ pub fn parse_listing(text: &str) -> Result<Listing, FirewallError> {
         if object.get("metainfo").is_some() {
             continue;
         }
+        if let Some(map) = object.get("map") {
+            match serde_json::from_value::<ListedMap>(map.clone()) {
+                Ok(m) => listing.maps.push(m),
+                Err(e) => tracing::debug!(error = %e, %object, "unreadable nft map; skipped"),
+            }
+            continue;
+        }
         match serde_json::from_value::<NfListObject<'static>>(object.clone()) {
             Ok(NfListObject::Table(_)) => listing.exists = true,
             Ok(NfListObject::Chain(c)) => listing.chains.push(c),
             Ok(NfListObject::Rule(r)) => listing.rules.push(r),
             Ok(NfListObject::Set(s)) => listing.sets.push(*s),
-            Ok(NfListObject::Map(m)) => listing.maps.push(*m),
             Ok(_) => {}
             Err(e) => tracing::debug!(error = %e, %object, "nft object not in the schema; skipped"),
         }

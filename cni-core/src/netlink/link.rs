@@ -307,6 +307,25 @@ impl Netlink {
         }
     }
 
+    /// Creates an ifb device (up, with `alias`): what a link's ingress is redirected to so
+    /// that it can be shaped. An existing link of that name is left alone (returns false).
+    pub fn create_ifb(&mut self, name: &str, mtu: u32, alias: &str) -> Result<bool, NlError> {
+        let mut msg = LinkMessage::default();
+        msg.header.flags = LinkFlags::Up;
+        msg.header.change_mask = LinkFlags::Up;
+        msg.attributes.push(LinkAttribute::IfName(name.to_string()));
+        msg.attributes.push(LinkAttribute::Mtu(mtu));
+        msg.attributes
+            .push(LinkAttribute::IfAlias(alias.to_string()));
+        msg.attributes
+            .push(LinkAttribute::LinkInfo(vec![LinkInfo::Kind(InfoKind::Ifb)]));
+        match self.change(RouteNetlinkMessage::NewLink(msg), NLM_F_CREATE | NLM_F_EXCL) {
+            Ok(()) => Ok(true),
+            Err(e) if e.raw_os_error() == Some(libc::EEXIST) => Ok(false),
+            Err(e) => Err(self.err("creating ifb", name)(e)),
+        }
+    }
+
     /// Creates a VXLAN device (learning off); an existing link of that name is left alone
     /// (returns false) for the caller to compare with [`Link::vxlan`].
     pub fn create_vxlan(&mut self, spec: &VxlanSpec<'_>) -> Result<bool, NlError> {

@@ -11,6 +11,7 @@ mod link;
 mod neigh;
 mod route;
 mod socket;
+pub mod tc;
 
 use std::fmt;
 use std::io;

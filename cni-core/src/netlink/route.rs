@@ -73,6 +73,35 @@ impl Netlink {
         }
     }
 
+    /// The interface the kernel would send a packet to `dst` out of (`ip route get`).
+    pub fn route_to(&mut self, dst: IpAddr) -> Result<Option<u32>, NlError> {
+        let mut msg = RouteMessage::default();
+        msg.header.address_family = family(dst);
+        msg.header.destination_prefix_length = if dst.is_ipv4() { 32 } else { 128 };
+        msg.attributes
+            .push(RouteAttribute::Destination(RouteAddress::from(dst)));
+        match self.exchange(RouteNetlinkMessage::GetRoute(msg), 0) {
+            Ok(replies) => Ok(replies.into_iter().find_map(|m| match m {
+                RouteNetlinkMessage::NewRoute(r) => {
+                    r.attributes.into_iter().find_map(|a| match a {
+                        RouteAttribute::Oif(oif) => Some(oif),
+                        _ => None,
+                    })
+                }
+                _ => None,
+            })),
+            Err(e)
+                if matches!(
+                    e.raw_os_error(),
+                    Some(libc::ENETUNREACH | libc::EHOSTUNREACH)
+                ) =>
+            {
+                Ok(None)
+            }
+            Err(e) => Err(self.err("looking up the route to", dst)(e)),
+        }
+    }
+
     /// Routes of the main table for one family.
     pub fn routes(&mut self, ipv6: bool) -> Result<Vec<RouteEntry>, NlError> {
         let mut msg = RouteMessage::default();

@@ -1,0 +1,10 @@
+//! `cni-portmap`: Tether's hostPort plugin (chained after the plugin that made the interface).
+
+mod config;
+mod error;
+mod plugin;
+mod rules;
+
+fn main() -> std::process::ExitCode {
+    cni_core::run(&plugin::PortmapPlugin)
+}
