@@ -61,8 +61,14 @@ impl ErrorObject {
 pub fn causes<E: std::error::Error + ?Sized>(err: &E) -> String {
     let mut out = Vec::new();
     let mut source = err.source();
+    let mut above = err.to_string();
     while let Some(cause) = source {
-        out.push(cause.to_string());
+        let text = cause.to_string();
+        // An error that prints its cause in its own message need not repeat it.
+        if !above.ends_with(&text) {
+            out.push(text.clone());
+        }
+        above = text;
         source = cause.source();
     }
     out.join(": ")

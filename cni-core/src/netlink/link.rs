@@ -316,14 +316,23 @@ impl Netlink {
         msg.attributes.push(LinkAttribute::IfName(name.to_string()));
         msg.attributes.push(LinkAttribute::Mtu(mtu));
         msg.attributes
-            .push(LinkAttribute::IfAlias(alias.to_string()));
-        msg.attributes
             .push(LinkAttribute::LinkInfo(vec![LinkInfo::Kind(InfoKind::Ifb)]));
-        match self.change(RouteNetlinkMessage::NewLink(msg), NLM_F_CREATE | NLM_F_EXCL) {
-            Ok(()) => Ok(true),
-            Err(e) if e.raw_os_error() == Some(libc::EEXIST) => Ok(false),
-            Err(e) => Err(self.err("creating ifb", name)(e)),
-        }
+        let made = match self.change(RouteNetlinkMessage::NewLink(msg), NLM_F_CREATE | NLM_F_EXCL) {
+            Ok(()) => true,
+            Err(e) if e.raw_os_error() == Some(libc::EEXIST) => false,
+            Err(e) => return Err(self.err("creating ifb", name)(e)),
+        };
+        // The kernel takes an alias only on an existing link.
+        let mut named = LinkMessage::default();
+        named
+            .attributes
+            .push(LinkAttribute::IfName(name.to_string()));
+        named
+            .attributes
+            .push(LinkAttribute::IfAlias(alias.to_string()));
+        self.change(RouteNetlinkMessage::SetLink(named), 0)
+            .map_err(self.err("setting the alias of", name))?;
+        Ok(made)
     }
 
     /// Creates a VXLAN device (learning off); an existing link of that name is left alone

@@ -7,8 +7,8 @@ use ipnetwork::IpNetwork;
 use netlink_packet_core::{DefaultNla, NLM_F_CREATE, NLM_F_DUMP, NLM_F_EXCL, NLM_F_REPLACE};
 use netlink_packet_route::tc::{
     TcAction, TcActionAttribute, TcActionGeneric, TcActionMirrorOption, TcActionOption,
-    TcActionType, TcAttribute, TcFilterMatchAllOption, TcFilterU32Option, TcHandle, TcMessage,
-    TcMirror, TcMirrorActionType, TcOption, TcU32Key, TcU32Selector, TcU32SelectorFlags,
+    TcActionType, TcAttribute, TcFilterU32Option, TcHandle, TcMessage, TcMirror,
+    TcMirrorActionType, TcOption, TcU32Key, TcU32Selector, TcU32SelectorFlags,
 };
 use netlink_packet_route::RouteNetlinkMessage;
 
@@ -36,6 +36,8 @@ pub const UNSHAPED: u16 = 20;
 const UNLIMITED: u64 = 100_000_000_000 / 8;
 
 const ROOT_MAJOR: u16 = 1;
+/// The parent of a root qdisc.
+pub const ROOT: TcHandle = TcHandle::ROOT;
 const INGRESS_MAJOR: u16 = 0xffff;
 /// How long a packet may wait in a TBF queue before it is dropped (as the reference plugin).
 const LATENCY_MS: u64 = 25;
@@ -280,18 +282,28 @@ impl Netlink {
         }
     }
 
-    /// Redirects everything link `index` receives to the egress of link `to` (matchall +
-    /// mirred), replacing an earlier redirect.
+    /// Redirects everything link `index` receives to the egress of link `to` (a u32 filter
+    /// matching every packet, as `tc filter ... u32 match u32 0 0 action mirred egress redirect`;
+    /// `matchall` is not built into every kernel), replacing an earlier redirect.
     pub fn redirect_ingress(&mut self, index: u32, to: u32) -> Result<(), NlError> {
-        let mut msg = message(
-            index,
-            TcHandle { major: 0, minor: 1 },
-            TcHandle {
-                major: INGRESS_MAJOR,
-                minor: 0,
-            },
-            "matchall",
-        );
+        let parent = TcHandle {
+            major: INGRESS_MAJOR,
+            minor: 0,
+        };
+        // Replacing a u32 filter in place is not reliable: drop an earlier one first.
+        let mut old = TcMessage::default();
+        old.header.index = index as i32;
+        old.header.parent = parent;
+        old.header.info = filter_info(1, ETH_P_ALL);
+        match self.change(RouteNetlinkMessage::DelTrafficFilter(old), 0) {
+            Err(e) if !is_missing(&e) && e.raw_os_error() != Some(libc::EINVAL) => {
+                return Err(self.err("replacing the redirect of", format!("#{index}"))(
+                    e,
+                ))
+            }
+            _ => {}
+        }
+        let mut msg = message(index, TcHandle::UNSPEC, parent, "u32");
         msg.header.info = filter_info(1, ETH_P_ALL);
         let mut generic = TcActionGeneric::default();
         generic.action = TcActionType::Stolen;
@@ -307,13 +319,17 @@ impl Netlink {
                 parms,
             ))]),
         ];
-        msg.attributes
-            .push(TcAttribute::Options(vec![TcOption::MatchAll(
-                TcFilterMatchAllOption::Action(vec![mirred]),
-            )]));
+        let mut selector = TcU32Selector::default();
+        selector.flags = TcU32SelectorFlags::Terminal;
+        selector.nkeys = 1;
+        selector.keys = vec![u32_key(0, 0, 0)];
+        msg.attributes.push(TcAttribute::Options(vec![
+            TcOption::U32(TcFilterU32Option::Selector(selector)),
+            TcOption::U32(TcFilterU32Option::Action(vec![mirred])),
+        ]));
         self.change(
             RouteNetlinkMessage::NewTrafficFilter(msg),
-            NLM_F_CREATE | NLM_F_REPLACE,
+            NLM_F_CREATE | NLM_F_EXCL,
         )
         .map_err(self.err("redirecting the ingress of", format!("#{index} to #{to}")))
     }
@@ -388,8 +404,9 @@ fn subnet_keys(subnet: IpNetwork, by_source: bool) -> (u16, Vec<TcU32Key>) {
 /// A u32 key comparing the 32-bit word at `offset` of the network header with `value`.
 fn u32_key(mask: u32, value: u32, offset: i32) -> TcU32Key {
     let mut key = TcU32Key::default();
-    key.mask = mask.to_be();
-    key.val = value.to_be();
+    // The crate writes these two in network byte order itself.
+    key.mask = mask;
+    key.val = value;
     key.off = offset;
     key
 }
