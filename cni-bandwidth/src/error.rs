@@ -16,8 +16,9 @@ pub enum BandwidthError {
     InvalidConfig(String),
     #[error("the host end of {ifname} cannot be found: {why}")]
     NoHostVeth { ifname: String, why: String },
-    #[error("the container's network namespace is gone")]
-    NoNetns(#[source] NetnsError),
+    /// CNI_NETNS cannot be opened, or is no network namespace.
+    #[error(transparent)]
+    NoNetns(NetnsError),
     #[error("kernel refused")]
     Kernel(#[from] NlError),
     #[error("opening netlink")]
@@ -34,6 +35,7 @@ impl CniError for BandwidthError {
         match self {
             BandwidthError::InvalidConfig(_) => Code::InvalidConfig.into(),
             BandwidthError::NoHostVeth { .. } => CODE_NO_HOST_VETH,
+            BandwidthError::NoNetns(NetnsError::NotNetns { .. }) => Code::InvalidEnvironment.into(),
             BandwidthError::NoNetns(_) => Code::UnknownContainer.into(),
             BandwidthError::Kernel(_) | BandwidthError::Open(_) => CODE_KERNEL,
             BandwidthError::CheckMismatch(_) => CODE_CHECK_MISMATCH,

@@ -55,11 +55,10 @@ impl Plugin for BridgePlugin {
         let ipam = match ipam_run.map(delegate::Running::finish).transpose() {
             Ok(ipam) => ipam.flatten().unwrap_or_default(),
             Err(e) => {
-                // IPAM handed out nothing; only the veth pair (if it was made) goes.
-                if link.is_ok() {
-                    if let Err(undo) = unlink::delete_link_detached(&attached.host_veth) {
-                        tracing::warn!(error = %undo, "removing the veth after IPAM failed");
-                    }
+                // IPAM handed out nothing; only the veth pair goes: by name, whether or not its
+                // setup got to the end (a pair made but not configured must not stay behind).
+                if let Err(undo) = unlink::delete_link_detached(&attached.host_veth) {
+                    tracing::warn!(error = %undo, "removing the veth after IPAM failed");
                 }
                 return Err(e.into());
             }
@@ -472,25 +471,26 @@ fn gateway_for(ipam: &CniResult, dst: IpAddr) -> Option<IpAddr> {
         .find_map(|ip| ip.gateway)
 }
 
-/// Everything DEL undoes, best effort: IPAM, the veth pair, masquerade and spoof-check state.
+/// Everything DEL undoes, best effort: the veth pair, then IPAM, masquerade and spoof-check
+/// state. The pair goes first: a DEL killed in between must not leave the pod holding an
+/// address that IPAM already handed back (the next ADD would get it too).
 fn teardown(req: &Request, conf: &BridgeConf) -> Result<(), BridgeError> {
     let mut failures = Failures::default();
-    // IPAM's DEL runs in its own process while the veth pair goes.
-    let ipam_run = conf.ipam_type.as_deref().and_then(|plugin| {
-        failures.note(delegate::start(
+    let host_veth = host_veth_name(&req.container_id, &req.ifname);
+    // Deleting the host end removes the pair; the name is derived, so this works without the netns.
+    // It returns once the kernel has unlisted the pair; a helper process waits out the kernel's
+    // RCU barrier that follows (most of the cost of deleting a veth), see cni_core::netlink.
+    let pair_gone = failures
+        .note(unlink::delete_link_detached(&host_veth))
+        .is_some();
+    // While the pair may still exist, the address stays leased: the retried DEL releases it.
+    if let Some(plugin) = conf.ipam_type.as_deref().filter(|_| pair_gone) {
+        failures.note(delegate::invoke(
             req,
             plugin,
             Command::Del,
             &full_config(req),
-        ))
-    });
-    let host_veth = host_veth_name(&req.container_id, &req.ifname);
-    // Deleting the host end removes the pair; the name is derived, so this works without the netns.
-    // DEL returns once the kernel has unlisted the pair; a helper process waits out the kernel's
-    // RCU barrier that follows (most of the cost of deleting a veth), see cni_core::unlink.
-    failures.note(unlink::delete_link_detached(&host_veth));
-    if let Some(run) = ipam_run {
-        failures.note(run.finish());
+        ));
     }
     let owner = nft::owner(&req.container_id, &req.ifname);
     if conf.ip_masq {

@@ -21,8 +21,9 @@ pub enum BridgeError {
     InvalidConfig(String),
     #[error("{0} is not supported by this kernel")]
     Unsupported(String),
-    #[error("the container's network namespace is gone")]
-    NoNetns(#[source] NetnsError),
+    /// CNI_NETNS cannot be opened, or is no network namespace.
+    #[error(transparent)]
+    NoNetns(NetnsError),
     #[error("interface {ifname} already exists in {netns}")]
     InterfaceExists { ifname: String, netns: String },
     #[error("{0}")]
@@ -58,6 +59,7 @@ impl CniError for BridgeError {
         match self {
             BridgeError::InvalidConfig(_) => Code::InvalidConfig.into(),
             BridgeError::Unsupported(_) => Code::UnsupportedField.into(),
+            BridgeError::NoNetns(NetnsError::NotNetns { .. }) => Code::InvalidEnvironment.into(),
             BridgeError::NoNetns(_) => Code::UnknownContainer.into(),
             BridgeError::InterfaceExists { .. } => CODE_INTERFACE_EXISTS,
             BridgeError::BridgeConflict(_) => CODE_BRIDGE_CONFLICT,

@@ -34,9 +34,12 @@ fn chain_name(network: &str, subnet: &IpNetwork) -> String {
     format!("masq_{}", identifier(&format!("{network} {subnet}")))
 }
 
+/// An attachment's name in comments, at most 128 bytes (what nftables keeps of a comment).
 pub fn owner(container_id: &str, ifname: &str) -> String {
-    format!("{container_id}/{ifname}")
+    cni_core::config::fit(&format!("{container_id}/{ifname}"), COMMENT_MAX)
 }
+
+const COMMENT_MAX: usize = 128;
 
 /// Masquerades traffic from `addresses` (pod addresses with their subnet prefix) to anything
 /// outside their subnet.
@@ -99,7 +102,10 @@ pub fn add_masquerade(
                     build::ne(field(proto, "daddr"), prefix(multicast)),
                     Statement::Masquerade(None),
                 ],
-                Some(&format!("tether-bridge {network}")),
+                Some(&cni_core::config::fit(
+                    &format!("tether-bridge {network}"),
+                    COMMENT_MAX,
+                )),
             ));
     }
     let _lock = lock()?;
@@ -188,7 +194,7 @@ const BRIDGE_TABLE: &str = "tether";
 const SPOOF_CHAIN: &str = "spoofcheck";
 
 fn spoof_comment(network: &str, owner: &str) -> String {
-    format!("tether-bridge {network} {owner}")
+    cni_core::config::fit(&format!("tether-bridge {network} {owner}"), COMMENT_MAX)
 }
 
 /// Drops frames entering the bridge from `host_veth` with a source MAC other than the pod's.
@@ -259,10 +265,8 @@ pub fn remove_spoofcheck(network: &str, owner: &str) -> Result<(), BridgeError> 
 pub fn gc_spoofcheck(network: &str, valid: &HashSet<String>) -> Result<(), BridgeError> {
     let _lock = lock()?;
     let prefix = format!("tether-bridge {network} ");
-    spoof_removals(
-        |c| c.strip_prefix(&prefix).is_some_and(|o| !valid.contains(o)),
-        true,
-    )?
-    .apply()
-    .map_err(BridgeError::Nftables)
+    let keep: HashSet<String> = valid.iter().map(|o| spoof_comment(network, o)).collect();
+    spoof_removals(|c| c.starts_with(&prefix) && !keep.contains(c), true)?
+        .apply()
+        .map_err(BridgeError::Nftables)
 }

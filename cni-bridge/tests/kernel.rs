@@ -669,3 +669,141 @@ fn status_and_bad_input() {
         .err(4);
     assert_eq!(node.leases(), 0);
 }
+
+#[test]
+fn ids_too_long_and_netns_paths_that_are_no_network_namespace() {
+    let node = Node::new("brlim");
+    let pod = Netns::new("brlimp");
+    let conf = node.conf(json!({"ipMasq": true}));
+    // The longest id works end to end (veth alias, lease index, nftables comment).
+    let longest = "a".repeat(128);
+    node.add(&longest, &pod, &conf);
+    node.run("DEL", &longest, Some(&pod), "eth0", &conf).ok();
+    // Past it: refused before anything is made; DEL of it succeeds.
+    let too_long = "b".repeat(250);
+    let err = node.run("ADD", &too_long, Some(&pod), "eth0", &conf).err(4);
+    assert!(err["msg"].as_str().unwrap().contains("128"), "{err}");
+    node.run("DEL", &too_long, Some(&pod), "eth0", &conf).ok();
+    node.run("DEL", &too_long, None, "eth0", &conf).ok();
+    let veths = node.ns.ip_json(&["link", "show", "type", "veth"]);
+    assert_eq!(veths.as_array().unwrap().len(), 0, "{veths}");
+    assert_eq!(node.leases(), 0);
+
+    // CNI_NETNS naming a regular file, a directory, or a namespace of another kind: code 4,
+    // the path named.
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("not-a-netns");
+    std::fs::write(&file, b"").unwrap();
+    for path in [
+        file.display().to_string(),
+        dir.path().display().to_string(),
+        "/proc/self/ns/uts".into(),
+    ] {
+        let out = run_plugin_in(
+            Some(&node.ns),
+            &bridge_bin(),
+            &[
+                ("CNI_COMMAND", "ADD"),
+                ("CNI_CONTAINERID", "badns"),
+                ("CNI_NETNS", &path),
+                ("CNI_IFNAME", "eth0"),
+                ("CNI_PATH", &node.cni_path),
+            ],
+            &conf,
+        );
+        let err = out.err(4);
+        assert!(err["msg"].as_str().unwrap().contains(&path), "{err}");
+    }
+    assert_eq!(node.leases(), 0);
+
+    // A network name of 300 bytes is a configuration error.
+    let mut long_name = conf.clone();
+    long_name["name"] = json!("n".repeat(300));
+    node.run("ADD", "longnet", Some(&pod), "eth0", &long_name)
+        .err(7);
+}
+
+#[test]
+fn the_last_masqueraded_pod_takes_the_nft_table_with_it() {
+    let node = Node::new("brtab");
+    let conf = node.conf(json!({"ipMasq": true}));
+    let pods: Vec<Netns> = (0..2).map(|i| Netns::new(&format!("brtab{i}"))).collect();
+    for (i, pod) in pods.iter().enumerate() {
+        node.add(&format!("tab{i}"), pod, &conf);
+    }
+    assert!(node.nft().contains("table inet tether"));
+    node.run("DEL", "tab0", None, "eth0", &conf).ok();
+    assert!(node.nft().contains("table inet tether"), "one pod is left");
+    node.run("DEL", "tab1", None, "eth0", &conf).ok();
+    assert!(!node.nft().contains("table inet tether"), "{}", node.nft());
+    // GC that removes the last pod's state removes the table too.
+    node.add("tab2", &pods[0], &conf);
+    let mut gc = conf.clone();
+    gc["cni.dev/valid-attachments"] = json!([]);
+    node.run("GC", "", None, "", &gc).ok();
+    assert!(!node.nft().contains("table inet tether"), "{}", node.nft());
+}
+
+#[test]
+fn a_del_killed_at_any_point_never_frees_an_address_a_veth_still_holds() {
+    // Kill DELs at random moments; whenever a pod's veth survives its killed DEL, its lease
+    // must have survived too (else the next ADD hands the same address out twice); the retried
+    // DEL always converges to nothing left.
+    let node = Node::new("brkill");
+    let conf = node.conf(json!({}));
+    let pod = Netns::new("brkillp");
+    let mut seed = u64::from(std::process::id());
+    for round in 0..40 {
+        let id = format!("kill{round}");
+        let result = node.add(&id, &pod, &conf);
+        let veth = host_veth(&result);
+        seed = seed
+            .wrapping_mul(6364136223846793005)
+            .wrapping_add(1442695040888963407);
+        let delay = std::time::Duration::from_micros((seed >> 33) % 12_000);
+        let mut child = std::process::Command::new("ip")
+            .args(["netns", "exec", &node.ns.name])
+            .arg(bridge_bin())
+            .env_clear()
+            .envs([
+                ("CNI_COMMAND", "DEL"),
+                ("CNI_CONTAINERID", id.as_str()),
+                ("CNI_NETNS", ""),
+                ("CNI_IFNAME", "eth0"),
+                ("CNI_PATH", node.cni_path.as_str()),
+            ])
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap();
+        {
+            use std::io::Write;
+            let mut stdin = child.stdin.take().unwrap();
+            stdin
+                .write_all(&serde_json::to_vec(&conf).unwrap())
+                .unwrap();
+        }
+        std::thread::sleep(delay);
+        // SIGKILL the plugin itself (the child of `ip netns exec`, which execs it).
+        let _ = child.kill();
+        let _ = child.wait();
+        if node.link(&veth).is_some() {
+            assert_eq!(
+                node.leases(),
+                1,
+                "round {round}: the veth survived but its lease did not"
+            );
+        }
+        node.run("DEL", &id, None, "eth0", &conf).ok();
+        assert!(
+            node.link(&veth).is_none(),
+            "round {round}: veth left after the retried DEL"
+        );
+        assert_eq!(
+            node.leases(),
+            0,
+            "round {round}: lease left after the retried DEL"
+        );
+    }
+}

@@ -53,6 +53,13 @@ impl NetConf {
     }
 }
 
+/// The longest network name: it becomes a directory name and part of interface aliases (255
+/// bytes with a container ID and an interface name).
+pub const MAX_NETWORK_NAME: usize = 64;
+/// The longest container ID: it becomes part of lease index entries (255-byte file names) and
+/// interface aliases. Runtimes use 64 hex digits.
+pub const MAX_CONTAINER_ID: usize = 128;
+
 /// Network names become directory names: same rule as the spec (alphanumeric first, then
 /// alphanumerics, `_`, `.`, `-`), which also keeps `..` and `/` out.
 pub fn is_valid_network_name(name: &str) -> bool {
@@ -62,6 +69,20 @@ pub fn is_valid_network_name(name: &str) -> bool {
 /// Container IDs follow the same rule as network names in the reference runtime code.
 pub fn is_valid_container_id(id: &str) -> bool {
     is_valid_identifier(id)
+}
+
+/// A shortened form of `text` that fits in `max` bytes, the same every time: the text itself
+/// when it fits, else a prefix and a hash of the whole (nftables comments hold 128 bytes).
+pub fn fit(text: &str, max: usize) -> String {
+    if text.len() <= max {
+        return text.to_string();
+    }
+    let hash = format!("~{:016x}", crate::names::hash64(text.bytes()));
+    let mut cut = max.saturating_sub(hash.len());
+    while !text.is_char_boundary(cut) {
+        cut -= 1;
+    }
+    format!("{}{hash}", &text[..cut])
 }
 
 fn is_valid_identifier(s: &str) -> bool {

@@ -17,6 +17,9 @@ pub enum NetnsError {
         #[source]
         source: std::io::Error,
     },
+    /// The path exists but is no network namespace (a file, a directory, another namespace).
+    #[error("{path} is not a network namespace ({what})")]
+    NotNetns { path: PathBuf, what: String },
     #[error("entering network namespace {path}")]
     Enter {
         path: PathBuf,
@@ -38,10 +41,35 @@ impl NetNs {
             path: path.to_path_buf(),
             source,
         })?;
+        let not = |what: String| NetnsError::NotNetns {
+            path: path.to_path_buf(),
+            what,
+        };
+        // NS_GET_NSTYPE answers for namespace files only, with the kind of namespace.
+        const NS_GET_NSTYPE: libc::c_ulong = 0xb703;
+        // SAFETY: an ioctl without argument on a descriptor this function owns.
+        let kind = unsafe { libc::ioctl(file.as_raw_fd(), NS_GET_NSTYPE as _) };
+        if kind < 0 {
+            let what = match file.metadata() {
+                Ok(m) if m.is_dir() => "a directory".to_string(),
+                Ok(m) if m.is_file() => "a regular file".to_string(),
+                Ok(_) => "not a namespace file".to_string(),
+                Err(e) => e.to_string(),
+            };
+            return Err(not(what));
+        }
+        if kind != libc::CLONE_NEWNET {
+            return Err(not(format!("a namespace of another kind (type {kind:#x})")));
+        }
         Ok(NetNs {
             file,
             path: path.to_path_buf(),
         })
+    }
+
+    /// Whether the namespace file is missing (the sandbox is gone), as opposed to wrong.
+    pub fn is_missing(error: &NetnsError) -> bool {
+        matches!(error, NetnsError::Open { source, .. } if source.kind() == std::io::ErrorKind::NotFound)
     }
 
     /// The namespace of the calling thread.

@@ -95,6 +95,11 @@ fn dispatch<P: Plugin>(
         .to_string();
     let req = match Request::from_parts(command, env, raw) {
         Ok(r) => r,
+        Err(e) if command == Command::Del && e.nothing_to_undo() => {
+            logging::init(None, None, None);
+            tracing::warn!(error = %e, "DEL of an attachment no ADD could have made: nothing to do");
+            return (asked, Ok(None));
+        }
         Err(e) => return fail(e, &asked),
     };
     logging::init(

@@ -62,6 +62,8 @@ pub enum RequestError {
     MissingEnv(&'static str),
     #[error("CNI_CONTAINERID {0:?} is invalid: it must start with a letter or digit and hold only letters, digits, '_', '.', '-'")]
     InvalidContainerId(String),
+    #[error("CNI_CONTAINERID is {0} bytes long; Tether's limit is {max} bytes (lease files and interface aliases must hold it)", max = config::MAX_CONTAINER_ID)]
+    ContainerIdTooLong(usize),
     #[error(
         "CNI_IFNAME {0:?} is not a valid interface name (1-15 bytes, no '/', ':' or whitespace)"
     )]
@@ -76,6 +78,8 @@ pub enum RequestError {
     Config(#[source] serde_json::Error),
     #[error("network name {0:?} is invalid: it must start with a letter or digit and hold only letters, digits, '_', '.', '-'")]
     InvalidNetworkName(String),
+    #[error("the network name is {0} bytes long; Tether's limit is {max} bytes (it names directories and interface aliases)", max = config::MAX_NETWORK_NAME)]
+    NetworkNameTooLong(usize),
     #[error(transparent)]
     Version(#[from] UnsupportedVersion),
     #[error("{command} is not defined for CNI version {version} (needs {needs} or later)")]
@@ -88,6 +92,20 @@ pub enum RequestError {
     PrevResult(#[source] serde_json::Error),
 }
 
+impl RequestError {
+    /// Whether a DEL refused for this reason has nothing to undo: no ADD with such a request
+    /// could have made anything, so DEL succeeds (and the runtime stops retrying).
+    pub fn nothing_to_undo(&self) -> bool {
+        matches!(
+            self,
+            RequestError::ContainerIdTooLong(_)
+                | RequestError::InvalidContainerId(_)
+                | RequestError::NetworkNameTooLong(_)
+                | RequestError::InvalidNetworkName(_)
+        )
+    }
+}
+
 impl CniError for RequestError {
     fn code(&self) -> u32 {
         let code = match self {
@@ -95,11 +113,14 @@ impl CniError for RequestError {
             | RequestError::UnknownCommand(_)
             | RequestError::MissingEnv(_)
             | RequestError::InvalidContainerId(_)
+            | RequestError::ContainerIdTooLong(_)
             | RequestError::InvalidIfname(_)
             | RequestError::Args(_) => Code::InvalidEnvironment,
             RequestError::ReadStdin(_) => Code::Io,
             RequestError::Json(_) | RequestError::PrevResult(_) => Code::Decode,
-            RequestError::Config(_) | RequestError::InvalidNetworkName(_) => Code::InvalidConfig,
+            RequestError::Config(_)
+            | RequestError::InvalidNetworkName(_)
+            | RequestError::NetworkNameTooLong(_) => Code::InvalidConfig,
             RequestError::Version(_) | RequestError::VerbNotInVersion { .. } => {
                 Code::IncompatibleVersion
             }
@@ -148,6 +169,9 @@ impl Request {
         if !config::is_valid_network_name(&config.name) {
             return Err(RequestError::InvalidNetworkName(config.name.clone()));
         }
+        if config.name.len() > config::MAX_NETWORK_NAME {
+            return Err(RequestError::NetworkNameTooLong(config.name.len()));
+        }
 
         let non_empty = |key: &str| env(key).filter(|v| !v.is_empty());
         let (container_id, ifname) = if command.is_per_attachment() {
@@ -155,6 +179,9 @@ impl Request {
                 non_empty("CNI_CONTAINERID").ok_or(RequestError::MissingEnv("CNI_CONTAINERID"))?;
             if !config::is_valid_container_id(&id) {
                 return Err(RequestError::InvalidContainerId(id));
+            }
+            if id.len() > config::MAX_CONTAINER_ID {
+                return Err(RequestError::ContainerIdTooLong(id.len()));
             }
             let ifname = non_empty("CNI_IFNAME").ok_or(RequestError::MissingEnv("CNI_IFNAME"))?;
             if !config::is_valid_ifname(&ifname) {

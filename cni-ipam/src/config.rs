@@ -92,9 +92,15 @@ impl IpamConfig {
             .collect::<Result<Vec<_>, _>>()?;
         check_sets_disjoint(&range_sets)?;
 
-        let data_dir = ipam
-            .data_dir
-            .unwrap_or_else(|| PathBuf::from(DEFAULT_DATA_DIR));
+        let data_dir = data_dir(ipam.data_dir)?;
+        for route in &ipam.routes {
+            if let Some(gw) = route.gw.filter(|gw| gw.is_ipv4() != route.dst.is_ipv4()) {
+                return Err(IpamError::InvalidConfig(format!(
+                    "route to {} has gateway {gw} of the other address family",
+                    route.dst
+                )));
+            }
+        }
         Ok(IpamConfig {
             network: req.config.name.clone(),
             dir: data_dir.join(&req.config.name),
@@ -244,10 +250,20 @@ pub fn lease_dir(req: &Request) -> Result<PathBuf, IpamError> {
     let ipam = parsed
         .ipam
         .ok_or_else(|| IpamError::InvalidConfig("the configuration has no ipam section".into()))?;
-    Ok(ipam
-        .data_dir
-        .unwrap_or_else(|| PathBuf::from(DEFAULT_DATA_DIR))
-        .join(&req.config.name))
+    Ok(data_dir(ipam.data_dir)?.join(&req.config.name))
+}
+
+/// `dataDir`, or the default: an absolute path (an empty or relative one would put leases
+/// wherever the runtime happens to run the plugin).
+fn data_dir(configured: Option<PathBuf>) -> Result<PathBuf, IpamError> {
+    match configured {
+        None => Ok(PathBuf::from(DEFAULT_DATA_DIR)),
+        Some(dir) if dir.is_absolute() => Ok(dir),
+        Some(dir) => Err(IpamError::InvalidConfig(format!(
+            "dataDir {:?} must be an absolute path",
+            dir.display().to_string()
+        ))),
+    }
 }
 
 /// Addresses the runtime asked for: `runtimeConfig.ips`, `args.cni.ips` and `CNI_ARGS` `IP=`

@@ -806,3 +806,67 @@ impl Tap for Value {
         self
     }
 }
+
+#[test]
+fn empty_and_relative_data_dirs_and_cross_family_gateways_are_configuration_errors() {
+    let net = Net::v4("10.70.0.0/24");
+    let cwd_before: Vec<_> = std::fs::read_dir(".")
+        .unwrap()
+        .flatten()
+        .map(|e| e.file_name())
+        .collect();
+    for dir in ["", "relative/leases"] {
+        let conf = net.with(|c| c["ipam"]["dataDir"] = json!(dir));
+        let err = run("ADD", "dd1", "eth0", &[], &conf).err(7);
+        assert!(err["msg"].as_str().unwrap().contains("absolute"), "{err}");
+        run("DEL", "dd1", "eth0", &[], &conf).err(7);
+    }
+    let cwd_after: Vec<_> = std::fs::read_dir(".")
+        .unwrap()
+        .flatten()
+        .map(|e| e.file_name())
+        .collect();
+    assert_eq!(
+        cwd_before, cwd_after,
+        "nothing written where the plugin runs"
+    );
+
+    let conf = net.with(|c| c["ipam"]["routes"] = json!([{"dst": "0.0.0.0/0", "gw": "fd00::1"}]));
+    let err = run("ADD", "dd2", "eth0", &[], &conf).err(7);
+    assert!(
+        err["msg"]
+            .as_str()
+            .unwrap()
+            .contains("other address family"),
+        "{err}"
+    );
+    assert!(!net.lease_dir().exists() || std::fs::read_dir(net.lease_dir()).unwrap().count() <= 2);
+}
+
+#[test]
+fn container_ids_and_network_names_past_their_limits() {
+    let net = Net::v4("10.71.0.0/24");
+    // 128 bytes is the limit and works; one more is refused up front with code 4, and its DEL
+    // succeeds (nothing could have been made), so a runtime does not retry it forever.
+    let longest = "c".repeat(128);
+    net.add(&longest).ok();
+    net.del(&longest).ok();
+    for len in [129, 250, 300] {
+        let id = "d".repeat(len);
+        let err = net.add(&id).err(4);
+        assert!(err["msg"].as_str().unwrap().contains("128"), "{err}");
+        net.del(&id).ok();
+    }
+    assert_eq!(
+        std::fs::read_dir(net.lease_dir())
+            .unwrap()
+            .flatten()
+            .filter(|e| e.file_name().to_string_lossy().starts_with("10.71."))
+            .count(),
+        0
+    );
+    let conf = net.with(|c| c["name"] = json!("n".repeat(300)));
+    let err = run("ADD", "nn1", "eth0", &[], &conf).err(7);
+    assert!(err["msg"].as_str().unwrap().contains("64"), "{err}");
+    run("DEL", "nn1", "eth0", &[], &conf).ok();
+}

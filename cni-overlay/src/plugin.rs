@@ -163,8 +163,16 @@ impl Plugin for OverlayPlugin {
             path: state.clone(),
             source,
         })?;
-        let result = delegate::invoke(req, DELEGATE, Command::Add, &conf)?;
-        Ok(result.unwrap_or_default())
+        match delegate::invoke(req, DELEGATE, Command::Add, &conf) {
+            Ok(result) => Ok(result.unwrap_or_default()),
+            Err(e) => {
+                // The delegate undid its part; nothing is left for a DEL to find.
+                if let Err(undo) = remove_if_exists(&state) {
+                    tracing::warn!(error = %undo, path = %state.display(), "removing the saved delegate configuration");
+                }
+                Err(e.into())
+            }
+        }
     }
 
     fn del(&self, req: &Request) -> Result<(), OverlayError> {

@@ -45,8 +45,9 @@ const DISPATCH: &str = "hostports";
 const CHAIN_PREFIX: &str = "pm_";
 
 /// Who owns a mapping: the comment of its elements.
+/// At most 128 bytes: what nftables keeps of a comment.
 pub fn owner(network: &str, container_id: &str, ifname: &str) -> String {
-    format!("{network}/{container_id}/{ifname}")
+    cni_core::config::fit(&format!("{network}/{container_id}/{ifname}"), 128)
 }
 
 /// The attachment's chain: a stable name from its network and owner.
