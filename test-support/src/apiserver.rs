@@ -1,9 +1,20 @@
-//! A small stand-in for the Kubernetes API server, serving only the Node resource, for testing
-//! tether-overlayd's Kubernetes datastore where no real API server can run. It speaks the real
-//! wire protocol over HTTP/1.1 (so the daemon's own `kube` client is what is tested): GET of one
-//! Node, LIST with a resourceVersion, WATCH streams (ADDED/MODIFIED/DELETED, resumable from a
-//! resourceVersion, ended by `timeoutSeconds`), and JSON merge PATCH. Every write bumps the
-//! resourceVersion. It records every request so tests can check what the daemon asked for.
+//! A stand-in for the Kubernetes API server, for testing Tether's controllers where no real API
+//! server can run. It speaks the real wire protocol over HTTP/1.1 (so the components' own `kube`
+//! clients are what is tested) for the resources Tether uses: Nodes (with their `status`
+//! subresource), Namespaces, Pods (with `status`), NetworkPolicies and Events.
+//!
+//! What it does as the real one does: GET, LIST (every item at once, with the list's
+//! resourceVersion, whatever page size is asked for), WATCH streams (ADDED, MODIFIED,
+//! DELETED, resumable from a resourceVersion, ended by `timeoutSeconds`, BOOKMARK events when
+//! asked for), `410 Gone` for a resourceVersion older than the retained history
+//! ([`ApiServer::compact`]), JSON merge PATCH and strategic merge PATCH (lists of conditions
+//! merged by `type`), a `status` subresource that is the only way to change `status`, POST
+//! (with `generateName`), DELETE, label selectors (`=`, `!=`, `in`, `notin`, exists) on
+//! LIST and WATCH, and `409 AlreadyExists`. Every write bumps the resourceVersion.
+//!
+//! What it does not do: authentication and authorization (every request is allowed; tests
+//! check RBAC needs by reading [`ApiServer::requests`]), admission, defaulting and validation
+//! of objects, field selectors, server-side apply, protobuf, and HTTP/2.
 //!
 //! It listens inside a network namespace (so that simulated nodes reach it over their underlay)
 //! and can be taken "down" to simulate an API outage: connections are then dropped unanswered.
@@ -21,13 +32,97 @@ use serde_json::{json, Value};
 
 use crate::Netns;
 
+/// A resource the stand-in serves.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Resource {
+    /// `""` for the core group.
+    pub group: &'static str,
+    pub version: &'static str,
+    pub plural: &'static str,
+    pub kind: &'static str,
+    pub namespaced: bool,
+    /// Whether `status` is changed only through the `status` subresource.
+    pub status_subresource: bool,
+}
+
+pub const NODES: Resource = Resource {
+    group: "",
+    version: "v1",
+    plural: "nodes",
+    kind: "Node",
+    namespaced: false,
+    status_subresource: true,
+};
+pub const NAMESPACES: Resource = Resource {
+    group: "",
+    version: "v1",
+    plural: "namespaces",
+    kind: "Namespace",
+    namespaced: false,
+    status_subresource: true,
+};
+pub const PODS: Resource = Resource {
+    group: "",
+    version: "v1",
+    plural: "pods",
+    kind: "Pod",
+    namespaced: true,
+    status_subresource: true,
+};
+pub const NETWORK_POLICIES: Resource = Resource {
+    group: "networking.k8s.io",
+    version: "v1",
+    plural: "networkpolicies",
+    kind: "NetworkPolicy",
+    namespaced: true,
+    status_subresource: false,
+};
+pub const EVENTS: Resource = Resource {
+    group: "",
+    version: "v1",
+    plural: "events",
+    kind: "Event",
+    namespaced: true,
+    status_subresource: false,
+};
+pub const EVENTS_V1: Resource = Resource {
+    group: "events.k8s.io",
+    version: "v1",
+    plural: "events",
+    kind: "Event",
+    namespaced: true,
+    status_subresource: false,
+};
+
+const RESOURCES: [Resource; 6] = [NODES, NAMESPACES, PODS, NETWORK_POLICIES, EVENTS, EVENTS_V1];
+
+impl Resource {
+    fn api_version(&self) -> String {
+        if self.group.is_empty() {
+            self.version.to_string()
+        } else {
+            format!("{}/{}", self.group, self.version)
+        }
+    }
+
+    fn key(&self) -> (&'static str, &'static str) {
+        (self.group, self.plural)
+    }
+}
+
+/// (group, plural, namespace, name)
+type Key = (&'static str, &'static str, String, String);
+
 #[derive(Default)]
 struct State {
-    nodes: BTreeMap<String, Value>,
+    objects: BTreeMap<Key, Value>,
     revision: u64,
-    /// Every change: (resourceVersion, event type, object).
-    history: Vec<(u64, &'static str, Value)>,
+    /// Every change: (resourceVersion, group, plural, event type, object).
+    history: Vec<(u64, &'static str, &'static str, &'static str, Value)>,
+    /// The oldest resourceVersion a watch may resume from.
+    compacted: u64,
     requests: Vec<String>,
+    uid: u64,
 }
 
 struct Shared {
@@ -37,47 +132,62 @@ struct Shared {
     stopped: AtomicBool,
 }
 
-pub struct NodeApiServer {
+pub struct ApiServer {
     shared: Arc<Shared>,
     accept: Option<JoinHandle<()>>,
     pub url: String,
 }
 
-impl NodeApiServer {
+/// The name the overlay tests have always used.
+pub type NodeApiServer = ApiServer;
+
+impl ApiServer {
     /// Listens on `addr` (`ip:port`) inside `ns`.
-    pub fn start_in(ns: &Netns, addr: &str) -> NodeApiServer {
+    pub fn start_in(ns: &Netns, addr: &str) -> ApiServer {
+        Self::start(Some(ns), addr)
+    }
+
+    /// Listens on `addr` in the test's own namespace (loopback).
+    pub fn start_here(addr: &str) -> ApiServer {
+        Self::start(None, addr)
+    }
+
+    fn start(ns: Option<&Netns>, addr: &str) -> ApiServer {
         let shared = Arc::new(Shared {
             state: Mutex::new(State::default()),
             changed: Condvar::new(),
             down: AtomicBool::new(false),
             stopped: AtomicBool::new(false),
         });
-        let netns = std::fs::File::open(ns.path()).unwrap();
+        let netns = ns.map(|ns| std::fs::File::open(ns.path()).unwrap());
         let addr_owned = addr.to_string();
         let (ready_tx, ready_rx) = std::sync::mpsc::channel();
         let accept_shared = shared.clone();
         let accept = std::thread::spawn(move || {
             // Network namespaces are per thread: this one moves, binds, and serves from there.
-            let rc = unsafe { libc::setns(netns.as_raw_fd(), libc::CLONE_NEWNET) };
-            assert_eq!(rc, 0, "setns: {}", std::io::Error::last_os_error());
+            if let Some(netns) = netns {
+                let rc = unsafe { libc::setns(netns.as_raw_fd(), libc::CLONE_NEWNET) };
+                assert_eq!(rc, 0, "setns: {}", std::io::Error::last_os_error());
+            }
             let listener = TcpListener::bind(&addr_owned).unwrap();
             listener.set_nonblocking(true).unwrap();
-            ready_tx.send(()).unwrap();
+            ready_tx.send(listener.local_addr().unwrap()).unwrap();
             while !accept_shared.stopped.load(Ordering::Relaxed) {
                 match listener.accept() {
                     Ok((conn, _)) => {
+                        let _ = conn.set_nonblocking(false);
                         let shared = accept_shared.clone();
                         std::thread::spawn(move || serve(conn, &shared));
                     }
-                    Err(_) => std::thread::sleep(Duration::from_millis(10)),
+                    Err(_) => std::thread::sleep(Duration::from_millis(5)),
                 }
             }
         });
-        ready_rx.recv_timeout(Duration::from_secs(5)).unwrap();
-        NodeApiServer {
+        let bound = ready_rx.recv_timeout(Duration::from_secs(5)).unwrap();
+        ApiServer {
             shared,
             accept: Some(accept),
-            url: format!("http://{addr}"),
+            url: format!("http://{bound}"),
         }
     }
 
@@ -92,6 +202,87 @@ impl NodeApiServer {
         std::fs::write(path, serde_json::to_vec_pretty(&config).unwrap()).unwrap();
     }
 
+    // ---- generic access, as another client would write ----
+
+    /// Creates (or replaces) an object; returns it as stored.
+    pub fn put(&self, resource: Resource, object: Value) -> Value {
+        let mut state = self.shared.state.lock().unwrap();
+        let key = key_of(resource, &object);
+        let kind = if state.objects.contains_key(&key) {
+            "MODIFIED"
+        } else {
+            "ADDED"
+        };
+        let stored = write(&mut state, resource, key, kind, |_| Some(object)).unwrap();
+        drop(state);
+        self.shared.changed.notify_all();
+        stored
+    }
+
+    /// Merge-patches an object (status included) as another client would.
+    pub fn patch(&self, resource: Resource, namespace: &str, name: &str, patch: &Value) {
+        let mut state = self.shared.state.lock().unwrap();
+        let key = (
+            resource.group,
+            resource.plural,
+            namespace.to_string(),
+            name.to_string(),
+        );
+        write(&mut state, resource, key, "MODIFIED", |old| {
+            let mut object = old.cloned().expect("patching a missing object");
+            merge(&mut object, patch, false);
+            Some(object)
+        });
+        drop(state);
+        self.shared.changed.notify_all();
+    }
+
+    pub fn delete(&self, resource: Resource, namespace: &str, name: &str) {
+        let mut state = self.shared.state.lock().unwrap();
+        let key = (
+            resource.group,
+            resource.plural,
+            namespace.to_string(),
+            name.to_string(),
+        );
+        write(&mut state, resource, key, "DELETED", |_| None);
+        drop(state);
+        self.shared.changed.notify_all();
+    }
+
+    pub fn get(&self, resource: Resource, namespace: &str, name: &str) -> Option<Value> {
+        let key = (
+            resource.group,
+            resource.plural,
+            namespace.to_string(),
+            name.to_string(),
+        );
+        self.shared.state.lock().unwrap().objects.get(&key).cloned()
+    }
+
+    /// Every object of `resource`.
+    pub fn list(&self, resource: Resource) -> Vec<Value> {
+        let state = self.shared.state.lock().unwrap();
+        state
+            .objects
+            .iter()
+            .filter(|((g, p, _, _), _)| (*g, *p) == resource.key())
+            .map(|(_, v)| v.clone())
+            .collect()
+    }
+
+    /// Forgets the history: a watch or list from any resourceVersion before now gets
+    /// `410 Gone`, as after an etcd compaction.
+    pub fn compact(&self) {
+        let mut state = self.shared.state.lock().unwrap();
+        state.compacted = state.revision;
+        state.history.clear();
+        drop(state);
+        self.shared.changed.notify_all();
+    }
+
+    // ---- Nodes, as kubelet and the controller manager make them ----
+
     /// Registers a Node (as a kubelet would) with the pod CIDR a controller manager assigned.
     pub fn add_node(&self, name: &str, pod_cidr: Option<&str>) {
         self.add_node_with_cidrs(name, pod_cidr.as_slice());
@@ -103,30 +294,28 @@ impl NodeApiServer {
         if let Some(first) = pod_cidrs.first() {
             spec = json!({"podCIDR": first, "podCIDRs": pod_cidrs});
         }
-        let node = json!({
-            "apiVersion": "v1", "kind": "Node",
-            "metadata": {"name": name, "uid": format!("uid-{name}"), "labels": {"kubernetes.io/hostname": name}},
-            "spec": spec,
-            "status": {"conditions": [{"type": "Ready", "status": "True"}]},
-        });
-        self.write(name, "ADDED", |_| Some(node));
+        self.put(
+            NODES,
+            json!({
+                "apiVersion": "v1", "kind": "Node",
+                "metadata": {"name": name, "labels": {"kubernetes.io/hostname": name}},
+                "spec": spec,
+                "status": {"conditions": [{"type": "Ready", "status": "True"}]},
+            }),
+        );
     }
 
     /// Merge-patches a Node as another client would (e.g. an operator editing annotations).
     pub fn patch_node(&self, name: &str, patch: &Value) {
-        self.write(name, "MODIFIED", |old| {
-            let mut node = old.cloned().expect("patching a missing node");
-            merge(&mut node, patch);
-            Some(node)
-        });
+        self.patch(NODES, "", name, patch);
     }
 
     pub fn delete_node(&self, name: &str) {
-        self.write(name, "DELETED", |_| None);
+        self.delete(NODES, "", name);
     }
 
     pub fn node(&self, name: &str) -> Option<Value> {
-        self.shared.state.lock().unwrap().nodes.get(name).cloned()
+        self.get(NODES, "", name)
     }
 
     /// Request lines received so far (`METHOD path?query`).
@@ -139,20 +328,9 @@ impl NodeApiServer {
         self.shared.down.store(down, Ordering::SeqCst);
         self.shared.changed.notify_all();
     }
-
-    fn write(
-        &self,
-        name: &str,
-        kind: &'static str,
-        f: impl FnOnce(Option<&Value>) -> Option<Value>,
-    ) {
-        let mut state = self.shared.state.lock().unwrap();
-        apply_write(&mut state, name, kind, f);
-        self.shared.changed.notify_all();
-    }
 }
 
-impl Drop for NodeApiServer {
+impl Drop for ApiServer {
     fn drop(&mut self) {
         self.shared.stopped.store(true, Ordering::SeqCst);
         self.shared.changed.notify_all();
@@ -162,32 +340,69 @@ impl Drop for NodeApiServer {
     }
 }
 
-fn apply_write(
+fn key_of(resource: Resource, object: &Value) -> Key {
+    let namespace = if resource.namespaced {
+        object["metadata"]["namespace"]
+            .as_str()
+            .unwrap_or("default")
+            .to_string()
+    } else {
+        String::new()
+    };
+    let name = object["metadata"]["name"]
+        .as_str()
+        .unwrap_or_default()
+        .to_string();
+    (resource.group, resource.plural, namespace, name)
+}
+
+/// Stores what `f` makes of the current object (None deletes it) and records the event.
+fn write(
     state: &mut State,
-    name: &str,
+    resource: Resource,
+    key: Key,
     kind: &'static str,
     f: impl FnOnce(Option<&Value>) -> Option<Value>,
 ) -> Option<Value> {
     state.revision += 1;
     let revision = state.revision;
-    match f(state.nodes.get(name)) {
-        Some(mut node) => {
-            node["metadata"]["resourceVersion"] = revision.to_string().into();
-            state.nodes.insert(name.to_string(), node.clone());
-            state.history.push((revision, kind, node.clone()));
-            Some(node)
+    match f(state.objects.get(&key)) {
+        Some(mut object) => {
+            let fresh = !state.objects.contains_key(&key);
+            object["apiVersion"] = resource.api_version().into();
+            object["kind"] = resource.kind.into();
+            let meta = &mut object["metadata"];
+            meta["resourceVersion"] = revision.to_string().into();
+            meta["name"] = key.3.clone().into();
+            if resource.namespaced {
+                meta["namespace"] = key.2.clone().into();
+            }
+            if fresh || meta.get("uid").is_none() {
+                state.uid += 1;
+                meta["uid"] = format!("uid-{}-{}", key.3, state.uid).into();
+                meta["creationTimestamp"] = "2026-01-01T00:00:00Z".into();
+            }
+            let kind = if fresh { "ADDED" } else { kind };
+            state.objects.insert(key.clone(), object.clone());
+            state
+                .history
+                .push((revision, key.0, key.1, kind, object.clone()));
+            Some(object)
         }
         None => {
-            let mut gone = state.nodes.remove(name)?;
+            let mut gone = state.objects.remove(&key)?;
             gone["metadata"]["resourceVersion"] = revision.to_string().into();
-            state.history.push((revision, "DELETED", gone));
+            state
+                .history
+                .push((revision, key.0, key.1, "DELETED", gone));
             None
         }
     }
 }
 
-/// RFC 7386 JSON merge patch.
-fn merge(target: &mut Value, patch: &Value) {
+/// JSON merge patch (RFC 7386); with `strategic`, lists of objects with a `type` (conditions)
+/// are merged by it, as Kubernetes' strategic merge patch does for them.
+fn merge(target: &mut Value, patch: &Value, strategic: bool) {
     let Value::Object(patch) = patch else {
         *target = patch.clone();
         return;
@@ -199,10 +414,28 @@ fn merge(target: &mut Value, patch: &Value) {
         return;
     };
     for (key, value) in patch {
-        if value.is_null() {
-            map.remove(key);
-        } else {
-            merge(map.entry(key.clone()).or_insert(Value::Null), value);
+        match value {
+            Value::Null => {
+                map.remove(key);
+            }
+            Value::Array(items) if strategic && items.iter().all(|i| i.get("type").is_some()) => {
+                let list = map.entry(key.clone()).or_insert(json!([]));
+                if !list.is_array() {
+                    *list = json!([]);
+                }
+                let list = list.as_array_mut().unwrap();
+                for item in items {
+                    match list.iter_mut().find(|e| e["type"] == item["type"]) {
+                        Some(existing) => merge(existing, item, true),
+                        None => list.push(item.clone()),
+                    }
+                }
+            }
+            _ => merge(
+                map.entry(key.clone()).or_insert(Value::Null),
+                value,
+                strategic,
+            ),
         }
     }
 }
@@ -211,17 +444,20 @@ struct Request {
     method: String,
     path: String,
     query: BTreeMap<String, String>,
+    content_type: String,
     body: Vec<u8>,
 }
 
-fn read_request(conn: &TcpStream) -> Option<Request> {
-    let mut reader = BufReader::new(conn);
+fn read_request(reader: &mut BufReader<&TcpStream>) -> Option<Request> {
     let mut line = String::new();
-    reader.read_line(&mut line).ok()?;
+    if reader.read_line(&mut line).ok()? == 0 {
+        return None;
+    }
     let mut parts = line.split_whitespace();
     let method = parts.next()?.to_string();
     let target = parts.next()?.to_string();
     let mut length = 0usize;
+    let mut content_type = String::new();
     loop {
         let mut header = String::new();
         reader.read_line(&mut header).ok()?;
@@ -232,6 +468,8 @@ fn read_request(conn: &TcpStream) -> Option<Request> {
         if let Some((k, v)) = header.split_once(':') {
             if k.eq_ignore_ascii_case("content-length") {
                 length = v.trim().parse().ok()?;
+            } else if k.eq_ignore_ascii_case("content-type") {
+                content_type = v.trim().to_string();
             }
         }
     }
@@ -241,26 +479,57 @@ fn read_request(conn: &TcpStream) -> Option<Request> {
     let query = query
         .split('&')
         .filter_map(|kv| kv.split_once('='))
-        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .map(|(k, v)| (k.to_string(), percent_decode(v)))
         .collect();
     Some(Request {
         method,
         path: path.to_string(),
         query,
+        content_type,
         body,
     })
+}
+
+fn percent_decode(text: &str) -> String {
+    let bytes = text.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        let hex = bytes
+            .get(i + 1..i + 3)
+            .and_then(|h| std::str::from_utf8(h).ok())
+            .and_then(|h| u8::from_str_radix(h, 16).ok());
+        match (bytes[i], hex) {
+            (b'%', Some(b)) => {
+                out.push(b);
+                i += 3;
+            }
+            (b'+', _) => {
+                out.push(b' ');
+                i += 1;
+            }
+            (b, _) => {
+                out.push(b);
+                i += 1;
+            }
+        }
+    }
+    String::from_utf8_lossy(&out).into_owned()
 }
 
 fn respond(mut conn: &TcpStream, code: u16, body: &Value) {
     let body = serde_json::to_vec(body).unwrap();
     let reason = match code {
         200 => "OK",
+        201 => "Created",
+        400 => "Bad Request",
         404 => "Not Found",
+        409 => "Conflict",
         410 => "Gone",
         _ => "Error",
     };
     let head = format!(
-        "HTTP/1.1 {code} {reason}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+        "HTTP/1.1 {code} {reason}\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n",
         body.len()
     );
     let _ = conn.write_all(head.as_bytes());
@@ -272,97 +541,359 @@ fn status(code: u16, reason: &str, message: String) -> Value {
            "message": message, "reason": reason, "code": code})
 }
 
-fn serve(conn: TcpStream, shared: &Shared) {
-    let Some(request) = read_request(&conn) else {
-        return;
+/// What a request path names.
+struct Target {
+    resource: Resource,
+    /// `None` for all namespaces (or a cluster-scoped resource).
+    namespace: Option<String>,
+    name: Option<String>,
+    status: bool,
+}
+
+fn target_of(path: &str) -> Option<Target> {
+    let parts: Vec<&str> = path.trim_matches('/').split('/').collect();
+    let (group, version, rest) = match parts.as_slice() {
+        ["api", version, rest @ ..] => ("", *version, rest),
+        ["apis", group, version, rest @ ..] => (*group, *version, rest),
+        _ => return None,
     };
-    let query: Vec<String> = request
-        .query
-        .iter()
-        .map(|(k, v)| format!("{k}={v}"))
-        .collect();
-    shared.state.lock().unwrap().requests.push(format!(
-        "{} {}?{}",
-        request.method,
-        request.path,
-        query.join("&")
-    ));
-    if shared.down.load(Ordering::SeqCst) {
-        return; // The connection closes unanswered.
-    }
-    let name = request
-        .path
-        .strip_prefix("/api/v1/nodes/")
-        .map(str::to_string);
-    match (request.method.as_str(), name) {
-        ("GET", None) if request.path == "/api/v1/nodes" => {
-            if request
-                .query
-                .get("watch")
-                .is_some_and(|w| w == "true" || w == "1")
-            {
-                watch(conn, shared, &request);
-            } else {
-                let state = shared.state.lock().unwrap();
-                let list = json!({
-                    "kind": "NodeList", "apiVersion": "v1",
-                    "metadata": {"resourceVersion": state.revision.to_string()},
-                    "items": state.nodes.values().collect::<Vec<_>>(),
-                });
-                drop(state);
-                respond(&conn, 200, &list);
-            }
+    let find = |plural: &str| {
+        RESOURCES
+            .iter()
+            .find(|r| r.group == group && r.version == version && r.plural == plural)
+            .copied()
+    };
+    // namespaces/<ns>/<plural>/... names a namespaced resource; namespaces[/<name>] the
+    // Namespace resource itself.
+    let (namespace, rest) = match rest {
+        ["namespaces", ns, plural, more @ ..] if find(plural).is_some_and(|r| r.namespaced) => {
+            (Some(ns.to_string()), [&[*plural][..], more].concat())
         }
-        ("GET", Some(name)) => match shared.state.lock().unwrap().nodes.get(&name).cloned() {
-            Some(node) => respond(&conn, 200, &node),
-            None => respond(
+        other => (None, other.to_vec()),
+    };
+    let resource = find(rest.first()?)?;
+    let name = rest.get(1).map(|s| s.to_string());
+    let status = rest.get(2) == Some(&"status");
+    if rest.len() > 3 || (rest.len() == 3 && !status) {
+        return None;
+    }
+    Some(Target {
+        resource,
+        namespace,
+        name,
+        status,
+    })
+}
+
+/// A label selector: `k=v`, `k==v`, `k!=v`, `k in (a,b)`, `k notin (a,b)`, `k`, `!k`.
+fn selects(selector: &str, labels: &Value) -> bool {
+    let mut terms = Vec::new();
+    let mut depth = 0;
+    let mut start = 0;
+    for (i, c) in selector.char_indices() {
+        match c {
+            '(' => depth += 1,
+            ')' => depth -= 1,
+            ',' if depth == 0 => {
+                terms.push(&selector[start..i]);
+                start = i + 1;
+            }
+            _ => {}
+        }
+    }
+    terms.push(&selector[start..]);
+    terms
+        .into_iter()
+        .map(str::trim)
+        .filter(|t| !t.is_empty())
+        .all(|term| {
+            let label = |k: &str| labels.get(k.trim()).and_then(Value::as_str);
+            let set = |list: &str| -> Vec<String> {
+                list.trim()
+                    .trim_start_matches('(')
+                    .trim_end_matches(')')
+                    .split(',')
+                    .map(|s| s.trim().to_string())
+                    .collect()
+            };
+            if let Some((k, v)) = term.split_once("!=") {
+                label(k) != Some(v.trim())
+            } else if let Some((k, v)) = term.split_once("==").or_else(|| term.split_once('=')) {
+                label(k) == Some(v.trim())
+            } else if let Some((k, list)) = term.split_once(" notin ") {
+                label(k).is_none_or(|v| !set(list).iter().any(|s| s == v))
+            } else if let Some((k, list)) = term.split_once(" in ") {
+                label(k).is_some_and(|v| set(list).iter().any(|s| s == v))
+            } else if let Some(k) = term.strip_prefix('!') {
+                label(k).is_none()
+            } else {
+                label(term).is_some()
+            }
+        })
+}
+
+fn matches(target: &Target, query: &BTreeMap<String, String>, key: &Key, object: &Value) -> bool {
+    (key.0, key.1) == target.resource.key()
+        && target.namespace.as_ref().is_none_or(|ns| *ns == key.2)
+        && query
+            .get("labelSelector")
+            .is_none_or(|s| selects(s, &object["metadata"]["labels"]))
+}
+
+fn serve(conn: TcpStream, shared: &Shared) {
+    let mut reader = BufReader::new(&conn);
+    // Keep-alive: answer requests on this connection until the client closes it.
+    while let Some(request) = read_request(&mut reader) {
+        let query: Vec<String> = request
+            .query
+            .iter()
+            .map(|(k, v)| format!("{k}={v}"))
+            .collect();
+        shared.state.lock().unwrap().requests.push(format!(
+            "{} {}?{}",
+            request.method,
+            request.path,
+            query.join("&")
+        ));
+        if shared.down.load(Ordering::SeqCst) || shared.stopped.load(Ordering::SeqCst) {
+            return; // The connection closes unanswered.
+        }
+        let Some(target) = target_of(&request.path) else {
+            respond(
                 &conn,
                 404,
-                &status(404, "NotFound", format!("nodes \"{name}\" not found")),
-            ),
-        },
-        ("PATCH", Some(name)) => {
-            let Ok(patch) = serde_json::from_slice::<Value>(&request.body) else {
-                respond(
-                    &conn,
-                    400,
-                    &status(400, "BadRequest", "patch is not JSON".into()),
-                );
-                return;
-            };
-            let mut state = shared.state.lock().unwrap();
-            if !state.nodes.contains_key(&name) {
-                drop(state);
-                respond(
-                    &conn,
+                &status(
                     404,
-                    &status(404, "NotFound", format!("nodes \"{name}\" not found")),
-                );
+                    "NotFound",
+                    format!("{} is not served here", request.path),
+                ),
+            );
+            continue;
+        };
+        let watching = request
+            .query
+            .get("watch")
+            .is_some_and(|w| w == "true" || w == "1");
+        match (request.method.as_str(), target.name.clone()) {
+            ("GET", None) if watching => {
+                watch(&conn, shared, &request, &target);
                 return;
             }
-            let node = apply_write(&mut state, &name, "MODIFIED", |old| {
-                let mut node = old.cloned()?;
-                merge(&mut node, &patch);
-                Some(node)
-            });
-            drop(state);
-            shared.changed.notify_all();
-            respond(&conn, 200, &node.unwrap_or(Value::Null));
-        }
-        _ => respond(
-            &conn,
-            404,
-            &status(
-                404,
-                "NotFound",
-                format!("{} {} is not served here", request.method, request.path),
+            ("GET", None) => list(&conn, shared, &request, &target),
+            ("GET", Some(name)) => {
+                let key = (
+                    target.resource.group,
+                    target.resource.plural,
+                    target.namespace.clone().unwrap_or_default(),
+                    name.clone(),
+                );
+                match shared.state.lock().unwrap().objects.get(&key).cloned() {
+                    Some(object) => respond(&conn, 200, &object),
+                    None => not_found(&conn, &target, &name),
+                }
+            }
+            ("PATCH", Some(name)) => patch(&conn, shared, &request, &target, &name),
+            ("POST", None) => create(&conn, shared, &request, &target),
+            ("DELETE", Some(name)) => {
+                let key = (
+                    target.resource.group,
+                    target.resource.plural,
+                    target.namespace.clone().unwrap_or_default(),
+                    name.clone(),
+                );
+                let mut state = shared.state.lock().unwrap();
+                match state.objects.get(&key).cloned() {
+                    Some(object) => {
+                        write(&mut state, target.resource, key, "DELETED", |_| None);
+                        drop(state);
+                        shared.changed.notify_all();
+                        respond(&conn, 200, &object);
+                    }
+                    None => {
+                        drop(state);
+                        not_found(&conn, &target, &name);
+                    }
+                }
+            }
+            _ => respond(
+                &conn,
+                405,
+                &status(
+                    405,
+                    "MethodNotAllowed",
+                    format!("{} {}", request.method, request.path),
+                ),
             ),
-        ),
+        }
     }
 }
 
+fn not_found(conn: &TcpStream, target: &Target, name: &str) {
+    respond(
+        conn,
+        404,
+        &status(
+            404,
+            "NotFound",
+            format!("{} \"{name}\" not found", target.resource.plural),
+        ),
+    );
+}
+
+fn list(conn: &TcpStream, shared: &Shared, request: &Request, target: &Target) {
+    let state = shared.state.lock().unwrap();
+    if let Some(rv) = request
+        .query
+        .get("resourceVersion")
+        .and_then(|v| v.parse::<u64>().ok())
+        .filter(|rv| *rv > 0 && *rv < state.compacted)
+        .filter(|_| {
+            request
+                .query
+                .get("resourceVersionMatch")
+                .is_some_and(|m| m == "Exact")
+        })
+    {
+        drop(state);
+        respond(
+            conn,
+            410,
+            &status(410, "Expired", format!("too old resource version: {rv}")),
+        );
+        return;
+    }
+    // Every item at once, without a `continue` token, whatever `limit` asks: a page that
+    // holds everything is a valid answer to any page size.
+    let items: Vec<&Value> = state
+        .objects
+        .iter()
+        .filter(|(k, v)| matches(target, &request.query, k, v))
+        .map(|(_, v)| v)
+        .collect();
+    let body = json!({
+        "kind": format!("{}List", target.resource.kind),
+        "apiVersion": target.resource.api_version(),
+        "metadata": {"resourceVersion": state.revision.to_string()},
+        "items": items,
+    });
+    drop(state);
+    respond(conn, 200, &body);
+}
+
+fn create(conn: &TcpStream, shared: &Shared, request: &Request, target: &Target) {
+    let Ok(mut object) = serde_json::from_slice::<Value>(&request.body) else {
+        respond(
+            conn,
+            400,
+            &status(400, "BadRequest", "body is not JSON".into()),
+        );
+        return;
+    };
+    let mut state = shared.state.lock().unwrap();
+    if object["metadata"]["name"]
+        .as_str()
+        .is_none_or(str::is_empty)
+    {
+        let prefix = object["metadata"]["generateName"]
+            .as_str()
+            .unwrap_or("obj-");
+        object["metadata"]["name"] = format!("{prefix}{:05x}", state.revision + 1).into();
+    }
+    if target.resource.namespaced {
+        object["metadata"]["namespace"] =
+            target.namespace.clone().unwrap_or("default".into()).into();
+    }
+    let key = key_of(target.resource, &object);
+    if state.objects.contains_key(&key) {
+        drop(state);
+        respond(
+            conn,
+            409,
+            &status(
+                409,
+                "AlreadyExists",
+                format!("{} \"{}\" already exists", target.resource.plural, key.3),
+            ),
+        );
+        return;
+    }
+    let stored = write(&mut state, target.resource, key, "ADDED", |_| Some(object));
+    drop(state);
+    shared.changed.notify_all();
+    respond(conn, 201, &stored.unwrap_or(Value::Null));
+}
+
+fn patch(conn: &TcpStream, shared: &Shared, request: &Request, target: &Target, name: &str) {
+    let Ok(mut patch) = serde_json::from_slice::<Value>(&request.body) else {
+        respond(
+            conn,
+            400,
+            &status(400, "BadRequest", "patch is not JSON".into()),
+        );
+        return;
+    };
+    let strategic = request
+        .content_type
+        .starts_with("application/strategic-merge-patch");
+    if !strategic && !request.content_type.starts_with("application/merge-patch") {
+        respond(
+            conn,
+            415,
+            &status(
+                415,
+                "UnsupportedMediaType",
+                format!("patch type {:?}", request.content_type),
+            ),
+        );
+        return;
+    }
+    // With a status subresource, the main resource ignores status and /status changes only it.
+    if target.resource.status_subresource {
+        if let Some(map) = patch.as_object_mut() {
+            if target.status {
+                map.retain(|k, _| k == "status" || k == "metadata");
+            } else {
+                map.remove("status");
+            }
+        }
+    }
+    let key = (
+        target.resource.group,
+        target.resource.plural,
+        target.namespace.clone().unwrap_or_default(),
+        name.to_string(),
+    );
+    let mut state = shared.state.lock().unwrap();
+    if !state.objects.contains_key(&key) {
+        drop(state);
+        not_found(conn, target, name);
+        return;
+    }
+    let object = write(&mut state, target.resource, key, "MODIFIED", |old| {
+        let mut object = old.cloned()?;
+        merge(&mut object, &patch, strategic);
+        Some(object)
+    });
+    drop(state);
+    shared.changed.notify_all();
+    respond(conn, 200, &object.unwrap_or(Value::Null));
+}
+
+fn chunk(conn: &mut &TcpStream, event: &Value) -> bool {
+    let mut line = serde_json::to_vec(event).unwrap();
+    line.push(b'\n');
+    let chunk = [
+        format!("{:x}\r\n", line.len()).into_bytes(),
+        line,
+        b"\r\n".to_vec(),
+    ]
+    .concat();
+    conn.write_all(&chunk).is_ok()
+}
+
 /// Streams watch events after the requested resourceVersion, one JSON object per chunk.
-fn watch(mut conn: TcpStream, shared: &Shared, request: &Request) {
+fn watch(conn: &TcpStream, shared: &Shared, request: &Request, target: &Target) {
+    let mut conn = conn;
     let mut after: u64 = request
         .query
         .get("resourceVersion")
@@ -373,34 +904,84 @@ fn watch(mut conn: TcpStream, shared: &Shared, request: &Request) {
         .get("timeoutSeconds")
         .and_then(|v| v.parse().ok())
         .unwrap_or(300u64);
+    let bookmarks = request
+        .query
+        .get("allowWatchBookmarks")
+        .is_some_and(|b| b == "true");
     let deadline = Instant::now() + Duration::from_secs(timeout);
-    let head = "HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nTransfer-Encoding: chunked\r\nConnection: close\r\n\r\n";
+    let head =
+        "HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nTransfer-Encoding: chunked\r\n\r\n";
     if conn.write_all(head.as_bytes()).is_err() {
         return;
     }
     let mut state = shared.state.lock().unwrap();
-    loop {
-        if shared.stopped.load(Ordering::SeqCst) || shared.down.load(Ordering::SeqCst) {
-            return; // Cut without the final chunk, as a dying server would.
-        }
+    if after == 0 {
+        // "Any": start from now with the current objects as ADDED (as the real server does).
         let events: Vec<Value> = state
-            .history
+            .objects
             .iter()
-            .filter(|(rv, _, _)| *rv > after)
-            .map(|(_, kind, object)| json!({"type": kind, "object": object}))
+            .filter(|(k, v)| matches(target, &request.query, k, v))
+            .map(|(_, object)| json!({"type": "ADDED", "object": object}))
             .collect();
         after = state.revision;
         drop(state);
         for event in events {
-            let mut line = serde_json::to_vec(&event).unwrap();
-            line.push(b'\n');
-            let chunk = [
-                format!("{:x}\r\n", line.len()).into_bytes(),
-                line,
-                b"\r\n".to_vec(),
-            ]
-            .concat();
-            if conn.write_all(&chunk).is_err() {
+            if !chunk(&mut conn, &event) {
+                return;
+            }
+        }
+        state = shared.state.lock().unwrap();
+    } else if after < state.compacted {
+        let gone = status(
+            410,
+            "Expired",
+            format!("too old resource version: {after} ({})", state.compacted),
+        );
+        drop(state);
+        if chunk(&mut conn, &json!({"type": "ERROR", "object": gone})) {
+            let _ = conn.write_all(b"0\r\n\r\n");
+        }
+        return;
+    }
+    let mut last_bookmark = Instant::now();
+    loop {
+        if shared.stopped.load(Ordering::SeqCst) || shared.down.load(Ordering::SeqCst) {
+            return; // Cut without the final chunk, as a dying server would.
+        }
+        if after < state.compacted {
+            return;
+        }
+        let events: Vec<Value> = state
+            .history
+            .iter()
+            .filter(|(rv, g, p, _, object)| {
+                *rv > after
+                    && (*g, *p) == target.resource.key()
+                    && target
+                        .namespace
+                        .as_ref()
+                        .is_none_or(|ns| object["metadata"]["namespace"] == ns.as_str())
+                    && request
+                        .query
+                        .get("labelSelector")
+                        .is_none_or(|s| selects(s, &object["metadata"]["labels"]))
+            })
+            .map(|(_, _, _, kind, object)| json!({"type": kind, "object": object}))
+            .collect();
+        after = state.revision;
+        drop(state);
+        for event in events {
+            if !chunk(&mut conn, &event) {
+                return;
+            }
+        }
+        if bookmarks && last_bookmark.elapsed() > Duration::from_secs(1) {
+            last_bookmark = Instant::now();
+            let mark = json!({"type": "BOOKMARK", "object": {
+                "kind": target.resource.kind, "apiVersion": target.resource.api_version(),
+                "metadata": {"resourceVersion": after.to_string()}
+            }});
+            if !chunk(&mut conn, &mark) {
                 return;
             }
         }
@@ -425,10 +1006,57 @@ mod tests {
         merge(
             &mut doc,
             &json!({"metadata": {"annotations": {"x": null, "z": "3"}}}),
+            false,
         );
         assert_eq!(
             doc,
             json!({"metadata": {"name": "a", "annotations": {"y": "2", "z": "3"}}})
         );
+    }
+
+    #[test]
+    fn strategic_merge_merges_conditions_by_type() {
+        let mut node = json!({"status": {"conditions": [
+            {"type": "Ready", "status": "True"},
+            {"type": "NetworkUnavailable", "status": "True", "reason": "NoRouteCreated"}
+        ]}});
+        merge(
+            &mut node,
+            &json!({"status": {"conditions": [
+                {"type": "NetworkUnavailable", "status": "False", "reason": "TetherReady"}
+            ]}}),
+            true,
+        );
+        let conditions = node["status"]["conditions"].as_array().unwrap();
+        assert_eq!(conditions.len(), 2);
+        assert_eq!(conditions[1]["status"], "False");
+        assert_eq!(conditions[1]["reason"], "TetherReady");
+    }
+
+    #[test]
+    fn paths_and_selectors() {
+        let t = target_of("/api/v1/namespaces/team-a/pods/web/status").unwrap();
+        assert_eq!(
+            (
+                t.resource.plural,
+                t.namespace.as_deref(),
+                t.name.as_deref(),
+                t.status
+            ),
+            ("pods", Some("team-a"), Some("web"), true)
+        );
+        let t = target_of("/apis/networking.k8s.io/v1/networkpolicies").unwrap();
+        assert_eq!((t.resource.plural, t.namespace), ("networkpolicies", None));
+        let t = target_of("/api/v1/namespaces/team-a").unwrap();
+        assert_eq!(
+            (t.resource.plural, t.name.as_deref()),
+            ("namespaces", Some("team-a"))
+        );
+        assert!(target_of("/api/v1/secrets").is_none());
+        let labels = json!({"app": "web", "tier": "front"});
+        assert!(selects("app=web,tier in (front, back)", &labels));
+        assert!(selects("app!=db,!missing,tier", &labels));
+        assert!(!selects("app notin (web)", &labels));
+        assert_eq!(percent_decode("app%3Dweb%2Ctier"), "app=web,tier");
     }
 }
