@@ -62,7 +62,7 @@ mkdir -p "$work"
 
 bold "Building Tether ($profile)"
 flag=--release; [ "$profile" = debug ] && flag=
-cargo build $flag -p cni-ipam -p cni-bridge -p cni-overlay -p tether-csi
+cargo build $flag -p cni-ipam -p cni-bridge -p cni-portmap -p cni-bandwidth -p cni-overlay -p tether-csi
 bin=$root/target/x86_64-unknown-linux-gnu/$profile
 step "binaries in $bin"
 
@@ -192,7 +192,7 @@ CONF
   until ctr version >/dev/null 2>&1; do sleep 0.1; done
   bash tests/e2e/busybox-image.sh "$ctrd/busybox.tar" docker.io/tether/busybox:demo
   ctr images import "$ctrd/busybox.tar" >/dev/null
-  for plugin in cni-overlay cni-bridge cni-ipam; do cp "$bin/$plugin" "$ctrd/cni/bin/"; done
+  for plugin in cni-overlay cni-bridge cni-ipam cni-portmap cni-bandwidth; do cp "$bin/$plugin" "$ctrd/cni/bin/"; done
   jq -n --arg run "$work/n1/run" --arg state "$work/n1/state" --arg leases "$work/n1/leases" \
     '{cniVersion: "1.0.0", name: "demo", plugins: [{type: "cni-overlay", runDir: $run, stateDir: $state, ipam: {dataDir: $leases}}]}' \
     > "$ctrd/cni/net.d/10-tether.conflist"

@@ -101,7 +101,11 @@ fn the_image_imports_into_containerd_and_every_binary_runs() {
             &ctrd,
             &format!("install{round}"),
             &extra,
-            &["/opt/tether/bin/tether-cni-install"],
+            &[
+                "/opt/tether/bin/tether-cni-install",
+                "--conflist",
+                "/etc/tether/10-tether.conflist",
+            ],
         );
         let stdout = String::from_utf8_lossy(&out.stdout);
         assert!(
@@ -112,11 +116,17 @@ fn the_image_imports_into_containerd_and_every_binary_runs() {
         let expected = if round == 0 { "installed" } else { "unchanged" };
         assert_eq!(
             stdout.matches(expected).count(),
-            4,
+            6,
             "round {round}: {stdout}"
         );
     }
-    for plugin in ["cni-overlay", "cni-bridge", "cni-ipam"] {
+    for plugin in [
+        "cni-overlay",
+        "cni-bridge",
+        "cni-ipam",
+        "cni-portmap",
+        "cni-bandwidth",
+    ] {
         let installed = host.join("opt/cni/bin").join(plugin);
         use std::os::unix::fs::PermissionsExt;
         assert_eq!(

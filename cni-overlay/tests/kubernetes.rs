@@ -13,7 +13,10 @@ use std::time::Duration;
 
 use cni_overlay::daemon::kube::{UNDERLAY_IP, VTEP_MAC};
 use harness::{bin_dir, seen_source, wait_for, Cluster, Node, SteadyPing};
-use serde_json::json;
+use serde_json::{json, Value};
+use test_support::chain::{Attachment, Conflist};
+use test_support::responder::{ask, Responder};
+use test_support::Netns;
 
 fn annotation(cluster: &Cluster, node: &str, key: &str) -> Option<String> {
     cluster.api().node(node)?["metadata"]["annotations"][key]
@@ -257,27 +260,38 @@ fn deployed_conflist() -> String {
         .collect()
 }
 
+fn condition(cluster: &Cluster, node: &str, kind: &str) -> Option<String> {
+    cluster.api().node(node)?["status"]["conditions"]
+        .as_array()?
+        .iter()
+        .find(|c| c["type"] == kind)
+        .and_then(|c| c["status"].as_str().map(str::to_string))
+}
+
 #[test]
-fn the_deployed_conflist_is_installed_and_serves_pods() {
-    let mut cluster =
-        Cluster::with_kubernetes("ovd", &[Some("10.244.3.0/24"), Some("10.244.4.0/24")]);
-    for node in &mut cluster.nodes {
-        node.start(&[]);
+fn the_deployed_conflist_is_written_when_ready_and_its_chain_serves_pods() {
+    let mut cluster = Cluster::with_kubernetes("ovd", &[Some("10.244.3.0/24"), None]);
+    for name in ["node0", "node1"] {
+        // Clouds start nodes with the network marked unavailable.
+        cluster.api().patch_node(
+            name,
+            &json!({"status": {"conditions": [
+                {"type": "Ready", "status": "True"},
+                {"type": "NetworkUnavailable", "status": "True", "reason": "NoRouteCreated"}
+            ]}}),
+        );
     }
-    // The DaemonSet's init step, as the manifest runs it, into this test's "host" directories.
+    // The DaemonSet's init step, as the manifest runs it: plugins only.
     let host = tempfile::tempdir().unwrap();
     let source = host.path().join("config/10-tether.conflist");
     std::fs::create_dir_all(source.parent().unwrap()).unwrap();
     std::fs::write(&source, deployed_conflist()).unwrap();
+    let plugins = host.path().join("opt/cni/bin");
     let install = Command::new(bin_dir().join("tether-cni-install"))
         .arg("--from")
         .arg(bin_dir())
         .arg("--bin-dir")
-        .arg(host.path().join("opt/cni/bin"))
-        .arg("--conf-dir")
-        .arg(host.path().join("etc/cni/net.d"))
-        .arg("--conflist")
-        .arg(&source)
+        .arg(&plugins)
         .output()
         .unwrap();
     assert!(
@@ -285,54 +299,278 @@ fn the_deployed_conflist_is_installed_and_serves_pods() {
         "{}",
         String::from_utf8_lossy(&install.stderr)
     );
-    let installed: serde_json::Value = serde_json::from_slice(
-        &std::fs::read(host.path().join("etc/cni/net.d/10-tether.conflist")).unwrap(),
-    )
-    .unwrap();
-    assert_eq!(installed["plugins"][0]["type"], "cni-overlay");
 
-    // A runtime turns the conflist's entry into the plugin's config; the simulated nodes share
-    // one machine, so run and data directories move into each node's own directory.
-    let plugins = host.path().join("opt/cni/bin");
-    let mut ips = Vec::new();
-    let mut pods = Vec::new();
-    for (i, node) in cluster.nodes.iter().enumerate() {
-        let mut conf = installed["plugins"][0].clone();
-        conf["cniVersion"] = installed["cniVersion"].clone();
-        conf["name"] = installed["name"].clone();
-        conf["runDir"] = json!(node.run_dir());
-        conf["stateDir"] = json!(node.root.path().join("state"));
-        conf["ipam"] = json!({"dataDir": node.root.path().join("leases")});
-        let pod = test_support::Netns::new(&format!("ovd-p{i}"));
-        let result = node
-            .plugin_with(&plugins, &conf, "ADD", &format!("ovd-p{i}"), Some(&pod))
-            .ok();
-        ips.push(
-            result["ips"][0]["address"]
-                .as_str()
-                .unwrap()
-                .split('/')
-                .next()
-                .unwrap()
-                .to_string(),
-        );
-        pods.push((pod, conf));
-    }
-    assert!(
-        ips[0].starts_with("10.244.3.") && ips[1].starts_with("10.244.4."),
-        "{ips:?}"
-    );
+    // The daemon writes the conflist once the node can serve pods, and not before.
+    let conf_dirs: Vec<std::path::PathBuf> = cluster
+        .nodes
+        .iter()
+        .map(|n| n.root.path().join("net.d"))
+        .collect();
+    let flags = |i: usize| {
+        vec![
+            "--cni-conflist".to_string(),
+            source.display().to_string(),
+            "--cni-conf-dir".to_string(),
+            conf_dirs[i].display().to_string(),
+        ]
+    };
+    let conflist_of = |i: usize| conf_dirs[i].join("10-tether.conflist");
+    let f0 = flags(0);
+    cluster.nodes[0].start(&f0.iter().map(String::as_str).collect::<Vec<_>>());
+    assert!(conflist_of(0).exists());
     wait_for(
-        "pods across nodes through the deployed conflist",
-        Duration::from_secs(20),
-        || pods[0].0.ping(&ips[1]) && pods[1].0.ping(&ips[0]),
+        "NetworkUnavailable False on node0",
+        Duration::from_secs(10),
+        || condition(&cluster, "node0", "NetworkUnavailable").as_deref() == Some("False"),
         || cluster.nodes[0].log(),
     );
-    for (i, (pod, conf)) in pods.iter().enumerate() {
-        cluster.nodes[i]
-            .plugin_with(&plugins, conf, "DEL", &format!("ovd-p{i}"), Some(pod))
-            .ok();
+    let f1 = flags(1);
+    cluster.nodes[1].spawn(&f1.iter().map(String::as_str).collect::<Vec<_>>());
+    std::thread::sleep(Duration::from_secs(2));
+    assert!(
+        !conflist_of(1).exists(),
+        "conflist written before node1 has a podCIDR"
+    );
+    assert_eq!(
+        condition(&cluster, "node1", "NetworkUnavailable").as_deref(),
+        Some("True")
+    );
+    cluster.api().patch_node(
+        "node1",
+        &json!({"spec": {"podCIDR": "10.244.4.0/24", "podCIDRs": ["10.244.4.0/24"]}}),
+    );
+    cluster.nodes[1].wait_ready();
+    wait_for(
+        "node1's conflist and condition",
+        Duration::from_secs(10),
+        || {
+            conflist_of(1).exists()
+                && condition(&cluster, "node1", "NetworkUnavailable").as_deref() == Some("False")
+        },
+        || cluster.nodes[1].log(),
+    );
+
+    // The whole chain, as a runtime runs the installed conflist: a hostPort and a bandwidth
+    // limit on a pod of each node.
+    let installed: Value = serde_json::from_slice(&std::fs::read(conflist_of(0)).unwrap()).unwrap();
+    assert_eq!(installed["cniVersions"], json!(["1.0.0", "1.1.0"]));
+    let pods: Vec<Netns> = (0..2).map(|i| Netns::new(&format!("ovd-p{i}"))).collect();
+    let paths: Vec<String> = pods
+        .iter()
+        .map(|p| p.path().display().to_string())
+        .collect();
+    let mut results = Vec::new();
+    let lists: Vec<Conflist> = cluster
+        .nodes
+        .iter()
+        .map(|node| {
+            let mut list = installed.clone();
+            // The simulated nodes share one machine: run and data directories are per node.
+            list["plugins"][0]["runDir"] = json!(node.run_dir());
+            list["plugins"][0]["stateDir"] = json!(node.root.path().join("state"));
+            list["plugins"][0]["ipam"] = json!({"dataDir": node.root.path().join("leases")});
+            Conflist {
+                list,
+                bin_dirs: vec![plugins.clone()],
+                node: Some(&node.ns),
+            }
+        })
+        .collect();
+    let attachments: Vec<Attachment> = (0..2)
+        .map(|i| Attachment {
+            id: if i == 0 { "ovd-a" } else { "ovd-b" },
+            netns: &paths[i],
+            ifname: "eth0",
+            runtime: json!({
+                "portMappings": [{"hostPort": 8080 + i, "containerPort": 80, "protocol": "tcp"}],
+                "bandwidth": {"egressRate": 50_000_000u64, "egressBurst": u32::MAX}
+            }),
+        })
+        .collect();
+    for (list, att) in lists.iter().zip(&attachments) {
+        results.push(
+            list.add(att)
+                .unwrap_or_else(|e| panic!("ADD: {}", e.stdout)),
+        );
     }
+    let ip = |r: &Value| {
+        r["ips"][0]["address"]
+            .as_str()
+            .unwrap()
+            .split('/')
+            .next()
+            .unwrap()
+            .to_string()
+    };
+    let (ip0, ip1) = (ip(&results[0]), ip(&results[1]));
+    assert!(
+        ip0.starts_with("10.244.3.") && ip1.starts_with("10.244.4."),
+        "{ip0} {ip1}"
+    );
+    wait_for(
+        "pods across nodes through the deployed chain",
+        Duration::from_secs(20),
+        || pods[0].ping(&ip1) && pods[1].ping(&ip0),
+        || cluster.nodes[0].log(),
+    );
+    let _server = Responder::start(&pods[1], 80, "tcp");
+    // A pod reaching another node's address leaves the pod network: masqueraded to its node.
+    assert_eq!(
+        ask(&pods[0], &cluster.nodes[1].ip, 8081, "tcp", 0).as_deref(),
+        Some(cluster.nodes[0].ip.as_str()),
+        "node1's hostPort from node0's pod"
+    );
+    // From outside the cluster, the client's address arrives.
+    assert_eq!(
+        ask(&cluster.underlay, &cluster.nodes[1].ip, 8081, "tcp", 0).as_deref(),
+        Some("192.168.77.1")
+    );
+    for (i, (list, att)) in lists.iter().zip(&attachments).enumerate() {
+        list.check(att, &results[i])
+            .unwrap_or_else(|e| panic!("CHECK: {}", e.stdout));
+        assert!(
+            cluster.nodes[i].ns.ip(&["-o", "link"]).contains("bwp"),
+            "an ifb for the egress limit"
+        );
+    }
+    // Teardown as a runtime does after the sandbox is gone: nothing of the chain is left.
+    drop(pods);
+    for (i, (list, att)) in lists.iter().zip(&attachments).enumerate() {
+        let gone = Attachment {
+            id: att.id,
+            netns: "",
+            ifname: "eth0",
+            runtime: att.runtime.clone(),
+        };
+        list.del(&gone, Some(&results[i]))
+            .unwrap_or_else(|e| panic!("DEL: {}", e.stdout));
+        let node = &cluster.nodes[i];
+        assert!(!node.ns.ip(&["-o", "link"]).contains("bwp"));
+        let tables = String::from_utf8_lossy(&node.ns.try_exec(&["nft", "list", "tables"]).stdout)
+            .into_owned();
+        assert!(!tables.contains("tether-portmap"), "{tables}");
+        assert_eq!(node.leases(), 0);
+    }
+
+    // Leaving the overlay takes the conflist away again.
+    cluster.nodes[1].stop();
+    let node = &cluster.nodes[1];
+    let mut leave = vec![
+        bin_dir().join("tether-overlayd").display().to_string(),
+        "--node-name".into(),
+        "node1".into(),
+        "--cluster-cidr".into(),
+        harness::CLUSTER_CIDR.into(),
+        "--leave".into(),
+        "--run-dir".into(),
+        node.run_dir().display().to_string(),
+    ];
+    leave.extend(node.datastore_args.iter().cloned());
+    leave.extend(flags(1));
+    let leave: Vec<&str> = leave.iter().map(String::as_str).collect();
+    let out = node.ns.try_exec(&leave);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(!conflist_of(1).exists());
+}
+
+#[test]
+fn one_bad_peer_never_blocks_the_others_and_is_reported() {
+    let mut cluster = Cluster::with_kubernetes(
+        "ovb",
+        &[
+            Some("10.244.5.0/24"),
+            Some("10.244.6.0/24"),
+            Some("10.244.7.0/24"),
+        ],
+    );
+    // node0 routes 10.244.77.0 locally (say, an address on some other device): a route via
+    // that gateway is refused by its kernel.
+    cluster.nodes[0]
+        .ns
+        .ip(&["addr", "add", "10.244.77.0/32", "dev", "lo"]);
+    cluster.api().add_node("bad", Some("10.244.77.0/24"));
+    cluster.api().patch_node(
+        "bad",
+        &json!({"metadata": {"annotations": {VTEP_MAC: "0e:00:00:00:00:77", UNDERLAY_IP: "192.168.77.77"}}}),
+    );
+    for node in &mut cluster.nodes {
+        node.start(&[]);
+    }
+    let (p0, ip0) = cluster.nodes[0].pod("ovb-a");
+    let (_p1, ip1) = cluster.nodes[1].pod("ovb-b");
+    let (_p2, ip2) = cluster.nodes[2].pod("ovb-c");
+    wait_for(
+        "the good peers, despite the bad one",
+        Duration::from_secs(20),
+        || p0.ping(&ip1) && p0.ping(&ip2),
+        || cluster.nodes[0].log(),
+    );
+    let node0 = &cluster.nodes[0];
+    wait_for(
+        "the refusal reported",
+        Duration::from_secs(10),
+        || node0.metrics().contains("tether_overlay_entry_errors 1"),
+        || node0.metrics(),
+    );
+    assert!(
+        node0.metrics().contains("tether_overlay_entries 8"),
+        "{}",
+        node0.metrics()
+    );
+    let ready = node0.readyz();
+    assert!(
+        ready.starts_with("HTTP/1.1 503") && ready.contains("node bad"),
+        "{ready}"
+    );
+    assert!(cluster.nodes[1].readyz().starts_with("HTTP/1.1 200"));
+    wait_for(
+        "a Warning Event on the bad peer's Node",
+        Duration::from_secs(10),
+        || {
+            cluster
+                .api()
+                .list(test_support::apiserver::EVENTS)
+                .iter()
+                .any(|e| {
+                    e["involvedObject"]["name"] == "bad"
+                        && e["reason"] == "TetherOverlayEntryRefused"
+                        && e["type"] == "Warning"
+                        && e["message"].as_str().is_some_and(|m| m.contains("node0"))
+                })
+        },
+        || node0.log(),
+    );
+    let _ = ip0;
+    // The bad Node goes: node0 is whole again.
+    cluster.api().delete_node("bad");
+    wait_for(
+        "readiness back",
+        Duration::from_secs(10),
+        || node0.readyz().starts_with("HTTP/1.1 200"),
+        || node0.readyz(),
+    );
+
+    // Without br_netfilter's bridge hooks, readiness says so.
+    let node2 = &cluster.nodes[2];
+    node2
+        .ns
+        .exec(&["sysctl", "-qw", "net.bridge.bridge-nf-call-iptables=0"]);
+    wait_for(
+        "readiness naming br_netfilter",
+        Duration::from_secs(5),
+        || {
+            let r = node2.readyz();
+            r.starts_with("HTTP/1.1 503") && r.contains("bridge-nf-call-iptables")
+        },
+        || node2.readyz(),
+    );
+    node2
+        .ns
+        .exec(&["sysctl", "-qw", "net.bridge.bridge-nf-call-iptables=1"]);
 }
 
 #[test]

@@ -1,42 +1,53 @@
 //! `tether-cni-install`: the CNI DaemonSet's init step. Copies Tether's CNI plugins into the
-//! host's CNI bin directory and writes the conflist into its conf directory, each atomically
-//! (temporary file, fsync, rename) and only when the content changed, so a runtime never sees a
-//! torn file and an unchanged node is left alone.
+//! host's CNI bin directory, each atomically (temporary file, fsync, rename) and only when the
+//! content changed, so a runtime never sees a torn file and an unchanged node is left alone.
+//!
+//! The conflist is not written here on a cluster: tether-overlayd writes it once the node can
+//! serve pods (`--cni-conflist`). `--conflist` installs one at once, for hosts without the
+//! daemon's readiness to wait for.
 
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use clap::Parser;
+use cni_overlay::cniconf::{Conflist, ConflistError};
 
-const PLUGINS: [&str; 3] = ["cni-overlay", "cni-bridge", "cni-ipam"];
+/// Every plugin the conflist chains, and what cni-overlay delegates to.
+const PLUGINS: [&str; 5] = [
+    "cni-overlay",
+    "cni-bridge",
+    "cni-ipam",
+    "cni-portmap",
+    "cni-bandwidth",
+];
 
+/// The paths runtimes read, as mounted into the container (see the README for k3s and RKE2).
 #[derive(Debug, Parser)]
 #[command(
     name = "tether-cni-install",
     version,
-    about = "Installs Tether's CNI plugins and conflist on a node"
+    about = "Installs Tether's CNI plugins (and, with --conflist, a conflist) on a node"
 )]
 struct Args {
     /// Where the plugin binaries come from (the image).
     #[arg(long, env = "TETHER_CNI_FROM", default_value = "/opt/tether/bin")]
     from: PathBuf,
-    /// The host's CNI bin directory, as mounted into the container.
+    /// The host's CNI bin directory (kubeadm /opt/cni/bin; k3s and RKE2 use their own).
     #[arg(long, env = "TETHER_CNI_BIN_DIR", default_value = "/host/opt/cni/bin")]
     bin_dir: PathBuf,
-    /// The host's CNI conf directory, as mounted into the container.
+    /// The host's CNI conf directory (kubeadm /etc/cni/net.d).
     #[arg(
         long,
         env = "TETHER_CNI_CONF_DIR",
         default_value = "/host/etc/cni/net.d"
     )]
     conf_dir: PathBuf,
-    /// The conflist to install (from the ConfigMap).
-    #[arg(
-        long,
-        env = "TETHER_CNI_CONFLIST",
-        default_value = "/etc/tether/10-tether.conflist"
-    )]
-    conflist: PathBuf,
+    /// Install this conflist now (on a cluster, tether-overlayd does it when ready instead).
+    #[arg(long, env = "TETHER_CNI_CONFLIST")]
+    conflist: Option<PathBuf>,
+    /// With --conflist: move every other network configuration in the conf directory aside.
+    #[arg(long, env = "TETHER_CNI_EXCLUSIVE")]
+    exclusive: bool,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -48,8 +59,8 @@ enum InstallError {
         #[source]
         source: std::io::Error,
     },
-    #[error("conflist {path}: {why}")]
-    Conflist { path: PathBuf, why: String },
+    #[error(transparent)]
+    Conflist(#[from] ConflistError),
 }
 
 fn io<'a>(what: &'static str, path: &'a Path) -> impl FnOnce(std::io::Error) -> InstallError + 'a {
@@ -60,60 +71,32 @@ fn io<'a>(what: &'static str, path: &'a Path) -> impl FnOnce(std::io::Error) -> 
     }
 }
 
-/// Writes `contents` to `path` with `mode` unless it holds exactly that already. True if written.
-fn install(path: &Path, contents: &[u8], mode: u32) -> Result<bool, InstallError> {
-    cni_core::fsutil::write_if_changed(path, contents, mode).map_err(io("writing", path))
-}
-
-/// The conflist must be one cni-overlay would run: JSON, a name, a cniVersion, cni-overlay first.
-fn check_conflist(path: &Path, data: &[u8]) -> Result<(), InstallError> {
-    let bad = |why: String| InstallError::Conflist {
-        path: path.to_path_buf(),
-        why,
-    };
-    let value: serde_json::Value =
-        serde_json::from_slice(data).map_err(|e| bad(format!("not JSON: {e}")))?;
-    for key in ["name", "cniVersion"] {
-        if !value[key].is_string() {
-            return Err(bad(format!("{key:?} is missing")));
-        }
-    }
-    match value["plugins"][0]["type"].as_str() {
-        Some("cni-overlay") => Ok(()),
-        other => Err(bad(format!(
-            "the first plugin must be cni-overlay, not {other:?}"
-        ))),
-    }
+fn say(changed: bool, path: &Path) {
+    println!(
+        "{} {}",
+        if changed { "installed" } else { "unchanged" },
+        path.display()
+    );
 }
 
 fn run(args: &Args) -> Result<(), InstallError> {
     std::fs::create_dir_all(&args.bin_dir).map_err(io("creating", &args.bin_dir))?;
-    std::fs::create_dir_all(&args.conf_dir).map_err(io("creating", &args.conf_dir))?;
     for plugin in PLUGINS {
         let source = args.from.join(plugin);
         let data = std::fs::read(&source).map_err(io("reading", &source))?;
         let target = args.bin_dir.join(plugin);
-        let changed = install(&target, &data, 0o755)?;
-        println!(
-            "{} {}",
-            if changed { "installed" } else { "unchanged" },
-            target.display()
-        );
+        let changed = cni_core::fsutil::write_if_changed(&target, &data, 0o755)
+            .map_err(io("writing", &target))?;
+        say(changed, &target);
     }
-    let data = std::fs::read(&args.conflist).map_err(io("reading", &args.conflist))?;
-    check_conflist(&args.conflist, &data)?;
-    let name = args
-        .conflist
-        .file_name()
-        .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from("10-tether.conflist"));
-    let target = args.conf_dir.join(name);
-    let changed = install(&target, &data, 0o644)?;
-    println!(
-        "{} {}",
-        if changed { "installed" } else { "unchanged" },
-        target.display()
-    );
+    if let Some(source) = &args.conflist {
+        let list = Conflist {
+            source: source.clone(),
+            conf_dir: args.conf_dir.clone(),
+            exclusive: args.exclusive,
+        };
+        say(list.install()?, &args.conf_dir);
+    }
     Ok(())
 }
 
@@ -122,7 +105,7 @@ fn main() -> ExitCode {
     match run(&args) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            eprintln!("tether-cni-install: {e}");
+            eprintln!("tether-cni-install: {}", cni_core::error::chain(&e));
             ExitCode::from(2)
         }
     }

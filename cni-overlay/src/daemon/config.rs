@@ -81,6 +81,20 @@ pub struct Args {
     /// UDP checksum bug; it costs throughput (measured 14.7 -> 2.7 Gbit/s).
     #[arg(long, env = "TETHER_VXLAN_TX_CSUM_OFF", action = ArgAction::SetTrue)]
     pub vxlan_tx_checksum_off: bool,
+    /// Write this conflist into `--cni-conf-dir` once the node can serve pods (first
+    /// reconciliation done); `--leave` removes it again.
+    #[arg(long, env = "TETHER_CNI_CONFLIST")]
+    pub cni_conflist: Option<PathBuf>,
+    /// The runtime's CNI configuration directory, as mounted (kubeadm /etc/cni/net.d).
+    #[arg(long, env = "TETHER_CNI_CONF_DIR", default_value = "/etc/cni/net.d")]
+    pub cni_conf_dir: PathBuf,
+    /// Move every other network configuration in `--cni-conf-dir` aside (back on `--leave`).
+    #[arg(long, env = "TETHER_CNI_EXCLUSIVE", action = ArgAction::SetTrue)]
+    pub cni_exclusive: bool,
+    /// Do not report a missing br_netfilter (`bridge-nf-call-iptables`) in readiness: for
+    /// clusters whose service proxy does not need it.
+    #[arg(long, env = "TETHER_NO_BR_NETFILTER_CHECK", action = ArgAction::SetTrue)]
+    pub no_br_netfilter_check: bool,
     /// Log lines as `text` or `json` (one object per line, for log collectors).
     #[arg(long, env = "TETHER_LOG_FORMAT", default_value = "text")]
     pub log_format: tether_observe::logging::LogFormat,
@@ -103,6 +117,17 @@ impl ClusterCidrs {
 }
 
 impl Args {
+    /// The conflist to install when ready, if one was named.
+    pub fn conflist(&self) -> Option<crate::cniconf::Conflist> {
+        self.cni_conflist
+            .as_ref()
+            .map(|source| crate::cniconf::Conflist {
+                source: source.clone(),
+                conf_dir: self.cni_conf_dir.clone(),
+                exclusive: self.cni_exclusive,
+            })
+    }
+
     pub fn validate(&self) -> Result<ClusterCidrs, DaemonError> {
         let bad = |m: String| Err(DaemonError::Config(m));
         if self.vni == 0 || self.vni > 0x00ff_ffff {

@@ -96,6 +96,21 @@ impl Datastore {
         }
     }
 
+    /// The node's routes are in place (Kubernetes: its NetworkUnavailable condition is False).
+    pub async fn network_ready(&mut self) -> Result<(), DaemonError> {
+        match self {
+            Datastore::Etcd(_) => Ok(()),
+            Datastore::Kube(store) => store.set_network_available().await,
+        }
+    }
+
+    /// Peers whose entries could not be applied (Kubernetes: an Event on each peer's Node).
+    pub async fn report_refused(&mut self, refused: &[(String, String)]) {
+        if let Datastore::Kube(store) = self {
+            store.report_refused(refused).await;
+        }
+    }
+
     /// Withdraws this node from the overlay.
     pub async fn leave(&mut self, node: &str) -> Result<(), DaemonError> {
         match self {

@@ -36,6 +36,8 @@ pub enum DaemonError {
     },
     #[error(transparent)]
     Facts(#[from] FactsError),
+    #[error(transparent)]
+    Conflist(#[from] crate::cniconf::ConflistError),
     #[error("metrics endpoint {addr}")]
     Metrics {
         addr: SocketAddr,

@@ -14,7 +14,7 @@ use std::time::Duration;
 
 use futures::{Stream, StreamExt};
 use ipnetwork::IpNetwork;
-use k8s_openapi::api::core::v1::Node;
+use k8s_openapi::api::core::v1::{Event as CoreEvent, Node};
 use kube::api::{Api, Patch, PatchParams};
 use kube::config::{KubeConfigOptions, Kubeconfig};
 use kube::runtime::watcher::{self, Event};
@@ -36,9 +36,12 @@ type NodeEvents = Pin<Box<dyn Stream<Item = Result<Event<Node>, watcher::Error>>
 
 pub struct KubeStore {
     api: Api<Node>,
+    events: Api<CoreEvent>,
+    /// What was last reported about each peer, so that a persisting fault is one Event.
+    reported: BTreeMap<String, String>,
     node: String,
     cache: PeerCache,
-    events: NodeEvents,
+    node_events: NodeEvents,
     /// What this daemon last published on its own Node: (VTEP MAC, underlay IP).
     published: Option<(String, IpAddr)>,
 }
@@ -66,13 +69,16 @@ impl KubeStore {
         };
         let client = Client::try_from(config)
             .map_err(|e| DaemonError::Config(format!("Kubernetes client: {e}")))?;
-        let api: Api<Node> = Api::all(client);
-        let events = watch_nodes(api.clone());
+        let api: Api<Node> = Api::all(client.clone());
+        let watch = watch_nodes(api.clone());
         Ok(KubeStore {
             api,
+            // Node events live in the default namespace, as kubelet's do.
+            events: Api::namespaced(client, "default"),
+            reported: BTreeMap::new(),
             node: node.to_string(),
             cache: PeerCache::default(),
-            events,
+            node_events: watch,
             published: None,
         })
     }
@@ -146,14 +152,14 @@ impl KubeStore {
     /// Waits for the next change that matters to the overlay.
     pub async fn changed(&mut self) -> Result<(), DaemonError> {
         loop {
-            match self.events.next().await {
+            match self.node_events.next().await {
                 Some(Ok(event)) => {
                     if self.cache.apply(event) {
                         return Ok(());
                     }
                 }
                 Some(Err(e)) => return Err(DaemonError::datastore_call("watching Nodes")(e)),
-                None => self.events = watch_nodes(self.api.clone()),
+                None => self.node_events = watch_nodes(self.api.clone()),
             }
         }
     }
@@ -174,6 +180,77 @@ impl KubeStore {
             None => Err(DaemonError::datastore(
                 "the Node's VTEP annotations are missing",
             )),
+        }
+    }
+
+    /// Sets the own Node's `NetworkUnavailable` condition to False: its routes are in place.
+    /// Clouds (and the node lifecycle controller on some) start nodes with it True, and nothing
+    /// is scheduled on a node until it is False.
+    pub async fn set_network_available(&self) -> Result<(), DaemonError> {
+        let now = k8s_openapi::jiff::Timestamp::now().to_string();
+        let patch = serde_json::json!({"status": {"conditions": [{
+            "type": "NetworkUnavailable",
+            "status": "False",
+            "reason": "TetherOverlayReady",
+            "message": "tether-overlayd set up the node's overlay routes",
+            "lastTransitionTime": now,
+            "lastHeartbeatTime": now,
+        }]}});
+        timed(
+            "setting the Node's NetworkUnavailable condition",
+            self.api.patch_status(
+                &self.node,
+                &PatchParams::default(),
+                &Patch::Strategic(&patch),
+            ),
+        )
+        .await
+        .map(drop)
+    }
+
+    /// Reports peers whose entries the kernel (or the daemon) refused, as a Warning Event on
+    /// each peer's Node; the same fault is reported once, a cleared one forgotten.
+    pub async fn report_refused(&mut self, refused: &[(String, String)]) {
+        let now: BTreeMap<String, String> = refused.iter().cloned().collect();
+        self.reported.retain(|peer, _| now.contains_key(peer));
+        for (peer, why) in now {
+            if self.reported.get(&peer) == Some(&why) {
+                continue;
+            }
+            let stamp = k8s_openapi::jiff::Timestamp::now().to_string();
+            let event: CoreEvent = match serde_json::from_value(serde_json::json!({
+                "metadata": {"generateName": format!("{peer}.tether-overlay-")},
+                "involvedObject": {"kind": "Node", "name": peer, "apiVersion": "v1"},
+                "reason": "TetherOverlayEntryRefused",
+                "message": format!("node {}: {why}", self.node),
+                "type": "Warning",
+                "source": {"component": "tether-overlayd", "host": self.node},
+                "reportingComponent": "tether-overlayd",
+                "reportingInstance": self.node,
+                "firstTimestamp": stamp,
+                "lastTimestamp": stamp,
+                "count": 1,
+            })) {
+                Ok(event) => event,
+                Err(e) => {
+                    tracing::warn!(error = %e, "building an Event");
+                    continue;
+                }
+            };
+            match timed(
+                "reporting a refused peer",
+                self.events
+                    .create(&kube::api::PostParams::default(), &event),
+            )
+            .await
+            {
+                Ok(_) => {
+                    self.reported.insert(peer, why);
+                }
+                Err(e) => {
+                    tracing::warn!(error = %cni_core::error::chain(&e), "cannot post an Event")
+                }
+            }
         }
     }
 

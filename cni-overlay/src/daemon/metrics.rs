@@ -114,9 +114,13 @@ impl Metrics {
         }
     }
 
-    /// Ready: alive, and the kernel holds every entry the datastore asks for.
-    pub fn ready(&self, window: Duration) -> Result<(), String> {
+    /// Ready: alive, the kernel holds every entry the datastore asks for, and (with
+    /// `br_netfilter`) bridged traffic passes the firewall hooks kube-proxy relies on.
+    pub fn ready(&self, window: Duration, br_netfilter: bool) -> Result<(), String> {
         self.healthy(window)?;
+        if br_netfilter {
+            bridge_netfilter()?;
+        }
         let state = self
             .state
             .lock()
@@ -136,12 +140,28 @@ impl Metrics {
         }
     }
 
-    pub fn endpoints(self: &Arc<Self>, window: Duration) -> Endpoints {
+    pub fn endpoints(self: &Arc<Self>, window: Duration, br_netfilter: bool) -> Endpoints {
         let (alive, ready) = (self.clone(), self.clone());
         Endpoints {
             registry: Arc::new(Mutex::new(self.registry())),
             healthz: Box::new(move || alive.healthy(window)),
-            readyz: Box::new(move || ready.ready(window)),
+            readyz: Box::new(move || ready.ready(window, br_netfilter)),
         }
+    }
+}
+
+const BRIDGE_NF: &str = "/proc/sys/net/bridge/bridge-nf-call-iptables";
+
+/// kube-proxy (iptables, ipvs or nftables mode) sees traffic between two pods on one bridge
+/// only if bridged packets pass the IP hooks: `br_netfilter` with `bridge-nf-call-iptables=1`.
+fn bridge_netfilter() -> Result<(), String> {
+    match cni_core::sysctl::get(BRIDGE_NF).as_deref() {
+        Some("1") => Ok(()),
+        Some(value) => Err(format!(
+            "{BRIDGE_NF} is {value}: Service traffic between pods on one node bypasses kube-proxy; set it to 1 (or run with --no-br-netfilter-check)"
+        )),
+        None => Err(format!(
+            "br_netfilter is not loaded ({BRIDGE_NF} is missing): Service traffic between pods on one node bypasses kube-proxy; modprobe br_netfilter (or run with --no-br-netfilter-check)"
+        )),
     }
 }

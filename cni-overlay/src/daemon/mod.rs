@@ -122,7 +122,7 @@ async fn serve(args: Args) -> Result<(), DaemonError> {
         let window = Duration::from_secs(args.resync_seconds * 3 + 5);
         tokio::spawn(tether_observe::http::serve(
             listener,
-            Arc::new(metrics.endpoints(window)),
+            Arc::new(metrics.endpoints(window, !args.no_br_netfilter_check)),
         ));
     }
     tracing::info!(node = %args.node_name, underlay = %kernel.underlay.name, address = %kernel.underlay.address, mtu = kernel.underlay.vxlan_mtu(), "starting");
@@ -156,8 +156,15 @@ async fn serve(args: Args) -> Result<(), DaemonError> {
     let mut resync = tokio::time::interval(Duration::from_secs(args.resync_seconds.max(1)));
     let mut keep_alive =
         tokio::time::interval(Duration::from_secs((args.lease_ttl as u64 / 3).max(1)));
+    let mut announced = false;
     loop {
-        reconcile(&args, &mut store, &mut kernel, &metrics, clusters, subnets).await;
+        let done = reconcile(&args, &mut store, &mut kernel, &metrics, clusters, subnets).await;
+        if done.ran {
+            if !announced {
+                announced = announce_ready(&args, &mut store).await;
+            }
+            store.report_refused(&done.refused).await;
+        }
         tokio::select! {
             _ = resync.tick() => {
                 match kernel.refresh_underlay(args.iface.as_deref()) {
@@ -215,8 +222,17 @@ fn publish_local(
     masq::apply(subnets, clusters)
 }
 
+/// What one reconciliation leaves to report.
+struct Reconciled {
+    /// Whether it ran to its end (the kernel was read and written).
+    ran: bool,
+    /// Peers refused (by the kernel or before it): node and why.
+    refused: Vec<(String, String)>,
+}
+
 /// One reconciliation. A datastore failure keeps every working entry as it is; an entry the
-/// kernel refuses is reported (log, metrics, readiness) and every other entry is applied.
+/// kernel refuses is reported (log, metrics, readiness, an Event) and every other entry is
+/// applied.
 async fn reconcile(
     args: &Args,
     store: &mut Datastore,
@@ -224,13 +240,17 @@ async fn reconcile(
     metrics: &Metrics,
     clusters: ClusterCidrs,
     subnets: NodeSubnets,
-) {
+) -> Reconciled {
+    let skipped = Reconciled {
+        ran: false,
+        refused: Vec::new(),
+    };
     let peers = match store.peers().await {
         Ok(p) => p,
         Err(e) => {
             metrics.datastore_errors.inc();
             tracing::warn!(error = %cni_core::error::chain(&e), "cannot read peers; keeping the kernel as it is");
-            return;
+            return skipped;
         }
     };
     let started = Instant::now();
@@ -240,33 +260,66 @@ async fn reconcile(
             let refused = vec![format!("VXLAN device: {}", cni_core::error::chain(&e))];
             metrics.reconciled(started.elapsed(), 0, 0, refused);
             tracing::error!(error = %cni_core::error::chain(&e), "the VXLAN device cannot be set up");
-            return;
+            return skipped;
         }
     };
-    let desired = state::desired(
+    let desired = state::desired_within(
         &peers,
         &args.node_name,
         kernel.underlay.address,
         args.direct_routing,
+        &subnets.all(),
+        &clusters.all(),
     );
     let outcome = kernel.reconcile(&vxlan, &desired, &clusters.all(), &subnets.all());
     let others = peers.iter().filter(|p| p.node != args.node_name).count();
-    let refused: Vec<String> = outcome
-        .failures
+    let mut refused: Vec<(String, String)> = desired.rejected.clone();
+    let mut unowned = Vec::new();
+    for failure in &outcome.failures {
+        match state::owner(&peers, &failure.entry) {
+            Some(node) => refused.push((node.to_string(), cni_core::error::chain(failure))),
+            None => unowned.push(cni_core::error::chain(failure)),
+        }
+    }
+    let described: Vec<String> = refused
         .iter()
-        .map(|f| match state::owner(&peers, &f.entry) {
-            Some(node) => format!("node {node}: {}", cni_core::error::chain(f)),
-            None => cni_core::error::chain(f),
-        })
+        .map(|(node, why)| format!("node {node}: {why}"))
+        .chain(unowned)
         .collect();
-    for why in &refused {
-        tracing::error!(entry = %why, "the kernel refused an entry; the others are applied");
+    for why in &described {
+        tracing::error!(entry = %why, "an entry was refused; the others are applied");
     }
     let applied = desired.entries().saturating_sub(outcome.failures.len());
-    metrics.reconciled(started.elapsed(), applied, others, refused);
+    metrics.reconciled(started.elapsed(), applied, others, described);
     let changes = outcome.changes;
     if changes != kernel::Changes::default() {
         tracing::info!(added = changes.added, removed = changes.removed, entries = applied, peers = others, took = ?started.elapsed(), "reconciled");
+    }
+    Reconciled { ran: true, refused }
+}
+
+/// Once the node can serve pods: the conflist goes in place (until then kubelet keeps the
+/// node NotReady) and the datastore hears the network is up. True once both are done.
+async fn announce_ready(args: &Args, store: &mut Datastore) -> bool {
+    if let Some(conflist) = args.conflist() {
+        match conflist.install() {
+            Ok(changed) => {
+                if changed {
+                    tracing::info!(dir = %args.cni_conf_dir.display(), "conflist installed");
+                }
+            }
+            Err(e) => {
+                tracing::error!(error = %cni_core::error::chain(&e), "cannot install the conflist");
+                return false;
+            }
+        }
+    }
+    match store.network_ready().await {
+        Ok(()) => true,
+        Err(e) => {
+            tracing::warn!(error = %cni_core::error::chain(&e), "cannot mark the node's network available; retrying");
+            false
+        }
     }
 }
 
@@ -274,6 +327,9 @@ async fn reconcile(
 /// failures are reported together.
 async fn leave(args: &Args, store: &mut Datastore, kernel: &mut Kernel) -> Result<(), DaemonError> {
     let mut failures: Failures<DaemonError> = Failures::new("leaving step");
+    if let Some(conflist) = args.conflist() {
+        failures.note(conflist.remove());
+    }
     failures.note(store.leave(&args.node_name).await);
     failures.note(kernel.remove_vxlan());
     failures.note(masq::remove());

@@ -58,6 +58,8 @@ pub struct Desired {
     /// Remote VTEP MAC -> remote underlay address.
     pub fdb: BTreeMap<Vec<u8>, IpAddr>,
     pub routes: BTreeMap<IpNetwork, RouteWant>,
+    /// Peers (or their subnets) refused before the kernel saw them: node name and why.
+    pub rejected: Vec<(String, String)>,
 }
 
 impl Desired {
@@ -86,14 +88,53 @@ pub fn owner<'a>(peers: &'a [Peer], entry: &super::kernel::Entry) -> Option<&'a 
 /// network address -> the node's VTEP MAC), one FDB entry (VTEP MAC -> underlay address) and an
 /// onlink route per pod subnet. With direct routing, a subnet of the underlay's family on a node
 /// of the same L2 segment (`underlay_net`) gets a plain route via that node's underlay address.
+/// A peer subnet that overlaps this node's own would take over its local pod route, and one
+/// outside the cluster CIDRs is not the overlay's: both are refused.
 pub fn desired(peers: &[Peer], me: &str, underlay_net: IpNetwork, direct_routing: bool) -> Desired {
+    desired_within(peers, me, underlay_net, direct_routing, &[], &[])
+}
+
+/// [`desired`], refusing peer subnets that overlap `own` or lie outside `clusters` (when given).
+pub fn desired_within(
+    peers: &[Peer],
+    me: &str,
+    underlay_net: IpNetwork,
+    direct_routing: bool,
+    own: &[IpNetwork],
+    clusters: &[IpNetwork],
+) -> Desired {
     let mut out = Desired::default();
+    let overlaps = |a: &IpNetwork, b: &IpNetwork| {
+        a.is_ipv4() == b.is_ipv4() && (a.contains(b.network()) || b.contains(a.network()))
+    };
     for peer in peers.iter().filter(|p| p.node != me) {
         let Some(mac) = cni_core::netlink::parse_mac(&peer.vtep_mac) else {
             tracing::warn!(node = %peer.node, mac = %peer.vtep_mac, "peer has an unreadable VTEP MAC; skipped");
             continue;
         };
         for subnet in peer.subnets() {
+            if let Some(mine) = own.iter().find(|o| overlaps(o, &subnet)) {
+                out.rejected.push((
+                    peer.node.clone(),
+                    format!("its pod subnet {subnet} overlaps this node's own {mine}"),
+                ));
+                continue;
+            }
+            let family: Vec<&IpNetwork> = clusters
+                .iter()
+                .filter(|c| c.is_ipv4() == subnet.is_ipv4())
+                .collect();
+            if !family.is_empty()
+                && !family
+                    .iter()
+                    .any(|c| c.contains(subnet.network()) && subnet.prefix() >= c.prefix())
+            {
+                out.rejected.push((
+                    peer.node.clone(),
+                    format!("its pod subnet {subnet} is outside the cluster CIDR"),
+                ));
+                continue;
+            }
             let direct = direct_routing
                 && underlay_net.contains(peer.underlay_ip)
                 && peer.underlay_ip.is_ipv4() == subnet.is_ipv4();
@@ -199,6 +240,26 @@ mod tests {
             1,
             "only the remote-segment node uses VXLAN"
         );
+    }
+
+    #[test]
+    fn subnets_overlapping_our_own_or_outside_the_cluster_are_refused() {
+        let peers = [
+            peer("b", "10.244.1.0/24", "0a:00:00:00:00:0b", "192.0.2.11"),
+            peer("dup", "10.244.0.0/24", "0a:00:00:00:00:0c", "192.0.2.12"),
+            peer("far", "10.99.0.0/24", "0a:00:00:00:00:0d", "192.0.2.13"),
+        ];
+        let d = desired_within(
+            &peers,
+            "a",
+            "192.0.2.0/24".parse().unwrap(),
+            false,
+            &["10.244.0.0/24".parse().unwrap()],
+            &["10.244.0.0/16".parse().unwrap()],
+        );
+        assert_eq!(d.routes.len(), 1, "only b's subnet");
+        let names: Vec<&str> = d.rejected.iter().map(|(n, _)| n.as_str()).collect();
+        assert_eq!(names, ["dup", "far"]);
     }
 
     #[test]

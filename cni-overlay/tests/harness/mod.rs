@@ -22,8 +22,9 @@ pub const CLUSTER_CIDR: &str = "10.244.0.0/16";
 
 pub fn bin_dir() -> PathBuf {
     let overlay = PathBuf::from(env!("CARGO_BIN_EXE_cni-overlay"));
-    workspace_binary(&overlay, "cni-bridge");
-    workspace_binary(&overlay, "cni-ipam");
+    for plugin in ["cni-bridge", "cni-ipam", "cni-portmap", "cni-bandwidth"] {
+        workspace_binary(&overlay, plugin);
+    }
     overlay.parent().unwrap().to_path_buf()
 }
 
@@ -198,6 +199,11 @@ impl Node {
 
     pub fn metrics(&self) -> String {
         self.http("/metrics")
+    }
+
+    /// The readiness probe's status line and body.
+    pub fn readyz(&self) -> String {
+        self.http("/readyz")
     }
 
     pub fn leases(&self) -> usize {
