@@ -1,11 +1,18 @@
-//! Generates the CSI messages and gRPC services from `proto/csi.proto` with Debian's `protoc`
-//! (package protobuf-compiler; `PROTOC` may point elsewhere).
+//! Generates the CSI and CRI messages and gRPC services from `proto/csi.proto` and
+//! `proto/cri.proto` with Debian's `protoc` (package protobuf-compiler; `PROTOC` may point
+//! elsewhere).
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     println!("cargo:rerun-if-changed=proto/csi.proto");
+    println!("cargo:rerun-if-changed=proto/cri.proto");
     tonic_prost_build::configure()
         .build_client(true)
         .build_server(true)
         .compile_protos(&["proto/csi.proto"], &["proto"])?;
+    // Tether is only ever a CRI client (its tests drive a real runtime).
+    tonic_prost_build::configure()
+        .build_client(true)
+        .build_server(false)
+        .compile_protos(&["proto/cri.proto"], &["proto"])?;
     Ok(())
 }

@@ -18,6 +18,16 @@ const MIN_BURST: u64 = 64 * 1024;
 /// Without a burst, the bucket holds what the rate sends in this long.
 const DEFAULT_BURST_MS: u64 = 50;
 
+/// The keys of a limit, as the reference plugin spells them.
+const FIELDS: [&str; 6] = [
+    "ingressRate",
+    "ingressBurst",
+    "egressRate",
+    "egressBurst",
+    "unshapedSubnets",
+    "shapedSubnets",
+];
+
 #[derive(Debug, Default, Deserialize)]
 #[serde(rename_all = "camelCase")]
 struct LimitsIn {
@@ -54,10 +64,14 @@ impl Limits {
         let top: LimitsIn = req.parse_config().map_err(|e| invalid(e.to_string()))?;
         let runtime: Option<LimitsIn> = match req.config.runtime_config.get("bandwidth") {
             None | Some(Value::Null) => None,
-            Some(v) => Some(
-                serde_json::from_value(v.clone())
-                    .map_err(|e| invalid(format!("runtimeConfig.bandwidth: {e}")))?,
-            ),
+            Some(v) => {
+                let mut v = v.clone();
+                cni_core::config::fold_keys(&mut v, &FIELDS);
+                Some(
+                    serde_json::from_value(v)
+                        .map_err(|e| invalid(format!("runtimeConfig.bandwidth: {e}")))?,
+                )
+            }
         };
         // runtimeConfig replaces the configuration's limits as a whole (as the reference plugin).
         let chosen = match runtime {

@@ -60,6 +60,32 @@ pub const MAX_NETWORK_NAME: usize = 64;
 /// interface aliases. Runtimes use 64 hex digits.
 pub const MAX_CONTAINER_ID: usize = 128;
 
+/// Renames the keys of `value` (an object, or objects in a list) that match one of `fields`
+/// case-insensitively to that field, as Go's JSON decoding matches them: runtimes written in
+/// Go send capability data from structs without JSON tags (containerd's `{"HostPort": 8080}`
+/// for `portMappings`, `{"IngressRate": ...}` for `bandwidth`), and every Go plugin reads those.
+pub fn fold_keys(value: &mut Value, fields: &[&str]) {
+    match value {
+        Value::Array(items) => items.iter_mut().for_each(|item| fold_keys(item, fields)),
+        Value::Object(map) => {
+            let keys: Vec<String> = map.keys().cloned().collect();
+            for key in keys {
+                if fields.contains(&key.as_str()) {
+                    continue;
+                }
+                if let Some(field) = fields.iter().find(|f| f.eq_ignore_ascii_case(&key)) {
+                    if !map.contains_key(*field) {
+                        if let Some(v) = map.remove(&key) {
+                            map.insert((*field).to_string(), v);
+                        }
+                    }
+                }
+            }
+        }
+        _ => {}
+    }
+}
+
 /// Network names become directory names: same rule as the spec (alphanumeric first, then
 /// alphanumerics, `_`, `.`, `-`), which also keeps `..` and `/` out.
 pub fn is_valid_network_name(name: &str) -> bool {
@@ -126,6 +152,18 @@ mod tests {
         for bad in ["", ".", "..", "a/b", "a:b", "a b", "sixteen-chars-xx"] {
             assert!(!is_valid_ifname(bad), "{bad:?}");
         }
+    }
+
+    #[test]
+    fn go_style_keys_fold_to_the_plugin_fields() {
+        let mut v =
+            serde_json::json!([{"HostPort": 8080, "containerport": 80, "hostPort": 1, "Other": 2}]);
+        fold_keys(&mut v, &["hostPort", "containerPort"]);
+        assert_eq!(
+            v,
+            serde_json::json!([{"HostPort": 8080, "containerPort": 80, "hostPort": 1, "Other": 2}]),
+            "an exact key wins; the others fold"
+        );
     }
 
     #[test]

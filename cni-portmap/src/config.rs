@@ -107,10 +107,14 @@ impl PortmapConf {
         let mappings = match req.config.runtime_config.get("portMappings") {
             None | Some(Value::Null) => Vec::new(),
             Some(value) => {
-                let entries: Vec<MappingIn> =
-                    serde_json::from_value(value.clone()).map_err(|e| {
-                        PortmapError::InvalidConfig(format!("runtimeConfig.portMappings: {e}"))
-                    })?;
+                let mut value = value.clone();
+                cni_core::config::fold_keys(
+                    &mut value,
+                    &["hostPort", "containerPort", "protocol", "hostIP"],
+                );
+                let entries: Vec<MappingIn> = serde_json::from_value(value).map_err(|e| {
+                    PortmapError::InvalidConfig(format!("runtimeConfig.portMappings: {e}"))
+                })?;
                 entries
                     .into_iter()
                     .map(mapping)

@@ -1,11 +1,18 @@
 //! The Container Storage Interface, v1.12 (`csi.v1`): messages and the Identity, Controller,
-//! Node and GroupController services, generated from `proto/csi.proto` at build time.
+//! Node and GroupController services, generated from `proto/csi.proto` at build time; and the
+//! part of the Container Runtime Interface (`runtime.v1`) Tether's tests drive a runtime with,
+//! from `proto/cri.proto`.
 
 #![allow(clippy::all, clippy::pedantic, clippy::unwrap_used)] // Generated code.
 
 /// Package `csi.v1`.
 pub mod v1 {
     tonic::include_proto!("csi.v1");
+}
+
+/// Package `runtime.v1` (the CRI), clients only.
+pub mod cri {
+    tonic::include_proto!("runtime.v1");
 }
 
 /// The CSI version this crate implements.

@@ -1,10 +1,12 @@
 #!/usr/bin/env bash
 # Builds a minimal OCI image archive from Debian's busybox-static, with no registry and no Docker:
-#   tests/e2e/busybox-image.sh OUT.tar [IMAGE NAME]
-# The archive can be loaded with `ctr images import OUT.tar`.
+#   tests/e2e/busybox-image.sh OUT.tar [IMAGE NAME] [CMD as a JSON list]
+# The archive can be loaded with `ctr images import OUT.tar`. With a CMD such as
+# '["/bin/sleep","2147483647"]' the image serves as a CRI sandbox's pause image.
 set -euo pipefail
 out=$1
 name=${2:-docker.io/tether/busybox:e2e}
+cmd=${3:-'["/bin/sh"]'}
 busybox=$(command -v busybox)
 file -L "$busybox" | grep -q "statically linked" || { echo "need busybox-static" >&2; exit 1; }
 
@@ -29,7 +31,7 @@ size() { stat -c %s "$work/oci/blobs/sha256/$1"; }
 tar -C "$root" --numeric-owner --owner=0 --group=0 --sort=name --mtime=@0 -cf "$work/layer.tar" .
 layer=$(blob "$work/layer.tar")
 cat > "$work/config.json" <<JSON
-{"architecture":"amd64","os":"linux","config":{"Env":["PATH=/bin"],"Cmd":["/bin/sh"]},"rootfs":{"type":"layers","diff_ids":["sha256:$layer"]}}
+{"architecture":"amd64","os":"linux","config":{"Env":["PATH=/bin"],"Cmd":$cmd},"rootfs":{"type":"layers","diff_ids":["sha256:$layer"]}}
 JSON
 config=$(blob "$work/config.json")
 cat > "$work/manifest.json" <<JSON
