@@ -88,6 +88,8 @@ impl Conflist<'_> {
                 ("CNI_NETNS", att.netns),
                 ("CNI_IFNAME", att.ifname),
                 ("CNI_PATH", &path),
+                // Runtimes pass their own environment on; Go plugins find iptables through it.
+                ("PATH", "/usr/sbin:/usr/bin:/sbin:/bin"),
             ],
             &self.config(plugin, att, prev),
         )
