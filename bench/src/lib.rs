@@ -61,6 +61,8 @@ pub fn call_in(
         .env("CNI_IFNAME", "eth0")
         .env("CNI_NETNS", netns)
         .env("CNI_PATH", cni_path)
+        // As a runtime does: plugins that run tools (the reference portmap's iptables) find them.
+        .env("PATH", "/usr/sbin:/usr/bin:/sbin:/bin")
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .stderr(Stdio::null());

@@ -1,7 +1,7 @@
 //! Everything cni-bandwidth can fail with, and the CNI code each one maps to.
 
 use cni_core::error::most_severe;
-use cni_core::netlink::{NlError, OpenError};
+use cni_core::netlink::{NlError, OpenError, UnlinkError};
 use cni_core::netns::NetnsError;
 use cni_core::{CniError, Code};
 
@@ -23,6 +23,8 @@ pub enum BandwidthError {
     Kernel(#[from] NlError),
     #[error("opening netlink")]
     Open(#[from] OpenError),
+    #[error("removing the ifb")]
+    Unlink(#[from] UnlinkError),
     #[error("check failed: {0}")]
     CheckMismatch(String),
     /// DEL and GC keep going and report every failure together.
@@ -37,7 +39,9 @@ impl CniError for BandwidthError {
             BandwidthError::NoHostVeth { .. } => CODE_NO_HOST_VETH,
             BandwidthError::NoNetns(NetnsError::NotNetns { .. }) => Code::InvalidEnvironment.into(),
             BandwidthError::NoNetns(_) => Code::UnknownContainer.into(),
-            BandwidthError::Kernel(_) | BandwidthError::Open(_) => CODE_KERNEL,
+            BandwidthError::Kernel(_) | BandwidthError::Open(_) | BandwidthError::Unlink(_) => {
+                CODE_KERNEL
+            }
             BandwidthError::CheckMismatch(_) => CODE_CHECK_MISMATCH,
             BandwidthError::Several(errors) => {
                 most_severe(errors.iter().map(CniError::code), CODE_KERNEL)

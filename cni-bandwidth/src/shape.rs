@@ -113,7 +113,8 @@ fn undo(nl: &mut Netlink, ifb: &str, host: Option<&str>, failures: &mut Failures
             failures.note(nl.del_qdisc(link.index, true));
         }
     }
-    failures.note(nl.delete_link(ifb));
+    // Returns once the kernel has unlisted the ifb; its RCU wait is left to a helper process.
+    failures.note(cni_core::netlink::delete_link_detached(ifb));
 }
 
 /// DEL: the attachment's ifb (found by name) and its host veth's qdiscs (named by the ifb, or

@@ -30,7 +30,7 @@ use cni_core::firewall::expr::{Expression, MetaKey};
 use cni_core::firewall::schema::{Chain, FlushObject};
 use cni_core::firewall::stmt::Statement;
 use cni_core::firewall::types::{NfChainPolicy, NfChainType, NfFamily, NfHook};
-use cni_core::firewall::{list_table, Batch, Listing, Lock};
+use cni_core::firewall::{list_table, Batch, FirewallError, Listing, Lock};
 
 use crate::config::{Mapping, PortmapConf, Protocol, Target};
 use crate::error::PortmapError;
@@ -369,22 +369,14 @@ fn conflict(listing: &Listing, keys: &[Key], owner: &str) -> Option<PortmapError
     None
 }
 
-/// Puts the attachment's mappings in place, replacing what it had. Returns the UDP ports
-/// mapped (their stale conntrack entries must go).
-pub fn add(
+/// The commands that put one attachment in place: its chain with its rules, and its elements.
+fn attachment_batch(
     owner: &str,
     conf: &PortmapConf,
     targets: (Option<Target>, Option<Target>),
-) -> Result<Vec<(u16, Option<IpAddr>)>, PortmapError> {
-    let keys: Vec<Key> = conf.mappings.iter().map(key_of).collect();
-    let _lock = Lock::take(LOCK)?;
-    let listing = list_table(FAMILY, TABLE)?;
-    if let Some(taken) = conflict(&listing, &keys, owner) {
-        return Err(taken);
-    }
-    let mut batch = Batch::new();
-    skeleton(&mut batch, conf.mark_bit);
-    removals(&listing, &Select::Owner(owner), &mut batch);
+    keys: &[Key],
+    batch: &mut Batch,
+) {
     let chain_name = chain_of(owner);
     batch.add(build::chain(FAMILY, TABLE, &chain_name));
     batch.flush(FlushObject::Chain(chain(&chain_name)));
@@ -392,7 +384,7 @@ pub fn add(
         batch.add(rule(FAMILY, TABLE, &chain_name, statements, Some(owner)));
     }
     let mut unique: Vec<&Key> = Vec::new();
-    for k in &keys {
+    for k in keys {
         if !unique.iter().any(|u| u.map == k.map && u.key == k.key) {
             unique.push(k);
         }
@@ -407,8 +399,92 @@ pub fn add(
             batch.add(elements(FAMILY, TABLE, name, these));
         }
     }
+}
+
+/// Whether nft refused a batch because an object it names does not exist.
+fn is_missing(e: &FirewallError) -> bool {
+    matches!(e, FirewallError::Nft { detail, .. } if detail.contains("No such file or directory"))
+}
+
+/// Puts the attachment's mappings in place, replacing what it had. Returns the UDP ports
+/// mapped (their stale conntrack entries must go).
+///
+/// The common case costs one nft run: the attachment's own commands, against a table that is
+/// there already. The table is made when it is missing; only a refusal (a port taken, a stale
+/// mapping of this attachment) reads the table, to name the owner or replace what it had.
+pub fn add(
+    owner: &str,
+    conf: &PortmapConf,
+    targets: (Option<Target>, Option<Target>),
+) -> Result<Vec<(u16, Option<IpAddr>)>, PortmapError> {
+    let keys: Vec<Key> = conf.mappings.iter().map(key_of).collect();
+    let _lock = Lock::take(LOCK)?;
+    let mut quick = Batch::new();
+    attachment_batch(owner, conf, targets, &keys, &mut quick);
+    let refused = match quick.apply() {
+        Ok(()) => return Ok(udp_ports(&keys)),
+        Err(e) if is_missing(&e) => {
+            let mut fresh = Batch::new();
+            skeleton(&mut fresh, conf.mark_bit);
+            attachment_batch(owner, conf, targets, &keys, &mut fresh);
+            match fresh.apply() {
+                Ok(()) => return Ok(udp_ports(&keys)),
+                Err(e) => e,
+            }
+        }
+        Err(e) => e,
+    };
+    tracing::debug!(error = %cni_core::error::chain(&refused), "quick ADD refused; reading the table");
+    let listing = list_table(FAMILY, TABLE)?;
+    if let Some(taken) = conflict(&listing, &keys, owner) {
+        return Err(taken);
+    }
+    let mut batch = Batch::new();
+    skeleton(&mut batch, conf.mark_bit);
+    removals(&listing, &Select::Owner(owner), &mut batch);
+    attachment_batch(owner, conf, targets, &keys, &mut batch);
     batch.apply()?;
     Ok(udp_ports(&keys))
+}
+
+/// DEL of one attachment. With the mappings the runtime passes again on DEL, its elements and
+/// chain go in one nft run, and the table goes when no attachment is left; without them (or
+/// when that batch is refused: DEL twice), the table is read and everything of the attachment
+/// goes.
+pub fn remove_owner(
+    owner: &str,
+    mappings: &[Mapping],
+) -> Result<Vec<(u16, Option<IpAddr>)>, PortmapError> {
+    if !mappings.is_empty() {
+        let _lock = Lock::take(LOCK)?;
+        let keys: Vec<Key> = mappings.iter().map(key_of).collect();
+        let chain_name = chain_of(owner);
+        let mut batch = Batch::new();
+        for name in [PORTS, PORTS4, PORTS6] {
+            let these: Vec<Expression<'static>> = keys
+                .iter()
+                .filter(|k| k.map == name)
+                .map(|k| k.key.clone())
+                .collect();
+            if !these.is_empty() {
+                batch.delete(elements(FAMILY, TABLE, name, these));
+            }
+        }
+        batch.flush(FlushObject::Chain(chain(&chain_name)));
+        batch.delete(build::chain(FAMILY, TABLE, &chain_name));
+        if batch.apply().is_ok() {
+            let others = cni_core::firewall::list_chains(FAMILY, TABLE)?
+                .iter()
+                .any(|c| c.starts_with(CHAIN_PREFIX));
+            if !others {
+                let mut drop = Batch::new();
+                drop.delete(build::table(FAMILY, TABLE));
+                drop.apply()?;
+            }
+            return Ok(udp_ports(&keys));
+        }
+    }
+    remove(&Select::Owner(owner))
 }
 
 fn udp_ports(keys: &[Key]) -> Vec<(u16, Option<IpAddr>)> {

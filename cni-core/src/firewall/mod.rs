@@ -241,6 +241,25 @@ pub fn list_table(family: NfFamily, name: &str) -> Result<Listing, FirewallError
     parse_listing(&text)
 }
 
+/// The names of the chains of table `family name` (a cheaper listing than the whole table);
+/// none when the table is absent.
+pub fn list_chains(family: NfFamily, name: &str) -> Result<Vec<String>, FirewallError> {
+    let text = run(
+        "listing chains",
+        &["-j", "list", "chains", build::family_name(family)],
+        None,
+    )?;
+    let document: Value = serde_json::from_str(&text).map_err(FirewallError::Output)?;
+    Ok(document["nftables"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|o| o.get("chain"))
+        .filter(|c| c["table"] == name)
+        .filter_map(|c| c["name"].as_str().map(str::to_string))
+        .collect())
+}
+
 /// Parses `nft -j list ...` output.
 pub fn parse_listing(text: &str) -> Result<Listing, FirewallError> {
     let document: Value = serde_json::from_str(text).map_err(FirewallError::Output)?;
