@@ -36,22 +36,8 @@ fn bin_dir() -> PathBuf {
     dir
 }
 
-/// The conflist in deploy/10-cni.yaml, as its block scalar holds it.
 fn deployed_conflist() -> Value {
-    let manifest = std::fs::read_to_string(
-        Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy/10-cni.yaml"),
-    )
-    .unwrap();
-    let mut lines = manifest
-        .lines()
-        .skip_while(|l| !l.trim_end().ends_with("10-tether.conflist: |"));
-    let header = lines.next().unwrap();
-    let indent = header.len() - header.trim_start().len();
-    let text: String = lines
-        .take_while(|l| l.trim().is_empty() || l.len() - l.trim_start().len() > indent)
-        .map(|l| l.get(indent + 2..).unwrap_or("").to_string() + "\n")
-        .collect();
-    serde_json::from_str(&text).unwrap()
+    serde_json::from_str(&test_support::deployed_conflist()).unwrap()
 }
 
 /// containerd with its CRI plugin inside `node`; stopped, and its sandboxes removed, on drop.
@@ -250,23 +236,8 @@ fn a_pod_through_the_cri_gets_host_ports_and_bandwidth_and_leaves_nothing() {
     let bins = bin_dir();
     let node = Netns::new("crin");
     let outside = Netns::new("crio");
-    node.ip(&[
-        "link",
-        "add",
-        "up0",
-        "type",
-        "veth",
-        "peer",
-        "name",
-        "o0",
-        "netns",
-        &outside.name,
-    ]);
-    node.ip(&["addr", "add", "192.0.2.1/24", "dev", "up0"]);
-    node.ip(&["link", "set", "up0", "up"]);
+    node.cable("up0", "192.0.2.1/24", &outside, "o0", "192.0.2.2/24");
     node.ip(&["route", "add", "default", "via", "192.0.2.2"]);
-    outside.ip(&["addr", "add", "192.0.2.2/24", "dev", "o0"]);
-    outside.ip(&["link", "set", "o0", "up"]);
     let rt = Runtime::start(node);
     let d = rt.dir.path().to_path_buf();
 

@@ -83,13 +83,13 @@ impl Site {
             (&outside, "up0", "o0", "192.0.2"),
             (&far, "up1", "f0", "198.51.100"),
         ] {
-            node.ip(&[
-                "link", "add", ours, "type", "veth", "peer", "name", theirs, "netns", &peer.name,
-            ]);
-            node.ip(&["addr", "add", &format!("{net}.1/24"), "dev", ours]);
-            node.ip(&["link", "set", ours, "up"]);
-            peer.ip(&["addr", "add", &format!("{net}.2/24"), "dev", theirs]);
-            peer.ip(&["link", "set", theirs, "up"]);
+            node.cable(
+                ours,
+                &format!("{net}.1/24"),
+                peer,
+                theirs,
+                &format!("{net}.2/24"),
+            );
             peer.ip(&["route", "add", "default", "via", &format!("{net}.1")]);
         }
         Site {

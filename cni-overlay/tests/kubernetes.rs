@@ -7,7 +7,6 @@
 
 mod harness;
 
-use std::path::Path;
 use std::process::Command;
 use std::time::Duration;
 
@@ -16,7 +15,7 @@ use harness::{bin_dir, seen_source, wait_for, Cluster, Node, SteadyPing};
 use serde_json::{json, Value};
 use test_support::chain::{Attachment, Conflist};
 use test_support::responder::{ask, Responder};
-use test_support::Netns;
+use test_support::{deployed_conflist, Netns};
 
 fn annotation(cluster: &Cluster, node: &str, key: &str) -> Option<String> {
     cluster.api().node(node)?["metadata"]["annotations"][key]
@@ -241,23 +240,6 @@ fn waits_for_a_pod_cidr_rejects_a_foreign_one_and_rides_out_api_outages() {
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(!out.status.success());
     assert!(stderr.contains("outside the cluster CIDR"), "{stderr}");
-}
-
-/// The conflist in deploy/10-cni.yaml, as its block scalar holds it.
-fn deployed_conflist() -> String {
-    let manifest = std::fs::read_to_string(
-        Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy/10-cni.yaml"),
-    )
-    .unwrap();
-    let mut lines = manifest
-        .lines()
-        .skip_while(|l| !l.trim_end().ends_with("10-tether.conflist: |"));
-    let header = lines.next().expect("the conflist in deploy/10-cni.yaml");
-    let indent = header.len() - header.trim_start().len();
-    lines
-        .take_while(|l| l.trim().is_empty() || l.len() - l.trim_start().len() > indent)
-        .map(|l| l.get(indent + 2..).unwrap_or("").to_string() + "\n")
-        .collect()
 }
 
 fn condition(cluster: &Cluster, node: &str, kind: &str) -> Option<String> {

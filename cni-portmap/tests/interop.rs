@@ -25,22 +25,7 @@ fn site(tag: &str) -> (Netns, Netns) {
     require_root();
     let node = Netns::new(&format!("{tag}n"));
     let outside = Netns::new(&format!("{tag}o"));
-    node.ip(&[
-        "link",
-        "add",
-        "up0",
-        "type",
-        "veth",
-        "peer",
-        "name",
-        "o0",
-        "netns",
-        &outside.name,
-    ]);
-    node.ip(&["addr", "add", "192.0.2.1/24", "dev", "up0"]);
-    node.ip(&["link", "set", "up0", "up"]);
-    outside.ip(&["addr", "add", "192.0.2.2/24", "dev", "o0"]);
-    outside.ip(&["link", "set", "o0", "up"]);
+    node.cable("up0", "192.0.2.1/24", &outside, "o0", "192.0.2.2/24");
     (node, outside)
 }
 

@@ -31,28 +31,10 @@ impl Site {
         require_root();
         let node = Netns::new(&format!("{tag}n"));
         let outside = Netns::new(&format!("{tag}o"));
-        node.ip(&[
-            "link",
-            "add",
-            "up0",
-            "type",
-            "veth",
-            "peer",
-            "name",
-            "o0",
-            "netns",
-            &outside.name,
-        ]);
-        // Fresh links: no duplicate address detection to wait for.
-        node.exec(&["sysctl", "-qw", "net.ipv6.conf.up0.accept_dad=0"]);
-        outside.exec(&["sysctl", "-qw", "net.ipv6.conf.o0.accept_dad=0"]);
-        node.ip(&["addr", "add", "192.0.2.1/24", "dev", "up0"]);
+        node.cable("up0", "192.0.2.1/24", &outside, "o0", "192.0.2.2/24");
         node.ip(&["addr", "add", "192.0.2.100/24", "dev", "up0"]);
         node.ip(&["addr", "add", "2001:db8::1/64", "dev", "up0", "nodad"]);
-        node.ip(&["link", "set", "up0", "up"]);
-        outside.ip(&["addr", "add", "192.0.2.2/24", "dev", "o0"]);
         outside.ip(&["addr", "add", "2001:db8::2/64", "dev", "o0", "nodad"]);
-        outside.ip(&["link", "set", "o0", "up"]);
         Site {
             node,
             outside,

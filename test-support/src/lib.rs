@@ -117,6 +117,43 @@ impl Drop for Netns {
     }
 }
 
+impl Netns {
+    /// Cables this namespace to `peer` with a veth pair, `ours` here holding `our_addr` and
+    /// `theirs` there holding `their_addr` (CIDR), both up, without duplicate address detection
+    /// to wait for on the fresh links. The pair goes with either namespace.
+    pub fn cable(&self, ours: &str, our_addr: &str, peer: &Netns, theirs: &str, their_addr: &str) {
+        self.ip(&[
+            "link", "add", ours, "type", "veth", "peer", "name", theirs, "netns", &peer.name,
+        ]);
+        for (ns, link, addr) in [(self, ours, our_addr), (peer, theirs, their_addr)] {
+            let _ = ns.try_exec(&[
+                "sysctl",
+                "-qw",
+                &format!("net.ipv6.conf.{link}.accept_dad=0"),
+            ]);
+            ns.ip(&["addr", "add", addr, "dev", link]);
+            ns.ip(&["link", "set", link, "up"]);
+        }
+    }
+}
+
+/// The conflist held in `deploy/10-cni.yaml`'s ConfigMap, as its block scalar holds it.
+pub fn deployed_conflist() -> String {
+    let manifest = std::fs::read_to_string(
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy/10-cni.yaml"),
+    )
+    .unwrap();
+    let mut lines = manifest
+        .lines()
+        .skip_while(|l| !l.trim_end().ends_with("10-tether.conflist: |"));
+    let header = lines.next().expect("the conflist in deploy/10-cni.yaml");
+    let indent = header.len() - header.trim_start().len();
+    lines
+        .take_while(|l| l.trim().is_empty() || l.len() - l.trim_start().len() > indent)
+        .map(|l| l.get(indent + 2..).unwrap_or("").to_string() + "\n")
+        .collect()
+}
+
 /// A host link (bridge, veth...) deleted on drop.
 pub struct HostLink {
     pub name: String,
