@@ -1,19 +1,20 @@
 //! The Controller service's volume workflow: volumes carved out of NFS shares, spoken to from user
 //! space. It mounts nothing and keeps no state: everything it knows lives on the shares.
-//! Snapshots are in `snapshots`, request checks in `validate`, answers and paging in `wire`.
+//! Creating is in `create`, snapshots in `snapshots`, request checks in `validate`, answers and
+//! paging in `wire`.
 
 use std::collections::HashMap;
 use std::sync::Arc;
 
-use tether_csi_proto::v1::{self as csi, volume_content_source, VolumeCondition};
+use tether_csi_proto::v1::{self as csi, VolumeCondition};
 
 use crate::driver::Driver;
 use crate::error::{CsiError, CsiResult};
-use crate::ids::{validate_name, Layout, SnapshotId, VolumeId};
+use crate::ids::{Layout, VolumeId};
 use crate::nfs::{Kind, Share};
 use crate::params::{nfs_version, OnDelete, VolumeParams};
-use crate::store::{self, Source, State, VolumeRecord, IMAGE_FILE};
-use crate::validate::{check_capabilities, fits, unsupported, wanted_capacity};
+use crate::store::{self, State, VolumeRecord, IMAGE_FILE};
+use crate::validate::{unsupported, wanted_capacity};
 use crate::wire::{decode_token, page, volume_message};
 
 pub struct ControllerService {
@@ -27,277 +28,9 @@ impl ControllerService {
 }
 
 impl ControllerService {
-    pub(crate) async fn create_volume(
-        &self,
-        req: &csi::CreateVolumeRequest,
-    ) -> CsiResult<csi::CreateVolumeResponse> {
-        validate_name("volume", &req.name)?;
-        let params = VolumeParams::parse(&req.name, &req.parameters, &req.volume_capabilities)?;
-        check_capabilities(&req.volume_capabilities, params.layout)?;
-        let (capacity, _) = wanted_capacity(req.capacity_range.as_ref())?;
-        if params.layout == Layout::Image && capacity == 0 {
-            return Err(CsiError::invalid(
-                "layout: image needs a capacity (the size of the disk image)",
-            ));
-        }
-        let id = VolumeId {
-            share: params.share.clone(),
-            layout: params.layout,
-            path: params.path.clone(),
-        }
-        .encode()?;
-        let source = self.resolve_source(req.volume_content_source.as_ref())?;
-        let _guard = self
-            .driver
-            .locks
-            .acquire(&[format!("volume name {}", req.name), format!("volume {id}")])?;
-        let share = self.driver.prepared_share(&params.share).await?;
-        let total = self.driver.share_size(&params.share, &share).await?;
-        if capacity > 0 && capacity as u64 > total {
-            return Err(CsiError::Capacity(format!(
-                "{capacity} bytes is more than the whole share {} holds ({total} bytes)",
-                params.share
-            )));
-        }
-
-        // Claim the name: the claim says which path this name owns. A claim that exists already
-        // comes from an earlier request for this name.
-        let claim = store::claim_path(&req.name);
-        let path = params.path.as_str();
-        let fresh_claim = share.claim(&claim, path).await?;
-        if !fresh_claim {
-            match share.read_link(&claim).await? {
-                Some(owned) if owned == path => {}
-                Some(owned) => {
-                    return Err(CsiError::Conflict(format!(
-                        "volume {:?} already exists at {owned} with other parameters",
-                        req.name
-                    )))
-                }
-                None => {
-                    return Err(CsiError::Busy(format!(
-                        "volume {:?} is being deleted by another caller",
-                        req.name
-                    )))
-                }
-            }
-        }
-        let result = self
-            .create_claimed(req, &params, &share, &id, capacity, source, fresh_claim)
-            .await;
-        if fresh_claim && matches!(result, Err(CsiError::Conflict(_))) {
-            share.remove_file(&claim).await?;
-        }
-        result
-    }
-
-    #[allow(clippy::too_many_arguments)]
-    pub(crate) async fn create_claimed(
-        &self,
-        req: &csi::CreateVolumeRequest,
-        params: &VolumeParams,
-        share: &Share,
-        id: &str,
-        capacity: i64,
-        source: Option<Source>,
-        fresh_claim: bool,
-    ) -> CsiResult<csi::CreateVolumeResponse> {
-        let path = params.path.as_str();
-        let canonical = params.canonical();
-        // With a fresh claim there was no earlier attempt, so there is no record of this name:
-        // mkdir below finds out whether the path is taken.
-        let existing = if fresh_claim {
-            None
-        } else {
-            store::read_volume(share, &params.path).await?
-        };
-        if let Some(record) = &existing {
-            if record.name != req.name {
-                return Err(CsiError::Conflict(format!(
-                    "{path} on {} already belongs to volume {:?}",
-                    params.share, record.name
-                )));
-            }
-            let same = record.parameters == canonical && record.source == source;
-            if record.state == State::Ready {
-                if same && fits(record.capacity_bytes, req.capacity_range.as_ref()) {
-                    return Ok(csi::CreateVolumeResponse {
-                        volume: Some(volume_message(record, &params.share)),
-                    });
-                }
-                return Err(CsiError::Conflict(format!(
-                    "volume {:?} exists with {} bytes and other parameters or source",
-                    req.name, record.capacity_bytes
-                )));
-            }
-            if !same {
-                return Err(CsiError::Conflict(format!(
-                    "volume {:?} is half made with other parameters",
-                    req.name
-                )));
-            }
-        }
-        if let Some(source) = &source {
-            self.check_source_capacity(source, capacity).await?;
-        }
-
-        let (parent, _) = params.path.split_last();
-        if !parent.is_empty() {
-            share.mkdir_all(parent, 0o755).await?;
-        }
-        // An empty directory volume gets its final mode at once; one that is filled first stays
-        // private until it is complete.
-        let empty_directory = source.is_none() && params.layout == Layout::Directory;
-        let first_mode = if empty_directory {
-            params.settings.mount_permissions
-        } else {
-            0o700
-        };
-        let made = share.mkdir(path, first_mode).await?;
-        if !made && fresh_claim {
-            return Err(CsiError::Conflict(
-                match store::read_volume(share, &params.path).await? {
-                    Some(other) => format!(
-                        "{path} on {} already belongs to volume {:?}",
-                        params.share, other.name
-                    ),
-                    None => format!(
-                        "{path} already exists on {} and is not a Tether volume; choose another subDir",
-                        params.share
-                    ),
-                },
-            ));
-        }
-        let mut record = VolumeRecord {
-            name: req.name.clone(),
-            volume_id: id.to_string(),
-            path: path.to_string(),
-            capacity_bytes: capacity,
-            parameters: canonical,
-            settings: params.settings.clone(),
-            source: source.clone(),
-            state: State::Creating,
-            created_unix: (store::now_nanos() / 1_000_000_000) as u64,
-        };
-        if let Some(source) = &source {
-            self.populate(source, share, path).await?;
-        }
-        if params.layout == Layout::Image {
-            let image = format!("{path}/{IMAGE_FILE}");
-            match share.stat(&image).await? {
-                Some(existing) if existing.size >= capacity as u64 => {}
-                Some(_) => share.truncate(&image, capacity as u64).await?,
-                None => share.create_sparse(&image, capacity as u64, 0o600).await?,
-            }
-        }
-        // The server may apply its own umask to a new directory: set the mode explicitly
-        // unless it is right already.
-        if !empty_directory
-            || share.stat(path).await?.map(|e| e.mode) != Some(params.settings.mount_permissions)
-        {
-            share.chmod(path, params.settings.mount_permissions).await?;
-        }
-        record.state = State::Ready;
-        store::write_volume(share, &record).await?;
-        tracing::info!(volume = %id, name = %req.name, share = %params.share, capacity, "volume created");
-        Ok(csi::CreateVolumeResponse {
-            volume: Some(volume_message(&record, &params.share)),
-        })
-    }
-
-    pub(crate) fn resolve_source(
-        &self,
-        source: Option<&csi::VolumeContentSource>,
-    ) -> CsiResult<Option<Source>> {
-        let Some(source) = source else {
-            return Ok(None);
-        };
-        match &source.r#type {
-            Some(volume_content_source::Type::Snapshot(s)) if !s.snapshot_id.is_empty() => {
-                Ok(Some(Source::Snapshot(s.snapshot_id.clone())))
-            }
-            Some(volume_content_source::Type::Volume(v)) if !v.volume_id.is_empty() => {
-                Ok(Some(Source::Volume(v.volume_id.clone())))
-            }
-            _ => Err(CsiError::invalid(
-                "volume_content_source names neither a snapshot nor a volume",
-            )),
-        }
-    }
-
-    /// The source's size; NOT_FOUND if it does not exist, OUT_OF_RANGE if it is bigger than
-    /// what was asked for.
-    pub(crate) async fn check_source_capacity(
-        &self,
-        source: &Source,
-        capacity: i64,
-    ) -> CsiResult<()> {
-        let size = match source {
-            Source::Snapshot(id) => {
-                let parsed = SnapshotId::decode(id).ok_or_else(|| {
-                    CsiError::NotFound(format!("source snapshot {id} does not exist"))
-                })?;
-                let share = self.driver.prepared_share(&parsed.share).await?;
-                match store::read_snapshot(&share, &parsed.key).await? {
-                    Some(s) if s.state == State::Ready => s.size_bytes,
-                    _ => {
-                        return Err(CsiError::NotFound(format!(
-                            "source snapshot {id} does not exist"
-                        )))
-                    }
-                }
-            }
-            Source::Volume(id) => {
-                let parsed = VolumeId::decode(id).ok_or_else(|| {
-                    CsiError::NotFound(format!("source volume {id} does not exist"))
-                })?;
-                let share = self.driver.prepared_share(&parsed.share).await?;
-                match store::read_volume(&share, &parsed.path).await? {
-                    Some(v) if v.state == State::Ready => v.capacity_bytes,
-                    _ => {
-                        return Err(CsiError::NotFound(format!(
-                            "source volume {id} does not exist"
-                        )))
-                    }
-                }
-            }
-        };
-        if capacity > 0 && size > capacity {
-            return Err(CsiError::Capacity(format!(
-                "the source holds {size} bytes, more than the {capacity} bytes asked for"
-            )));
-        }
-        Ok(())
-    }
-
-    /// Copies the source's tree into the new volume's directory.
-    pub(crate) async fn populate(
-        &self,
-        source: &Source,
-        target: &Share,
-        path: &str,
-    ) -> CsiResult<()> {
-        let (share_ref, from) = match source {
-            Source::Snapshot(id) => {
-                let parsed = SnapshotId::decode(id).ok_or_else(|| {
-                    CsiError::NotFound(format!("source snapshot {id} does not exist"))
-                })?;
-                let from = format!("{}/data", store::snapshot_dir(&parsed.key));
-                (parsed.share, from)
-            }
-            Source::Volume(id) => {
-                let parsed = VolumeId::decode(id).ok_or_else(|| {
-                    CsiError::NotFound(format!("source volume {id} does not exist"))
-                })?;
-                (parsed.share, parsed.path.as_str().to_string())
-            }
-        };
-        let share = self.driver.share(&share_ref).await?;
-        let bytes = share.copy_tree(&from, target, path).await?;
-        tracing::info!(from = %from, to = %path, bytes, "volume populated");
-        Ok(())
-    }
-
+    /// Deletes a volume as its `onDelete` says. The record is marked `deleting` first and
+    /// removed last, so a delete that is killed midway is finished by the retry; an id of a
+    /// volume (or share) that does not exist is deleted already.
     pub(crate) async fn delete_volume(
         &self,
         req: &csi::DeleteVolumeRequest,
@@ -313,11 +46,32 @@ impl ControllerService {
             .driver
             .locks
             .acquire(&[format!("volume {}", req.volume_id)])?;
-        let share = self.driver.prepared_share(&id.share).await?;
-        let Some(record) = store::read_volume(&share, &id.path).await? else {
+        let share = match self.driver.share(&id.share).await {
+            Err(e) if e.is_no_export() => {
+                tracing::info!(volume = %req.volume_id, error = %e, "the share is not exported; nothing to delete");
+                return Ok(csi::DeleteVolumeResponse {});
+            }
+            other => other?,
+        };
+        let Some(mut record) = store::read_volume(&share, &id.path)
+            .await?
+            .filter(|r| r.volume_id == req.volume_id)
+        else {
             tracing::info!(volume = %req.volume_id, "no such volume; nothing to delete");
             return Ok(csi::DeleteVolumeResponse {});
         };
+        if self.driver.copies.reads_from(&req.volume_id) {
+            return Err(CsiError::Busy(format!(
+                "a snapshot or clone of volume {} is being copied from it; retry later",
+                req.volume_id
+            )));
+        }
+        self.driver.copies.cancel(&req.volume_id);
+        if record.state != State::Deleting {
+            record.state = State::Deleting;
+            record.touched_unix = store::now_unix();
+            store::write_volume(&share, &record).await?;
+        }
         let path = id.path.as_str();
         match record.settings.on_delete {
             OnDelete::Delete => store::delete_tree(&share, path).await?,
@@ -325,8 +79,7 @@ impl ControllerService {
             OnDelete::Archive => {
                 if share.stat(path).await?.is_some() {
                     let (parent, base) = id.path.split_last();
-                    let stamp = store::now_nanos() / 1_000_000_000;
-                    let archived = format!("archived-{base}-{stamp}");
+                    let archived = format!("archived-{base}-{}", store::now_unix());
                     let to = if parent.is_empty() {
                         archived
                     } else {
@@ -337,11 +90,23 @@ impl ControllerService {
                 }
             }
         }
-        share.remove_file(&store::record_path(&id.path)).await?;
         share.remove_file(&store::claim_path(&record.name)).await?;
+        share.remove_file(&store::record_path(&id.path)).await?;
         tracing::info!(volume = %req.volume_id, on_delete = ?record.settings.on_delete, "volume deleted");
-        self.driver.sweep_if_due(&id.share, &share).await?;
         Ok(csi::DeleteVolumeResponse {})
+    }
+
+    /// The connection to a share for calls that only read: `None` when the server does not
+    /// export it (then it holds nothing). Never creates anything on the server.
+    pub(crate) async fn readable_share(
+        &self,
+        share: &crate::ids::ShareRef,
+    ) -> CsiResult<Option<Arc<Share>>> {
+        match self.driver.share(share).await {
+            Ok(connected) => Ok(Some(connected)),
+            Err(e) if e.is_no_export() => Ok(None),
+            Err(e) => Err(e.into()),
+        }
     }
 
     /// The record of an existing volume, or NOT_FOUND.
@@ -354,10 +119,10 @@ impl ControllerService {
         }
         let missing = || CsiError::NotFound(format!("volume {volume_id} does not exist"));
         let id = VolumeId::decode(volume_id).ok_or_else(missing)?;
-        let share = self.driver.prepared_share(&id.share).await?;
+        let share = self.readable_share(&id.share).await?.ok_or_else(missing)?;
         let record = store::read_volume(&share, &id.path)
             .await?
-            .filter(|r| r.state == State::Ready)
+            .filter(|r| r.state == State::Ready && r.volume_id == volume_id)
             .ok_or_else(missing)?;
         Ok((id, share, record))
     }
@@ -456,7 +221,10 @@ impl ControllerService {
         }
         let mut all = Vec::new();
         for share_ref in self.driver.known_shares() {
-            let share = self.driver.share(&share_ref).await?;
+            let Some(share) = self.readable_share(&share_ref).await? else {
+                tracing::warn!(share = %share_ref, "not exported by its server; listing the other shares");
+                continue;
+            };
             for record in store::list_volumes(&share).await? {
                 if record.state != State::Ready {
                     continue;
@@ -505,7 +273,11 @@ impl ControllerService {
         let mut available = 0u64;
         let mut largest = 0u64;
         for share_ref in shares {
-            let space = self.driver.share(&share_ref).await?.space().await?;
+            let Some(share) = self.readable_share(&share_ref).await? else {
+                tracing::warn!(share = %share_ref, "not exported by its server; it offers no capacity");
+                continue;
+            };
+            let space = share.space().await?;
             available += space.available_bytes;
             largest = largest.max(space.available_bytes);
         }

@@ -4,6 +4,7 @@ use std::collections::{BTreeSet, HashMap, HashSet};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use crate::copies::Copies;
 use crate::error::{CsiError, NfsError};
 use crate::ids::ShareRef;
 use crate::locks::OpLocks;
@@ -12,18 +13,42 @@ use crate::store;
 
 pub const DRIVER_NAME: &str = "nfs.tether.dev";
 
+/// Limits and periods an operator may tune (command-line flags).
+#[derive(Debug, Clone)]
+pub struct Tuning {
+    /// Copies (snapshots, clones) running at once.
+    pub max_copies: usize,
+    /// How long a request waits for its copy before answering "in progress".
+    pub copy_wait: Duration,
+    /// How often the controller sweeps its shares (trash, stale temporary files, orphans).
+    pub sweep_every: Duration,
+    /// How old leftovers must be before the sweep removes them.
+    pub leftover_age: Duration,
+}
+
+impl Default for Tuning {
+    fn default() -> Tuning {
+        Tuning {
+            max_copies: 4,
+            copy_wait: Duration::from_secs(5),
+            sweep_every: Duration::from_secs(600),
+            leftover_age: Duration::from_secs(3600),
+        }
+    }
+}
+
 pub struct Driver {
     pub node_id: String,
     pub pool: NfsPool,
     pub locks: OpLocks,
+    pub copies: Copies,
+    pub tuning: Tuning,
     /// Shares named on the command line: probed, listed, and counted for capacity.
     configured: Vec<ShareRef>,
     /// Shares used since start (listed too).
     seen: Mutex<BTreeSet<ShareRef>>,
     /// Shares whose metadata directories exist.
     prepared: Mutex<HashSet<ShareRef>>,
-    /// When each share's trash was last swept.
-    swept: Mutex<HashMap<ShareRef, Instant>>,
     /// Each share's size, and when it was read.
     sizes: Mutex<HashMap<ShareRef, (Instant, u64)>>,
 }
@@ -31,19 +56,22 @@ pub struct Driver {
 /// How long a share's size (for capacity checks) is taken as known.
 const SIZE_TTL: Duration = Duration::from_secs(60);
 
-/// How often a share's trash is checked for what interrupted deletes left.
-const SWEEP_EVERY: Duration = Duration::from_secs(600);
-
 impl Driver {
-    pub fn new(node_id: String, pool: NfsPool, configured: Vec<ShareRef>) -> Arc<Driver> {
+    pub fn new(
+        node_id: String,
+        pool: NfsPool,
+        configured: Vec<ShareRef>,
+        tuning: Tuning,
+    ) -> Arc<Driver> {
         Arc::new(Driver {
             node_id,
             pool,
             locks: OpLocks::default(),
+            copies: Copies::new(tuning.max_copies, tuning.copy_wait),
+            tuning,
             seen: Mutex::new(configured.iter().cloned().collect()),
             configured,
             prepared: Mutex::new(HashSet::new()),
-            swept: Mutex::new(HashMap::new()),
             sizes: Mutex::new(HashMap::new()),
         })
     }
@@ -88,22 +116,6 @@ impl Driver {
                 .insert(share.clone());
         }
         Ok(connected)
-    }
-
-    /// Sweeps the share's trash if that has not happened for a while (see `store::sweep_trash`).
-    pub async fn sweep_if_due(&self, share_ref: &ShareRef, share: &Share) -> Result<(), CsiError> {
-        {
-            let mut swept = self.swept.lock().unwrap_or_else(|p| p.into_inner());
-            if swept
-                .get(share_ref)
-                .is_some_and(|at| at.elapsed() < SWEEP_EVERY)
-            {
-                return Ok(());
-            }
-            swept.insert(share_ref.clone(), Instant::now());
-        }
-        store::sweep_trash(share).await?;
-        Ok(())
     }
 
     /// The share's total size in bytes, read from the server at most once a minute.

@@ -14,6 +14,9 @@ pub enum NfsError {
     },
     #[error("NFS server {share} is unreachable: {reason}")]
     Unreachable { share: String, reason: String },
+    /// The server answers but does not export the share (to this client).
+    #[error("NFS server {share}: no such export ({detail})")]
+    NoExport { share: String, detail: String },
     #[error("{what} on NFS server {share}: not found")]
     NotFound { share: String, what: String },
     #[error("{what} on NFS server {share}: already exists")]
@@ -45,6 +48,10 @@ impl NfsError {
         matches!(self, NfsError::Exists { .. })
     }
 
+    pub fn is_no_export(&self) -> bool {
+        matches!(self, NfsError::NoExport { .. })
+    }
+
     pub fn is_stale(&self) -> bool {
         matches!(self, NfsError::Stale { .. })
     }
@@ -69,6 +76,9 @@ pub enum CsiError {
     /// Another operation on the same volume or name is under way: retry later.
     #[error("{0}")]
     Busy(String),
+    /// The work the request asks for is under way in the background (a copy): retry later.
+    #[error("{0}")]
+    InProgress(String),
     /// A paging token this driver did not issue (or that no longer fits).
     #[error("starting_token {0:?} was not issued by this driver")]
     StaleToken(String),

@@ -148,9 +148,15 @@ impl SharePath {
         &self.0
     }
 
-    /// A single file name standing for this path (for metadata keyed by path).
+    /// A single file name standing for this path (for metadata keyed by path): the path with
+    /// `/` spelled `%2F`, or a hash when that would not fit in a file name.
     pub fn key(&self) -> String {
-        self.0.replace('/', "%2F")
+        let key = self.0.replace('/', "%2F");
+        if key.len() <= MAX_KEY_BYTES {
+            key
+        } else {
+            hashed(&self.0)
+        }
     }
 
     /// (parent path or "", last component)
@@ -248,10 +254,13 @@ impl VolumeId {
             self.path.as_str()
         );
         if id.len() > MAX_ID_BYTES {
+            let room = MAX_ID_BYTES.saturating_sub(overhead(3, &self.share));
             return Err(CsiError::invalid(format!(
                 "the volume id {id:?} would be {} bytes, over the CSI limit of {MAX_ID_BYTES}: \
-                 use a shorter subDir, share or server name",
-                id.len()
+                 on server {:?} share {:?} a subDir may take at most {room} bytes",
+                id.len(),
+                self.share.server,
+                self.share.export,
             )));
         }
         Ok(id)
@@ -363,18 +372,83 @@ pub fn validate_name(kind: &str, name: &str) -> Result<(), CsiError> {
 /// A file name standing for a CSI name: the name itself when it is a short safe component,
 /// else `h-` and a hash. Never contains `/` and never starts with a dot.
 pub fn name_key(name: &str) -> String {
-    let safe = name.len() <= 64
-        && !name.starts_with('.')
-        && !name.starts_with("h-")
-        && name
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'));
-    if safe {
+    if name.len() <= 64 && !name.starts_with("h-") && is_plain(name) {
         return name.to_string();
     }
+    hashed(name)
+}
+
+/// Bytes of a hashed name: `h-` and 32 hex digits.
+pub const HASHED_BYTES: usize = 34;
+
+/// Longest metadata file name we make (the server's limit is 255; room for `.json` and temp
+/// suffixes).
+const MAX_KEY_BYTES: usize = 200;
+
+/// `h-` and the first 128 bits of the name's SHA-256, in hex.
+fn hashed(name: &str) -> String {
     let digest = Sha256::digest(name.as_bytes());
     let hex: String = digest.iter().take(16).map(|b| format!("{b:02x}")).collect();
     format!("h-{hex}")
+}
+
+/// A name that can be a directory name as it is: one safe component, not a reserved dot name,
+/// and not something a hash could also be.
+fn is_plain(name: &str) -> bool {
+    let looks_hashed = name.len() == HASHED_BYTES
+        && name.starts_with("h-")
+        && name[2..].bytes().all(|b| b.is_ascii_hexdigit());
+    !looks_hashed && validate_component(name, name).is_ok()
+}
+
+/// Bytes an id spends on everything but its last part (the path or key): the head, the server,
+/// the export and three separators.
+fn overhead(head: usize, share: &ShareRef) -> usize {
+    head + 3 + share.server.len() + share.export.len()
+}
+
+/// The directory of a volume named `name` when the StorageClass sets no subDir: the name itself
+/// when it is a plain file name and the volume id stays within 128 bytes, else `h-<hash>` (the
+/// record keeps the real name). Any legal CSI name works on a share whose server and export
+/// path take at most [`MAX_SHARE_BYTES`].
+pub fn name_directory(share: &ShareRef, name: &str) -> Result<SharePath, CsiError> {
+    let fits = |len: usize| overhead(3, share) + len <= MAX_ID_BYTES;
+    if is_plain(name) && fits(name.len()) {
+        return Ok(SharePath(name.to_string()));
+    }
+    if !fits(HASHED_BYTES) {
+        return Err(share_too_long("volume", share));
+    }
+    Ok(SharePath(hashed(name)))
+}
+
+/// The key (directory under `.tether/snapshots/`) of a snapshot named `name` on `share`: the
+/// name when it is short and plain and the id fits, else a hash.
+pub fn snapshot_key(share: &ShareRef, name: &str) -> Result<String, CsiError> {
+    let fits = |len: usize| overhead(2, share) + len <= MAX_ID_BYTES;
+    let key = name_key(name);
+    if fits(key.len()) {
+        return Ok(key);
+    }
+    if !fits(HASHED_BYTES) {
+        return Err(share_too_long("snapshot", share));
+    }
+    Ok(hashed(name))
+}
+
+/// The most bytes server and export path may take together for every volume name to fit in an
+/// id (`vd4#` + server + `#` + export + `#` + a 34-byte hash = 128).
+pub const MAX_SHARE_BYTES: usize = MAX_ID_BYTES - 3 - 3 - HASHED_BYTES;
+
+fn share_too_long(kind: &str, share: &ShareRef) -> CsiError {
+    CsiError::invalid(format!(
+        "server {:?} and share {:?} take {} bytes: a {kind} id (at most {MAX_ID_BYTES} bytes, \
+         the CSI limit) names both, so together they may take at most {MAX_SHARE_BYTES} bytes; \
+         use a shorter server name (an address) or export path",
+        share.server,
+        share.export,
+        share.server.len() + share.export.len()
+    ))
 }
 
 #[cfg(test)]
@@ -447,6 +521,65 @@ mod tests {
             assert!(key.starts_with("h-") && key.len() == 34, "{odd:?} -> {key}");
         }
         assert_ne!(name_key("a/b"), name_key("a/c"));
+    }
+
+    #[test]
+    fn every_legal_name_gets_a_directory_that_fits_in_an_id() {
+        let share = share();
+        assert_eq!(name_directory(&share, "pvc-1").unwrap().as_str(), "pvc-1");
+        let long = "n".repeat(128);
+        for name in [
+            long.as_str(),
+            "a/b",
+            "../x",
+            ".hidden",
+            "ü",
+            "h-0123456789abcdef0123456789abcdef",
+        ] {
+            let path = name_directory(&share, name).unwrap();
+            assert!(
+                path.as_str().starts_with("h-") && !path.as_str().contains('/'),
+                "{name:?}"
+            );
+            let id = VolumeId {
+                share: share.clone(),
+                layout: Layout::Image,
+                path,
+            }
+            .encode()
+            .unwrap();
+            assert!(id.len() <= MAX_ID_BYTES);
+        }
+        // A name that fits as it is stays readable up to the last byte of the id.
+        let room = MAX_ID_BYTES - "vd4#10.0.0.5#/srv/nfs#".len();
+        assert_eq!(
+            name_directory(&share, &"x".repeat(room))
+                .unwrap()
+                .as_str()
+                .len(),
+            room
+        );
+        assert!(name_directory(&share, &"x".repeat(room + 1))
+            .unwrap()
+            .as_str()
+            .starts_with("h-"));
+        // The limit that remains: server + export.
+        let exact = ShareRef::new(
+            "s",
+            &format!("/{}", "e".repeat(MAX_SHARE_BYTES - 2)),
+            NfsVersion::V3,
+        )
+        .unwrap();
+        assert!(name_directory(&exact, &long).is_ok());
+        let over = ShareRef::new(
+            "s",
+            &format!("/{}", "e".repeat(MAX_SHARE_BYTES - 1)),
+            NfsVersion::V3,
+        )
+        .unwrap();
+        let err = name_directory(&over, &long).unwrap_err().to_string();
+        assert!(err.contains("at most 88 bytes"), "{err}");
+        assert!(snapshot_key(&exact, &long).is_ok());
     }
 
     #[test]

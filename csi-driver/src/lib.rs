@@ -2,6 +2,8 @@
 
 pub mod client;
 pub mod controller;
+pub mod copies;
+pub mod create;
 pub mod driver;
 pub mod error;
 pub mod ids;
@@ -18,5 +20,6 @@ pub mod rpc;
 pub mod server;
 pub mod snapshots;
 pub mod store;
+pub mod sweep;
 pub mod validate;
 pub mod wire;

@@ -6,7 +6,7 @@ use serde::{Deserialize, Serialize};
 use tether_csi_proto::v1::{volume_capability, VolumeCapability};
 
 use crate::error::CsiError;
-use crate::ids::{Layout, NfsVersion, SharePath, ShareRef};
+use crate::ids::{name_directory, Layout, NfsVersion, SharePath, ShareRef};
 
 /// Keys csi-provisioner adds with `--extra-create-metadata`.
 pub const PVC_NAME: &str = "csi.storage.k8s.io/pvc/name";
@@ -131,11 +131,7 @@ impl VolumeParams {
         };
         let path = match parameters.get("subDir").filter(|s| !s.is_empty()) {
             Some(template) => SharePath::parse(&expand(template, parameters)?)?,
-            None => SharePath::parse(name).map_err(|e| {
-                CsiError::invalid(format!(
-                    "the volume name cannot be used as a directory ({e}); set the subDir parameter"
-                ))
-            })?,
+            None => name_directory(&share, name)?,
         };
         Ok(VolumeParams {
             share,

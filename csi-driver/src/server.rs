@@ -9,7 +9,7 @@ use tokio::net::UnixListener;
 use tokio_stream::wrappers::UnixListenerStream;
 
 use crate::controller::ControllerService;
-use crate::driver::Driver;
+use crate::driver::{Driver, Tuning};
 
 use crate::ids::{NfsVersion, ShareRef};
 use crate::nfs::{ClientOptions, NfsPool};
@@ -63,6 +63,21 @@ pub struct Args {
     /// Log lines as `text` or `json` (one object per line, for log collectors).
     #[arg(long, env = "TETHER_LOG_FORMAT", default_value = "text")]
     pub log_format: tether_observe::logging::LogFormat,
+    /// Controller mode: snapshots and clones copied at once (more wait in a queue).
+    #[arg(long, env = "TETHER_CSI_MAX_COPIES", default_value_t = 4)]
+    pub max_copies: usize,
+    /// Controller mode: seconds a CreateSnapshot/CreateVolume waits for its copy before it
+    /// answers "in progress" (ready_to_use: false, or ABORTED) and lets the caller poll. Keep it
+    /// below the sidecars' --timeout.
+    #[arg(long, env = "TETHER_CSI_COPY_WAIT", default_value_t = 5)]
+    pub copy_wait: u64,
+    /// Controller mode: seconds between sweeps of the shares for what interrupted or abandoned
+    /// requests left (trash, temporary files, half-made volumes, orphan name claims).
+    #[arg(long, env = "TETHER_CSI_SWEEP_INTERVAL", default_value_t = 600)]
+    pub sweep_interval: u64,
+    /// Controller mode: seconds a leftover must be old before the sweep removes it.
+    #[arg(long, env = "TETHER_CSI_LEFTOVER_AGE", default_value_t = 3600)]
+    pub leftover_age: u64,
     /// Node mode: where image volumes' directories are mounted privately.
     #[arg(
         long,
@@ -164,7 +179,13 @@ pub async fn serve(args: Args) -> Result<(), ServeError> {
         gid: args.nfs_gid,
         privileged_port: args.privileged_port,
     });
-    let driver = Driver::new(args.node_id.clone(), pool, shares);
+    let tuning = Tuning {
+        max_copies: args.max_copies,
+        copy_wait: Duration::from_secs(args.copy_wait),
+        sweep_every: Duration::from_secs(args.sweep_interval.max(1)),
+        leftover_age: Duration::from_secs(args.leftover_age),
+    };
+    let driver = Driver::new(args.node_id.clone(), pool, shares, tuning);
 
     if let Some(dir) = socket.parent() {
         std::fs::create_dir_all(dir).map_err(|source| ServeError::Socket {
@@ -193,6 +214,7 @@ pub async fn serve(args: Args) -> Result<(), ServeError> {
         identity_server::IdentityServer::new(IdentityService::new(driver.clone())),
     );
     if args.mode != Mode::Node {
+        tokio::spawn(crate::sweep::run(driver.clone()));
         router = router.add_service(controller_server::ControllerServer::new(ControllerServer(
             std::sync::Arc::new(ControllerService::new(driver.clone())),
         )));

@@ -3,9 +3,13 @@
 
 use tether_csi_proto::v1 as csi;
 
+use std::sync::Arc;
+
 use crate::controller::ControllerService;
+use crate::copies::Outcome;
 use crate::error::{CsiError, CsiResult};
-use crate::ids::{name_key, validate_name, SnapshotId, VolumeId};
+use crate::ids::{snapshot_key, validate_name, SnapshotId, VolumeId};
+use crate::nfs::Share;
 use crate::store::{self, State};
 use crate::wire::{decode_token, page, snapshot_message};
 
@@ -37,7 +41,7 @@ impl ControllerService {
                 req.source_volume_id
             ))
         })?;
-        let key = name_key(&req.name);
+        let key = snapshot_key(&source.share, &req.name)?;
         let id = SnapshotId {
             share: source.share.clone(),
             key: key.clone(),
@@ -50,7 +54,7 @@ impl ControllerService {
         let share = self.driver.prepared_share(&source.share).await?;
         let volume = store::read_volume(&share, &source.path)
             .await?
-            .filter(|v| v.state == State::Ready)
+            .filter(|v| v.state == State::Ready && v.volume_id == req.source_volume_id)
             .ok_or_else(|| {
                 CsiError::NotFound(format!(
                     "source volume {} does not exist",
@@ -58,39 +62,111 @@ impl ControllerService {
                 ))
             })?;
         let dir = store::snapshot_dir(&key);
-        share.mkdir(&dir, 0o700).await?;
-        if let Some(existing) = store::read_snapshot(&share, &key).await? {
-            if existing.name != req.name || existing.source_volume_id != req.source_volume_id {
+        let made = share.mkdir(&dir, 0o700).await?;
+        let existing = if made {
+            None
+        } else {
+            store::read_snapshot(&share, &key).await?
+        };
+        let record = match existing {
+            Some(existing)
+                if existing.name != req.name
+                    || existing.source_volume_id != req.source_volume_id =>
+            {
                 return Err(CsiError::Conflict(format!(
                     "snapshot {:?} already exists for volume {}",
                     req.name, existing.source_volume_id
                 )));
             }
-            if existing.state == State::Ready {
+            Some(existing) if existing.state == State::Ready => {
                 return Ok(csi::CreateSnapshotResponse {
                     snapshot: Some(snapshot_message(&existing)),
                 });
             }
-        }
-        let mut record = store::SnapshotRecord {
-            name: req.name.clone(),
-            snapshot_id: id.clone(),
-            source_volume_id: req.source_volume_id.clone(),
-            size_bytes: volume.capacity_bytes,
-            created_unix_nanos: store::now_nanos(),
-            state: State::Creating,
+            Some(existing) => existing,
+            None => {
+                let record = store::SnapshotRecord {
+                    name: req.name.clone(),
+                    snapshot_id: id.clone(),
+                    source_volume_id: req.source_volume_id.clone(),
+                    size_bytes: volume.capacity_bytes,
+                    created_unix_nanos: store::now_nanos(),
+                    state: State::Creating,
+                };
+                store::write_snapshot(&share, &key, &record).await?;
+                record
+            }
         };
-        store::write_snapshot(&share, &key, &record).await?;
-        let data = format!("{dir}/data");
-        share.remove_tree(&data).await?;
-        share.mkdir(&data, 0o700).await?;
-        let bytes = share.copy_tree(source.path.as_str(), &share, &data).await?;
-        record.state = State::Ready;
-        store::write_snapshot(&share, &key, &record).await?;
-        tracing::info!(snapshot = %id, source = %req.source_volume_id, bytes, "snapshot taken");
+        let record = self.copy_snapshot(&share, &source, &key, record).await?;
         Ok(csi::CreateSnapshotResponse {
             snapshot: Some(snapshot_message(&record)),
         })
+    }
+
+    /// Copies the source volume into the snapshot's `data/`, in the background: the record
+    /// comes back `ready_to_use: false` while the copy runs and the snapshotter asks again. A
+    /// failed copy removes the snapshot.
+    pub(crate) async fn copy_snapshot(
+        &self,
+        share: &Arc<Share>,
+        source: &VolumeId,
+        key: &str,
+        mut record: store::SnapshotRecord,
+    ) -> CsiResult<store::SnapshotRecord> {
+        let data = format!("{}/data", store::snapshot_dir(key));
+        let (target, from) = (share.clone(), source.path.as_str().to_string());
+        let outcome = self
+            .driver
+            .copies
+            .run(
+                &record.snapshot_id,
+                Some(&record.source_volume_id),
+                move |progress| async move {
+                    target.remove_tree(&data).await?;
+                    target.mkdir(&data, 0o700).await?;
+                    Ok(target.copy_tree(&from, &target, &data, &progress).await?)
+                },
+            )
+            .await;
+        match outcome {
+            Outcome::Done(bytes) => {
+                record.state = State::Ready;
+                store::write_snapshot(share, key, &record).await?;
+                tracing::info!(snapshot = %record.snapshot_id, source = %record.source_volume_id, bytes, "snapshot taken");
+                Ok(record)
+            }
+            Outcome::Running { bytes, files } => {
+                tracing::info!(snapshot = %record.snapshot_id, bytes, files, "snapshot still copying");
+                Ok(record)
+            }
+            Outcome::Failed(error) => {
+                if let Err(e) = store::delete_tree(share, &store::snapshot_dir(key)).await {
+                    tracing::warn!(snapshot = %record.snapshot_id, error = %e, "could not remove a failed snapshot; the sweep will");
+                }
+                Err(error)
+            }
+        }
+    }
+
+    /// A snapshot still being copied whose copy is not running here (the driver restarted):
+    /// starts the copy again, so that polling callers see it become ready.
+    async fn resume_snapshot(&self, share: &Arc<Share>, record: &store::SnapshotRecord) {
+        if record.state != State::Creating || self.driver.copies.has(&record.snapshot_id) {
+            return;
+        }
+        let (Some(id), Some(source)) = (
+            SnapshotId::decode(&record.snapshot_id),
+            VolumeId::decode(&record.source_volume_id),
+        ) else {
+            return;
+        };
+        tracing::info!(snapshot = %record.snapshot_id, "resuming an interrupted snapshot copy");
+        if let Err(e) = self
+            .copy_snapshot(share, &source, &id.key, record.clone())
+            .await
+        {
+            tracing::warn!(snapshot = %record.snapshot_id, error = %e, "resumed snapshot copy failed");
+        }
     }
 
     pub(crate) async fn delete_snapshot(
@@ -108,8 +184,23 @@ impl ControllerService {
             .driver
             .locks
             .acquire(&[format!("snapshot {}", req.snapshot_id)])?;
-        let share = self.driver.prepared_share(&id.share).await?;
+        let share = match self.driver.share(&id.share).await {
+            Err(e) if e.is_no_export() => {
+                tracing::info!(snapshot = %req.snapshot_id, error = %e, "the share is not exported; nothing to delete");
+                return Ok(csi::DeleteSnapshotResponse {});
+            }
+            other => other?,
+        };
+        match store::read_snapshot(&share, &id.key).await? {
+            Some(record) if record.snapshot_id != req.snapshot_id => {
+                tracing::info!(snapshot = %req.snapshot_id, "no such snapshot; nothing to delete");
+                return Ok(csi::DeleteSnapshotResponse {});
+            }
+            _ => {}
+        }
+        self.driver.copies.cancel(&req.snapshot_id);
         store::delete_tree(&share, &store::snapshot_dir(&id.key)).await?;
+        tracing::info!(snapshot = %req.snapshot_id, "snapshot deleted");
         Ok(csi::DeleteSnapshotResponse {})
     }
 
@@ -120,26 +211,33 @@ impl ControllerService {
         if !req.starting_token.is_empty() && decode_token(&req.starting_token).is_none() {
             return Err(CsiError::StaleToken(req.starting_token.clone()));
         }
+        // Snapshots still being copied are listed too, with ready_to_use: false.
         let mut records = Vec::new();
         if !req.snapshot_id.is_empty() {
             if let Some(id) = SnapshotId::decode(&req.snapshot_id) {
-                let share = self.driver.prepared_share(&id.share).await?;
-                records.extend(store::read_snapshot(&share, &id.key).await?);
+                if let Some(share) = self.readable_share(&id.share).await? {
+                    if let Some(record) = store::read_snapshot(&share, &id.key).await? {
+                        self.resume_snapshot(&share, &record).await;
+                        records.push(record);
+                    }
+                }
             }
         } else if !req.source_volume_id.is_empty() {
             if let Some(id) = VolumeId::decode(&req.source_volume_id) {
-                let share = self.driver.prepared_share(&id.share).await?;
-                records.extend(store::list_snapshots(&share).await?);
+                if let Some(share) = self.readable_share(&id.share).await? {
+                    records.extend(store::list_snapshots(&share).await?);
+                }
             }
         } else {
             for share_ref in self.driver.known_shares() {
-                let share = self.driver.share(&share_ref).await?;
-                records.extend(store::list_snapshots(&share).await?);
+                if let Some(share) = self.readable_share(&share_ref).await? {
+                    records.extend(store::list_snapshots(&share).await?);
+                }
             }
         }
         let chosen: Vec<(String, store::SnapshotRecord)> = records
             .into_iter()
-            .filter(|r| r.state == State::Ready)
+            .filter(|r| r.state != State::Deleting)
             .filter(|r| {
                 req.source_volume_id.is_empty() || r.source_volume_id == req.source_volume_id
             })
@@ -167,11 +265,15 @@ impl ControllerService {
         }
         let missing = || CsiError::NotFound(format!("snapshot {} does not exist", req.snapshot_id));
         let id = SnapshotId::decode(&req.snapshot_id).ok_or_else(missing)?;
-        let share = self.driver.prepared_share(&id.share).await?;
+        let share = match self.driver.share(&id.share).await {
+            Err(e) if e.is_no_export() => return Err(missing()),
+            other => other?,
+        };
         let record = store::read_snapshot(&share, &id.key)
             .await?
-            .filter(|r| r.state == State::Ready)
+            .filter(|r| r.snapshot_id == req.snapshot_id && r.state != State::Deleting)
             .ok_or_else(missing)?;
+        self.resume_snapshot(&share, &record).await;
         Ok(csi::GetSnapshotResponse {
             snapshot: Some(snapshot_message(&record)),
         })

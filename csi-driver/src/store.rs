@@ -32,6 +32,8 @@ pub enum State {
     /// Being made; a repeated request finishes the job.
     Creating,
     Ready,
+    /// Being deleted; a repeated DeleteVolume finishes the job.
+    Deleting,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -54,6 +56,9 @@ pub struct VolumeRecord {
     pub source: Option<Source>,
     pub state: State,
     pub created_unix: u64,
+    /// When a request last worked on the volume (the sweep leaves recent half-made ones alone).
+    #[serde(default)]
+    pub touched_unix: u64,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -72,6 +77,10 @@ pub fn now_nanos() -> u128 {
         .duration_since(UNIX_EPOCH)
         .map(|d| d.as_nanos())
         .unwrap_or(0)
+}
+
+pub fn now_unix() -> u64 {
+    (now_nanos() / 1_000_000_000) as u64
 }
 
 pub fn record_path(path: &SharePath) -> String {

@@ -1,9 +1,12 @@
 //! NFS from user space: one connection per share, every call bounded by a timeout, and the few
 //! file operations the controller needs (directories, small files written atomically, symlinks
 //! as exclusive claims) with errors that name the server and path. Whole trees (copy, delete)
-//! are in `tree`.
+//! are in `tree`, copies in `copy`.
 
+mod copy;
 mod tree;
+
+pub use copy::Progress;
 
 use std::collections::HashMap;
 use std::future::Future;
@@ -69,12 +72,7 @@ impl NfsPool {
                         after: self.options.timeout,
                     })
                 }
-                Ok(Err(e)) => {
-                    return Err(NfsError::Unreachable {
-                        share: label,
-                        reason: e.to_string(),
-                    })
-                }
+                Ok(Err(e)) => return Err(mount_failure(label, e)),
                 Ok(Ok(mount)) => mount,
             };
         let connected = Arc::new(Share {
@@ -118,6 +116,31 @@ impl NfsPool {
     }
 }
 
+/// The error for a mount request that failed: a server that answers that it has no such
+/// export (MOUNT's NOENT/ACCES/NOTDIR for NFSv3, LOOKUP's NOENT/NOTDIR/ACCESS walking to the
+/// export for NFSv4) is not unreachable.
+fn mount_failure(share: String, e: nfs_rs::NfsError) -> NfsError {
+    use nfs_rs::Nfs3MountErrorCode as M;
+    let no_export = match &e {
+        nfs_rs::NfsError::Mount(code) => {
+            matches!(code, M::MNT3ERR_NOENT | M::MNT3ERR_ACCES | M::MNT3ERR_NOTDIR)
+        }
+        nfs_rs::NfsError::Nfs4(code) => matches!(*code as u32, 2 | 13 | 20),
+        _ => false,
+    };
+    if no_export {
+        NfsError::NoExport {
+            share,
+            detail: format!("the server answers: {e}"),
+        }
+    } else {
+        NfsError::Unreachable {
+            share,
+            reason: e.to_string(),
+        }
+    }
+}
+
 /// A directory entry.
 #[derive(Debug, Clone)]
 pub struct Entry {
@@ -125,6 +148,52 @@ pub struct Entry {
     pub kind: Kind,
     pub mode: u32,
     pub size: u64,
+    pub uid: u32,
+    pub gid: u32,
+    /// Hard links to the object (1 for most files).
+    pub nlink: u32,
+    /// The object's number on the server (equal for hard links of one file).
+    pub fileid: u64,
+    pub atime: nfs_rs::Time,
+    pub mtime: nfs_rs::Time,
+}
+
+impl Entry {
+    fn new(name: String, attr: &nfs_rs::Attr) -> Entry {
+        Entry {
+            name,
+            kind: kind_of(attr.type_),
+            mode: attr.file_mode & 0o7777,
+            size: attr.filesize,
+            uid: attr.uid,
+            gid: attr.gid,
+            nlink: attr.nlink,
+            fileid: attr.fileid,
+            atime: attr.atime,
+            mtime: attr.mtime,
+        }
+    }
+
+    /// An entry the server listed without attributes.
+    fn bare(name: String, fileid: u64) -> Entry {
+        Entry {
+            name,
+            kind: Kind::Other,
+            mode: 0,
+            size: 0,
+            uid: 0,
+            gid: 0,
+            nlink: 1,
+            fileid,
+            atime: nfs_rs::Time::default(),
+            mtime: nfs_rs::Time::default(),
+        }
+    }
+
+    /// Seconds since the epoch of the last change of content.
+    pub fn modified_unix(&self) -> u64 {
+        u64::from(self.mtime.seconds)
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -189,6 +258,11 @@ macro_rules! in_dir {
 impl Share {
     pub fn label(&self) -> &str {
         &self.label
+    }
+
+    /// Whether a call failed for want of the server (the next use reconnects).
+    pub fn is_broken(&self) -> bool {
+        self.broken.load(Ordering::Relaxed)
     }
 
     /// Runs one NFS call under the timeout, mapping its error.
@@ -342,12 +416,7 @@ impl Share {
                 .await?
             }
         };
-        Ok(Some(Entry {
-            name: split(path).1.to_string(),
-            kind: kind_of(attr.type_),
-            mode: attr.file_mode & 0o7777,
-            size: attr.filesize,
-        }))
+        Ok(Some(Entry::new(split(path).1.to_string(), &attr)))
     }
 
     /// Creates one directory; `Ok(false)` when it already existed.
@@ -389,6 +458,63 @@ impl Share {
                 .setattr(found.fh, None, mode, None, None, size, None, None),
         )
         .await
+    }
+
+    /// Gives `path` the owner, group, times and (unless `keep_mode`) the mode of `like`.
+    pub async fn copy_attributes(
+        &self,
+        path: &str,
+        like: &Entry,
+        keep_mode: bool,
+    ) -> Result<(), NfsError> {
+        let found = self.object(path).await?;
+        let mode = (!keep_mode).then_some(like.mode);
+        self.call(
+            format!("setting owner, mode and times of {path}"),
+            self.mount.setattr(
+                found.fh,
+                None,
+                mode,
+                Some(like.uid),
+                Some(like.gid),
+                None,
+                Some(like.atime),
+                Some(like.mtime),
+            ),
+        )
+        .await
+    }
+
+    /// A hard link `path` to the existing file `existing`.
+    pub async fn link(&self, existing: &str, path: &str) -> Result<(), NfsError> {
+        let source = self.object(existing).await?;
+        let (dir, name) = split(path);
+        in_dir!(self, dir, format!("linking {path} to {existing}"), |fh| {
+            self.mount.link(source.fh.clone(), fh.clone(), name)
+        })
+        .map(|_| ())
+    }
+
+    /// A symlink `path` -> `target` with the owner and times of `like`.
+    pub async fn symlink_like(
+        &self,
+        target: &str,
+        path: &str,
+        like: &Entry,
+    ) -> Result<(), NfsError> {
+        let (dir, name) = split(path);
+        in_dir!(self, dir, format!("creating symlink {path}"), |fh| self
+            .mount
+            .symlink_with_attrs(
+                target,
+                fh.clone(),
+                name,
+                Some(like.uid),
+                Some(like.gid),
+                Some(like.atime),
+                Some(like.mtime),
+            ))
+        .map(|_| ())
     }
 
     pub async fn chmod(&self, path: &str, mode: u32) -> Result<(), NfsError> {
@@ -631,15 +757,9 @@ impl Share {
             if entry.file_name == "." || entry.file_name == ".." {
                 continue;
             }
-            let (kind, mode, size) = match &entry.attr {
-                Some(a) => (kind_of(a.type_), a.file_mode & 0o7777, a.filesize),
-                None => (Kind::Other, 0, 0),
-            };
-            entries.push(Entry {
-                name: entry.file_name,
-                kind,
-                mode,
-                size,
+            entries.push(match &entry.attr {
+                Some(attr) => Entry::new(entry.file_name, attr),
+                None => Entry::bare(entry.file_name, entry.fileid),
             });
         }
         Ok(entries)

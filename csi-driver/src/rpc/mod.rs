@@ -23,7 +23,7 @@ pub fn code(error: &CsiError) -> Code {
         CsiError::NotFound(_) => Code::NotFound,
         CsiError::Conflict(_) => Code::AlreadyExists,
         CsiError::Capacity(_) => Code::OutOfRange,
-        CsiError::Busy(_) | CsiError::StaleToken(_) => Code::Aborted,
+        CsiError::Busy(_) | CsiError::InProgress(_) | CsiError::StaleToken(_) => Code::Aborted,
         CsiError::WrongState(_) => Code::FailedPrecondition,
         CsiError::NotOffered(_) => Code::Unimplemented,
         CsiError::Host { .. } | CsiError::Internal(_) => Code::Internal,
@@ -31,6 +31,7 @@ pub fn code(error: &CsiError) -> Code {
         CsiError::Nfs(nfs) => match nfs {
             NfsError::Timeout { .. } => Code::DeadlineExceeded,
             NfsError::Unreachable { .. } => Code::Unavailable,
+            NfsError::NoExport { .. } => Code::NotFound,
             NfsError::NotFound { .. } => Code::NotFound,
             NfsError::Exists { .. } => Code::AlreadyExists,
             NfsError::Stale { .. } => Code::FailedPrecondition,

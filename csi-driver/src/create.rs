@@ -1,0 +1,427 @@
+//! CreateVolume: claim the name, make the directory, fill it (from a snapshot or a volume, in the
+//! background when that takes long), write the record. An attempt that fails undoes what it made
+//! (directory, record, name claim); one killed midway is finished by the caller's retry or, if
+//! nobody retries, removed by the sweep (`sweep`).
+
+use std::sync::Arc;
+
+use tether_csi_proto::v1::{self as csi, volume_content_source};
+
+use crate::controller::ControllerService;
+use crate::copies::Outcome;
+use crate::error::{CsiError, CsiResult};
+use crate::ids::{validate_name, Layout, SnapshotId, VolumeId};
+use crate::nfs::Share;
+use crate::params::VolumeParams;
+use crate::store::{self, Source, State, VolumeRecord, IMAGE_FILE};
+use crate::validate::{check_capabilities, fits, wanted_capacity};
+use crate::wire::volume_message;
+
+/// One CreateVolume request, checked.
+struct Wanted<'a> {
+    req: &'a csi::CreateVolumeRequest,
+    params: VolumeParams,
+    id: String,
+    capacity: i64,
+    source: Option<Source>,
+}
+
+/// What a failing attempt must remove: its name claim, and the volume it made (directory and
+/// record) or took over from an earlier, interrupted attempt.
+#[derive(Debug, Default)]
+struct Undo {
+    claim: bool,
+    volume: bool,
+}
+
+impl ControllerService {
+    pub(crate) async fn create_volume(
+        &self,
+        req: &csi::CreateVolumeRequest,
+    ) -> CsiResult<csi::CreateVolumeResponse> {
+        let wanted = self.check_create(req)?;
+        let _guard = self.driver.locks.acquire(&[
+            format!("volume name {}", req.name),
+            format!("volume {}", wanted.id),
+        ])?;
+        let share_ref = &wanted.params.share;
+        let share = self.driver.prepared_share(share_ref).await?;
+        let total = self.driver.share_size(share_ref, &share).await?;
+        if wanted.capacity > 0 && wanted.capacity as u64 > total {
+            return Err(CsiError::Capacity(format!(
+                "{} bytes is more than the whole share {share_ref} holds ({total} bytes)",
+                wanted.capacity
+            )));
+        }
+        // Claim the name: the claim says which path this name owns. A claim that exists already
+        // comes from an earlier request for this name.
+        let claim = store::claim_path(&req.name);
+        let path = wanted.params.path.as_str();
+        let fresh = share.claim(&claim, path).await?;
+        if !fresh {
+            match share.read_link(&claim).await? {
+                Some(owned) if owned == path => {}
+                Some(owned) => {
+                    return Err(CsiError::Conflict(format!(
+                        "volume {:?} already exists at {owned} with other parameters",
+                        req.name
+                    )))
+                }
+                None => {
+                    return Err(CsiError::Busy(format!(
+                        "volume {:?} is being deleted by another caller",
+                        req.name
+                    )))
+                }
+            }
+        }
+        let mut undo = Undo {
+            claim: fresh,
+            volume: false,
+        };
+        let result = self.create_claimed(&wanted, &share, fresh, &mut undo).await;
+        match &result {
+            Ok(_) | Err(CsiError::InProgress(_)) => {}
+            Err(error) => self.undo(&wanted, &share, &claim, &undo, error).await,
+        }
+        result
+    }
+
+    /// The request's checks that need no server.
+    fn check_create<'a>(&self, req: &'a csi::CreateVolumeRequest) -> CsiResult<Wanted<'a>> {
+        validate_name("volume", &req.name)?;
+        let params = VolumeParams::parse(&req.name, &req.parameters, &req.volume_capabilities)?;
+        check_capabilities(&req.volume_capabilities, params.layout)?;
+        let (capacity, _) = wanted_capacity(req.capacity_range.as_ref())?;
+        if params.layout == Layout::Image && capacity == 0 {
+            return Err(CsiError::invalid(
+                "layout: image needs a capacity (the size of the disk image)",
+            ));
+        }
+        let id = VolumeId {
+            share: params.share.clone(),
+            layout: params.layout,
+            path: params.path.clone(),
+        }
+        .encode()?;
+        let source = resolve_source(req.volume_content_source.as_ref())?;
+        Ok(Wanted {
+            req,
+            params,
+            id,
+            capacity,
+            source,
+        })
+    }
+
+    async fn create_claimed(
+        &self,
+        wanted: &Wanted<'_>,
+        share: &Arc<Share>,
+        fresh: bool,
+        undo: &mut Undo,
+    ) -> CsiResult<csi::CreateVolumeResponse> {
+        let (req, params) = (wanted.req, &wanted.params);
+        let path = params.path.as_str();
+        let canonical = params.canonical();
+        // Read also with a fresh claim: an earlier attempt may have lost its claim to the sweep.
+        let existing = store::read_volume(share, &params.path).await?;
+        if let Some(record) = &existing {
+            if record.name != req.name {
+                undo.claim = true;
+                return Err(CsiError::Conflict(format!(
+                    "{path} on {} already belongs to volume {:?}",
+                    params.share, record.name
+                )));
+            }
+            let same = record.parameters == canonical && record.source == wanted.source;
+            match record.state {
+                State::Ready
+                    if same && fits(record.capacity_bytes, req.capacity_range.as_ref()) =>
+                {
+                    return Ok(csi::CreateVolumeResponse {
+                        volume: Some(volume_message(record, &params.share)),
+                    })
+                }
+                State::Ready => {
+                    return Err(CsiError::Conflict(format!(
+                        "volume {:?} exists with {} bytes and other parameters or source",
+                        req.name, record.capacity_bytes
+                    )))
+                }
+                State::Deleting => {
+                    return Err(CsiError::Busy(format!(
+                        "volume {:?} is being deleted; retry later",
+                        req.name
+                    )))
+                }
+                State::Creating if !same => {
+                    return Err(CsiError::Conflict(format!(
+                        "volume {:?} is half made with other parameters",
+                        req.name
+                    )))
+                }
+                State::Creating => {
+                    // An earlier attempt's: this one finishes it, or removes it on failure.
+                    undo.claim = true;
+                    undo.volume = true;
+                }
+            }
+        }
+        if let Some(source) = &wanted.source {
+            self.check_source_capacity(source, wanted.capacity).await?;
+        }
+        let empty_directory = wanted.source.is_none() && params.layout == Layout::Directory;
+        if existing.is_none() {
+            self.make_directory(params, share, fresh, empty_directory, undo)
+                .await?;
+        }
+        let mut record = VolumeRecord {
+            name: req.name.clone(),
+            volume_id: wanted.id.clone(),
+            path: path.to_string(),
+            capacity_bytes: wanted.capacity,
+            parameters: canonical,
+            settings: params.settings.clone(),
+            source: wanted.source.clone(),
+            state: State::Creating,
+            created_unix: existing
+                .as_ref()
+                .map_or_else(store::now_unix, |r| r.created_unix),
+            touched_unix: store::now_unix(),
+        };
+        store::write_volume(share, &record).await?;
+        if let Some(source) = &wanted.source {
+            self.fill(source, share, &wanted.id, path, existing.is_some())
+                .await?;
+        }
+        if params.layout == Layout::Image {
+            let image = format!("{path}/{IMAGE_FILE}");
+            match share.stat(&image).await? {
+                Some(found) if found.size >= wanted.capacity as u64 => {}
+                Some(_) => share.truncate(&image, wanted.capacity as u64).await?,
+                None => {
+                    share
+                        .create_sparse(&image, wanted.capacity as u64, 0o600)
+                        .await?
+                }
+            }
+        }
+        // The server may apply its own umask to a new directory: set the mode explicitly
+        // unless it is right already.
+        if !empty_directory
+            || share.stat(path).await?.map(|e| e.mode) != Some(params.settings.mount_permissions)
+        {
+            share.chmod(path, params.settings.mount_permissions).await?;
+        }
+        record.state = State::Ready;
+        store::write_volume(share, &record).await?;
+        tracing::info!(volume = %wanted.id, name = %req.name, share = %params.share, capacity = wanted.capacity, "volume created");
+        Ok(csi::CreateVolumeResponse {
+            volume: Some(volume_message(&record, &params.share)),
+        })
+    }
+
+    /// Makes the volume's directory. A directory that exists already is taken over only when
+    /// an earlier attempt of this request made it (the claim is not fresh) and it is empty.
+    async fn make_directory(
+        &self,
+        params: &VolumeParams,
+        share: &Share,
+        fresh: bool,
+        empty_directory: bool,
+        undo: &mut Undo,
+    ) -> CsiResult<()> {
+        let path = params.path.as_str();
+        let (parent, _) = params.path.split_last();
+        if !parent.is_empty() {
+            share.mkdir_all(parent, 0o755).await?;
+        }
+        // An empty directory volume gets its final mode at once; one that is filled first stays
+        // private until it is complete.
+        let first_mode = if empty_directory {
+            params.settings.mount_permissions
+        } else {
+            0o700
+        };
+        if share.mkdir(path, first_mode).await? {
+            undo.claim = true;
+            undo.volume = true;
+            return Ok(());
+        }
+        if !fresh && share.list(path).await?.is_empty() {
+            // Made by an attempt that was killed before it wrote the record.
+            undo.claim = true;
+            undo.volume = true;
+            return Ok(());
+        }
+        undo.claim = true;
+        Err(CsiError::Conflict(
+            match store::read_volume(share, &params.path).await? {
+                Some(other) => format!(
+                    "{path} on {} already belongs to volume {:?}",
+                    params.share, other.name
+                ),
+                None => format!(
+                    "{path} already exists on {} and is not a Tether volume; choose another subDir",
+                    params.share
+                ),
+            },
+        ))
+    }
+
+    /// Removes what a failed attempt made, so that nothing of it stays on the share. What cannot
+    /// be removed now (the server is gone) is left to the sweep.
+    async fn undo(
+        &self,
+        wanted: &Wanted<'_>,
+        share: &Share,
+        claim: &str,
+        undo: &Undo,
+        error: &CsiError,
+    ) {
+        if share.is_broken() {
+            tracing::info!(volume = %wanted.id, "the share is unreachable; the sweep removes what this attempt made");
+            return;
+        }
+        let path = wanted.params.path.as_str();
+        let mut result = Ok(());
+        if undo.volume {
+            self.driver.copies.cancel(&wanted.id);
+            result = store::delete_tree(share, path).await;
+            if result.is_ok() {
+                result = share
+                    .remove_file(&store::record_path(&wanted.params.path))
+                    .await;
+            }
+        }
+        if result.is_ok() && (undo.claim || undo.volume) {
+            result = share.remove_file(claim).await;
+        }
+        match result {
+            Ok(()) => {
+                tracing::info!(volume = %wanted.id, name = %wanted.req.name, error = %error, "creation failed; removed what it made")
+            }
+            Err(e) => {
+                tracing::warn!(volume = %wanted.id, error = %e, "could not remove what a failed creation made; the sweep will")
+            }
+        }
+    }
+
+    /// The source's size; NOT_FOUND if it does not exist, OUT_OF_RANGE if it is bigger than
+    /// what was asked for, ABORTED while a source snapshot is still being copied.
+    pub(crate) async fn check_source_capacity(
+        &self,
+        source: &Source,
+        capacity: i64,
+    ) -> CsiResult<()> {
+        let size = match source {
+            Source::Snapshot(id) => {
+                let missing = || CsiError::NotFound(format!("source snapshot {id} does not exist"));
+                let parsed = SnapshotId::decode(id).ok_or_else(missing)?;
+                let share = self.driver.share(&parsed.share).await?;
+                match store::read_snapshot(&share, &parsed.key).await? {
+                    Some(s) if s.snapshot_id != *id => return Err(missing()),
+                    Some(s) if s.state == State::Ready => s.size_bytes,
+                    Some(_) => {
+                        return Err(CsiError::InProgress(format!(
+                            "source snapshot {id} is still being copied; retry later"
+                        )))
+                    }
+                    None => return Err(missing()),
+                }
+            }
+            Source::Volume(id) => {
+                let missing = || CsiError::NotFound(format!("source volume {id} does not exist"));
+                let parsed = VolumeId::decode(id).ok_or_else(missing)?;
+                let share = self.driver.share(&parsed.share).await?;
+                match store::read_volume(&share, &parsed.path).await? {
+                    Some(v) if v.state == State::Ready && v.volume_id == *id => v.capacity_bytes,
+                    _ => return Err(missing()),
+                }
+            }
+        };
+        if capacity > 0 && size > capacity {
+            return Err(CsiError::Capacity(format!(
+                "the source holds {size} bytes, more than the {capacity} bytes asked for"
+            )));
+        }
+        Ok(())
+    }
+
+    /// Copies the source's tree into the new volume's directory, in the background; ABORTED
+    /// (retry later) while the copy runs. `resume` empties what an interrupted attempt copied.
+    async fn fill(
+        &self,
+        source: &Source,
+        target: &Arc<Share>,
+        volume_id: &str,
+        path: &str,
+        resume: bool,
+    ) -> CsiResult<()> {
+        let (share_ref, from, source_volume) = match source {
+            Source::Snapshot(id) => {
+                let parsed = SnapshotId::decode(id).ok_or_else(|| {
+                    CsiError::NotFound(format!("source snapshot {id} does not exist"))
+                })?;
+                let from = format!("{}/data", store::snapshot_dir(&parsed.key));
+                (parsed.share, from, None)
+            }
+            Source::Volume(id) => {
+                let parsed = VolumeId::decode(id).ok_or_else(|| {
+                    CsiError::NotFound(format!("source volume {id} does not exist"))
+                })?;
+                (
+                    parsed.share,
+                    parsed.path.as_str().to_string(),
+                    Some(id.as_str()),
+                )
+            }
+        };
+        let source_share = self.driver.share(&share_ref).await?;
+        let (target, to) = (target.clone(), path.to_string());
+        let label = from.clone();
+        let outcome = self
+            .driver
+            .copies
+            .run(volume_id, source_volume, move |progress| async move {
+                if resume {
+                    target.clear_dir(&to).await?;
+                }
+                let bytes = source_share
+                    .copy_tree(&from, &target, &to, &progress)
+                    .await?;
+                Ok(bytes)
+            })
+            .await;
+        match outcome {
+            Outcome::Done(bytes) => {
+                tracing::info!(from = %label, to = %path, bytes, "volume populated");
+                Ok(())
+            }
+            Outcome::Failed(e) => Err(e),
+            Outcome::Running { bytes, files } => Err(CsiError::InProgress(format!(
+                "volume {volume_id} is being filled from {label}: {bytes} bytes in {files} \
+                 entries so far; retry later"
+            ))),
+        }
+    }
+}
+
+/// The content source of a request, if any.
+fn resolve_source(source: Option<&csi::VolumeContentSource>) -> CsiResult<Option<Source>> {
+    let Some(source) = source else {
+        return Ok(None);
+    };
+    match &source.r#type {
+        Some(volume_content_source::Type::Snapshot(s)) if !s.snapshot_id.is_empty() => {
+            Ok(Some(Source::Snapshot(s.snapshot_id.clone())))
+        }
+        Some(volume_content_source::Type::Volume(v)) if !v.volume_id.is_empty() => {
+            Ok(Some(Source::Volume(v.volume_id.clone())))
+        }
+        _ => Err(CsiError::invalid(
+            "volume_content_source names neither a snapshot nor a volume",
+        )),
+    }
+}
