@@ -308,3 +308,600 @@ async fn ids_of_shares_that_are_not_exported_name_nothing_and_write_nothing() {
     );
     assert_eq!(server_files(), before, "nothing was written");
 }
+
+/// Retries a call while it answers ABORTED (in progress, or busy), as the sidecars do.
+async fn until_done<T, F, Fut>(what: &str, mut call: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<tonic::Response<T>, tonic::Status>>,
+{
+    let deadline = Instant::now() + Duration::from_secs(120);
+    loop {
+        match call().await {
+            Ok(r) => return r.into_inner(),
+            Err(s) if s.code() == Code::Aborted && Instant::now() < deadline => {
+                tokio::time::sleep(Duration::from_millis(100)).await
+            }
+            Err(s) => panic!("{what}: {s:?}"),
+        }
+    }
+}
+
+#[tokio::test]
+async fn a_failed_create_leaves_nothing_behind() {
+    let nfs = NfsServer::start("csfc");
+    let driver = Driver::start(&nfs, &[]);
+    let mut c = driver.controller().await;
+    for version in VERSIONS {
+        for layout in LAYOUTS {
+            let v = version.chars().next().unwrap();
+            // A source whose data vanished from the server under its record.
+            let broken = create(&mut c, request(&nfs, "broken-source", version, layout)).await;
+            std::fs::remove_dir_all(volume_dir(&nfs, &broken.volume_id)).unwrap();
+            let base = || request(&nfs, "pvc-failed", version, layout);
+            let cases = [
+                (
+                    from_snapshot(
+                        base(),
+                        &format!("s{v}#{}#{}#nothing", nfs.address, nfs.share()),
+                    ),
+                    Code::NotFound,
+                ),
+                (from_snapshot(base(), "forged-snapshot-id"), Code::NotFound),
+                (
+                    from_volume(
+                        base(),
+                        &format!("vd{v}#{}#{}#nothing", nfs.address, nfs.share()),
+                    ),
+                    Code::NotFound,
+                ),
+                (from_volume(base(), "forged-volume-id"), Code::NotFound),
+                (
+                    from_snapshot(base(), &format!("s{v}#10.251.0.77#/gone#snap")),
+                    Code::Unavailable,
+                ),
+                (from_volume(base(), &broken.volume_id), Code::NotFound),
+            ];
+            for (r, expected) in cases {
+                let status = c.create_volume(r.clone()).await.unwrap_err();
+                let got = status.code();
+                assert!(
+                    got == expected
+                        || (expected == Code::Unavailable && got == Code::DeadlineExceeded),
+                    "NFSv{version} {layout} {:?}: {status:?}",
+                    r.volume_content_source
+                );
+                let left: BTreeSet<String> = leftovers(&nfs)
+                    .into_iter()
+                    .filter(|p| {
+                        !p.contains(
+                            &volume_dir(&nfs, &broken.volume_id)
+                                .file_name()
+                                .unwrap()
+                                .to_string_lossy()
+                                .to_string(),
+                        )
+                    })
+                    .collect();
+                assert_eq!(
+                    left,
+                    BTreeSet::new(),
+                    "NFSv{version} {layout}: {}",
+                    status.message()
+                );
+            }
+            // The name is free again: the same name without a source works.
+            let ok = create(&mut c, base()).await;
+            delete(&mut c, &ok.volume_id).await;
+            delete(&mut c, &broken.volume_id).await;
+            assert_eq!(leftovers(&nfs), BTreeSet::new());
+        }
+    }
+}
+
+/// Sets owner, mode and mtime of `path` (not following symlinks).
+fn own(path: &Path, uid: u32, gid: u32, mode: Option<u32>, mtime: &str) {
+    std::os::unix::fs::lchown(path, Some(uid), Some(gid)).unwrap();
+    if let Some(mode) = mode {
+        std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode)).unwrap();
+    }
+    test_support::sh("touch", &["-h", "-d", mtime, path.to_str().unwrap()]);
+}
+
+/// A tree with what a faithful copy must keep: owners, modes, times, a symlink, hard links, a
+/// sparse file.
+fn fill_source(dir: &Path) {
+    std::fs::write(dir.join("a.txt"), "alpha").unwrap();
+    own(
+        &dir.join("a.txt"),
+        1234,
+        5678,
+        Some(0o640),
+        "2001-02-03 04:05:06",
+    );
+    std::fs::create_dir(dir.join("sub")).unwrap();
+    std::fs::write(dir.join("sub/b.bin"), vec![7u8; 300_000]).unwrap();
+    own(
+        &dir.join("sub/b.bin"),
+        0,
+        0,
+        Some(0o600),
+        "2003-01-01 00:00:00",
+    );
+    std::fs::write(dir.join("h1"), "linked").unwrap();
+    std::fs::hard_link(dir.join("h1"), dir.join("sub/h2")).unwrap();
+    own(&dir.join("h1"), 99, 98, Some(0o604), "2004-01-01 00:00:00");
+    std::os::unix::fs::symlink("a.txt", dir.join("link")).unwrap();
+    own(&dir.join("link"), 77, 78, None, "2005-01-01 00:00:00");
+    let sparse = std::fs::File::create(dir.join("sparse.img")).unwrap();
+    sparse.set_len(256 << 20).unwrap();
+    use std::os::unix::fs::FileExt;
+    sparse.write_at(b"in the middle", 100 << 20).unwrap();
+    drop(sparse);
+    own(
+        &dir.join("sparse.img"),
+        5,
+        6,
+        Some(0o644),
+        "2006-01-01 00:00:00",
+    );
+    own(&dir.join("sub"), 42, 43, Some(0o750), "2002-01-01 00:00:00");
+    own(dir, 1000, 1000, None, "2000-01-01 00:00:00");
+}
+
+/// Checks that `copy` is a faithful copy of `original` (the root's mode aside).
+fn assert_faithful(original: &Path, copy: &Path) {
+    let names = tree(original);
+    assert_eq!(tree(copy), names, "{}", copy.display());
+    for name in names.iter().map(String::as_str).chain([""]) {
+        let (a, b) = (original.join(name), copy.join(name));
+        let (ma, mb) = (
+            std::fs::symlink_metadata(&a).unwrap(),
+            std::fs::symlink_metadata(&b).unwrap(),
+        );
+        assert_eq!(ma.file_type(), mb.file_type(), "{name}");
+        assert_eq!(
+            (ma.uid(), ma.gid()),
+            (mb.uid(), mb.gid()),
+            "owner of {name:?}"
+        );
+        // Times are asked for on symlinks too, but nfs-ganesha's VFS backend leaves a new
+        // symlink's times as they are (measured here over NFSv3 and v4.1).
+        if !ma.file_type().is_symlink() {
+            assert_eq!(ma.mtime(), mb.mtime(), "mtime of {name:?}");
+        }
+        if !name.is_empty() && !ma.file_type().is_symlink() {
+            assert_eq!(ma.mode(), mb.mode(), "mode of {name:?}");
+        }
+        if ma.file_type().is_symlink() {
+            assert_eq!(
+                std::fs::read_link(&a).unwrap(),
+                std::fs::read_link(&b).unwrap()
+            );
+        } else if ma.is_file() {
+            assert_eq!(ma.len(), mb.len(), "{name}");
+        }
+    }
+    assert_eq!(std::fs::read(copy.join("a.txt")).unwrap(), b"alpha");
+    assert_eq!(
+        std::fs::read(copy.join("sub/b.bin")).unwrap(),
+        vec![7u8; 300_000]
+    );
+    // Hard links stay one file.
+    let (h1, h2) = (
+        std::fs::metadata(copy.join("h1")).unwrap(),
+        std::fs::metadata(copy.join("sub/h2")).unwrap(),
+    );
+    assert_eq!((h1.ino(), h1.nlink()), (h2.ino(), 2), "hard links");
+    // Sparse stays sparse: 256 MiB long, a few KiB allocated.
+    let sparse = std::fs::metadata(copy.join("sparse.img")).unwrap();
+    assert_eq!(sparse.len(), 256 << 20);
+    assert!(
+        sparse.blocks() * 512 <= 64 << 10,
+        "{} bytes allocated",
+        sparse.blocks() * 512
+    );
+    use std::os::unix::fs::FileExt;
+    let mut middle = [0u8; 13];
+    std::fs::File::open(copy.join("sparse.img"))
+        .unwrap()
+        .read_exact_at(&mut middle, 100 << 20)
+        .unwrap();
+    assert_eq!(&middle, b"in the middle");
+}
+
+async fn snapshot(c: &mut ControllerClient<Channel>, source: &str, name: &str) -> csi::Snapshot {
+    c.create_snapshot(csi::CreateSnapshotRequest {
+        source_volume_id: source.into(),
+        name: name.into(),
+        ..Default::default()
+    })
+    .await
+    .unwrap()
+    .into_inner()
+    .snapshot
+    .unwrap()
+}
+
+#[tokio::test]
+async fn snapshots_and_clones_are_faithful_copies() {
+    let nfs = NfsServer::start("csfa");
+    let driver = Driver::start(&nfs, &[]);
+    let mut c = driver.controller().await;
+    for version in VERSIONS {
+        let source = create(
+            &mut c,
+            request(&nfs, &format!("src-{version}"), version, "directory"),
+        )
+        .await;
+        let source_dir = volume_dir(&nfs, &source.volume_id);
+        fill_source(&source_dir);
+        let snap = snapshot(&mut c, &source.volume_id, &format!("snap-{version}")).await;
+        assert!(snap.ready_to_use);
+        let key = snap.snapshot_id.rsplit('#').next().unwrap();
+        assert_faithful(
+            &source_dir,
+            &nfs.export()
+                .join(".tether/snapshots")
+                .join(key)
+                .join("data"),
+        );
+        let restored = create(
+            &mut c,
+            from_snapshot(
+                request(&nfs, &format!("restored-{version}"), version, "directory"),
+                &snap.snapshot_id,
+            ),
+        )
+        .await;
+        assert_faithful(&source_dir, &volume_dir(&nfs, &restored.volume_id));
+        let clone = create(
+            &mut c,
+            from_volume(
+                request(&nfs, &format!("clone-{version}"), version, "directory"),
+                &source.volume_id,
+            ),
+        )
+        .await;
+        assert_faithful(&source_dir, &volume_dir(&nfs, &clone.volume_id));
+        for id in [&restored.volume_id, &clone.volume_id, &source.volume_id] {
+            delete(&mut c, id).await;
+        }
+        c.delete_snapshot(csi::DeleteSnapshotRequest {
+            snapshot_id: snap.snapshot_id,
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    }
+    assert_eq!(leftovers(&nfs), BTreeSet::new());
+}
+
+#[tokio::test]
+async fn long_copies_run_in_the_background_and_callers_poll() {
+    let nfs = NfsServer::start("csbg");
+    // Copies never finish within the call, and one runs at a time.
+    let driver = Driver::start(&nfs, &["--copy-wait", "0", "--max-copies", "1"]);
+    let mut c = driver.controller().await;
+    for version in VERSIONS {
+        let source = create(
+            &mut c,
+            request(&nfs, &format!("big-{version}"), version, "directory"),
+        )
+        .await;
+        let data: Vec<u8> = (0..48u32 << 20)
+            .map(|i| (i.wrapping_mul(2654435761) >> 13) as u8)
+            .collect();
+        std::fs::write(volume_dir(&nfs, &source.volume_id).join("big.bin"), &data).unwrap();
+        let snap = snapshot(&mut c, &source.volume_id, &format!("bg-{version}")).await;
+        assert!(!snap.ready_to_use, "a 48 MiB copy is not done at once");
+        // A second snapshot queues behind the first.
+        let second = snapshot(&mut c, &source.volume_id, &format!("bg2-{version}")).await;
+        assert!(!second.ready_to_use);
+        // While a copy reads from it, the source volume cannot be deleted.
+        assert_eq!(
+            code(
+                c.delete_volume(csi::DeleteVolumeRequest {
+                    volume_id: source.volume_id.clone(),
+                    ..Default::default()
+                })
+                .await
+            ),
+            Code::Aborted
+        );
+        // The snapshotter polls ListSnapshots by id (and CreateSnapshot again).
+        let listed = |c: &mut ControllerClient<Channel>, id: String| {
+            let mut c = c.clone();
+            async move {
+                c.list_snapshots(csi::ListSnapshotsRequest {
+                    snapshot_id: id,
+                    ..Default::default()
+                })
+                .await
+                .unwrap()
+                .into_inner()
+                .entries
+            }
+        };
+        let entries = listed(&mut c, snap.snapshot_id.clone()).await;
+        assert_eq!(entries.len(), 1, "listed while it is copied");
+        let deadline = Instant::now() + Duration::from_secs(120);
+        loop {
+            let again = snapshot(&mut c, &source.volume_id, &format!("bg-{version}")).await;
+            if again.ready_to_use {
+                break;
+            }
+            assert!(Instant::now() < deadline, "the snapshot never became ready");
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+        let entries = listed(&mut c, snap.snapshot_id.clone()).await;
+        assert!(entries[0].snapshot.as_ref().unwrap().ready_to_use);
+        // Deleting a snapshot that is still copied stops the copy and leaves nothing.
+        c.delete_snapshot(csi::DeleteSnapshotRequest {
+            snapshot_id: second.snapshot_id.clone(),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+        // Restoring: ABORTED (in progress) until the copy is done, then the volume.
+        let r = from_snapshot(
+            request(&nfs, &format!("bg-restore-{version}"), version, "directory"),
+            &snap.snapshot_id,
+        );
+        let status = c.create_volume(r.clone()).await.unwrap_err();
+        assert_eq!(status.code(), Code::Aborted, "{}", status.message());
+        assert!(
+            status.message().contains("being filled"),
+            "{}",
+            status.message()
+        );
+        let restored = until_done("restore", || {
+            let mut c = c.clone();
+            let r = r.clone();
+            async move { c.create_volume(r).await }
+        })
+        .await
+        .volume
+        .unwrap();
+        assert_eq!(
+            std::fs::read(volume_dir(&nfs, &restored.volume_id).join("big.bin")).unwrap(),
+            data
+        );
+        delete(&mut c, &restored.volume_id).await;
+        c.delete_snapshot(csi::DeleteSnapshotRequest {
+            snapshot_id: snap.snapshot_id,
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+        until_done("delete source", || {
+            let mut c = c.clone();
+            let id = source.volume_id.clone();
+            async move {
+                c.delete_volume(csi::DeleteVolumeRequest {
+                    volume_id: id,
+                    ..Default::default()
+                })
+                .await
+            }
+        })
+        .await;
+    }
+    assert_eq!(leftovers(&nfs), BTreeSet::new());
+}
+
+/// Whether any metadata file is a temporary one.
+fn temporary_files(nfs: &NfsServer) -> Vec<String> {
+    tree(&nfs.export().join(".tether"))
+        .into_iter()
+        .filter(|p| p.contains(".tmp-"))
+        .collect()
+}
+
+#[tokio::test]
+async fn kills_midway_converge_and_leave_no_records_claims_or_temporary_files() {
+    let nfs = NfsServer::start("cskl");
+    let names: Vec<String> = (0..12).map(|i| format!("pvc-kill-{i}")).collect();
+    let keep = |name: &str| name.ends_with(['0', '2', '4', '6', '8']);
+    for round in 0..10u64 {
+        let mut driver = Driver::start(&nfs, &[]);
+        let c = driver.controller().await;
+        let mut tasks = Vec::new();
+        for (i, name) in names.iter().enumerate() {
+            let mut c = c.clone();
+            let version = VERSIONS[i % 2];
+            let layout = LAYOUTS[(i / 2) % 2];
+            let r = request(&nfs, name, version, layout);
+            let delete_too = round % 2 == 1 && !keep(name);
+            tasks.push(tokio::spawn(async move {
+                if let Ok(v) = c.create_volume(r).await {
+                    if delete_too {
+                        let _ = c
+                            .delete_volume(csi::DeleteVolumeRequest {
+                                volume_id: v.into_inner().volume.unwrap().volume_id,
+                                ..Default::default()
+                            })
+                            .await;
+                    }
+                }
+            }));
+        }
+        tokio::time::sleep(Duration::from_millis(5 + round * 9)).await;
+        driver.kill();
+        for t in tasks {
+            let _ = t.await;
+        }
+    }
+    // The retries converge: every volume to keep exists, the others are deleted.
+    let driver = Driver::start(&nfs, &["--sweep-interval", "1", "--leftover-age", "0"]);
+    let mut c = driver.controller().await;
+    let mut kept = BTreeSet::new();
+    for (i, name) in names.iter().enumerate() {
+        let r = request(&nfs, name, VERSIONS[i % 2], LAYOUTS[(i / 2) % 2]);
+        let volume = until_done(name, || {
+            let mut c = c.clone();
+            let r = r.clone();
+            async move { c.create_volume(r).await }
+        })
+        .await
+        .volume
+        .unwrap();
+        if keep(name) {
+            kept.insert(
+                volume_dir(&nfs, &volume.volume_id)
+                    .file_name()
+                    .unwrap()
+                    .to_string_lossy()
+                    .into_owned(),
+            );
+        } else {
+            delete(&mut c, &volume.volume_id).await;
+        }
+    }
+    // The sweep removes what the kills left in .tether (temporary record files).
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !temporary_files(&nfs).is_empty() {
+        assert!(Instant::now() < deadline, "{:?}", temporary_files(&nfs));
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let claims: BTreeSet<String> = std::fs::read_dir(nfs.export().join(".tether/names"))
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    let wanted: BTreeSet<String> = names.iter().filter(|n| keep(n)).cloned().collect();
+    assert_eq!(claims, wanted, "claims of deleted volumes stay behind");
+    let records = std::fs::read_dir(nfs.export().join(".tether/volumes"))
+        .unwrap()
+        .count();
+    assert_eq!(records, wanted.len());
+    let top: BTreeSet<String> = std::fs::read_dir(nfs.export())
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .filter(|n| n != ".tether")
+        .collect();
+    assert_eq!(top, kept);
+    assert_eq!(
+        std::fs::read_dir(nfs.export().join(".tether/trash"))
+            .unwrap()
+            .count(),
+        0
+    );
+}
+
+#[tokio::test]
+async fn the_sweep_removes_old_leftovers_on_a_timer_and_leaves_young_ones() {
+    let nfs = NfsServer::start("cssw");
+    let meta = nfs.export().join(".tether");
+    for dir in ["volumes", "names", "snapshots", "trash"] {
+        std::fs::create_dir_all(meta.join(dir)).unwrap();
+    }
+    let now_ns = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_nanos();
+    let old = "2020-01-01 00:00:00";
+    // Trash of an interrupted delete, old and young.
+    std::fs::create_dir_all(meta.join("trash/1000-pvc-old/deep")).unwrap();
+    std::fs::write(meta.join("trash/1000-pvc-old/deep/file"), "x").unwrap();
+    std::fs::create_dir(meta.join(format!("trash/{now_ns}-pvc-young"))).unwrap();
+    // Temporary record files, old and young.
+    std::fs::write(meta.join("volumes/.pvc-a.json.tmp-1-1"), "{").unwrap();
+    test_support::sh(
+        "touch",
+        &[
+            "-d",
+            old,
+            meta.join("volumes/.pvc-a.json.tmp-1-1").to_str().unwrap(),
+        ],
+    );
+    std::fs::write(meta.join("volumes/.pvc-b.json.tmp-2-2"), "{").unwrap();
+    // A claim whose creation died before its record, with the empty directory it made.
+    std::fs::create_dir(nfs.export().join("orphan")).unwrap();
+    std::os::unix::fs::symlink("orphan", meta.join("names/orphan")).unwrap();
+    test_support::sh(
+        "touch",
+        &["-h", "-d", old, meta.join("names/orphan").to_str().unwrap()],
+    );
+    // A claim leading to a directory with data and no record: the claim goes, the data stays.
+    std::fs::create_dir(nfs.export().join("precious")).unwrap();
+    std::fs::write(nfs.export().join("precious/data"), "keep").unwrap();
+    std::os::unix::fs::symlink("precious", meta.join("names/precious")).unwrap();
+    test_support::sh(
+        "touch",
+        &[
+            "-h",
+            "-d",
+            old,
+            meta.join("names/precious").to_str().unwrap(),
+        ],
+    );
+    // A young claim (a creation at work).
+    std::os::unix::fs::symlink("young", meta.join("names/young")).unwrap();
+    // A volume left half made long ago, and one at work.
+    for (name, touched) in [("half", 1000u64), ("busy", (now_ns / 1_000_000_000) as u64)] {
+        std::fs::create_dir(nfs.export().join(name)).unwrap();
+        std::fs::write(nfs.export().join(name).join("partial"), "p").unwrap();
+        std::os::unix::fs::symlink(name, meta.join("names").join(name)).unwrap();
+        let record = serde_json::json!({
+            "name": name,
+            "volumeId": format!("vd4#{}#{}#{name}", nfs.address, nfs.share()),
+            "path": name,
+            "capacityBytes": 1,
+            "parameters": {},
+            "settings": {"onDelete": "delete", "mountPermissions": 511, "layout": "directory"},
+            "source": null,
+            "state": "creating",
+            "createdUnix": touched,
+            "touchedUnix": touched,
+        });
+        std::fs::write(
+            meta.join(format!("volumes/{name}.json")),
+            record.to_string(),
+        )
+        .unwrap();
+    }
+    let driver = Driver::start(&nfs, &["--sweep-interval", "1", "--leftover-age", "600"]);
+    let deadline = Instant::now() + Duration::from_secs(15);
+    let gone = [
+        meta.join("trash/1000-pvc-old"),
+        meta.join("volumes/.pvc-a.json.tmp-1-1"),
+        meta.join("names/orphan"),
+        nfs.export().join("orphan"),
+        meta.join("names/precious"),
+        meta.join("names/half"),
+        meta.join("volumes/half.json"),
+        nfs.export().join("half"),
+    ];
+    while gone.iter().any(|p| p.symlink_metadata().is_ok()) {
+        assert!(
+            Instant::now() < deadline,
+            "still there: {:?}\n{}",
+            gone.iter()
+                .filter(|p| p.symlink_metadata().is_ok())
+                .collect::<Vec<_>>(),
+            driver.log()
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    for stays in [
+        meta.join(format!("trash/{now_ns}-pvc-young")),
+        meta.join("volumes/.pvc-b.json.tmp-2-2"),
+        nfs.export().join("precious/data"),
+        meta.join("names/young"),
+        meta.join("names/busy"),
+        meta.join("volumes/busy.json"),
+        nfs.export().join("busy/partial"),
+    ] {
+        assert!(
+            stays.symlink_metadata().is_ok(),
+            "{} was removed",
+            stays.display()
+        );
+    }
+    assert!(
+        driver.log().contains("sweep removed leftovers"),
+        "{}",
+        driver.log()
+    );
+}

@@ -49,6 +49,8 @@ EXPORT {{
     Squash = None;
     Protocols = 3, 4;
     SecType = sys;
+    # Tests change the exported files behind the server's back: no cached attributes.
+    Attr_Expiration_Time = 0;
     FSAL {{ Name = VFS; }}
 }}
 LOG {{ Default_Log_Level = WARN; }}

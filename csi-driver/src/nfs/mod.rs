@@ -123,7 +123,10 @@ fn mount_failure(share: String, e: nfs_rs::NfsError) -> NfsError {
     use nfs_rs::Nfs3MountErrorCode as M;
     let no_export = match &e {
         nfs_rs::NfsError::Mount(code) => {
-            matches!(code, M::MNT3ERR_NOENT | M::MNT3ERR_ACCES | M::MNT3ERR_NOTDIR)
+            matches!(
+                code,
+                M::MNT3ERR_NOENT | M::MNT3ERR_ACCES | M::MNT3ERR_NOTDIR
+            )
         }
         nfs_rs::NfsError::Nfs4(code) => matches!(*code as u32, 2 | 13 | 20),
         _ => false,

@@ -80,6 +80,14 @@ impl Driver {
         }
     }
 
+    /// SIGKILL, as a node losing power or the OOM killer would.
+    pub fn kill(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
     pub async fn channel(&self) -> Channel {
         channel(&self.socket).await
     }
