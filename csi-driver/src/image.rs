@@ -26,7 +26,7 @@ pub enum ImageError {
         path: PathBuf,
         output: String,
     },
-    #[error("{path} holds a {found} filesystem, not {wanted}")]
+    #[error("{path} holds {found}, not a {wanted} filesystem: it is never formatted over")]
     WrongFilesystem {
         path: PathBuf,
         found: String,
@@ -165,23 +165,59 @@ pub fn device_size(device: &Path) -> Result<u64, ImageError> {
     Ok(size)
 }
 
-/// The filesystem on `device`, from its superblock: `ext4` (any ext), `xfs`, or `None`.
-pub fn detect_filesystem(device: &Path) -> Result<Option<&'static str>, ImageError> {
-    use std::io::{Read, Seek, SeekFrom};
-    let mut file = File::open(device).map_err(io("opening", device))?;
-    let mut head = [0u8; 4];
-    file.read_exact(&mut head).map_err(io("reading", device))?;
-    if &head == b"XFSB" {
-        return Ok(Some("xfs"));
+/// What is on a device, as `blkid -p` (util-linux, low-level probing of superblocks, partition
+/// tables, LUKS and LVM headers) reads it: `None` when there is no signature at all.
+pub fn probe(device: &Path) -> Result<Option<Signature>, ImageError> {
+    let out = Command::new("blkid")
+        .args(["-p", "-o", "export"])
+        .arg(device)
+        .output()
+        .map_err(io("running blkid -p on", device))?;
+    let text = String::from_utf8_lossy(&out.stdout);
+    let value = |key: &str| {
+        text.lines()
+            .find_map(|l| l.strip_prefix(key)?.strip_prefix('='))
+            .map(str::to_string)
+    };
+    match out.status.code() {
+        Some(0) => Ok(Some(match (value("TYPE"), value("PTTYPE")) {
+            (Some(kind), _) => Signature::Type(kind),
+            (None, Some(table)) => Signature::PartitionTable(table),
+            (None, None) => Signature::Unknown(text.trim().replace('\n', " ")),
+        })),
+        // Nothing found.
+        Some(2) => Ok(None),
+        // Several signatures that contradict each other.
+        Some(8) => Ok(Some(Signature::Ambivalent)),
+        _ => Err(ImageError::Tool {
+            tool: "blkid -p".into(),
+            path: device.into(),
+            output: String::from_utf8_lossy(&out.stderr).trim().to_string(),
+        }),
     }
-    let mut magic = [0u8; 2];
-    file.seek(SeekFrom::Start(1024 + 56))
-        .and_then(|_| file.read_exact(&mut magic))
-        .map_err(io("reading", device))?;
-    if magic == [0x53, 0xEF] {
-        return Ok(Some("ext4"));
+}
+
+/// A signature `blkid -p` found.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Signature {
+    /// A filesystem or container: `ext4`, `xfs`, `btrfs`, `crypto_LUKS`, `LVM2_member`, ...
+    Type(String),
+    /// A partition table (`dos`, `gpt`).
+    PartitionTable(String),
+    /// Several signatures at once.
+    Ambivalent,
+    Unknown(String),
+}
+
+impl std::fmt::Display for Signature {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Signature::Type(kind) => write!(f, "a {kind} signature"),
+            Signature::PartitionTable(table) => write!(f, "a {table} partition table"),
+            Signature::Ambivalent => write!(f, "several contradicting signatures"),
+            Signature::Unknown(what) => write!(f, "an unrecognised signature ({what})"),
+        }
     }
-    Ok(None)
 }
 
 fn run(tool: &str, args: &[&str], path: &Path) -> Result<(), ImageError> {
@@ -207,14 +243,15 @@ fn run(tool: &str, args: &[&str], path: &Path) -> Result<(), ImageError> {
     }
 }
 
-/// Formats `device` with `fs_type` unless it holds a filesystem already; a filesystem of
-/// another type is an error (never reformatted: that would lose the data).
+/// Formats `device` with `fs_type` only when it holds no signature at all; a filesystem of
+/// `fs_type` is used as it is, and anything else (another filesystem, LUKS, LVM, a partition
+/// table) is an error: never formatted over, that would lose the data.
 pub fn ensure_filesystem(device: &Path, fs_type: &str) -> Result<bool, ImageError> {
-    match detect_filesystem(device)? {
-        Some(found) if found == fs_type => Ok(false),
+    match probe(device)? {
+        Some(Signature::Type(found)) if found == fs_type => Ok(false),
         Some(found) => Err(ImageError::WrongFilesystem {
             path: device.into(),
-            found: found.into(),
+            found: found.to_string(),
             wanted: fs_type.into(),
         }),
         None => {
@@ -253,25 +290,76 @@ mod tests {
     use super::*;
 
     #[test]
-    fn filesystems_are_recognised_by_their_superblock() {
+    fn only_a_device_without_any_signature_is_formatted() {
         let dir = tempfile::tempdir().unwrap();
-        let ext = dir.path().join("ext");
-        let mut block = vec![0u8; 4096];
-        block[1080] = 0x53;
-        block[1081] = 0xEF;
-        std::fs::write(&ext, &block).unwrap();
-        assert_eq!(detect_filesystem(&ext).unwrap(), Some("ext4"));
-        let xfs = dir.path().join("xfs");
-        let mut block = vec![0u8; 4096];
-        block[..4].copy_from_slice(b"XFSB");
-        std::fs::write(&xfs, &block).unwrap();
-        assert_eq!(detect_filesystem(&xfs).unwrap(), Some("xfs"));
-        let blank = dir.path().join("blank");
-        std::fs::write(&blank, vec![0u8; 4096]).unwrap();
-        assert_eq!(detect_filesystem(&blank).unwrap(), None);
-        assert!(matches!(
-            ensure_filesystem(&xfs, "ext4"),
-            Err(ImageError::WrongFilesystem { .. })
-        ));
+        let image = |name: &str| {
+            let path = dir.path().join(name);
+            std::fs::File::create(&path)
+                .unwrap()
+                .set_len(64 << 20)
+                .unwrap();
+            path
+        };
+        let blank = image("blank");
+        assert_eq!(probe(&blank).unwrap(), None);
+        assert!(ensure_filesystem(&blank, "ext4").unwrap(), "formatted");
+        assert_eq!(probe(&blank).unwrap(), Some(Signature::Type("ext4".into())));
+        assert!(!ensure_filesystem(&blank, "ext4").unwrap(), "used as it is");
+        let err = ensure_filesystem(&blank, "xfs").unwrap_err().to_string();
+        assert!(
+            err.contains("a ext4 signature") && err.contains("never formatted"),
+            "{err}"
+        );
+        // What a pod writing a raw block volume may leave: a partition table, LUKS, LVM.
+        use std::os::unix::fs::FileExt;
+        let write = |path: &Path, at: u64, bytes: &[u8]| {
+            let file = std::fs::OpenOptions::new().write(true).open(path).unwrap();
+            file.write_at(bytes, at).unwrap();
+        };
+        let table = image("table");
+        let mut mbr = vec![0u8; 512];
+        mbr[446 + 4] = 0x83; // one Linux partition
+        mbr[446 + 8..446 + 12].copy_from_slice(&2048u32.to_le_bytes());
+        mbr[446 + 12..446 + 16].copy_from_slice(&100_000u32.to_le_bytes());
+        mbr[510..].copy_from_slice(&[0x55, 0xAA]);
+        write(&table, 0, &mbr);
+        let luks = image("luks");
+        write(&luks, 0, b"LUKS\xba\xbe\x00\x01aes\x00");
+        let lvm = image("lvm");
+        let mut label = vec![0u8; 512];
+        label[..8].copy_from_slice(b"LABELONE");
+        label[8..16].copy_from_slice(&1u64.to_le_bytes());
+        label[20..24].copy_from_slice(&32u32.to_le_bytes());
+        label[24..32].copy_from_slice(b"LVM2 001");
+        label[32..64].copy_from_slice(&[b'x'; 32]);
+        let crc = lvm_crc(&label[20..]);
+        label[16..20].copy_from_slice(&crc.to_le_bytes());
+        write(&lvm, 512, &label);
+        for (path, expected) in [
+            (&table, "dos partition table"),
+            (&luks, "crypto_LUKS"),
+            (&lvm, "LVM2_member"),
+        ] {
+            let err = ensure_filesystem(path, "ext4").unwrap_err().to_string();
+            assert!(err.contains(expected), "{err}");
+            let err = ensure_filesystem(path, "xfs").unwrap_err().to_string();
+            assert!(err.contains(expected), "{err}");
+        }
+    }
+
+    /// LVM's label checksum: CRC-32 (reflected, 0xEDB88320) from 0xf597a6cf, no final xor.
+    fn lvm_crc(data: &[u8]) -> u32 {
+        let mut crc = 0xf597_a6cfu32;
+        for byte in data {
+            crc ^= u32::from(*byte);
+            for _ in 0..8 {
+                crc = if crc & 1 == 1 {
+                    (crc >> 1) ^ 0xEDB8_8320
+                } else {
+                    crc >> 1
+                };
+            }
+        }
+        crc
     }
 }

@@ -29,9 +29,10 @@ use crate::image;
 use crate::locks::OpGuard;
 use crate::mounts::{self, MountInfo};
 use crate::nfs_mount::{create_dir, ensure_nfs_mount, health, Health};
+use crate::node_stats::UsageCache;
 use crate::store::IMAGE_FILE;
 use crate::validate::{
-    capability, is_block, mode, mount_flags, read_only_mode, required_path, volume,
+    capability, is_block, mode, mount_flags, read_only_mode, required_path, volume, volume_path,
 };
 
 /// The topology key that names a node.
@@ -41,14 +42,22 @@ pub struct NodeService {
     pub(crate) driver: Arc<Driver>,
     state_dir: PathBuf,
     pub(crate) timeout: Duration,
+    pub(crate) usage: UsageCache,
 }
 
 impl NodeService {
-    pub fn new(driver: Arc<Driver>, state_dir: PathBuf, timeout: Duration) -> NodeService {
+    /// `usage_refresh`: how often a directory volume's tree is walked to count its usage.
+    pub fn new(
+        driver: Arc<Driver>,
+        state_dir: PathBuf,
+        timeout: Duration,
+        usage_refresh: Duration,
+    ) -> NodeService {
         NodeService {
             driver,
             state_dir,
             timeout,
+            usage: UsageCache::new(usage_refresh),
         }
     }
 
@@ -100,7 +109,11 @@ impl NodeService {
                 let device = image::attach(&private.join(IMAGE_FILE))?;
                 if !is_block(capability) {
                     let fs_type = filesystem(capability, &req.volume_context);
-                    self.ensure_image_mount(&device, &staging, &fs_type)?;
+                    if let Err(e) = self.ensure_image_mount(&device, &staging, &fs_type) {
+                        // Nothing half made stays: the loop device and the private mount go.
+                        self.release_image(&req.volume_id);
+                        return Err(e);
+                    }
                 }
             }
         }
@@ -148,15 +161,27 @@ impl NodeService {
         mounts::unmount_all(&staging, self.timeout)?;
         if VolumeId::decode(&req.volume_id).is_some_and(|id| id.layout == Layout::Image) {
             let private = self.private_dir(&req.volume_id);
-            let image_file = private.join(IMAGE_FILE);
             // The loop device holds the image open: detach it before the share goes away.
-            if let Err(e) = image::detach(&image_file) {
+            if let Err(e) = image::detach(&private.join(IMAGE_FILE)) {
                 tracing::warn!(error = %e, "detaching the loop device failed");
             }
             mounts::unmount_all(&private, self.timeout)?;
             let _ = std::fs::remove_dir(&private);
         }
         Ok(csi::NodeUnstageVolumeResponse {})
+    }
+
+    /// Detaches an image volume's loop device and unmounts its private directory, logging
+    /// what fails (for undoing a failed stage).
+    fn release_image(&self, volume_id: &str) {
+        let private = self.private_dir(volume_id);
+        if let Err(e) = image::detach(&private.join(IMAGE_FILE)) {
+            tracing::warn!(error = %e, "detaching the loop device failed");
+        }
+        if let Err(e) = mounts::unmount_all(&private, self.timeout) {
+            tracing::warn!(error = %e, "unmounting the image's directory failed");
+        }
+        let _ = std::fs::remove_dir(&private);
     }
 
     pub(crate) fn publish(
@@ -227,19 +252,19 @@ impl NodeService {
             }
         }
 
-        if mode(capability) == Mode::SingleNodeSingleWriter && !is_block(capability) {
-            if let Some(origin_mount) = &origin_mount {
-                let elsewhere = table.iter().any(|m| {
-                    m.same_origin(origin_mount)
-                        && m.mount_point != staging
-                        && m.mount_point != target
-                });
-                if elsewhere {
-                    return Err(CsiError::WrongState(format!(
-                        "volume {} is SINGLE_NODE_SINGLE_WRITER and already published elsewhere",
-                        req.volume_id
-                    )));
-                }
+        if mode(capability) == Mode::SingleNodeSingleWriter {
+            let elsewhere = table.iter().any(|m| {
+                let same = match &origin_mount {
+                    Some(origin_mount) => m.same_origin(origin_mount),
+                    None => block_mount_matches(m, &origin),
+                };
+                same && m.mount_point != staging && m.mount_point != target
+            });
+            if elsewhere {
+                return Err(CsiError::WrongState(format!(
+                    "volume {} is SINGLE_NODE_SINGLE_WRITER and already published elsewhere",
+                    req.volume_id
+                )));
             }
         }
 
@@ -281,7 +306,7 @@ impl NodeService {
         &self,
         req: &csi::NodeExpandVolumeRequest,
     ) -> CsiResult<csi::NodeExpandVolumeResponse> {
-        let path = required_path("volume_path", &req.volume_path)?;
+        let path = volume_path(&req.volume_path)?;
         let id = volume(&req.volume_id)?;
         let _guard = self.lock(&req.volume_id)?;
         let wanted = req
@@ -289,6 +314,7 @@ impl NodeService {
             .as_ref()
             .map(|r| r.required_bytes)
             .unwrap_or(0);
+        holds_volume(&path)?;
         if id.layout == Layout::Directory {
             return Ok(csi::NodeExpandVolumeResponse {
                 capacity_bytes: wanted,
@@ -325,6 +351,22 @@ impl NodeService {
         Ok(csi::NodeExpandVolumeResponse {
             capacity_bytes: size as i64,
         })
+    }
+}
+
+/// NOT_FOUND unless `path` is where a volume is staged or published: a mount point, or the
+/// device node of a published block volume.
+pub(crate) fn holds_volume(path: &Path) -> CsiResult<()> {
+    use std::os::unix::fs::FileTypeExt;
+    let mounted = mounts::mounted_at(path)?.is_some();
+    let device = std::fs::metadata(path).is_ok_and(|m| m.file_type().is_block_device());
+    if mounted || device {
+        Ok(())
+    } else {
+        Err(CsiError::NotFound(format!(
+            "{} holds no staged or published volume",
+            path.display()
+        )))
     }
 }
 

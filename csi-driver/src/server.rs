@@ -78,6 +78,10 @@ pub struct Args {
     /// Controller mode: seconds a leftover must be old before the sweep removes it.
     #[arg(long, env = "TETHER_CSI_LEFTOVER_AGE", default_value_t = 3600)]
     pub leftover_age: u64,
+    /// Node mode: seconds between walks of a directory volume's tree to count its usage (in
+    /// the background; NodeGetVolumeStats answers with the latest count).
+    #[arg(long, env = "TETHER_CSI_USAGE_REFRESH", default_value_t = 60)]
+    pub usage_refresh: u64,
     /// Node mode: where image volumes' directories are mounted privately.
     #[arg(
         long,
@@ -220,7 +224,12 @@ pub async fn serve(args: Args) -> Result<(), ServeError> {
         )));
     }
     if args.mode != Mode::Controller {
-        let node = NodeService::new(driver.clone(), args.state_dir.clone(), timeout);
+        let node = NodeService::new(
+            driver.clone(),
+            args.state_dir.clone(),
+            timeout,
+            Duration::from_secs(args.usage_refresh.max(1)),
+        );
         router = router.add_service(node_server::NodeServer::new(NodeServer(
             std::sync::Arc::new(node),
         )));

@@ -118,6 +118,25 @@ pub fn required_path(name: &str, value: &str) -> CsiResult<PathBuf> {
     Ok(path)
 }
 
+/// The `volume_path` of NodeGetVolumeStats and NodeExpandVolume: required, and NOT_FOUND when
+/// it cannot hold a volume (relative, or with `..`); the caller checks that it does.
+pub fn volume_path(value: &str) -> CsiResult<PathBuf> {
+    if value.is_empty() {
+        return Err(CsiError::invalid("volume_path is required"));
+    }
+    let path = PathBuf::from(value);
+    if !path.is_absolute()
+        || path
+            .components()
+            .any(|c| matches!(c, std::path::Component::ParentDir))
+    {
+        return Err(CsiError::NotFound(format!(
+            "volume_path {value:?} holds no volume (a volume path is absolute)"
+        )));
+    }
+    Ok(path)
+}
+
 /// The volume an id names; NOT_FOUND for one this driver never made.
 pub fn volume(volume_id: &str) -> CsiResult<VolumeId> {
     if volume_id.is_empty() {

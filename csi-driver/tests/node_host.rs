@@ -311,18 +311,53 @@ async fn node_rpcs_check_their_arguments_and_no_ops_succeed() {
         ),
         Code::InvalidArgument
     );
-    // Stats of a path that is no volume.
-    assert_eq!(
-        code(
-            node.node_get_volume_stats(csi::NodeGetVolumeStatsRequest {
-                volume_id: id.clone(),
-                volume_path: dir.path().join("nothing").display().to_string(),
-                staging_target_path: String::new(),
-            })
-            .await
-        ),
-        Code::NotFound
-    );
+    // Stats and expansion of a path that holds no volume: relative, absent, a plain
+    // directory, a plain file, with '..': NOT_FOUND (the CSI spec's "volume does not exist on
+    // the specified path"); no path at all is INVALID_ARGUMENT.
+    std::fs::create_dir_all(dir.path().join("plain-dir")).unwrap();
+    std::fs::write(dir.path().join("plain-file"), "x").unwrap();
+    let image_id = "vi4#10.0.0.5#/srv/k8s#pvc-2".to_string();
+    for volume_id in [&id, &image_id] {
+        for (path, expected) in [
+            ("relative/path".to_string(), Code::NotFound),
+            ("pvc-1".to_string(), Code::NotFound),
+            (
+                dir.path().join("nothing").display().to_string(),
+                Code::NotFound,
+            ),
+            (
+                dir.path().join("plain-dir").display().to_string(),
+                Code::NotFound,
+            ),
+            (
+                dir.path().join("plain-file").display().to_string(),
+                Code::NotFound,
+            ),
+            (format!("{}/../etc", dir.path().display()), Code::NotFound),
+            (String::new(), Code::InvalidArgument),
+        ] {
+            let stats = node
+                .node_get_volume_stats(csi::NodeGetVolumeStatsRequest {
+                    volume_id: volume_id.clone(),
+                    volume_path: path.clone(),
+                    staging_target_path: String::new(),
+                })
+                .await;
+            assert_eq!(code(stats), expected, "stats {volume_id} {path:?}");
+            let expand = node
+                .node_expand_volume(csi::NodeExpandVolumeRequest {
+                    volume_id: volume_id.clone(),
+                    volume_path: path.clone(),
+                    capacity_range: Some(csi::CapacityRange {
+                        required_bytes: 1 << 30,
+                        limit_bytes: 0,
+                    }),
+                    ..Default::default()
+                })
+                .await;
+            assert_eq!(code(expand), expected, "expand {volume_id} {path:?}");
+        }
+    }
     // The node service does not serve the controller.
     let mut controller =
         csi::controller_client::ControllerClient::new(common::channel(&socket).await);

@@ -64,6 +64,10 @@ async fn guest_node_suite() {
     step(started, "xfs image volume");
     block_volume(&mut guest).await;
     step(started, "block volume");
+    block_single_writer_and_foreign_signatures(&mut guest).await;
+    step(started, "block: single writer, never formatted over");
+    large_volume_stats(&mut guest).await;
+    step(started, "stats of a large directory volume");
     stale_handle_recovery(&mut guest).await;
     step(started, "stale file handle");
     server_stopped_while_mounted(&mut guest).await;
@@ -649,6 +653,176 @@ async fn block_volume(guest: &mut Guest) {
         .await
         .unwrap();
     assert!(loop_devices_in_use().is_empty());
+    guest
+        .controller()
+        .await
+        .delete_volume(csi::DeleteVolumeRequest {
+            volume_id: volume.volume_id,
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+}
+
+/// A SINGLE_NODE_SINGLE_WRITER block volume is published at one target only; what a pod wrote
+/// to it (a partition table) is never formatted over when it is later staged as a filesystem.
+async fn block_single_writer_and_foreign_signatures(guest: &mut Guest) {
+    let cap = block_capability(Mode::SingleNodeSingleWriter);
+    let volume = guest
+        .create(
+            "pvc-block-snsw",
+            16 * MIB,
+            &[("layout", "image")],
+            vec![cap.clone()],
+        )
+        .await;
+    let mut node = guest.node().await;
+    let staging = guest.path("snsw-staging");
+    let first = guest.path("snsw-dev/first");
+    let second = guest.path("snsw-dev/second");
+    node.node_stage_volume(stage_request(&volume, &staging, &cap))
+        .await
+        .unwrap();
+    node.node_publish_volume(publish_request(&volume, &staging, &first, &cap, false))
+        .await
+        .unwrap();
+    // Again at the same target: fine. At a second target: FAILED_PRECONDITION, nothing left.
+    node.node_publish_volume(publish_request(&volume, &staging, &first, &cap, false))
+        .await
+        .unwrap();
+    let status = node
+        .node_publish_volume(publish_request(&volume, &staging, &second, &cap, false))
+        .await
+        .unwrap_err();
+    assert_eq!(status.code(), Code::FailedPrecondition, "{status:?}");
+    assert!(
+        mounted(&second).is_none(),
+        "a mount was left at the second target"
+    );
+    // The pod writes a partition table (as `sfdisk` or a database on raw disks would).
+    {
+        use std::io::{Seek, SeekFrom, Write};
+        let mut mbr = vec![0u8; 512];
+        mbr[446 + 4] = 0x83;
+        mbr[446 + 8..446 + 12].copy_from_slice(&2048u32.to_le_bytes());
+        mbr[446 + 12..446 + 16].copy_from_slice(&20_000u32.to_le_bytes());
+        mbr[510..].copy_from_slice(&[0x55, 0xAA]);
+        let mut device = std::fs::OpenOptions::new()
+            .write(true)
+            .open(&first)
+            .unwrap();
+        device.seek(SeekFrom::Start(0)).unwrap();
+        device.write_all(&mbr).unwrap();
+        device.sync_all().unwrap();
+    }
+    node.node_unpublish_volume(unpublish_request(&volume, &first))
+        .await
+        .unwrap();
+    node.node_unstage_volume(unstage_request(&volume, &staging))
+        .await
+        .unwrap();
+    // Staged as a filesystem later (a clone, or a changed claim): refused, the data kept.
+    let fs = common_mount("ext4");
+    let status = node
+        .node_stage_volume(stage_request(&volume, &staging, &fs))
+        .await
+        .unwrap_err();
+    assert_eq!(status.code(), Code::FailedPrecondition, "{status:?}");
+    assert!(
+        status.message().contains("dos partition table"),
+        "{}",
+        status.message()
+    );
+    assert!(mounted(&staging).is_none());
+    assert!(
+        loop_devices_in_use().is_empty(),
+        "a failed stage left its loop device"
+    );
+    // The partition table is still there: publish raw again and read it back.
+    node.node_stage_volume(stage_request(&volume, &staging, &cap))
+        .await
+        .unwrap();
+    node.node_publish_volume(publish_request(&volume, &staging, &first, &cap, false))
+        .await
+        .unwrap();
+    {
+        use std::io::Read;
+        let mut head = vec![0u8; 512];
+        std::fs::File::open(&first)
+            .unwrap()
+            .read_exact(&mut head)
+            .unwrap();
+        assert_eq!(&head[510..], &[0x55, 0xAA], "the data was kept");
+    }
+    node.node_unpublish_volume(unpublish_request(&volume, &first))
+        .await
+        .unwrap();
+    node.node_unstage_volume(unstage_request(&volume, &staging))
+        .await
+        .unwrap();
+    assert!(loop_devices_in_use().is_empty());
+    guest
+        .controller()
+        .await
+        .delete_volume(csi::DeleteVolumeRequest {
+            volume_id: volume.volume_id,
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+}
+
+/// kubelet polls NodeGetVolumeStats every minute: a volume with many files answers at once
+/// (counted in the background) and is never reported abnormal for being large.
+async fn large_volume_stats(guest: &mut Guest) {
+    let rwx = mount_capability(Mode::MultiNodeMultiWriter, &[]);
+    let volume = guest
+        .create("pvc-large", 64 * MIB, &[], vec![rwx.clone()])
+        .await;
+    let dir = volume.volume_id.rsplit('#').next().unwrap().to_string();
+    host_request(&format!("fill {dir} 100000"));
+    let mut node = guest.node().await;
+    let staging = guest.path("large-staging");
+    let target = guest.path("large-target");
+    node.node_stage_volume(stage_request(&volume, &staging, &rwx))
+        .await
+        .unwrap();
+    node.node_publish_volume(publish_request(&volume, &staging, &target, &rwx, false))
+        .await
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(300);
+    let mut polls = 0;
+    loop {
+        let asked = Instant::now();
+        let stats = node
+            .node_get_volume_stats(stats_request(&volume, &target))
+            .await
+            .unwrap()
+            .into_inner();
+        let took = asked.elapsed();
+        polls += 1;
+        let condition = stats.volume_condition.clone().unwrap();
+        assert!(!condition.abnormal, "{condition:?}");
+        assert!(took < Duration::from_secs(5), "a poll took {took:?}");
+        let inodes = usage(&stats, csi::volume_usage::Unit::Inodes).used;
+        println!("guest: stats poll {polls}: {inodes} entries counted, answered in {took:?}");
+        if inodes >= 100_001 {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the count never finished: {stats:?}"
+        );
+        tokio::time::sleep(Duration::from_secs(2)).await;
+    }
+    node.node_unpublish_volume(unpublish_request(&volume, &target))
+        .await
+        .unwrap();
+    node.node_unstage_volume(unstage_request(&volume, &staging))
+        .await
+        .unwrap();
+    // Removing 100000 files from user space inside the emulated guest would take minutes.
+    host_request(&format!("unfill {dir}"));
     guest
         .controller()
         .await

@@ -48,6 +48,8 @@ EXPORT {
     Squash = None;
     Protocols = 3, 4;
     SecType = sys;
+    # Files are also made behind the server's back (tests): no cached attributes.
+    Attr_Expiration_Time = 0;
     FSAL { Name = VFS; }
 }
 LOG { Default_Log_Level = WARN; }

@@ -14,8 +14,9 @@
 # - nfs-ganesha (NFSv3 and NFSv4.1) runs in a network namespace of its own; the guest reaches it
 #   over virtio-net on a tap device in that namespace. COMMAND gets NFS_SERVER and NFS_SHARE.
 # - COMMAND's output streams here; the script exits with COMMAND's exit code.
-# - The guest can ask the host to stop or start the NFS server: it writes `nfs-stop` or
-#   `nfs-start` to /tmp/scratch/host-request and waits for /tmp/scratch/host-reply.
+# - The guest can ask the host to stop or start the NFS server (`nfs-stop`, `nfs-start`) or to
+#   fill a volume with many files and empty it again (`fill DIR COUNT`, `unfill DIR`): it writes the request to
+#   /tmp/scratch/host-request and waits for /tmp/scratch/host-reply.
 # Everything (QEMU, the server, the namespace, the scratch directory) is removed at exit.
 set -euo pipefail
 root=$(cd "$(dirname "$0")/../.." && pwd)
@@ -111,6 +112,20 @@ while kill -0 "$qemu_pid" 2>/dev/null; do
     case $request in
       nfs-stop) nfs_stop_server "$work/nfs"; echo ok > "$scratch/host-reply.tmp" ;;
       nfs-start) nfs_start_server "$ns" "$work/nfs"; echo ok > "$scratch/host-reply.tmp" ;;
+      fill\ *)
+        # fill DIR COUNT: COUNT small files in a new directory DIR/many of the export (a large
+        # volume, made on the server side in a second where the guest would need minutes).
+        read -r _ fill_dir fill_count <<<"$request"
+        case $fill_dir in */*|.*|'') echo "bad fill $fill_dir" > "$scratch/host-reply.tmp" ;;
+          *) mkdir -p "$work/nfs/export/$fill_dir/many" &&
+             (cd "$work/nfs/export/$fill_dir/many" && seq 1 "$fill_count" | xargs touch) &&
+             echo ok > "$scratch/host-reply.tmp" ;;
+        esac ;;
+      unfill\ *)
+        read -r _ fill_dir <<<"$request"
+        case $fill_dir in */*|.*|'') echo "bad unfill $fill_dir" > "$scratch/host-reply.tmp" ;;
+          *) rm -rf "$work/nfs/export/$fill_dir/many" && echo ok > "$scratch/host-reply.tmp" ;;
+        esac ;;
       *) echo "unknown request $request" > "$scratch/host-reply.tmp" ;;
     esac
     mv "$scratch/host-reply.tmp" "$scratch/host-reply"
