@@ -43,6 +43,12 @@ if ! python3 -c 'import kubernetes_validate' 2>/dev/null; then
   python3 -m pip install -q --disable-pip-version-check kubernetes-validate==1.37.0
 fi
 
+# A gRPC C-core client (csi-driver/tests/grpc_clients.rs): Python grpcio from PyPI.
+if ! python3 -c 'import grpc' 2>/dev/null; then
+  echo "setup.sh: installing grpcio (PyPI)"
+  python3 -m pip install -q --disable-pip-version-check grpcio==1.85.3
+fi
+
 if ! command -v cargo >/dev/null; then
   echo "setup.sh: Rust is missing. Install a current toolchain with rustup (https://rustup.rs), then re-run." >&2
   exit 1

@@ -7,6 +7,7 @@ use clap::{Parser, ValueEnum};
 use tether_csi_proto::v1::{controller_server, identity_server, node_server};
 use tokio::net::UnixListener;
 use tokio_stream::wrappers::UnixListenerStream;
+use tokio_stream::StreamExt;
 
 use crate::controller::ControllerService;
 use crate::driver::{Driver, Tuning};
@@ -235,7 +236,10 @@ pub async fn serve(args: Args) -> Result<(), ServeError> {
         )));
     }
     tracing::info!(socket = %socket.display(), mode = ?args.mode, node = %args.node_id, "serving CSI");
-    let server = router.serve_with_incoming_shutdown(UnixListenerStream::new(listener), async {
+    // Every client's requests, whatever their :authority (see `authority`).
+    let incoming = UnixListenerStream::new(listener)
+        .map(|connection| connection.map(crate::authority::AuthorityFix::new));
+    let server = router.serve_with_incoming_shutdown(incoming, async {
         let _ = stopped.await;
     });
     tokio::pin!(server);
