@@ -1,13 +1,16 @@
 #!/usr/bin/env python3
 """Offline checks of deploy/: every manifest against the Kubernetes API schemas
-(kubernetes-validate, strict), and every command, flag and environment variable that a
-manifest gives Tether's own image against the built binaries' --help.
+(kubernetes-validate, strict), every command, flag and environment variable that a
+manifest gives Tether's own image against the built binaries' --help, and every CSI sidecar
+image against deploy/sidecars.json (the one list of sidecar versions, which
+csi-driver/tests/sidecars.rs checks against the capabilities tether-csi advertises).
 
     python3 deploy/validate.py --bin-dir target/x86_64-unknown-linux-gnu/debug
 """
 
 import argparse
 import glob
+import json
 import os
 import re
 import subprocess
@@ -47,6 +50,12 @@ def check_snapshot_class(doc):
     return problems
 
 
+def sidecar_images():
+    """image -> tag, from deploy/sidecars.json."""
+    with open(os.path.join(HERE, "sidecars.json")) as f:
+        return {s["image"]: s["tag"] for s in json.load(f)["sidecars"]}
+
+
 def help_text(bin_dir, binary, cache={}):
     if binary not in cache:
         path = os.path.join(bin_dir, binary)
@@ -71,6 +80,8 @@ def main():
     config_maps = {}
     checked = 0
     images = set()
+    sidecars = sidecar_images()
+    used_sidecars = set()
     for path, doc in documents():
         kind, name = doc.get("kind"), doc.get("metadata", {}).get("name")
         where = f"{path}: {kind}/{name}"
@@ -89,7 +100,14 @@ def main():
             config_maps[name] = doc.get("data", {})
         for pod in pod_specs(doc):
             for container in pod.get("initContainers", []) + pod.get("containers", []):
-                if not OUR_IMAGE.match(container.get("image", "")):
+                image = container.get("image", "")
+                if "/sig-storage/" in image:
+                    name, _, tag = image.rpartition(":")
+                    used_sidecars.add(name)
+                    if sidecars.get(name) != tag:
+                        failures.append(f"{where}: container {container['name']} uses {image}; "
+                                        f"deploy/sidecars.json lists {name}:{sidecars.get(name)}")
+                if not OUR_IMAGE.match(image):
                     continue
                 images.add(container["image"])
                 command = container.get("command", []) + container.get("args", [])
@@ -110,6 +128,8 @@ def main():
                 for env in env_names:
                     if f"env: {env}=" not in text:
                         failures.append(f"{where}: {binary} reads no environment variable {env}")
+    for unused in sorted(set(sidecars) - used_sidecars):
+        failures.append(f"deploy/sidecars.json lists {unused}, which no manifest uses")
     if len(images) > 1:
         failures.append(f"the manifests use several Tether images: {sorted(images)}")
     for failure in failures:
