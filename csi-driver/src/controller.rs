@@ -61,8 +61,8 @@ impl ControllerService {
             return Ok(csi::DeleteVolumeResponse {});
         };
         if self.driver.copies.reads_from(&req.volume_id) {
-            return Err(CsiError::Busy(format!(
-                "a snapshot or clone of volume {} is being copied from it; retry later",
+            return Err(CsiError::WrongState(format!(
+                "volume {} is in use: a snapshot or clone is being copied from it; retry later",
                 req.volume_id
             )));
         }

@@ -21,8 +21,9 @@ pub struct Copies {
 }
 
 struct Job {
-    /// The volume the copy reads from (which must not be deleted under it).
-    source_volume: Option<String>,
+    /// The id of the volume or snapshot the copy reads from (which must not be deleted under
+    /// it).
+    source: Option<String>,
     progress: Arc<Progress>,
     done: watch::Receiver<bool>,
     result: Arc<Mutex<Option<Result<u64, CsiError>>>>,
@@ -58,7 +59,7 @@ impl Copies {
     /// The copy for `key`: joins the one running, or starts `copy` (given the progress counter
     /// to update). Waits for it up to the configured time. A finished copy's outcome is handed
     /// out once.
-    pub async fn run<F, Fut>(&self, key: &str, source_volume: Option<&str>, copy: F) -> Outcome
+    pub async fn run<F, Fut>(&self, key: &str, source: Option<&str>, copy: F) -> Outcome
     where
         F: FnOnce(Arc<Progress>) -> Fut,
         Fut: Future<Output = Result<u64, CsiError>> + Send + 'static,
@@ -82,7 +83,7 @@ impl Copies {
                 })
                 .abort_handle();
                 Job {
-                    source_volume: source_volume.map(str::to_string),
+                    source: source.map(str::to_string),
                     progress,
                     done,
                     result,
@@ -121,11 +122,11 @@ impl Copies {
         self.jobs().contains_key(key)
     }
 
-    /// Whether a running copy reads from volume `volume_id`.
-    pub fn reads_from(&self, volume_id: &str) -> bool {
+    /// Whether a running copy reads from the volume or snapshot `id`.
+    pub fn reads_from(&self, id: &str) -> bool {
         self.jobs()
             .values()
-            .any(|job| job.source_volume.as_deref() == Some(volume_id) && !*job.done.borrow())
+            .any(|job| job.source.as_deref() == Some(id) && !*job.done.borrow())
     }
 
     /// Stops the copy for `key`, if any (its partial result is the caller's to remove).

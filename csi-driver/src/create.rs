@@ -359,23 +359,19 @@ impl ControllerService {
         path: &str,
         resume: bool,
     ) -> CsiResult<()> {
-        let (share_ref, from, source_volume) = match source {
+        let (share_ref, from, source_id) = match source {
             Source::Snapshot(id) => {
                 let parsed = SnapshotId::decode(id).ok_or_else(|| {
                     CsiError::NotFound(format!("source snapshot {id} does not exist"))
                 })?;
                 let from = format!("{}/data", store::snapshot_dir(&parsed.key));
-                (parsed.share, from, None)
+                (parsed.share, from, id.as_str())
             }
             Source::Volume(id) => {
                 let parsed = VolumeId::decode(id).ok_or_else(|| {
                     CsiError::NotFound(format!("source volume {id} does not exist"))
                 })?;
-                (
-                    parsed.share,
-                    parsed.path.as_str().to_string(),
-                    Some(id.as_str()),
-                )
+                (parsed.share, parsed.path.as_str().to_string(), id.as_str())
             }
         };
         let source_share = self.driver.share(&share_ref).await?;
@@ -384,7 +380,7 @@ impl ControllerService {
         let outcome = self
             .driver
             .copies
-            .run(volume_id, source_volume, move |progress| async move {
+            .run(volume_id, Some(source_id), move |progress| async move {
                 if resume {
                     target.clear_dir(&to).await?;
                 }

@@ -336,7 +336,7 @@ impl NodeService {
         image::refresh_capacity(&device)?;
         let size = image::device_size(&device)?;
         if size < wanted as u64 {
-            return Err(CsiError::WrongState(format!(
+            return Err(CsiError::Capacity(format!(
                 "the disk image holds {size} bytes, less than {wanted}: expand it with ControllerExpandVolume first"
             )));
         }

@@ -198,6 +198,12 @@ impl ControllerService {
             }
             _ => {}
         }
+        if self.driver.copies.reads_from(&req.snapshot_id) {
+            return Err(CsiError::WrongState(format!(
+                "snapshot {} is in use: a volume is being restored from it; retry later",
+                req.snapshot_id
+            )));
+        }
         self.driver.copies.cancel(&req.snapshot_id);
         store::delete_tree(&share, &store::snapshot_dir(&id.key)).await?;
         tracing::info!(snapshot = %req.snapshot_id, "snapshot deleted");

@@ -598,7 +598,7 @@ async fn long_copies_run_in_the_background_and_callers_poll() {
         // A second snapshot queues behind the first.
         let second = snapshot(&mut c, &source.volume_id, &format!("bg2-{version}")).await;
         assert!(!second.ready_to_use);
-        // While a copy reads from it, the source volume cannot be deleted.
+        // While a copy reads from it, the source volume is in use: FAILED_PRECONDITION.
         assert_eq!(
             code(
                 c.delete_volume(csi::DeleteVolumeRequest {
@@ -607,7 +607,7 @@ async fn long_copies_run_in_the_background_and_callers_poll() {
                 })
                 .await
             ),
-            Code::Aborted
+            Code::FailedPrecondition
         );
         // The snapshotter polls ListSnapshots by id (and CreateSnapshot again).
         let listed = |c: &mut ControllerClient<Channel>, id: String| {
@@ -654,6 +654,17 @@ async fn long_copies_run_in_the_background_and_callers_poll() {
             status.message().contains("being filled"),
             "{}",
             status.message()
+        );
+        // The snapshot a restore reads from is in use too.
+        assert_eq!(
+            code(
+                c.delete_snapshot(csi::DeleteSnapshotRequest {
+                    snapshot_id: snap.snapshot_id.clone(),
+                    ..Default::default()
+                })
+                .await
+            ),
+            Code::FailedPrecondition
         );
         let restored = until_done("restore", || {
             let mut c = c.clone();
@@ -904,4 +915,296 @@ async fn the_sweep_removes_old_leftovers_on_a_timer_and_leaves_young_ones() {
         "{}",
         driver.log()
     );
+}
+
+/// The CSI spec's error tables, RPC by RPC, for what the other tests do not already cover.
+#[tokio::test]
+async fn every_rpc_answers_the_spec_error_codes() {
+    let nfs = NfsServer::start("csst");
+    let driver = Driver::start(&nfs, &[]);
+    let mut c = driver.controller().await;
+    let unknown_volume = format!("vd4#{}#{}#no-such-volume", nfs.address, nfs.share());
+    let unknown_snapshot = format!("s4#{}#{}#no-such-snapshot", nfs.address, nfs.share());
+
+    // ValidateVolumeCapabilities: INVALID_ARGUMENT without id or capabilities, NOT_FOUND for
+    // an unknown volume.
+    let validate =
+        |id: &str, caps: Vec<csi::VolumeCapability>| csi::ValidateVolumeCapabilitiesRequest {
+            volume_id: id.into(),
+            volume_capabilities: caps,
+            ..Default::default()
+        };
+    assert_eq!(
+        code(
+            c.validate_volume_capabilities(validate("", vec![common::rwx()]))
+                .await
+        ),
+        Code::InvalidArgument
+    );
+    assert_eq!(
+        code(
+            c.validate_volume_capabilities(validate(&unknown_volume, vec![]))
+                .await
+        ),
+        Code::InvalidArgument
+    );
+    assert_eq!(
+        code(
+            c.validate_volume_capabilities(validate(&unknown_volume, vec![common::rwx()]))
+                .await
+        ),
+        Code::NotFound
+    );
+    // ControllerGetVolume, ControllerExpandVolume: INVALID_ARGUMENT without id, NOT_FOUND for
+    // an unknown one.
+    for id in ["", unknown_volume.as_str(), "forged"] {
+        let expected = if id.is_empty() {
+            Code::InvalidArgument
+        } else {
+            Code::NotFound
+        };
+        assert_eq!(
+            code(
+                c.controller_get_volume(csi::ControllerGetVolumeRequest {
+                    volume_id: id.into()
+                })
+                .await
+            ),
+            expected,
+            "{id}"
+        );
+        let expand = csi::ControllerExpandVolumeRequest {
+            volume_id: id.into(),
+            capacity_range: Some(csi::CapacityRange {
+                required_bytes: MIB,
+                limit_bytes: 0,
+            }),
+            ..Default::default()
+        };
+        assert_eq!(
+            code(c.controller_expand_volume(expand).await),
+            expected,
+            "{id}"
+        );
+    }
+    // RPCs not advertised: UNIMPLEMENTED.
+    assert_eq!(
+        code(
+            c.controller_modify_volume(csi::ControllerModifyVolumeRequest {
+                volume_id: unknown_volume.clone(),
+                ..Default::default()
+            })
+            .await
+        ),
+        Code::Unimplemented
+    );
+    assert_eq!(
+        code(
+            c.controller_unpublish_volume(csi::ControllerUnpublishVolumeRequest::default())
+                .await
+        ),
+        Code::Unimplemented
+    );
+    // DeleteVolume/DeleteSnapshot: INVALID_ARGUMENT without id, OK for unknown ids (twice).
+    assert_eq!(
+        code(c.delete_volume(csi::DeleteVolumeRequest::default()).await),
+        Code::InvalidArgument
+    );
+    assert_eq!(
+        code(
+            c.delete_snapshot(csi::DeleteSnapshotRequest::default())
+                .await
+        ),
+        Code::InvalidArgument
+    );
+    for _ in 0..2 {
+        delete(&mut c, &unknown_volume).await;
+        c.delete_snapshot(csi::DeleteSnapshotRequest {
+            snapshot_id: unknown_snapshot.clone(),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    }
+    // GetSnapshot: INVALID_ARGUMENT without id, NOT_FOUND for unknown ones.
+    assert_eq!(
+        code(c.get_snapshot(csi::GetSnapshotRequest::default()).await),
+        Code::InvalidArgument
+    );
+    for id in [unknown_snapshot.as_str(), "forged"] {
+        assert_eq!(
+            code(
+                c.get_snapshot(csi::GetSnapshotRequest {
+                    snapshot_id: id.into(),
+                    ..Default::default()
+                })
+                .await
+            ),
+            Code::NotFound
+        );
+    }
+    // CreateSnapshot: INVALID_ARGUMENT without name or source, NOT_FOUND for an unknown source,
+    // ALREADY_EXISTS for a name taken with another source; idempotent otherwise.
+    let snap = |name: &str, source: &str| csi::CreateSnapshotRequest {
+        name: name.into(),
+        source_volume_id: source.into(),
+        ..Default::default()
+    };
+    let a = create(&mut c, request(&nfs, "pvc-a", "4.1", "directory")).await;
+    let b = create(&mut c, request(&nfs, "pvc-b", "4.1", "directory")).await;
+    assert_eq!(
+        code(c.create_snapshot(snap("", &a.volume_id)).await),
+        Code::InvalidArgument
+    );
+    assert_eq!(
+        code(c.create_snapshot(snap("s", "")).await),
+        Code::InvalidArgument
+    );
+    assert_eq!(
+        code(c.create_snapshot(snap("s", &unknown_volume)).await),
+        Code::NotFound
+    );
+    let first = snapshot(&mut c, &a.volume_id, "snap-a").await;
+    assert_eq!(
+        snapshot(&mut c, &a.volume_id, "snap-a").await.snapshot_id,
+        first.snapshot_id
+    );
+    assert_eq!(
+        code(c.create_snapshot(snap("snap-a", &b.volume_id)).await),
+        Code::AlreadyExists
+    );
+    for i in 0..4 {
+        snapshot(&mut c, &b.volume_id, &format!("snap-b{i}")).await;
+    }
+    // ListSnapshots: by id (unknown: empty, not an error), by source, and paged; a foreign
+    // token is ABORTED, a negative max_entries INVALID_ARGUMENT.
+    let lister = c.clone();
+    let list = |r: csi::ListSnapshotsRequest| {
+        let mut c = lister.clone();
+        async move { c.list_snapshots(r).await }
+    };
+    let by_id = list(csi::ListSnapshotsRequest {
+        snapshot_id: first.snapshot_id.clone(),
+        ..Default::default()
+    })
+    .await
+    .unwrap()
+    .into_inner();
+    assert_eq!(by_id.entries.len(), 1);
+    let unknown = list(csi::ListSnapshotsRequest {
+        snapshot_id: unknown_snapshot.clone(),
+        ..Default::default()
+    })
+    .await
+    .unwrap()
+    .into_inner();
+    assert!(unknown.entries.is_empty());
+    let of_b = list(csi::ListSnapshotsRequest {
+        source_volume_id: b.volume_id.clone(),
+        ..Default::default()
+    })
+    .await
+    .unwrap()
+    .into_inner();
+    assert_eq!(of_b.entries.len(), 4);
+    let mut seen = BTreeSet::new();
+    let mut token = String::new();
+    loop {
+        let page = list(csi::ListSnapshotsRequest {
+            max_entries: 2,
+            starting_token: token.clone(),
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner();
+        assert!(page.entries.len() <= 2);
+        seen.extend(
+            page.entries
+                .into_iter()
+                .map(|e| e.snapshot.unwrap().snapshot_id),
+        );
+        if page.next_token.is_empty() {
+            break;
+        }
+        token = page.next_token;
+    }
+    assert_eq!(seen.len(), 5);
+    assert_eq!(
+        code(
+            list(csi::ListSnapshotsRequest {
+                starting_token: "not-ours".into(),
+                ..Default::default()
+            })
+            .await
+        ),
+        Code::Aborted
+    );
+    assert_eq!(
+        code(
+            list(csi::ListSnapshotsRequest {
+                max_entries: -1,
+                ..Default::default()
+            })
+            .await
+        ),
+        Code::InvalidArgument
+    );
+    // ListVolumes: paged; a foreign token ABORTED, a negative max_entries INVALID_ARGUMENT.
+    let page = c
+        .list_volumes(csi::ListVolumesRequest {
+            max_entries: 1,
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(page.entries.len(), 1);
+    let rest = c
+        .list_volumes(csi::ListVolumesRequest {
+            max_entries: 5,
+            starting_token: page.next_token,
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(rest.entries.len(), 1);
+    assert!(rest.next_token.is_empty());
+    assert_eq!(
+        code(
+            c.list_volumes(csi::ListVolumesRequest {
+                max_entries: 0,
+                starting_token: "not-ours".into()
+            })
+            .await
+        ),
+        Code::Aborted
+    );
+    assert_eq!(
+        code(
+            c.list_volumes(csi::ListVolumesRequest {
+                max_entries: -1,
+                starting_token: String::new()
+            })
+            .await
+        ),
+        Code::InvalidArgument
+    );
+    // Clean up: snapshots, then volumes.
+    for entry in list(csi::ListSnapshotsRequest::default())
+        .await
+        .unwrap()
+        .into_inner()
+        .entries
+    {
+        c.delete_snapshot(csi::DeleteSnapshotRequest {
+            snapshot_id: entry.snapshot.unwrap().snapshot_id,
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    }
+    delete(&mut c, &a.volume_id).await;
+    delete(&mut c, &b.volume_id).await;
+    assert_eq!(leftovers(&nfs), BTreeSet::new());
 }
