@@ -6,7 +6,7 @@
 #
 # Defaults: tether.local/tether:0.1.0, release build, target/images/. The image holds every
 # Tether binary in /opt/tether/bin (static) plus the few tools they run: nft (masquerade rules),
-# mkfs.ext4, resize2fs, mkfs.xfs and xfs_growfs (image-layout volumes), copied with the shared
+# mkfs.ext4, resize2fs, mkfs.xfs, xfs_growfs and blkid (image-layout volumes), copied with the shared
 # libraries they need. Load it with `ctr -n k8s.io images import <archive>` (containerd, k3s:
 # `k3s ctr images import`), or push it to a registry with `skopeo copy oci-archive:<archive>
 # docker://<registry>/<name>:<tag>`, then point deploy/ at it with scripts/set-image.sh.
@@ -26,7 +26,7 @@ while [ $# -gt 0 ]; do
   esac
 done
 binaries="cni-overlay cni-bridge cni-ipam cni-portmap cni-bandwidth tether-overlayd tether-cni-install tether-csi tether-csictl"
-tools="/usr/sbin/nft /usr/sbin/mkfs.ext4 /usr/sbin/resize2fs /usr/sbin/mkfs.xfs /usr/sbin/xfs_growfs"
+tools="/usr/sbin/nft /usr/sbin/mkfs.ext4 /usr/sbin/resize2fs /usr/sbin/mkfs.xfs /usr/sbin/xfs_growfs /usr/sbin/blkid"
 
 cd "$root"
 flag=--release; [ "$profile" = debug ] && flag=

@@ -60,6 +60,7 @@ fn the_image_imports_into_containerd_and_every_binary_runs() {
         vec!["mkfs.ext4", "-V"],
         vec!["mkfs.xfs", "-V"],
         vec!["xfs_growfs", "-V"],
+        vec!["blkid", "-V"],
     ]
     .into_iter()
     .enumerate()

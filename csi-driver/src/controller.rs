@@ -9,7 +9,7 @@ use std::sync::Arc;
 use tether_csi_proto::v1::{self as csi, VolumeCondition};
 
 use crate::driver::Driver;
-use crate::error::{CsiError, CsiResult};
+use crate::error::{CsiError, CsiResult, NfsError};
 use crate::ids::{Layout, VolumeId};
 use crate::nfs::{Kind, Share};
 use crate::params::{nfs_version, OnDelete, VolumeParams};
@@ -67,31 +67,7 @@ impl ControllerService {
             )));
         }
         self.driver.copies.cancel(&req.volume_id);
-        if record.state != State::Deleting {
-            record.state = State::Deleting;
-            record.touched_unix = store::now_unix();
-            store::write_volume(&share, &record).await?;
-        }
-        let path = id.path.as_str();
-        match record.settings.on_delete {
-            OnDelete::Delete => store::delete_tree(&share, path).await?,
-            OnDelete::Retain => {}
-            OnDelete::Archive => {
-                if share.stat(path).await?.is_some() {
-                    let (parent, base) = id.path.split_last();
-                    let archived = format!("archived-{base}-{}", store::now_unix());
-                    let to = if parent.is_empty() {
-                        archived
-                    } else {
-                        format!("{parent}/{archived}")
-                    };
-                    share.rename(path, &to).await?;
-                    tracing::info!(volume = %req.volume_id, to = %to, "volume archived");
-                }
-            }
-        }
-        share.remove_file(&store::claim_path(&record.name)).await?;
-        share.remove_file(&store::record_path(&id.path)).await?;
+        remove_volume(&share, &id, &mut record).await?;
         tracing::info!(volume = %req.volume_id, on_delete = ?record.settings.on_delete, "volume deleted");
         Ok(csi::DeleteVolumeResponse {})
     }
@@ -348,4 +324,39 @@ impl ControllerService {
             }),
         })
     }
+}
+
+/// Deletes a volume as its `onDelete` says: marks the record `deleting` (so that a delete killed
+/// midway is finished by whoever comes next: the retry, a CreateVolume of the same name, or the
+/// sweep), removes or archives the directory, then the name claim, then the record.
+pub(crate) async fn remove_volume(
+    share: &Share,
+    id: &VolumeId,
+    record: &mut VolumeRecord,
+) -> Result<(), NfsError> {
+    if record.state != State::Deleting {
+        record.state = State::Deleting;
+        record.touched_unix = store::now_unix();
+        store::write_volume(share, record).await?;
+    }
+    let path = id.path.as_str();
+    match record.settings.on_delete {
+        OnDelete::Delete => store::delete_tree(share, path).await?,
+        OnDelete::Retain => {}
+        OnDelete::Archive => {
+            if share.stat(path).await?.is_some() {
+                let (parent, base) = id.path.split_last();
+                let archived = format!("archived-{base}-{}", store::now_unix());
+                let to = if parent.is_empty() {
+                    archived
+                } else {
+                    format!("{parent}/{archived}")
+                };
+                share.rename(path, &to).await?;
+                tracing::info!(volume = %record.volume_id, to = %to, "volume archived");
+            }
+        }
+    }
+    share.remove_file(&store::claim_path(&record.name)).await?;
+    share.remove_file(&store::record_path(&id.path)).await
 }

@@ -7,7 +7,7 @@ use std::sync::Arc;
 
 use tether_csi_proto::v1::{self as csi, volume_content_source};
 
-use crate::controller::ControllerService;
+use crate::controller::{remove_volume, ControllerService};
 use crate::copies::Outcome;
 use crate::error::{CsiError, CsiResult};
 use crate::ids::{validate_name, Layout, SnapshotId, VolumeId};
@@ -150,10 +150,22 @@ impl ControllerService {
                     )))
                 }
                 State::Deleting => {
-                    return Err(CsiError::Busy(format!(
-                        "volume {:?} is being deleted; retry later",
-                        req.name
-                    )))
+                    // An earlier volume of this name whose delete was interrupted: finish the
+                    // delete (as its onDelete says), then make the volume afresh.
+                    let mut old = record.clone();
+                    let id = VolumeId::decode(&old.volume_id).ok_or_else(|| {
+                        CsiError::Internal(format!("unreadable volume id {:?}", old.volume_id))
+                    })?;
+                    remove_volume(share, &id, &mut old).await?;
+                    tracing::info!(volume = %old.volume_id, name = %req.name, "finished an interrupted delete before creating the name again");
+                    if !share.claim(&store::claim_path(&req.name), path).await? {
+                        return Err(CsiError::Busy(format!(
+                            "volume {:?} is being created by another caller; retry later",
+                            req.name
+                        )));
+                    }
+                    undo.claim = true;
+                    return Box::pin(self.create_claimed(wanted, share, true, undo)).await;
                 }
                 State::Creating if !same => {
                     return Err(CsiError::Conflict(format!(

@@ -3,16 +3,18 @@
 //! - trash (`.tether/trash/`): trees whose delete was interrupted;
 //! - temporary record files (`.<name>.tmp-<pid>-<n>`) of writes that were interrupted;
 //! - volumes left half made (`creating`) that no request has worked on for a while, and name
-//!   claims that lead to no volume: the creation was abandoned (nobody retries it).
+//!   claims that lead to no volume: the creation was abandoned (nobody retries it);
+//! - volumes left half deleted (`deleting`): the delete is finished.
 //!
 //! Only what is older than `leftover_age` is touched, so work in progress is never disturbed;
 //! one share (or entry) that fails does not stop the others.
 
 use std::sync::Arc;
 
+use crate::controller::remove_volume;
 use crate::driver::Driver;
 use crate::error::NfsError;
-use crate::ids::{SharePath, META_DIR};
+use crate::ids::{SharePath, VolumeId, META_DIR};
 use crate::nfs::{Kind, Share};
 use crate::store::{self, State};
 
@@ -101,12 +103,28 @@ async fn temporary(share: &Share, dir: &str, cutoff: u64) -> Result<usize, NfsEr
 }
 
 /// Volumes still `creating` that no request has touched since `cutoff` and whose copy is not
-/// running here: their directory, record and claim go.
+/// running here: their directory, record and claim go. Volumes left `deleting` that long are
+/// deleted as their `onDelete` says.
 async fn abandoned(driver: &Driver, share: &Share, cutoff: u64) -> Result<usize, NfsError> {
     let mut removed = 0;
-    for record in store::list_volumes(share).await? {
-        let stale = record.state == State::Creating && record.touched_unix < cutoff;
+    for mut record in store::list_volumes(share).await? {
+        let stale = record.state != State::Ready && record.touched_unix < cutoff;
         if !stale || driver.copies.has(&record.volume_id) {
+            continue;
+        }
+        if record.state == State::Deleting {
+            let Some(id) = VolumeId::decode(&record.volume_id) else {
+                continue;
+            };
+            let Ok(_guard) = driver
+                .locks
+                .acquire(&[format!("volume {}", record.volume_id)])
+            else {
+                continue;
+            };
+            tracing::info!(volume = %record.volume_id, "sweep: finishing an interrupted delete");
+            remove_volume(share, &id, &mut record).await?;
+            removed += 1;
             continue;
         }
         let Ok(path) = SharePath::parse(&record.path) else {

@@ -850,7 +850,11 @@ async fn the_sweep_removes_old_leftovers_on_a_timer_and_leaves_young_ones() {
     // A young claim (a creation at work).
     std::os::unix::fs::symlink("young", meta.join("names/young")).unwrap();
     // A volume left half made long ago, and one at work.
-    for (name, touched) in [("half", 1000u64), ("busy", (now_ns / 1_000_000_000) as u64)] {
+    for (name, state, touched) in [
+        ("half", "creating", 1000u64),
+        ("busy", "creating", (now_ns / 1_000_000_000) as u64),
+        ("undeleted", "deleting", 1000u64),
+    ] {
         std::fs::create_dir(nfs.export().join(name)).unwrap();
         std::fs::write(nfs.export().join(name).join("partial"), "p").unwrap();
         std::os::unix::fs::symlink(name, meta.join("names").join(name)).unwrap();
@@ -862,7 +866,7 @@ async fn the_sweep_removes_old_leftovers_on_a_timer_and_leaves_young_ones() {
             "parameters": {},
             "settings": {"onDelete": "delete", "mountPermissions": 511, "layout": "directory"},
             "source": null,
-            "state": "creating",
+            "state": state,
             "createdUnix": touched,
             "touchedUnix": touched,
         });
@@ -883,6 +887,9 @@ async fn the_sweep_removes_old_leftovers_on_a_timer_and_leaves_young_ones() {
         meta.join("names/half"),
         meta.join("volumes/half.json"),
         nfs.export().join("half"),
+        meta.join("names/undeleted"),
+        meta.join("volumes/undeleted.json"),
+        nfs.export().join("undeleted"),
     ];
     while gone.iter().any(|p| p.symlink_metadata().is_ok()) {
         assert!(
