@@ -30,6 +30,22 @@ struct Job {
     task: tokio::task::AbortHandle,
 }
 
+/// Counts a copy in `tether_csi_copies` while it lives (also when it is cancelled).
+struct CountedCopy;
+
+impl CountedCopy {
+    fn start() -> CountedCopy {
+        crate::metrics::metrics().copies.inc();
+        CountedCopy
+    }
+}
+
+impl Drop for CountedCopy {
+    fn drop(&mut self) {
+        crate::metrics::metrics().copies.dec();
+    }
+}
+
 /// Where a copy stands after the wait.
 pub enum Outcome {
     /// Finished: the bytes copied.
@@ -73,7 +89,9 @@ impl Copies {
                 let result = Arc::new(Mutex::new(None));
                 let slots = self.slots.clone();
                 let slot_result = result.clone();
+                let counted = CountedCopy::start();
                 let task = tokio::spawn(async move {
+                    let _counted = counted;
                     let outcome = match slots.acquire_owned().await {
                         Ok(_slot) => work.await,
                         Err(_) => Err(CsiError::Internal("the copy queue is closed".into())),

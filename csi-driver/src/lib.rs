@@ -10,6 +10,7 @@ pub mod error;
 pub mod ids;
 pub mod image;
 pub mod locks;
+pub mod metrics;
 pub mod mounts;
 pub mod nfs;
 pub mod nfs_mount;

@@ -83,6 +83,10 @@ pub struct Args {
     /// the background; NodeGetVolumeStats answers with the latest count).
     #[arg(long, env = "TETHER_CSI_USAGE_REFRESH", default_value_t = 60)]
     pub usage_refresh: u64,
+    /// Serve Prometheus metrics at http://ADDR/metrics (and /healthz, /readyz), e.g.
+    /// 0.0.0.0:9810; off when empty.
+    #[arg(long, env = "TETHER_CSI_METRICS_ADDR", default_value = "")]
+    pub metrics_addr: String,
     /// Node mode: where image volumes' directories are mounted privately.
     #[arg(
         long,
@@ -98,6 +102,8 @@ pub enum ServeError {
     Endpoint(String),
     #[error("--share {0:?}: {1}")]
     Share(String, String),
+    #[error("--metrics-addr {0:?}: {1}")]
+    Metrics(String, String),
     #[error("--node-id is required in node mode")]
     NodeId,
     #[error("socket {path}: {source}")]
@@ -139,6 +145,24 @@ pub fn parse_share(text: &str) -> Result<ShareRef, ServeError> {
         .find(":/")
         .ok_or_else(|| bad("expected SERVER:/EXPORT".into()))?;
     ShareRef::new(&spec[..slash], &spec[slash + 1..], version).map_err(|e| bad(e.to_string()))
+}
+
+/// Starts the metrics endpoint in the background.
+async fn serve_metrics(addr: &str) -> Result<(), ServeError> {
+    let parsed: std::net::SocketAddr = addr
+        .parse()
+        .map_err(|_| ServeError::Metrics(addr.into(), "not an address:port".into()))?;
+    let listener = tether_observe::http::bind(parsed)
+        .await
+        .map_err(|e| ServeError::Metrics(addr.into(), e.to_string()))?;
+    let endpoints = std::sync::Arc::new(tether_observe::http::Endpoints {
+        registry: crate::metrics::metrics().registry(),
+        healthz: Box::new(|| Ok(())),
+        readyz: Box::new(|| Ok(())),
+    });
+    tracing::info!(%parsed, "serving metrics");
+    tokio::spawn(tether_observe::http::serve(listener, endpoints));
+    Ok(())
 }
 
 /// Removes a socket file left by an earlier run; refuses to remove anything else.
@@ -192,6 +216,9 @@ pub async fn serve(args: Args) -> Result<(), ServeError> {
     };
     let driver = Driver::new(args.node_id.clone(), pool, shares, tuning);
 
+    if !args.metrics_addr.is_empty() {
+        serve_metrics(&args.metrics_addr).await?;
+    }
     if let Some(dir) = socket.parent() {
         std::fs::create_dir_all(dir).map_err(|source| ServeError::Socket {
             path: dir.into(),

@@ -1215,3 +1215,43 @@ async fn every_rpc_answers_the_spec_error_codes() {
     delete(&mut c, &b.volume_id).await;
     assert_eq!(leftovers(&nfs), BTreeSet::new());
 }
+
+/// `--metrics-addr`: every RPC by method and code, latencies, NFS calls by operation.
+#[tokio::test]
+async fn metrics_count_rpcs_by_code_and_time_nfs_calls() {
+    let nfs = NfsServer::start("csmt");
+    let driver = Driver::start(&nfs, &["--metrics-addr", "127.0.0.1:9810"]);
+    let mut c = driver.controller().await;
+    let v = create(&mut c, request(&nfs, "pvc-metrics", "4.1", "directory")).await;
+    assert_eq!(
+        code(
+            c.controller_get_volume(csi::ControllerGetVolumeRequest {
+                volume_id: "forged".into()
+            })
+            .await
+        ),
+        Code::NotFound
+    );
+    delete(&mut c, &v.volume_id).await;
+    let out = nfs
+        .command(Path::new("/usr/bin/curl"))
+        .args(["-sf", "http://127.0.0.1:9810/metrics"])
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{text}\n{}", driver.log());
+    for line in [
+        "tether_csi_rpcs_total{method=\"CreateVolume\",code=\"Ok\"} 1",
+        "tether_csi_rpcs_total{method=\"ControllerGetVolume\",code=\"NotFound\"} 1",
+        "tether_csi_rpcs_total{method=\"DeleteVolume\",code=\"Ok\"} 1",
+        "tether_csi_rpcs_in_flight{method=\"CreateVolume\"} 0",
+        "tether_csi_rpc_duration_seconds_count{method=\"CreateVolume\"} 1",
+        "tether_csi_copies 0",
+    ] {
+        assert!(text.contains(line), "no {line:?} in\n{text}");
+    }
+    assert!(
+        text.contains("tether_csi_nfs_call_duration_seconds_count{operation=\"mkdir\"}"),
+        "{text}"
+    );
+}

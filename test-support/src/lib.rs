@@ -146,7 +146,9 @@ pub fn deployed_conflist() -> String {
     let mut lines = manifest
         .lines()
         .skip_while(|l| !l.trim_end().ends_with("10-tether.conflist: |"));
-    let header = lines.next().expect("the conflist in deploy/base/10-cni.yaml");
+    let header = lines
+        .next()
+        .expect("the conflist in deploy/base/10-cni.yaml");
     let indent = header.len() - header.trim_start().len();
     lines
         .take_while(|l| l.trim().is_empty() || l.len() - l.trim_start().len() > indent)

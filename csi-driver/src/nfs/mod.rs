@@ -275,7 +275,10 @@ impl Share {
         op: impl Future<Output = nfs_rs::Result<T>>,
     ) -> Result<T, NfsError> {
         let what = what.into();
-        match tokio::time::timeout(self.timeout, op).await {
+        let started = std::time::Instant::now();
+        let result = tokio::time::timeout(self.timeout, op).await;
+        crate::metrics::metrics().nfs_call(&what, started.elapsed());
+        match result {
             Ok(Ok(value)) => Ok(value),
             Ok(Err(e)) => Err(self.map(what, e)),
             Err(_) => Err(self.timed_out(&what)),

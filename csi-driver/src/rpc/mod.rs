@@ -85,18 +85,41 @@ pub(crate) async fn traced<Req: Redact, T>(
 ) -> Result<Response<T>, Status> {
     tracing::info!(method, subject, "request");
     tracing::debug!(method, request = %request.redacted(), "request body");
+    let metrics = crate::metrics::metrics();
+    let label = crate::metrics::MethodLabel { method };
+    let in_flight = metrics.in_flight.get_or_create(&label).clone();
+    in_flight.inc();
     let started = std::time::Instant::now();
-    match work.await {
+    let result = work.await;
+    in_flight.dec();
+    let took = started.elapsed();
+    metrics
+        .rpc_seconds
+        .get_or_create(&label)
+        .observe(took.as_secs_f64());
+    let answered = match result {
         Ok(response) => {
-            tracing::info!(method, subject, took = ?started.elapsed(), "ok");
+            tracing::info!(method, subject, ?took, "ok");
             Ok(Response::new(response))
         }
         Err(error) => {
             let status = Status::from(error);
-            tracing::warn!(method, subject, code = ?status.code(), message = status.message(), took = ?started.elapsed(), "failed");
+            tracing::warn!(method, subject, code = ?status.code(), message = status.message(), ?took, "failed");
             Err(status)
         }
-    }
+    };
+    let code = match &answered {
+        Ok(_) => Code::Ok,
+        Err(status) => status.code(),
+    };
+    metrics
+        .rpcs
+        .get_or_create(&crate::metrics::RpcLabels {
+            method,
+            code: format!("{code:?}"),
+        })
+        .inc();
+    answered
 }
 
 /// Runs blocking work off the async runtime.
