@@ -80,9 +80,9 @@ def check_snapshot_class(doc):
 
 
 def sidecar_images():
-    """image -> tag, from deploy/sidecars.json."""
+    """image -> (tag, documented flags), from deploy/sidecars.json."""
     with open(os.path.join(HERE, "sidecars.json")) as f:
-        return {s["image"]: s["tag"] for s in json.load(f)["sidecars"]}
+        return {s["image"]: (s["tag"], set(s["flags"])) for s in json.load(f)["sidecars"]}
 
 
 def help_text(bin_dir, binary, cache={}):
@@ -133,9 +133,14 @@ def main():
                 if "/sig-storage/" in image:
                     name, _, tag = image.rpartition(":")
                     used_sidecars.add(name)
-                    if sidecars.get(name) != tag:
+                    listed_tag, documented = sidecars.get(name, (None, set()))
+                    if listed_tag != tag:
                         failures.append(f"{where}: container {container['name']} uses {image}; "
-                                        f"deploy/sidecars.json lists {name}:{sidecars.get(name)}")
+                                        f"deploy/sidecars.json lists {name}:{listed_tag}")
+                    for word in container.get("args", []):
+                        flag = word.split("=", 1)[0]
+                        if flag.startswith("--") and flag not in documented:
+                            failures.append(f"{where}: {name}:{tag} documents no flag {flag}")
                 if not OUR_IMAGE.match(image):
                     continue
                 images.add(container["image"])

@@ -4,13 +4,14 @@
 //! nobody retries, removed by the sweep (`sweep`).
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use tether_csi_proto::v1::{self as csi, volume_content_source};
 
 use crate::controller::{remove_volume, ControllerService};
 use crate::copies::Outcome;
 use crate::error::{CsiError, CsiResult};
-use crate::ids::{validate_name, Layout, SnapshotId, VolumeId};
+use crate::ids::{validate_name, Layout, SharePath, SnapshotId, VolumeId};
 use crate::nfs::Share;
 use crate::params::VolumeParams;
 use crate::store::{self, Source, State, VolumeRecord, IMAGE_FILE};
@@ -389,6 +390,9 @@ impl ControllerService {
         let source_share = self.driver.share(&share_ref).await?;
         let (target, to) = (target.clone(), path.to_string());
         let label = from.clone();
+        // While the copy runs, the record is touched now and then, so that no sweep (of this
+        // replica or another) takes a long copy for an abandoned one.
+        let heartbeat = (self.driver.tuning.leftover_age / 4).max(Duration::from_secs(30));
         let outcome = self
             .driver
             .copies
@@ -396,10 +400,16 @@ impl ControllerService {
                 if resume {
                     target.clear_dir(&to).await?;
                 }
-                let bytes = source_share
-                    .copy_tree(&from, &target, &to, &progress)
-                    .await?;
-                Ok(bytes)
+                let copy = source_share.copy_tree(&from, &target, &to, &progress);
+                tokio::pin!(copy);
+                let mut ticker = tokio::time::interval(heartbeat);
+                ticker.tick().await;
+                loop {
+                    tokio::select! {
+                        copied = &mut copy => return Ok(copied?),
+                        _ = ticker.tick() => touch(&target, &to).await,
+                    }
+                }
             })
             .await;
         match outcome {
@@ -431,5 +441,20 @@ fn resolve_source(source: Option<&csi::VolumeContentSource>) -> CsiResult<Option
         _ => Err(CsiError::invalid(
             "volume_content_source names neither a snapshot nor a volume",
         )),
+    }
+}
+
+/// Marks the half-made volume at `path` as worked on now.
+async fn touch(share: &Share, path: &str) {
+    let Ok(path) = SharePath::parse(path) else {
+        return;
+    };
+    if let Ok(Some(mut record)) = store::read_volume(share, &path).await {
+        if record.state == State::Creating {
+            record.touched_unix = store::now_unix();
+            if let Err(e) = store::write_volume(share, &record).await {
+                tracing::warn!(volume = %record.volume_id, error = %e, "could not mark a copy as alive");
+            }
+        }
     }
 }
