@@ -32,7 +32,10 @@ BUILDS = {
     "deploy/overlays/kubeadm": "dist/tether.yaml",
     "deploy/overlays/k3s": "dist/tether-k3s.yaml",
     "deploy/overlays/rke2": "dist/tether-rke2.yaml",
-    "deploy/optional": "dist/tether-optional.yaml",
+    "deploy/optional/snapshots": "dist/tether-snapshots.yaml",
+    "deploy/optional/monitoring": "dist/tether-monitoring.yaml",
+    "deploy/uninstall": "dist/tether-uninstall.yaml",
+    "deploy/uninstall/k3s": "dist/tether-uninstall-k3s.yaml",
 }
 
 
@@ -59,6 +62,42 @@ def check_dist():
     done = subprocess.run([os.path.join(ROOT, "scripts", "build-dist.sh"), "--check"],
                           capture_output=True, text=True, env={**os.environ, "TETHER_KUBECTL": KUBECTL})
     return [line for line in done.stderr.splitlines() if line.strip()] if done.returncode else []
+
+
+def check_rollout(doc):
+    """A rolling update of a node DaemonSet may take down one node's pod at a time, with no
+    surge (two pods of one DaemonSet on a node would fight over host ports and the conflist);
+    the CNI daemon keeps the conflist and routes across its restart
+    (cni-overlay/tests/kubernetes.rs) and must be ready before the next node goes."""
+    problems = []
+    strategy = doc.get("spec", {}).get("updateStrategy", {})
+    rolling = strategy.get("rollingUpdate", {})
+    if strategy.get("type") != "RollingUpdate" or rolling.get("maxUnavailable") != 1:
+        problems.append("updateStrategy must be RollingUpdate with maxUnavailable: 1")
+    if rolling.get("maxSurge", 0) not in (0, "0", "0%"):
+        problems.append("maxSurge must be 0")
+    pod = doc["spec"]["template"]["spec"]
+    for container in pod.get("containers", []):
+        if container.get("lifecycle", {}).get("preStop"):
+            problems.append(f"container {container['name']} has a preStop hook")
+    if doc["metadata"]["name"] == "tether-overlay":
+        if not any("readinessProbe" in c for c in pod.get("containers", [])):
+            problems.append("tether-overlayd needs a readiness probe (the rollout waits for it)")
+    return problems
+
+
+def check_service_monitor(doc):
+    """The Prometheus Operator's CRD is not part of the API schemas: check the fields we use."""
+    problems = []
+    if doc.get("apiVersion") != "monitoring.coreos.com/v1":
+        problems.append("apiVersion must be monitoring.coreos.com/v1")
+    spec = doc.get("spec", {})
+    if not isinstance(spec.get("selector", {}).get("matchLabels"), dict):
+        problems.append("spec.selector.matchLabels is required")
+    for endpoint in spec.get("endpoints", []):
+        if set(endpoint) - {"port", "interval", "path", "scheme"} or "port" not in endpoint:
+            problems.append(f"endpoint {endpoint} has unknown fields or no port")
+    return problems
 
 
 def check_snapshot_class(doc):
@@ -116,6 +155,10 @@ def main():
         where = f"{path}: {kind}/{name}"
         if kind == "VolumeSnapshotClass":
             failures += [f"{where}: {p}" for p in check_snapshot_class(doc)]
+        elif kind == "ServiceMonitor":
+            failures += [f"{where}: {p}" for p in check_service_monitor(doc)]
+        if kind == "DaemonSet" and name in ("tether-overlay", "tether-csi-node"):
+            failures += [f"{where}: {p}" for p in check_rollout(doc)]
         else:
             for version in KUBERNETES_VERSIONS:
                 try:

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Points every Tether container at another image, in the one place that sets it (the `images`
-# entry of deploy/base/kustomization.yaml, what `kustomize edit set image` writes), and rebuilds
+# entry of deploy/components/image/kustomization.yaml, what `kustomize edit set image` writes), and rebuilds
 # dist/:
 #   scripts/set-image.sh registry.example.com/tether:0.1.0
 set -euo pipefail
@@ -8,7 +8,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 case $1 in *:*) ;; *) echo "$0: give IMAGE:TAG" >&2; exit 2 ;; esac
 name=${1%:*} tag=${1##*:}
-python3 - deploy/base/kustomization.yaml "$name" "$tag" <<'PY'
+python3 - deploy/components/image/kustomization.yaml "$name" "$tag" <<'PY'
 import sys
 import yaml
 path, name, tag = sys.argv[1:]

@@ -7,6 +7,7 @@
 
 mod harness;
 
+use std::path::Path;
 use std::process::Command;
 use std::time::Duration;
 
@@ -250,6 +251,26 @@ fn condition(cluster: &Cluster, node: &str, kind: &str) -> Option<String> {
         .and_then(|c| c["status"].as_str().map(str::to_string))
 }
 
+/// The deployed conflist as each simulated node runs it: the nodes share one machine, so run
+/// and data directories are per node.
+fn node_lists<'a>(installed: &Value, cluster: &'a Cluster, plugins: &Path) -> Vec<Conflist<'a>> {
+    cluster
+        .nodes
+        .iter()
+        .map(|node| {
+            let mut list = installed.clone();
+            list["plugins"][0]["runDir"] = json!(node.run_dir());
+            list["plugins"][0]["stateDir"] = json!(node.root.path().join("state"));
+            list["plugins"][0]["ipam"] = json!({"dataDir": node.root.path().join("leases")});
+            Conflist {
+                list,
+                bin_dirs: vec![plugins.to_path_buf()],
+                node: Some(&node.ns),
+            }
+        })
+        .collect()
+}
+
 #[test]
 fn the_deployed_conflist_is_written_when_ready_and_its_chain_serves_pods() {
     let mut cluster = Cluster::with_kubernetes("ovd", &[Some("10.244.3.0/24"), None]);
@@ -342,22 +363,7 @@ fn the_deployed_conflist_is_written_when_ready_and_its_chain_serves_pods() {
         .map(|p| p.path().display().to_string())
         .collect();
     let mut results = Vec::new();
-    let lists: Vec<Conflist> = cluster
-        .nodes
-        .iter()
-        .map(|node| {
-            let mut list = installed.clone();
-            // The simulated nodes share one machine: run and data directories are per node.
-            list["plugins"][0]["runDir"] = json!(node.run_dir());
-            list["plugins"][0]["stateDir"] = json!(node.root.path().join("state"));
-            list["plugins"][0]["ipam"] = json!({"dataDir": node.root.path().join("leases")});
-            Conflist {
-                list,
-                bin_dirs: vec![plugins.clone()],
-                node: Some(&node.ns),
-            }
-        })
-        .collect();
+    let lists = node_lists(&installed, &cluster, &plugins);
     let attachments: Vec<Attachment> = (0..2)
         .map(|i| Attachment {
             id: if i == 0 { "ovd-a" } else { "ovd-b" },
@@ -415,6 +421,25 @@ fn the_deployed_conflist_is_written_when_ready_and_its_chain_serves_pods() {
             "an ifb for the egress limit"
         );
     }
+    // A rolling update of the DaemonSet (maxUnavailable 1, as deploy/ sets it): kubelet sends
+    // the old daemon SIGTERM, and the new one takes over. The conflist stays in place and the
+    // pods' traffic flows throughout.
+    let ping = SteadyPing::start(&pods[0], &ip1, 150);
+    std::thread::sleep(Duration::from_millis(300));
+    drop(lists);
+    cluster.nodes[1].terminate_cleanly();
+    assert!(
+        conflist_of(1).exists(),
+        "a daemon stopping for an update removed the conflist"
+    );
+    std::thread::sleep(Duration::from_millis(500));
+    let f1 = flags(1);
+    cluster.nodes[1].start(&f1.iter().map(String::as_str).collect::<Vec<_>>());
+    ping.assert_no_loss();
+    assert!(conflist_of(1).exists());
+    let lists = node_lists(&installed, &cluster, &plugins);
+    let node1_list = lists[1].list.to_string();
+
     // Teardown as a runtime does after the sandbox is gone: nothing of the chain is left.
     drop(pods);
     for (i, (list, att)) in lists.iter().zip(&attachments).enumerate() {
@@ -434,9 +459,17 @@ fn the_deployed_conflist_is_written_when_ready_and_its_chain_serves_pods() {
         assert_eq!(node.leases(), 0);
     }
 
-    // Leaving the overlay takes the conflist away again.
+    // Uninstalling, as deploy/uninstall does on every node after `kubectl delete -k deploy/`:
+    // `tether-overlayd --leave --purge` and `tether-cni-install --uninstall` leave the node as
+    // it was before Tether: no conflist, plugins, bridge, VXLAN device, nftables table, lease or
+    // state directory. (This node's conflist names its own directories, as above.)
+    drop(lists);
     cluster.nodes[1].stop();
     let node = &cluster.nodes[1];
+    let node_conflist = host.path().join("node1/10-tether.conflist");
+    std::fs::create_dir_all(node_conflist.parent().unwrap()).unwrap();
+    std::fs::write(&node_conflist, node1_list).unwrap();
+    assert!(node.root.path().join("leases").exists() && node.root.path().join("state").exists());
     let mut leave = vec![
         bin_dir().join("tether-overlayd").display().to_string(),
         "--node-name".into(),
@@ -444,11 +477,15 @@ fn the_deployed_conflist_is_written_when_ready_and_its_chain_serves_pods() {
         "--cluster-cidr".into(),
         harness::CLUSTER_CIDR.into(),
         "--leave".into(),
+        "--purge".into(),
         "--run-dir".into(),
         node.run_dir().display().to_string(),
+        "--cni-conflist".into(),
+        node_conflist.display().to_string(),
+        "--cni-conf-dir".into(),
+        conf_dirs[1].display().to_string(),
     ];
     leave.extend(node.datastore_args.iter().cloned());
-    leave.extend(flags(1));
     let leave: Vec<&str> = leave.iter().map(String::as_str).collect();
     let out = node.ns.try_exec(&leave);
     assert!(
@@ -456,7 +493,34 @@ fn the_deployed_conflist_is_written_when_ready_and_its_chain_serves_pods() {
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
+    let uninstall = Command::new(bin_dir().join("tether-cni-install"))
+        .arg("--uninstall")
+        .arg("--bin-dir")
+        .arg(&plugins)
+        .output()
+        .unwrap();
+    assert!(
+        uninstall.status.success(),
+        "{}",
+        String::from_utf8_lossy(&uninstall.stderr)
+    );
     assert!(!conflist_of(1).exists());
+    assert_eq!(
+        std::fs::read_dir(&plugins).unwrap().count(),
+        0,
+        "plugins left"
+    );
+    let links = node.ns.ip(&["-o", "link"]);
+    assert!(
+        !links.contains("cni0") && !links.contains("tether"),
+        "{links}"
+    );
+    let tables =
+        String::from_utf8_lossy(&node.ns.try_exec(&["nft", "list", "tables"]).stdout).into_owned();
+    assert!(!tables.contains("tether"), "{tables}");
+    assert!(!node.root.path().join("leases").join("tether").exists());
+    assert!(!node.root.path().join("state").exists());
+    assert!(!node.run_dir().join("overlay.json").exists());
 }
 
 #[test]

@@ -137,23 +137,13 @@ impl Netns {
     }
 }
 
-/// The conflist held in `deploy/base/10-cni.yaml`'s ConfigMap, as its block scalar holds it.
+/// The conflist deploy/ installs (ConfigMap `tether-cni`, generated from this file).
 pub fn deployed_conflist() -> String {
-    let manifest = std::fs::read_to_string(
-        Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy/base/10-cni.yaml"),
+    std::fs::read_to_string(
+        Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("../deploy/components/node-config/10-tether.conflist"),
     )
-    .unwrap();
-    let mut lines = manifest
-        .lines()
-        .skip_while(|l| !l.trim_end().ends_with("10-tether.conflist: |"));
-    let header = lines
-        .next()
-        .expect("the conflist in deploy/base/10-cni.yaml");
-    let indent = header.len() - header.trim_start().len();
-    lines
-        .take_while(|l| l.trim().is_empty() || l.len() - l.trim_start().len() > indent)
-        .map(|l| l.get(indent + 2..).unwrap_or("").to_string() + "\n")
-        .collect()
+    .unwrap()
 }
 
 /// A host link (bridge, veth...) deleted on drop.

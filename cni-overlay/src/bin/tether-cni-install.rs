@@ -48,6 +48,11 @@ struct Args {
     /// With --conflist: move every other network configuration in the conf directory aside.
     #[arg(long, env = "TETHER_CNI_EXCLUSIVE")]
     exclusive: bool,
+    /// Remove instead: the plugins from the bin directory and, with --conflist, the installed
+    /// conflist (putting back what --exclusive moved aside). For uninstalling; see also
+    /// `tether-overlayd --leave --purge`.
+    #[arg(long)]
+    uninstall: bool,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -79,7 +84,31 @@ fn say(changed: bool, path: &Path) {
     );
 }
 
+fn uninstall(args: &Args) -> Result<(), InstallError> {
+    for plugin in PLUGINS {
+        let target = args.bin_dir.join(plugin);
+        match std::fs::remove_file(&target) {
+            Ok(()) => println!("removed {}", target.display()),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => return Err(io("removing", &target)(e)),
+        }
+    }
+    if let Some(source) = &args.conflist {
+        let list = Conflist {
+            source: source.clone(),
+            conf_dir: args.conf_dir.clone(),
+            exclusive: args.exclusive,
+        };
+        list.remove()?;
+        println!("removed the conflist from {}", args.conf_dir.display());
+    }
+    Ok(())
+}
+
 fn run(args: &Args) -> Result<(), InstallError> {
+    if args.uninstall {
+        return uninstall(args);
+    }
     std::fs::create_dir_all(&args.bin_dir).map_err(io("creating", &args.bin_dir))?;
     for plugin in PLUGINS {
         let source = args.from.join(plugin);

@@ -101,6 +101,11 @@ pub struct Args {
     /// Remove this node from the overlay (registration, VXLAN device, facts file) and exit.
     #[arg(long, action = ArgAction::SetTrue)]
     pub leave: bool,
+    /// With --leave: also remove what the CNI chain left on the node (the bridge, Tether's
+    /// nftables tables, the lease and state directories, named by --cni-conflist), for a node
+    /// switching to another CNI. Drain the node first.
+    #[arg(long, action = ArgAction::SetTrue, requires = "leave")]
+    pub purge: bool,
 }
 
 /// The cluster's pod address space: an IPv4 CIDR and, on dual-stack clusters, an IPv6 one.

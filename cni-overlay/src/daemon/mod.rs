@@ -10,6 +10,7 @@ mod kernel;
 pub mod kube;
 mod masq;
 mod metrics;
+mod purge;
 pub mod state;
 
 use std::sync::Arc;
@@ -334,9 +335,25 @@ async fn leave(args: &Args, store: &mut Datastore, kernel: &mut Kernel) -> Resul
     failures.note(kernel.remove_vxlan());
     failures.note(masq::remove());
     failures.note(crate::facts::remove(&args.run_dir));
+    if args.purge {
+        failures.note(purge(args));
+    }
     failures.finish_with(DaemonError::Several)?;
     tracing::info!(node = %args.node_name, "left the overlay");
     Ok(())
+}
+
+/// `--purge`: the chain's leftovers, named by the conflist the node was given.
+fn purge(args: &Args) -> Result<(), DaemonError> {
+    let source = args.cni_conflist.as_ref().ok_or_else(|| {
+        DaemonError::Config(
+            "--purge needs --cni-conflist (it names the bridge and directories)".into(),
+        )
+    })?;
+    let text = std::fs::read_to_string(source).map_err(|e| {
+        DaemonError::Config(format!("reading the conflist {}: {e}", source.display()))
+    })?;
+    purge::Leftovers::from_conflist(&text)?.remove()
 }
 
 fn enable_forwarding() -> Result<(), DaemonError> {
