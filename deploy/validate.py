@@ -157,8 +157,6 @@ def main():
             failures += [f"{where}: {p}" for p in check_snapshot_class(doc)]
         elif kind == "ServiceMonitor":
             failures += [f"{where}: {p}" for p in check_service_monitor(doc)]
-        if kind == "DaemonSet" and name in ("tether-overlay", "tether-csi-node"):
-            failures += [f"{where}: {p}" for p in check_rollout(doc)]
         else:
             for version in KUBERNETES_VERSIONS:
                 try:
@@ -167,6 +165,8 @@ def main():
                     failures.append(f"{where} (Kubernetes {version}): {e.message} at {'/'.join(map(str, e.path))}")
                 except kubernetes_validate.SchemaNotFoundError as e:
                     failures.append(f"{where}: no schema ({e})")
+        if kind == "DaemonSet" and name in ("tether-overlay", "tether-csi-node"):
+            failures += [f"{where}: {p}" for p in check_rollout(doc)]
         checked += 1
         if kind == "ConfigMap":
             config_maps[name] = doc.get("data", {})
