@@ -126,7 +126,12 @@ fn run_raw(command: &str, id: &str, ifname: &str, extra_env: &[(&str, &str)], st
         .stderr(Stdio::piped())
         .spawn()
         .unwrap();
-    child.stdin.take().unwrap().write_all(stdin).unwrap();
+    // A plugin may exit before it reads its configuration (bad environment): the write then
+    // meets a closed pipe, which runtimes ignore too.
+    match child.stdin.take().unwrap().write_all(stdin) {
+        Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => {}
+        other => other.unwrap(),
+    }
     let out = child.wait_with_output().unwrap();
     let stdout = String::from_utf8(out.stdout).unwrap();
     let json = if stdout.is_empty() {

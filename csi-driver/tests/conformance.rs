@@ -309,7 +309,8 @@ async fn ids_of_shares_that_are_not_exported_name_nothing_and_write_nothing() {
     assert_eq!(server_files(), before, "nothing was written");
 }
 
-/// Retries a call while it answers ABORTED (in progress, or busy), as the sidecars do.
+/// Retries a call while it answers ABORTED (in progress, or busy) or UNAVAILABLE (the server
+/// connection failed and is rebuilt), as the sidecars do: both are not final for them.
 async fn until_done<T, F, Fut>(what: &str, mut call: F) -> T
 where
     F: FnMut() -> Fut,
@@ -319,7 +320,10 @@ where
     loop {
         match call().await {
             Ok(r) => return r.into_inner(),
-            Err(s) if s.code() == Code::Aborted && Instant::now() < deadline => {
+            Err(s)
+                if matches!(s.code(), Code::Aborted | Code::Unavailable)
+                    && Instant::now() < deadline =>
+            {
                 tokio::time::sleep(Duration::from_millis(100)).await
             }
             Err(s) => panic!("{what}: {s:?}"),

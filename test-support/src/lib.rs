@@ -248,12 +248,17 @@ pub fn run_plugin_in(
         .stderr(Stdio::piped())
         .spawn()
         .unwrap();
-    child
+    // A plugin may exit before reading its configuration (a bad environment): the closed pipe
+    // is no failure of the test, as runtimes ignore it too.
+    match child
         .stdin
         .take()
         .unwrap()
         .write_all(&serde_json::to_vec(stdin).unwrap())
-        .unwrap();
+    {
+        Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => {}
+        other => other.unwrap(),
+    }
     let out = child.wait_with_output().unwrap();
     let stdout = String::from_utf8(out.stdout).unwrap();
     let json = if stdout.trim().is_empty() {

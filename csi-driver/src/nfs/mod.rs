@@ -296,6 +296,11 @@ impl Share {
     }
 
     fn map(&self, what: String, e: nfs_rs::NfsError) -> NfsError {
+        // A call that got no authoritative answer (the transport failed under it): judge it
+        // by what went wrong underneath.
+        if let nfs_rs::NfsError::OperationOutcome(outcome) = e {
+            return self.map(what, *outcome.source);
+        }
         let share = self.label.clone();
         if e.is_not_found() {
             return NfsError::NotFound { share, what };
@@ -303,7 +308,12 @@ impl Share {
         if e.is_exist() {
             return NfsError::Exists { share, what };
         }
-        if e.is_connection_lost() || matches!(e, nfs_rs::NfsError::Io(_)) {
+        if e.is_connection_lost()
+            || matches!(
+                e,
+                nfs_rs::NfsError::Io(_) | nfs_rs::NfsError::Rpc(_) | nfs_rs::NfsError::Xdr(_)
+            )
+        {
             self.broken.store(true, Ordering::Relaxed);
             return NfsError::Unreachable {
                 share,
