@@ -297,39 +297,7 @@ impl<'a> PodAttachment<'a> {
         ipam: CniResult,
     ) -> Result<CniResult, BridgeError> {
         let (req, conf) = (self.req, self.conf);
-
-        let has_v6 = ipam.ips.iter().any(|ip| ip.address.is_ipv6());
-        if has_v6 {
-            // Addresses are added with NODAD; also skip DAD for the link-local address, so that
-            // IPv6 is usable as soon as ADD returns.
-            let path = format!("/proc/sys/net/ipv6/conf/{}/accept_dad", req.ifname);
-            self.pod_ns
-                .run(|| sysctl::set(&path, "0"))
-                .map_err(BridgeError::Netns)??;
-        }
-        let pod_link = pod_nl.link(&req.ifname)?.ok_or_else(|| {
-            BridgeError::BridgeConflict(format!(
-                "{} vanished from the pod after creation",
-                req.ifname
-            ))
-        })?;
-        pod_nl.set_up(pod_link.index)?;
-        for ip in &ipam.ips {
-            pod_nl.add_address(pod_link.index, ip.address, true)?;
-        }
-        let routes = self.pod_routes(&ipam);
-        for route in &routes {
-            let gateway = route.gw.or_else(|| gateway_for(&ipam, route.dst.ip()));
-            pod_nl.add_route(&RouteSpec {
-                dst: route.dst,
-                gateway,
-                oif: pod_link.index,
-                mtu: route.mtu,
-                priority: route.priority,
-                onlink: false,
-            })?;
-        }
-
+        let (pod_link, routes) = self.address_pod(pod_nl, &ipam)?;
         if conf.is_gateway {
             self.ensure_gateway(host_nl, bridge, &ipam)?;
         }
@@ -351,6 +319,62 @@ impl<'a> PodAttachment<'a> {
             )?;
         }
 
+        self.result(host_nl, bridge, &host_link, pod_mac, ipam, routes)
+    }
+
+    /// The pod's side: link up, IPAM's addresses (no DAD) and routes. Returns the pod's link.
+    fn address_pod(
+        &self,
+        pod_nl: &mut Netlink,
+        ipam: &CniResult,
+    ) -> Result<(Link, Vec<Route>), BridgeError> {
+        let req = self.req;
+        let has_v6 = ipam.ips.iter().any(|ip| ip.address.is_ipv6());
+        if has_v6 {
+            // Addresses are added with NODAD; also skip DAD for the link-local address, so that
+            // IPv6 is usable as soon as ADD returns.
+            let path = format!("/proc/sys/net/ipv6/conf/{}/accept_dad", req.ifname);
+            self.pod_ns
+                .run(|| sysctl::set(&path, "0"))
+                .map_err(BridgeError::Netns)??;
+        }
+        let pod_link = pod_nl.link(&req.ifname)?.ok_or_else(|| {
+            BridgeError::BridgeConflict(format!(
+                "{} vanished from the pod after creation",
+                req.ifname
+            ))
+        })?;
+        pod_nl.set_up(pod_link.index)?;
+        for ip in &ipam.ips {
+            pod_nl.add_address(pod_link.index, ip.address, true)?;
+        }
+        let routes = self.pod_routes(ipam);
+        for route in &routes {
+            let gateway = route.gw.or_else(|| gateway_for(ipam, route.dst.ip()));
+            pod_nl.add_route(&RouteSpec {
+                dst: route.dst,
+                gateway,
+                oif: pod_link.index,
+                mtu: route.mtu,
+                priority: route.priority,
+                onlink: false,
+            })?;
+        }
+
+        Ok((pod_link, routes))
+    }
+
+    /// The result ADD prints: bridge, host veth and pod interface, the addresses on the pod's.
+    fn result(
+        &self,
+        host_nl: &mut Netlink,
+        bridge: &Link,
+        host_link: &Link,
+        pod_mac: String,
+        ipam: CniResult,
+        routes: Vec<Route>,
+    ) -> Result<CniResult, BridgeError> {
+        let (req, conf) = (self.req, self.conf);
         let bridge_now = host_nl
             .link(&conf.bridge)?
             .unwrap_or_else(|| bridge.clone());
@@ -541,6 +565,35 @@ fn check_attachment(req: &Request, conf: &BridgeConf, prev: &CniResult) -> Resul
     if !pod_link.up {
         return mismatch(format!("{} is down", req.ifname));
     }
+    check_pod(req, conf, prev, &mut pod_nl, &pod_link)?;
+    if conf.is_gateway {
+        let bridge_addrs = host_nl.addresses(bridge.index)?;
+        for ip in &prev.ips {
+            if let Some(gw) = ip
+                .gateway
+                .and_then(|gw| IpNetwork::new(gw, ip.address.prefix()).ok())
+            {
+                if !bridge_addrs.contains(&gw) {
+                    return mismatch(format!(
+                        "gateway {gw} is missing from bridge {}",
+                        conf.bridge
+                    ));
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
+/// CHECK of the pod's side against prevResult: MTU, MAC, addresses, routes.
+fn check_pod(
+    req: &Request,
+    conf: &BridgeConf,
+    prev: &CniResult,
+    pod_nl: &mut Netlink,
+    pod_link: &Link,
+) -> Result<(), BridgeError> {
+    let mismatch = |msg: String| Err(BridgeError::CheckMismatch(msg));
     let prev_pod = prev
         .interfaces
         .iter()
@@ -584,22 +637,6 @@ fn check_attachment(req: &Request, conf: &BridgeConf, prev: &CniResult) -> Resul
         });
         if !found {
             return mismatch(format!("route to {} is missing in the pod", route.dst));
-        }
-    }
-    if conf.is_gateway {
-        let bridge_addrs = host_nl.addresses(bridge.index)?;
-        for ip in &prev.ips {
-            if let Some(gw) = ip
-                .gateway
-                .and_then(|gw| IpNetwork::new(gw, ip.address.prefix()).ok())
-            {
-                if !bridge_addrs.contains(&gw) {
-                    return mismatch(format!(
-                        "gateway {gw} is missing from bridge {}",
-                        conf.bridge
-                    ));
-                }
-            }
         }
     }
     Ok(())

@@ -27,6 +27,16 @@ struct Wanted<'a> {
     source: Option<Source>,
 }
 
+/// What an earlier request left at the volume's path means for this one.
+enum Earlier {
+    /// The volume exists as asked: the answer.
+    Done(csi::CreateVolumeResponse),
+    /// Half made by an earlier attempt of this request: finish it.
+    Resume,
+    /// An earlier volume of the name, half deleted: now deleted, start afresh.
+    Deleted,
+}
+
 /// What a failing attempt must remove: its name claim, and the volume it made (directory and
 /// record) or took over from an earlier, interrupted attempt.
 #[derive(Debug, Default)]
@@ -124,60 +134,14 @@ impl ControllerService {
     ) -> CsiResult<csi::CreateVolumeResponse> {
         let (req, params) = (wanted.req, &wanted.params);
         let path = params.path.as_str();
-        let canonical = params.canonical();
         // Read also with a fresh claim: an earlier attempt may have lost its claim to the sweep.
         let existing = store::read_volume(share, &params.path).await?;
         if let Some(record) = &existing {
-            if record.name != req.name {
-                undo.claim = true;
-                return Err(CsiError::Conflict(format!(
-                    "{path} on {} already belongs to volume {:?}",
-                    params.share, record.name
-                )));
-            }
-            let same = record.parameters == canonical && record.source == wanted.source;
-            match record.state {
-                State::Ready
-                    if same && fits(record.capacity_bytes, req.capacity_range.as_ref()) =>
-                {
-                    return Ok(csi::CreateVolumeResponse {
-                        volume: Some(volume_message(record, &params.share)),
-                    })
-                }
-                State::Ready => {
-                    return Err(CsiError::Conflict(format!(
-                        "volume {:?} exists with {} bytes and other parameters or source",
-                        req.name, record.capacity_bytes
-                    )))
-                }
-                State::Deleting => {
-                    // An earlier volume of this name whose delete was interrupted: finish the
-                    // delete (as its onDelete says), then make the volume afresh.
-                    let mut old = record.clone();
-                    let id = VolumeId::decode(&old.volume_id).ok_or_else(|| {
-                        CsiError::Internal(format!("unreadable volume id {:?}", old.volume_id))
-                    })?;
-                    remove_volume(share, &id, &mut old).await?;
-                    tracing::info!(volume = %old.volume_id, name = %req.name, "finished an interrupted delete before creating the name again");
-                    if !share.claim(&store::claim_path(&req.name), path).await? {
-                        return Err(CsiError::Busy(format!(
-                            "volume {:?} is being created by another caller; retry later",
-                            req.name
-                        )));
-                    }
-                    undo.claim = true;
-                    return Box::pin(self.create_claimed(wanted, share, true, undo)).await;
-                }
-                State::Creating if !same => {
-                    return Err(CsiError::Conflict(format!(
-                        "volume {:?} is half made with other parameters",
-                        req.name
-                    )))
-                }
-                State::Creating => {
-                    // An earlier attempt's: this one finishes it, or removes it on failure.
-                    undo.claim = true;
-                    undo.volume = true;
+            match self.judge_existing(wanted, share, record, undo).await? {
+                Earlier::Done(response) => return Ok(response),
+                Earlier::Resume => {}
+                Earlier::Deleted => {
+                    return Box::pin(self.create_claimed(wanted, share, true, undo)).await
                 }
             }
         }
@@ -194,7 +158,7 @@ impl ControllerService {
             volume_id: wanted.id.clone(),
             path: path.to_string(),
             capacity_bytes: wanted.capacity,
-            parameters: canonical,
+            parameters: params.canonical(),
             settings: params.settings.clone(),
             source: wanted.source.clone(),
             state: State::Creating,
@@ -233,6 +197,65 @@ impl ControllerService {
         Ok(csi::CreateVolumeResponse {
             volume: Some(volume_message(&record, &params.share)),
         })
+    }
+
+    /// What to make of the record an earlier request left at the volume's path.
+    async fn judge_existing(
+        &self,
+        wanted: &Wanted<'_>,
+        share: &Share,
+        record: &VolumeRecord,
+        undo: &mut Undo,
+    ) -> CsiResult<Earlier> {
+        let (req, params) = (wanted.req, &wanted.params);
+        let path = params.path.as_str();
+        if record.name != req.name {
+            undo.claim = true;
+            return Err(CsiError::Conflict(format!(
+                "{path} on {} already belongs to volume {:?}",
+                params.share, record.name
+            )));
+        }
+        let same = record.parameters == params.canonical() && record.source == wanted.source;
+        match record.state {
+            State::Ready if same && fits(record.capacity_bytes, req.capacity_range.as_ref()) => {
+                Ok(Earlier::Done(csi::CreateVolumeResponse {
+                    volume: Some(volume_message(record, &params.share)),
+                }))
+            }
+            State::Ready => Err(CsiError::Conflict(format!(
+                "volume {:?} exists with {} bytes and other parameters or source",
+                req.name, record.capacity_bytes
+            ))),
+            State::Deleting => {
+                // An earlier volume of this name whose delete was interrupted: finish the delete
+                // (as its onDelete says), then make the volume afresh.
+                let mut old = record.clone();
+                let id = VolumeId::decode(&old.volume_id).ok_or_else(|| {
+                    CsiError::Internal(format!("unreadable volume id {:?}", old.volume_id))
+                })?;
+                remove_volume(share, &id, &mut old).await?;
+                tracing::info!(volume = %old.volume_id, name = %req.name, "finished an interrupted delete before creating the name again");
+                if !share.claim(&store::claim_path(&req.name), path).await? {
+                    return Err(CsiError::Busy(format!(
+                        "volume {:?} is being created by another caller; retry later",
+                        req.name
+                    )));
+                }
+                undo.claim = true;
+                Ok(Earlier::Deleted)
+            }
+            State::Creating if !same => Err(CsiError::Conflict(format!(
+                "volume {:?} is half made with other parameters",
+                req.name
+            ))),
+            State::Creating => {
+                // An earlier attempt's: this one finishes it, or removes it on failure.
+                undo.claim = true;
+                undo.volume = true;
+                Ok(Earlier::Resume)
+            }
+        }
     }
 
     /// Makes the volume's directory. A directory that exists already is taken over only when

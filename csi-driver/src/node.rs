@@ -195,33 +195,7 @@ impl NodeService {
         let _guard = self.lock(&req.volume_id)?;
         let read_only = req.readonly || read_only_mode(capability);
 
-        // The origin to publish: the staged filesystem, or the loop device of a block volume.
-        let origin: PathBuf = if is_block(capability) {
-            if id.layout != Layout::Image {
-                return Err(CsiError::invalid(
-                    "a directory volume cannot be used as a block device",
-                ));
-            }
-            let private = self.private_dir(&req.volume_id);
-            ensure_nfs_mount(&id, &private, &mount_flags(capability), self.timeout)?;
-            image::attach(&private.join(IMAGE_FILE))?
-        } else {
-            let staged = mounts::mounted_at(&staging)?.ok_or_else(|| {
-                CsiError::WrongState(format!(
-                    "volume {} is not staged at {}",
-                    req.volume_id,
-                    staging.display()
-                ))
-            })?;
-            if id.layout == Layout::Directory
-                && !matches!(health(&staging, self.timeout), Health::Fine)
-            {
-                // Stale or gone: stage again before publishing.
-                drop(staged);
-                ensure_nfs_mount(&id, &staging, &mount_flags(capability), self.timeout)?;
-            }
-            staging.clone()
-        };
+        let origin = self.origin(req, &id, capability, &staging)?;
         let table = mounts::table()?;
         let origin_mount = if is_block(capability) {
             None
@@ -253,19 +227,14 @@ impl NodeService {
         }
 
         if mode(capability) == Mode::SingleNodeSingleWriter {
-            let elsewhere = table.iter().any(|m| {
-                let same = match &origin_mount {
-                    Some(origin_mount) => m.same_origin(origin_mount),
-                    None => block_mount_matches(m, &origin),
-                };
-                same && m.mount_point != staging && m.mount_point != target
-            });
-            if elsewhere {
-                return Err(CsiError::WrongState(format!(
-                    "volume {} is SINGLE_NODE_SINGLE_WRITER and already published elsewhere",
-                    req.volume_id
-                )));
-            }
+            single_writer(
+                &table,
+                origin_mount.as_ref(),
+                &origin,
+                &staging,
+                &target,
+                &req.volume_id,
+            )?;
         }
 
         if is_block(capability) {
@@ -281,6 +250,40 @@ impl NodeService {
         mounts::bind(&origin, &target, read_only, self.timeout)?;
         tracing::info!(volume = %req.volume_id, target = %target.display(), read_only, "published");
         Ok(csi::NodePublishVolumeResponse {})
+    }
+
+    /// What to publish: the staged filesystem (staged again when stale), or the loop device of
+    /// a block volume.
+    fn origin(
+        &self,
+        req: &csi::NodePublishVolumeRequest,
+        id: &VolumeId,
+        capability: &VolumeCapability,
+        staging: &Path,
+    ) -> CsiResult<PathBuf> {
+        if is_block(capability) {
+            if id.layout != Layout::Image {
+                return Err(CsiError::invalid(
+                    "a directory volume cannot be used as a block device",
+                ));
+            }
+            let private = self.private_dir(&req.volume_id);
+            ensure_nfs_mount(id, &private, &mount_flags(capability), self.timeout)?;
+            return Ok(image::attach(&private.join(IMAGE_FILE))?);
+        }
+        if mounts::mounted_at(staging)?.is_none() {
+            return Err(CsiError::WrongState(format!(
+                "volume {} is not staged at {}",
+                req.volume_id,
+                staging.display()
+            )));
+        }
+        if id.layout == Layout::Directory && !matches!(health(staging, self.timeout), Health::Fine)
+        {
+            // Stale or gone: stage again before publishing.
+            ensure_nfs_mount(id, staging, &mount_flags(capability), self.timeout)?;
+        }
+        Ok(staging.to_path_buf())
     }
 
     pub(crate) fn unpublish(
@@ -352,6 +355,31 @@ impl NodeService {
             capacity_bytes: size as i64,
         })
     }
+}
+
+/// FAILED_PRECONDITION when a SINGLE_NODE_SINGLE_WRITER volume is published at a target other
+/// than `target` already (a filesystem bind of the same origin, or the same loop device).
+fn single_writer(
+    table: &[MountInfo],
+    origin_mount: Option<&MountInfo>,
+    origin: &Path,
+    staging: &Path,
+    target: &Path,
+    volume_id: &str,
+) -> CsiResult<()> {
+    let elsewhere = table.iter().any(|m| {
+        let same = match origin_mount {
+            Some(origin_mount) => m.same_origin(origin_mount),
+            None => block_mount_matches(m, origin),
+        };
+        same && m.mount_point != staging && m.mount_point != target
+    });
+    if elsewhere {
+        return Err(CsiError::WrongState(format!(
+            "volume {volume_id} is SINGLE_NODE_SINGLE_WRITER and already published elsewhere"
+        )));
+    }
+    Ok(())
 }
 
 /// NOT_FOUND unless `path` is where a volume is staged or published: a mount point, or the

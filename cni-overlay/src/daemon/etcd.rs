@@ -114,36 +114,8 @@ impl EtcdStore {
                 .v6
                 .and_then(|c6| v6_subnet_for(subnet, cluster, c6, size_v6)),
         };
-        let lease = self
-            .client
-            .lease_grant(self.ttl, None)
-            .await
-            .map_err(ds("granting lease"))?
-            .id();
-        let (keeper, stream) = self
-            .client
-            .lease_keep_alive(lease)
-            .await
-            .map_err(ds("keeping lease alive"))?;
-        self.lease = Some(lease);
-        self.keeper = Some(keeper);
-        self.keep_stream = Some(stream);
-
-        let existing = self
-            .client
-            .get(self.subnets_prefix(), Some(GetOptions::new().with_prefix()))
-            .await
-            .map_err(ds("listing subnets"))?;
-        let mut taken = Vec::new();
-        let mut mine = None;
-        for kv in existing.kvs() {
-            if let Ok(peer) = serde_json::from_slice::<Peer>(kv.value()) {
-                if peer.node == node {
-                    mine = Some((peer.subnet, kv.mod_revision()));
-                }
-                taken.push(peer.subnet);
-            }
-        }
+        let lease = self.grant_lease().await?;
+        let (taken, mine) = self.leased_subnets(node).await?;
         let value = |subnet: IpNetwork| {
             serde_json::to_string(&Peer {
                 node: node.to_string(),
@@ -206,6 +178,48 @@ impl EtcdStore {
         Err(DaemonError::datastore(format!(
             "no free /{size} subnet left in cluster CIDR {cluster}"
         )))
+    }
+
+    /// A new lease, kept alive in the background, for this node's registration.
+    async fn grant_lease(&mut self) -> Result<i64, DaemonError> {
+        let lease = self
+            .client
+            .lease_grant(self.ttl, None)
+            .await
+            .map_err(ds("granting lease"))?
+            .id();
+        let (keeper, stream) = self
+            .client
+            .lease_keep_alive(lease)
+            .await
+            .map_err(ds("keeping lease alive"))?;
+        self.lease = Some(lease);
+        self.keeper = Some(keeper);
+        self.keep_stream = Some(stream);
+        Ok(lease)
+    }
+
+    /// Every leased subnet, and `node`'s own with its revision if it holds one.
+    async fn leased_subnets(
+        &mut self,
+        node: &str,
+    ) -> Result<(Vec<IpNetwork>, Option<(IpNetwork, i64)>), DaemonError> {
+        let existing = self
+            .client
+            .get(self.subnets_prefix(), Some(GetOptions::new().with_prefix()))
+            .await
+            .map_err(ds("listing subnets"))?;
+        let mut taken = Vec::new();
+        let mut mine = None;
+        for kv in existing.kvs() {
+            if let Ok(peer) = serde_json::from_slice::<Peer>(kv.value()) {
+                if peer.node == node {
+                    mine = Some((peer.subnet, kv.mod_revision()));
+                }
+                taken.push(peer.subnet);
+            }
+        }
+        Ok((taken, mine))
     }
 
     /// Renews the lease; an error means the registration is gone and must be made again.

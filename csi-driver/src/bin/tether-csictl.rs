@@ -160,52 +160,19 @@ async fn run(args: Args) -> Result<Value, String> {
             from_snapshot,
             from_volume,
         } => {
-            let mode = match access.as_str() {
-                "rwx" => volume_capability::access_mode::Mode::MultiNodeMultiWriter,
-                "rwo" => volume_capability::access_mode::Mode::SingleNodeWriter,
-                "rox" => volume_capability::access_mode::Mode::MultiNodeReaderOnly,
-                other => return Err(format!("--access {other}: use rwx, rwo or rox")),
-            };
-            let access_type = if block {
-                volume_capability::AccessType::Block(volume_capability::BlockVolume {})
-            } else {
-                volume_capability::AccessType::Mount(volume_capability::MountVolume {
-                    mount_flags: mount_options,
-                    ..Default::default()
-                })
-            };
-            let mut parameters = HashMap::new();
-            for p in params {
-                let (k, v) = p
-                    .split_once('=')
-                    .ok_or_else(|| format!("--param {p}: use KEY=VALUE"))?;
-                parameters.insert(k.to_string(), v.to_string());
+            let request = CreateRequest {
+                name,
+                capacity,
+                params,
+                mount_options,
+                access,
+                block,
+                from_snapshot,
+                from_volume,
             }
-            let source = match (from_snapshot, from_volume) {
-                (Some(snapshot_id), _) => Some(volume_content_source::Type::Snapshot(
-                    volume_content_source::SnapshotSource { snapshot_id },
-                )),
-                (None, Some(volume_id)) => Some(volume_content_source::Type::Volume(
-                    volume_content_source::VolumeSource { volume_id },
-                )),
-                (None, None) => None,
-            };
+            .build()?;
             let volume = controller
-                .create_volume(csi::CreateVolumeRequest {
-                    name,
-                    capacity_range: Some(csi::CapacityRange {
-                        required_bytes: bytes(&capacity)?,
-                        limit_bytes: 0,
-                    }),
-                    volume_capabilities: vec![csi::VolumeCapability {
-                        access_type: Some(access_type),
-                        access_mode: Some(volume_capability::AccessMode { mode: mode as i32 }),
-                    }],
-                    parameters,
-                    volume_content_source: source
-                        .map(|t| csi::VolumeContentSource { r#type: Some(t) }),
-                    ..Default::default()
-                })
+                .create_volume(request)
                 .await
                 .map_err(status)?
                 .into_inner()
@@ -223,31 +190,7 @@ async fn run(args: Args) -> Result<Value, String> {
                 .map_err(status)?;
             Ok(json!({"deleted": volume_id}))
         }
-        Cmd::ListVolumes => {
-            let mut all = Vec::new();
-            let mut token = String::new();
-            loop {
-                let page = controller
-                    .list_volumes(csi::ListVolumesRequest {
-                        max_entries: 100,
-                        starting_token: token,
-                    })
-                    .await
-                    .map_err(status)?
-                    .into_inner();
-                all.extend(
-                    page.entries
-                        .iter()
-                        .filter_map(|e| e.volume.as_ref())
-                        .map(volume_json),
-                );
-                if page.next_token.is_empty() {
-                    break;
-                }
-                token = page.next_token;
-            }
-            Ok(Value::Array(all))
-        }
+        Cmd::ListVolumes => list_volumes(&mut controller).await,
         Cmd::ExpandVolume {
             volume_id,
             capacity,
@@ -292,33 +235,125 @@ async fn run(args: Args) -> Result<Value, String> {
                 .map_err(status)?;
             Ok(json!({"deleted": snapshot_id}))
         }
-        Cmd::ListSnapshots { source } => {
-            let mut all = Vec::new();
-            let mut token = String::new();
-            loop {
-                let page = controller
-                    .list_snapshots(csi::ListSnapshotsRequest {
-                        max_entries: 100,
-                        starting_token: token,
-                        source_volume_id: source.clone().unwrap_or_default(),
-                        ..Default::default()
-                    })
-                    .await
-                    .map_err(status)?
-                    .into_inner();
-                all.extend(
-                    page.entries
-                        .iter()
-                        .filter_map(|e| e.snapshot.as_ref())
-                        .map(snapshot_json),
-                );
-                if page.next_token.is_empty() {
-                    break;
-                }
-                token = page.next_token;
-            }
-            Ok(Value::Array(all))
+        Cmd::ListSnapshots { source } => list_snapshots(&mut controller, source).await,
+    }
+}
+
+/// `create-volume`'s arguments.
+struct CreateRequest {
+    name: String,
+    capacity: String,
+    params: Vec<String>,
+    mount_options: Vec<String>,
+    access: String,
+    block: bool,
+    from_snapshot: Option<String>,
+    from_volume: Option<String>,
+}
+
+impl CreateRequest {
+    fn build(self) -> Result<csi::CreateVolumeRequest, String> {
+        let mode = match self.access.as_str() {
+            "rwx" => volume_capability::access_mode::Mode::MultiNodeMultiWriter,
+            "rwo" => volume_capability::access_mode::Mode::SingleNodeWriter,
+            "rox" => volume_capability::access_mode::Mode::MultiNodeReaderOnly,
+            other => return Err(format!("--access {other}: use rwx, rwo or rox")),
+        };
+        let access_type = if self.block {
+            volume_capability::AccessType::Block(volume_capability::BlockVolume {})
+        } else {
+            volume_capability::AccessType::Mount(volume_capability::MountVolume {
+                mount_flags: self.mount_options,
+                ..Default::default()
+            })
+        };
+        let mut parameters = HashMap::new();
+        for p in self.params {
+            let (k, v) = p
+                .split_once('=')
+                .ok_or_else(|| format!("--param {p}: use KEY=VALUE"))?;
+            parameters.insert(k.to_string(), v.to_string());
         }
+        let source = match (self.from_snapshot, self.from_volume) {
+            (Some(snapshot_id), _) => Some(volume_content_source::Type::Snapshot(
+                volume_content_source::SnapshotSource { snapshot_id },
+            )),
+            (None, Some(volume_id)) => Some(volume_content_source::Type::Volume(
+                volume_content_source::VolumeSource { volume_id },
+            )),
+            (None, None) => None,
+        };
+        Ok(csi::CreateVolumeRequest {
+            name: self.name,
+            capacity_range: Some(csi::CapacityRange {
+                required_bytes: bytes(&self.capacity)?,
+                limit_bytes: 0,
+            }),
+            volume_capabilities: vec![csi::VolumeCapability {
+                access_type: Some(access_type),
+                access_mode: Some(volume_capability::AccessMode { mode: mode as i32 }),
+            }],
+            parameters,
+            volume_content_source: source.map(|t| csi::VolumeContentSource { r#type: Some(t) }),
+            ..Default::default()
+        })
+    }
+}
+
+/// Every volume, page by page.
+async fn list_volumes(controller: &mut ControllerClient<Channel>) -> Result<Value, String> {
+    let mut all = Vec::new();
+    let mut token = String::new();
+    loop {
+        let page = controller
+            .list_volumes(csi::ListVolumesRequest {
+                max_entries: 100,
+                starting_token: token,
+            })
+            .await
+            .map_err(status)?
+            .into_inner();
+        all.extend(
+            page.entries
+                .iter()
+                .filter_map(|e| e.volume.as_ref())
+                .map(volume_json),
+        );
+        if page.next_token.is_empty() {
+            return Ok(Value::Array(all));
+        }
+        token = page.next_token;
+    }
+}
+
+/// Every snapshot (of `source`, if given), page by page.
+async fn list_snapshots(
+    controller: &mut ControllerClient<Channel>,
+    source: Option<String>,
+) -> Result<Value, String> {
+    let mut all = Vec::new();
+    let mut token = String::new();
+    loop {
+        let page = controller
+            .list_snapshots(csi::ListSnapshotsRequest {
+                max_entries: 100,
+                starting_token: token,
+                source_volume_id: source.clone().unwrap_or_default(),
+                ..Default::default()
+            })
+            .await
+            .map_err(status)?
+            .into_inner();
+        all.extend(
+            page.entries
+                .iter()
+                .filter_map(|e| e.snapshot.as_ref())
+                .map(snapshot_json),
+        );
+        if page.next_token.is_empty() {
+            return Ok(Value::Array(all));
+        }
+        token = page.next_token;
     }
 }
 
