@@ -112,14 +112,15 @@ async fn abandoned(driver: &Driver, share: &Share, cutoff: u64) -> Result<usize,
         if !stale || driver.copies.has(&record.volume_id) {
             continue;
         }
+        // A request at work on it now holds its lock: leave it to that request.
+        let Ok(_guard) = driver
+            .locks
+            .acquire(&[format!("volume {}", record.volume_id)])
+        else {
+            continue;
+        };
         if record.state == State::Deleting {
             let Some(id) = VolumeId::decode(&record.volume_id) else {
-                continue;
-            };
-            let Ok(_guard) = driver
-                .locks
-                .acquire(&[format!("volume {}", record.volume_id)])
-            else {
                 continue;
             };
             tracing::info!(volume = %record.volume_id, "sweep: finishing an interrupted delete");
@@ -128,12 +129,6 @@ async fn abandoned(driver: &Driver, share: &Share, cutoff: u64) -> Result<usize,
             continue;
         }
         let Ok(path) = SharePath::parse(&record.path) else {
-            continue;
-        };
-        let Ok(_guard) = driver
-            .locks
-            .acquire(&[format!("volume {}", record.volume_id)])
-        else {
             continue;
         };
         tracing::info!(volume = %record.volume_id, name = %record.name, "sweep: removing a volume whose creation was abandoned");

@@ -102,39 +102,34 @@ pub fn check_capabilities(capabilities: &[VolumeCapability], layout: Layout) -> 
 }
 
 pub fn required_path(name: &str, value: &str) -> CsiResult<PathBuf> {
-    if value.is_empty() {
-        return Err(CsiError::invalid(format!("{name} is required")));
-    }
-    let path = PathBuf::from(value);
-    if !path.is_absolute()
-        || path
-            .components()
-            .any(|c| matches!(c, std::path::Component::ParentDir))
-    {
-        return Err(CsiError::invalid(format!(
+    absolute(name, value)?.ok_or_else(|| {
+        CsiError::invalid(format!(
             "{name} {value:?} must be an absolute path without '..'"
-        )));
-    }
-    Ok(path)
+        ))
+    })
 }
 
 /// The `volume_path` of NodeGetVolumeStats and NodeExpandVolume: required, and NOT_FOUND when
 /// it cannot hold a volume (relative, or with `..`); the caller checks that it does.
 pub fn volume_path(value: &str) -> CsiResult<PathBuf> {
+    absolute("volume_path", value)?.ok_or_else(|| {
+        CsiError::NotFound(format!(
+            "volume_path {value:?} holds no volume (a volume path is absolute)"
+        ))
+    })
+}
+
+/// A required path: INVALID_ARGUMENT when missing, `None` when not absolute or with `..`.
+fn absolute(name: &str, value: &str) -> CsiResult<Option<PathBuf>> {
     if value.is_empty() {
-        return Err(CsiError::invalid("volume_path is required"));
+        return Err(CsiError::invalid(format!("{name} is required")));
     }
     let path = PathBuf::from(value);
-    if !path.is_absolute()
-        || path
+    let fine = path.is_absolute()
+        && !path
             .components()
-            .any(|c| matches!(c, std::path::Component::ParentDir))
-    {
-        return Err(CsiError::NotFound(format!(
-            "volume_path {value:?} holds no volume (a volume path is absolute)"
-        )));
-    }
-    Ok(path)
+            .any(|c| matches!(c, std::path::Component::ParentDir));
+    Ok(fine.then_some(path))
 }
 
 /// The volume an id names; NOT_FOUND for one this driver never made.

@@ -300,30 +300,42 @@ impl CreateRequest {
     }
 }
 
-/// Every volume, page by page.
-async fn list_volumes(controller: &mut ControllerClient<Channel>) -> Result<Value, String> {
+/// Every entry of a paged listing: `page(token)` gives one page's entries and the next token.
+async fn all_pages<F, Fut>(mut page: F) -> Result<Value, String>
+where
+    F: FnMut(String) -> Fut,
+    Fut: std::future::Future<Output = Result<(Vec<Value>, String), String>>,
+{
     let mut all = Vec::new();
     let mut token = String::new();
     loop {
-        let page = controller
-            .list_volumes(csi::ListVolumesRequest {
-                max_entries: 100,
-                starting_token: token,
-            })
-            .await
-            .map_err(status)?
-            .into_inner();
-        all.extend(
-            page.entries
-                .iter()
-                .filter_map(|e| e.volume.as_ref())
-                .map(volume_json),
-        );
-        if page.next_token.is_empty() {
+        let (entries, next) = page(token).await?;
+        all.extend(entries);
+        if next.is_empty() {
             return Ok(Value::Array(all));
         }
-        token = page.next_token;
+        token = next;
     }
+}
+
+/// Every volume, page by page.
+async fn list_volumes(controller: &mut ControllerClient<Channel>) -> Result<Value, String> {
+    all_pages(|starting_token| {
+        let mut controller = controller.clone();
+        async move {
+            let page = controller
+                .list_volumes(csi::ListVolumesRequest {
+                    max_entries: 100,
+                    starting_token,
+                })
+                .await
+                .map_err(status)?
+                .into_inner();
+            let entries = page.entries.iter().filter_map(|e| e.volume.as_ref());
+            Ok((entries.map(volume_json).collect(), page.next_token))
+        }
+    })
+    .await
 }
 
 /// Every snapshot (of `source`, if given), page by page.
@@ -331,30 +343,25 @@ async fn list_snapshots(
     controller: &mut ControllerClient<Channel>,
     source: Option<String>,
 ) -> Result<Value, String> {
-    let mut all = Vec::new();
-    let mut token = String::new();
-    loop {
-        let page = controller
-            .list_snapshots(csi::ListSnapshotsRequest {
-                max_entries: 100,
-                starting_token: token,
-                source_volume_id: source.clone().unwrap_or_default(),
-                ..Default::default()
-            })
-            .await
-            .map_err(status)?
-            .into_inner();
-        all.extend(
-            page.entries
-                .iter()
-                .filter_map(|e| e.snapshot.as_ref())
-                .map(snapshot_json),
-        );
-        if page.next_token.is_empty() {
-            return Ok(Value::Array(all));
+    all_pages(|starting_token| {
+        let mut controller = controller.clone();
+        let source_volume_id = source.clone().unwrap_or_default();
+        async move {
+            let page = controller
+                .list_snapshots(csi::ListSnapshotsRequest {
+                    max_entries: 100,
+                    starting_token,
+                    source_volume_id,
+                    ..Default::default()
+                })
+                .await
+                .map_err(status)?
+                .into_inner();
+            let entries = page.entries.iter().filter_map(|e| e.snapshot.as_ref());
+            Ok((entries.map(snapshot_json).collect(), page.next_token))
         }
-        token = page.next_token;
-    }
+    })
+    .await
 }
 
 fn main() -> ExitCode {
