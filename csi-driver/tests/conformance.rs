@@ -1259,3 +1259,37 @@ async fn metrics_count_rpcs_by_code_and_time_nfs_calls() {
         "{text}"
     );
 }
+
+/// Storage capacity tracking: csi-provisioner asks GetCapacity with each StorageClass's
+/// parameters; the answer is that share's free space, and 0 for a share not exported.
+#[tokio::test]
+async fn get_capacity_answers_per_storage_class() {
+    let nfs = NfsServer::start("cscp");
+    let driver = Driver::start(&nfs, &[]);
+    let mut c = driver.controller().await;
+    let class = create_request(&nfs, "unused", MIB, &[("layout", "directory")]).parameters;
+    let answer = c
+        .get_capacity(csi::GetCapacityRequest {
+            parameters: class.clone(),
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let vfs = nix::sys::statvfs::statvfs(&nfs.export()).unwrap();
+    let free = vfs.blocks_available() as f64 * vfs.fragment_size() as f64;
+    let ratio = answer.available_capacity as f64 / free;
+    assert!((0.9..1.1).contains(&ratio), "{answer:?} vs {free}");
+    assert_eq!(answer.maximum_volume_size, Some(answer.available_capacity));
+    let mut missing = class.clone();
+    missing.insert("share".into(), format!("{}-missing", nfs.share()));
+    let answer = c
+        .get_capacity(csi::GetCapacityRequest {
+            parameters: missing,
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(answer.available_capacity, 0);
+}
