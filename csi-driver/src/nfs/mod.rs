@@ -4,14 +4,18 @@
 //! are in `tree`, copies in `copy`.
 
 mod copy;
+mod entry;
+mod pool;
 mod tree;
 
 pub use copy::Progress;
+pub use entry::{Entry, Kind, Space};
+pub use pool::{ClientOptions, NfsPool};
 
 use std::collections::HashMap;
 use std::future::Future;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::Mutex;
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -19,209 +23,6 @@ use futures::StreamExt;
 use nfs_rs::Mount;
 
 use crate::error::NfsError;
-use crate::ids::{NfsVersion, ShareRef};
-
-/// NFS object types (the same numbers in NFSv3 and NFSv4).
-const TYPE_FILE: u32 = 1;
-const TYPE_DIR: u32 = 2;
-const TYPE_SYMLINK: u32 = 5;
-
-/// How the driver authenticates and connects.
-#[derive(Debug, Clone)]
-pub struct ClientOptions {
-    pub timeout: Duration,
-    pub uid: u32,
-    pub gid: u32,
-    /// Bind a privileged source port (servers exporting with `secure` demand it).
-    pub privileged_port: bool,
-}
-
-/// Open connections, one per share, made on first use and dropped after a transport failure.
-pub struct NfsPool {
-    options: ClientOptions,
-    shares: Mutex<HashMap<ShareRef, Arc<Share>>>,
-}
-
-impl NfsPool {
-    pub fn new(options: ClientOptions) -> NfsPool {
-        NfsPool {
-            options,
-            shares: Mutex::new(HashMap::new()),
-        }
-    }
-
-    pub fn timeout(&self) -> Duration {
-        self.options.timeout
-    }
-
-    /// The connection to `share`, connecting if needed.
-    pub async fn share(&self, share: &ShareRef) -> Result<Arc<Share>, NfsError> {
-        if let Some(existing) = self.cached(share) {
-            return Ok(existing);
-        }
-        let url = self.url(share);
-        let label = share.to_string();
-        let mount =
-            match tokio::time::timeout(self.options.timeout, nfs_rs::parse_url_and_mount(&url))
-                .await
-            {
-                Err(_) => {
-                    return Err(NfsError::Timeout {
-                        share: label,
-                        what: "the mount request".into(),
-                        after: self.options.timeout,
-                    })
-                }
-                Ok(Err(e)) => return Err(mount_failure(label, e)),
-                Ok(Ok(mount)) => mount,
-            };
-        let connected = Arc::new(Share {
-            mount,
-            label,
-            timeout: self.options.timeout,
-            broken: std::sync::atomic::AtomicBool::new(false),
-            dirs: Mutex::new(HashMap::new()),
-        });
-        let mut shares = self.shares.lock().unwrap_or_else(|p| p.into_inner());
-        Ok(shares
-            .entry(share.clone())
-            .or_insert_with(|| connected)
-            .clone())
-    }
-
-    fn cached(&self, share: &ShareRef) -> Option<Arc<Share>> {
-        let mut shares = self.shares.lock().unwrap_or_else(|p| p.into_inner());
-        match shares.get(share) {
-            Some(s) if s.broken.load(Ordering::Relaxed) => {
-                shares.remove(share);
-                None
-            }
-            other => other.cloned(),
-        }
-    }
-
-    fn url(&self, share: &ShareRef) -> String {
-        let version = match share.version {
-            NfsVersion::V3 => "3",
-            NfsVersion::V41 => "4.1",
-        };
-        format!(
-            "nfs://{}{}?version={version}&uid={}&gid={}&noresvport={}",
-            share.server,
-            share.export,
-            self.options.uid,
-            self.options.gid,
-            !self.options.privileged_port
-        )
-    }
-}
-
-/// The error for a mount request that failed: a server that answers that it has no such
-/// export (MOUNT's NOENT/ACCES/NOTDIR for NFSv3, LOOKUP's NOENT/NOTDIR/ACCESS walking to the
-/// export for NFSv4) is not unreachable.
-fn mount_failure(share: String, e: nfs_rs::NfsError) -> NfsError {
-    use nfs_rs::Nfs3MountErrorCode as M;
-    let no_export = match &e {
-        nfs_rs::NfsError::Mount(code) => {
-            matches!(
-                code,
-                M::MNT3ERR_NOENT | M::MNT3ERR_ACCES | M::MNT3ERR_NOTDIR
-            )
-        }
-        nfs_rs::NfsError::Nfs4(code) => matches!(*code as u32, 2 | 13 | 20),
-        _ => false,
-    };
-    if no_export {
-        NfsError::NoExport {
-            share,
-            detail: format!("the server answers: {e}"),
-        }
-    } else {
-        NfsError::Unreachable {
-            share,
-            reason: e.to_string(),
-        }
-    }
-}
-
-/// A directory entry.
-#[derive(Debug, Clone)]
-pub struct Entry {
-    pub name: String,
-    pub kind: Kind,
-    pub mode: u32,
-    pub size: u64,
-    pub uid: u32,
-    pub gid: u32,
-    /// Hard links to the object (1 for most files).
-    pub nlink: u32,
-    /// The object's number on the server (equal for hard links of one file).
-    pub fileid: u64,
-    pub atime: nfs_rs::Time,
-    pub mtime: nfs_rs::Time,
-}
-
-impl Entry {
-    fn new(name: String, attr: &nfs_rs::Attr) -> Entry {
-        Entry {
-            name,
-            kind: kind_of(attr.type_),
-            mode: attr.file_mode & 0o7777,
-            size: attr.filesize,
-            uid: attr.uid,
-            gid: attr.gid,
-            nlink: attr.nlink,
-            fileid: attr.fileid,
-            atime: attr.atime,
-            mtime: attr.mtime,
-        }
-    }
-
-    /// An entry the server listed without attributes.
-    fn bare(name: String, fileid: u64) -> Entry {
-        Entry {
-            name,
-            kind: Kind::Other,
-            mode: 0,
-            size: 0,
-            uid: 0,
-            gid: 0,
-            nlink: 1,
-            fileid,
-            atime: nfs_rs::Time::default(),
-            mtime: nfs_rs::Time::default(),
-        }
-    }
-
-    /// Seconds since the epoch of the last change of content.
-    pub fn modified_unix(&self) -> u64 {
-        u64::from(self.mtime.seconds)
-    }
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Kind {
-    File,
-    Dir,
-    Symlink,
-    Other,
-}
-
-fn kind_of(type_: u32) -> Kind {
-    match type_ {
-        TYPE_FILE => Kind::File,
-        TYPE_DIR => Kind::Dir,
-        TYPE_SYMLINK => Kind::Symlink,
-        _ => Kind::Other,
-    }
-}
-
-/// Space on a share.
-#[derive(Debug, Clone, Copy)]
-pub struct Space {
-    pub total_bytes: u64,
-    pub available_bytes: u64,
-}
 
 pub struct Share {
     mount: Box<dyn Mount>,
