@@ -188,6 +188,8 @@ impl ControllerService {
         })
     }
 
+    /// ListVolumes, paged by record file name: one directory listing per share for the first
+    /// page (reused by the next pages for a minute), and only the page's records are read.
     pub(crate) async fn list_volumes(
         &self,
         req: &csi::ListVolumesRequest,
@@ -195,31 +197,43 @@ impl ControllerService {
         if !req.starting_token.is_empty() && decode_token(&req.starting_token).is_none() {
             return Err(CsiError::StaleToken(req.starting_token.clone()));
         }
-        let mut all = Vec::new();
+        let mut keys = Vec::new();
+        let mut shares = HashMap::new();
         for share_ref in self.driver.known_shares() {
             let Some(share) = self.readable_share(&share_ref).await? else {
                 tracing::warn!(share = %share_ref, "not exported by its server; listing the other shares");
                 continue;
             };
-            for record in store::list_volumes(&share).await? {
-                if record.state != State::Ready {
-                    continue;
-                }
-                all.push((record.volume_id.clone(), (share_ref.clone(), record)));
-            }
+            let label = share_ref.to_string();
+            let names = self
+                .driver
+                .volume_listing(&share_ref, &share, req.starting_token.is_empty())
+                .await?;
+            keys.extend(
+                names
+                    .iter()
+                    .map(|name| (format!("{label}\u{0}{name}"), (label.clone(), name.clone()))),
+            );
+            shares.insert(label, (share_ref, share));
         }
-        let (chosen, next_token) = page(all, req.max_entries, &req.starting_token)?;
+        let (chosen, next_token) = page(keys, req.max_entries, &req.starting_token)?;
         let mut entries = Vec::new();
-        for (share_ref, record) in chosen {
+        for (label, file) in chosen {
+            let Some((share_ref, share)) = shares.get(&label) else {
+                continue;
+            };
+            let Some(record) = store::read_volume_file(share, &file)
+                .await?
+                .filter(|r| r.state == State::Ready)
+            else {
+                continue;
+            };
             let condition = match VolumeId::decode(&record.volume_id) {
-                Some(id) => {
-                    let share = self.driver.share(&share_ref).await?;
-                    Some(self.condition(&share, &id).await?)
-                }
+                Some(id) => Some(self.condition(share, &id).await?),
                 None => None,
             };
             entries.push(csi::list_volumes_response::Entry {
-                volume: Some(volume_message(&record, &share_ref)),
+                volume: Some(volume_message(&record, share_ref)),
                 status: Some(csi::list_volumes_response::VolumeStatus {
                     published_node_ids: Vec::new(),
                     volume_condition: condition,

@@ -51,7 +51,16 @@ pub struct Driver {
     prepared: Mutex<HashSet<ShareRef>>,
     /// Each share's size, and when it was read.
     sizes: Mutex<HashMap<ShareRef, (Instant, u64)>>,
+    /// Each share's volume record names, sorted, for paging ListVolumes without listing the
+    /// directory again for every page.
+    listings: Mutex<HashMap<ShareRef, Listing>>,
 }
+
+/// A share's sorted volume record names, and when they were listed.
+type Listing = (Instant, Arc<Vec<String>>);
+
+/// How long a share's volume listing serves the pages after the first.
+const LISTING_TTL: Duration = Duration::from_secs(60);
 
 /// How long a share's size (for capacity checks) is taken as known.
 const SIZE_TTL: Duration = Duration::from_secs(60);
@@ -73,6 +82,7 @@ impl Driver {
             configured,
             prepared: Mutex::new(HashSet::new()),
             sizes: Mutex::new(HashMap::new()),
+            listings: Mutex::new(HashMap::new()),
         })
     }
 
@@ -116,6 +126,36 @@ impl Driver {
                 .insert(share.clone());
         }
         Ok(connected)
+    }
+
+    /// The sorted names of the share's volume records: listed again for a first page
+    /// (`fresh`) or when the last listing is older than a minute, else the last listing.
+    pub async fn volume_listing(
+        &self,
+        share_ref: &ShareRef,
+        share: &Share,
+        fresh: bool,
+    ) -> Result<Arc<Vec<String>>, CsiError> {
+        if !fresh {
+            if let Some((at, names)) = self
+                .listings
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .get(share_ref)
+            {
+                if at.elapsed() < LISTING_TTL {
+                    return Ok(names.clone());
+                }
+            }
+        }
+        let mut names = store::volume_files(share).await?;
+        names.sort();
+        let names = Arc::new(names);
+        self.listings
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(share_ref.clone(), (Instant::now(), names.clone()));
+        Ok(names)
     }
 
     /// The share's total size in bytes, read from the server at most once a minute.

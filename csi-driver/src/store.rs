@@ -135,21 +135,31 @@ pub async fn write_volume(share: &Share, record: &VolumeRecord) -> Result<(), Nf
     share.write_file_atomic(&record_path(&path), &data).await
 }
 
+/// The file names of the share's volume records (not their content: one directory listing).
+pub async fn volume_files(share: &Share) -> Result<Vec<String>, NfsError> {
+    Ok(share
+        .list_or_empty(VOLUMES)
+        .await?
+        .into_iter()
+        .map(|entry| entry.name)
+        .filter(|name| name.ends_with(".json") && !name.starts_with('.'))
+        .collect())
+}
+
+/// The record in `file` (a name [`volume_files`] gave), if it is still there and readable.
+pub async fn read_volume_file(share: &Share, file: &str) -> Result<Option<VolumeRecord>, NfsError> {
+    let path = format!("{VOLUMES}/{file}");
+    Ok(share
+        .read_file(&path)
+        .await?
+        .and_then(|data| parse::<VolumeRecord>(share, &path, &data)))
+}
+
 /// Every volume record on the share.
 pub async fn list_volumes(share: &Share) -> Result<Vec<VolumeRecord>, NfsError> {
     let mut records = Vec::new();
-    for entry in share.list_or_empty(VOLUMES).await? {
-        if !entry.name.ends_with(".json") || entry.name.starts_with('.') {
-            continue;
-        }
-        let file = format!("{VOLUMES}/{}", entry.name);
-        if let Some(record) = share
-            .read_file(&file)
-            .await?
-            .and_then(|data| parse::<VolumeRecord>(share, &file, &data))
-        {
-            records.push(record);
-        }
+    for file in volume_files(share).await? {
+        records.extend(read_volume_file(share, &file).await?);
     }
     Ok(records)
 }

@@ -90,14 +90,17 @@ pub fn page<T>(
     Ok((chosen.into_iter().map(|(_, v)| v).collect(), next))
 }
 
-fn encode_token(key: &str) -> String {
+/// A paging key holds a share and a record's file name.
+const MAX_TOKEN_BYTES: usize = 4 * MAX_ID_BYTES;
+
+pub fn encode_token(key: &str) -> String {
     let hex: String = key.bytes().map(|b| format!("{b:02x}")).collect();
     format!("t1.{hex}")
 }
 
 pub fn decode_token(token: &str) -> Option<String> {
     let hex = token.strip_prefix("t1.")?;
-    if hex.len() % 2 != 0 || hex.len() > MAX_ID_BYTES * 2 {
+    if hex.len() % 2 != 0 || hex.len() > MAX_TOKEN_BYTES * 2 {
         return None;
     }
     let bytes: Option<Vec<u8>> = (0..hex.len())
