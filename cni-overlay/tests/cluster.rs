@@ -166,6 +166,20 @@ fn departed_nodes_and_moved_underlays_converge() {
         mac_before
     );
 
+    // Someone deletes node0's route to node1's pods: changes are applied without reading the
+    // kernel, so it is the resync timer's full reconciliation that puts it back.
+    let subnet1 = cluster.nodes[1].facts()["subnets"][0]
+        .as_str()
+        .unwrap()
+        .to_string();
+    cluster.nodes[0].ns.ip(&["route", "del", &subnet1]);
+    wait_for(
+        "the deleted route restored by the resync",
+        Duration::from_secs(15),
+        || p0.ping(&ip1),
+        || cluster.nodes[0].log(),
+    );
+
     let subnet2 = cluster.nodes[2].facts()["subnets"][0]
         .as_str()
         .unwrap()

@@ -6,16 +6,21 @@
 use std::collections::HashMap;
 use std::sync::Arc;
 
+use futures::{StreamExt, TryStreamExt};
+
 use tether_csi_proto::v1::{self as csi, VolumeCondition};
 
 use crate::driver::Driver;
 use crate::error::{CsiError, CsiResult, NfsError};
-use crate::ids::{Layout, VolumeId};
+use crate::ids::{Layout, ShareRef, VolumeId};
 use crate::nfs::{Kind, Share};
 use crate::params::{nfs_version, OnDelete, VolumeParams};
 use crate::store::{self, State, VolumeRecord, IMAGE_FILE};
 use crate::validate::{unsupported, wanted_capacity};
 use crate::wire::{decode_token, page, volume_message};
+
+/// How many records of a ListVolumes page are read at once.
+const LIST_READS_AT_ONCE: usize = 16;
 
 pub struct ControllerService {
     pub(crate) driver: Arc<Driver>,
@@ -217,33 +222,53 @@ impl ControllerService {
             shares.insert(label, (share_ref, share));
         }
         let (chosen, next_token) = page(keys, req.max_entries, &req.starting_token)?;
-        let mut entries = Vec::new();
-        for (label, file) in chosen {
-            let Some((share_ref, share)) = shares.get(&label) else {
-                continue;
-            };
-            let Some(record) = store::read_volume_file(share, &file)
-                .await?
-                .filter(|r| r.state == State::Ready)
-            else {
-                continue;
-            };
-            let condition = match VolumeId::decode(&record.volume_id) {
-                Some(id) => Some(self.condition(share, &id).await?),
-                None => None,
-            };
-            entries.push(csi::list_volumes_response::Entry {
-                volume: Some(volume_message(&record, share_ref)),
-                status: Some(csi::list_volumes_response::VolumeStatus {
-                    published_node_ids: Vec::new(),
-                    volume_condition: condition,
-                }),
-            });
-        }
+        // The page's records are read a few at a time (each is a round trip or two), in order.
+        let entries: Vec<_> = futures::stream::iter(chosen)
+            .map(|(label, file)| {
+                let share = shares.get(&label);
+                async move {
+                    match share {
+                        Some((share_ref, share)) => self.list_entry(share_ref, share, &file).await,
+                        None => Ok(None),
+                    }
+                }
+            })
+            .buffered(LIST_READS_AT_ONCE)
+            .try_collect::<Vec<_>>()
+            .await?
+            .into_iter()
+            .flatten()
+            .collect();
         Ok(csi::ListVolumesResponse {
             entries,
             next_token,
         })
+    }
+
+    /// One ListVolumes entry: the record in `file` when it is a ready volume.
+    async fn list_entry(
+        &self,
+        share_ref: &ShareRef,
+        share: &Share,
+        file: &str,
+    ) -> CsiResult<Option<csi::list_volumes_response::Entry>> {
+        let Some(record) = store::read_volume_file(share, file)
+            .await?
+            .filter(|r| r.state == State::Ready)
+        else {
+            return Ok(None);
+        };
+        let condition = match VolumeId::decode(&record.volume_id) {
+            Some(id) => Some(self.condition(share, &id).await?),
+            None => None,
+        };
+        Ok(Some(csi::list_volumes_response::Entry {
+            volume: Some(volume_message(&record, share_ref)),
+            status: Some(csi::list_volumes_response::VolumeStatus {
+                published_node_ids: Vec::new(),
+                volume_condition: condition,
+            }),
+        }))
     }
 
     pub(crate) async fn get_capacity(

@@ -12,6 +12,15 @@ use super::etcd::EtcdStore;
 use super::kube::KubeStore;
 use super::state::{NodeSubnets, Peer};
 
+/// What changed among the peers.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Changed {
+    /// Anything: read them all again (etcd's watch says only that something changed).
+    All,
+    /// These nodes, with what they are now (`None`: no longer a peer).
+    Peers(Vec<(String, Option<Peer>)>),
+}
+
 pub enum Datastore {
     Etcd(Box<EtcdStore>),
     Kube(Box<KubeStore>),
@@ -81,9 +90,9 @@ impl Datastore {
     }
 
     /// Waits for the next change of the peers; an error means the watch broke.
-    pub async fn changed(&mut self) -> Result<(), DaemonError> {
+    pub async fn changed(&mut self) -> Result<Changed, DaemonError> {
         match self {
-            Datastore::Etcd(store) => store.changed().await,
+            Datastore::Etcd(store) => store.changed().await.map(|()| Changed::All),
             Datastore::Kube(store) => store.changed().await,
         }
     }

@@ -22,6 +22,7 @@ use kube::runtime::WatchStreamExt;
 use kube::{Client, Config};
 
 use super::config::ClusterCidrs;
+use super::datastore::Changed;
 use super::error::DaemonError;
 use super::state::{NodeSubnets, Peer};
 
@@ -150,12 +151,12 @@ impl KubeStore {
     }
 
     /// Waits for the next change that matters to the overlay.
-    pub async fn changed(&mut self) -> Result<(), DaemonError> {
+    pub async fn changed(&mut self) -> Result<Changed, DaemonError> {
         loop {
             match self.node_events.next().await {
                 Some(Ok(event)) => {
-                    if self.cache.apply(event) {
-                        return Ok(());
+                    if let Some(changed) = self.cache.apply(event) {
+                        return Ok(changed);
                     }
                 }
                 Some(Err(e)) => return Err(DaemonError::datastore_call("watching Nodes")(e)),
@@ -351,41 +352,55 @@ pub struct PeerCache {
 }
 
 impl PeerCache {
-    /// Applies one watch event; true when the set of peers changed.
-    pub fn apply(&mut self, event: Event<Node>) -> bool {
+    /// Applies one watch event; what changed among the peers, if anything.
+    pub fn apply(&mut self, event: Event<Node>) -> Option<Changed> {
         match event {
             Event::Init => {
                 self.relisting = Some(BTreeMap::new());
-                false
+                None
             }
             Event::InitApply(node) => {
                 if let (Some(list), Some(peer)) = (self.relisting.as_mut(), peer_of(&node)) {
                     list.insert(peer.node.clone(), peer);
                 }
-                false
+                None
             }
             Event::InitDone => {
                 let listed = self.relisting.take().unwrap_or_default();
-                let changed = !self.synced || listed != self.peers;
-                self.peers = listed;
-                self.synced = true;
-                changed
+                let old = std::mem::replace(&mut self.peers, listed);
+                if !self.synced {
+                    self.synced = true;
+                    return Some(Changed::All);
+                }
+                // A relist (after 410 Gone) names only the nodes that differ from the old view.
+                let differ: Vec<(String, Option<Peer>)> = old
+                    .keys()
+                    .chain(self.peers.keys())
+                    .collect::<std::collections::BTreeSet<_>>()
+                    .into_iter()
+                    .filter(|name| old.get(*name) != self.peers.get(*name))
+                    .map(|name| (name.clone(), self.peers.get(name).cloned()))
+                    .collect();
+                (!differ.is_empty()).then_some(Changed::Peers(differ))
             }
             Event::Apply(node) => {
-                let Some(name) = node.metadata.name.clone() else {
-                    return false;
-                };
-                match peer_of(&node) {
-                    Some(peer) => self.peers.insert(name, peer.clone()) != Some(peer),
+                let name = node.metadata.name.clone()?;
+                let changed = match peer_of(&node) {
+                    Some(peer) => self.peers.insert(name.clone(), peer.clone()) != Some(peer),
                     // A node without subnet or VTEP (yet, or any more) is not a peer.
                     None => self.peers.remove(&name).is_some(),
-                }
+                };
+                changed.then(|| {
+                    let now = self.peers.get(&name).cloned();
+                    Changed::Peers(vec![(name, now)])
+                })
             }
-            Event::Delete(node) => node
-                .metadata
-                .name
-                .as_ref()
-                .is_some_and(|name| self.peers.remove(name).is_some()),
+            Event::Delete(node) => {
+                let name = node.metadata.name?;
+                self.peers
+                    .remove(&name)
+                    .map(|_| Changed::Peers(vec![(name, None)]))
+            }
         }
     }
 
@@ -454,15 +469,15 @@ mod tests {
     fn cache_is_unusable_until_the_first_list_completes() {
         let mut cache = PeerCache::default();
         assert!(cache.peers().is_none());
-        assert!(!cache.apply(Event::Init));
+        assert!(cache.apply(Event::Init).is_none());
         let a = node(
             "a",
             &["10.244.1.0/24"],
             Some(("0e:00:00:00:00:01", "192.0.2.1")),
         );
-        assert!(!cache.apply(Event::InitApply(a)));
+        assert!(cache.apply(Event::InitApply(a)).is_none());
         assert!(cache.peers().is_none(), "a partial list must not be used");
-        assert!(cache.apply(Event::InitDone));
+        assert!(cache.apply(Event::InitDone).is_some());
         assert_eq!(names(&cache), ["a"]);
     }
 
@@ -473,23 +488,35 @@ mod tests {
         cache.apply(Event::InitDone);
         let vtep = ("0e:00:00:00:00:02", "192.0.2.2");
         // A node joins before it has a VTEP: not a peer yet.
-        assert!(!cache.apply(Event::Apply(node("b", &["10.244.2.0/24"], None))));
-        assert!(cache.apply(Event::Apply(node("b", &["10.244.2.0/24"], Some(vtep)))));
+        assert!(cache
+            .apply(Event::Apply(node("b", &["10.244.2.0/24"], None)))
+            .is_none());
+        assert!(cache
+            .apply(Event::Apply(node("b", &["10.244.2.0/24"], Some(vtep))))
+            .is_some());
         // The same object again (e.g. a status heartbeat) changes nothing.
-        assert!(!cache.apply(Event::Apply(node("b", &["10.244.2.0/24"], Some(vtep)))));
+        assert!(cache
+            .apply(Event::Apply(node("b", &["10.244.2.0/24"], Some(vtep))))
+            .is_none());
         // Its underlay moves.
         let moved = ("0e:00:00:00:00:02", "192.0.2.99");
-        assert!(cache.apply(Event::Apply(node("b", &["10.244.2.0/24"], Some(moved)))));
+        assert!(cache
+            .apply(Event::Apply(node("b", &["10.244.2.0/24"], Some(moved))))
+            .is_some());
         assert_eq!(
             cache.get("b").unwrap().underlay_ip,
             "192.0.2.99".parse::<IpAddr>().unwrap()
         );
         // Its annotations are removed (it left the overlay), then it is deleted.
-        assert!(cache.apply(Event::Apply(node("b", &["10.244.2.0/24"], None))));
+        assert!(cache
+            .apply(Event::Apply(node("b", &["10.244.2.0/24"], None)))
+            .is_some());
         assert!(names(&cache).is_empty());
-        assert!(!cache.apply(Event::Delete(node("b", &["10.244.2.0/24"], None))));
+        assert!(cache
+            .apply(Event::Delete(node("b", &["10.244.2.0/24"], None)))
+            .is_none());
         cache.apply(Event::Apply(node("c", &["10.244.3.0/24"], Some(vtep))));
-        assert!(cache.apply(Event::Delete(node("c", &[], None))));
+        assert!(cache.apply(Event::Delete(node("c", &[], None))).is_some());
         assert!(names(&cache).is_empty());
     }
 
@@ -510,12 +537,12 @@ mod tests {
         cache.apply(Event::Init);
         cache.apply(Event::InitApply(a.clone()));
         assert_eq!(names(&cache), ["a", "b"], "old view kept during the relist");
-        assert!(cache.apply(Event::InitDone));
+        assert!(cache.apply(Event::InitDone).is_some());
         assert_eq!(names(&cache), ["a"]);
         // A relist that finds the same cluster is not a change.
         cache.apply(Event::Init);
         cache.apply(Event::InitApply(a));
-        assert!(!cache.apply(Event::InitDone));
+        assert!(cache.apply(Event::InitDone).is_none());
     }
 
     #[test]

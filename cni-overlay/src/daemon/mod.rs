@@ -12,9 +12,11 @@ mod masq;
 mod metrics;
 mod purge;
 pub mod state;
+mod sync;
+mod wanted;
 
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use ipnetwork::IpNetwork;
 
@@ -27,6 +29,7 @@ pub use error::DaemonError;
 use kernel::Kernel;
 use metrics::Metrics;
 use state::NodeSubnets;
+use sync::{Sync, Work};
 
 const BACKOFF_MAX: Duration = Duration::from_secs(30);
 
@@ -158,16 +161,37 @@ async fn serve(args: Args) -> Result<(), DaemonError> {
     let mut keep_alive =
         tokio::time::interval(Duration::from_secs((args.lease_ttl as u64 / 3).max(1)));
     let mut announced = false;
+    let mut sync = Sync::default();
+    let mut work = Some(Work::Full);
     loop {
-        let done = reconcile(&args, &mut store, &mut kernel, &metrics, clusters, subnets).await;
-        if done.ran {
-            if !announced {
-                announced = announce_ready(&args, &mut store).await;
+        if let Some(todo) = work.take() {
+            let cx = sync::Context {
+                args: &args,
+                store: &mut store,
+                kernel: &mut kernel,
+                metrics: &metrics,
+                clusters,
+                subnets,
+            };
+            let done = sync.run(todo, cx).await;
+            if done.ran {
+                if !announced {
+                    announced = announce_ready(&args, &mut store).await;
+                }
+                store.report_refused(&done.refused).await;
+            } else {
+                work = Some(Work::Full);
             }
-            store.report_refused(&done.refused).await;
         }
+        let next = |work: &mut Option<Work>, more: Work| {
+            *work = Some(match work.take() {
+                Some(w) => w.and(more),
+                None => more,
+            });
+        };
         tokio::select! {
             _ = resync.tick() => {
+                next(&mut work, Work::Full);
                 match kernel.refresh_underlay(args.iface.as_deref()) {
                     Ok(true) => {
                         // The VTEP moved: the device is recreated on the next ensure, and peers
@@ -186,6 +210,7 @@ async fn serve(args: Args) -> Result<(), DaemonError> {
                     metrics.datastore_errors.inc();
                     tracing::warn!(error = %e, "registration lost; registering again");
                     let renewed = register(&args, &mut store, &kernel, &metrics, clusters, Some(subnets.v4)).await?;
+                    next(&mut work, Work::Full);
                     if renewed != subnets {
                         subnets = renewed;
                         if let Err(e) = publish_local(&args, &mut kernel, clusters, subnets) {
@@ -196,8 +221,14 @@ async fn serve(args: Args) -> Result<(), DaemonError> {
             }
             changed = store.changed() => {
                 match changed {
-                    Ok(()) => watch_backoff = Backoff::new(),
-                    Err(e) => watch_backoff.failed(&metrics, "watching the datastore", e).await,
+                    Ok(changed) => {
+                        watch_backoff = Backoff::new();
+                        next(&mut work, changed.into());
+                    }
+                    Err(e) => {
+                        next(&mut work, Work::All);
+                        watch_backoff.failed(&metrics, "watching the datastore", e).await
+                    }
                 }
             }
         }
@@ -221,82 +252,6 @@ fn publish_local(
     }
     .write(&args.run_dir)?;
     masq::apply(subnets, clusters)
-}
-
-/// What one reconciliation leaves to report.
-struct Reconciled {
-    /// Whether it ran to its end (the kernel was read and written).
-    ran: bool,
-    /// Peers refused (by the kernel or before it): node and why.
-    refused: Vec<(String, String)>,
-}
-
-/// One reconciliation. A datastore failure keeps every working entry as it is; an entry the
-/// kernel refuses is reported (log, metrics, readiness, an Event) and every other entry is
-/// applied.
-async fn reconcile(
-    args: &Args,
-    store: &mut Datastore,
-    kernel: &mut Kernel,
-    metrics: &Metrics,
-    clusters: ClusterCidrs,
-    subnets: NodeSubnets,
-) -> Reconciled {
-    let skipped = Reconciled {
-        ran: false,
-        refused: Vec::new(),
-    };
-    let peers = match store.peers().await {
-        Ok(p) => p,
-        Err(e) => {
-            metrics.datastore_errors.inc();
-            tracing::warn!(error = %cni_core::error::chain(&e), "cannot read peers; keeping the kernel as it is");
-            return skipped;
-        }
-    };
-    let started = Instant::now();
-    let vxlan = match kernel.ensure_vxlan(&subnets.all()) {
-        Ok(vxlan) => vxlan,
-        Err(e) => {
-            let refused = vec![format!("VXLAN device: {}", cni_core::error::chain(&e))];
-            metrics.reconciled(started.elapsed(), 0, 0, refused);
-            tracing::error!(error = %cni_core::error::chain(&e), "the VXLAN device cannot be set up");
-            return skipped;
-        }
-    };
-    let desired = state::desired_within(
-        &peers,
-        &args.node_name,
-        kernel.underlay.address,
-        args.direct_routing,
-        &subnets.all(),
-        &clusters.all(),
-    );
-    let outcome = kernel.reconcile(&vxlan, &desired, &clusters.all(), &subnets.all());
-    let others = peers.iter().filter(|p| p.node != args.node_name).count();
-    let mut refused: Vec<(String, String)> = desired.rejected.clone();
-    let mut unowned = Vec::new();
-    for failure in &outcome.failures {
-        match state::owner(&peers, &failure.entry) {
-            Some(node) => refused.push((node.to_string(), cni_core::error::chain(failure))),
-            None => unowned.push(cni_core::error::chain(failure)),
-        }
-    }
-    let described: Vec<String> = refused
-        .iter()
-        .map(|(node, why)| format!("node {node}: {why}"))
-        .chain(unowned)
-        .collect();
-    for why in &described {
-        tracing::error!(entry = %why, "an entry was refused; the others are applied");
-    }
-    let applied = desired.entries().saturating_sub(outcome.failures.len());
-    metrics.reconciled(started.elapsed(), applied, others, described);
-    let changes = outcome.changes;
-    if changes != kernel::Changes::default() {
-        tracing::info!(added = changes.added, removed = changes.removed, entries = applied, peers = others, took = ?started.elapsed(), "reconciled");
-    }
-    Reconciled { ran: true, refused }
 }
 
 /// Once the node can serve pods: the conflist goes in place (until then kubelet keeps the

@@ -68,28 +68,92 @@ impl Desired {
     }
 }
 
-/// The node whose entry `entry` is, for reports.
-pub fn owner<'a>(peers: &'a [Peer], entry: &super::kernel::Entry) -> Option<&'a str> {
-    use super::kernel::Entry;
-    peers
-        .iter()
-        .find(|p| match entry {
-            Entry::Neighbour(ip) => p.subnets().iter().any(|s| s.network() == *ip),
-            Entry::Fdb(mac) => {
-                cni_core::netlink::parse_mac(&p.vtep_mac).is_some_and(|m| m[..] == mac[..])
-            }
-            Entry::Route(dst) => p.subnets().contains(dst),
-            Entry::Listing(_) => false,
-        })
-        .map(|p| p.node.as_str())
+/// Everything about this node that shapes the entries it wants for its peers.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Scope {
+    pub me: String,
+    /// The underlay's network (direct routing applies to peers inside it).
+    pub underlay_net: IpNetwork,
+    pub direct_routing: bool,
+    /// This node's own pod subnets: a peer subnet overlapping one is refused.
+    pub own: Vec<IpNetwork>,
+    /// The cluster CIDRs: a peer subnet outside them is refused (when given).
+    pub clusters: Vec<IpNetwork>,
 }
 
-/// Desired state for `me`: for every other node a neighbour entry per pod subnet (the subnet's
-/// network address -> the node's VTEP MAC), one FDB entry (VTEP MAC -> underlay address) and an
-/// onlink route per pod subnet. With direct routing, a subnet of the underlay's family on a node
-/// of the same L2 segment (`underlay_net`) gets a plain route via that node's underlay address.
-/// A peer subnet that overlaps this node's own would take over its local pod route, and one
-/// outside the cluster CIDRs is not the overlay's: both are refused.
+/// The entries one peer asks for, and why any of its subnets are refused.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct PeerEntries {
+    pub neighbours: Vec<(IpAddr, Vec<u8>)>,
+    pub fdb: Vec<(Vec<u8>, IpAddr)>,
+    pub routes: Vec<(IpNetwork, RouteWant)>,
+    pub rejected: Vec<String>,
+}
+
+/// What `peer` asks of this node: a neighbour entry per pod subnet (the subnet's network
+/// address -> the node's VTEP MAC), one FDB entry (VTEP MAC -> underlay address) and an onlink
+/// route per pod subnet. With direct routing, a subnet of the underlay's family on a node of the
+/// same L2 segment gets a plain route via that node's underlay address. A subnet that overlaps
+/// this node's own would take over its local pod route, and one outside the cluster CIDRs is not
+/// the overlay's: both are refused.
+pub fn peer_entries(peer: &Peer, scope: &Scope) -> PeerEntries {
+    let mut out = PeerEntries::default();
+    if peer.node == scope.me {
+        return out;
+    }
+    let Some(mac) = cni_core::netlink::parse_mac(&peer.vtep_mac) else {
+        tracing::warn!(node = %peer.node, mac = %peer.vtep_mac, "peer has an unreadable VTEP MAC; skipped");
+        return out;
+    };
+    let overlaps = |a: &IpNetwork, b: &IpNetwork| {
+        a.is_ipv4() == b.is_ipv4() && (a.contains(b.network()) || b.contains(a.network()))
+    };
+    for subnet in peer.subnets() {
+        if let Some(mine) = scope.own.iter().find(|o| overlaps(o, &subnet)) {
+            out.rejected.push(format!(
+                "its pod subnet {subnet} overlaps this node's own {mine}"
+            ));
+            continue;
+        }
+        let mut family = scope
+            .clusters
+            .iter()
+            .filter(|c| c.is_ipv4() == subnet.is_ipv4())
+            .peekable();
+        if family.peek().is_some()
+            && !family.any(|c| c.contains(subnet.network()) && subnet.prefix() >= c.prefix())
+        {
+            out.rejected.push(format!(
+                "its pod subnet {subnet} is outside the cluster CIDR"
+            ));
+            continue;
+        }
+        let direct = scope.direct_routing
+            && scope.underlay_net.contains(peer.underlay_ip)
+            && peer.underlay_ip.is_ipv4() == subnet.is_ipv4();
+        if direct {
+            let want = RouteWant {
+                gateway: peer.underlay_ip,
+                via_vxlan: false,
+            };
+            out.routes.push((subnet, want));
+            continue;
+        }
+        let gateway = subnet.network();
+        out.neighbours.push((gateway, mac.to_vec()));
+        if !out.fdb.iter().any(|(m, _)| m[..] == mac[..]) {
+            out.fdb.push((mac.to_vec(), peer.underlay_ip));
+        }
+        let want = RouteWant {
+            gateway,
+            via_vxlan: true,
+        };
+        out.routes.push((subnet, want));
+    }
+    out
+}
+
+/// Desired state for `me` and `peers` (see [`peer_entries`]).
 pub fn desired(peers: &[Peer], me: &str, underlay_net: IpNetwork, direct_routing: bool) -> Desired {
     desired_within(peers, me, underlay_net, direct_routing, &[], &[])
 }
@@ -103,64 +167,14 @@ pub fn desired_within(
     own: &[IpNetwork],
     clusters: &[IpNetwork],
 ) -> Desired {
-    let mut out = Desired::default();
-    let overlaps = |a: &IpNetwork, b: &IpNetwork| {
-        a.is_ipv4() == b.is_ipv4() && (a.contains(b.network()) || b.contains(a.network()))
+    let scope = Scope {
+        me: me.to_string(),
+        underlay_net,
+        direct_routing,
+        own: own.to_vec(),
+        clusters: clusters.to_vec(),
     };
-    for peer in peers.iter().filter(|p| p.node != me) {
-        let Some(mac) = cni_core::netlink::parse_mac(&peer.vtep_mac) else {
-            tracing::warn!(node = %peer.node, mac = %peer.vtep_mac, "peer has an unreadable VTEP MAC; skipped");
-            continue;
-        };
-        for subnet in peer.subnets() {
-            if let Some(mine) = own.iter().find(|o| overlaps(o, &subnet)) {
-                out.rejected.push((
-                    peer.node.clone(),
-                    format!("its pod subnet {subnet} overlaps this node's own {mine}"),
-                ));
-                continue;
-            }
-            let family: Vec<&IpNetwork> = clusters
-                .iter()
-                .filter(|c| c.is_ipv4() == subnet.is_ipv4())
-                .collect();
-            if !family.is_empty()
-                && !family
-                    .iter()
-                    .any(|c| c.contains(subnet.network()) && subnet.prefix() >= c.prefix())
-            {
-                out.rejected.push((
-                    peer.node.clone(),
-                    format!("its pod subnet {subnet} is outside the cluster CIDR"),
-                ));
-                continue;
-            }
-            let direct = direct_routing
-                && underlay_net.contains(peer.underlay_ip)
-                && peer.underlay_ip.is_ipv4() == subnet.is_ipv4();
-            if direct {
-                out.routes.insert(
-                    subnet,
-                    RouteWant {
-                        gateway: peer.underlay_ip,
-                        via_vxlan: false,
-                    },
-                );
-                continue;
-            }
-            let gateway = subnet.network();
-            out.neighbours.insert(gateway, mac.to_vec());
-            out.fdb.insert(mac.to_vec(), peer.underlay_ip);
-            out.routes.insert(
-                subnet,
-                RouteWant {
-                    gateway,
-                    via_vxlan: true,
-                },
-            );
-        }
-    }
-    out
+    super::wanted::Wanted::from_peers(scope, peers).desired()
 }
 
 #[cfg(test)]

@@ -1,0 +1,134 @@
+#!/usr/bin/env python3
+"""Draws the scale benchmarks' CSVs (target/bench/*.csv) as PNGs in bench/plots/.
+
+    python3 bench/plot.py [csv dir] [png dir]     (defaults target/bench and bench/plots)
+
+Installs matplotlib (PyPI, pinned) when it is missing. Each plot is drawn only when its CSV
+exists: run bench/overlay-scale.sh, bench/pods-per-node.sh and bench/csi-scale.sh first.
+"""
+
+import csv
+import glob
+import os
+import re
+import subprocess
+import sys
+
+MATPLOTLIB = "matplotlib==3.11.2"
+
+try:
+    import matplotlib
+except ImportError:
+    subprocess.run(
+        [sys.executable, "-m", "pip", "install", "-q", "--disable-pip-version-check", MATPLOTLIB],
+        check=True,
+    )
+    import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+
+
+def rows(path, header=True):
+    with open(path, newline="") as f:
+        reader = csv.reader(f)
+        if header:
+            next(reader, None)
+        return [r for r in reader if r]
+
+
+def rolling_median(values, window=25):
+    out = []
+    for i in range(len(values)):
+        chunk = sorted(values[max(0, i - window + 1): i + 1])
+        out.append(chunk[len(chunk) // 2])
+    return out
+
+
+def overlay(csv_dir, png_dir):
+    files = sorted(
+        glob.glob(os.path.join(csv_dir, "overlay-scale-*.csv")),
+        key=lambda p: int(re.search(r"(\d+)\.csv$", p).group(1)),
+    )
+    if not files:
+        return
+    fig, ax = plt.subplots(figsize=(7, 4))
+    for path in files:
+        nodes = re.search(r"(\d+)\.csv$", path).group(1)
+        lat = sorted(float(r[2]) for r in rows(path) if r[2] != "timeout")
+        if lat:
+            ax.plot(lat, [(i + 1) / len(lat) for i in range(len(lat))], label=f"{nodes} nodes")
+    ax.set_xlabel("API write to kernel entry (ms)")
+    ax.set_ylabel("fraction of changes")
+    ax.set_title("tether-overlayd: one Node change while the cluster churns")
+    ax.grid(alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(os.path.join(png_dir, "overlay-scale.png"), dpi=110)
+    plt.close(fig)
+
+
+def pods_per_node(csv_dir, png_dir):
+    path = os.path.join(csv_dir, "pods-per-node.csv")
+    if not os.path.exists(path):
+        return
+    data = {}
+    for impl, command, before, ms in rows(path):
+        data.setdefault((impl, command), {}).setdefault(int(before), []).append(float(ms))
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4), sharey=True)
+    for ax, command in zip(axes, ["ADD", "DEL"]):
+        for impl in ["tether", "reference"]:
+            per = data.get((impl, command), {})
+            xs = sorted(per)
+            medians = [sorted(per[x])[len(per[x]) // 2] for x in xs]
+            ax.plot(xs, rolling_median(medians), label=impl)
+        ax.set_title(f"{command} (rolling median of 25)")
+        ax.set_xlabel("pods on the node before the call" if command == "ADD" else "pods left after the call")
+        ax.grid(alpha=0.3)
+        ax.legend()
+    axes[0].set_ylabel("ms")
+    fig.suptitle("Pods per node: cni-bridge + cni-ipam vs bridge + host-local, /23")
+    fig.tight_layout()
+    fig.savefig(os.path.join(png_dir, "pods-per-node.png"), dpi=110)
+    plt.close(fig)
+
+
+def csi(csv_dir, png_dir):
+    files = sorted(
+        glob.glob(os.path.join(csv_dir, "csi-scale-*.csv")),
+        key=lambda p: int(re.search(r"(\d+)\.csv$", p).group(1)),
+    )
+    if not files:
+        return
+    fig, ax = plt.subplots(figsize=(7, 4))
+    for path in files:
+        count = re.search(r"(\d+)\.csv$", path).group(1)
+        for op in ["create", "delete"]:
+            points = sorted((int(r[1]), float(r[2])) for r in rows(path, header=False) if r[0] == op)
+            if points:
+                ax.plot(
+                    [p[0] for p in points],
+                    rolling_median([p[1] for p in points], 101),
+                    label=f"{op}, {count} volumes",
+                )
+    ax.set_xlabel("volumes on the share")
+    ax.set_ylabel("ms (rolling median of 101, 16 clients)")
+    ax.set_title("tether-csi controller: CreateVolume / DeleteVolume as one share fills")
+    ax.grid(alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(os.path.join(png_dir, "csi-scale.png"), dpi=110)
+    plt.close(fig)
+
+
+def main():
+    csv_dir = sys.argv[1] if len(sys.argv) > 1 else "target/bench"
+    png_dir = sys.argv[2] if len(sys.argv) > 2 else "bench/plots"
+    os.makedirs(png_dir, exist_ok=True)
+    for draw in (overlay, pods_per_node, csi):
+        draw(csv_dir, png_dir)
+    print("plots in", png_dir, ":", ", ".join(sorted(os.listdir(png_dir))))
+
+
+if __name__ == "__main__":
+    main()
