@@ -3,8 +3,8 @@
 //! clients are what is tested) for the resources Tether uses: Nodes (with their `status`
 //! subresource), Namespaces, Pods (with `status`), NetworkPolicies and Events.
 //!
-//! What it does as the real one does: GET, LIST (every item at once, with the list's
-//! resourceVersion, whatever page size is asked for), WATCH streams (ADDED, MODIFIED,
+//! What it does as the real one does: GET, LIST (paged by `limit` and `continue`, with the
+//! list's resourceVersion; see `fn list` for how pages differ), WATCH streams (ADDED, MODIFIED,
 //! DELETED, resumable from a resourceVersion, ended by `timeoutSeconds`, BOOKMARK events when
 //! asked for), `410 Gone` for a resourceVersion older than the retained history
 //! ([`ApiServer::compact`]), JSON merge PATCH and strategic merge PATCH (lists of conditions
@@ -762,22 +762,91 @@ fn list(conn: &TcpStream, shared: &Shared, request: &Request, target: &Target) {
         );
         return;
     }
-    // Every item at once, without a `continue` token, whatever `limit` asks: a page that
-    // holds everything is a valid answer to any page size.
-    let items: Vec<&Value> = state
+    // Pages of `limit` items in key order, continued by an opaque token that carries the first
+    // page's resourceVersion (as the real server answers a paginated list from etcd). Unlike
+    // the real server, later pages show the objects as they are now rather than as of that
+    // resourceVersion; a watch from it replays whatever changed, so a client's view converges
+    // the same way. A token older than the retained history is `410 Gone`, as there.
+    let limit = request
+        .query
+        .get("limit")
+        .and_then(|v| v.parse::<usize>().ok())
+        .filter(|l| *l > 0);
+    let (list_rv, after) = match request.query.get("continue").filter(|c| !c.is_empty()) {
+        Some(token) => match parse_continue(token) {
+            Some((rv, _)) if rv < state.compacted => {
+                drop(state);
+                respond(
+                    conn,
+                    410,
+                    &status(410, "Expired", "the continue token has expired".into()),
+                );
+                return;
+            }
+            Some((rv, after)) => (rv, Some(after)),
+            None => {
+                drop(state);
+                respond(
+                    conn,
+                    400,
+                    &status(400, "BadRequest", "malformed continue token".into()),
+                );
+                return;
+            }
+        },
+        None => (state.revision, None),
+    };
+    let mut matching = state
         .objects
         .iter()
         .filter(|(k, v)| matches(target, &request.query, k, v))
-        .map(|(_, v)| v)
-        .collect();
+        .filter(|((_, _, ns, name), _)| {
+            after
+                .as_ref()
+                .is_none_or(|a| (ns.as_str(), name.as_str()) > (a.0.as_str(), a.1.as_str()))
+        });
+    let items: Vec<&Value> = match limit {
+        Some(l) => matching.by_ref().take(l).map(|(_, v)| v).collect(),
+        None => matching.by_ref().map(|(_, v)| v).collect(),
+    };
+    let remaining = matching.count();
+    let mut metadata = json!({"resourceVersion": list_rv.to_string()});
+    if remaining > 0 {
+        if let Some(last) = items.last() {
+            let ns = last["metadata"]["namespace"].as_str().unwrap_or("");
+            let name = last["metadata"]["name"].as_str().unwrap_or("");
+            metadata["continue"] = continue_token(list_rv, ns, name).into();
+            metadata["remainingItemCount"] = remaining.into();
+        }
+    }
     let body = json!({
         "kind": format!("{}List", target.resource.kind),
         "apiVersion": target.resource.api_version(),
-        "metadata": {"resourceVersion": state.revision.to_string()},
+        "metadata": metadata,
         "items": items,
     });
     drop(state);
     respond(conn, 200, &body);
+}
+
+/// `<rv>-<hex of namespace NUL name>`: only characters that need no escaping in a query.
+fn continue_token(rv: u64, namespace: &str, name: &str) -> String {
+    let key: String = format!("{namespace}\0{name}")
+        .bytes()
+        .map(|b| format!("{b:02x}"))
+        .collect();
+    format!("{rv}-{key}")
+}
+
+fn parse_continue(token: &str) -> Option<(u64, (String, String))> {
+    let (rv, hex) = token.split_once('-')?;
+    let bytes: Vec<u8> = (0..hex.len())
+        .step_by(2)
+        .map(|i| u8::from_str_radix(hex.get(i..i + 2)?, 16).ok())
+        .collect::<Option<_>>()?;
+    let text = String::from_utf8(bytes).ok()?;
+    let (ns, name) = text.split_once('\0')?;
+    Some((rv.parse().ok()?, (ns.to_string(), name.to_string())))
 }
 
 fn create(conn: &TcpStream, shared: &Shared, request: &Request, target: &Target) {

@@ -128,15 +128,22 @@ impl Sync {
                 changes
             }
             (work, _) => {
-                let peers = match cx.store.peers().await {
-                    Ok(p) => p,
-                    Err(e) => {
-                        cx.metrics.datastore_errors.inc();
-                        tracing::warn!(error = %cni_core::error::chain(&e), "cannot read peers; keeping the kernel as it is");
-                        return skipped;
+                // The resync timer compares the kernel with what is wanted already; peers are
+                // read again only when what is wanted is in doubt.
+                let wanted = match self.wanted.take() {
+                    Some(wanted) if work == Work::Full && known => wanted,
+                    old => {
+                        self.wanted = old;
+                        match cx.store.peers().await {
+                            Ok(peers) => Wanted::from_peers(scope, &peers),
+                            Err(e) => {
+                                cx.metrics.datastore_errors.inc();
+                                tracing::warn!(error = %cni_core::error::chain(&e), "cannot read peers; keeping the kernel as it is");
+                                return skipped;
+                            }
+                        }
                     }
                 };
-                let wanted = Wanted::from_peers(scope, &peers);
                 let desired = wanted.desired();
                 let outcome: Outcome = match (&work, self.wanted.as_ref()) {
                     (Work::All, Some(before)) if known => {

@@ -1,0 +1,201 @@
+//! The node agent's loop: three watches (Pods, Namespaces, NetworkPolicies; list and watch
+//! only), one view of the cluster, and after every burst of changes the table rewritten by the
+//! difference. Nothing is written before all three lists are complete, so a restart never
+//! writes a partial view (which could open a pod); the old table stays in force until then.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use futures::{stream, StreamExt};
+use k8s_openapi::api::core::v1::{Namespace, Pod};
+use k8s_openapi::api::networking::v1::NetworkPolicy;
+use kube::api::Api;
+use kube::config::{KubeConfigOptions, Kubeconfig};
+use kube::runtime::watcher::{self, Event};
+use kube::runtime::WatchStreamExt;
+use kube::{Client, Config, Resource, ResourceExt};
+
+use crate::model::{Cluster, PodInfo};
+use crate::nft::{self, Table};
+
+/// How long a burst of changes is gathered before the table is written.
+const SETTLE: Duration = Duration::from_millis(5);
+
+#[derive(Debug, thiserror::Error)]
+pub enum AgentError {
+    #[error("Kubernetes client: {0}")]
+    Client(String),
+    #[error("nftables: {0}")]
+    Nftables(#[from] cni_core::firewall::FirewallError),
+}
+
+pub struct Settings {
+    pub node_name: String,
+    pub kubeconfig: Option<PathBuf>,
+    pub log_denied: bool,
+}
+
+enum Change {
+    Pod(Box<Event<Pod>>),
+    Namespace(Event<Namespace>),
+    Policy(Event<NetworkPolicy>),
+}
+
+/// One kind of object as listed and watched: swapped in whole at the end of a (re)list.
+struct Kind<K, V> {
+    items: BTreeMap<K, V>,
+    relisting: Option<BTreeMap<K, V>>,
+    synced: bool,
+}
+
+impl<K: Ord, V> Default for Kind<K, V> {
+    fn default() -> Self {
+        Kind {
+            items: BTreeMap::new(),
+            relisting: None,
+            synced: false,
+        }
+    }
+}
+
+impl<K: Ord, V> Kind<K, V> {
+    /// Applies one event (`None` values are objects the agent does not keep); true when the view
+    /// may have changed.
+    fn apply<O>(
+        &mut self,
+        event: Event<O>,
+        key: impl Fn(&O) -> K,
+        value: impl Fn(&O) -> Option<V>,
+    ) -> bool {
+        match event {
+            Event::Init => {
+                self.relisting = Some(BTreeMap::new());
+                false
+            }
+            Event::InitApply(o) => {
+                if let (Some(list), Some(v)) = (self.relisting.as_mut(), value(&o)) {
+                    list.insert(key(&o), v);
+                }
+                false
+            }
+            Event::InitDone => {
+                self.items = self.relisting.take().unwrap_or_default();
+                self.synced = true;
+                true
+            }
+            Event::Apply(o) => {
+                match value(&o) {
+                    Some(v) => self.items.insert(key(&o), v),
+                    None => self.items.remove(&key(&o)),
+                };
+                true
+            }
+            Event::Delete(o) => self.items.remove(&key(&o)).is_some(),
+        }
+    }
+}
+
+fn namespaced<O: Resource>(o: &O) -> (String, String) {
+    (o.namespace().unwrap_or_default(), o.name_any())
+}
+
+async fn client(settings: &Settings) -> Result<Client, AgentError> {
+    let config = match &settings.kubeconfig {
+        Some(path) => {
+            let file =
+                Kubeconfig::read_from(path).map_err(|e| AgentError::Client(e.to_string()))?;
+            Config::from_custom_kubeconfig(file, &KubeConfigOptions::default())
+                .await
+                .map_err(|e| AgentError::Client(e.to_string()))?
+        }
+        None => Config::infer()
+            .await
+            .map_err(|e| AgentError::Client(e.to_string()))?,
+    };
+    Client::try_from(config).map_err(|e| AgentError::Client(e.to_string()))
+}
+
+/// Runs until the watches end (they do not: errors are retried with backoff).
+pub async fn run(settings: Settings) -> Result<(), AgentError> {
+    let client = client(&settings).await?;
+    let config = watcher::Config::default();
+    let pods = watcher::watcher(Api::<Pod>::all(client.clone()), config.clone())
+        .default_backoff()
+        .map(|e| e.map(|e| Change::Pod(Box::new(e))))
+        .boxed();
+    let namespaces = watcher::watcher(Api::<Namespace>::all(client.clone()), config.clone())
+        .default_backoff()
+        .map(|e| e.map(Change::Namespace))
+        .boxed();
+    let policies = watcher::watcher(Api::<NetworkPolicy>::all(client), config)
+        .default_backoff()
+        .map(|e| e.map(Change::Policy))
+        .boxed();
+    let mut changes = stream::select_all([pods, namespaces, policies]);
+
+    let mut pods: Kind<(String, String), PodInfo> = Kind::default();
+    let mut namespaces: Kind<String, crate::selector::Labels> = Kind::default();
+    let mut policies: Kind<(String, String), NetworkPolicy> = Kind::default();
+    let mut applied: Option<Table> = None;
+    let mut dirty = false;
+    loop {
+        let next = if dirty {
+            match tokio::time::timeout(SETTLE, changes.next()).await {
+                Ok(next) => next,
+                Err(_) => {
+                    let cluster = Cluster {
+                        pods: pods.items.clone(),
+                        namespaces: namespaces.items.clone(),
+                        policies: policies.items.clone(),
+                    };
+                    applied = write(&settings, &cluster, applied.as_ref());
+                    dirty = applied.is_none();
+                    if dirty {
+                        tokio::time::sleep(Duration::from_secs(1)).await;
+                    }
+                    continue;
+                }
+            }
+        } else {
+            changes.next().await
+        };
+        let changed = match next {
+            None => return Ok(()),
+            Some(Err(e)) => {
+                tracing::warn!(error = %e, "watch failed; retrying");
+                false
+            }
+            Some(Ok(Change::Pod(e))) => pods.apply(*e, namespaced, PodInfo::from_pod),
+            Some(Ok(Change::Namespace(e))) => namespaces.apply(
+                e,
+                |n: &Namespace| n.name_any(),
+                |n: &Namespace| Some(n.labels().clone()),
+            ),
+            Some(Ok(Change::Policy(e))) => {
+                policies.apply(e, namespaced, |p: &NetworkPolicy| Some(p.clone()))
+            }
+        };
+        dirty |= changed && pods.synced && namespaces.synced && policies.synced;
+    }
+}
+
+/// Writes the table for `cluster`; what is in the kernel now, or `None` when the write failed.
+fn write(settings: &Settings, cluster: &Cluster, applied: Option<&Table>) -> Option<Table> {
+    let plan = cluster.plan(&settings.node_name);
+    for problem in &plan.problems {
+        tracing::warn!(%problem, "part of a policy cannot be enforced");
+    }
+    let table = nft::render(&plan, settings.log_denied);
+    let started = std::time::Instant::now();
+    match nft::batch(applied, &table).and_then(|b| b.apply().map(|()| b.len())) {
+        Ok(commands) => {
+            tracing::info!(rules = table.rule_count(), elements = table.element_count(), commands, took = ?started.elapsed(), "policies applied");
+            Some(table)
+        }
+        Err(e) => {
+            tracing::error!(error = %cni_core::error::chain(&e), "writing the policy table failed; retrying");
+            None
+        }
+    }
+}

@@ -1,0 +1,428 @@
+//! What the NetworkPolicies of a cluster mean for the pods of one node: pure computation, no I/O.
+//!
+//! The semantics are those of `networking.k8s.io/v1`: a pod is isolated for a direction when a
+//! policy that selects it has that direction in its `policyTypes` (Ingress implied, Egress implied
+//! when the policy has egress rules); an isolated pod accepts what any of those policies' rules
+//! allow (the union); a rule allows traffic from (to) any of its peers on any of its ports, a rule
+//! without peers any address and one without ports every port. A peer is a pod selector (in the
+//! policy's namespace), a namespace selector (every pod of the selected namespaces), both (the
+//! selected pods of the selected namespaces) or an IP block with exceptions. Named ports are
+//! resolved on the pod that receives the traffic. Host-network pods are neither policed nor
+//! counted as pod peers (their address is the node's).
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::net::IpAddr;
+
+use ipnetwork::IpNetwork;
+use k8s_openapi::api::core::v1::Pod;
+use k8s_openapi::api::networking::v1::{
+    NetworkPolicy, NetworkPolicyEgressRule, NetworkPolicyPeer, NetworkPolicyPort,
+};
+use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
+
+use crate::selector::{matches, Labels};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum Protocol {
+    Tcp,
+    Udp,
+    Sctp,
+}
+
+impl Protocol {
+    pub fn parse(name: Option<&str>) -> Option<Protocol> {
+        match name.unwrap_or("TCP") {
+            "TCP" => Some(Protocol::Tcp),
+            "UDP" => Some(Protocol::Udp),
+            "SCTP" => Some(Protocol::Sctp),
+            _ => None,
+        }
+    }
+
+    pub fn nft(self) -> &'static str {
+        match self {
+            Protocol::Tcp => "tcp",
+            Protocol::Udp => "udp",
+            Protocol::Sctp => "sctp",
+        }
+    }
+}
+
+/// A container port a pod declares.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NamedPort {
+    pub name: String,
+    pub port: u16,
+    pub protocol: Protocol,
+}
+
+/// What the agent keeps of a Pod.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PodInfo {
+    pub namespace: String,
+    pub name: String,
+    pub labels: Labels,
+    pub node: String,
+    pub ips: Vec<IpAddr>,
+    pub host_network: bool,
+    pub ports: Vec<NamedPort>,
+}
+
+impl PodInfo {
+    /// `None` for a pod that holds no address of its own (not scheduled yet, host network
+    /// without pod IPs, finished).
+    pub fn from_pod(pod: &Pod) -> Option<PodInfo> {
+        let meta = &pod.metadata;
+        let spec = pod.spec.as_ref()?;
+        let status = pod.status.as_ref();
+        let phase = status.and_then(|s| s.phase.as_deref());
+        if matches!(phase, Some("Succeeded" | "Failed")) {
+            return None;
+        }
+        let ips = status
+            .and_then(|s| s.pod_ips.as_ref())
+            .map(|ips| ips.iter().filter_map(|ip| ip.ip.parse().ok()).collect())
+            .unwrap_or_default();
+        let ports = spec
+            .containers
+            .iter()
+            .flat_map(|c| c.ports.iter().flatten())
+            .filter_map(|p| {
+                Some(NamedPort {
+                    name: p.name.clone()?,
+                    port: u16::try_from(p.container_port).ok()?,
+                    protocol: Protocol::parse(p.protocol.as_deref())?,
+                })
+            })
+            .collect();
+        Some(PodInfo {
+            namespace: meta.namespace.clone()?,
+            name: meta.name.clone()?,
+            labels: meta.labels.clone().unwrap_or_default(),
+            node: spec.node_name.clone().unwrap_or_default(),
+            ips,
+            host_network: spec.host_network.unwrap_or(false),
+            ports,
+        })
+    }
+
+    fn port_named(&self, name: &str, protocol: Protocol) -> Option<u16> {
+        self.ports
+            .iter()
+            .find(|p| p.name == name && p.protocol == protocol)
+            .map(|p| p.port)
+    }
+}
+
+/// Everything the agent has seen of the cluster.
+#[derive(Debug, Clone, Default)]
+pub struct Cluster {
+    /// By (namespace, name).
+    pub pods: BTreeMap<(String, String), PodInfo>,
+    /// Namespace name -> its labels.
+    pub namespaces: BTreeMap<String, Labels>,
+    /// By (namespace, name).
+    pub policies: BTreeMap<(String, String), NetworkPolicy>,
+}
+
+/// A rule's peers and ports, whichever direction it is for.
+type RuleParts<'a> = (
+    Option<&'a Vec<NetworkPolicyPeer>>,
+    Option<&'a Vec<NetworkPolicyPort>>,
+);
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum Direction {
+    Ingress,
+    Egress,
+}
+
+/// An address block with the parts cut out of it.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
+pub struct Block {
+    pub cidr: IpNetwork,
+    pub except: Vec<IpNetwork>,
+}
+
+/// Who a rule lets in (ingress) or out to (egress).
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct Peers {
+    /// A rule without peers: any address.
+    pub any: bool,
+    /// Pod addresses selected by the rule's pod and namespace selectors.
+    pub pods: BTreeSet<IpAddr>,
+    pub blocks: Vec<Block>,
+}
+
+/// Ports a rule opens.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct Ports {
+    /// A rule without ports: all of them (and every protocol).
+    pub all: bool,
+    /// Protocol and port range (first..=last); a port-less entry is the whole range.
+    pub ranges: BTreeSet<(Protocol, u16, u16)>,
+    /// Named ports, resolved per receiving pod: (that pod's address, protocol, port).
+    pub named: BTreeSet<(IpAddr, Protocol, u16)>,
+}
+
+/// One rule of one policy, for the pods of this node it applies to.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Rule {
+    /// Stable within a plan: `<namespace>/<policy> <direction> <index>`.
+    pub id: String,
+    pub direction: Direction,
+    /// This node's pods the policy selects.
+    pub targets: BTreeSet<IpAddr>,
+    pub peers: Peers,
+    pub ports: Ports,
+}
+
+/// What this node's nftables table must express.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct Plan {
+    /// This node's pods isolated for ingress (only what a rule allows reaches them).
+    pub ingress_isolated: BTreeSet<IpAddr>,
+    /// This node's pods isolated for egress.
+    pub egress_isolated: BTreeSet<IpAddr>,
+    pub rules: Vec<Rule>,
+    /// Policies (or parts) that could not be used, and why.
+    pub problems: Vec<String>,
+}
+
+fn policy_types(policy: &NetworkPolicy) -> BTreeSet<Direction> {
+    let spec = policy.spec.as_ref();
+    match spec.and_then(|s| s.policy_types.as_ref()) {
+        Some(types) => types
+            .iter()
+            .filter_map(|t| match t.as_str() {
+                "Ingress" => Some(Direction::Ingress),
+                "Egress" => Some(Direction::Egress),
+                _ => None,
+            })
+            .collect(),
+        None => {
+            let mut types = BTreeSet::from([Direction::Ingress]);
+            if spec.is_some_and(|s| s.egress.is_some()) {
+                types.insert(Direction::Egress);
+            }
+            types
+        }
+    }
+}
+
+impl Cluster {
+    fn live_pods(&self) -> impl Iterator<Item = &PodInfo> {
+        self.pods
+            .values()
+            .filter(|p| !p.host_network && !p.ips.is_empty())
+    }
+
+    fn selected<'a>(&'a self, policy: &'a NetworkPolicy, node: &'a str) -> Vec<&'a PodInfo> {
+        let namespace = policy.metadata.namespace.as_deref().unwrap_or("default");
+        let selector = policy.spec.as_ref().and_then(|s| s.pod_selector.as_ref());
+        self.live_pods()
+            .filter(|p| p.node == node && p.namespace == namespace)
+            .filter(|p| selector.is_none_or(|s| matches(s, &p.labels)))
+            .collect()
+    }
+
+    /// Pod addresses a peer's selectors pick (none for an ipBlock peer).
+    fn peer_pods(&self, peer: &NetworkPolicyPeer, namespace: &str) -> BTreeSet<IpAddr> {
+        if peer.pod_selector.is_none() && peer.namespace_selector.is_none() {
+            return BTreeSet::new();
+        }
+        self.live_pods()
+            .filter(|p| match &peer.namespace_selector {
+                Some(ns) => {
+                    let empty = Labels::new();
+                    let labels = self.namespaces.get(&p.namespace).unwrap_or(&empty);
+                    matches(ns, labels)
+                }
+                None => p.namespace == namespace,
+            })
+            .filter(|p| {
+                peer.pod_selector
+                    .as_ref()
+                    .is_none_or(|s| matches(s, &p.labels))
+            })
+            .flat_map(|p| p.ips.iter().copied())
+            .collect()
+    }
+
+    fn peers(
+        &self,
+        peers: Option<&Vec<NetworkPolicyPeer>>,
+        namespace: &str,
+        problems: &mut Vec<String>,
+    ) -> Peers {
+        let Some(peers) = peers.filter(|p| !p.is_empty()) else {
+            return Peers {
+                any: true,
+                ..Peers::default()
+            };
+        };
+        let mut out = Peers::default();
+        for peer in peers {
+            out.pods.extend(self.peer_pods(peer, namespace));
+            if let Some(block) = &peer.ip_block {
+                match block.cidr.parse::<IpNetwork>() {
+                    Ok(cidr) => out.blocks.push(Block {
+                        cidr,
+                        except: block
+                            .except
+                            .iter()
+                            .flatten()
+                            .filter_map(|e| e.parse().ok())
+                            .collect(),
+                    }),
+                    Err(_) => problems.push(format!("ipBlock {:?} is not a CIDR", block.cidr)),
+                }
+            }
+        }
+        out
+    }
+
+    /// Ports of a rule; `receivers` are the pods that receive the traffic (for named ports).
+    fn ports<'a>(
+        &self,
+        ports: Option<&Vec<NetworkPolicyPort>>,
+        receivers: impl Iterator<Item = &'a PodInfo> + Clone,
+        problems: &mut Vec<String>,
+    ) -> Ports {
+        let Some(ports) = ports.filter(|p| !p.is_empty()) else {
+            return Ports {
+                all: true,
+                ..Ports::default()
+            };
+        };
+        let mut out = Ports::default();
+        for port in ports {
+            let Some(protocol) = Protocol::parse(port.protocol.as_deref()) else {
+                problems.push(format!(
+                    "protocol {:?} is not TCP, UDP or SCTP",
+                    port.protocol
+                ));
+                continue;
+            };
+            match &port.port {
+                None => {
+                    out.ranges.insert((protocol, 1, u16::MAX));
+                }
+                Some(IntOrString::Int(n)) => {
+                    let (Ok(first), last) = (u16::try_from(*n), port.end_port) else {
+                        problems.push(format!("port {n} is out of range"));
+                        continue;
+                    };
+                    let last = last.and_then(|l| u16::try_from(l).ok()).unwrap_or(first);
+                    out.ranges.insert((protocol, first, last.max(first)));
+                }
+                Some(IntOrString::String(name)) => {
+                    for pod in receivers.clone() {
+                        if let Some(number) = pod.port_named(name, protocol) {
+                            for ip in &pod.ips {
+                                out.named.insert((*ip, protocol, number));
+                            }
+                        }
+                    }
+                }
+            }
+        }
+        out
+    }
+
+    /// The plan for `node`'s pods.
+    pub fn plan(&self, node: &str) -> Plan {
+        let mut plan = Plan::default();
+        for ((namespace, name), policy) in &self.policies {
+            let targets = self.selected(policy, node);
+            if targets.is_empty() {
+                continue;
+            }
+            let target_ips: BTreeSet<IpAddr> =
+                targets.iter().flat_map(|p| p.ips.iter().copied()).collect();
+            let spec = policy.spec.as_ref();
+            for direction in policy_types(policy) {
+                match direction {
+                    Direction::Ingress => plan.ingress_isolated.extend(&target_ips),
+                    Direction::Egress => plan.egress_isolated.extend(&target_ips),
+                }
+                let rules: Vec<RuleParts> = match direction {
+                    Direction::Ingress => spec
+                        .and_then(|s| s.ingress.as_ref())
+                        .into_iter()
+                        .flatten()
+                        .map(|r| (r.from.as_ref(), r.ports.as_ref()))
+                        .collect(),
+                    Direction::Egress => spec
+                        .and_then(|s| s.egress.as_ref())
+                        .into_iter()
+                        .flatten()
+                        .map(|r: &NetworkPolicyEgressRule| (r.to.as_ref(), r.ports.as_ref()))
+                        .collect(),
+                };
+                for (index, (peers, ports)) in rules.into_iter().enumerate() {
+                    let peers = self.peers(peers, namespace, &mut plan.problems);
+                    let ports = match direction {
+                        // The policy's own pods receive.
+                        Direction::Ingress => {
+                            self.ports(ports, targets.iter().copied(), &mut plan.problems)
+                        }
+                        // The peers receive: named ports are resolved on every pod they pick.
+                        Direction::Egress => {
+                            let receivers = self
+                                .live_pods()
+                                .filter(|p| p.ips.iter().any(|ip| peers.pods.contains(ip)));
+                            let receivers: Vec<&PodInfo> = if peers.any {
+                                self.live_pods().collect()
+                            } else {
+                                receivers.collect()
+                            };
+                            self.ports(ports, receivers.into_iter(), &mut plan.problems)
+                        }
+                    };
+                    plan.rules.push(Rule {
+                        id: format!("{namespace}/{name} {direction:?} {index}"),
+                        direction,
+                        targets: target_ips.clone(),
+                        peers,
+                        ports,
+                    });
+                }
+            }
+        }
+        plan
+    }
+}
+
+/// Whether `plan` lets a new connection from `src` to `dst` on (`protocol`, `port`) through, as
+/// the nftables rules should: the reference the kernel's behaviour is tested against.
+pub fn allows(plan: &Plan, src: IpAddr, dst: IpAddr, protocol: Protocol, port: u16) -> bool {
+    let rule_allows = |rule: &Rule, peer: IpAddr, receiver: IpAddr| {
+        let peer_ok = rule.peers.any
+            || rule.peers.pods.contains(&peer)
+            || rule
+                .peers
+                .blocks
+                .iter()
+                .any(|b| b.cidr.contains(peer) && !b.except.iter().any(|e| e.contains(peer)));
+        let port_ok = rule.ports.all
+            || rule
+                .ports
+                .ranges
+                .iter()
+                .any(|(p, first, last)| *p == protocol && (*first..=*last).contains(&port))
+            || rule.ports.named.contains(&(receiver, protocol, port));
+        peer_ok && port_ok
+    };
+    let egress_ok = !plan.egress_isolated.contains(&src)
+        || plan.rules.iter().any(|r| {
+            r.direction == Direction::Egress && r.targets.contains(&src) && rule_allows(r, dst, dst)
+        });
+    let ingress_ok = !plan.ingress_isolated.contains(&dst)
+        || plan.rules.iter().any(|r| {
+            r.direction == Direction::Ingress
+                && r.targets.contains(&dst)
+                && rule_allows(r, src, dst)
+        });
+    egress_ok && ingress_ok
+}

@@ -1,0 +1,449 @@
+//! The plan as one nftables table, `inet tether-netpol`, and keeping the kernel's copy of it in
+//! step.
+//!
+//! Rules grow with policies, not with pods: every policy rule has named sets of addresses (the
+//! node's pods it applies to, the pods it lets in or out to, named ports resolved per pod), and
+//! its nftables rules only look those sets up. A pod joining or leaving is a set element added
+//! or deleted. Everything changes in one transaction (`nft -j -f`), so there is never a moment
+//! with half a change; a restart rewrites the table in one transaction too, never flushing it
+//! first.
+//!
+//! The chains: `forward` (pod to pod, and anything routed to or from a pod) and `input` (a pod
+//! to its own node) send replies of allowed connections through (`ct state established,related`)
+//! and send new traffic of egress-isolated pods to `egress`, which returns when a rule allows it
+//! and drops otherwise, then traffic to ingress-isolated pods to `ingress`, which accepts when a
+//! rule allows it and drops otherwise. Traffic from the node itself to its pods (kubelet's
+//! probes) leaves through `output` and is never policed.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::net::IpAddr;
+
+use cni_core::firewall::build::{
+    self, anonymous_set, concat, ct, eq, field, meta, ne, number, prefix, set_ref, text,
+};
+use cni_core::firewall::expr::{Expression, MetaKey, Range};
+use cni_core::firewall::schema::{SetType, SetTypeValue};
+use cni_core::firewall::stmt::{Operator, Statement};
+use cni_core::firewall::types::{NfChainPolicy, NfChainType, NfFamily, NfHook};
+use cni_core::firewall::{list_table, Batch, FirewallError};
+
+use crate::model::{Block, Direction, Plan, Protocol, Rule};
+
+pub const TABLE: &str = "tether-netpol";
+const FAMILY: NfFamily = NfFamily::INet;
+
+/// What a set holds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub enum SetKind {
+    Addresses {
+        v6: bool,
+    },
+    /// Address . protocol . port (named ports).
+    Named {
+        v6: bool,
+    },
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Elem {
+    Addr(IpAddr),
+    Named(IpAddr, Protocol, u16),
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SetDef {
+    pub kind: SetKind,
+    pub elements: BTreeSet<Elem>,
+}
+
+/// The whole table as it should be.
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct Table {
+    pub sets: BTreeMap<String, SetDef>,
+    /// Chain name -> its rules, in order.
+    pub chains: BTreeMap<&'static str, Vec<Vec<Statement<'static>>>>,
+    /// Whether denied packets are logged (rate-limited).
+    pub log_denied: bool,
+}
+
+impl Table {
+    /// Rules in the table (what grows with policies).
+    pub fn rule_count(&self) -> usize {
+        self.chains.values().map(Vec::len).sum()
+    }
+
+    pub fn element_count(&self) -> usize {
+        self.sets.values().map(|s| s.elements.len()).sum()
+    }
+}
+
+fn family_of(ip: &IpAddr) -> bool {
+    ip.is_ipv6()
+}
+
+fn addr_set(
+    table: &mut Table,
+    name: String,
+    v6: bool,
+    ips: impl Iterator<Item = IpAddr>,
+) -> String {
+    let elements = ips
+        .filter(|ip| family_of(ip) == v6)
+        .map(Elem::Addr)
+        .collect();
+    table.sets.insert(
+        name.clone(),
+        SetDef {
+            kind: SetKind::Addresses { v6 },
+            elements,
+        },
+    );
+    name
+}
+
+fn addr_field(v6: bool, which: &str) -> Expression<'static> {
+    field(build::ip_proto(v6), which)
+}
+
+fn verdict(direction: Direction) -> Statement<'static> {
+    match direction {
+        // Allowed out: on to the ingress check.
+        Direction::Egress => Statement::Return(None),
+        Direction::Ingress => Statement::Accept(None),
+    }
+}
+
+fn port_range(first: u16, last: u16) -> Expression<'static> {
+    if first == last {
+        number(u32::from(first))
+    } else {
+        Expression::Range(Box::new(Range {
+            range: [number(u32::from(first)), number(u32::from(last))],
+        }))
+    }
+}
+
+/// The port matches of a rule: one alternative per protocol with port ranges, one for the named
+/// ports; empty inner lists mean "every port".
+fn port_matches(rule: &Rule, v6: bool, named_set: Option<&str>) -> Vec<Vec<Statement<'static>>> {
+    if rule.ports.all {
+        return vec![Vec::new()];
+    }
+    let mut by_protocol: BTreeMap<Protocol, Vec<(u16, u16)>> = BTreeMap::new();
+    for (protocol, first, last) in &rule.ports.ranges {
+        by_protocol
+            .entry(*protocol)
+            .or_default()
+            .push((*first, *last));
+    }
+    let mut out: Vec<Vec<Statement<'static>>> = by_protocol
+        .into_iter()
+        .map(|(protocol, ranges)| {
+            let l4 = eq(meta(MetaKey::L4proto), text(protocol.nft()));
+            if ranges.iter().any(|(f, l)| *f == 1 && *l == u16::MAX) {
+                return vec![l4];
+            }
+            let ports = anonymous_set(ranges.iter().map(|(f, l)| port_range(*f, *l)).collect());
+            vec![l4, eq(field("th", "dport"), ports)]
+        })
+        .collect();
+    if let Some(set) = named_set {
+        // Named ports are the receiving pod's: the destination in both directions.
+        let receiver = addr_field(v6, "daddr");
+        out.push(vec![eq(
+            concat(vec![receiver, meta(MetaKey::L4proto), field("th", "dport")]),
+            set_ref(set),
+        )]);
+    }
+    out
+}
+
+fn block_match(block: &Block, peer_field: Expression<'static>) -> Vec<Statement<'static>> {
+    let mut m = vec![eq(peer_field.clone(), prefix(block.cidr))];
+    let except: Vec<Expression<'static>> = block
+        .except
+        .iter()
+        .filter(|e| e.is_ipv4() == block.cidr.is_ipv4())
+        .map(|e| prefix(*e))
+        .collect();
+    if !except.is_empty() {
+        m.push(ne(peer_field, anonymous_set(except)));
+    }
+    m
+}
+
+/// The table for `plan`.
+pub fn render(plan: &Plan, log_denied: bool) -> Table {
+    let mut table = Table {
+        log_denied,
+        ..Table::default()
+    };
+    let mut egress = Vec::new();
+    let mut ingress = Vec::new();
+    let mut forward: Vec<Vec<Statement<'static>>> = vec![established()];
+    let mut input: Vec<Vec<Statement<'static>>> = vec![established()];
+    for v6 in [false, true] {
+        let f = if v6 { "6" } else { "4" };
+        let eg = addr_set(
+            &mut table,
+            format!("eg-iso{f}"),
+            v6,
+            plan.egress_isolated.iter().copied(),
+        );
+        let ing = addr_set(
+            &mut table,
+            format!("in-iso{f}"),
+            v6,
+            plan.ingress_isolated.iter().copied(),
+        );
+        for chain in [&mut forward, &mut input] {
+            chain.push(vec![
+                eq(addr_field(v6, "saddr"), set_ref(&eg)),
+                build::jump("egress"),
+            ]);
+        }
+        forward.push(vec![
+            eq(addr_field(v6, "daddr"), set_ref(&ing)),
+            build::jump("ingress"),
+        ]);
+    }
+    for (n, rule) in plan.rules.iter().enumerate() {
+        for v6 in [false, true] {
+            let f = if v6 { "6" } else { "4" };
+            let (own, peer) = match rule.direction {
+                Direction::Ingress => ("daddr", "saddr"),
+                Direction::Egress => ("saddr", "daddr"),
+            };
+            let targets = addr_set(
+                &mut table,
+                format!("r{n}-t{f}"),
+                v6,
+                rule.targets.iter().copied(),
+            );
+            let mut peer_matches: Vec<Vec<Statement<'static>>> = Vec::new();
+            if rule.peers.any {
+                peer_matches.push(Vec::new());
+            } else {
+                if rule.peers.pods.iter().any(|ip| family_of(ip) == v6) {
+                    let set = addr_set(
+                        &mut table,
+                        format!("r{n}-p{f}"),
+                        v6,
+                        rule.peers.pods.iter().copied(),
+                    );
+                    peer_matches.push(vec![eq(addr_field(v6, peer), set_ref(&set))]);
+                }
+                for block in rule.peers.blocks.iter().filter(|b| b.cidr.is_ipv6() == v6) {
+                    peer_matches.push(block_match(block, addr_field(v6, peer)));
+                }
+            }
+            let named: BTreeSet<Elem> = rule
+                .ports
+                .named
+                .iter()
+                .filter(|(ip, _, _)| family_of(ip) == v6)
+                .map(|(ip, p, port)| Elem::Named(*ip, *p, *port))
+                .collect();
+            let named_set = (!named.is_empty()).then(|| {
+                let name = format!("r{n}-n{f}");
+                table.sets.insert(
+                    name.clone(),
+                    SetDef {
+                        kind: SetKind::Named { v6 },
+                        elements: named,
+                    },
+                );
+                name
+            });
+            let ports = port_matches(rule, v6, named_set.as_deref());
+            let chain = match rule.direction {
+                Direction::Egress => &mut egress,
+                Direction::Ingress => &mut ingress,
+            };
+            for peer_match in &peer_matches {
+                for port_match in &ports {
+                    let mut statements = vec![eq(addr_field(v6, own), set_ref(&targets))];
+                    statements.extend(peer_match.iter().cloned());
+                    statements.extend(port_match.iter().cloned());
+                    statements.push(verdict(rule.direction));
+                    chain.push(statements);
+                }
+            }
+        }
+    }
+    for chain in [&mut egress, &mut ingress] {
+        if log_denied {
+            chain.push(log_statement());
+        }
+        chain.push(vec![Statement::Drop(None)]);
+    }
+    table.chains.insert("forward", forward);
+    table.chains.insert("input", input);
+    table.chains.insert("egress", egress);
+    table.chains.insert("ingress", ingress);
+    table
+}
+
+fn established() -> Vec<Statement<'static>> {
+    vec![
+        cni_core::firewall::build::is(
+            ct("state"),
+            Operator::IN,
+            Expression::List(vec![text("established"), text("related")]),
+        ),
+        Statement::Accept(None),
+    ]
+}
+
+fn log_statement() -> Vec<Statement<'static>> {
+    use cni_core::firewall::stmt::{Limit, Log};
+    vec![
+        Statement::Limit(Limit {
+            rate: 10,
+            rate_unit: None,
+            per: Some("second".into()),
+            burst: Some(20),
+            burst_unit: None,
+            inv: None,
+        }),
+        Statement::Log(Some(Log {
+            prefix: Some("tether-netpol denied: ".into()),
+            group: None,
+            snaplen: None,
+            queue_threshold: None,
+            level: None,
+            flags: None,
+        })),
+    ]
+}
+
+fn set_type(kind: SetKind) -> SetTypeValue<'static> {
+    let addr = |v6: bool| {
+        if v6 {
+            SetType::Ipv6Addr
+        } else {
+            SetType::Ipv4Addr
+        }
+    };
+    match kind {
+        SetKind::Addresses { v6 } => SetTypeValue::Single(addr(v6)),
+        SetKind::Named { v6 } => SetTypeValue::Concatenated(
+            vec![addr(v6), SetType::InetProto, SetType::InetService].into(),
+        ),
+    }
+}
+
+fn elem_expr(elem: &Elem) -> Expression<'static> {
+    match elem {
+        Elem::Addr(ip) => build::address(*ip),
+        Elem::Named(ip, protocol, port) => concat(vec![
+            build::address(*ip),
+            text(protocol.nft()),
+            number(u32::from(*port)),
+        ]),
+    }
+}
+
+fn elements(
+    set: &str,
+    elems: impl Iterator<Item = Elem>,
+) -> Option<cni_core::firewall::schema::NfListObject<'static>> {
+    let exprs: Vec<Expression<'static>> = elems.map(|e| elem_expr(&e)).collect();
+    (!exprs.is_empty()).then(|| build::elements(FAMILY, TABLE, set, exprs))
+}
+
+/// A batch that brings the kernel from `before` (what was applied last; `None` after a start)
+/// to `after`. When only set elements differ, the batch adds and deletes just those.
+pub fn batch(before: Option<&Table>, after: &Table) -> Result<Batch, FirewallError> {
+    let mut batch = Batch::new();
+    let same_shape = before.is_some_and(|b| {
+        b.chains == after.chains
+            && b.sets.len() == after.sets.len()
+            && b.sets
+                .iter()
+                .zip(&after.sets)
+                .all(|((n1, s1), (n2, s2))| n1 == n2 && s1.kind == s2.kind)
+    });
+    if let (true, Some(before)) = (same_shape, before) {
+        for (name, set) in &after.sets {
+            let old = &before.sets[name].elements;
+            if let Some(gone) = elements(name, old.difference(&set.elements).cloned()) {
+                batch.delete(gone);
+            }
+            if let Some(new) = elements(name, set.elements.difference(old).cloned()) {
+                batch.add(new);
+            }
+        }
+        return Ok(batch);
+    }
+    // The whole table in one transaction: existing objects are emptied and refilled, so that
+    // packets see either the old table or the new one.
+    batch.add(build::table(FAMILY, TABLE));
+    for (name, set) in &after.sets {
+        batch.add(build::set(FAMILY, TABLE, name, set_type(set.kind), &[]));
+        batch.flush(cni_core::firewall::schema::FlushObject::Set(Box::new(
+            cni_core::firewall::schema::Set {
+                family: FAMILY,
+                table: TABLE.into(),
+                name: name.clone().into(),
+                ..Default::default()
+            },
+        )));
+        if let Some(elems) = elements(name, set.elements.iter().cloned()) {
+            batch.add(elems);
+        }
+    }
+    for name in ["egress", "ingress"] {
+        batch.add(build::chain(FAMILY, TABLE, name));
+    }
+    for (name, hook) in [("forward", NfHook::Forward), ("input", NfHook::Input)] {
+        batch.add(build::base_chain(
+            FAMILY,
+            TABLE,
+            name,
+            NfChainType::Filter,
+            hook,
+            0,
+            NfChainPolicy::Accept,
+        ));
+    }
+    for name in ["forward", "input", "egress", "ingress"] {
+        batch.flush(cni_core::firewall::schema::FlushObject::Chain(
+            cni_core::firewall::schema::Chain {
+                family: FAMILY,
+                table: TABLE.into(),
+                name: name.into(),
+                ..Default::default()
+            },
+        ));
+    }
+    for (name, rules) in &after.chains {
+        for statements in rules {
+            batch.add(build::rule(FAMILY, TABLE, name, statements.clone(), None));
+        }
+    }
+    // Sets of rules that are gone (now unreferenced: their rules were flushed above).
+    let listed = list_table(FAMILY, TABLE)?;
+    for set in &listed.sets {
+        if !after.sets.contains_key(set.name.as_ref()) {
+            batch.delete(build::set(
+                FAMILY,
+                TABLE,
+                &set.name,
+                set.set_type.clone(),
+                &[],
+            ));
+        }
+    }
+    Ok(batch)
+}
+
+/// Removes the table (the agent is uninstalled); missing is fine.
+pub fn remove() -> Result<(), FirewallError> {
+    if list_table(FAMILY, TABLE)?.exists {
+        let mut batch = Batch::new();
+        batch.delete(build::table(FAMILY, TABLE));
+        batch.apply()?;
+    }
+    Ok(())
+}

@@ -1,0 +1,457 @@
+#![allow(clippy::unwrap_used)] // Tests fail loudly by design.
+
+//! NetworkPolicy truth tables on the real kernel: one node namespace with a bridge (br_netfilter
+//! on, as Kubernetes needs), nine pods in three namespaces labelled as in the upstream e2e
+//! network policy tests (namespaces x, y, z; pods a, b, c), each serving TCP and UDP on ports 80
+//! and 81; the agent binary against the API stand-in; for every scenario the whole reachability
+//! matrix (every pod to every other pod, both protocols, both ports) compared with the expected
+//! one, which each scenario states on its own (not through the agent's model).
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use serde_json::{json, Value};
+use test_support::apiserver::{ApiServer, NAMESPACES, NETWORK_POLICIES, PODS};
+use test_support::{require_root, Netns};
+
+const NAMESPACE_NAMES: [&str; 3] = ["x", "y", "z"];
+const POD_NAMES: [&str; 3] = ["a", "b", "c"];
+const PROBES: [(&str, u16); 4] = [("tcp", 80), ("tcp", 81), ("udp", 80), ("udp", 81)];
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+struct Who {
+    ns: &'static str,
+    pod: &'static str,
+}
+
+impl std::fmt::Display for Who {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}/{}", self.ns, self.pod)
+    }
+}
+
+struct Pod {
+    who: Who,
+    ip: String,
+    netns: Netns,
+    server: Child,
+}
+
+impl Drop for Pod {
+    fn drop(&mut self) {
+        let _ = self.server.kill();
+        let _ = self.server.wait();
+    }
+}
+
+struct KillOnDrop(Child);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+struct World {
+    pods: Vec<Pod>,
+    api: ApiServer,
+    _agent: KillOnDrop,
+    node: Netns,
+    _dir: PathBuf,
+}
+
+impl Drop for World {
+    fn drop(&mut self) {
+        self.pods.clear();
+        let _ = Command::new("ip")
+            .args([
+                "netns",
+                "exec",
+                &self.node.name,
+                "nft",
+                "delete",
+                "table",
+                "inet",
+                "tether-netpol",
+            ])
+            .stderr(Stdio::null())
+            .status();
+        let _ = std::fs::remove_dir_all(&self._dir);
+    }
+}
+
+fn probe_script() -> String {
+    concat!(env!("CARGO_MANIFEST_DIR"), "/tests/probe.py").to_string()
+}
+
+fn pod_object(who: Who, ip: &str, labels: Value) -> Value {
+    json!({
+        "apiVersion": "v1", "kind": "Pod",
+        "metadata": {"name": who.pod, "namespace": who.ns, "labels": labels},
+        "spec": {"nodeName": "node1", "containers": [{"name": "c", "image": "probe", "ports": [
+            {"name": "serve-80-tcp", "containerPort": 80, "protocol": "TCP"},
+            {"name": "serve-81-udp", "containerPort": 81, "protocol": "UDP"},
+        ]}]},
+        "status": {"phase": "Running", "podIP": ip, "podIPs": [{"ip": ip}]},
+    })
+}
+
+fn namespace_object(name: &str, labels: Value) -> Value {
+    json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": name, "labels": labels}})
+}
+
+impl World {
+    fn new(tag: &str) -> World {
+        require_root();
+        let node = Netns::new(&format!("{tag}n"));
+        node.ip(&["link", "add", "cni0", "type", "bridge"]);
+        node.ip(&["addr", "add", "10.77.0.1/24", "dev", "cni0"]);
+        node.ip(&["link", "set", "cni0", "up"]);
+        node.exec(&["sysctl", "-qw", "net.bridge.bridge-nf-call-iptables=1"]);
+        node.exec(&["sysctl", "-qw", "net.ipv4.ip_forward=1"]);
+        let api = ApiServer::start_in(&node, "127.0.0.1:0");
+        let dir = std::env::temp_dir().join(format!("tnp-{tag}-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let kubeconfig = dir.join("kubeconfig");
+        api.write_kubeconfig(&kubeconfig);
+        for ns in NAMESPACE_NAMES {
+            api.put(
+                NAMESPACES,
+                namespace_object(ns, json!({"ns": ns, "kubernetes.io/metadata.name": ns})),
+            );
+        }
+        let mut pods = Vec::new();
+        for (i, ns) in NAMESPACE_NAMES.iter().enumerate() {
+            for (j, pod) in POD_NAMES.iter().enumerate() {
+                let who = Who { ns, pod };
+                let ip = format!("10.77.0.{}", 10 + i * 3 + j);
+                let netns = Netns::new(&format!("{tag}{ns}{pod}"));
+                let host = format!("v{tag}{ns}{pod}");
+                node.cable(&host, "169.254.1.1/32", &netns, "eth0", &format!("{ip}/24"));
+                node.ip(&["addr", "flush", "dev", &host]);
+                node.ip(&["link", "set", &host, "master", "cni0"]);
+                netns.ip(&["route", "add", "default", "via", "10.77.0.1"]);
+                let server = Command::new("ip")
+                    .args([
+                        "netns",
+                        "exec",
+                        &netns.name,
+                        "python3",
+                        &probe_script(),
+                        "serve",
+                        "80",
+                        "81",
+                    ])
+                    .stdout(Stdio::null())
+                    .spawn()
+                    .unwrap();
+                api.put(PODS, pod_object(who, &ip, json!({"pod": pod})));
+                pods.push(Pod {
+                    who,
+                    ip,
+                    netns,
+                    server,
+                });
+            }
+        }
+        let log = std::fs::File::create(dir.join("agent.log")).unwrap();
+        let agent = Command::new("ip")
+            .args([
+                "netns",
+                "exec",
+                &node.name,
+                env!("CARGO_BIN_EXE_tether-netpol"),
+            ])
+            .args(["--node-name", "node1", "--kubeconfig"])
+            .arg(&kubeconfig)
+            .stderr(log)
+            .spawn()
+            .unwrap();
+        let world = World {
+            pods,
+            api,
+            _agent: KillOnDrop(agent),
+            node,
+            _dir: dir,
+        };
+        let started = Instant::now();
+        while !world.has_table() {
+            assert!(
+                started.elapsed() < Duration::from_secs(20),
+                "no table: {}",
+                world.log()
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        world
+    }
+
+    fn has_table(&self) -> bool {
+        self.node
+            .try_exec(&["nft", "list", "table", "inet", "tether-netpol"])
+            .status
+            .success()
+    }
+
+    fn log(&self) -> String {
+        std::fs::read_to_string(self._dir.join("agent.log")).unwrap_or_default()
+    }
+
+    /// Every pod to every other pod, on each probe.
+    fn matrix(&self) -> BTreeMap<(Who, Who, &'static str, u16), bool> {
+        let children: Vec<(Who, Child)> = self
+            .pods
+            .iter()
+            .map(|src| {
+                let targets: Vec<String> = self
+                    .pods
+                    .iter()
+                    .filter(|dst| dst.who != src.who)
+                    .flat_map(|dst| {
+                        PROBES
+                            .iter()
+                            .map(move |(p, port)| format!("{}:{p}:{port}", dst.ip))
+                    })
+                    .collect();
+                let child = Command::new("ip")
+                    .args([
+                        "netns",
+                        "exec",
+                        &src.netns.name,
+                        "python3",
+                        &probe_script(),
+                        "probe",
+                    ])
+                    .args(&targets)
+                    .stdout(Stdio::piped())
+                    .spawn()
+                    .unwrap();
+                (src.who, child)
+            })
+            .collect();
+        let by_ip: BTreeMap<&str, Who> = self.pods.iter().map(|p| (p.ip.as_str(), p.who)).collect();
+        let mut out = BTreeMap::new();
+        for (src, child) in children {
+            let output = child.wait_with_output().unwrap();
+            let results: BTreeMap<String, bool> = serde_json::from_slice(&output.stdout).unwrap();
+            for (target, ok) in results {
+                let mut parts = target.split(':');
+                let (ip, proto, port) = (
+                    parts.next().unwrap(),
+                    parts.next().unwrap(),
+                    parts.next().unwrap(),
+                );
+                let proto = if proto == "tcp" { "tcp" } else { "udp" };
+                out.insert((src, by_ip[ip], proto, port.parse().unwrap()), ok);
+            }
+        }
+        out
+    }
+
+    /// Waits (5 s at most) for the matrix `expect` describes; panics with the differences.
+    fn expect(&self, scenario: &str, expect: impl Fn(Who, Who, &str, u16) -> bool) {
+        let started = Instant::now();
+        loop {
+            let seen = self.matrix();
+            let wrong: Vec<String> = seen
+                .iter()
+                .filter(|((s, d, p, port), ok)| expect(*s, *d, p, *port) != **ok)
+                .map(|((s, d, p, port), ok)| {
+                    format!(
+                        "{s} -> {d} {p}/{port}: {}",
+                        if *ok { "open" } else { "closed" }
+                    )
+                })
+                .collect();
+            if wrong.is_empty() {
+                return;
+            }
+            if started.elapsed() > Duration::from_secs(5) {
+                let table = self
+                    .node
+                    .exec(&["nft", "list", "table", "inet", "tether-netpol"]);
+                panic!(
+                    "{scenario}: {} of {} wrong:\n{}\n\ntable:\n{table}\n\nagent log:\n{}",
+                    wrong.len(),
+                    seen.len(),
+                    wrong.join("\n"),
+                    self.log()
+                );
+            }
+            std::thread::sleep(Duration::from_millis(200));
+        }
+    }
+
+    fn policy(&self, ns: &str, name: &str, spec: Value) {
+        self.api.put(
+            NETWORK_POLICIES,
+            json!({"apiVersion": "networking.k8s.io/v1", "kind": "NetworkPolicy",
+                   "metadata": {"name": name, "namespace": ns}, "spec": spec}),
+        );
+    }
+
+    fn delete_policy(&self, ns: &str, name: &str) {
+        self.api.delete(NETWORK_POLICIES, ns, name);
+    }
+
+    fn ip(&self, ns: &str, pod: &str) -> String {
+        self.pods
+            .iter()
+            .find(|p| p.who.ns == ns && p.who.pod == pod)
+            .map(|p| p.ip.clone())
+            .unwrap()
+    }
+}
+
+#[test]
+fn ingress_scenarios_of_the_upstream_e2e_tests() {
+    let w = World::new("tnpi");
+    w.expect("no policy: everything open", |_, _, _, _| true);
+
+    w.policy(
+        "x",
+        "deny-all",
+        json!({"podSelector": {}, "policyTypes": ["Ingress"]}),
+    );
+    w.expect("default deny in x", |_, d, _, _| d.ns != "x");
+    w.delete_policy("x", "deny-all");
+
+    w.policy(
+        "x",
+        "from-y",
+        json!({"podSelector": {}, "ingress": [{"from": [
+        {"namespaceSelector": {"matchLabels": {"ns": "y"}}}]}]}),
+    );
+    w.expect("allow from namespace y", |s, d, _, _| {
+        d.ns != "x" || s.ns == "y"
+    });
+    // The namespace z is relabelled into the selection.
+    w.api.put(
+        NAMESPACES,
+        namespace_object("z", json!({"ns": "y", "kubernetes.io/metadata.name": "z"})),
+    );
+    w.expect("namespace z relabelled ns=y", |s, d, _, _| {
+        d.ns != "x" || s.ns != "x"
+    });
+    w.api.put(
+        NAMESPACES,
+        namespace_object("z", json!({"ns": "z", "kubernetes.io/metadata.name": "z"})),
+    );
+    // The policy is updated to name z instead.
+    w.policy(
+        "x",
+        "from-y",
+        json!({"podSelector": {}, "ingress": [{"from": [
+        {"namespaceSelector": {"matchLabels": {"ns": "z"}}}]}]}),
+    );
+    w.expect("policy updated to namespace z", |s, d, _, _| {
+        d.ns != "x" || s.ns == "z"
+    });
+    w.delete_policy("x", "from-y");
+    w.expect("policy deleted", |_, _, _, _| true);
+
+    // Pod b of namespace y: both selectors in one peer (AND).
+    w.policy("x", "and", json!({"podSelector": {"matchLabels": {"pod": "a"}}, "ingress": [{"from": [
+        {"namespaceSelector": {"matchLabels": {"ns": "y"}}, "podSelector": {"matchLabels": {"pod": "b"}}}]}]}));
+    let x_a = |d: Who| d.ns == "x" && d.pod == "a";
+    w.expect("AND: y/b only", |s, d, _, _| {
+        !x_a(d) || (s.ns == "y" && s.pod == "b")
+    });
+    // y/c relabelled pod=b joins the selection.
+    w.api.put(
+        PODS,
+        pod_object(
+            Who { ns: "y", pod: "c" },
+            &w.ip("y", "c"),
+            json!({"pod": "b"}),
+        ),
+    );
+    w.expect("AND after y/c relabelled", |s, d, _, _| {
+        !x_a(d) || (s.ns == "y" && s.pod != "a")
+    });
+    w.api.put(
+        PODS,
+        pod_object(
+            Who { ns: "y", pod: "c" },
+            &w.ip("y", "c"),
+            json!({"pod": "c"}),
+        ),
+    );
+    w.delete_policy("x", "and");
+
+    // Separate peers (OR): namespace y, or pod b of x itself.
+    w.policy("x", "or", json!({"podSelector": {"matchLabels": {"pod": "a"}}, "ingress": [{"from": [
+        {"namespaceSelector": {"matchLabels": {"ns": "y"}}}, {"podSelector": {"matchLabels": {"pod": "b"}}}]}]}));
+    w.expect("OR: namespace y or x/b", |s, d, _, _| {
+        !x_a(d) || s.ns == "y" || (s.ns == "x" && s.pod == "b")
+    });
+    w.delete_policy("x", "or");
+
+    // ipBlock with an exception.
+    let y_a = w.ip("y", "a");
+    w.policy(
+        "x",
+        "block",
+        json!({"podSelector": {"matchLabels": {"pod": "a"}}, "ingress": [{"from": [
+        {"ipBlock": {"cidr": "10.77.0.0/24", "except": [format!("{y_a}/32")]}}]}]}),
+    );
+    w.expect("ipBlock except y/a", |s, d, _, _| {
+        !(x_a(d) && s.ns == "y" && s.pod == "a")
+    });
+    w.delete_policy("x", "block");
+
+    // A named port, then a port range of one protocol.
+    w.policy(
+        "x",
+        "named",
+        json!({"podSelector": {"matchLabels": {"pod": "a"}}, "ingress": [{
+        "ports": [{"port": "serve-80-tcp"}]}]}),
+    );
+    w.expect("named port serve-80-tcp", |_, d, p, port| {
+        !x_a(d) || (p == "tcp" && port == 80)
+    });
+    w.policy(
+        "x",
+        "named",
+        json!({"podSelector": {"matchLabels": {"pod": "a"}}, "ingress": [{
+        "ports": [{"protocol": "UDP", "port": 80, "endPort": 81}]}]}),
+    );
+    w.expect("endPort UDP 80-81", |_, d, p, _| !x_a(d) || p == "udp");
+    w.delete_policy("x", "named");
+    w.expect("all open again", |_, _, _, _| true);
+}
+
+#[test]
+fn egress_deny_with_one_port_allowed() {
+    let w = World::new("tnpe");
+    // x/a may send only UDP to port 81 (as a pod allowed only DNS), anything to namespace z.
+    w.policy(
+        "x",
+        "egress",
+        json!({"podSelector": {"matchLabels": {"pod": "a"}}, "policyTypes": ["Egress"],
+        "egress": [{"ports": [{"protocol": "UDP", "port": 81}]},
+                   {"to": [{"namespaceSelector": {"matchLabels": {"ns": "z"}}}]}]}),
+    );
+    let from_x_a = |s: Who| s.ns == "x" && s.pod == "a";
+    w.expect("egress of x/a", |s, d, p, port| {
+        !from_x_a(s) || (p == "udp" && port == 81) || d.ns == "z"
+    });
+    // Ingress and egress together: z/b accepts only from x.
+    w.policy(
+        "z",
+        "from-x",
+        json!({"podSelector": {"matchLabels": {"pod": "b"}}, "ingress": [{"from": [
+        {"namespaceSelector": {"matchLabels": {"ns": "x"}}}]}]}),
+    );
+    w.expect("egress of x/a and ingress of z/b", |s, d, p, port| {
+        let egress = !from_x_a(s) || (p == "udp" && port == 81) || d.ns == "z";
+        let ingress = !(d.ns == "z" && d.pod == "b") || s.ns == "x";
+        egress && ingress
+    });
+    w.delete_policy("x", "egress");
+    w.delete_policy("z", "from-x");
+    w.expect("all open again", |_, _, _, _| true);
+}
