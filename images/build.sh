@@ -25,7 +25,7 @@ while [ $# -gt 0 ]; do
     *) echo "usage: $0 [--name NAME] [--tag TAG] [--profile release|debug] [--out DIR]" >&2; exit 2 ;;
   esac
 done
-binaries="cni-overlay cni-bridge cni-ipam cni-portmap cni-bandwidth tether-overlayd tether-cni-install tether-csi tether-csictl"
+binaries="cni-overlay cni-bridge cni-ipam cni-portmap cni-bandwidth tether-overlayd tether-cni-install tether-netpol tether-csi tether-csictl"
 tools="/usr/sbin/nft /usr/sbin/mkfs.ext4 /usr/sbin/resize2fs /usr/sbin/mkfs.xfs /usr/sbin/xfs_growfs /usr/sbin/blkid"
 
 cd "$root"

@@ -9,8 +9,8 @@ use clap::Parser;
 #[command(version, about)]
 struct Args {
     /// This node's name (the Downward API's spec.nodeName).
-    #[arg(long, env = "TETHER_NODE_NAME")]
-    node_name: String,
+    #[arg(long, env = "TETHER_NODE_NAME", required_unless_present = "remove")]
+    node_name: Option<String>,
     /// A kubeconfig; in a pod, the service account is used.
     #[arg(long, env = "KUBECONFIG")]
     kubeconfig: Option<PathBuf>,
@@ -45,7 +45,7 @@ fn main() -> ExitCode {
             }
         };
         runtime.block_on(tether_netpol::agent::run(tether_netpol::agent::Settings {
-            node_name: args.node_name,
+            node_name: args.node_name.unwrap_or_default(),
             kubeconfig: args.kubeconfig,
             log_denied: args.log_denied,
         }))
