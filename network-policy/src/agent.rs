@@ -5,7 +5,8 @@
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
-use std::time::Duration;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use futures::{stream, StreamExt};
 use k8s_openapi::api::core::v1::{Namespace, Pod};
@@ -16,6 +17,7 @@ use kube::runtime::watcher::{self, Event};
 use kube::runtime::WatchStreamExt;
 use kube::{Client, Config, Resource, ResourceExt};
 
+use crate::metrics::Metrics;
 use crate::model::{Cluster, PodInfo};
 use crate::nft::{self, Table};
 
@@ -33,7 +35,9 @@ pub enum AgentError {
 pub struct Settings {
     pub node_name: String,
     pub kubeconfig: Option<PathBuf>,
-    pub log_denied: bool,
+    pub table: nft::Options,
+    /// Where /metrics, /healthz and /readyz are served, if anywhere.
+    pub metrics_addr: Option<std::net::SocketAddr>,
 }
 
 enum Change {
@@ -119,6 +123,16 @@ async fn client(settings: &Settings) -> Result<Client, AgentError> {
 /// Runs until the watches end (they do not: errors are retried with backoff).
 pub async fn run(settings: Settings) -> Result<(), AgentError> {
     let client = client(&settings).await?;
+    let metrics = Arc::new(Metrics::default());
+    if let Some(addr) = settings.metrics_addr {
+        let listener = tether_observe::http::bind(addr)
+            .await
+            .map_err(|e| AgentError::Client(format!("binding {addr}: {e}")))?;
+        tokio::spawn(tether_observe::http::serve(
+            listener,
+            Arc::new(metrics.endpoints()),
+        ));
+    }
     let config = watcher::Config::default();
     let pods = watcher::watcher(Api::<Pod>::all(client.clone()), config.clone())
         .default_backoff()
@@ -139,6 +153,7 @@ pub async fn run(settings: Settings) -> Result<(), AgentError> {
     let mut policies: Kind<(String, String), NetworkPolicy> = Kind::default();
     let mut applied: Option<Table> = None;
     let mut dirty = false;
+    let mut since = Instant::now();
     loop {
         let next = if dirty {
             match tokio::time::timeout(SETTLE, changes.next()).await {
@@ -149,7 +164,7 @@ pub async fn run(settings: Settings) -> Result<(), AgentError> {
                         namespaces: namespaces.items.clone(),
                         policies: policies.items.clone(),
                     };
-                    applied = write(&settings, &cluster, applied.as_ref());
+                    applied = write(&settings, &metrics, since, &cluster, applied.as_ref());
                     dirty = applied.is_none();
                     if dirty {
                         tokio::time::sleep(Duration::from_secs(1)).await;
@@ -176,25 +191,44 @@ pub async fn run(settings: Settings) -> Result<(), AgentError> {
                 policies.apply(e, namespaced, |p: &NetworkPolicy| Some(p.clone()))
             }
         };
-        dirty |= changed && pods.synced && namespaces.synced && policies.synced;
+        let ready = changed && pods.synced && namespaces.synced && policies.synced;
+        if ready && !dirty {
+            since = Instant::now();
+        }
+        dirty |= ready;
     }
 }
 
 /// Writes the table for `cluster`; what is in the kernel now, or `None` when the write failed.
-fn write(settings: &Settings, cluster: &Cluster, applied: Option<&Table>) -> Option<Table> {
+/// `since`: when the first change it carries reached the agent.
+fn write(
+    settings: &Settings,
+    metrics: &Metrics,
+    since: Instant,
+    cluster: &Cluster,
+    applied: Option<&Table>,
+) -> Option<Table> {
     let plan = cluster.plan(&settings.node_name);
+    metrics.policies.set(cluster.policies.len() as i64);
+    metrics.problems.set(plan.problems.len() as i64);
     for problem in &plan.problems {
         tracing::warn!(%problem, "part of a policy cannot be enforced");
     }
-    let table = nft::render(&plan, settings.log_denied);
+    let table = nft::render(&plan, &settings.table);
     let started = std::time::Instant::now();
     match nft::batch(applied, &table).and_then(|b| b.apply().map(|()| b.len())) {
         Ok(commands) => {
             tracing::info!(rules = table.rule_count(), elements = table.element_count(), commands, took = ?started.elapsed(), "policies applied");
+            metrics.rules.set(table.rule_count() as i64);
+            metrics.sets.set(table.sets.len() as i64);
+            metrics.elements.set(table.element_count() as i64);
+            metrics.written(Ok(()), since.elapsed());
             Some(table)
         }
         Err(e) => {
-            tracing::error!(error = %cni_core::error::chain(&e), "writing the policy table failed; retrying");
+            let e = cni_core::error::chain(&e);
+            tracing::error!(error = %e, "writing the policy table failed; retrying");
+            metrics.written(Err(e), since.elapsed());
             None
         }
     }

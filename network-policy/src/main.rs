@@ -17,11 +17,37 @@ struct Args {
     /// Log denied packets (nftables `log`, at most 10 a second).
     #[arg(long, env = "TETHER_NETPOL_LOG_DENIED")]
     log_denied: bool,
+    /// This node's pod subnets (comma-separated). A pod address in them the agent does not know
+    /// yet is held until it does. Default: the subnets in tether-overlayd's facts file.
+    #[arg(long, env = "TETHER_POD_CIDRS", value_delimiter = ',')]
+    pod_cidrs: Vec<ipnetwork::IpNetwork>,
+    /// tether-overlayd's facts file (for the node's pod subnets).
+    #[arg(long, env = "TETHER_FACTS", default_value = "/run/tether/overlay.json")]
+    facts: PathBuf,
+    /// Serve /metrics, /healthz and /readyz here (for example 0.0.0.0:9403).
+    #[arg(long, env = "TETHER_NETPOL_METRICS_ADDR")]
+    metrics_addr: Option<std::net::SocketAddr>,
     /// Remove the table and exit (uninstall).
     #[arg(long)]
     remove: bool,
     #[arg(long, env = "TETHER_LOG_FORMAT", default_value = "text")]
     log_format: tether_observe::logging::LogFormat,
+}
+
+/// The node's pod subnets as tether-overlayd wrote them (`subnets` of its facts file).
+fn facts_subnets(path: &std::path::Path) -> Vec<ipnetwork::IpNetwork> {
+    std::fs::read(path)
+        .ok()
+        .and_then(|bytes| serde_json::from_slice::<serde_json::Value>(&bytes).ok())
+        .and_then(|facts| {
+            facts["subnets"].as_array().map(|subnets| {
+                subnets
+                    .iter()
+                    .filter_map(|s| s.as_str()?.parse().ok())
+                    .collect()
+            })
+        })
+        .unwrap_or_default()
 }
 
 fn main() -> ExitCode {
@@ -44,10 +70,22 @@ fn main() -> ExitCode {
                 return ExitCode::FAILURE;
             }
         };
+        let pod_subnets = if args.pod_cidrs.is_empty() {
+            facts_subnets(&args.facts)
+        } else {
+            args.pod_cidrs
+        };
+        if pod_subnets.is_empty() {
+            tracing::warn!(facts = %args.facts.display(), "no pod subnets known: a pod whose address the agent has not seen yet is not held back");
+        }
         runtime.block_on(tether_netpol::agent::run(tether_netpol::agent::Settings {
             node_name: args.node_name.unwrap_or_default(),
             kubeconfig: args.kubeconfig,
-            log_denied: args.log_denied,
+            metrics_addr: args.metrics_addr,
+            table: tether_netpol::nft::Options {
+                log_denied: args.log_denied,
+                pod_subnets,
+            },
         }))
     };
     match result {

@@ -185,6 +185,11 @@ pub struct Plan {
     /// This node's pods isolated for egress.
     pub egress_isolated: BTreeSet<IpAddr>,
     pub rules: Vec<Rule>,
+    /// Every pod address of this node the agent knows (host-network pods aside).
+    pub local_pods: BTreeSet<IpAddr>,
+    /// Whether any NetworkPolicy exists: only then can a pod the agent does not know yet be
+    /// one a policy selects (and is held until it is known).
+    pub policies_exist: bool,
     /// Policies (or parts) that could not be used, and why.
     pub problems: Vec<String>,
 }
@@ -332,7 +337,15 @@ impl Cluster {
 
     /// The plan for `node`'s pods.
     pub fn plan(&self, node: &str) -> Plan {
-        let mut plan = Plan::default();
+        let mut plan = Plan {
+            local_pods: self
+                .live_pods()
+                .filter(|p| p.node == node)
+                .flat_map(|p| p.ips.iter().copied())
+                .collect(),
+            policies_exist: !self.policies.is_empty(),
+            ..Plan::default()
+        };
         for ((namespace, name), policy) in &self.policies {
             let targets = self.selected(policy, node);
             if targets.is_empty() {

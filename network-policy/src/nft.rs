@@ -26,6 +26,7 @@ use cni_core::firewall::schema::{SetType, SetTypeValue};
 use cni_core::firewall::stmt::{Operator, Statement};
 use cni_core::firewall::types::{NfChainPolicy, NfChainType, NfFamily, NfHook};
 use cni_core::firewall::{list_table, Batch, FirewallError};
+use ipnetwork::IpNetwork;
 
 use crate::model::{Block, Direction, Plan, Protocol, Rule};
 
@@ -172,8 +173,20 @@ fn block_match(block: &Block, peer_field: Expression<'static>) -> Vec<Statement<
     m
 }
 
+/// How the table is written, besides the plan.
+#[derive(Debug, Clone, Default)]
+pub struct Options {
+    /// Log denied packets (rate-limited).
+    pub log_denied: bool,
+    /// This node's pod subnets: an address in them that the agent does not know as a pod yet
+    /// (its CNI ADD finished before the Pod's address reached the agent) is held, dropped both
+    /// ways, until the agent knows it, whenever any policy exists.
+    pub pod_subnets: Vec<IpNetwork>,
+}
+
 /// The table for `plan`.
-pub fn render(plan: &Plan, log_denied: bool) -> Table {
+pub fn render(plan: &Plan, options: &Options) -> Table {
+    let log_denied = options.log_denied;
     let mut table = Table {
         log_denied,
         ..Table::default()
@@ -184,6 +197,9 @@ pub fn render(plan: &Plan, log_denied: bool) -> Table {
     let mut input: Vec<Vec<Statement<'static>>> = vec![established()];
     for v6 in [false, true] {
         let f = if v6 { "6" } else { "4" };
+        if plan.policies_exist {
+            hold_unknown(&mut table, plan, options, v6, &mut forward, &mut input);
+        }
         let eg = addr_set(
             &mut table,
             format!("eg-iso{f}"),
@@ -282,6 +298,54 @@ pub fn render(plan: &Plan, log_denied: bool) -> Table {
     table.chains.insert("egress", egress);
     table.chains.insert("ingress", ingress);
     table
+}
+
+/// Drops traffic of addresses in this node's pod subnets that are not known pods (nor the
+/// subnet's network and gateway addresses).
+fn hold_unknown(
+    table: &mut Table,
+    plan: &Plan,
+    options: &Options,
+    v6: bool,
+    forward: &mut Vec<Vec<Statement<'static>>>,
+    input: &mut Vec<Vec<Statement<'static>>>,
+) {
+    let subnets: Vec<IpNetwork> = options
+        .pod_subnets
+        .iter()
+        .filter(|s| s.is_ipv6() == v6)
+        .copied()
+        .collect();
+    if subnets.is_empty() {
+        return;
+    }
+    let f = if v6 { "6" } else { "4" };
+    let infrastructure = subnets.iter().flat_map(|s| {
+        let network = s.network();
+        let gateway = match network {
+            IpAddr::V4(a) => IpAddr::V4(std::net::Ipv4Addr::from(u32::from(a).wrapping_add(1))),
+            IpAddr::V6(a) => IpAddr::V6(std::net::Ipv6Addr::from(u128::from(a).wrapping_add(1))),
+        };
+        [network, gateway]
+    });
+    let known = addr_set(
+        table,
+        format!("known{f}"),
+        v6,
+        plan.local_pods.iter().copied().chain(infrastructure),
+    );
+    let ranges = anonymous_set(subnets.iter().map(|s| prefix(*s)).collect());
+    for which in ["saddr", "daddr"] {
+        let rule = vec![
+            eq(addr_field(v6, which), ranges.clone()),
+            ne(addr_field(v6, which), set_ref(&known)),
+            Statement::Drop(None),
+        ];
+        if which == "saddr" {
+            input.push(rule.clone());
+        }
+        forward.push(rule);
+    }
 }
 
 fn established() -> Vec<Statement<'static>> {

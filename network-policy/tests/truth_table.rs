@@ -103,6 +103,48 @@ fn namespace_object(name: &str, labels: Value) -> Value {
     json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": name, "labels": labels}})
 }
 
+/// A pod's namespace on the node's bridge, with its servers running.
+fn plug(node: &Netns, tag: &str, ip: &str) -> (Netns, Child) {
+    let netns = Netns::new(tag);
+    let host = format!("v{tag}");
+    node.cable(&host, "169.254.1.1/32", &netns, "eth0", &format!("{ip}/24"));
+    node.ip(&["addr", "flush", "dev", &host]);
+    node.ip(&["link", "set", &host, "master", "cni0"]);
+    netns.ip(&["route", "add", "default", "via", "10.77.0.1"]);
+    let server = Command::new("ip")
+        .args([
+            "netns",
+            "exec",
+            &netns.name,
+            "python3",
+            &probe_script(),
+            "serve",
+            "80",
+            "81",
+        ])
+        .stdout(Stdio::null())
+        .spawn()
+        .unwrap();
+    (netns, server)
+}
+
+fn probe_one(from: &Netns, target: &str) -> bool {
+    let out = Command::new("ip")
+        .args([
+            "netns",
+            "exec",
+            &from.name,
+            "python3",
+            &probe_script(),
+            "probe",
+            target,
+        ])
+        .output()
+        .unwrap();
+    let results: BTreeMap<String, bool> = serde_json::from_slice(&out.stdout).unwrap();
+    results[target]
+}
+
 impl World {
     fn new(tag: &str) -> World {
         require_root();
@@ -128,26 +170,7 @@ impl World {
             for (j, pod) in POD_NAMES.iter().enumerate() {
                 let who = Who { ns, pod };
                 let ip = format!("10.77.0.{}", 10 + i * 3 + j);
-                let netns = Netns::new(&format!("{tag}{ns}{pod}"));
-                let host = format!("v{tag}{ns}{pod}");
-                node.cable(&host, "169.254.1.1/32", &netns, "eth0", &format!("{ip}/24"));
-                node.ip(&["addr", "flush", "dev", &host]);
-                node.ip(&["link", "set", &host, "master", "cni0"]);
-                netns.ip(&["route", "add", "default", "via", "10.77.0.1"]);
-                let server = Command::new("ip")
-                    .args([
-                        "netns",
-                        "exec",
-                        &netns.name,
-                        "python3",
-                        &probe_script(),
-                        "serve",
-                        "80",
-                        "81",
-                    ])
-                    .stdout(Stdio::null())
-                    .spawn()
-                    .unwrap();
+                let (netns, server) = plug(&node, &format!("{tag}{ns}{pod}"), &ip);
                 api.put(PODS, pod_object(who, &ip, json!({"pod": pod})));
                 pods.push(Pod {
                     who,
@@ -165,7 +188,13 @@ impl World {
                 &node.name,
                 env!("CARGO_BIN_EXE_tether-netpol"),
             ])
-            .args(["--node-name", "node1", "--kubeconfig"])
+            .args([
+                "--node-name",
+                "node1",
+                "--pod-cidrs",
+                "10.77.0.0/24",
+                "--kubeconfig",
+            ])
             .arg(&kubeconfig)
             .stderr(log)
             .spawn()
@@ -454,4 +483,60 @@ fn egress_deny_with_one_port_allowed() {
     w.delete_policy("x", "egress");
     w.delete_policy("z", "from-x");
     w.expect("all open again", |_, _, _, _| true);
+}
+
+#[test]
+fn a_pod_the_agent_does_not_know_yet_is_held_while_policies_exist() {
+    let w = World::new("tnph");
+    // Its CNI ADD is done, its address not yet in the API: open while no policy exists at all.
+    let (d_ns, server) = plug(&w.node, "tnphxd", "10.77.0.40");
+    let d = Pod {
+        who: Who { ns: "x", pod: "d" },
+        ip: "10.77.0.40".into(),
+        netns: d_ns,
+        server,
+    };
+    let a = &w.pods[0].netns;
+    let started = Instant::now();
+    while !probe_one(a, "10.77.0.40:tcp:80") {
+        assert!(
+            started.elapsed() < Duration::from_secs(5),
+            "the new pod never answered"
+        );
+    }
+    // Any policy anywhere: a pod the agent does not know could be one it selects, so it is held.
+    w.policy(
+        "z",
+        "deny-all",
+        json!({"podSelector": {}, "policyTypes": ["Ingress"]}),
+    );
+    let started = Instant::now();
+    while probe_one(a, "10.77.0.40:tcp:80")
+        || probe_one(&d.netns, &format!("{}:tcp:80", w.pods[1].ip))
+    {
+        assert!(
+            started.elapsed() < Duration::from_secs(5),
+            "the unknown pod stayed open"
+        );
+    }
+    // Known, and selected by no policy: open.
+    w.api
+        .put(PODS, pod_object(d.who, &d.ip, json!({"pod": "d"})));
+    let started = Instant::now();
+    while !probe_one(a, "10.77.0.40:tcp:80") {
+        assert!(
+            started.elapsed() < Duration::from_secs(5),
+            "the known pod stayed held: {}",
+            w.log()
+        );
+    }
+    assert!(probe_one(&d.netns, &format!("{}:tcp:80", w.pods[1].ip)));
+    w.api.delete(PODS, "x", "d");
+    let started = Instant::now();
+    while probe_one(a, "10.77.0.40:tcp:80") {
+        assert!(
+            started.elapsed() < Duration::from_secs(5),
+            "a deleted pod's address stayed open"
+        );
+    }
 }
