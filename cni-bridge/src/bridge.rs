@@ -344,6 +344,12 @@ impl<'a> PodAttachment<'a> {
                 req.ifname
             ))
         })?;
+        if !has_v6 {
+            // An IPv4-only pod gets no IPv6 link-local address: its DAD, router solicitation and
+            // MLD reports would be flooded by the bridge to every other pod of the node, which
+            // made each ADD cost more the more pods the node had.
+            pod_nl.set_no_ipv6_link_local(pod_link.index)?;
+        }
         pod_nl.set_up(pod_link.index)?;
         for ip in &ipam.ips {
             pod_nl.add_address(pod_link.index, ip.address, true)?;

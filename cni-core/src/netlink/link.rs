@@ -249,6 +249,19 @@ impl Netlink {
         self.set_flags(index, LinkFlags::Up, true, "bringing up link")
     }
 
+    /// No IPv6 address of the link's own (`addrgenmode none`): no link-local address, and so no
+    /// duplicate address detection, router solicitation or MLD report from it. Set while the
+    /// link is down.
+    pub fn set_no_ipv6_link_local(&mut self, index: u32) -> Result<(), NlError> {
+        let mut msg = LinkMessage::default();
+        msg.header.index = index;
+        msg.attributes.push(LinkAttribute::AfSpecUnspec(vec![AfSpecUnspec::Inet6(vec![
+            AfSpecInet6::AddrGenMode(In6AddrGenMode::None),
+        ])]));
+        self.change(RouteNetlinkMessage::SetLink(msg), 0)
+            .map_err(self.err("setting addrgenmode none on", format!("#{index}")))
+    }
+
     pub fn set_promisc(&mut self, index: u32, on: bool) -> Result<(), NlError> {
         self.set_flags(index, LinkFlags::Promisc, on, "setting promiscuous mode on")
     }
