@@ -1,0 +1,348 @@
+//! tether-netpol at scale: one node with LOCAL pods (two of them real namespaces on a bridge),
+//! PODS pods cluster-wide in 20 namespaces, POLICIES policies (pod selectors, namespace
+//! selectors, ports, named ports, ipBlocks), all in the API stand-in. Measures the agent's start
+//! to a complete table, the nftables objects, its RSS, the time from a Pod relabel (joining or
+//! leaving a policy's selection) to the set element in the kernel (`nft monitor`), and iperf3
+//! between the two real pods with the policies against none.
+//!
+//! Usage: netpol-scale AGENT LOCAL PODS POLICIES [iperf seconds]
+
+use std::io::{BufRead, BufReader};
+use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use serde_json::{json, Value};
+use test_support::apiserver::{ApiServer, NAMESPACES, NETWORK_POLICIES, PODS};
+use test_support::Netns;
+use tether_bench::{ms, print_table, stats};
+
+const NAMESPACE_COUNT: usize = 20;
+const CHANGES: usize = 60;
+
+struct Killed(Child);
+
+impl Drop for Killed {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn pod_ip(i: usize) -> String {
+    // The node's pods in 10.80.0.0/22 (the first LOCAL), the others elsewhere in 10.80.0.0/16.
+    format!("10.80.{}.{}", 4 + i / 250, i % 250 + 2)
+}
+
+fn local_ip(i: usize) -> String {
+    format!("10.80.{}.{}", i / 250, i % 250 + 2)
+}
+
+fn pod(i: usize, local: Option<usize>, app: usize) -> Value {
+    let ns = format!("ns{}", i % NAMESPACE_COUNT);
+    let (node, ip) = match local {
+        Some(l) => ("node1".to_string(), local_ip(l)),
+        None => (format!("node{}", 2 + i % 7), pod_ip(i)),
+    };
+    json!({
+        "apiVersion": "v1", "kind": "Pod",
+        "metadata": {"name": format!("p{i}"), "namespace": ns,
+                     "labels": {"app": format!("app{app}"), "tier": if i.is_multiple_of(2) { "web" } else { "db" }}},
+        "spec": {"nodeName": node, "containers": [{"name": "c", "image": "i",
+                 "ports": [{"name": "http", "containerPort": 8080, "protocol": "TCP"}]}]},
+        "status": {"phase": "Running", "podIP": ip, "podIPs": [{"ip": ip}]},
+    })
+}
+
+fn policy(k: usize) -> Value {
+    let ns = format!("ns{}", k % NAMESPACE_COUNT);
+    let from = match k % 4 {
+        0 => json!([{"podSelector": {"matchLabels": {"tier": "web"}}}]),
+        1 => json!([{"namespaceSelector": {"matchLabels": {"team": format!("t{}", k % 5)}}}]),
+        2 => json!([{"namespaceSelector": {}, "podSelector": {"matchExpressions": [
+            {"key": "app", "operator": "In", "values": [format!("app{}", k % 50), format!("app{}", (k + 1) % 50)]}]}}]),
+        _ => json!([{"ipBlock": {"cidr": "10.0.0.0/8", "except": ["10.99.0.0/16"]}}]),
+    };
+    let ports = if k.is_multiple_of(3) {
+        json!([{"port": "http"}])
+    } else {
+        json!([{"protocol": "TCP", "port": 80 + (k % 10) as i64, "endPort": 90 + (k % 10) as i64}])
+    };
+    json!({"apiVersion": "networking.k8s.io/v1", "kind": "NetworkPolicy",
+           "metadata": {"name": format!("np{k}"), "namespace": ns},
+           "spec": {"podSelector": {"matchLabels": {"app": format!("app{}", k % 50)}},
+                    "ingress": [{"from": from, "ports": ports}]}})
+}
+
+fn nft_counts(node: &Netns) -> (usize, usize, usize) {
+    let out = node.try_exec(&["nft", "-j", "list", "table", "inet", "tether-netpol"]);
+    let v: Value = serde_json::from_slice(&out.stdout).unwrap_or(Value::Null);
+    let items = v["nftables"].as_array().cloned().unwrap_or_default();
+    let rules = items.iter().filter(|i| i.get("rule").is_some()).count();
+    let sets: Vec<&Value> = items.iter().filter_map(|i| i.get("set")).collect();
+    let elements = sets
+        .iter()
+        .map(|s| s["elem"].as_array().map_or(0, Vec::len))
+        .sum();
+    (rules, sets.len(), elements)
+}
+
+fn rss_kib(pid: u32) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .unwrap_or_default()
+        .lines()
+        .find_map(|l| {
+            l.strip_prefix("VmHWM:")?
+                .trim()
+                .strip_suffix("kB")?
+                .trim()
+                .parse()
+                .ok()
+        })
+        .unwrap_or(0)
+}
+
+fn iperf(server: &Netns, client: &Netns, ip: &str, seconds: u32) -> f64 {
+    let mut srv = Command::new("ip")
+        .args([
+            "netns",
+            "exec",
+            &server.name,
+            "iperf3",
+            "-s",
+            "-1",
+            "-B",
+            ip,
+        ])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("iperf3 server");
+    std::thread::sleep(Duration::from_millis(300));
+    let out = client.exec(&["iperf3", "-c", ip, "-t", &seconds.to_string(), "-J"]);
+    let _ = srv.wait();
+    let v: Value = serde_json::from_str(&out).unwrap_or(Value::Null);
+    v["end"]["sum_received"]["bits_per_second"]
+        .as_f64()
+        .unwrap_or(0.0)
+        / 1e9
+}
+
+fn main() {
+    let args: Vec<String> = std::env::args().collect();
+    if args.len() < 5 {
+        eprintln!("usage: netpol-scale AGENT LOCAL PODS POLICIES [iperf seconds]");
+        std::process::exit(2);
+    }
+    let agent_bin = &args[1];
+    let local: usize = args[2].parse().expect("LOCAL");
+    let total: usize = args[3].parse().expect("PODS");
+    let policies: usize = args[4].parse().expect("POLICIES");
+    let seconds: u32 = args.get(5).and_then(|s| s.parse().ok()).unwrap_or(5);
+
+    let node = Netns::new("tbnpn");
+    node.ip(&["link", "add", "cni0", "type", "bridge"]);
+    node.ip(&["addr", "add", "10.80.0.1/22", "dev", "cni0"]);
+    node.ip(&["link", "set", "cni0", "up"]);
+    node.exec(&["sysctl", "-qw", "net.bridge.bridge-nf-call-iptables=1"]);
+    let real: Vec<Netns> = (0..2)
+        .map(|i| {
+            let ns = Netns::new(&format!("tbnpp{i}"));
+            let host = format!("vtbnp{i}");
+            node.cable(
+                &host,
+                "169.254.1.1/32",
+                &ns,
+                "eth0",
+                &format!("{}/22", local_ip(i)),
+            );
+            node.ip(&["addr", "flush", "dev", &host]);
+            node.ip(&["link", "set", &host, "master", "cni0"]);
+            ns
+        })
+        .collect();
+    let api = ApiServer::start_in(&node, "127.0.0.1:0");
+    let dir = std::env::temp_dir().join(format!("tb-netpol-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("work directory");
+    let kubeconfig = dir.join("kubeconfig");
+    api.write_kubeconfig(&kubeconfig);
+    for n in 0..NAMESPACE_COUNT {
+        api.put(
+            NAMESPACES,
+            json!({"apiVersion": "v1", "kind": "Namespace",
+            "metadata": {"name": format!("ns{n}"), "labels": {"team": format!("t{}", n % 5)}}}),
+        );
+    }
+    for i in 0..total {
+        let l = (i < local).then_some(i);
+        api.put(PODS, pod(i, l, i % 50));
+    }
+
+    // iperf3 before any policy (the agent running, its table without policy rules).
+    let log = std::fs::File::create(dir.join("agent.log")).expect("agent log");
+    let agent = Killed(
+        Command::new("ip")
+            .args([
+                "netns",
+                "exec",
+                &node.name,
+                agent_bin,
+                "--node-name",
+                "node1",
+            ])
+            .args(["--pod-cidrs", "10.80.0.0/22", "--kubeconfig"])
+            .arg(&kubeconfig)
+            .stderr(log)
+            .spawn()
+            .expect("starting tether-netpol"),
+    );
+    let started = Instant::now();
+    while nft_counts(&node).0 == 0 && started.elapsed() < Duration::from_secs(60) {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let server_ip = local_ip(1);
+    let mut without = Vec::new();
+    let mut with = Vec::new();
+    without.push(iperf(&real[1], &real[0], &server_ip, seconds));
+    drop(agent);
+
+    for k in 0..policies {
+        api.put(NETWORK_POLICIES, policy(k));
+    }
+    // The two real pods: app1 is selected by policies (k % 50 == 1); p0 is tier web, allowed
+    // by the podSelector peers; iperf's port 5201 is opened by one more policy.
+    api.put(
+        NETWORK_POLICIES,
+        json!({"apiVersion": "networking.k8s.io/v1", "kind": "NetworkPolicy",
+        "metadata": {"name": "iperf", "namespace": "ns1"},
+        "spec": {"podSelector": {"matchLabels": {"app": "app1"}},
+                 "ingress": [{"ports": [{"protocol": "TCP", "port": 5201}]}]}}),
+    );
+
+    let log = std::fs::File::create(dir.join("agent2.log")).expect("agent log");
+    let started = Instant::now();
+    let agent = Killed(
+        Command::new("ip")
+            .args([
+                "netns",
+                "exec",
+                &node.name,
+                agent_bin,
+                "--node-name",
+                "node1",
+            ])
+            .args(["--pod-cidrs", "10.80.0.0/22", "--kubeconfig"])
+            .arg(&kubeconfig)
+            .stderr(log)
+            .spawn()
+            .expect("starting tether-netpol"),
+    );
+    let pid = agent.0.id();
+    // Complete: the rule count stops growing (the table is written in one transaction).
+    let mut counts = (0, 0, 0);
+    while started.elapsed() < Duration::from_secs(120) {
+        counts = nft_counts(&node);
+        if counts.0 > 10 {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    let full_sync = started.elapsed();
+
+    // Relabels: a local pod joins (and then leaves) app7's selection; timed to the kernel.
+    let monitor_lines: Arc<Mutex<Vec<(Instant, String)>>> = Arc::default();
+    let mut monitor = Command::new("ip")
+        .args(["netns", "exec", &node.name, "nft", "monitor", "elements"])
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("nft monitor");
+    let out = monitor.stdout.take().expect("monitor stdout");
+    let lines = monitor_lines.clone();
+    std::thread::spawn(move || {
+        for line in BufReader::new(out).lines().map_while(Result::ok) {
+            if let Ok(mut l) = lines.lock() {
+                l.push((Instant::now(), line));
+            }
+        }
+    });
+    std::thread::sleep(Duration::from_millis(300));
+    let mut latencies = Vec::new();
+    let mut missed = 0;
+    for c in 0..CHANGES {
+        let i = 10 + c % (local - 10);
+        let app = if c.is_multiple_of(2) { 7 } else { i % 50 };
+        let from = monitor_lines.lock().map(|l| l.len()).unwrap_or(0);
+        let t0 = Instant::now();
+        api.put(PODS, pod(i, Some(i), app));
+        let ip = local_ip(i);
+        let deadline = t0 + Duration::from_secs(5);
+        let mut seen = None;
+        while Instant::now() < deadline && seen.is_none() {
+            if let Ok(l) = monitor_lines.lock() {
+                seen = l
+                    .iter()
+                    .skip(from)
+                    .find(|(_, s)| s.contains(&ip))
+                    .map(|(at, _)| *at);
+            }
+            std::thread::sleep(Duration::from_micros(500));
+        }
+        match seen {
+            Some(at) => latencies.push(at - t0),
+            None => missed += 1,
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let _ = monitor.kill();
+    let _ = monitor.wait();
+    with.push(iperf(&real[1], &real[0], &server_ip, seconds));
+    without.push(without[0]);
+    let peak = rss_kib(pid);
+    drop(agent);
+    let _ = Command::new("ip")
+        .args([
+            "netns",
+            "exec",
+            &node.name,
+            "nft",
+            "delete",
+            "table",
+            "inet",
+            "tether-netpol",
+        ])
+        .status();
+    let _ = std::fs::remove_dir_all(&dir);
+
+    let s = stats(&mut latencies);
+    println!("\n{local} pods on the node, {total} cluster-wide in {NAMESPACE_COUNT} namespaces, {policies} policies\n");
+    print_table(
+        &["measure", "value"],
+        &[
+            vec![
+                "agent start to complete table".into(),
+                format!("{} ms", ms(full_sync)),
+            ],
+            vec![
+                "nftables rules / sets / elements".into(),
+                format!("{} / {} / {}", counts.0, counts.1, counts.2),
+            ],
+            vec![
+                format!("relabel to set element, {CHANGES} changes: p50 / p99"),
+                format!("{} / {} ms ({missed} missed)", ms(s.p50), ms(s.p99)),
+            ],
+            vec![
+                "agent peak RSS".into(),
+                format!("{:.1} MiB", peak as f64 / 1024.0),
+            ],
+            vec![
+                format!("iperf3 pod to pod, {seconds} s: no policy / {policies} policies"),
+                format!(
+                    "{:.1} / {:.1} Gbit/s ({:.2}x)",
+                    without[0],
+                    with[0],
+                    with[0] / without[0].max(1e-9)
+                ),
+            ],
+        ],
+    );
+}
