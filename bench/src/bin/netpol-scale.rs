@@ -269,7 +269,8 @@ fn main() {
     let mut latencies = Vec::new();
     let mut missed = 0;
     for c in 0..CHANGES {
-        let i = 10 + c % (local - 10);
+        // Pairs: a pod joins app7's selection, then goes back to its own app.
+        let i = 10 + (c / 2) % (local - 10);
         let app = if c.is_multiple_of(2) { 7 } else { i % 50 };
         let from = monitor_lines.lock().map(|l| l.len()).unwrap_or(0);
         let t0 = Instant::now();
