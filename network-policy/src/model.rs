@@ -439,3 +439,186 @@ pub fn allows(plan: &Plan, src: IpAddr, dst: IpAddr, protocol: Protocol, port: u
         });
     egress_ok && ingress_ok
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn pod(
+        ns: &str,
+        name: &str,
+        ip: &str,
+        labels: serde_json::Value,
+        port: Option<(&str, u16)>,
+    ) -> Pod {
+        let ports = port.map_or(
+            json!([]),
+            |(n, p)| json!([{"name": n, "containerPort": p, "protocol": "TCP"}]),
+        );
+        serde_json::from_value(json!({
+            "metadata": {"name": name, "namespace": ns, "labels": labels},
+            "spec": {"nodeName": "n1", "containers": [{"name": "c", "ports": ports}]},
+            "status": {"phase": "Running", "podIPs": [{"ip": ip}]},
+        }))
+        .unwrap()
+    }
+
+    fn cluster(pods: &[Pod], policies: &[(&str, serde_json::Value)]) -> Cluster {
+        let mut c = Cluster::default();
+        for p in pods {
+            let info = PodInfo::from_pod(p).unwrap();
+            c.pods
+                .insert((info.namespace.clone(), info.name.clone()), info);
+        }
+        c.namespaces
+            .insert("x".into(), [("ns".to_string(), "x".to_string())].into());
+        c.namespaces
+            .insert("y".into(), [("ns".to_string(), "y".to_string())].into());
+        for (i, (ns, spec)) in policies.iter().enumerate() {
+            let policy: NetworkPolicy = serde_json::from_value(json!({
+                "metadata": {"name": format!("p{i}"), "namespace": ns}, "spec": spec}))
+            .unwrap();
+            c.policies.insert((ns.to_string(), format!("p{i}")), policy);
+        }
+        c
+    }
+
+    fn ip(s: &str) -> IpAddr {
+        s.parse().unwrap()
+    }
+
+    fn pods() -> Vec<Pod> {
+        vec![
+            pod(
+                "x",
+                "a",
+                "10.0.0.1",
+                json!({"app": "a"}),
+                Some(("web", 8080)),
+            ),
+            pod(
+                "x",
+                "b",
+                "10.0.0.2",
+                json!({"app": "b"}),
+                Some(("web", 9090)),
+            ),
+            pod("y", "c", "10.0.0.3", json!({"app": "c"}), None),
+        ]
+    }
+
+    #[test]
+    fn isolation_union_and_unselected_pods() {
+        let c = cluster(
+            &pods(),
+            &[
+                (
+                    "x",
+                    json!({"podSelector": {"matchLabels": {"app": "a"}}, "ingress": [{"from": [{"podSelector": {"matchLabels": {"app": "b"}}}]}]}),
+                ),
+                (
+                    "x",
+                    json!({"podSelector": {"matchLabels": {"app": "a"}}, "ingress": [{"from": [{"namespaceSelector": {"matchLabels": {"ns": "y"}}}]}]}),
+                ),
+            ],
+        );
+        let plan = c.plan("n1");
+        let (a, b, cc) = (ip("10.0.0.1"), ip("10.0.0.2"), ip("10.0.0.3"));
+        assert!(
+            plan.egress_isolated.is_empty(),
+            "no egress rules, no policyTypes: ingress only"
+        );
+        assert!(allows(&plan, b, a, Protocol::Tcp, 80), "first policy");
+        assert!(
+            allows(&plan, cc, a, Protocol::Udp, 53),
+            "second policy: the union"
+        );
+        assert!(
+            allows(&plan, a, b, Protocol::Tcp, 80),
+            "b is selected by no policy: open"
+        );
+        assert!(!allows(&plan, ip("192.0.2.1"), a, Protocol::Tcp, 80));
+    }
+
+    #[test]
+    fn egress_is_implied_by_egress_rules_and_named_ports_follow_the_receiver() {
+        let c = cluster(
+            &pods(),
+            &[(
+                "x",
+                json!({"podSelector": {"matchLabels": {"app": "a"}}, "egress": [{"ports": [{"port": "web"}]}]}),
+            )],
+        );
+        let plan = c.plan("n1");
+        let (a, b) = (ip("10.0.0.1"), ip("10.0.0.2"));
+        assert!(plan.egress_isolated.contains(&a) && plan.ingress_isolated.contains(&a));
+        assert!(
+            allows(&plan, a, b, Protocol::Tcp, 9090),
+            "b's port named web"
+        );
+        assert!(
+            !allows(&plan, a, b, Protocol::Tcp, 8080),
+            "a's own number is not b's"
+        );
+        assert!(
+            !allows(&plan, b, a, Protocol::Tcp, 8080),
+            "ingress isolated with no rule"
+        );
+    }
+
+    #[test]
+    fn and_or_blocks_and_ranges() {
+        let c = cluster(
+            &pods(),
+            &[(
+                "x",
+                json!({"podSelector": {"matchLabels": {"app": "a"}}, "ingress": [
+                    {"from": [{"namespaceSelector": {"matchLabels": {"ns": "y"}}, "podSelector": {"matchLabels": {"app": "b"}}}]},
+                    {"from": [{"ipBlock": {"cidr": "192.0.2.0/24", "except": ["192.0.2.128/25"]}}],
+                     "ports": [{"protocol": "UDP", "port": 1000, "endPort": 1010}]},
+                ]}),
+            )],
+        );
+        let plan = c.plan("n1");
+        let a = ip("10.0.0.1");
+        assert!(
+            !allows(&plan, ip("10.0.0.3"), a, Protocol::Tcp, 80),
+            "y/c is not app=b: AND"
+        );
+        assert!(
+            !allows(&plan, ip("10.0.0.2"), a, Protocol::Tcp, 80),
+            "x/b is not in ns y: AND"
+        );
+        assert!(allows(&plan, ip("192.0.2.1"), a, Protocol::Udp, 1005));
+        assert!(
+            !allows(&plan, ip("192.0.2.1"), a, Protocol::Udp, 1011),
+            "past endPort"
+        );
+        assert!(
+            !allows(&plan, ip("192.0.2.1"), a, Protocol::Tcp, 1005),
+            "UDP only"
+        );
+        assert!(
+            !allows(&plan, ip("192.0.2.200"), a, Protocol::Udp, 1005),
+            "except"
+        );
+    }
+
+    #[test]
+    fn host_network_and_finished_pods_are_neither_policed_nor_peers() {
+        let mut host: Pod = pod("x", "h", "10.0.0.9", json!({"app": "a"}), None);
+        host.spec.as_mut().unwrap().host_network = Some(true);
+        let mut done = pod("x", "d", "10.0.0.8", json!({"app": "b"}), None);
+        done.status.as_mut().unwrap().phase = Some("Succeeded".into());
+        assert!(PodInfo::from_pod(&done).is_none());
+        let c = cluster(
+            &[host],
+            &[("x", json!({"podSelector": {}, "policyTypes": ["Ingress"]}))],
+        );
+        let plan = c.plan("n1");
+        assert!(plan.ingress_isolated.is_empty());
+        assert!(plan.local_pods.is_empty());
+        assert!(plan.policies_exist);
+    }
+}

@@ -6,43 +6,10 @@
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
+use tether_bench::csi::{connect, request};
 use tether_bench::{ms, print_table, stats};
-use tether_csi_proto::v1::{self as csi, controller_client::ControllerClient, volume_capability};
+use tether_csi_proto::v1::{self as csi, controller_client::ControllerClient};
 use tonic::transport::Channel;
-
-async fn connect(socket: PathBuf) -> ControllerClient<Channel> {
-    let channel = tether_csi::client::channel(&socket.display().to_string())
-        .await
-        .expect("connecting to tether-csi");
-    ControllerClient::new(channel)
-}
-
-fn request(server: &str, share: &str, vers: &str, name: String) -> csi::CreateVolumeRequest {
-    csi::CreateVolumeRequest {
-        name,
-        capacity_range: Some(csi::CapacityRange {
-            required_bytes: 1 << 30,
-            limit_bytes: 0,
-        }),
-        volume_capabilities: vec![csi::VolumeCapability {
-            access_type: Some(volume_capability::AccessType::Mount(
-                volume_capability::MountVolume {
-                    mount_flags: vec![format!("nfsvers={vers}")],
-                    ..Default::default()
-                },
-            )),
-            access_mode: Some(volume_capability::AccessMode {
-                mode: volume_capability::access_mode::Mode::MultiNodeMultiWriter as i32,
-            }),
-        }],
-        parameters: [
-            ("server".to_string(), server.to_string()),
-            ("share".to_string(), share.to_string()),
-        ]
-        .into(),
-        ..Default::default()
-    }
-}
 
 /// One CreateVolume + DeleteVolume; returns (create, delete) latency.
 async fn pair(
@@ -83,7 +50,7 @@ async fn main() {
     let vers = args.get(5).cloned().unwrap_or_else(|| "4.1".into());
     let target = (args[2].clone(), args[3].clone(), vers);
 
-    let mut client = connect(socket.clone()).await;
+    let mut client = connect(&socket.display().to_string()).await;
     for i in 0..20 {
         pair(&mut client, &target, format!("warmup-{i}")).await;
     }
@@ -97,7 +64,7 @@ async fn main() {
             let target = target.clone();
             let count = pairs / clients + usize::from(c < pairs % clients);
             tasks.push(tokio::spawn(async move {
-                let mut client = connect(socket).await;
+                let mut client = connect(&socket.display().to_string()).await;
                 let mut samples = Vec::new();
                 for i in 0..count {
                     let name = format!("bench-{clients}-{c}-{i}");

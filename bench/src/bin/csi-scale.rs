@@ -12,46 +12,13 @@ use std::io::Write;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use tether_bench::csi::{connect, request};
 use tether_bench::{ms, print_table, stats};
-use tether_csi_proto::v1::{self as csi, controller_client::ControllerClient, volume_capability};
+use tether_csi_proto::v1::{self as csi, controller_client::ControllerClient};
 use tokio::sync::Mutex;
 use tonic::transport::Channel;
 
 const CLIENTS: usize = 16;
-
-async fn connect(socket: &str) -> ControllerClient<Channel> {
-    let channel = tether_csi::client::channel(socket)
-        .await
-        .expect("connecting to tether-csi");
-    ControllerClient::new(channel)
-}
-
-fn request(server: &str, share: &str, vers: &str, name: String) -> csi::CreateVolumeRequest {
-    csi::CreateVolumeRequest {
-        name,
-        capacity_range: Some(csi::CapacityRange {
-            required_bytes: 1 << 30,
-            limit_bytes: 0,
-        }),
-        volume_capabilities: vec![csi::VolumeCapability {
-            access_type: Some(volume_capability::AccessType::Mount(
-                volume_capability::MountVolume {
-                    mount_flags: vec![format!("nfsvers={vers}")],
-                    ..Default::default()
-                },
-            )),
-            access_mode: Some(volume_capability::AccessMode {
-                mode: volume_capability::access_mode::Mode::MultiNodeMultiWriter as i32,
-            }),
-        }],
-        parameters: [
-            ("server".to_string(), server.to_string()),
-            ("share".to_string(), share.to_string()),
-        ]
-        .into(),
-        ..Default::default()
-    }
-}
 
 fn volume_id(server: &str, share: &str, vers: &str, i: usize) -> String {
     let v = if vers == "3" { '3' } else { '4' };

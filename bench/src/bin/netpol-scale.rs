@@ -15,7 +15,7 @@ use std::time::{Duration, Instant};
 use serde_json::{json, Value};
 use test_support::apiserver::{ApiServer, NAMESPACES, NETWORK_POLICIES, PODS};
 use test_support::Netns;
-use tether_bench::{ms, print_table, stats};
+use tether_bench::{ms, print_table, stats, status_kib};
 
 const NAMESPACE_COUNT: usize = 20;
 const CHANGES: usize = 60;
@@ -87,21 +87,6 @@ fn nft_counts(node: &Netns) -> (usize, usize, usize) {
     (rules, sets.len(), elements)
 }
 
-fn rss_kib(pid: u32) -> u64 {
-    std::fs::read_to_string(format!("/proc/{pid}/status"))
-        .unwrap_or_default()
-        .lines()
-        .find_map(|l| {
-            l.strip_prefix("VmHWM:")?
-                .trim()
-                .strip_suffix("kB")?
-                .trim()
-                .parse()
-                .ok()
-        })
-        .unwrap_or(0)
-}
-
 fn iperf(server: &Netns, client: &Netns, ip: &str, seconds: u32) -> f64 {
     let mut srv = Command::new("ip")
         .args([
@@ -126,6 +111,24 @@ fn iperf(server: &Netns, client: &Netns, ip: &str, seconds: u32) -> f64 {
         .as_f64()
         .unwrap_or(0.0)
         / 1e9
+}
+
+fn start_agent(
+    node: &Netns,
+    agent: &str,
+    kubeconfig: &std::path::Path,
+    log: &std::path::Path,
+) -> Killed {
+    let log = std::fs::File::create(log).expect("agent log");
+    Killed(
+        Command::new("ip")
+            .args(["netns", "exec", &node.name, agent, "--node-name", "node1"])
+            .args(["--pod-cidrs", "10.80.0.0/22", "--kubeconfig"])
+            .arg(kubeconfig)
+            .stderr(log)
+            .spawn()
+            .expect("starting tether-netpol"),
+    )
 }
 
 fn main() {
@@ -179,23 +182,7 @@ fn main() {
     }
 
     // iperf3 before any policy (the agent running, its table without policy rules).
-    let log = std::fs::File::create(dir.join("agent.log")).expect("agent log");
-    let agent = Killed(
-        Command::new("ip")
-            .args([
-                "netns",
-                "exec",
-                &node.name,
-                agent_bin,
-                "--node-name",
-                "node1",
-            ])
-            .args(["--pod-cidrs", "10.80.0.0/22", "--kubeconfig"])
-            .arg(&kubeconfig)
-            .stderr(log)
-            .spawn()
-            .expect("starting tether-netpol"),
-    );
+    let agent = start_agent(&node, agent_bin, &kubeconfig, &dir.join("agent.log"));
     let started = Instant::now();
     while nft_counts(&node).0 == 0 && started.elapsed() < Duration::from_secs(60) {
         std::thread::sleep(Duration::from_millis(20));
@@ -219,24 +206,8 @@ fn main() {
                  "ingress": [{"ports": [{"protocol": "TCP", "port": 5201}]}]}}),
     );
 
-    let log = std::fs::File::create(dir.join("agent2.log")).expect("agent log");
     let started = Instant::now();
-    let agent = Killed(
-        Command::new("ip")
-            .args([
-                "netns",
-                "exec",
-                &node.name,
-                agent_bin,
-                "--node-name",
-                "node1",
-            ])
-            .args(["--pod-cidrs", "10.80.0.0/22", "--kubeconfig"])
-            .arg(&kubeconfig)
-            .stderr(log)
-            .spawn()
-            .expect("starting tether-netpol"),
-    );
+    let agent = start_agent(&node, agent_bin, &kubeconfig, &dir.join("agent2.log"));
     let pid = agent.0.id();
     // Complete: the rule count stops growing (the table is written in one transaction).
     let mut counts = (0, 0, 0);
@@ -298,7 +269,7 @@ fn main() {
     let _ = monitor.wait();
     with.push(iperf(&real[1], &real[0], &server_ip, seconds));
     without.push(without[0]);
-    let peak = rss_kib(pid);
+    let peak = status_kib(pid, "VmHWM:");
     drop(agent);
     let _ = Command::new("ip")
         .args([

@@ -19,7 +19,7 @@ use std::time::{Duration, Instant};
 use serde_json::json;
 use test_support::apiserver::{ApiServer, NODES};
 use test_support::Netns;
-use tether_bench::{ms, print_table, stats};
+use tether_bench::{ms, print_table, stats, status_kib};
 
 const VTEP_MAC: &str = "overlay.tether.dev/vtep-mac";
 const UNDERLAY_IP: &str = "overlay.tether.dev/underlay-ip";
@@ -146,21 +146,6 @@ fn cpu_ns(pid: u32) -> u64 {
         .filter_map(|t| std::fs::read_to_string(t.path().join("schedstat")).ok())
         .filter_map(|s| s.split_whitespace().next()?.parse::<u64>().ok())
         .sum()
-}
-
-fn status_kib(pid: u32, field: &str) -> u64 {
-    std::fs::read_to_string(format!("/proc/{pid}/status"))
-        .unwrap_or_default()
-        .lines()
-        .find_map(|l| {
-            l.strip_prefix(field)?
-                .trim()
-                .strip_suffix("kB")?
-                .trim()
-                .parse()
-                .ok()
-        })
-        .unwrap_or(0)
 }
 
 fn count(ns: &Netns, args: &[&str], needle: &str) -> usize {
