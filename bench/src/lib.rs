@@ -226,3 +226,33 @@ pub fn status_kib(pid: u32, field: &str) -> u64 {
         })
         .unwrap_or(0)
 }
+
+/// A bridge plugin and its IPAM plugin, in one directory.
+pub struct Implementation {
+    pub label: &'static str,
+    pub bridge: &'static str,
+    pub ipam: &'static str,
+    pub dir: std::path::PathBuf,
+}
+
+impl Implementation {
+    /// cni-bridge + cni-ipam in `dir`.
+    pub fn tether(dir: &str) -> Implementation {
+        Implementation {
+            label: "tether",
+            bridge: "cni-bridge",
+            ipam: "cni-ipam",
+            dir: dir.into(),
+        }
+    }
+
+    /// The reference bridge + host-local in `dir`.
+    pub fn reference(dir: &str) -> Implementation {
+        Implementation {
+            label: "reference",
+            bridge: "bridge",
+            ipam: "host-local",
+            dir: dir.into(),
+        }
+    }
+}

@@ -7,14 +7,14 @@
 //! Usage: bridge-bench <tether bin dir> <reference bin dir> [pods] [iperf seconds] [rounds]
 
 use std::io::Write;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Command, Stdio};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Mutex;
 use std::time::Duration;
 
 use serde_json::{json, Value};
-use tether_bench::{call_in, print_latency_table, print_table, stats, BenchNs};
+use tether_bench::{call_in, print_latency_table, print_table, stats, BenchNs, Implementation};
 
 const PARALLEL: usize = 16;
 /// Short runs, many of them, in rotating order: this VM's throughput drifts by 20% from one
@@ -24,13 +24,6 @@ const IPERF_REPS: usize = 15;
 /// Both iperf3 ends run on this CPU: with client and server free to move between the two cores,
 /// single runs varied by 40%; on one core they vary by a few percent.
 const IPERF_CPU: &str = "0";
-
-struct Implementation {
-    label: &'static str,
-    bridge: &'static str,
-    ipam: &'static str,
-    dir: PathBuf,
-}
 
 /// Samples of every round, per operation.
 #[derive(Default)]
@@ -419,18 +412,8 @@ fn main() {
     let pods_n: usize = args.get(3).and_then(|a| a.parse().ok()).unwrap_or(200);
     let seconds: u32 = args.get(4).and_then(|a| a.parse().ok()).unwrap_or(2);
     let rounds: usize = args.get(5).and_then(|a| a.parse().ok()).unwrap_or(3).max(1);
-    let ours = Implementation {
-        label: "tether",
-        bridge: "cni-bridge",
-        ipam: "cni-ipam",
-        dir: PathBuf::from(&args[1]),
-    };
-    let reference = Implementation {
-        label: "reference",
-        bridge: "bridge",
-        ipam: "host-local",
-        dir: PathBuf::from(&args[2]),
-    };
+    let ours = Implementation::tether(&args[1]);
+    let reference = Implementation::reference(&args[2]);
     let data = std::env::temp_dir().join(format!("tether-bridge-bench-{}", std::process::id()));
     let pid = std::process::id();
     eprintln!("creating {pods_n} pod namespaces...");

@@ -6,20 +6,13 @@
 //!
 //! Usage: pods-per-node <tether bin dir> <reference bin dir> [pods] [rounds] [csv dir]
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::time::Duration;
 
 use serde_json::json;
-use tether_bench::{call_in, ms, print_table, ratio, stats, BenchNs};
+use tether_bench::{call_in, ms, print_table, ratio, stats, BenchNs, Implementation};
 
 const BUCKET: usize = 100;
-
-struct Implementation {
-    label: &'static str,
-    bridge: &'static str,
-    ipam: &'static str,
-    dir: PathBuf,
-}
 
 /// Samples per pod index: `add[i]` is the ADD of the node's (i+1)-th pod, `del[i]` the DEL that
 /// leaves i pods on the node.
@@ -123,18 +116,8 @@ fn main() {
     }
     let pods_n: usize = args.get(3).and_then(|a| a.parse().ok()).unwrap_or(500);
     let rounds: usize = args.get(4).and_then(|a| a.parse().ok()).unwrap_or(3).max(1);
-    let ours = Implementation {
-        label: "tether",
-        bridge: "cni-bridge",
-        ipam: "cni-ipam",
-        dir: PathBuf::from(&args[1]),
-    };
-    let reference = Implementation {
-        label: "reference",
-        bridge: "bridge",
-        ipam: "host-local",
-        dir: PathBuf::from(&args[2]),
-    };
+    let ours = Implementation::tether(&args[1]);
+    let reference = Implementation::reference(&args[2]);
     let data = std::env::temp_dir().join(format!("tether-ppn-{}", std::process::id()));
     let pid = std::process::id();
     eprintln!("creating {pods_n} pod namespaces...");

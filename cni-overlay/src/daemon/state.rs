@@ -178,10 +178,10 @@ pub fn desired_within(
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
 
-    fn peer(node: &str, subnet: &str, mac: &str, ip: &str) -> Peer {
+    pub(crate) fn peer(node: &str, subnet: &str, mac: &str, ip: &str) -> Peer {
         Peer {
             node: node.into(),
             subnet: subnet.parse().unwrap(),

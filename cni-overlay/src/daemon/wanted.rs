@@ -187,17 +187,8 @@ impl Wanted {
 
 #[cfg(test)]
 mod tests {
+    use super::super::state::tests::peer;
     use super::*;
-
-    fn peer(node: &str, subnet: &str, mac: &str, ip: &str) -> Peer {
-        Peer {
-            node: node.into(),
-            subnet: subnet.parse().unwrap(),
-            subnet_v6: None,
-            vtep_mac: mac.into(),
-            underlay_ip: ip.parse().unwrap(),
-        }
-    }
 
     fn scope() -> Scope {
         Scope {
