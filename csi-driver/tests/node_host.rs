@@ -127,11 +127,22 @@ fn exercise_image(fs_type: &str, size: u64) {
         Err(e) if fs_type == "ext4" && !has_cap_sys_resource() => {
             assert!(e.to_string().contains("Permission denied"), "{e}");
             mounts::unmount(&mount_point, Duration::from_secs(5)).unwrap();
-            let out = std::process::Command::new("resize2fs")
-                .args(["-f"])
-                .arg(&device)
-                .output()
-                .unwrap();
+            // Right after the unmount the device can still be busy for a moment (the kernel
+            // releasing the superblock, udev probing the change): an exclusive open is retried.
+            let mut tries = 0;
+            let out = loop {
+                let out = std::process::Command::new("resize2fs")
+                    .args(["-f"])
+                    .arg(&device)
+                    .output()
+                    .unwrap();
+                let busy = String::from_utf8_lossy(&out.stderr).contains("resource busy");
+                tries += 1;
+                if out.status.success() || !busy || tries == 30 {
+                    break out;
+                }
+                std::thread::sleep(Duration::from_millis(100));
+            };
             assert!(
                 out.status.success(),
                 "{}",
