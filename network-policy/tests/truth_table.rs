@@ -540,3 +540,172 @@ fn a_pod_the_agent_does_not_know_yet_is_held_while_policies_exist() {
         );
     }
 }
+
+/// The address sets of the kernel's table: name -> addresses (named-port sets as
+/// `address proto port`).
+fn kernel_sets(node: &Netns) -> BTreeMap<String, std::collections::BTreeSet<String>> {
+    let out = node.exec(&["nft", "-j", "list", "table", "inet", "tether-netpol"]);
+    let v: Value = serde_json::from_str(&out).unwrap();
+    let mut sets = BTreeMap::new();
+    for item in v["nftables"].as_array().unwrap() {
+        let Some(set) = item.get("set") else { continue };
+        let elems = set["elem"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .map(|e| match e.get("concat") {
+                Some(parts) => parts
+                    .as_array()
+                    .unwrap()
+                    .iter()
+                    .map(|p| p.to_string().trim_matches('"').to_string())
+                    .collect::<Vec<_>>()
+                    .join(" "),
+                None => e
+                    .as_str()
+                    .map(str::to_string)
+                    .unwrap_or_else(|| e.to_string()),
+            })
+            .collect();
+        sets.insert(set["name"].as_str().unwrap().to_string(), elems);
+    }
+    sets
+}
+
+/// The same sets computed afresh from what the API holds now.
+fn fresh_sets(api: &ApiServer) -> BTreeMap<String, std::collections::BTreeSet<String>> {
+    use tether_netpol::model::{Cluster, PodInfo};
+    use tether_netpol::nft::{render, Elem, Options};
+    let mut cluster = Cluster::default();
+    for pod in api.list(PODS) {
+        let pod: k8s_openapi::api::core::v1::Pod = serde_json::from_value(pod).unwrap();
+        if let Some(info) = PodInfo::from_pod(&pod) {
+            cluster
+                .pods
+                .insert((info.namespace.clone(), info.name.clone()), info);
+        }
+    }
+    for ns in api.list(NAMESPACES) {
+        let labels = serde_json::from_value(ns["metadata"]["labels"].clone()).unwrap_or_default();
+        cluster
+            .namespaces
+            .insert(ns["metadata"]["name"].as_str().unwrap().to_string(), labels);
+    }
+    for p in api.list(NETWORK_POLICIES) {
+        let p: k8s_openapi::api::networking::v1::NetworkPolicy = serde_json::from_value(p).unwrap();
+        let key = (
+            p.metadata.namespace.clone().unwrap(),
+            p.metadata.name.clone().unwrap(),
+        );
+        cluster.policies.insert(key, p);
+    }
+    let options = Options {
+        log_denied: false,
+        pod_subnets: vec!["10.77.0.0/24".parse().unwrap()],
+    };
+    render(&cluster.plan("node1"), &options)
+        .sets
+        .into_iter()
+        .map(|(name, set)| {
+            let elems = set
+                .elements
+                .iter()
+                .map(|e| match e {
+                    Elem::Addr(ip) => ip.to_string(),
+                    Elem::Named(ip, p, port) => format!("{ip} {} {port}", p.nft()),
+                })
+                .collect();
+            (name, elems)
+        })
+        .collect()
+}
+
+#[test]
+fn chaos_of_policies_labels_and_pods_ends_in_the_fresh_computation() {
+    let w = World::new("tnpc");
+    let deleted = w.ip("z", "c");
+    // Traffic flows all along: x/a keeps probing everyone.
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let prober = {
+        let stop = stop.clone();
+        let from = w.pods[0].netns.name.clone();
+        let targets: Vec<String> = w.pods[1..]
+            .iter()
+            .map(|p| format!("{}:tcp:80", p.ip))
+            .collect();
+        std::thread::spawn(move || {
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                let _ = Command::new("ip")
+                    .args(["netns", "exec", &from, "python3", &probe_script(), "probe"])
+                    .args(&targets)
+                    .output();
+            }
+        })
+    };
+    let specs = [
+        json!({"podSelector": {}, "policyTypes": ["Ingress"]}),
+        json!({"podSelector": {"matchLabels": {"pod": "a"}}, "ingress": [{"from": [{"namespaceSelector": {"matchLabels": {"ns": "y"}}}]}]}),
+        json!({"podSelector": {"matchLabels": {"pod": "b"}}, "ingress": [{"ports": [{"port": "serve-80-tcp"}]}]}),
+        json!({"podSelector": {"matchExpressions": [{"key": "pod", "operator": "In", "values": ["a", "c"]}]},
+               "policyTypes": ["Ingress", "Egress"], "egress": [{"to": [{"podSelector": {"matchLabels": {"pod": "b"}}}]}]}),
+    ];
+    for step in 0..40usize {
+        let ns = NAMESPACE_NAMES[step % 3];
+        match step % 5 {
+            0 | 1 => w.policy(ns, &format!("p{}", step % 4), specs[step % 4].clone()),
+            2 => w.delete_policy(
+                NAMESPACE_NAMES[(step / 5) % 3],
+                &format!("p{}", (step / 5) % 4),
+            ),
+            3 => {
+                let who = w.pods[step % 9].who;
+                let label = POD_NAMES[(step / 3) % 3];
+                w.api.put(
+                    PODS,
+                    pod_object(who, &w.ip(who.ns, who.pod), json!({"pod": label})),
+                );
+            }
+            _ => {
+                w.api.put(
+                    NAMESPACES,
+                    namespace_object(ns, json!({"ns": NAMESPACE_NAMES[(step / 2) % 3]})),
+                );
+            }
+        }
+        std::thread::sleep(Duration::from_millis(30));
+    }
+    // A pod goes for good.
+    w.api.delete(PODS, "z", "c");
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    prober.join().unwrap();
+    let started = Instant::now();
+    loop {
+        let (kernel, fresh) = (kernel_sets(&w.node), fresh_sets(&w.api));
+        if kernel == fresh {
+            assert!(
+                kernel.values().map(|e| e.len()).sum::<usize>() >= 8,
+                "{kernel:?}"
+            );
+            let stale: Vec<&String> = kernel
+                .iter()
+                .filter(|(_, elems)| {
+                    elems
+                        .iter()
+                        .any(|e| e.split(' ').next() == Some(deleted.as_str()))
+                })
+                .map(|(name, _)| name)
+                .collect();
+            assert!(
+                stale.is_empty(),
+                "the deleted pod's address is still in {stale:?}"
+            );
+            break;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(10),
+            "the kernel's sets differ from a fresh computation:\nkernel {kernel:?}\nfresh {fresh:?}\n{}",
+            w.log()
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
