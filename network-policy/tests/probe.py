@@ -2,7 +2,7 @@
 """Servers and probes for the NetworkPolicy truth tables (run inside pod namespaces).
 
     probe.py serve PORT...            TCP listeners and UDP echo on each port, until killed
-    probe.py probe IP:PROTO:PORT...   tries each at once; prints {"IP:PROTO:PORT": true|false}
+    probe.py probe IP:PROTO:PORT...   tries each at once (IPv6 too: the last two fields split off); prints {"IP:PROTO:PORT": true|false}
 """
 import json
 import socket
@@ -13,10 +13,12 @@ TIMEOUT = 0.7
 
 
 def serve(ports):
+    # One dual-stack socket per port and protocol: IPv4 arrives v4-mapped.
     def tcp(port):
-        s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        s = socket.socket(socket.AF_INET6, socket.SOCK_STREAM)
         s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        s.bind(("0.0.0.0", port))
+        s.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)
+        s.bind(("::", port))
         s.listen(64)
         while True:
             c, _ = s.accept()
@@ -26,8 +28,9 @@ def serve(ports):
                 c.close()
 
     def udp(port):
-        s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-        s.bind(("0.0.0.0", port))
+        s = socket.socket(socket.AF_INET6, socket.SOCK_DGRAM)
+        s.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)
+        s.bind(("::", port))
         while True:
             data, peer = s.recvfrom(64)
             s.sendto(b"ok", peer)
@@ -47,7 +50,8 @@ def probe(targets):
     results = {}
 
     def one(target):
-        ip, proto, port = target.split(":")
+        ip, proto, port = target.rsplit(":", 2)
+        family = socket.AF_INET6 if ":" in ip else socket.AF_INET
         ok = False
         try:
             if proto == "tcp":
@@ -55,7 +59,7 @@ def probe(targets):
                     s.settimeout(TIMEOUT)
                     ok = s.recv(2) == b"ok"
             else:
-                with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+                with socket.socket(family, socket.SOCK_DGRAM) as s:
                     s.settimeout(TIMEOUT)
                     s.sendto(b"hi", (ip, int(port)))
                     ok = s.recvfrom(64)[0] == b"ok"

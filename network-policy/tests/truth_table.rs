@@ -87,7 +87,13 @@ fn probe_script() -> String {
     concat!(env!("CARGO_MANIFEST_DIR"), "/tests/probe.py").to_string()
 }
 
+/// Every pod is dual-stack: 10.77.0.N and fd77::N.
+fn v6_of(ip: &str) -> String {
+    format!("fd77::{}", ip.rsplit('.').next().unwrap())
+}
+
 fn pod_object(who: Who, ip: &str, labels: Value) -> Value {
+    let ip6 = v6_of(ip);
     json!({
         "apiVersion": "v1", "kind": "Pod",
         "metadata": {"name": who.pod, "namespace": who.ns, "labels": labels},
@@ -95,7 +101,7 @@ fn pod_object(who: Who, ip: &str, labels: Value) -> Value {
             {"name": "serve-80-tcp", "containerPort": 80, "protocol": "TCP"},
             {"name": "serve-81-udp", "containerPort": 81, "protocol": "UDP"},
         ]}]},
-        "status": {"phase": "Running", "podIP": ip, "podIPs": [{"ip": ip}]},
+        "status": {"phase": "Running", "podIP": ip, "podIPs": [{"ip": ip}, {"ip": ip6}]},
     })
 }
 
@@ -111,6 +117,15 @@ fn plug(node: &Netns, tag: &str, ip: &str) -> (Netns, Child) {
     node.ip(&["addr", "flush", "dev", &host]);
     node.ip(&["link", "set", &host, "master", "cni0"]);
     netns.ip(&["route", "add", "default", "via", "10.77.0.1"]);
+    netns.ip(&[
+        "-6",
+        "addr",
+        "add",
+        &format!("{}/64", v6_of(ip)),
+        "dev",
+        "eth0",
+        "nodad",
+    ]);
     let server = Command::new("ip")
         .args([
             "netns",
@@ -151,8 +166,10 @@ impl World {
         let node = Netns::new(&format!("{tag}n"));
         node.ip(&["link", "add", "cni0", "type", "bridge"]);
         node.ip(&["addr", "add", "10.77.0.1/24", "dev", "cni0"]);
+        node.ip(&["-6", "addr", "add", "fd77::1/64", "dev", "cni0", "nodad"]);
         node.ip(&["link", "set", "cni0", "up"]);
         node.exec(&["sysctl", "-qw", "net.bridge.bridge-nf-call-iptables=1"]);
+        node.exec(&["sysctl", "-qw", "net.bridge.bridge-nf-call-ip6tables=1"]);
         node.exec(&["sysctl", "-qw", "net.ipv4.ip_forward=1"]);
         let api = ApiServer::start_in(&node, "127.0.0.1:0");
         let dir = std::env::temp_dir().join(format!("tnp-{tag}-{}", std::process::id()));
@@ -192,7 +209,7 @@ impl World {
                 "--node-name",
                 "node1",
                 "--pod-cidrs",
-                "10.77.0.0/24",
+                "10.77.0.0/24,fd77::/64",
                 "--kubeconfig",
             ])
             .arg(&kubeconfig)
@@ -601,7 +618,10 @@ fn fresh_sets(api: &ApiServer) -> BTreeMap<String, std::collections::BTreeSet<St
     }
     let options = Options {
         log_denied: false,
-        pod_subnets: vec!["10.77.0.0/24".parse().unwrap()],
+        pod_subnets: vec![
+            "10.77.0.0/24".parse().unwrap(),
+            "fd77::/64".parse().unwrap(),
+        ],
     };
     render(&cluster.plan("node1"), &options)
         .sets
@@ -708,4 +728,64 @@ fn chaos_of_policies_labels_and_pods_ends_in_the_fresh_computation() {
         );
         std::thread::sleep(Duration::from_millis(200));
     }
+}
+
+#[test]
+fn ipv6_is_policed_like_ipv4() {
+    let w = World::new("tnp6");
+    let (xa, ya, yb) = (
+        v6_of(&w.ip("x", "a")),
+        v6_of(&w.ip("y", "a")),
+        v6_of(&w.ip("y", "b")),
+    );
+    let netns = |ns: &str, pod: &str| {
+        &w.pods
+            .iter()
+            .find(|p| p.who.ns == ns && p.who.pod == pod)
+            .unwrap()
+            .netns
+    };
+    let target = |ip: &str, port: &str| format!("{ip}:{port}");
+    let settle = |what: &str, check: &dyn Fn() -> bool| {
+        let started = Instant::now();
+        while !check() {
+            assert!(
+                started.elapsed() < Duration::from_secs(5),
+                "{what}: {}",
+                w.log()
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    };
+    settle("open over IPv6", &|| {
+        probe_one(netns("y", "a"), &target(&xa, "tcp:80"))
+    });
+    // The ipBlock is IPv6 and excepts y/a: y/b gets in over IPv6, y/a does not, and nothing
+    // gets in over IPv4 (the block names no IPv4 address).
+    w.policy(
+        "x",
+        "v6-block",
+        json!({"podSelector": {"matchLabels": {"pod": "a"}}, "ingress": [{"from": [
+        {"ipBlock": {"cidr": "fd77::/64", "except": [format!("{ya}/128")]}}]}]}),
+    );
+    settle("y/a shut out over IPv6", &|| {
+        !probe_one(netns("y", "a"), &target(&xa, "tcp:80"))
+    });
+    assert!(probe_one(netns("y", "b"), &target(&xa, "udp:81")));
+    assert!(!probe_one(
+        netns("y", "b"),
+        &format!("{}:tcp:80", w.ip("x", "a"))
+    ));
+    // Pod selectors pick both of a pod's addresses.
+    w.policy("x", "v6-block", json!({"podSelector": {"matchLabels": {"pod": "a"}}, "ingress": [{"from": [
+        {"namespaceSelector": {"matchLabels": {"ns": "y"}}, "podSelector": {"matchLabels": {"pod": "b"}}}]}]}));
+    settle("y/b by selector over both families", &|| {
+        probe_one(netns("y", "b"), &target(&xa, "tcp:80"))
+            && probe_one(netns("y", "b"), &format!("{}:tcp:80", w.ip("x", "a")))
+    });
+    assert!(!probe_one(netns("y", "a"), &target(&xa, "tcp:80")));
+    assert!(
+        probe_one(netns("x", "a"), &target(&yb, "tcp:80")),
+        "egress not isolated"
+    );
 }
