@@ -209,6 +209,11 @@ fn write(
     applied: Option<&Table>,
 ) -> Option<Table> {
     let plan = cluster.plan(&settings.node_name);
+    if plan.policies_exist {
+        if let Err(why) = crate::metrics::bridged_traffic_is_filtered() {
+            tracing::warn!(%why, "policies are not enforced between pods of this node");
+        }
+    }
     metrics.policies.set(cluster.policies.len() as i64);
     metrics.problems.set(plan.problems.len() as i64);
     for problem in &plan.problems {

@@ -210,6 +210,8 @@ impl World {
                 "node1",
                 "--pod-cidrs",
                 "10.77.0.0/24,fd77::/64",
+                "--metrics-addr",
+                "127.0.0.1:9403",
                 "--kubeconfig",
             ])
             .arg(&kubeconfig)
@@ -240,6 +242,20 @@ impl World {
             .try_exec(&["nft", "list", "table", "inet", "tether-netpol"])
             .status
             .success()
+    }
+
+    /// `path` of the agent's HTTP endpoint: status code and body.
+    fn http(&self, path: &str) -> (String, String) {
+        let out = self.node.try_exec(&[
+            "curl",
+            "-s",
+            "-w",
+            "\n%{http_code}",
+            &format!("http://127.0.0.1:9403{path}"),
+        ]);
+        let text = String::from_utf8_lossy(&out.stdout).to_string();
+        let (body, code) = text.rsplit_once('\n').unwrap_or(("", ""));
+        (code.to_string(), body.to_string())
     }
 
     fn log(&self) -> String {
@@ -497,6 +513,23 @@ fn egress_deny_with_one_port_allowed() {
         let ingress = !(d.ns == "z" && d.pod == "b") || s.ns == "x";
         egress && ingress
     });
+    // Metrics and readiness; readiness fails while bridged traffic skips the IP hooks.
+    let (code, metrics) = w.http("/metrics");
+    assert_eq!(code, "200");
+    assert!(metrics.contains("tether_netpol_policies 2"), "{metrics}");
+    assert!(metrics.contains("tether_netpol_rules "), "{metrics}");
+    assert_eq!(w.http("/readyz").0, "200");
+    w.node
+        .exec(&["sysctl", "-qw", "net.bridge.bridge-nf-call-iptables=0"]);
+    let (code, why) = w.http("/readyz");
+    assert!(
+        code == "503" && why.contains("bypasses NetworkPolicies"),
+        "{code} {why}"
+    );
+    w.node
+        .exec(&["sysctl", "-qw", "net.bridge.bridge-nf-call-iptables=1"]);
+    assert_eq!(w.http("/readyz").0, "200");
+
     w.delete_policy("x", "egress");
     w.delete_policy("z", "from-x");
     w.expect("all open again", |_, _, _, _| true);
