@@ -222,11 +222,20 @@ impl Cluster {
             .filter(|p| !p.host_network && !p.ips.is_empty())
     }
 
+    /// The live pods of one namespace (the map is ordered by namespace first).
+    fn in_namespace<'a>(&'a self, namespace: &'a str) -> impl Iterator<Item = &'a PodInfo> + 'a {
+        self.pods
+            .range((namespace.to_string(), String::new())..)
+            .take_while(move |((ns, _), _)| ns == namespace)
+            .map(|(_, p)| p)
+            .filter(|p| !p.host_network && !p.ips.is_empty())
+    }
+
     fn selected<'a>(&'a self, policy: &'a NetworkPolicy, node: &'a str) -> Vec<&'a PodInfo> {
         let namespace = policy.metadata.namespace.as_deref().unwrap_or("default");
         let selector = policy.spec.as_ref().and_then(|s| s.pod_selector.as_ref());
-        self.live_pods()
-            .filter(|p| p.node == node && p.namespace == namespace)
+        self.in_namespace(namespace)
+            .filter(|p| p.node == node)
             .filter(|p| selector.is_none_or(|s| matches(s, &p.labels)))
             .collect()
     }
@@ -236,20 +245,35 @@ impl Cluster {
         if peer.pod_selector.is_none() && peer.namespace_selector.is_none() {
             return BTreeSet::new();
         }
-        self.live_pods()
-            .filter(|p| match &peer.namespace_selector {
-                Some(ns) => {
-                    let empty = Labels::new();
-                    let labels = self.namespaces.get(&p.namespace).unwrap_or(&empty);
-                    matches(ns, labels)
-                }
-                None => p.namespace == namespace,
-            })
-            .filter(|p| {
-                peer.pod_selector
-                    .as_ref()
-                    .is_none_or(|s| matches(s, &p.labels))
-            })
+        let by_pod = |p: &&PodInfo| {
+            peer.pod_selector
+                .as_ref()
+                .is_none_or(|s| matches(s, &p.labels))
+        };
+        let pods: Vec<&PodInfo> = match &peer.namespace_selector {
+            None => self.in_namespace(namespace).filter(by_pod).collect(),
+            // A selector that also picks a namespace the agent has no labels for: every pod.
+            Some(selector) if matches(selector, &Labels::new()) => {
+                let empty = Labels::new();
+                self.live_pods()
+                    .filter(|p| {
+                        matches(
+                            selector,
+                            self.namespaces.get(&p.namespace).unwrap_or(&empty),
+                        )
+                    })
+                    .filter(by_pod)
+                    .collect()
+            }
+            Some(selector) => self
+                .namespaces
+                .iter()
+                .filter(|(_, labels)| matches(selector, labels))
+                .flat_map(|(ns, _)| self.in_namespace(ns))
+                .filter(by_pod)
+                .collect(),
+        };
+        pods.into_iter()
             .flat_map(|p| p.ips.iter().copied())
             .collect()
     }
