@@ -255,9 +255,10 @@ impl Netlink {
     pub fn set_no_ipv6_link_local(&mut self, index: u32) -> Result<(), NlError> {
         let mut msg = LinkMessage::default();
         msg.header.index = index;
-        msg.attributes.push(LinkAttribute::AfSpecUnspec(vec![AfSpecUnspec::Inet6(vec![
-            AfSpecInet6::AddrGenMode(In6AddrGenMode::None),
-        ])]));
+        msg.attributes
+            .push(LinkAttribute::AfSpecUnspec(vec![AfSpecUnspec::Inet6(
+                vec![AfSpecInet6::AddrGenMode(In6AddrGenMode::None)],
+            )]));
         self.change(RouteNetlinkMessage::SetLink(msg), 0)
             .map_err(self.err("setting addrgenmode none on", format!("#{index}")))
     }
