@@ -8,6 +8,7 @@ packages=(
   iproute2                   # ip(8), for inspecting kernel state in tests and the demo
   nftables                   # masquerade rules
   jq                         # readable JSON in the demo
+  curl                       # HTTP probes of tether-netpol's /readyz and /metrics in its tests
   iputils-ping               # reachability checks in tests and the demo
   iperf3                     # throughput benchmarks
   containerd runc            # the real runtime of the end-to-end tests
