@@ -8,7 +8,8 @@
 //! kernel entry while nodes churn, CPU per change, and what an API server restart and a compaction
 //! (`410 Gone`, relist) cost in kernel writes.
 //!
-//! Usage: `overlay-scale DAEMON CSV_DIR SIZE...` (bench/overlay-scale.sh runs it).
+//! Usage: `overlay-scale DAEMON CSV_DIR SIZE... [etcd SIZE...]` (bench/overlay-scale.sh runs it;
+//! sizes after `etcd` keep the cluster's registrations in a real etcd instead).
 
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
@@ -136,6 +137,110 @@ fn node_object(name: &str, i: usize) -> serde_json::Value {
     })
 }
 
+/// Where the simulated cluster lives: Node objects in the API stand-in, or registrations in a
+/// real etcd (written by this process from inside the etcd's namespace).
+enum Backend<'a> {
+    Kube(&'a ApiServer),
+    Etcd {
+        rt: tokio::runtime::Runtime,
+        client: Box<etcd_client::Client>,
+    },
+}
+
+const ETCD_PREFIX: &str = "/tether/overlay/subnets/";
+
+fn registration(name: &str, i: usize, underlay_ip: &str) -> (String, String) {
+    let key = format!("{ETCD_PREFIX}{}-24", subnet(i));
+    let value = json!({"node": name, "subnet": format!("{}/24", subnet(i)),
+                       "vtepMac": mac(i), "underlayIp": underlay_ip});
+    (key, value.to_string())
+}
+
+impl Backend<'_> {
+    fn join(&mut self, name: &str, i: usize) {
+        match self {
+            Backend::Kube(api) => {
+                api.put(NODES, node_object(name, i));
+            }
+            Backend::Etcd { rt, client } => {
+                let (k, v) = registration(name, i, &underlay(i));
+                rt.block_on(client.put(k, v, None)).expect("etcd put");
+            }
+        }
+    }
+
+    fn leave(&mut self, name: &str, i: usize) {
+        match self {
+            Backend::Kube(api) => api.delete_node(name),
+            Backend::Etcd { rt, client } => {
+                let (k, _) = registration(name, i, "");
+                rt.block_on(client.delete(k, None)).expect("etcd delete");
+            }
+        }
+    }
+
+    fn move_to(&mut self, name: &str, i: usize, to: &str) {
+        match self {
+            Backend::Kube(api) => api.patch_node(
+                name,
+                &json!({"metadata": {"annotations": {UNDERLAY_IP: to}}}),
+            ),
+            Backend::Etcd { rt, client } => {
+                let (k, v) = registration(name, i, to);
+                rt.block_on(client.put(k, v, None)).expect("etcd put");
+            }
+        }
+    }
+}
+
+/// A real etcd in `ns` on 192.168.90.1:2379, and a client to it made from inside `ns` (this
+/// thread moves there: every later command it runs names its namespace explicitly).
+fn start_etcd(ns: &Netns, dir: &Path) -> (Daemon, tokio::runtime::Runtime, etcd_client::Client) {
+    let child = Command::new("ip")
+        .args([
+            "netns",
+            "exec",
+            &ns.name,
+            "etcd",
+            "--name",
+            "bench",
+            "--data-dir",
+        ])
+        .arg(dir.join("etcd"))
+        .args(["--listen-client-urls", "http://192.168.90.1:2379"])
+        .args(["--advertise-client-urls", "http://192.168.90.1:2379"])
+        .args(["--listen-peer-urls", "http://127.0.0.1:2380"])
+        .args(["--initial-advertise-peer-urls", "http://127.0.0.1:2380"])
+        .args(["--initial-cluster", "bench=http://127.0.0.1:2380"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("etcd");
+    let file = std::fs::File::open(ns.path()).expect("netns");
+    nix::sched::setns(&file, nix::sched::CloneFlags::CLONE_NEWNET).expect("setns");
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("runtime");
+    let started = Instant::now();
+    let client = loop {
+        if let Ok(mut c) = rt.block_on(etcd_client::Client::connect(
+            ["http://192.168.90.1:2379"],
+            None,
+        )) {
+            if rt.block_on(c.status()).is_ok() {
+                break c;
+            }
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(20),
+            "etcd did not start"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    (Daemon(child), rt, client)
+}
+
 /// Nanoseconds the process has run on any CPU (all threads).
 fn cpu_ns(pid: u32) -> u64 {
     let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
@@ -165,7 +270,17 @@ struct Change {
     latency: Option<Duration>,
 }
 
+struct Outages {
+    restart_relists: usize,
+    restart_kernel_writes: usize,
+    gone_relists: usize,
+    gone_kernel_writes: usize,
+    relist_after: Option<Duration>,
+    after_gone: Option<Duration>,
+}
+
 struct Measured {
+    datastore: &'static str,
     nodes: usize,
     first_reconcile: Duration,
     entries: (usize, usize, usize),
@@ -175,15 +290,11 @@ struct Measured {
     cpu_per_change: Duration,
     idle_cpu_per_min: Duration,
     idle_requests_per_min: f64,
-    restart_relists: usize,
-    restart_kernel_writes: usize,
-    gone_relists: usize,
-    gone_kernel_writes: usize,
-    relist_after: Option<Duration>,
-    after_gone: Option<Duration>,
+    /// API server restarts (the Kubernetes datastore only).
+    outages: Option<Outages>,
 }
 
-fn run(daemon_bin: &Path, csv_dir: &Path, nodes: usize) -> Measured {
+fn run(daemon_bin: &Path, csv_dir: &Path, nodes: usize, etcd: bool) -> Measured {
     let api_ns = Netns::new("tbosa");
     let node_ns = Netns::new("tbosn");
     api_ns.cable(
@@ -201,16 +312,45 @@ fn run(daemon_bin: &Path, csv_dir: &Path, nodes: usize) -> Measured {
     let dir = tempfile_dir();
     let kubeconfig = dir.join("kubeconfig");
     api.write_kubeconfig(&kubeconfig);
-    api.add_node("me", Some("10.0.0.0/24"));
+    let (_etcd, mut backend) = if etcd {
+        let (child, rt, client) = start_etcd(&api_ns, &dir);
+        (
+            Some(child),
+            Backend::Etcd {
+                rt,
+                client: Box::new(client),
+            },
+        )
+    } else {
+        api.add_node("me", Some("10.0.0.0/24"));
+        (None, Backend::Kube(&api))
+    };
     for i in 1..nodes {
         let name = if i == bad {
             "bad".to_string()
         } else {
             format!("n{i}")
         };
-        api.put(NODES, node_object(&name, i));
+        backend.join(&name, i);
     }
     let good_peers = nodes - 2;
+    let datastore: Vec<String> = if etcd {
+        [
+            "--datastore",
+            "etcd",
+            "--etcd-endpoints",
+            "http://192.168.90.1:2379",
+        ]
+        .map(String::from)
+        .to_vec()
+    } else {
+        vec![
+            "--datastore".into(),
+            "kubernetes".into(),
+            "--kubeconfig".into(),
+            kubeconfig.display().to_string(),
+        ]
+    };
 
     let routes = Seen::default();
     let fdb = Seen::default();
@@ -224,8 +364,7 @@ fn run(daemon_bin: &Path, csv_dir: &Path, nodes: usize) -> Measured {
         .args(["netns", "exec", &node_ns.name])
         .arg(daemon_bin)
         .args(["--node-name", "me", "--cluster-cidr", "10.0.0.0/8"])
-        .args(["--datastore", "kubernetes", "--kubeconfig"])
-        .arg(&kubeconfig)
+        .args(&datastore)
         .arg("--run-dir")
         .arg(dir.join("run"))
         .args(["--resync-seconds", "10"])
@@ -282,10 +421,7 @@ fn run(daemon_bin: &Path, csv_dir: &Path, nodes: usize) -> Measured {
             0 => {
                 // An address no node had before.
                 let to = format!("172.28.{}.{}", c / 250, c % 250 + 1);
-                api.patch_node(
-                    &format!("n{i}"),
-                    &json!({"metadata": {"annotations": {UNDERLAY_IP: to}}}),
-                );
+                backend.move_to(&format!("n{i}"), i, &to);
                 let want = format!("{} dev {VXLAN} dst {to} ", mac(i));
                 let at = fdb.wait(fdb_from, Duration::from_secs(5), |l| {
                     !l.starts_with("Deleted") && l.contains(&want)
@@ -296,7 +432,7 @@ fn run(daemon_bin: &Path, csv_dir: &Path, nodes: usize) -> Measured {
                 }
             }
             1 => {
-                api.delete_node(&format!("n{i}"));
+                backend.leave(&format!("n{i}"), i);
                 left.push(i);
                 let want = format!("Deleted {}/24 ", subnet(i));
                 let at = routes.wait(route_from, Duration::from_secs(5), |l| l.starts_with(&want));
@@ -307,7 +443,7 @@ fn run(daemon_bin: &Path, csv_dir: &Path, nodes: usize) -> Measured {
             }
             _ => {
                 let j = left.pop().unwrap_or(i);
-                api.put(NODES, node_object(&format!("n{j}"), j));
+                backend.join(&format!("n{j}"), j);
                 let want = format!("{}/24 via", subnet(j));
                 let at = routes.wait(route_from, Duration::from_secs(5), |l| l.starts_with(&want));
                 Change {
@@ -327,23 +463,33 @@ fn run(daemon_bin: &Path, csv_dir: &Path, nodes: usize) -> Measured {
         &changes,
     );
 
-    // An API server restart: the watch resumes from its resourceVersion.
-    std::thread::sleep(Duration::from_secs(1));
-    let (restart_relists, restart_kernel_writes, _) = outage(&api, &routes, &fdb, false);
-    // A restart after a compaction: the resumed watch gets 410 Gone and the daemon relists.
-    let (gone_relists, gone_kernel_writes, relist_after) = outage(&api, &routes, &fdb, true);
-    let i = 1 + (CHANGES * 7919) % (bad - 1);
-    let fdb_from = fdb.len();
-    let t0 = Instant::now();
-    api.patch_node(
-        &format!("n{i}"),
-        &json!({"metadata": {"annotations": {UNDERLAY_IP: "172.31.1.1"}}}),
-    );
-    let after_gone = fdb
-        .wait(fdb_from, Duration::from_secs(10), |l| {
-            l.contains(&format!("{} dev {VXLAN} dst 172.31.1.1 ", mac(i)))
-        })
-        .map(|at| at - t0);
+    let outages = (!etcd).then(|| {
+        // An API server restart: the watch resumes from its resourceVersion.
+        std::thread::sleep(Duration::from_secs(1));
+        let (restart_relists, restart_kernel_writes, _) = outage(&api, &routes, &fdb, false);
+        // A restart after a compaction: the resumed watch gets 410 Gone and the daemon relists.
+        let (gone_relists, gone_kernel_writes, relist_after) = outage(&api, &routes, &fdb, true);
+        let i = 1 + (CHANGES * 7919) % (bad - 1);
+        let fdb_from = fdb.len();
+        let t0 = Instant::now();
+        api.patch_node(
+            &format!("n{i}"),
+            &json!({"metadata": {"annotations": {UNDERLAY_IP: "172.31.1.1"}}}),
+        );
+        let after_gone = fdb
+            .wait(fdb_from, Duration::from_secs(10), |l| {
+                l.contains(&format!("{} dev {VXLAN} dst 172.31.1.1 ", mac(i)))
+            })
+            .map(|at| at - t0);
+        Outages {
+            restart_relists,
+            restart_kernel_writes,
+            gone_relists,
+            gone_kernel_writes,
+            relist_after,
+            after_gone,
+        }
+    });
     let peak_rss = status_kib(pid, "VmHWM:");
     drop(daemon);
     Measured {
@@ -356,12 +502,8 @@ fn run(daemon_bin: &Path, csv_dir: &Path, nodes: usize) -> Measured {
         cpu_per_change,
         idle_cpu_per_min: idle_cpu.mul_f64(per_min),
         idle_requests_per_min: idle_requests as f64 * per_min,
-        restart_relists,
-        restart_kernel_writes,
-        gone_relists,
-        gone_kernel_writes,
-        relist_after,
-        after_gone,
+        outages,
+        datastore: if etcd { "etcd" } else { "kubernetes" },
     }
 }
 
@@ -438,10 +580,16 @@ fn main() {
     let csv_dir = PathBuf::from(&args[2]);
     let mut rows = Vec::new();
     let mut outages = Vec::new();
+    // Sizes after the word `etcd` use the etcd datastore.
+    let mut etcd = false;
     for size in &args[3..] {
+        if size == "etcd" {
+            etcd = true;
+            continue;
+        }
         let nodes: usize = size.parse().expect("a cluster size");
         eprintln!("cluster of {nodes} nodes");
-        let mut r = run(&daemon, &csv_dir, nodes);
+        let mut r = run(&daemon, &csv_dir, nodes, etcd);
         let mut all: Vec<Duration> = r.changes.iter().filter_map(|c| c.latency).collect();
         let missed = r.changes.len() - all.len();
         let s = stats(&mut all);
@@ -455,6 +603,7 @@ fn main() {
             ms(stats(&mut l).p50)
         };
         rows.push(vec![
+            r.datastore.to_string(),
             r.nodes.to_string(),
             format!("{:.2}", r.first_reconcile.as_secs_f64()),
             format!("{} / {} / {}", r.entries.0, r.entries.1, r.entries.2),
@@ -475,15 +624,17 @@ fn main() {
             ms(r.idle_cpu_per_min),
             format!("{:.0}", r.idle_requests_per_min),
         ]);
-        outages.push(vec![
-            r.nodes.to_string(),
-            format!("{} / {}", r.restart_relists, r.restart_kernel_writes),
-            format!("{} / {}", r.gone_relists, r.gone_kernel_writes),
-            r.relist_after
-                .map(|d| format!("{:.1}", d.as_secs_f64()))
-                .unwrap_or_else(|| "none in 40 s".into()),
-            r.after_gone.map(ms).unwrap_or_else(|| "not applied".into()),
-        ]);
+        if let Some(o) = &r.outages {
+            outages.push(vec![
+                r.nodes.to_string(),
+                format!("{} / {}", o.restart_relists, o.restart_kernel_writes),
+                format!("{} / {}", o.gone_relists, o.gone_kernel_writes),
+                o.relist_after
+                    .map(|d| format!("{:.1}", d.as_secs_f64()))
+                    .unwrap_or_else(|| "none in 40 s".into()),
+                o.after_gone.map(ms).unwrap_or_else(|| "not applied".into()),
+            ]);
+        }
         r.changes.clear();
     }
     println!(
@@ -492,6 +643,7 @@ fn main() {
     );
     print_table(
         &[
+            "datastore",
             "nodes",
             "first reconcile s",
             "entries",

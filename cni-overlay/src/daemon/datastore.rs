@@ -15,7 +15,7 @@ use super::state::{NodeSubnets, Peer};
 /// What changed among the peers.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Changed {
-    /// Anything: read them all again (etcd's watch says only that something changed).
+    /// Anything: read them all again.
     All,
     /// These nodes, with what they are now (`None`: no longer a peer).
     Peers(Vec<(String, Option<Peer>)>),
@@ -92,7 +92,7 @@ impl Datastore {
     /// Waits for the next change of the peers; an error means the watch broke.
     pub async fn changed(&mut self) -> Result<Changed, DaemonError> {
         match self {
-            Datastore::Etcd(store) => store.changed().await.map(|()| Changed::All),
+            Datastore::Etcd(store) => store.changed().await,
             Datastore::Kube(store) => store.changed().await,
         }
     }

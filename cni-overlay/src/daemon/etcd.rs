@@ -12,6 +12,7 @@ use etcd_client::{
 use ipnetwork::IpNetwork;
 
 use super::config::ClusterCidrs;
+use super::datastore::Changed;
 use super::error::DaemonError;
 use super::state::{NodeSubnets, Peer};
 
@@ -26,6 +27,11 @@ pub struct EtcdStore {
     keeper: Option<etcd_client::LeaseKeeper>,
     keep_stream: Option<etcd_client::LeaseKeepAliveStream>,
     watch: Option<WatchStream>,
+    /// The registrations as of the last full read and the watch events after it: key -> peer.
+    known: std::collections::BTreeMap<String, Peer>,
+    /// The revision of the last full read; the watch resumes after it, and events at or before
+    /// it (already in that read) are skipped.
+    listed_at: Option<i64>,
 }
 
 fn ds(context: &str) -> impl FnOnce(etcd_client::Error) -> DaemonError {
@@ -47,6 +53,8 @@ impl EtcdStore {
             keeper: None,
             keep_stream: None,
             watch: None,
+            known: std::collections::BTreeMap::new(),
+            listed_at: None,
         })
     }
 
@@ -80,17 +88,23 @@ impl EtcdStore {
             .get(self.subnets_prefix(), Some(GetOptions::new().with_prefix()))
             .await
             .map_err(ds("listing nodes"))?;
-        Ok(resp
+        let known = resp
             .kvs()
             .iter()
-            .filter_map(|kv| match serde_json::from_slice::<Peer>(kv.value()) {
-                Ok(peer) => Some(peer),
-                Err(e) => {
-                    tracing::warn!(key = %String::from_utf8_lossy(kv.key()), error = %e, "ignoring unreadable registration");
-                    None
+            .filter_map(|kv| {
+                let key = String::from_utf8_lossy(kv.key()).into_owned();
+                match serde_json::from_slice::<Peer>(kv.value()) {
+                    Ok(peer) => Some((key, peer)),
+                    Err(e) => {
+                        tracing::warn!(%key, error = %e, "ignoring unreadable registration");
+                        None
+                    }
                 }
             })
-            .collect())
+            .collect();
+        self.known = known;
+        self.listed_at = resp.header().map(|h| h.revision());
+        Ok(self.known.values().cloned().collect())
     }
 
     /// Leases a subnet for `node` and publishes its VTEP. Keeps the node's current subnet if it
@@ -236,34 +250,95 @@ impl EtcdStore {
         }
     }
 
-    /// Waits for the next change under the prefix. A broken watch is an error; the next call
-    /// watches again.
-    pub async fn changed(&mut self) -> Result<(), DaemonError> {
-        if self.watch.is_none() {
-            let stream = self
-                .client
-                .watch(
-                    self.subnets_prefix(),
-                    Some(WatchOptions::new().with_prefix()),
-                )
-                .await
-                .map_err(ds("watching"))?;
-            self.watch = Some(stream);
-        }
-        let Some(stream) = self.watch.as_mut() else {
-            return Err(DaemonError::datastore("etcd watch missing"));
-        };
-        match stream.message().await {
-            Ok(Some(_)) => Ok(()),
-            Ok(None) => {
-                self.watch = None;
-                Err(DaemonError::datastore("etcd closed the watch"))
+    /// Waits for the next change under the prefix and names the nodes it changed, with what they
+    /// are now. The watch resumes after the last full read, so nothing between the two is lost;
+    /// a broken or compacted watch is an error (the caller then reads everything again), and the
+    /// next call watches again.
+    pub async fn changed(&mut self) -> Result<Changed, DaemonError> {
+        loop {
+            if self.watch.is_none() {
+                let mut options = WatchOptions::new().with_prefix();
+                if let Some(revision) = self.listed_at {
+                    options = options.with_start_revision(revision + 1);
+                }
+                let stream = self
+                    .client
+                    .watch(self.subnets_prefix(), Some(options))
+                    .await
+                    .map_err(ds("watching"))?;
+                self.watch = Some(stream);
             }
-            Err(e) => {
+            let Some(stream) = self.watch.as_mut() else {
+                return Err(DaemonError::datastore("etcd watch missing"));
+            };
+            let response = match stream.message().await {
+                Ok(Some(response)) => response,
+                Ok(None) => {
+                    self.watch = None;
+                    return Err(DaemonError::datastore("etcd closed the watch"));
+                }
+                Err(e) => {
+                    self.watch = None;
+                    return Err(ds("watch")(e));
+                }
+            };
+            if response.canceled() {
                 self.watch = None;
-                Err(ds("watch")(e))
+                return Err(DaemonError::datastore(format!(
+                    "etcd cancelled the watch (compacted at revision {})",
+                    response.compact_revision()
+                )));
+            }
+            let touched = self.apply_events(response.events());
+            if self.listed_at.is_none() {
+                // Nothing read in full yet: only a full read can say what the cluster is.
+                return Ok(Changed::All);
+            }
+            if !touched.is_empty() {
+                let changes = touched
+                    .into_iter()
+                    .map(|node| {
+                        let now = self.known.values().find(|p| p.node == node).cloned();
+                        (node, now)
+                    })
+                    .collect();
+                return Ok(Changed::Peers(changes));
             }
         }
+    }
+
+    /// Applies watch events newer than the last full read; the nodes they touched.
+    fn apply_events(
+        &mut self,
+        events: &[etcd_client::Event],
+    ) -> std::collections::BTreeSet<String> {
+        let mut touched = std::collections::BTreeSet::new();
+        for event in events {
+            let Some(kv) = event.kv() else { continue };
+            if self.listed_at.is_some_and(|at| kv.mod_revision() <= at) {
+                continue;
+            }
+            let key = String::from_utf8_lossy(kv.key()).into_owned();
+            let now = match event.event_type() {
+                etcd_client::EventType::Put => serde_json::from_slice::<Peer>(kv.value())
+                    .map_err(
+                        |e| tracing::warn!(%key, error = %e, "ignoring unreadable registration"),
+                    )
+                    .ok(),
+                etcd_client::EventType::Delete => None,
+            };
+            let before = match now {
+                Some(peer) => {
+                    touched.insert(peer.node.clone());
+                    self.known.insert(key, peer)
+                }
+                None => self.known.remove(&key),
+            };
+            if let Some(old) = before {
+                touched.insert(old.node);
+            }
+        }
+        touched
     }
 
     /// Deletes this node's registration (the node leaves the overlay).
