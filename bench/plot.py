@@ -48,17 +48,19 @@ def rolling_median(values, window=25):
 def overlay(csv_dir, png_dir):
     files = sorted(
         glob.glob(os.path.join(csv_dir, "overlay-scale-*.csv")),
-        key=lambda p: int(re.search(r"(\d+)\.csv$", p).group(1)),
+        key=lambda p: ("-etcd-" in p, int(re.search(r"(\d+)\.csv$", p).group(1))),
     )
     if not files:
         return
     fig, ax = plt.subplots(figsize=(7, 4))
     for path in files:
         nodes = re.search(r"(\d+)\.csv$", path).group(1)
+        store = "etcd" if "-etcd-" in path else "Kubernetes API"
         lat = sorted(float(r[2]) for r in rows(path) if r[2] != "timeout")
         if lat:
-            ax.plot(lat, [(i + 1) / len(lat) for i in range(len(lat))], label=f"{nodes} nodes")
-    ax.set_xlabel("API write to kernel entry (ms)")
+            ax.plot(lat, [(i + 1) / len(lat) for i in range(len(lat))], label=f"{nodes} nodes, {store}")
+    ax.set_xscale("log")
+    ax.set_xlabel("API write to kernel entry (ms, log scale)")
     ax.set_ylabel("fraction of changes")
     ax.set_title("tether-overlayd: one Node change while the cluster churns")
     ax.grid(alpha=0.3)

@@ -458,8 +458,9 @@ fn run(daemon_bin: &Path, csv_dir: &Path, nodes: usize, etcd: bool) -> Measured 
     let churn_cpu = Duration::from_nanos(cpu_ns(pid) - cpu_before);
     let idle_share = idle_cpu.mul_f64(churn.as_secs_f64() / IDLE.as_secs_f64());
     let cpu_per_change = churn_cpu.saturating_sub(idle_share) / CHANGES as u32;
+    let tag = if etcd { "etcd-" } else { "" };
     write_csv(
-        &csv_dir.join(format!("overlay-scale-{nodes}.csv")),
+        &csv_dir.join(format!("overlay-scale-{tag}{nodes}.csv")),
         &changes,
     );
 
