@@ -7,21 +7,13 @@
 
 mod harness;
 
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Command};
 use std::time::{Duration, Instant};
 
 use harness::{bin_dir, Cluster};
 use serde_json::json;
 use test_support::apiserver::{NAMESPACES, NETWORK_POLICIES, PODS};
-use test_support::Netns;
-
-fn probe_script() -> String {
-    concat!(
-        env!("CARGO_MANIFEST_DIR"),
-        "/../network-policy/tests/probe.py"
-    )
-    .to_string()
-}
+use test_support::probe::{self, open};
 
 struct Killed(Child);
 
@@ -30,42 +22,6 @@ impl Drop for Killed {
         let _ = self.0.kill();
         let _ = self.0.wait();
     }
-}
-
-fn serve(pod: &Netns) -> Killed {
-    Killed(
-        Command::new("ip")
-            .args([
-                "netns",
-                "exec",
-                &pod.name,
-                "python3",
-                &probe_script(),
-                "serve",
-                "80",
-                "81",
-            ])
-            .stdout(Stdio::null())
-            .spawn()
-            .unwrap(),
-    )
-}
-
-fn open(from: &Netns, target: &str) -> bool {
-    let out = Command::new("ip")
-        .args([
-            "netns",
-            "exec",
-            &from.name,
-            "python3",
-            &probe_script(),
-            "probe",
-            target,
-        ])
-        .output()
-        .unwrap();
-    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
-    v[target].as_bool().unwrap()
 }
 
 fn settle(what: &str, check: impl Fn() -> bool, log: impl Fn() -> String) {
@@ -104,7 +60,7 @@ fn policies_hold_across_nodes_over_the_overlay() {
     }
     let (pa, ipa) = cluster.nodes[0].pod("ovp-a");
     let (pb, ipb) = cluster.nodes[1].pod("ovp-b");
-    let _servers = [serve(&pa), serve(&pb)];
+    let _servers = [probe::serve(&pa, &[80, 81]), probe::serve(&pb, &[80, 81])];
     let api = cluster.api();
     api.put(NAMESPACES, json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": "x", "labels": {"ns": "x"}}}));
     api.put(

@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
 use test_support::apiserver::{ApiServer, NAMESPACES, NETWORK_POLICIES, PODS};
-use test_support::{require_root, Netns};
+use test_support::{probe, require_root, Netns};
 
 const NAMESPACE_NAMES: [&str; 3] = ["x", "y", "z"];
 const POD_NAMES: [&str; 3] = ["a", "b", "c"];
@@ -36,14 +36,7 @@ struct Pod {
     who: Who,
     ip: String,
     netns: Netns,
-    server: Child,
-}
-
-impl Drop for Pod {
-    fn drop(&mut self) {
-        let _ = self.server.kill();
-        let _ = self.server.wait();
-    }
+    _server: probe::Servers,
 }
 
 struct KillOnDrop(Child);
@@ -84,7 +77,7 @@ impl Drop for World {
 }
 
 fn probe_script() -> String {
-    concat!(env!("CARGO_MANIFEST_DIR"), "/tests/probe.py").to_string()
+    probe::script()
 }
 
 /// Every pod is dual-stack: 10.77.0.N and fd77::N.
@@ -110,7 +103,7 @@ fn namespace_object(name: &str, labels: Value) -> Value {
 }
 
 /// A pod's namespace on the node's bridge, with its servers running.
-fn plug(node: &Netns, tag: &str, ip: &str) -> (Netns, Child) {
+fn plug(node: &Netns, tag: &str, ip: &str) -> (Netns, probe::Servers) {
     let netns = Netns::new(tag);
     let host = format!("v{tag}");
     node.cable(&host, "169.254.1.1/32", &netns, "eth0", &format!("{ip}/24"));
@@ -126,38 +119,12 @@ fn plug(node: &Netns, tag: &str, ip: &str) -> (Netns, Child) {
         "eth0",
         "nodad",
     ]);
-    let server = Command::new("ip")
-        .args([
-            "netns",
-            "exec",
-            &netns.name,
-            "python3",
-            &probe_script(),
-            "serve",
-            "80",
-            "81",
-        ])
-        .stdout(Stdio::null())
-        .spawn()
-        .unwrap();
+    let server = probe::serve(&netns, &[80, 81]);
     (netns, server)
 }
 
 fn probe_one(from: &Netns, target: &str) -> bool {
-    let out = Command::new("ip")
-        .args([
-            "netns",
-            "exec",
-            &from.name,
-            "python3",
-            &probe_script(),
-            "probe",
-            target,
-        ])
-        .output()
-        .unwrap();
-    let results: BTreeMap<String, bool> = serde_json::from_slice(&out.stdout).unwrap();
-    results[target]
+    probe::open(from, target)
 }
 
 impl World {
@@ -193,7 +160,7 @@ impl World {
                     who,
                     ip,
                     netns,
-                    server,
+                    _server: server,
                 });
             }
         }
@@ -544,7 +511,7 @@ fn a_pod_the_agent_does_not_know_yet_is_held_while_policies_exist() {
         who: Who { ns: "x", pod: "d" },
         ip: "10.77.0.40".into(),
         netns: d_ns,
-        server,
+        _server: server,
     };
     let a = &w.pods[0].netns;
     let started = Instant::now();

@@ -12,6 +12,7 @@ use serde_json::Value;
 pub mod apiserver;
 pub mod chain;
 pub mod ganesha;
+pub mod probe;
 pub mod responder;
 
 /// Whether kernel tests can run (they need root). Tests call [`require_root`] instead of skipping
