@@ -268,7 +268,9 @@ fn usage(
 fn host_request(request: &str) {
     let reply = Path::new("/tmp/scratch/host-reply");
     let _ = std::fs::remove_file(reply);
-    std::fs::write("/tmp/scratch/host-request", request).unwrap();
+    // Written whole, then renamed: the host polls for the file and must never read it empty.
+    std::fs::write("/tmp/scratch/host-request.tmp", request).unwrap();
+    std::fs::rename("/tmp/scratch/host-request.tmp", "/tmp/scratch/host-request").unwrap();
     let deadline = Instant::now() + Duration::from_secs(120);
     while !reply.exists() {
         assert!(
