@@ -45,6 +45,15 @@ def rolling_median(values, window=25):
     return out
 
 
+def finish(ax, fig, png_dir, name):
+    """Grid, legend, layout, the PNG written."""
+    ax.grid(alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(os.path.join(png_dir, name), dpi=110)
+    plt.close(fig)
+
+
 def overlay(csv_dir, png_dir):
     files = sorted(
         glob.glob(os.path.join(csv_dir, "overlay-scale-*.csv")),
@@ -63,11 +72,7 @@ def overlay(csv_dir, png_dir):
     ax.set_xlabel("API write to kernel entry (ms, log scale)")
     ax.set_ylabel("fraction of changes")
     ax.set_title("tether-overlayd: one Node change while the cluster churns")
-    ax.grid(alpha=0.3)
-    ax.legend()
-    fig.tight_layout()
-    fig.savefig(os.path.join(png_dir, "overlay-scale.png"), dpi=110)
-    plt.close(fig)
+    finish(ax, fig, png_dir, "overlay-scale.png")
 
 
 def pods_per_node(csv_dir, png_dir):
@@ -116,11 +121,7 @@ def csi(csv_dir, png_dir):
     ax.set_xlabel("volumes on the share")
     ax.set_ylabel("ms (rolling median of 101, 16 clients)")
     ax.set_title("tether-csi controller: CreateVolume / DeleteVolume as one share fills")
-    ax.grid(alpha=0.3)
-    ax.legend()
-    fig.tight_layout()
-    fig.savefig(os.path.join(png_dir, "csi-scale.png"), dpi=110)
-    plt.close(fig)
+    finish(ax, fig, png_dir, "csi-scale.png")
 
 
 def main():

@@ -46,9 +46,9 @@ enum Change {
     Policy(Event<NetworkPolicy>),
 }
 
-/// One kind of object as listed and watched: swapped in whole at the end of a (re)list.
+/// The list-and-watch state of one kind of object; its items live in the [`Cluster`], swapped in
+/// whole at the end of a (re)list.
 struct Kind<K, V> {
-    items: BTreeMap<K, V>,
     relisting: Option<BTreeMap<K, V>>,
     synced: bool,
 }
@@ -56,7 +56,6 @@ struct Kind<K, V> {
 impl<K: Ord, V> Default for Kind<K, V> {
     fn default() -> Self {
         Kind {
-            items: BTreeMap::new(),
             relisting: None,
             synced: false,
         }
@@ -68,6 +67,7 @@ impl<K: Ord, V> Kind<K, V> {
     /// may have changed.
     fn apply<O>(
         &mut self,
+        items: &mut BTreeMap<K, V>,
         event: Event<O>,
         key: impl Fn(&O) -> K,
         value: impl Fn(&O) -> Option<V>,
@@ -84,18 +84,18 @@ impl<K: Ord, V> Kind<K, V> {
                 false
             }
             Event::InitDone => {
-                self.items = self.relisting.take().unwrap_or_default();
+                *items = self.relisting.take().unwrap_or_default();
                 self.synced = true;
                 true
             }
             Event::Apply(o) => {
                 match value(&o) {
-                    Some(v) => self.items.insert(key(&o), v),
-                    None => self.items.remove(&key(&o)),
+                    Some(v) => items.insert(key(&o), v),
+                    None => items.remove(&key(&o)),
                 };
                 true
             }
-            Event::Delete(o) => self.items.remove(&key(&o)).is_some(),
+            Event::Delete(o) => items.remove(&key(&o)).is_some(),
         }
     }
 }
@@ -151,6 +151,7 @@ pub async fn run(settings: Settings) -> Result<(), AgentError> {
     let mut pods: Kind<(String, String), PodInfo> = Kind::default();
     let mut namespaces: Kind<String, crate::selector::Labels> = Kind::default();
     let mut policies: Kind<(String, String), NetworkPolicy> = Kind::default();
+    let mut cluster = Cluster::default();
     let mut applied: Option<Table> = None;
     let mut dirty = false;
     let mut since = Instant::now();
@@ -159,11 +160,6 @@ pub async fn run(settings: Settings) -> Result<(), AgentError> {
             match tokio::time::timeout(SETTLE, changes.next()).await {
                 Ok(next) => next,
                 Err(_) => {
-                    let cluster = Cluster {
-                        pods: pods.items.clone(),
-                        namespaces: namespaces.items.clone(),
-                        policies: policies.items.clone(),
-                    };
                     applied = write(&settings, &metrics, since, &cluster, applied.as_ref());
                     dirty = applied.is_none();
                     if dirty {
@@ -181,14 +177,19 @@ pub async fn run(settings: Settings) -> Result<(), AgentError> {
                 tracing::warn!(error = %e, "watch failed; retrying");
                 false
             }
-            Some(Ok(Change::Pod(e))) => pods.apply(*e, namespaced, PodInfo::from_pod),
+            Some(Ok(Change::Pod(e))) => {
+                pods.apply(&mut cluster.pods, *e, namespaced, PodInfo::from_pod)
+            }
             Some(Ok(Change::Namespace(e))) => namespaces.apply(
+                &mut cluster.namespaces,
                 e,
                 |n: &Namespace| n.name_any(),
                 |n: &Namespace| Some(n.labels().clone()),
             ),
             Some(Ok(Change::Policy(e))) => {
-                policies.apply(e, namespaced, |p: &NetworkPolicy| Some(p.clone()))
+                policies.apply(&mut cluster.policies, e, namespaced, |p: &NetworkPolicy| {
+                    Some(p.clone())
+                })
             }
         };
         let ready = changed && pods.synced && namespaces.synced && policies.synced;

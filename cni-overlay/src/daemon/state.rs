@@ -153,33 +153,39 @@ pub fn peer_entries(peer: &Peer, scope: &Scope) -> PeerEntries {
     out
 }
 
-/// Desired state for `me` and `peers` (see [`peer_entries`]).
-pub fn desired(peers: &[Peer], me: &str, underlay_net: IpNetwork, direct_routing: bool) -> Desired {
-    desired_within(peers, me, underlay_net, direct_routing, &[], &[])
-}
-
-/// [`desired`], refusing peer subnets that overlap `own` or lie outside `clusters` (when given).
-pub fn desired_within(
-    peers: &[Peer],
-    me: &str,
-    underlay_net: IpNetwork,
-    direct_routing: bool,
-    own: &[IpNetwork],
-    clusters: &[IpNetwork],
-) -> Desired {
-    let scope = Scope {
-        me: me.to_string(),
-        underlay_net,
-        direct_routing,
-        own: own.to_vec(),
-        clusters: clusters.to_vec(),
-    };
-    super::wanted::Wanted::from_peers(scope, peers).desired()
-}
-
 #[cfg(test)]
 pub(crate) mod tests {
     use super::*;
+
+    // The whole desired state at once, as the daemon's wanted entries build it.
+    /// Desired state for `me` and `peers` (see [`peer_entries`]).
+    pub fn desired(
+        peers: &[Peer],
+        me: &str,
+        underlay_net: IpNetwork,
+        direct_routing: bool,
+    ) -> Desired {
+        desired_within(peers, me, underlay_net, direct_routing, &[], &[])
+    }
+
+    /// [`desired`], refusing peer subnets that overlap `own` or lie outside `clusters` (when given).
+    pub fn desired_within(
+        peers: &[Peer],
+        me: &str,
+        underlay_net: IpNetwork,
+        direct_routing: bool,
+        own: &[IpNetwork],
+        clusters: &[IpNetwork],
+    ) -> Desired {
+        let scope = Scope {
+            me: me.to_string(),
+            underlay_net,
+            direct_routing,
+            own: own.to_vec(),
+            clusters: clusters.to_vec(),
+        };
+        crate::daemon::wanted::Wanted::from_peers(scope, peers).desired()
+    }
 
     pub(crate) fn peer(node: &str, subnet: &str, mac: &str, ip: &str) -> Peer {
         Peer {
