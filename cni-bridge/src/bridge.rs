@@ -7,7 +7,7 @@ use std::path::Path;
 use cni_core::delegate;
 use cni_core::names;
 use cni_core::netlink::detached as unlink;
-use cni_core::netlink::{Link, Netlink, RouteSpec, VethSpec};
+use cni_core::netlink::{AddressOptions, Link, Netlink, RouteSpec, VethSpec};
 use cni_core::netns::NetNs;
 use cni_core::sysctl;
 use cni_core::{CniResult, Command, Interface, IpConfig, Plugin, Request, Route};
@@ -277,6 +277,9 @@ impl<'a> PodAttachment<'a> {
         if conf.hairpin_mode {
             host_nl.set_hairpin(host_link.index, true)?;
         }
+        if conf.port_isolation {
+            host_nl.set_isolated(host_link.index, true)?;
+        }
         if conf.vlan != 0 {
             host_nl.bridge_vlan(host_link.index, 1, false, false, false)?;
             host_nl.bridge_vlan(host_link.index, conf.vlan, true, false, true)?;
@@ -350,9 +353,18 @@ impl<'a> PodAttachment<'a> {
             // made each ADD cost more the more pods the node had.
             pod_nl.set_no_ipv6_link_local(pod_link.index)?;
         }
+        let isolated = self.conf.port_isolation;
+        if isolated {
+            self.refuse_redirects(ipam)?;
+        }
         pod_nl.set_up(pod_link.index)?;
         for ip in &ipam.ips {
-            pod_nl.add_address(pod_link.index, ip.address, true)?;
+            let options = AddressOptions {
+                nodad: true,
+                // Isolated: the subnet is reached through the gateway, not on the link.
+                no_prefix_route: isolated,
+            };
+            pod_nl.add_address_with(pod_link.index, ip.address, options)?;
         }
         let routes = self.pod_routes(ipam);
         for route in &routes {
@@ -363,7 +375,8 @@ impl<'a> PodAttachment<'a> {
                 oif: pod_link.index,
                 mtu: route.mtu,
                 priority: route.priority,
-                onlink: false,
+                // Without a subnet route, the gateway is on the link by declaration.
+                onlink: isolated && gateway.is_some(),
             })?;
         }
 
@@ -422,9 +435,44 @@ impl<'a> PodAttachment<'a> {
         })
     }
 
-    /// IPAM's routes, plus a default route per family via the gateway with isDefaultGateway.
+    /// An isolated pod ignores ICMP redirects: the host, forwarding a packet back out of the
+    /// bridge it came from, tells the sender the destination is on the link, which isolation
+    /// makes untrue.
+    fn refuse_redirects(&self, ipam: &CniResult) -> Result<(), BridgeError> {
+        let ifname = &self.req.ifname;
+        let mut paths = Vec::new();
+        for (v6, family) in [(false, "ipv4"), (true, "ipv6")] {
+            if ipam.ips.iter().any(|ip| ip.address.is_ipv6() == v6) {
+                for conf in ["all", ifname.as_str()] {
+                    paths.push(format!(
+                        "/proc/sys/net/{family}/conf/{conf}/accept_redirects"
+                    ));
+                }
+            }
+        }
+        self.pod_ns
+            .run(|| {
+                paths
+                    .iter()
+                    .try_for_each(|path| sysctl::set(path, "0").map(drop))
+            })
+            .map_err(BridgeError::Netns)??;
+        Ok(())
+    }
+
+    /// IPAM's routes, plus a default route per family via the gateway with isDefaultGateway;
+    /// isolated, first each address's subnet via its gateway.
     fn pod_routes(&self, ipam: &CniResult) -> Vec<Route> {
-        let mut routes = ipam.routes.clone();
+        let mut routes = Vec::new();
+        if self.conf.port_isolation {
+            for ip in &ipam.ips {
+                let Some(gw) = ip.gateway else { continue };
+                if let Ok(subnet) = IpNetwork::new(ip.address.network(), ip.address.prefix()) {
+                    routes.push(Route::new(subnet, Some(gw)));
+                }
+            }
+        }
+        routes.extend(ipam.routes.iter().cloned());
         if self.conf.is_default_gateway {
             for ip in &ipam.ips {
                 let Some(gw) = ip.gateway else { continue };

@@ -30,6 +30,8 @@ struct BridgeConfIn {
     vlan: u16,
     #[serde(default)]
     macspoofchk: bool,
+    #[serde(default)]
+    port_isolation: bool,
     ipam: Option<Value>,
     dns: Option<Dns>,
 }
@@ -47,6 +49,10 @@ pub struct BridgeConf {
     /// 0 = no VLAN.
     pub vlan: u16,
     pub macspoofchk: bool,
+    /// Pods of the bridge reach each other only through the host (isolated bridge ports, the
+    /// pod's subnet routed via the gateway), so netfilter sees that traffic as routed: policies
+    /// and Service NAT apply between pods of one node without br_netfilter.
+    pub port_isolation: bool,
     /// The IPAM plugin to run; it gets the whole configuration and reads its `ipam` section.
     pub ipam_type: Option<String>,
     pub dns: Option<Dns>,
@@ -95,6 +101,11 @@ impl BridgeConf {
                 "isGateway needs an ipam section to know the gateway address".into(),
             ));
         }
+        if raw.port_isolation && !is_gateway {
+            return Err(BridgeError::InvalidConfig(
+                "portIsolation needs isGateway: isolated pods reach each other through the bridge's gateway address".into(),
+            ));
+        }
         let mac = pod_mac(req)?;
         Ok(BridgeConf {
             bridge,
@@ -107,6 +118,7 @@ impl BridgeConf {
             promisc_mode: raw.promisc_mode,
             vlan: raw.vlan,
             macspoofchk: raw.macspoofchk,
+            port_isolation: raw.port_isolation,
             ipam_type,
             dns: raw.dns,
             mac,

@@ -807,3 +807,111 @@ fn a_del_killed_at_any_point_never_frees_an_address_a_veth_still_holds() {
         );
     }
 }
+
+#[test]
+fn isolated_ports_route_pod_to_pod_through_the_host_firewall() {
+    let node = Node::new("briso");
+    let (a, b) = (Netns::new("brisoa"), Netns::new("brisob"));
+    let mut conf = node.conf(json!({"isDefaultGateway": true, "portIsolation": true}));
+    conf["ipam"]["ranges"] = json!([[{"subnet": "10.90.0.0/24"}], [{"subnet": "fd00:90::/64"}]]);
+    let ra = node.add("iso-a", &a, &conf);
+    let rb = node.add("iso-b", &b, &conf);
+    let (b4, b6) = (pod_address(&rb, 4), pod_address(&rb, 6));
+
+    // The host end is an isolated port; the pod's subnet goes via the gateway, on the link by
+    // declaration, and the result says so.
+    let veth = node.link(&host_veth(&ra)).unwrap();
+    assert_eq!(
+        veth["linkinfo"]["info_slave_data"]["isolated"], true,
+        "{veth}"
+    );
+    let subnet = a.ip_json(&["route", "show", "10.90.0.0/24"]);
+    assert_eq!(subnet[0]["gateway"], "10.90.0.1", "{subnet}");
+    assert!(
+        subnet[0]["flags"].to_string().contains("onlink"),
+        "{subnet}"
+    );
+    let subnet6 = a.ip_json(&["-6", "route", "show", "fd00:90::/64"]);
+    assert_eq!(subnet6[0]["gateway"], "fd00:90::1", "{subnet6}");
+    let routes = ra["routes"].to_string();
+    assert!(
+        routes.contains("10.90.0.0/24") && routes.contains("fd00:90::/64"),
+        "{routes}"
+    );
+    for family in ["ipv4", "ipv6"] {
+        let path = format!("/proc/sys/net/{family}/conf/eth0/accept_redirects");
+        assert_eq!(a.exec(&["cat", &path]).trim(), "0", "{path}");
+    }
+
+    // Routed by the node (one hop: TTL 63), both families, with br_netfilter off.
+    node.ns
+        .exec(&["sysctl", "-qw", "net.bridge.bridge-nf-call-iptables=0"]);
+    node.ns
+        .exec(&["sysctl", "-qw", "net.bridge.bridge-nf-call-ip6tables=0"]);
+    let ping = a.exec(&["ping", "-c1", "-W2", &b4]);
+    assert!(ping.contains("ttl=63"), "{ping}");
+    let ping6 = a.exec(&["ping", "-6", "-c1", "-W2", &b6]);
+    assert!(ping6.contains("ttl=63"), "{ping6}");
+    assert!(b.ping(&pod_address(&ra, 4)) && a.ping("10.90.0.1") && a.ping("fd00:90::1"));
+
+    // So the node's inet forward hook sees pod-to-pod traffic without br_netfilter.
+    node.ns.exec(&["nft", "add", "table", "inet", "isotest"]);
+    node.ns.exec(&[
+        "nft",
+        "add",
+        "chain",
+        "inet",
+        "isotest",
+        "pods",
+        "{ type filter hook forward priority 0; policy accept; }",
+    ]);
+    node.ns.exec(&[
+        "nft", "add", "rule", "inet", "isotest", "pods", "ip", "daddr", &b4, "drop",
+    ]);
+    node.ns.exec(&[
+        "nft", "add", "rule", "inet", "isotest", "pods", "ip6", "daddr", &b6, "drop",
+    ]);
+    assert!(
+        !a.ping(&b4),
+        "the node's forward rule drops IPv4 pod to pod"
+    );
+    assert!(!a.ping(&b6), "and IPv6");
+    node.ns.exec(&["nft", "delete", "table", "inet", "isotest"]);
+    assert!(a.ping(&b4));
+
+    // Going around the node at layer 2 (b's MAC, b on the link) is dropped by the bridge.
+    let b_mac = rb["interfaces"][2]["mac"].as_str().unwrap().to_string();
+    a.ip(&["route", "replace", &format!("{b4}/32"), "dev", "eth0"]);
+    a.ip(&[
+        "neigh",
+        "replace",
+        &b4,
+        "lladdr",
+        &b_mac,
+        "dev",
+        "eth0",
+        "nud",
+        "permanent",
+    ]);
+    assert!(!a.ping(&b4), "isolated ports do not forward to each other");
+    a.ip(&["route", "del", &format!("{b4}/32")]);
+
+    // CHECK accepts what ADD made; DEL twice; the config needs a gateway.
+    let mut with_prev = conf.clone();
+    with_prev["prevResult"] = ra.clone();
+    node.run("CHECK", "iso-a", Some(&a), "eth0", &with_prev)
+        .ok();
+    for _ in 0..2 {
+        node.run("DEL", "iso-a", Some(&a), "eth0", &conf).ok();
+    }
+    let err = node
+        .run(
+            "ADD",
+            "iso-c",
+            Some(&Netns::new("brisoc")),
+            "eth0",
+            &node.conf(json!({"isGateway": false, "portIsolation": true})),
+        )
+        .err(7);
+    assert!(err["msg"].as_str().unwrap().contains("isGateway"), "{err}");
+}

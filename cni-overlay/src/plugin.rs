@@ -102,6 +102,9 @@ pub fn delegate_config(req: &Request, facts: Option<&NodeFacts>) -> Value {
         ("isGateway", json!(true)),
         ("isDefaultGateway", json!(true)),
         ("hairpinMode", json!(true)),
+        // Pods of the node reach each other through the host, so NetworkPolicies and Service
+        // NAT see that traffic with or without br_netfilter.
+        ("portIsolation", json!(true)),
         ("ipMasq", json!(false)),
     ] {
         conf.entry(key).or_insert(value);

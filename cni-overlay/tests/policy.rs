@@ -60,7 +60,21 @@ fn policies_hold_across_nodes_over_the_overlay() {
     }
     let (pa, ipa) = cluster.nodes[0].pod("ovp-a");
     let (pb, ipb) = cluster.nodes[1].pod("ovp-b");
-    let _servers = [probe::serve(&pa, &[80, 81]), probe::serve(&pb, &[80, 81])];
+    // c shares b's node, whose bridge hands nothing to the IP hooks (br_netfilter off): the
+    // chain's isolated ports make the node route c's traffic to b, so b's policy holds for it.
+    let (pc, ipc) = cluster.nodes[1].pod("ovp-c");
+    for family in ["iptables", "ip6tables"] {
+        cluster.nodes[1].ns.exec(&[
+            "sysctl",
+            "-qw",
+            &format!("net.bridge.bridge-nf-call-{family}=0"),
+        ]);
+    }
+    let _servers = [
+        probe::serve(&pa, &[80, 81]),
+        probe::serve(&pb, &[80, 81]),
+        probe::serve(&pc, &[80, 81]),
+    ];
     let api = cluster.api();
     api.put(NAMESPACES, json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": "x", "labels": {"ns": "x"}}}));
     api.put(
@@ -70,6 +84,10 @@ fn policies_hold_across_nodes_over_the_overlay() {
     api.put(
         PODS,
         pod_object("x", "b", "node1", &ipb, json!({"pod": "b"})),
+    );
+    api.put(
+        PODS,
+        pod_object("x", "c", "node1", &ipc, json!({"pod": "c"})),
     );
     let kubeconfig = cluster._etcd_dir.path().join("kubeconfig");
     let agent = test_support::workspace_binary(&bin_dir().join("cni-overlay"), "tether-netpol");
@@ -91,6 +109,7 @@ fn policies_hold_across_nodes_over_the_overlay() {
                     .arg(&kubeconfig)
                     .arg("--facts")
                     .arg(node.run_dir().join("overlay.json"))
+                    .args(["--metrics-addr", "127.0.0.1:9403"])
                     .stderr(std::fs::File::create(log).unwrap())
                     .spawn()
                     .unwrap(),
@@ -121,6 +140,25 @@ fn policies_hold_across_nodes_over_the_overlay() {
         log,
     );
     assert!(open(&pa, &to_b("tcp:80")), "port 80 from a stays open");
+    assert!(
+        !open(&pc, &to_b("tcp:80")),
+        "c, on b's node but no peer, is shut out without br_netfilter"
+    );
+    assert!(open(&pb, &format!("{ipc}:tcp:80")), "c is not isolated");
+    let ready = cluster.nodes[1].ns.try_exec(&[
+        "curl",
+        "-s",
+        "-o",
+        "/dev/null",
+        "-w",
+        "%{http_code}",
+        "http://127.0.0.1:9403/readyz",
+    ]);
+    assert_eq!(
+        String::from_utf8_lossy(&ready.stdout),
+        "200",
+        "ready: every port of cni0 is isolated"
+    );
     assert!(!open(&pa, &to_b("udp:80")), "UDP is not allowed");
     // a is relabelled: no longer a peer, so b's port 80 closes to it.
     api.put(

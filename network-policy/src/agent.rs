@@ -36,6 +36,8 @@ pub struct Settings {
     pub node_name: String,
     pub kubeconfig: Option<PathBuf>,
     pub table: nft::Options,
+    /// The node's pod bridge (see [`crate::same_node`]).
+    pub bridge: String,
     /// Where /metrics, /healthz and /readyz are served, if anywhere.
     pub metrics_addr: Option<std::net::SocketAddr>,
 }
@@ -130,7 +132,7 @@ pub async fn run(settings: Settings) -> Result<(), AgentError> {
             .map_err(|e| AgentError::Client(format!("binding {addr}: {e}")))?;
         tokio::spawn(tether_observe::http::serve(
             listener,
-            Arc::new(metrics.endpoints()),
+            Arc::new(metrics.endpoints(settings.bridge.clone())),
         ));
     }
     let config = watcher::Config::default();
@@ -211,7 +213,7 @@ fn write(
 ) -> Option<Table> {
     let plan = cluster.plan(&settings.node_name);
     if plan.policies_exist {
-        if let Err(why) = crate::metrics::bridged_traffic_is_filtered() {
+        if let Err(why) = crate::same_node::policed(&settings.bridge) {
             tracing::warn!(%why, "policies are not enforced between pods of this node");
         }
     }

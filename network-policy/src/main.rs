@@ -24,6 +24,10 @@ struct Args {
     /// tether-overlayd's facts file (for the node's pod subnets).
     #[arg(long, env = "TETHER_FACTS", default_value = "/run/tether/overlay.json")]
     facts: PathBuf,
+    /// The node's pod bridge: ready only when traffic between its pods is policed (isolated
+    /// ports or br_netfilter).
+    #[arg(long, env = "TETHER_NETPOL_BRIDGE", default_value = "cni0")]
+    bridge: String,
     /// Serve /metrics, /healthz and /readyz here (for example 0.0.0.0:9403).
     #[arg(long, env = "TETHER_NETPOL_METRICS_ADDR")]
     metrics_addr: Option<std::net::SocketAddr>,
@@ -82,6 +86,7 @@ fn main() -> ExitCode {
             node_name: args.node_name.unwrap_or_default(),
             kubeconfig: args.kubeconfig,
             metrics_addr: args.metrics_addr,
+            bridge: args.bridge,
             table: tether_netpol::nft::Options {
                 log_denied: args.log_denied,
                 pod_subnets,

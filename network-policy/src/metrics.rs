@@ -104,44 +104,21 @@ impl Metrics {
             Some(result) => result?,
             None => return Err("no table written yet (waiting for the first lists)".into()),
         }
-        bridged_traffic_is_filtered()
+        Ok(())
     }
 
-    pub fn endpoints(self: &Arc<Self>) -> Endpoints {
+    /// The HTTP endpoints; ready also needs every pod of `bridge` policed.
+    pub fn endpoints(self: &Arc<Self>, bridge: String) -> Endpoints {
         let ready = self.clone();
         Endpoints {
             registry: Arc::new(Mutex::new(self.registry())),
             // Alive while the process runs: a failing write is retried, not a reason to restart.
             healthz: Box::new(|| Ok(())),
-            readyz: Box::new(move || ready.probe()),
+            readyz: Box::new(move || {
+                ready
+                    .probe()
+                    .and_then(|()| crate::same_node::policed(&bridge))
+            }),
         }
     }
-}
-
-const BRIDGE_NF: [&str; 2] = [
-    "/proc/sys/net/bridge/bridge-nf-call-iptables",
-    "/proc/sys/net/bridge/bridge-nf-call-ip6tables",
-];
-
-/// Traffic between two pods on one bridge reaches the `inet` table only through br_netfilter;
-/// without it, policies would not apply between pods of one node (a `bridge` family table is no
-/// substitute: it has no connection tracking without nf_conntrack_bridge, so replies could not
-/// be told from new connections).
-pub fn bridged_traffic_is_filtered() -> Result<(), String> {
-    for path in BRIDGE_NF {
-        match cni_core::sysctl::get(path).as_deref() {
-            Some("1") => {}
-            Some(value) => {
-                return Err(format!(
-                    "{path} is {value}: traffic between pods of this node bypasses NetworkPolicies; set it to 1"
-                ))
-            }
-            None => {
-                return Err(format!(
-                    "br_netfilter is not loaded ({path} is missing): traffic between pods of this node bypasses NetworkPolicies; modprobe br_netfilter"
-                ))
-            }
-        }
-    }
-    Ok(())
 }

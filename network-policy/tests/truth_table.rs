@@ -8,7 +8,7 @@
 //! one, which each scenario states on its own (not through the agent's model).
 
 use std::collections::BTreeMap;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -54,6 +54,7 @@ struct World {
     _agent: KillOnDrop,
     node: Netns,
     _dir: PathBuf,
+    datapath: Datapath,
 }
 
 impl Drop for World {
@@ -93,6 +94,7 @@ fn pod_object(who: Who, ip: &str, labels: Value) -> Value {
         "spec": {"nodeName": "node1", "containers": [{"name": "c", "image": "probe", "ports": [
             {"name": "serve-80-tcp", "containerPort": 80, "protocol": "TCP"},
             {"name": "serve-81-udp", "containerPort": 81, "protocol": "UDP"},
+            {"name": "serve-81-sctp", "containerPort": 81, "protocol": "SCTP"},
         ]}]},
         "status": {"phase": "Running", "podIP": ip, "podIPs": [{"ip": ip}, {"ip": ip6}]},
     })
@@ -102,23 +104,54 @@ fn namespace_object(name: &str, labels: Value) -> Value {
     json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": name, "labels": labels}})
 }
 
-/// A pod's namespace on the node's bridge, with its servers running.
-fn plug(node: &Netns, tag: &str, ip: &str) -> (Netns, probe::Servers) {
+/// How the node's pods reach each other, and so how the agent sees that traffic.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Datapath {
+    /// Bridged between plain ports, handed to the IP hooks by br_netfilter.
+    BrNetfilter,
+    /// Isolated ports (cni-bridge's `portIsolation`), routed by the node; br_netfilter off.
+    Isolated,
+}
+
+/// A pod's namespace on the node's bridge, made by the real cni-bridge (and cni-ipam, with a
+/// range of one address), with its servers running.
+fn plug(
+    node: &Netns,
+    dir: &Path,
+    datapath: Datapath,
+    tag: &str,
+    ip: &str,
+) -> (Netns, probe::Servers) {
     let netns = Netns::new(tag);
-    let host = format!("v{tag}");
-    node.cable(&host, "169.254.1.1/32", &netns, "eth0", &format!("{ip}/24"));
-    node.ip(&["addr", "flush", "dev", &host]);
-    node.ip(&["link", "set", &host, "master", "cni0"]);
-    netns.ip(&["route", "add", "default", "via", "10.77.0.1"]);
-    netns.ip(&[
-        "-6",
-        "addr",
-        "add",
-        &format!("{}/64", v6_of(ip)),
-        "dev",
-        "eth0",
-        "nodad",
-    ]);
+    let bridge = test_support::workspace_binary(
+        Path::new(env!("CARGO_BIN_EXE_tether-netpol")),
+        "cni-bridge",
+    );
+    test_support::workspace_binary(&bridge, "cni-ipam");
+    let v6 = v6_of(ip);
+    let conf = json!({
+        "cniVersion": "1.1.0", "name": "tnp", "type": "cni-bridge",
+        "isGateway": true, "isDefaultGateway": true, "hairpinMode": true,
+        "portIsolation": datapath == Datapath::Isolated,
+        "ipam": {"type": "cni-ipam", "dataDir": dir.join("ipam"), "ranges": [
+            [{"subnet": "10.77.0.0/24", "rangeStart": ip, "rangeEnd": ip, "gateway": "10.77.0.1"}],
+            [{"subnet": "fd77::/64", "rangeStart": v6, "rangeEnd": v6, "gateway": "fd77::1"}]]},
+    });
+    let netns_path = netns.path().display().to_string();
+    let cni_path = bridge.parent().unwrap().display().to_string();
+    test_support::run_plugin_in(
+        Some(node),
+        &bridge,
+        &[
+            ("CNI_COMMAND", "ADD"),
+            ("CNI_CONTAINERID", tag),
+            ("CNI_NETNS", &netns_path),
+            ("CNI_IFNAME", "eth0"),
+            ("CNI_PATH", &cni_path),
+        ],
+        &conf,
+    )
+    .ok();
     let server = probe::serve(&netns, &[80, 81]);
     (netns, server)
 }
@@ -129,15 +162,24 @@ fn probe_one(from: &Netns, target: &str) -> bool {
 
 impl World {
     fn new(tag: &str) -> World {
+        World::with(tag, Datapath::BrNetfilter)
+    }
+
+    fn with(tag: &str, datapath: Datapath) -> World {
         require_root();
         let node = Netns::new(&format!("{tag}n"));
-        node.ip(&["link", "add", "cni0", "type", "bridge"]);
-        node.ip(&["addr", "add", "10.77.0.1/24", "dev", "cni0"]);
-        node.ip(&["-6", "addr", "add", "fd77::1/64", "dev", "cni0", "nodad"]);
-        node.ip(&["link", "set", "cni0", "up"]);
-        node.exec(&["sysctl", "-qw", "net.bridge.bridge-nf-call-iptables=1"]);
-        node.exec(&["sysctl", "-qw", "net.bridge.bridge-nf-call-ip6tables=1"]);
-        node.exec(&["sysctl", "-qw", "net.ipv4.ip_forward=1"]);
+        let br_netfilter = if datapath == Datapath::BrNetfilter {
+            "1"
+        } else {
+            "0"
+        };
+        for family in ["iptables", "ip6tables"] {
+            node.exec(&[
+                "sysctl",
+                "-qw",
+                &format!("net.bridge.bridge-nf-call-{family}={br_netfilter}"),
+            ]);
+        }
         let api = ApiServer::start_in(&node, "127.0.0.1:0");
         let dir = std::env::temp_dir().join(format!("tnp-{tag}-{}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();
@@ -154,7 +196,7 @@ impl World {
             for (j, pod) in POD_NAMES.iter().enumerate() {
                 let who = Who { ns, pod };
                 let ip = format!("10.77.0.{}", 10 + i * 3 + j);
-                let (netns, server) = plug(&node, &format!("{tag}{ns}{pod}"), &ip);
+                let (netns, server) = plug(&node, &dir, datapath, &format!("{tag}{ns}{pod}"), &ip);
                 api.put(PODS, pod_object(who, &ip, json!({"pod": pod})));
                 pods.push(Pod {
                     who,
@@ -191,6 +233,7 @@ impl World {
             _agent: KillOnDrop(agent),
             node,
             _dir: dir,
+            datapath,
         };
         let started = Instant::now();
         while !world.has_table() {
@@ -230,7 +273,10 @@ impl World {
     }
 
     /// Every pod to every other pod, on each probe.
-    fn matrix(&self) -> BTreeMap<(Who, Who, &'static str, u16), bool> {
+    fn matrix(
+        &self,
+        probes: &[(&'static str, u16)],
+    ) -> BTreeMap<(Who, Who, &'static str, u16), bool> {
         let children: Vec<(Who, Child)> = self
             .pods
             .iter()
@@ -240,7 +286,7 @@ impl World {
                     .iter()
                     .filter(|dst| dst.who != src.who)
                     .flat_map(|dst| {
-                        PROBES
+                        probes
                             .iter()
                             .map(move |(p, port)| format!("{}:{p}:{port}", dst.ip))
                     })
@@ -273,7 +319,11 @@ impl World {
                     parts.next().unwrap(),
                     parts.next().unwrap(),
                 );
-                let proto = if proto == "tcp" { "tcp" } else { "udp" };
+                let proto = match proto {
+                    "tcp" => "tcp",
+                    "udp" => "udp",
+                    _ => "sctp",
+                };
                 out.insert((src, by_ip[ip], proto, port.parse().unwrap()), ok);
             }
         }
@@ -282,9 +332,19 @@ impl World {
 
     /// Waits (5 s at most) for the matrix `expect` describes; panics with the differences.
     fn expect(&self, scenario: &str, expect: impl Fn(Who, Who, &str, u16) -> bool) {
+        self.expect_on(&PROBES, scenario, expect)
+    }
+
+    /// [`World::expect`] on other probes.
+    fn expect_on(
+        &self,
+        probes: &[(&'static str, u16)],
+        scenario: &str,
+        expect: impl Fn(Who, Who, &str, u16) -> bool,
+    ) {
         let started = Instant::now();
         loop {
-            let seen = self.matrix();
+            let seen = self.matrix(probes);
             let wrong: Vec<String> = seen
                 .iter()
                 .filter(|((s, d, p, port), ok)| expect(*s, *d, p, *port) != **ok)
@@ -337,7 +397,23 @@ impl World {
 
 #[test]
 fn ingress_scenarios_of_the_upstream_e2e_tests() {
-    let w = World::new("tnpi");
+    ingress_scenarios(&World::new("tnpi"));
+}
+
+/// The same scenarios between pods on isolated ports with br_netfilter off: the node routes
+/// their traffic, and the agent sees it in `forward` all the same.
+#[test]
+fn ingress_scenarios_between_isolated_ports_without_br_netfilter() {
+    let w = World::with("tnpr", Datapath::Isolated);
+    assert_eq!(
+        w.http("/readyz").0,
+        "200",
+        "isolated ports need no br_netfilter"
+    );
+    ingress_scenarios(&w);
+}
+
+fn ingress_scenarios(w: &World) {
     w.expect("no policy: everything open", |_, _, _, _| true);
 
     w.policy(
@@ -506,7 +582,7 @@ fn egress_deny_with_one_port_allowed() {
 fn a_pod_the_agent_does_not_know_yet_is_held_while_policies_exist() {
     let w = World::new("tnph");
     // Its CNI ADD is done, its address not yet in the API: open while no policy exists at all.
-    let (d_ns, server) = plug(&w.node, "tnphxd", "10.77.0.40");
+    let (d_ns, server) = plug(&w.node, &w._dir, w.datapath, "tnphxd", "10.77.0.40");
     let d = Pod {
         who: Who { ns: "x", pod: "d" },
         ip: "10.77.0.40".into(),
@@ -788,4 +864,57 @@ fn ipv6_is_policed_like_ipv4() {
         probe_one(netns("x", "a"), &target(&yb, "tcp:80")),
         "egress not isolated"
     );
+}
+
+/// SCTP (the upstream SCTP connectivity scenarios), probed with a raw INIT answered by an INIT
+/// ACK (the test kernel has no SCTP stack; the node's firewall and connection tracking see the
+/// association's first two packets as they would on any kernel).
+#[test]
+fn sctp_by_port_named_port_and_egress() {
+    const SCTP_PROBES: [(&str, u16); 3] = [("sctp", 80), ("sctp", 81), ("tcp", 80)];
+    let w = World::with("tnps", Datapath::Isolated);
+    w.expect_on(&SCTP_PROBES, "no policy: SCTP open", |_, _, _, _| true);
+    w.policy(
+        "x",
+        "deny-all",
+        json!({"podSelector": {}, "policyTypes": ["Ingress"]}),
+    );
+    w.expect_on(&SCTP_PROBES, "default deny in x, SCTP too", |_, d, _, _| {
+        d.ns != "x"
+    });
+    w.policy(
+        "x",
+        "sctp-80-from-y",
+        json!({"podSelector": {}, "ingress": [{
+        "from": [{"namespaceSelector": {"matchLabels": {"ns": "y"}}}],
+        "ports": [{"protocol": "SCTP", "port": 80}]}]}),
+    );
+    w.expect_on(&SCTP_PROBES, "SCTP 80 from y", |s, d, p, port| {
+        d.ns != "x" || (s.ns == "y" && p == "sctp" && port == 80)
+    });
+    let x_a = v6_of(&w.ip("x", "a"));
+    let from = |ns: &str| &w.pods.iter().find(|p| p.who.ns == ns).unwrap().netns;
+    assert!(probe_one(from("y"), &format!("{x_a}:sctp:80")), "over IPv6");
+    assert!(!probe_one(from("z"), &format!("{x_a}:sctp:80")));
+    w.policy(
+        "x",
+        "sctp-80-from-y",
+        json!({"podSelector": {}, "ingress": [{"ports": [{"protocol": "SCTP", "port": "serve-81-sctp"}]}]}),
+    );
+    w.expect_on(
+        &SCTP_PROBES,
+        "named SCTP port 81 from anywhere",
+        |_, d, p, port| d.ns != "x" || (p == "sctp" && port == 81),
+    );
+    w.delete_policy("x", "sctp-80-from-y");
+    w.delete_policy("x", "deny-all");
+    w.policy(
+        "y",
+        "b-sends-sctp-81",
+        json!({"podSelector": {"matchLabels": {"pod": "b"}}, "policyTypes": ["Egress"],
+        "egress": [{"ports": [{"protocol": "SCTP", "port": 81}]}]}),
+    );
+    w.expect_on(&SCTP_PROBES, "y/b sends only SCTP 81", |s, _, p, port| {
+        !(s.ns == "y" && s.pod == "b") || (p == "sctp" && port == 81)
+    });
 }

@@ -9,6 +9,15 @@ use netlink_packet_route::RouteNetlinkMessage;
 
 use super::{family, is_missing, Netlink, NlError};
 
+/// How an address is added.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct AddressOptions {
+    /// IPv6: usable at once, without duplicate address detection.
+    pub nodad: bool,
+    /// No route to the address's subnet through the link (the kernel adds one otherwise).
+    pub no_prefix_route: bool,
+}
+
 impl Netlink {
     /// Adds an address; one that is already there is success (returns false). With `nodad`, an
     /// IPv6 address is usable at once instead of after duplicate address detection.
@@ -18,11 +27,34 @@ impl Netlink {
         addr: IpNetwork,
         nodad: bool,
     ) -> Result<bool, NlError> {
+        self.add_address_with(
+            index,
+            addr,
+            AddressOptions {
+                nodad,
+                no_prefix_route: false,
+            },
+        )
+    }
+
+    /// [`Netlink::add_address`] with every option.
+    pub fn add_address_with(
+        &mut self,
+        index: u32,
+        addr: IpNetwork,
+        options: AddressOptions,
+    ) -> Result<bool, NlError> {
         let mut msg = address_message(index, addr);
-        if nodad && addr.is_ipv6() {
+        let mut flags = AddressFlags::empty();
+        if options.nodad && addr.is_ipv6() {
             msg.header.flags = AddressHeaderFlags::Nodad;
-            msg.attributes
-                .push(AddressAttribute::Flags(AddressFlags::Nodad));
+            flags |= AddressFlags::Nodad;
+        }
+        if options.no_prefix_route {
+            flags |= AddressFlags::Noprefixroute;
+        }
+        if !flags.is_empty() {
+            msg.attributes.push(AddressAttribute::Flags(flags));
         }
         match self.change(
             RouteNetlinkMessage::NewAddress(msg),

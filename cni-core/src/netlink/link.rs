@@ -276,16 +276,33 @@ impl Netlink {
     }
 
     pub fn set_hairpin(&mut self, index: u32, on: bool) -> Result<(), NlError> {
+        self.set_bridge_port(
+            index,
+            InfoBridgePort::HairpinMode(on),
+            "setting hairpin mode on",
+        )
+    }
+
+    /// An isolated bridge port forwards to no other isolated port: only to and from the bridge
+    /// itself (and non-isolated ports).
+    pub fn set_isolated(&mut self, index: u32, on: bool) -> Result<(), NlError> {
+        self.set_bridge_port(index, InfoBridgePort::Isolated(on), "isolating bridge port")
+    }
+
+    fn set_bridge_port(
+        &mut self,
+        index: u32,
+        option: InfoBridgePort,
+        action: &'static str,
+    ) -> Result<(), NlError> {
         let mut msg = LinkMessage::default();
         msg.header.index = index;
         msg.attributes.push(LinkAttribute::LinkInfo(vec![
             LinkInfo::PortKind(InfoPortKind::Bridge),
-            LinkInfo::PortData(InfoPortData::BridgePort(vec![InfoBridgePort::HairpinMode(
-                on,
-            )])),
+            LinkInfo::PortData(InfoPortData::BridgePort(vec![option])),
         ]));
         self.change(RouteNetlinkMessage::NewLink(msg), 0)
-            .map_err(self.err("setting hairpin mode on", format!("#{index}")))
+            .map_err(self.err(action, format!("#{index}")))
     }
 
     /// Adds or removes a VLAN on a bridge port (or, with `on_bridge`, on the bridge itself).

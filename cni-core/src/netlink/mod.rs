@@ -21,6 +21,7 @@ use netlink_packet_route::AddressFamily;
 
 use crate::netns::NetnsError;
 
+pub use addr::AddressOptions;
 pub use detached::{delete_link_detached, UnlinkError};
 pub use link::{format_mac, parse_mac, Link, VethSpec, VxlanInfo, VxlanSpec};
 pub use neigh::{FdbEntry, Neighbour};
