@@ -51,7 +51,8 @@ impl Drop for KillOnDrop {
 struct World {
     pods: Vec<Pod>,
     api: ApiServer,
-    _agent: KillOnDrop,
+    agent: std::cell::RefCell<Option<KillOnDrop>>,
+    agent_args: Vec<String>,
     node: Netns,
     _dir: PathBuf,
     datapath: Datapath,
@@ -166,6 +167,11 @@ impl World {
     }
 
     fn with(tag: &str, datapath: Datapath) -> World {
+        World::start(tag, datapath, &[])
+    }
+
+    /// The node, its pods and the agent (with `agent_args` besides the usual ones).
+    fn start(tag: &str, datapath: Datapath, agent_args: &[&str]) -> World {
         require_root();
         let node = Netns::new(&format!("{tag}n"));
         let br_netfilter = if datapath == Datapath::BrNetfilter {
@@ -206,12 +212,40 @@ impl World {
                 });
             }
         }
-        let log = std::fs::File::create(dir.join("agent.log")).unwrap();
+        let world = World {
+            pods,
+            api,
+            agent: std::cell::RefCell::new(None),
+            agent_args: agent_args.iter().map(|a| a.to_string()).collect(),
+            node,
+            _dir: dir,
+            datapath,
+        };
+        world.start_agent();
+        let started = Instant::now();
+        while !world.has_table() {
+            assert!(
+                started.elapsed() < Duration::from_secs(20),
+                "no table: {}",
+                world.log()
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        world
+    }
+
+    /// Starts the agent (its log appended to `agent.log`).
+    fn start_agent(&self) {
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self._dir.join("agent.log"))
+            .unwrap();
         let agent = Command::new("ip")
             .args([
                 "netns",
                 "exec",
-                &node.name,
+                &self.node.name,
                 env!("CARGO_BIN_EXE_tether-netpol"),
             ])
             .args([
@@ -223,28 +257,17 @@ impl World {
                 "127.0.0.1:9403",
                 "--kubeconfig",
             ])
-            .arg(&kubeconfig)
+            .arg(self._dir.join("kubeconfig"))
+            .args(&self.agent_args)
             .stderr(log)
             .spawn()
             .unwrap();
-        let world = World {
-            pods,
-            api,
-            _agent: KillOnDrop(agent),
-            node,
-            _dir: dir,
-            datapath,
-        };
-        let started = Instant::now();
-        while !world.has_table() {
-            assert!(
-                started.elapsed() < Duration::from_secs(20),
-                "no table: {}",
-                world.log()
-            );
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        world
+        *self.agent.borrow_mut() = Some(KillOnDrop(agent));
+    }
+
+    /// SIGKILL, wherever the agent is.
+    fn kill_agent(&self) {
+        self.agent.borrow_mut().take();
     }
 
     fn has_table(&self) -> bool {
@@ -665,10 +688,43 @@ fn kernel_sets(node: &Netns) -> BTreeMap<String, std::collections::BTreeSet<Stri
     sets
 }
 
+/// The rules of the kernel's table.
+fn kernel_rules(node: &Netns) -> usize {
+    let out = node.exec(&["nft", "-j", "list", "table", "inet", "tether-netpol"]);
+    let v: Value = serde_json::from_str(&out).unwrap();
+    v["nftables"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|item| item.get("rule").is_some())
+        .count()
+}
+
 /// The same sets computed afresh from what the API holds now.
 fn fresh_sets(api: &ApiServer) -> BTreeMap<String, std::collections::BTreeSet<String>> {
+    fresh_table(api)
+        .sets
+        .into_iter()
+        .map(|(name, set)| {
+            let elems = set
+                .elements
+                .iter()
+                .map(|e| match e {
+                    tether_netpol::nft::Elem::Addr(ip) => ip.to_string(),
+                    tether_netpol::nft::Elem::Named(ip, p, port) => {
+                        format!("{ip} {} {port}", p.nft())
+                    }
+                })
+                .collect();
+            (name, elems)
+        })
+        .collect()
+}
+
+/// The table computed afresh from what the API holds now.
+fn fresh_table(api: &ApiServer) -> tether_netpol::nft::Table {
     use tether_netpol::model::{Cluster, PodInfo};
-    use tether_netpol::nft::{render, Elem, Options};
+    use tether_netpol::nft::{render, Options};
     let mut cluster = Cluster::default();
     for pod in api.list(PODS) {
         let pod: k8s_openapi::api::core::v1::Pod = serde_json::from_value(pod).unwrap();
@@ -700,20 +756,6 @@ fn fresh_sets(api: &ApiServer) -> BTreeMap<String, std::collections::BTreeSet<St
         ],
     };
     render(&cluster.plan("node1"), &options)
-        .sets
-        .into_iter()
-        .map(|(name, set)| {
-            let elems = set
-                .elements
-                .iter()
-                .map(|e| match e {
-                    Elem::Addr(ip) => ip.to_string(),
-                    Elem::Named(ip, p, port) => format!("{ip} {} {port}", p.nft()),
-                })
-                .collect();
-            (name, elems)
-        })
-        .collect()
 }
 
 #[test]
@@ -917,4 +959,189 @@ fn sctp_by_port_named_port_and_egress() {
     w.expect_on(&SCTP_PROBES, "y/b sends only SCTP 81", |s, _, p, port| {
         !(s.ns == "y" && s.pod == "b") || (p == "sctp" && port == 81)
     });
+}
+
+/// SIGKILL wherever the agent is, again and again in the middle of bursts of changes: the kernel
+/// keeps a whole table each time (every write is one transaction; a restart writes nothing until
+/// it has all three lists, and never flushes), so a standing policy never lapses, and the last
+/// restart converges on a fresh computation.
+#[test]
+fn sigkill_during_writes_keeps_enforcing_and_the_restart_converges() {
+    let w = World::with("tnpk", Datapath::Isolated);
+    w.policy(
+        "z",
+        "standing",
+        json!({"podSelector": {"matchLabels": {"pod": "a"}}, "ingress": [{"from": [
+        {"namespaceSelector": {"matchLabels": {"ns": "y"}}}]}]}),
+    );
+    let (x_a, y_a) = (&w.pods[0].netns, &w.pods[3].netns);
+    let z_a = format!("{}:tcp:80", w.ip("z", "a"));
+    let started = Instant::now();
+    while probe_one(x_a, &z_a) {
+        assert!(started.elapsed() < Duration::from_secs(5), "{}", w.log());
+    }
+    let mut seed = u64::from(std::process::id());
+    for round in 0..8u64 {
+        // A burst that reshapes the table (a full rewrite) and moves set members.
+        for k in 0..12u64 {
+            let ns = NAMESPACE_NAMES[((round + k) % 3) as usize];
+            let pod = POD_NAMES[((round * k) % 3) as usize];
+            w.policy(ns, &format!("churn{k}"), json!({
+                "podSelector": {"matchLabels": {"pod": pod}},
+                "ingress": [{"from": [{"podSelector": {"matchLabels": {"pod": POD_NAMES[(k % 3) as usize]}}}],
+                             "ports": [{"protocol": "TCP", "port": 80 + (round % 2)}]}]}));
+        }
+        seed = seed
+            .wrapping_mul(6364136223846793005)
+            .wrapping_add(1442695040888963407);
+        std::thread::sleep(Duration::from_millis((seed >> 33) % 300));
+        w.kill_agent();
+        assert!(
+            w.has_table(),
+            "round {round}: the table is gone after a kill"
+        );
+        assert!(
+            !probe_one(x_a, &z_a),
+            "round {round}: the standing policy lapsed after a kill"
+        );
+        assert!(
+            probe_one(y_a, &z_a),
+            "round {round}: the standing policy's peer was shut out"
+        );
+        w.start_agent();
+    }
+    let started = Instant::now();
+    loop {
+        let fresh = fresh_table(&w.api);
+        if kernel_sets(&w.node) == fresh_sets(&w.api) && kernel_rules(&w.node) == fresh.rule_count()
+        {
+            break;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(10),
+            "the restarted agent did not converge:\n{}",
+            w.log()
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    assert!(!probe_one(x_a, &z_a) && probe_one(y_a, &z_a));
+}
+
+/// `nf_log_all_netns` on (log lines from namespaces other than the host's reach the kernel
+/// log) while alive; the previous value is put back on drop.
+struct LogAllNetns(String);
+
+const LOG_ALL_NETNS: &str = "/proc/sys/net/netfilter/nf_log_all_netns";
+
+impl LogAllNetns {
+    fn enable() -> LogAllNetns {
+        let before = std::fs::read_to_string(LOG_ALL_NETNS).unwrap();
+        std::fs::write(LOG_ALL_NETNS, "1").unwrap();
+        LogAllNetns(before.trim().to_string())
+    }
+}
+
+impl Drop for LogAllNetns {
+    fn drop(&mut self) {
+        let _ = std::fs::write(LOG_ALL_NETNS, &self.0);
+    }
+}
+
+/// `--log-denied`: a denied packet is a kernel log line with the prefix and the addresses, at
+/// most 10 a second after a burst of 20.
+#[test]
+fn denied_packets_are_logged_at_a_limited_rate() {
+    let _log_all = LogAllNetns::enable();
+    let w = World::start("tnpl", Datapath::BrNetfilter, &["--log-denied"]);
+    w.policy(
+        "x",
+        "deny-all",
+        json!({"podSelector": {}, "policyTypes": ["Ingress"]}),
+    );
+    let (x_a, y_a) = (w.ip("x", "a"), &w.pods[3]);
+    let started = Instant::now();
+    while probe_one(&y_a.netns, &format!("{x_a}:udp:80")) {
+        assert!(started.elapsed() < Duration::from_secs(5), "{}", w.log());
+    }
+    let table = w
+        .node
+        .exec(&["nft", "list", "table", "inet", "tether-netpol"]);
+    assert!(
+        table.contains(
+            "limit rate 10/second burst 20 packets log prefix \"tether-netpol denied: \"\n"
+        ),
+        "{table}"
+    );
+    // 60 denied datagrams at once, to ports nothing else here uses.
+    let targets: Vec<String> = (0..60)
+        .map(|i| format!("{x_a}:udp:{}", 40000 + i))
+        .collect();
+    let sent = Instant::now();
+    probe::reach(&y_a.netns, &targets);
+    let elapsed = sent.elapsed().as_secs_f64();
+    let dmesg = test_support::sh("dmesg", &[]);
+    let logged = dmesg
+        .lines()
+        .filter(|l| {
+            l.contains("tether-netpol denied: ")
+                && l.contains(&format!("SRC={} DST={x_a} ", y_a.ip))
+        })
+        .filter(|l| {
+            l.split_whitespace()
+                .find_map(|f| f.strip_prefix("DPT="))
+                .and_then(|p| p.parse::<u32>().ok())
+                .is_some_and(|p| (40000..40060).contains(&p))
+        })
+        .count();
+    let most = 20 + (10.0 * (elapsed + 1.0)) as usize;
+    assert!(
+        (1..=most).contains(&logged) && logged < 60,
+        "{logged} of 60 denied packets logged in {elapsed:.1} s (at most {most} expected)"
+    );
+}
+
+/// A Service address DNATed to a pod, as kube-proxy does in the node's prerouting: the policy
+/// sees the pod it reaches, in both datapaths (replies un-NATed by the same connection).
+#[test]
+fn service_traffic_is_policed_as_the_pod_it_reaches() {
+    for (tag, datapath) in [
+        ("tnpvb", Datapath::BrNetfilter),
+        ("tnpvi", Datapath::Isolated),
+    ] {
+        let w = World::with(tag, datapath);
+        let x_a = w.ip("x", "a");
+        w.node.exec(&["nft", "add", "table", "ip", "tnp-svc"]);
+        w.node.exec(&[
+            "nft",
+            "add chain ip tnp-svc pre { type nat hook prerouting priority dstnat; }",
+        ]);
+        w.node.exec(&[
+            "nft",
+            &format!("add rule ip tnp-svc pre ip daddr 10.96.0.10 dnat to {x_a}"),
+        ]);
+        let service = "10.96.0.10:tcp:80";
+        let from = |ns: &str| &w.pods.iter().find(|p| p.who.ns == ns).unwrap().netns;
+        assert!(
+            probe_one(from("z"), service),
+            "{datapath:?}: the Service works"
+        );
+        w.policy(
+            "x",
+            "from-y",
+            json!({"podSelector": {"matchLabels": {"pod": "a"}}, "ingress": [{"from": [
+            {"namespaceSelector": {"matchLabels": {"ns": "y"}}}]}]}),
+        );
+        let started = Instant::now();
+        while probe_one(from("z"), service) {
+            assert!(
+                started.elapsed() < Duration::from_secs(5),
+                "{datapath:?}: z still reaches x/a through the Service"
+            );
+        }
+        assert!(
+            probe_one(from("y"), service) && probe_one(from("y"), "10.96.0.10:udp:81"),
+            "{datapath:?}: y reaches x/a through the Service"
+        );
+        w.node.exec(&["nft", "delete", "table", "ip", "tnp-svc"]);
+    }
 }

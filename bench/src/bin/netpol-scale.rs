@@ -113,6 +113,58 @@ fn iperf(server: &Netns, client: &Netns, ip: &str, seconds: u32) -> f64 {
         / 1e9
 }
 
+/// The two real pods' datapath: isolated bridge ports with the subnet routed via the gateway and
+/// br_netfilter off (cni-bridge's `portIsolation`), or plain bridging with br_netfilter on.
+fn isolate(node: &Netns, pods: &[Netns], on: bool) {
+    for (i, pod) in pods.iter().enumerate() {
+        let flag = if on { "on" } else { "off" };
+        node.exec(&[
+            "bridge",
+            "link",
+            "set",
+            "dev",
+            &format!("vtbnp{i}"),
+            "isolated",
+            flag,
+        ]);
+        pod.exec(&["sysctl", "-qw", "net.ipv4.conf.all.accept_redirects=0"]);
+        pod.exec(&["sysctl", "-qw", "net.ipv4.conf.eth0.accept_redirects=0"]);
+        pod.ip(&["neigh", "flush", "dev", "eth0"]);
+        if on {
+            pod.ip(&[
+                "route",
+                "replace",
+                "10.80.0.0/22",
+                "via",
+                "10.80.0.1",
+                "dev",
+                "eth0",
+                "onlink",
+            ]);
+        } else {
+            pod.ip(&[
+                "route",
+                "replace",
+                "10.80.0.0/22",
+                "dev",
+                "eth0",
+                "proto",
+                "kernel",
+                "scope",
+                "link",
+            ]);
+        }
+    }
+    // Routed pod to pod needs forwarding (cni-bridge's isGateway turns it on).
+    node.exec(&["sysctl", "-qw", "net.ipv4.ip_forward=1"]);
+    let br_netfilter = if on { "0" } else { "1" };
+    node.exec(&[
+        "sysctl",
+        "-qw",
+        &format!("net.bridge.bridge-nf-call-iptables={br_netfilter}"),
+    ]);
+}
+
 fn start_agent(
     node: &Netns,
     agent: &str,
@@ -268,7 +320,10 @@ fn main() {
     let _ = monitor.kill();
     let _ = monitor.wait();
     with.push(iperf(&real[1], &real[0], &server_ip, seconds));
-    without.push(without[0]);
+    // The same pair on isolated ports (routed by the node, br_netfilter off), with the policies
+    // and then with no table at all; then plain bridging with no table (the reference datapath).
+    isolate(&node, &real, true);
+    let isolated_with = iperf(&real[1], &real[0], &server_ip, seconds);
     let peak = status_kib(pid, "VmHWM:");
     drop(agent);
     let _ = Command::new("ip")
@@ -283,6 +338,9 @@ fn main() {
             "tether-netpol",
         ])
         .status();
+    let isolated_none = iperf(&real[1], &real[0], &server_ip, seconds);
+    isolate(&node, &real, false);
+    let bridged_none = iperf(&real[1], &real[0], &server_ip, seconds);
     let _ = std::fs::remove_dir_all(&dir);
 
     let s = stats(&mut latencies);
@@ -307,12 +365,26 @@ fn main() {
                 format!("{:.1} MiB", peak as f64 / 1024.0),
             ],
             vec![
-                format!("iperf3 pod to pod, {seconds} s: no policy / {policies} policies"),
+                format!("iperf3 pod to pod, bridged + br_netfilter, {seconds} s: no policy / {policies} policies"),
                 format!(
                     "{:.1} / {:.1} Gbit/s ({:.2}x)",
                     without[0],
                     with[0],
                     with[0] / without[0].max(1e-9)
+                ),
+            ],
+            vec![
+                format!("iperf3 pod to pod, isolated ports (routed, no br_netfilter): no table / {policies} policies"),
+                format!(
+                    "{isolated_none:.1} / {isolated_with:.1} Gbit/s ({:.2}x)",
+                    isolated_with / isolated_none.max(1e-9)
+                ),
+            ],
+            vec![
+                "iperf3 pod to pod, no table: plain bridge / isolated ports".into(),
+                format!(
+                    "{bridged_none:.1} / {isolated_none:.1} Gbit/s ({:.2}x)",
+                    isolated_none / bridged_none.max(1e-9)
                 ),
             ],
         ],
