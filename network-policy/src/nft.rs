@@ -4,9 +4,10 @@
 //! Rules grow with policies, not with pods: every policy rule has named sets of addresses (the
 //! node's pods it applies to, the pods it lets in or out to, named ports resolved per pod), and
 //! its nftables rules only look those sets up. A pod joining or leaving is a set element added
-//! or deleted. Everything changes in one transaction (`nft -j -f`), so there is never a moment
-//! with half a change; a restart rewrites the table in one transaction too, never flushing it
-//! first.
+//! or deleted; a policy added or deleted is its own sets plus the rules of the chains it is in
+//! (sets are named after the rule's identity, not its position). Everything changes in one
+//! transaction (`nft -j -f`), so there is never a moment with half a change; a restart rewrites
+//! the table in one transaction too, never flushing it first.
 //!
 //! The chains: `forward` (pod to pod, and anything routed to or from a pod) and `input` (a pod
 //! to its own node) send replies of allowed connections through (`ct state established,related`)
@@ -223,7 +224,9 @@ pub fn render(plan: &Plan, options: &Options) -> Table {
             build::jump("ingress"),
         ]);
     }
-    for (n, rule) in plan.rules.iter().enumerate() {
+    let mut prefixes = BTreeSet::new();
+    for rule in &plan.rules {
+        let n = set_prefix(&rule.id, &mut prefixes);
         for v6 in [false, true] {
             let f = if v6 { "6" } else { "4" };
             let (own, peer) = match rule.direction {
@@ -232,7 +235,7 @@ pub fn render(plan: &Plan, options: &Options) -> Table {
             };
             let targets = addr_set(
                 &mut table,
-                format!("r{n}-t{f}"),
+                format!("{n}-t{f}"),
                 v6,
                 rule.targets.iter().copied(),
             );
@@ -243,7 +246,7 @@ pub fn render(plan: &Plan, options: &Options) -> Table {
                 if rule.peers.pods.iter().any(|ip| family_of(ip) == v6) {
                     let set = addr_set(
                         &mut table,
-                        format!("r{n}-p{f}"),
+                        format!("{n}-p{f}"),
                         v6,
                         rule.peers.pods.iter().copied(),
                     );
@@ -261,7 +264,7 @@ pub fn render(plan: &Plan, options: &Options) -> Table {
                 .map(|(ip, p, port)| Elem::Named(*ip, *p, *port))
                 .collect();
             let named_set = (!named.is_empty()).then(|| {
-                let name = format!("r{n}-n{f}");
+                let name = format!("{n}-n{f}");
                 table.sets.insert(
                     name.clone(),
                     SetDef {
@@ -302,6 +305,24 @@ pub fn render(plan: &Plan, options: &Options) -> Table {
 
 /// Drops traffic of addresses in this node's pod subnets that are not known pods (nor the
 /// subnet's network and gateway addresses).
+/// The name prefix of a rule's sets: from the rule's identity (policy, direction, index), not
+/// its position, so that adding or deleting one policy leaves every other rule's sets as they
+/// are (and the write is that policy's sets and the chains, not the whole table). FNV-1a of the
+/// id; another rule of this plan with the same hash gets a suffix.
+fn set_prefix(id: &str, taken: &mut BTreeSet<String>) -> String {
+    let hash = id.bytes().fold(0xcbf2_9ce4_8422_2325_u64, |h, b| {
+        (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3)
+    });
+    let base = format!("r{hash:016x}");
+    let mut name = base.clone();
+    let mut n = 1;
+    while !taken.insert(name.clone()) {
+        name = format!("{base}x{n}");
+        n += 1;
+    }
+    name
+}
+
 fn hold_unknown(
     table: &mut Table,
     plan: &Plan,
@@ -417,31 +438,79 @@ fn elements(
 }
 
 /// A batch that brings the kernel from `before` (what was applied last; `None` after a start)
-/// to `after`. When only set elements differ, the batch adds and deletes just those.
+/// to `after`, in one transaction. From a known `before`: new sets with their elements, element
+/// differences of the others, each changed chain emptied and refilled, then the sets no rule
+/// uses any more deleted; only set members changing means only element adds and deletes.
+/// Without `before` (a start), the whole table.
 pub fn batch(before: Option<&Table>, after: &Table) -> Result<Batch, FirewallError> {
+    match before {
+        Some(before) if kinds_agree(before, after) => Ok(difference(before, after)),
+        _ => whole(after),
+    }
+}
+
+/// A set both tables have holds the same kind of elements in both.
+fn kinds_agree(before: &Table, after: &Table) -> bool {
+    after
+        .sets
+        .iter()
+        .all(|(name, set)| before.sets.get(name).is_none_or(|old| old.kind == set.kind))
+}
+
+fn chain_object(name: &str) -> cni_core::firewall::schema::Chain<'static> {
+    cni_core::firewall::schema::Chain {
+        family: FAMILY,
+        table: TABLE.into(),
+        name: name.to_string().into(),
+        ..Default::default()
+    }
+}
+
+fn difference(before: &Table, after: &Table) -> Batch {
     let mut batch = Batch::new();
-    let same_shape = before.is_some_and(|b| {
-        b.chains == after.chains
-            && b.sets.len() == after.sets.len()
-            && b.sets
-                .iter()
-                .zip(&after.sets)
-                .all(|((n1, s1), (n2, s2))| n1 == n2 && s1.kind == s2.kind)
-    });
-    if let (true, Some(before)) = (same_shape, before) {
-        for (name, set) in &after.sets {
-            let old = &before.sets[name].elements;
-            if let Some(gone) = elements(name, old.difference(&set.elements).cloned()) {
-                batch.delete(gone);
+    for (name, set) in &after.sets {
+        match before.sets.get(name) {
+            None => {
+                batch.add(build::set(FAMILY, TABLE, name, set_type(set.kind), &[]));
+                if let Some(elems) = elements(name, set.elements.iter().cloned()) {
+                    batch.add(elems);
+                }
             }
-            if let Some(new) = elements(name, set.elements.difference(old).cloned()) {
-                batch.add(new);
+            Some(old) => {
+                let old = &old.elements;
+                if let Some(gone) = elements(name, old.difference(&set.elements).cloned()) {
+                    batch.delete(gone);
+                }
+                if let Some(new) = elements(name, set.elements.difference(old).cloned()) {
+                    batch.add(new);
+                }
             }
         }
-        return Ok(batch);
     }
-    // The whole table in one transaction: existing objects are emptied and refilled, so that
-    // packets see either the old table or the new one.
+    for (name, rules) in &after.chains {
+        if before.chains.get(name) != Some(rules) {
+            batch.flush(cni_core::firewall::schema::FlushObject::Chain(
+                chain_object(name),
+            ));
+            for statements in rules {
+                batch.add(build::rule(FAMILY, TABLE, name, statements.clone(), None));
+            }
+        }
+    }
+    // Only rules of the chains just refilled could have used these.
+    for (name, old) in &before.sets {
+        if !after.sets.contains_key(name) {
+            batch.delete(build::set(FAMILY, TABLE, name, set_type(old.kind), &[]));
+        }
+    }
+    batch
+}
+
+/// The whole table in one transaction: existing objects are emptied and refilled, so that
+/// packets see either the old table or the new one; sets of the kernel's table that `after`
+/// has not are deleted.
+fn whole(after: &Table) -> Result<Batch, FirewallError> {
+    let mut batch = Batch::new();
     batch.add(build::table(FAMILY, TABLE));
     for (name, set) in &after.sets {
         batch.add(build::set(FAMILY, TABLE, name, set_type(set.kind), &[]));
@@ -473,12 +542,7 @@ pub fn batch(before: Option<&Table>, after: &Table) -> Result<Batch, FirewallErr
     }
     for name in ["forward", "input", "egress", "ingress"] {
         batch.flush(cni_core::firewall::schema::FlushObject::Chain(
-            cni_core::firewall::schema::Chain {
-                family: FAMILY,
-                table: TABLE.into(),
-                name: name.into(),
-                ..Default::default()
-            },
+            chain_object(name),
         ));
     }
     for (name, rules) in &after.chains {

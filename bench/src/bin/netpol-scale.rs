@@ -275,7 +275,7 @@ fn main() {
     // Relabels: a local pod joins (and then leaves) app7's selection; timed to the kernel.
     let monitor_lines: Arc<Mutex<Vec<(Instant, String)>>> = Arc::default();
     let mut monitor = Command::new("ip")
-        .args(["netns", "exec", &node.name, "nft", "monitor", "elements"])
+        .args(["netns", "exec", &node.name, "nft", "monitor"])
         .stdout(Stdio::piped())
         .spawn()
         .expect("nft monitor");
@@ -289,31 +289,74 @@ fn main() {
         }
     });
     std::thread::sleep(Duration::from_millis(300));
+    // The first monitor line after `from` that `matches`, within 5 s.
+    let seen_after = |from: usize, t0: Instant, matches: &dyn Fn(&str) -> bool| {
+        let deadline = t0 + Duration::from_secs(5);
+        while Instant::now() < deadline {
+            if let Some(at) = monitor_lines.lock().ok().and_then(|l| {
+                l.iter()
+                    .skip(from)
+                    .find(|(_, s)| matches(s))
+                    .map(|(at, _)| *at)
+            }) {
+                return Some(at - t0);
+            }
+            std::thread::sleep(Duration::from_micros(500));
+        }
+        None
+    };
+    let lines_now = || monitor_lines.lock().map(|l| l.len()).unwrap_or(0);
+    // Until the monitor has printed nothing for 200 ms (a whole-table write prints for seconds).
+    let quiet = || {
+        let mut last = lines_now();
+        loop {
+            std::thread::sleep(Duration::from_millis(200));
+            let now = lines_now();
+            if now == last {
+                return now;
+            }
+            last = now;
+        }
+    };
     let mut latencies = Vec::new();
     let mut missed = 0;
     for c in 0..CHANGES {
         // Pairs: a pod joins app7's selection, then goes back to its own app.
         let i = 10 + (c / 2) % (local - 10);
         let app = if c.is_multiple_of(2) { 7 } else { i % 50 };
-        let from = monitor_lines.lock().map(|l| l.len()).unwrap_or(0);
+        let from = lines_now();
         let t0 = Instant::now();
         api.put(PODS, pod(i, Some(i), app));
         let ip = local_ip(i);
-        let deadline = t0 + Duration::from_secs(5);
-        let mut seen = None;
-        while Instant::now() < deadline && seen.is_none() {
-            if let Ok(l) = monitor_lines.lock() {
-                seen = l
-                    .iter()
-                    .skip(from)
-                    .find(|(_, s)| s.contains(&ip))
-                    .map(|(at, _)| *at);
-            }
-            std::thread::sleep(Duration::from_micros(500));
-        }
-        match seen {
-            Some(at) => latencies.push(at - t0),
+        match seen_after(from, t0, &|s| s.contains(&ip)) {
+            Some(took) => latencies.push(took),
             None => missed += 1,
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    // Policies created and deleted among the 500: each selects app7's pods of this node (in
+    // ns7) and lets tier web in; timed to the first change of the table in the kernel.
+    let mut policy_latencies = Vec::new();
+    let mut policy_missed = 0;
+    for c in 0..CHANGES {
+        let name = format!("extra{}", c / 2);
+        let from = quiet();
+        let t0 = Instant::now();
+        if c.is_multiple_of(2) {
+            api.put(
+                NETWORK_POLICIES,
+                json!({"apiVersion": "networking.k8s.io/v1", "kind": "NetworkPolicy",
+                "metadata": {"name": name, "namespace": "ns7"},
+                "spec": {"podSelector": {"matchLabels": {"app": "app7"}},
+                         "ingress": [{"from": [{"podSelector": {"matchLabels": {"tier": "web"}}}],
+                                      "ports": [{"protocol": "TCP", "port": 7000 + c}]}]}}),
+            );
+        } else {
+            api.delete(NETWORK_POLICIES, "ns7", &name);
+        }
+        match seen_after(from, t0, &|s| s.contains("tether-netpol")) {
+            Some(took) => policy_latencies.push(took),
+            None => policy_missed += 1,
         }
         std::thread::sleep(Duration::from_millis(100));
     }
@@ -344,6 +387,7 @@ fn main() {
     let _ = std::fs::remove_dir_all(&dir);
 
     let s = stats(&mut latencies);
+    let ps = stats(&mut policy_latencies);
     println!("\n{local} pods on the node, {total} cluster-wide in {NAMESPACE_COUNT} namespaces, {policies} policies\n");
     print_table(
         &["measure", "value"],
@@ -359,6 +403,14 @@ fn main() {
             vec![
                 format!("relabel to set element, {CHANGES} changes: p50 / p99"),
                 format!("{} / {} ms ({missed} missed)", ms(s.p50), ms(s.p99)),
+            ],
+            vec![
+                format!("policy created / deleted to the table, {CHANGES} changes: p50 / p99"),
+                format!(
+                    "{} / {} ms ({policy_missed} missed)",
+                    ms(ps.p50),
+                    ms(ps.p99)
+                ),
             ],
             vec![
                 "agent peak RSS".into(),
