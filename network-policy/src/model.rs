@@ -173,7 +173,12 @@ pub struct Rule {
     pub direction: Direction,
     /// This node's pods the policy selects.
     pub targets: BTreeSet<IpAddr>,
+    /// Equal for rules whose `targets` are always equal: the policy (`<namespace>/<policy>`).
+    pub targets_key: String,
     pub peers: Peers,
+    /// Equal for rules whose `peers.pods` are always equal: the peer list as written, plus the
+    /// policy's namespace unless every peer names its namespaces.
+    pub peers_key: String,
     pub ports: Ports,
 }
 
@@ -398,6 +403,7 @@ impl Cluster {
                         .collect(),
                 };
                 for (index, (peers, ports)) in rules.into_iter().enumerate() {
+                    let peers_key = peers_key(peers, namespace);
                     let peers = self.peers(peers, namespace, &mut plan.problems);
                     let ports = match direction {
                         // The policy's own pods receive.
@@ -421,13 +427,26 @@ impl Cluster {
                         id: format!("{namespace}/{name} {direction:?} {index}"),
                         direction,
                         targets: target_ips.clone(),
+                        targets_key: format!("{namespace}/{name}"),
                         peers,
+                        peers_key,
                         ports,
                     });
                 }
             }
         }
         plan
+    }
+}
+
+/// See [`Rule::peers_key`].
+fn peers_key(peers: Option<&Vec<NetworkPolicyPeer>>, namespace: &str) -> String {
+    let peers = peers.map(Vec::as_slice).unwrap_or_default();
+    let written = serde_json::to_string(peers).unwrap_or_default();
+    if peers.iter().all(|p| p.namespace_selector.is_some()) {
+        written
+    } else {
+        format!("{namespace} {written}")
     }
 }
 
@@ -530,6 +549,51 @@ mod tests {
             ),
             pod("y", "c", "10.0.0.3", json!({"app": "c"}), None),
         ]
+    }
+
+    #[test]
+    fn rules_with_the_same_peers_share_one_set() {
+        let from_b = json!([{"podSelector": {"matchLabels": {"app": "b"}}}]);
+        let from_x = json!([{"namespaceSelector": {"matchLabels": {"ns": "x"}}}]);
+        let c = cluster(
+            &pods(),
+            &[
+                (
+                    "x",
+                    json!({"podSelector": {"matchLabels": {"app": "a"}}, "ingress": [{"from": from_b}]}),
+                ),
+                (
+                    "x",
+                    json!({"podSelector": {"matchLabels": {"app": "b"}}, "ingress": [{"from": from_b}]}),
+                ),
+                (
+                    "x",
+                    json!({"podSelector": {"matchLabels": {"app": "a"}}, "ingress": [{"from": from_x}]}),
+                ),
+                (
+                    "y",
+                    json!({"podSelector": {}, "ingress": [{"from": from_x}, {"from": from_x, "ports": [{"port": 80}]}]}),
+                ),
+            ],
+        );
+        let plan = c.plan("n1");
+        assert_eq!(plan.rules.len(), 5);
+        let table = crate::nft::render(&plan, &crate::nft::Options::default());
+        let peer_sets: Vec<(&String, usize)> = table
+            .sets
+            .iter()
+            .filter(|(name, _)| name.ends_with("-p4"))
+            .map(|(name, set)| (name, set.elements.len()))
+            .collect();
+        // x's pods labelled app=b (two rules), every pod of namespace x (three rules, two
+        // namespaces' policies).
+        assert_eq!(peer_sets.len(), 2, "{peer_sets:?}");
+        let mut sizes: Vec<usize> = peer_sets.iter().map(|(_, n)| *n).collect();
+        sizes.sort();
+        assert_eq!(sizes, [1, 2]);
+        // The two rules of y's policy share its target set.
+        let target_sets = table.sets.keys().filter(|n| n.ends_with("-t4")).count();
+        assert_eq!(target_sets, 4, "{:?}", table.sets.keys());
     }
 
     #[test]

@@ -224,9 +224,11 @@ pub fn render(plan: &Plan, options: &Options) -> Table {
             build::jump("ingress"),
         ]);
     }
-    let mut prefixes = BTreeSet::new();
+    let mut names = SetNames::default();
     for rule in &plan.rules {
-        let n = set_prefix(&rule.id, &mut prefixes);
+        let n = names.get(&format!("rule {}", rule.id));
+        let t = names.get(&format!("targets {}", rule.targets_key));
+        let p = names.get(&format!("peers {}", rule.peers_key));
         for v6 in [false, true] {
             let f = if v6 { "6" } else { "4" };
             let (own, peer) = match rule.direction {
@@ -235,7 +237,7 @@ pub fn render(plan: &Plan, options: &Options) -> Table {
             };
             let targets = addr_set(
                 &mut table,
-                format!("{n}-t{f}"),
+                format!("{t}-t{f}"),
                 v6,
                 rule.targets.iter().copied(),
             );
@@ -246,7 +248,7 @@ pub fn render(plan: &Plan, options: &Options) -> Table {
                 if rule.peers.pods.iter().any(|ip| family_of(ip) == v6) {
                     let set = addr_set(
                         &mut table,
-                        format!("{n}-p{f}"),
+                        format!("{p}-p{f}"),
                         v6,
                         rule.peers.pods.iter().copied(),
                     );
@@ -305,22 +307,36 @@ pub fn render(plan: &Plan, options: &Options) -> Table {
 
 /// Drops traffic of addresses in this node's pod subnets that are not known pods (nor the
 /// subnet's network and gateway addresses).
-/// The name prefix of a rule's sets: from the rule's identity (policy, direction, index), not
-/// its position, so that adding or deleting one policy leaves every other rule's sets as they
-/// are (and the write is that policy's sets and the chains, not the whole table). FNV-1a of the
-/// id; another rule of this plan with the same hash gets a suffix.
-fn set_prefix(id: &str, taken: &mut BTreeSet<String>) -> String {
-    let hash = id.bytes().fold(0xcbf2_9ce4_8422_2325_u64, |h, b| {
-        (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3)
-    });
-    let base = format!("r{hash:016x}");
-    let mut name = base.clone();
-    let mut n = 1;
-    while !taken.insert(name.clone()) {
-        name = format!("{base}x{n}");
-        n += 1;
+/// Set name prefixes by what decides a set's members, not by a rule's position: a rule's named
+/// ports by its identity, targets by the policy, peer pods by the peers as written (so rules
+/// with the same peers share one set, and a pod joining them is one element). Adding or
+/// deleting a policy leaves every other set as it is (the write is that policy's sets and the
+/// chains, not the whole table). `r` + FNV-1a of the key; a different key of this plan with the
+/// same hash gets a suffix.
+#[derive(Default)]
+struct SetNames {
+    by_key: BTreeMap<String, String>,
+    taken: BTreeSet<String>,
+}
+
+impl SetNames {
+    fn get(&mut self, key: &str) -> String {
+        if let Some(name) = self.by_key.get(key) {
+            return name.clone();
+        }
+        let hash = key.bytes().fold(0xcbf2_9ce4_8422_2325_u64, |h, b| {
+            (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3)
+        });
+        let base = format!("r{hash:016x}");
+        let mut name = base.clone();
+        let mut n = 1;
+        while !self.taken.insert(name.clone()) {
+            name = format!("{base}x{n}");
+            n += 1;
+        }
+        self.by_key.insert(key.to_string(), name.clone());
+        name
     }
-    name
 }
 
 fn hold_unknown(

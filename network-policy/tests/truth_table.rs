@@ -1072,9 +1072,15 @@ fn denied_packets_are_logged_at_a_limited_rate() {
         ),
         "{table}"
     );
-    // 60 denied datagrams at once, to ports nothing else here uses.
+    // 60 denied datagrams at once, to ports nothing else here uses, picked afresh per run (the
+    // kernel log keeps the lines of earlier runs).
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .subsec_nanos();
+    let first = 20000 + nanos % 40000;
     let targets: Vec<String> = (0..60)
-        .map(|i| format!("{x_a}:udp:{}", 40000 + i))
+        .map(|i| format!("{x_a}:udp:{}", first + i))
         .collect();
     let sent = Instant::now();
     probe::reach(&y_a.netns, &targets);
@@ -1090,7 +1096,7 @@ fn denied_packets_are_logged_at_a_limited_rate() {
             l.split_whitespace()
                 .find_map(|f| f.strip_prefix("DPT="))
                 .and_then(|p| p.parse::<u32>().ok())
-                .is_some_and(|p| (40000..40060).contains(&p))
+                .is_some_and(|p| (first..first + 60).contains(&p))
         })
         .count();
     let most = 20 + (10.0 * (elapsed + 1.0)) as usize;
