@@ -7,12 +7,17 @@
 
 mod harness;
 
+use std::path::PathBuf;
 use std::process::{Child, Command};
 use std::time::{Duration, Instant};
 
 use harness::{bin_dir, Cluster};
 use serde_json::json;
-use test_support::apiserver::{NAMESPACES, NETWORK_POLICIES, PODS};
+use test_support::apiserver::{ApiServer, NAMESPACES, NETWORK_POLICIES, PODS};
+use test_support::policy_world::{
+    egress_scenarios, ingress_scenarios, pod_object, put_namespaces, sctp_scenarios, PolicyPod,
+    PolicyWorld, Who, NAMESPACE_NAMES, POD_NAMES,
+};
 use test_support::probe::{self, open};
 
 struct Killed(Child);
@@ -36,7 +41,7 @@ fn settle(what: &str, check: impl Fn() -> bool, log: impl Fn() -> String) {
     }
 }
 
-fn pod_object(
+fn pod_at(
     ns: &str,
     name: &str,
     node: &str,
@@ -49,6 +54,135 @@ fn pod_object(
         "spec": {"nodeName": node, "containers": [{"name": "c", "image": "i"}]},
         "status": {"phase": "Running", "podIP": ip, "podIPs": [{"ip": ip}]},
     })
+}
+
+/// tether-netpol on every node of `cluster` (metrics on 127.0.0.1:9403 of each node), and
+/// where each logs.
+fn start_agents(cluster: &Cluster) -> (Vec<Killed>, Vec<PathBuf>) {
+    let kubeconfig = cluster._etcd_dir.path().join("kubeconfig");
+    let agent = test_support::workspace_binary(&bin_dir().join("cni-overlay"), "tether-netpol");
+    let logs: Vec<PathBuf> = cluster
+        .nodes
+        .iter()
+        .map(|n| n.root.path().join("netpol.log"))
+        .collect();
+    let agents = cluster
+        .nodes
+        .iter()
+        .zip(&logs)
+        .map(|(node, log)| {
+            Killed(
+                Command::new("ip")
+                    .args(["netns", "exec", &node.ns.name])
+                    .arg(&agent)
+                    .args(["--node-name", &node.name, "--kubeconfig"])
+                    .arg(&kubeconfig)
+                    .arg("--facts")
+                    .arg(node.run_dir().join("overlay.json"))
+                    .args(["--metrics-addr", "127.0.0.1:9403"])
+                    .stderr(std::fs::File::create(log).unwrap())
+                    .spawn()
+                    .unwrap(),
+            )
+        })
+        .collect();
+    (agents, logs)
+}
+
+fn agent_logs(logs: &[PathBuf]) -> String {
+    logs.iter()
+        .map(|l| std::fs::read_to_string(l).unwrap_or_default())
+        .collect::<Vec<_>>()
+        .join("\n---\n")
+}
+
+/// The truth tables' world across two overlay nodes: the nine pods alternate between the nodes
+/// (made by the real chain: cni-overlay, cni-bridge with isolated ports, cni-ipam), one agent per
+/// node.
+struct OverlayWorld {
+    _agents: Vec<Killed>,
+    logs: Vec<PathBuf>,
+    pods: Vec<PolicyPod>,
+    cluster: Cluster,
+}
+
+impl OverlayWorld {
+    fn new(tag: &str) -> OverlayWorld {
+        let mut cluster =
+            Cluster::with_kubernetes(tag, &[Some("10.244.7.0/24"), Some("10.244.8.0/24")]);
+        for node in &mut cluster.nodes {
+            node.start(&[]);
+        }
+        let api = cluster.api();
+        put_namespaces(api);
+        let mut pods = Vec::new();
+        for (i, ns) in NAMESPACE_NAMES.iter().enumerate() {
+            for (j, name) in POD_NAMES.iter().enumerate() {
+                let node = &cluster.nodes[(i * 3 + j) % 2];
+                let (netns, ip) = node.pod(&format!("{tag}{ns}{name}"));
+                let pod = PolicyPod {
+                    who: Who { ns, pod: name },
+                    servers: probe::serve(&netns, &[80, 81]),
+                    ip,
+                    ip6: None,
+                    node: node.name.clone(),
+                    netns,
+                };
+                api.put(PODS, pod_object(&pod, json!({"pod": name})));
+                pods.push(pod);
+            }
+        }
+        let (agents, logs) = start_agents(&cluster);
+        OverlayWorld {
+            _agents: agents,
+            logs,
+            pods,
+            cluster,
+        }
+    }
+}
+
+impl PolicyWorld for OverlayWorld {
+    fn api(&self) -> &ApiServer {
+        self.cluster.api()
+    }
+
+    fn pods(&self) -> &[PolicyPod] {
+        &self.pods
+    }
+
+    fn pod_cidr(&self) -> String {
+        "10.244.0.0/16".into()
+    }
+
+    fn dump(&self) -> String {
+        let tables: Vec<String> = self
+            .cluster
+            .nodes
+            .iter()
+            .map(|n| {
+                let out =
+                    n.ns.try_exec(&["nft", "list", "table", "inet", "tether-netpol"]);
+                format!("{}:\n{}", n.name, String::from_utf8_lossy(&out.stdout))
+            })
+            .collect();
+        format!(
+            "{}\n\nagent logs:\n{}",
+            tables.join("\n"),
+            agent_logs(&self.logs)
+        )
+    }
+}
+
+/// Every scenario of the truth tables, with the whole matrix, across two overlay nodes: a pod's
+/// peers are on its node or the other one, so ingress is enforced on receiving nodes, egress on
+/// sending ones, and selectors name pods of both nodes.
+#[test]
+fn truth_tables_across_two_overlay_nodes() {
+    let w = OverlayWorld::new("ovm");
+    ingress_scenarios(&w);
+    egress_scenarios(&w);
+    sctp_scenarios(&w);
 }
 
 #[test]
@@ -77,51 +211,11 @@ fn policies_hold_across_nodes_over_the_overlay() {
     ];
     let api = cluster.api();
     api.put(NAMESPACES, json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": "x", "labels": {"ns": "x"}}}));
-    api.put(
-        PODS,
-        pod_object("x", "a", "node0", &ipa, json!({"pod": "a"})),
-    );
-    api.put(
-        PODS,
-        pod_object("x", "b", "node1", &ipb, json!({"pod": "b"})),
-    );
-    api.put(
-        PODS,
-        pod_object("x", "c", "node1", &ipc, json!({"pod": "c"})),
-    );
-    let kubeconfig = cluster._etcd_dir.path().join("kubeconfig");
-    let agent = test_support::workspace_binary(&bin_dir().join("cni-overlay"), "tether-netpol");
-    let logs: Vec<_> = cluster
-        .nodes
-        .iter()
-        .map(|n| n.root.path().join("netpol.log"))
-        .collect();
-    let _agents: Vec<Killed> = cluster
-        .nodes
-        .iter()
-        .zip(&logs)
-        .map(|(node, log)| {
-            Killed(
-                Command::new("ip")
-                    .args(["netns", "exec", &node.ns.name])
-                    .arg(&agent)
-                    .args(["--node-name", &node.name, "--kubeconfig"])
-                    .arg(&kubeconfig)
-                    .arg("--facts")
-                    .arg(node.run_dir().join("overlay.json"))
-                    .args(["--metrics-addr", "127.0.0.1:9403"])
-                    .stderr(std::fs::File::create(log).unwrap())
-                    .spawn()
-                    .unwrap(),
-            )
-        })
-        .collect();
-    let log = || {
-        logs.iter()
-            .map(|l| std::fs::read_to_string(l).unwrap_or_default())
-            .collect::<Vec<_>>()
-            .join("\n---\n")
-    };
+    api.put(PODS, pod_at("x", "a", "node0", &ipa, json!({"pod": "a"})));
+    api.put(PODS, pod_at("x", "b", "node1", &ipb, json!({"pod": "b"})));
+    api.put(PODS, pod_at("x", "c", "node1", &ipc, json!({"pod": "c"})));
+    let (_agents, logs) = start_agents(&cluster);
+    let log = || agent_logs(&logs);
     let to_b = |port: &str| format!("{ipb}:{port}");
     settle(
         "b reachable across nodes",
@@ -161,15 +255,9 @@ fn policies_hold_across_nodes_over_the_overlay() {
     );
     assert!(!open(&pa, &to_b("udp:80")), "UDP is not allowed");
     // a is relabelled: no longer a peer, so b's port 80 closes to it.
-    api.put(
-        PODS,
-        pod_object("x", "a", "node0", &ipa, json!({"pod": "z"})),
-    );
+    api.put(PODS, pod_at("x", "a", "node0", &ipa, json!({"pod": "z"})));
     settle("a no longer a peer", || !open(&pa, &to_b("tcp:80")), log);
-    api.put(
-        PODS,
-        pod_object("x", "a", "node0", &ipa, json!({"pod": "a"})),
-    );
+    api.put(PODS, pod_at("x", "a", "node0", &ipa, json!({"pod": "a"})));
     settle("a a peer again", || open(&pa, &to_b("tcp:80")), log);
 
     // Egress on node0: a may send nothing; b's ingress policy would allow it.
