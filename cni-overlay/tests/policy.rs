@@ -19,6 +19,7 @@ use test_support::policy_world::{
     PolicyWorld, Who, NAMESPACE_NAMES, POD_NAMES,
 };
 use test_support::probe::{self, open};
+use test_support::Netns;
 
 struct Killed(Child);
 
@@ -153,6 +154,16 @@ impl PolicyWorld for OverlayWorld {
 
     fn pod_cidr(&self) -> String {
         "10.244.0.0/16".into()
+    }
+
+    fn node_netns(&self, node: &str) -> &Netns {
+        &self
+            .cluster
+            .nodes
+            .iter()
+            .find(|n| n.name == node)
+            .expect("a node of the cluster")
+            .ns
     }
 
     fn dump(&self) -> String {

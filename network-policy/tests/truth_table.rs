@@ -265,6 +265,10 @@ impl PolicyWorld for World {
         "10.77.0.0/24".into()
     }
 
+    fn node_netns(&self, _node: &str) -> &Netns {
+        &self.node
+    }
+
     fn dump(&self) -> String {
         let table = self
             .node

@@ -79,6 +79,8 @@ pub trait PolicyWorld {
     fn pod_cidr(&self) -> String;
     /// What to show when a scenario fails: the agents' tables and logs.
     fn dump(&self) -> String;
+    /// The namespace of the node called `node`.
+    fn node_netns(&self, node: &str) -> &Netns;
 
     fn pod(&self, ns: &str, pod: &str) -> &PolicyPod {
         self.pods()
@@ -207,6 +209,20 @@ pub trait PolicyWorld {
     }
 }
 
+/// Every pod of `ns` answers its own node (kubelet's probes), whatever the policies say.
+fn node_reaches_its_pods(w: &impl PolicyWorld, ns: &str, scenario: &str) {
+    for pod in w.pods().iter().filter(|p| p.who.ns == ns) {
+        let target = format!("{}:tcp:80", pod.ip);
+        assert!(
+            probe::open(w.node_netns(&pod.node), &target),
+            "{scenario}: {} does not answer its node {}\n{}",
+            pod.who,
+            pod.node,
+            w.dump()
+        );
+    }
+}
+
 /// The ingress scenarios of the upstream e2e tests: default deny, from a namespace, namespace
 /// relabelled, policy updated and deleted, AND and OR peers, pod relabelled, ipBlock with
 /// except, named port, endPort.
@@ -219,6 +235,7 @@ pub fn ingress_scenarios(w: &impl PolicyWorld) {
         json!({"podSelector": {}, "policyTypes": ["Ingress"]}),
     );
     w.expect("default deny in x", |_, d, _, _| d.ns != "x");
+    node_reaches_its_pods(w, "x", "default deny");
     w.delete_policy("x", "deny-all");
 
     w.policy(
@@ -326,6 +343,7 @@ pub fn egress_scenarios(w: &impl PolicyWorld) {
     w.expect("egress of x/a", |s, d, p, port| {
         !from_x_a(s) || (p == "udp" && port == 81) || d.ns == "z"
     });
+    node_reaches_its_pods(w, "x", "egress isolation");
     // Ingress and egress together: z/b accepts only from x.
     w.policy(
         "z",
