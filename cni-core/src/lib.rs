@@ -15,6 +15,7 @@ pub mod netns;
 pub mod plugin;
 pub mod request;
 pub mod result;
+pub mod same_node;
 pub mod sysctl;
 pub mod teardown;
 pub mod version;

@@ -17,6 +17,8 @@ use crate::facts::{FactsError, NodeFacts, DEFAULT_RUN_DIR};
 
 pub const DEFAULT_STATE_DIR: &str = "/var/lib/cni/tether-overlay";
 const DELEGATE: &str = "cni-bridge";
+/// The pods' bridge (unless the conflist names another).
+pub const BRIDGE: &str = "cni0";
 const DEFAULT_IPAM: &str = "cni-ipam";
 
 #[derive(Debug, thiserror::Error)]
@@ -98,7 +100,7 @@ pub fn delegate_config(req: &Request, facts: Option<&NodeFacts>) -> Value {
     conf.remove("stateDir");
     conf.insert("type".into(), json!(DELEGATE));
     for (key, value) in [
-        ("bridge", json!("cni0")),
+        ("bridge", json!(BRIDGE)),
         ("isGateway", json!(true)),
         ("isDefaultGateway", json!(true)),
         ("hairpinMode", json!(true)),

@@ -600,20 +600,35 @@ fn one_bad_peer_never_blocks_the_others_and_is_reported() {
         || node0.readyz(),
     );
 
-    // Without br_netfilter's bridge hooks, readiness says so.
+    // Without br_netfilter's bridge hooks, node2's pod (an isolated port, as the chain makes
+    // them) is still routed through kube-proxy's hooks: ready. A plain port on cni0 (a pod made
+    // without portIsolation) is not, and readiness names it.
     let node2 = &cluster.nodes[2];
     node2
         .ns
         .exec(&["sysctl", "-qw", "net.bridge.bridge-nf-call-iptables=0"]);
+    std::thread::sleep(Duration::from_millis(300));
+    assert!(
+        node2.readyz().starts_with("HTTP/1.1 200"),
+        "isolated ports need no br_netfilter: {}",
+        node2.readyz()
+    );
+    node2.ns.ip(&[
+        "link", "add", "ttplain", "type", "veth", "peer", "name", "ttplainp",
+    ]);
+    node2.ns.ip(&["link", "set", "ttplain", "master", "cni0"]);
     wait_for(
-        "readiness naming br_netfilter",
+        "readiness naming br_netfilter and the plain port",
         Duration::from_secs(5),
         || {
             let r = node2.readyz();
-            r.starts_with("HTTP/1.1 503") && r.contains("bridge-nf-call-iptables")
+            r.starts_with("HTTP/1.1 503")
+                && r.contains("bridge-nf-call-iptables")
+                && r.contains("ttplain")
         },
         || node2.readyz(),
     );
+    node2.ns.ip(&["link", "del", "ttplain"]);
     node2
         .ns
         .exec(&["sysctl", "-qw", "net.bridge.bridge-nf-call-iptables=1"]);

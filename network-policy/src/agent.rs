@@ -213,7 +213,7 @@ fn write(
 ) -> Option<Table> {
     let plan = cluster.plan(&settings.node_name);
     if plan.policies_exist {
-        if let Err(why) = crate::same_node::policed(&settings.bridge) {
+        if let Err(why) = crate::metrics::same_node_policed(&settings.bridge) {
             tracing::warn!(%why, "policies are not enforced between pods of this node");
         }
     }

@@ -6,5 +6,4 @@ pub mod agent;
 pub mod metrics;
 pub mod model;
 pub mod nft;
-pub mod same_node;
 pub mod selector;

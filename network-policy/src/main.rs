@@ -25,7 +25,7 @@ struct Args {
     #[arg(long, env = "TETHER_FACTS", default_value = "/run/tether/overlay.json")]
     facts: PathBuf,
     /// The node's pod bridge: ready only when traffic between its pods is policed (isolated
-    /// ports or br_netfilter).
+    /// ports or br_netfilter; see cni_core::same_node).
     #[arg(long, env = "TETHER_NETPOL_BRIDGE", default_value = "cni0")]
     bridge: String,
     /// Serve /metrics, /healthz and /readyz here (for example 0.0.0.0:9403).

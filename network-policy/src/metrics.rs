@@ -114,11 +114,14 @@ impl Metrics {
             registry: Arc::new(Mutex::new(self.registry())),
             // Alive while the process runs: a failing write is retried, not a reason to restart.
             healthz: Box::new(|| Ok(())),
-            readyz: Box::new(move || {
-                ready
-                    .probe()
-                    .and_then(|()| crate::same_node::policed(&bridge))
-            }),
+            readyz: Box::new(move || ready.probe().and_then(|()| same_node_policed(&bridge))),
         }
     }
+}
+
+/// Ok when traffic between every two pods of `bridge` reaches the policy table.
+pub fn same_node_policed(bridge: &str) -> Result<(), String> {
+    cni_core::same_node::reaches_ip_hooks(bridge).map_err(|bypass| {
+        format!("{bypass}: traffic between those pods bypasses NetworkPolicies; use cni-bridge's portIsolation, or br_netfilter")
+    })
 }

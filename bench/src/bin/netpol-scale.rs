@@ -235,6 +235,21 @@ fn main() {
         api.put(PODS, pod(i, l, i % 50));
     }
 
+    // The agent's table with no policy (its chains and connection tracking, no policy rules),
+    // saved for the throughput runs below.
+    let agent = start_agent(&node, agent_bin, &kubeconfig, &dir.join("agent0.log"));
+    let started = Instant::now();
+    while nft_counts(&node).0 == 0 && started.elapsed() < Duration::from_secs(60) {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    drop(agent);
+    let no_policy_table = dir.join("no-policy.json");
+    std::fs::write(
+        &no_policy_table,
+        node.exec(&["nft", "-j", "list", "table", "inet", "tether-netpol"]),
+    )
+    .expect("saving the table");
+
     for k in 0..policies {
         api.put(NETWORK_POLICIES, policy(k));
     }
@@ -358,39 +373,59 @@ fn main() {
     // on both datapaths: plain bridge ports with br_netfilter, isolated ports routed by the node
     // with br_netfilter off. Medians, since single runs on this VM vary by about 10%.
     drop(agent);
-    let saved = dir.join("table.json");
+    let full_table = dir.join("table.json");
     std::fs::write(
-        &saved,
+        &full_table,
         node.exec(&["nft", "-j", "list", "table", "inet", "tether-netpol"]),
     )
     .expect("saving the table");
-    let saved = saved.display().to_string();
     let server_ip = local_ip(1);
-    // (isolated, with table) -> Gbit/s of each round
-    let mut runs: std::collections::BTreeMap<(bool, bool), Vec<f64>> = Default::default();
+    // (isolated, table) -> Gbit/s of each round; table 0: none (no connection tracking either),
+    // 1: the agent's with no policy, 2: with the policies.
+    let mut runs: std::collections::BTreeMap<(bool, usize), Vec<f64>> = Default::default();
     for _ in 0..ROUNDS {
         for isolated in [false, true] {
             isolate(&node, &real, isolated);
-            for with_table in [true, false] {
-                if with_table {
-                    node.exec(&["nft", "-j", "-f", &saved]);
-                } else {
-                    node.exec(&["nft", "delete", "table", "inet", "tether-netpol"]);
+            for table in 0..3 {
+                let _ = node.try_exec(&["nft", "delete", "table", "inet", "tether-netpol"]);
+                if table > 0 {
+                    let file = if table == 1 {
+                        &no_policy_table
+                    } else {
+                        &full_table
+                    };
+                    node.exec(&["nft", "-j", "-f", &file.display().to_string()]);
                 }
-                runs.entry((isolated, with_table))
+                runs.entry((isolated, table))
                     .or_default()
                     .push(iperf(&real[1], &real[0], &server_ip, seconds));
             }
         }
     }
     isolate(&node, &real, false);
-    let median = |key: (bool, bool)| {
+    let median = |key: (bool, usize)| {
         let mut v = runs.get(&key).cloned().unwrap_or_default();
         v.sort_by(f64::total_cmp);
         v.get(v.len() / 2).copied().unwrap_or(0.0)
     };
-    let (bridged_none, bridged_with) = (median((false, false)), median((false, true)));
-    let (isolated_none, isolated_with) = (median((true, false)), median((true, true)));
+    let row = |isolated: bool, what: &str| {
+        let (none, empty, full) = (
+            median((isolated, 0)),
+            median((isolated, 1)),
+            median((isolated, 2)),
+        );
+        vec![
+            format!("iperf3 pod to pod, median of {ROUNDS} x {seconds} s, {what}: no table / no policy / {policies} policies"),
+            format!(
+                "{none:.1} / {empty:.1} / {full:.1} Gbit/s ({:.2}x of no policy, {:.2}x of no table)",
+                full / empty.max(1e-9),
+                full / none.max(1e-9)
+            ),
+        ]
+    };
+    let bridged_row = row(false, "bridged + br_netfilter");
+    let isolated_row = row(true, "isolated ports (routed, no br_netfilter)");
+    let (bridged_none, isolated_none) = (median((false, 0)), median((true, 0)));
     let _ = std::fs::remove_dir_all(&dir);
 
     let s = stats(&mut latencies);
@@ -423,20 +458,8 @@ fn main() {
                 "agent peak RSS".into(),
                 format!("{:.1} MiB", peak as f64 / 1024.0),
             ],
-            vec![
-                format!("iperf3 pod to pod, median of {ROUNDS} x {seconds} s, bridged + br_netfilter: no table / {policies} policies"),
-                format!(
-                    "{bridged_none:.1} / {bridged_with:.1} Gbit/s ({:.2}x)",
-                    bridged_with / bridged_none.max(1e-9)
-                ),
-            ],
-            vec![
-                format!("iperf3, isolated ports (routed, no br_netfilter): no table / {policies} policies"),
-                format!(
-                    "{isolated_none:.1} / {isolated_with:.1} Gbit/s ({:.2}x)",
-                    isolated_with / isolated_none.max(1e-9)
-                ),
-            ],
+            bridged_row,
+            isolated_row,
             vec![
                 "iperf3, no table: plain bridge / isolated ports".into(),
                 format!(

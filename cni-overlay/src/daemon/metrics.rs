@@ -150,18 +150,11 @@ impl Metrics {
     }
 }
 
-const BRIDGE_NF: &str = "/proc/sys/net/bridge/bridge-nf-call-iptables";
-
 /// kube-proxy (iptables, ipvs or nftables mode) sees traffic between two pods on one bridge
-/// only if bridged packets pass the IP hooks: `br_netfilter` with `bridge-nf-call-iptables=1`.
+/// only if it passes the IP hooks: routed (cni-bridge's `portIsolation`, the default here) or
+/// handed over by br_netfilter.
 fn bridge_netfilter() -> Result<(), String> {
-    match cni_core::sysctl::get(BRIDGE_NF).as_deref() {
-        Some("1") => Ok(()),
-        Some(value) => Err(format!(
-            "{BRIDGE_NF} is {value}: Service traffic between pods on one node bypasses kube-proxy; set it to 1 (or run with --no-br-netfilter-check)"
-        )),
-        None => Err(format!(
-            "br_netfilter is not loaded ({BRIDGE_NF} is missing): Service traffic between pods on one node bypasses kube-proxy; modprobe br_netfilter (or run with --no-br-netfilter-check)"
-        )),
-    }
+    cni_core::same_node::reaches_ip_hooks(crate::plugin::BRIDGE).map_err(|bypass| {
+        format!("{bypass}: Service traffic between those pods bypasses kube-proxy; use portIsolation, set bridge-nf-call-iptables to 1, or run with --no-br-netfilter-check")
+    })
 }

@@ -1,13 +1,15 @@
-//! Whether traffic between two pods of this node reaches the `inet` table at all.
+//! Whether traffic between two pods of one node's bridge reaches the node's IP hooks (where
+//! kube-proxy's Service NAT and tether-netpol's policy table work).
 //!
 //! Between two ports of one bridge, a packet is bridged, and the `inet` hooks see it only when
 //! br_netfilter hands bridged traffic to them (`bridge-nf-call-iptables`/`ip6tables` = 1). With
 //! cni-bridge's `portIsolation` (cni-overlay's default) the pods' ports are isolated and the
-//! pods route their subnet via the gateway, so that traffic is routed by the node and the
-//! `forward` hook sees it without br_netfilter. A `bridge` family table is no substitute: without
-//! nf_conntrack_bridge it has no connection tracking, so replies could not be told from new
-//! connections.
+//! pods route their subnet via the gateway, so that traffic is routed by the node and the IP
+//! hooks see it without br_netfilter. (A `bridge` family table is no substitute for policies:
+//! without nf_conntrack_bridge it has no connection tracking, so replies could not be told from
+//! new connections.)
 
+use std::fmt;
 use std::path::Path;
 
 const BRIDGE_NF: [&str; 2] = [
@@ -15,33 +17,49 @@ const BRIDGE_NF: [&str; 2] = [
     "/proc/sys/net/bridge/bridge-nf-call-ip6tables",
 ];
 
-/// Ok when every pod of `bridge` is policed: br_netfilter is on, or every port of the bridge is
-/// isolated (a node without the bridge has no same-node traffic yet).
-pub fn policed(bridge: &str) -> Result<(), String> {
-    let br_netfilter = br_netfilter();
-    if br_netfilter.is_ok() {
+/// Pods whose traffic to each other skips the IP hooks.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Bypass {
+    /// Why br_netfilter does not hand bridged traffic over.
+    pub br_netfilter: String,
+    pub bridge: String,
+    /// The bridge's ports that are not isolated.
+    pub open_ports: Vec<String>,
+}
+
+impl fmt::Display for Bypass {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "{}, and {} port(s) of {} are not isolated ({})",
+            self.br_netfilter,
+            self.open_ports.len(),
+            self.bridge,
+            self.open_ports.join(", ")
+        )
+    }
+}
+
+/// Ok when traffic between any two pods of `bridge` reaches the IP hooks: br_netfilter is on,
+/// or every port of the bridge is isolated (a node without the bridge has no such traffic yet).
+pub fn reaches_ip_hooks(bridge: &str) -> Result<(), Bypass> {
+    let Err(br_netfilter) = br_netfilter() else {
+        return Ok(());
+    };
+    let open_ports = open_ports(&Path::new("/sys/class/net").join(bridge).join("brif"));
+    if open_ports.is_empty() {
         return Ok(());
     }
-    let open = open_ports(
-        Path::new("/sys/class/net")
-            .join(bridge)
-            .join("brif")
-            .as_path(),
-    );
-    if open.is_empty() {
-        return Ok(());
-    }
-    let why = br_netfilter.err().unwrap_or_default();
-    Err(format!(
-        "{why}, and {} port(s) of {bridge} are not isolated ({}): traffic between those pods bypasses NetworkPolicies; use cni-bridge's portIsolation or br_netfilter",
-        open.len(),
-        open.join(", ")
-    ))
+    Err(Bypass {
+        br_netfilter,
+        bridge: bridge.to_string(),
+        open_ports,
+    })
 }
 
 fn br_netfilter() -> Result<(), String> {
     for path in BRIDGE_NF {
-        match cni_core::sysctl::get(path).as_deref() {
+        match crate::sysctl::get(path).as_deref() {
             Some("1") => {}
             Some(value) => return Err(format!("{path} is {value}")),
             None => return Err(format!("br_netfilter is not loaded ({path} is missing)")),
