@@ -20,7 +20,7 @@ use tether_bench::{ms, print_table, stats, status_kib};
 const NAMESPACE_COUNT: usize = 20;
 const CHANGES: usize = 60;
 /// iperf3 runs per datapath and table state.
-const ROUNDS: usize = 3;
+const ROUNDS: usize = 9;
 
 struct Killed(Child);
 
@@ -98,6 +98,8 @@ fn iperf(server: &Netns, client: &Netns, ip: &str, seconds: u32) -> f64 {
             "iperf3",
             "-s",
             "-1",
+            "-A",
+            "1",
             "-B",
             ip,
         ])
@@ -106,7 +108,17 @@ fn iperf(server: &Netns, client: &Netns, ip: &str, seconds: u32) -> f64 {
         .spawn()
         .expect("iperf3 server");
     std::thread::sleep(Duration::from_millis(300));
-    let out = client.exec(&["iperf3", "-c", ip, "-t", &seconds.to_string(), "-J"]);
+    // Client and server on a core each, so that runs differ less.
+    let out = client.exec(&[
+        "iperf3",
+        "-c",
+        ip,
+        "-A",
+        "0",
+        "-t",
+        &seconds.to_string(),
+        "-J",
+    ]);
     let _ = srv.wait();
     let v: Value = serde_json::from_str(&out).unwrap_or(Value::Null);
     v["end"]["sum_received"]["bits_per_second"]
@@ -195,7 +207,7 @@ fn main() {
     let local: usize = args[2].parse().expect("LOCAL");
     let total: usize = args[3].parse().expect("PODS");
     let policies: usize = args[4].parse().expect("POLICIES");
-    let seconds: u32 = args.get(5).and_then(|s| s.parse().ok()).unwrap_or(5);
+    let seconds: u32 = args.get(5).and_then(|s| s.parse().ok()).unwrap_or(2);
 
     let node = Netns::new("tbnpn");
     node.ip(&["link", "add", "cni0", "type", "bridge"]);
