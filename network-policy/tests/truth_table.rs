@@ -14,8 +14,9 @@ use std::time::{Duration, Instant};
 use serde_json::{json, Value};
 use test_support::apiserver::{ApiServer, NAMESPACES, NETWORK_POLICIES, PODS};
 use test_support::policy_world::{
-    egress_scenarios, ingress_scenarios, namespace_object, pod_object, put_namespaces,
-    sctp_scenarios, PolicyPod, PolicyWorld, Who, NAMESPACE_NAMES, POD_NAMES,
+    egress_scenarios, ingress_from_namespace, ingress_scenarios, namespace_object, pod_object,
+    put_namespaces, sctp_80_from_y, sctp_scenarios, PolicyPod, PolicyWorld, Who, NAMESPACE_NAMES,
+    POD_NAMES,
 };
 use test_support::{probe, require_root, Netns};
 
@@ -303,8 +304,7 @@ fn egress_deny_with_one_port_allowed() {
     w.policy(
         "z",
         "from-x",
-        json!({"podSelector": {"matchLabels": {"pod": "b"}}, "ingress": [{"from": [
-        {"namespaceSelector": {"matchLabels": {"ns": "x"}}}]}]}),
+        ingress_from_namespace(json!({"matchLabels": {"pod": "b"}}), "x", None),
     );
     w.expect("z/b from x", |s, d, _, _| {
         !(d.ns == "z" && d.pod == "b") || s.ns == "x"
@@ -637,13 +637,7 @@ fn sctp_by_port_named_port_and_egress() {
     let w = World::with("tnps", Datapath::Isolated);
     sctp_scenarios(&w);
     // And over IPv6.
-    w.policy(
-        "x",
-        "sctp-80-from-y",
-        json!({"podSelector": {}, "ingress": [{
-        "from": [{"namespaceSelector": {"matchLabels": {"ns": "y"}}}],
-        "ports": [{"protocol": "SCTP", "port": 80}]}]}),
-    );
+    w.policy("x", "sctp-80-from-y", sctp_80_from_y());
     let x_a = v6_of(&w.ip("x", "a"));
     let (y, z) = (&w.pod("y", "a").netns, &w.pod("z", "a").netns);
     let started = Instant::now();

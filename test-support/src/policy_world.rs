@@ -209,6 +209,25 @@ pub trait PolicyWorld {
     }
 }
 
+/// A policy spec: the pods `selector` picks accept only namespace `from` (labelled `ns=<from>`),
+/// on `ports` (every port when `None`).
+pub fn ingress_from_namespace(selector: Value, from: &str, ports: Option<Value>) -> Value {
+    let mut rule = json!({"from": [{"namespaceSelector": {"matchLabels": {"ns": from}}}]});
+    if let Some(ports) = ports {
+        rule["ports"] = ports;
+    }
+    json!({"podSelector": selector, "ingress": [rule]})
+}
+
+/// Every pod of the namespace takes SCTP on port 80 from namespace y.
+pub fn sctp_80_from_y() -> Value {
+    ingress_from_namespace(
+        json!({}),
+        "y",
+        Some(json!([{"protocol": "SCTP", "port": 80}])),
+    )
+}
+
 /// Every pod of `ns` answers its own node (kubelet's probes), whatever the policies say.
 fn node_reaches_its_pods(w: &impl PolicyWorld, ns: &str, scenario: &str) {
     for pod in w.pods().iter().filter(|p| p.who.ns == ns) {
@@ -348,8 +367,7 @@ pub fn egress_scenarios(w: &impl PolicyWorld) {
     w.policy(
         "z",
         "from-x",
-        json!({"podSelector": {"matchLabels": {"pod": "b"}}, "ingress": [{"from": [
-        {"namespaceSelector": {"matchLabels": {"ns": "x"}}}]}]}),
+        ingress_from_namespace(json!({"matchLabels": {"pod": "b"}}), "x", None),
     );
     w.expect("egress of x/a and ingress of z/b", |s, d, p, port| {
         let egress = !from_x_a(s) || (p == "udp" && port == 81) || d.ns == "z";
@@ -376,13 +394,7 @@ pub fn sctp_scenarios(w: &impl PolicyWorld) {
     w.expect_on(&SCTP_PROBES, "default deny in x, SCTP too", |_, d, _, _| {
         d.ns != "x"
     });
-    w.policy(
-        "x",
-        "sctp-80-from-y",
-        json!({"podSelector": {}, "ingress": [{
-        "from": [{"namespaceSelector": {"matchLabels": {"ns": "y"}}}],
-        "ports": [{"protocol": "SCTP", "port": 80}]}]}),
-    );
+    w.policy("x", "sctp-80-from-y", sctp_80_from_y());
     w.expect_on(&SCTP_PROBES, "SCTP 80 from y", |s, d, p, port| {
         d.ns != "x" || (s.ns == "y" && p == "sctp" && port == 80)
     });
