@@ -619,6 +619,14 @@ fn check_attachment(req: &Request, conf: &BridgeConf, prev: &CniResult) -> Resul
     if !pod_link.up {
         return mismatch(format!("{} is down", req.ifname));
     }
+    if conf.port_isolation {
+        let flag = format!("/sys/class/net/{host_veth}/brport/isolated");
+        if sysctl::get(&flag).as_deref() != Some("1") {
+            return mismatch(format!(
+                "host veth {host_veth} is not an isolated bridge port (portIsolation)"
+            ));
+        }
+    }
     check_pod(req, conf, prev, &mut pod_nl, &pod_link)?;
     if conf.is_gateway {
         let bridge_addrs = host_nl.addresses(bridge.index)?;

@@ -901,6 +901,13 @@ fn isolated_ports_route_pod_to_pod_through_the_host_firewall() {
     with_prev["prevResult"] = ra.clone();
     node.run("CHECK", "iso-a", Some(&a), "eth0", &with_prev)
         .ok();
+    let veth_a = host_veth(&ra);
+    node.ns
+        .exec(&["bridge", "link", "set", "dev", &veth_a, "isolated", "off"]);
+    let err = node
+        .run("CHECK", "iso-a", Some(&a), "eth0", &with_prev)
+        .err(123);
+    assert!(err["msg"].as_str().unwrap().contains("isolated"), "{err}");
     for _ in 0..2 {
         node.run("DEL", "iso-a", Some(&a), "eth0", &conf).ok();
     }
