@@ -170,6 +170,8 @@ pub struct Ports {
 pub struct Rule {
     /// Stable within a plan: `<namespace>/<policy> <direction> <index>`.
     pub id: String,
+    /// The policy's namespace (its targets are pods of that namespace only).
+    pub namespace: String,
     pub direction: Direction,
     /// This node's pods the policy selects.
     pub targets: BTreeSet<IpAddr>,
@@ -189,6 +191,8 @@ pub struct Plan {
     pub ingress_isolated: BTreeSet<IpAddr>,
     /// This node's pods isolated for egress.
     pub egress_isolated: BTreeSet<IpAddr>,
+    /// The namespace of each isolated pod address.
+    pub namespaces: BTreeMap<IpAddr, String>,
     pub rules: Vec<Rule>,
     /// Every pod address of this node the agent knows (host-network pods aside).
     pub local_pods: BTreeSet<IpAddr>,
@@ -383,6 +387,9 @@ impl Cluster {
             let target_ips: BTreeSet<IpAddr> =
                 targets.iter().flat_map(|p| p.ips.iter().copied()).collect();
             let spec = policy.spec.as_ref();
+            for ip in &target_ips {
+                plan.namespaces.insert(*ip, namespace.clone());
+            }
             for direction in policy_types(policy) {
                 match direction {
                     Direction::Ingress => plan.ingress_isolated.extend(&target_ips),
@@ -425,6 +432,7 @@ impl Cluster {
                     };
                     plan.rules.push(Rule {
                         id: format!("{namespace}/{name} {direction:?} {index}"),
+                        namespace: namespace.clone(),
                         direction,
                         targets: target_ips.clone(),
                         targets_key: format!("{namespace}/{name}"),

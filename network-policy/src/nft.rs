@@ -11,9 +11,11 @@
 //!
 //! The chains: `forward` (pod to pod, and anything routed to or from a pod) and `input` (a pod
 //! to its own node) send replies of allowed connections through (`ct state established,related`)
-//! and send new traffic of egress-isolated pods to `egress`, which returns when a rule allows it
-//! and drops otherwise, then traffic to ingress-isolated pods to `ingress`, which accepts when a
-//! rule allows it and drops otherwise. Traffic from the node itself to its pods (kubelet's
+//! and send new traffic of an egress-isolated pod, through the verdict map `eg-by-ns4/6`, to
+//! its namespace's egress chain `eg-<hash>` (only that namespace's policies can select it),
+//! which returns when a rule allows it and drops otherwise; then traffic to an
+//! ingress-isolated pod, through `in-by-ns4/6`, to `in-<hash>`, which accepts when a rule
+//! allows it and drops otherwise. A new connection walks its namespace's rules, not all. Traffic from the node itself to its pods (kubelet's
 //! probes) leaves through `output` and is never policed.
 
 use std::collections::{BTreeMap, BTreeSet};
@@ -44,12 +46,18 @@ pub enum SetKind {
     Named {
         v6: bool,
     },
+    /// A verdict map: address -> jump to a chain.
+    Dispatch {
+        v6: bool,
+    },
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
 pub enum Elem {
     Addr(IpAddr),
     Named(IpAddr, Protocol, u16),
+    /// Address -> jump to the chain.
+    Jump(IpAddr, String),
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -63,7 +71,7 @@ pub struct SetDef {
 pub struct Table {
     pub sets: BTreeMap<String, SetDef>,
     /// Chain name -> its rules, in order.
-    pub chains: BTreeMap<&'static str, Vec<Vec<Statement<'static>>>>,
+    pub chains: BTreeMap<String, Vec<Vec<Statement<'static>>>>,
     /// Whether denied packets are logged (rate-limited).
     pub log_denied: bool,
 }
@@ -192,8 +200,8 @@ pub fn render(plan: &Plan, options: &Options) -> Table {
         log_denied,
         ..Table::default()
     };
-    let mut egress = Vec::new();
-    let mut ingress = Vec::new();
+    // Per namespace and direction, the chain of its policies' rules.
+    let mut policy_chains: BTreeMap<String, Vec<Vec<Statement<'static>>>> = BTreeMap::new();
     let mut forward: Vec<Vec<Statement<'static>>> = vec![established()];
     let mut input: Vec<Vec<Statement<'static>>> = vec![established()];
     for v6 in [false, true] {
@@ -201,28 +209,26 @@ pub fn render(plan: &Plan, options: &Options) -> Table {
         if plan.policies_exist {
             hold_unknown(&mut table, plan, options, v6, &mut forward, &mut input);
         }
-        let eg = addr_set(
+        let eg = dispatch_map(
             &mut table,
-            format!("eg-iso{f}"),
+            &mut policy_chains,
+            format!("eg-by-ns{f}"),
             v6,
-            plan.egress_isolated.iter().copied(),
+            Direction::Egress,
+            plan,
         );
-        let ing = addr_set(
+        let ing = dispatch_map(
             &mut table,
-            format!("in-iso{f}"),
+            &mut policy_chains,
+            format!("in-by-ns{f}"),
             v6,
-            plan.ingress_isolated.iter().copied(),
+            Direction::Ingress,
+            plan,
         );
         for chain in [&mut forward, &mut input] {
-            chain.push(vec![
-                eq(addr_field(v6, "saddr"), set_ref(&eg)),
-                build::jump("egress"),
-            ]);
+            chain.push(vec![build::vmap(addr_field(v6, "saddr"), &eg)]);
         }
-        forward.push(vec![
-            eq(addr_field(v6, "daddr"), set_ref(&ing)),
-            build::jump("ingress"),
-        ]);
+        forward.push(vec![build::vmap(addr_field(v6, "daddr"), &ing)]);
     }
     let mut names = SetNames::default();
     for rule in &plan.rules {
@@ -277,10 +283,9 @@ pub fn render(plan: &Plan, options: &Options) -> Table {
                 name
             });
             let ports = port_matches(rule, v6, named_set.as_deref());
-            let chain = match rule.direction {
-                Direction::Egress => &mut egress,
-                Direction::Ingress => &mut ingress,
-            };
+            let chain = policy_chains
+                .entry(policy_chain(rule.direction, &rule.namespace))
+                .or_default();
             for peer_match in &peer_matches {
                 for port_match in &ports {
                     let mut statements = vec![eq(addr_field(v6, own), set_ref(&targets))];
@@ -292,21 +297,71 @@ pub fn render(plan: &Plan, options: &Options) -> Table {
             }
         }
     }
-    for chain in [&mut egress, &mut ingress] {
+    for chain in policy_chains.values_mut() {
         if log_denied {
             chain.push(log_statement());
         }
         chain.push(vec![Statement::Drop(None)]);
     }
-    table.chains.insert("forward", forward);
-    table.chains.insert("input", input);
-    table.chains.insert("egress", egress);
-    table.chains.insert("ingress", ingress);
+    table.chains.insert("forward".into(), forward);
+    table.chains.insert("input".into(), input);
+    table.chains.extend(policy_chains);
     table
 }
 
 /// Drops traffic of addresses in this node's pod subnets that are not known pods (nor the
 /// subnet's network and gateway addresses).
+/// FNV-1a: short, stable names from longer keys.
+fn fnv(key: &str) -> u64 {
+    key.bytes().fold(0xcbf2_9ce4_8422_2325_u64, |h, b| {
+        (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3)
+    })
+}
+
+/// The chain of the rules of `namespace`'s policies in `direction`: `in-<hash>` or
+/// `eg-<hash>`. A pod is policed by its own namespace's policies only, so a verdict map from
+/// the pod's address to this chain sends a new connection through those rules alone.
+fn policy_chain(direction: Direction, namespace: &str) -> String {
+    let prefix = match direction {
+        Direction::Ingress => "in",
+        Direction::Egress => "eg",
+    };
+    format!("{prefix}-{:016x}", fnv(namespace))
+}
+
+/// The verdict map `name`: each pod of the family isolated in `direction` -> its namespace's
+/// chain (created, empty, if no rule fills it: default deny).
+fn dispatch_map(
+    table: &mut Table,
+    chains: &mut BTreeMap<String, Vec<Vec<Statement<'static>>>>,
+    name: String,
+    v6: bool,
+    direction: Direction,
+    plan: &Plan,
+) -> String {
+    let isolated = match direction {
+        Direction::Ingress => &plan.ingress_isolated,
+        Direction::Egress => &plan.egress_isolated,
+    };
+    let elements = isolated
+        .iter()
+        .filter(|ip| family_of(ip) == v6)
+        .filter_map(|ip| {
+            let chain = policy_chain(direction, plan.namespaces.get(ip)?);
+            chains.entry(chain.clone()).or_default();
+            Some(Elem::Jump(*ip, chain))
+        })
+        .collect();
+    table.sets.insert(
+        name.clone(),
+        SetDef {
+            kind: SetKind::Dispatch { v6 },
+            elements,
+        },
+    );
+    name
+}
+
 /// Set name prefixes by what decides a set's members, not by a rule's position: a rule's named
 /// ports by its identity, targets by the policy, peer pods by the peers as written (so rules
 /// with the same peers share one set, and a pod joining them is one element). Adding or
@@ -324,10 +379,7 @@ impl SetNames {
         if let Some(name) = self.by_key.get(key) {
             return name.clone();
         }
-        let hash = key.bytes().fold(0xcbf2_9ce4_8422_2325_u64, |h, b| {
-            (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3)
-        });
-        let base = format!("r{hash:016x}");
+        let base = format!("r{:016x}", fnv(key));
         let mut name = base.clone();
         let mut n = 1;
         while !self.taken.insert(name.clone()) {
@@ -427,14 +479,15 @@ fn set_type(kind: SetKind) -> SetTypeValue<'static> {
         }
     };
     match kind {
-        SetKind::Addresses { v6 } => SetTypeValue::Single(addr(v6)),
+        SetKind::Addresses { v6 } | SetKind::Dispatch { v6 } => SetTypeValue::Single(addr(v6)),
         SetKind::Named { v6 } => SetTypeValue::Concatenated(
             vec![addr(v6), SetType::InetProto, SetType::InetService].into(),
         ),
     }
 }
 
-fn elem_expr(elem: &Elem) -> Expression<'static> {
+/// An element as added; deleting a map element names its key only.
+fn elem_expr(elem: &Elem, delete: bool) -> Expression<'static> {
     match elem {
         Elem::Addr(ip) => build::address(*ip),
         Elem::Named(ip, protocol, port) => concat(vec![
@@ -442,22 +495,78 @@ fn elem_expr(elem: &Elem) -> Expression<'static> {
             text(protocol.nft()),
             number(u32::from(*port)),
         ]),
+        Elem::Jump(ip, _) if delete => build::address(*ip),
+        Elem::Jump(ip, chain) => build::mapping(build::address(*ip), build::jump_to(chain)),
     }
 }
 
 fn elements(
     set: &str,
     elems: impl Iterator<Item = Elem>,
+    delete: bool,
 ) -> Option<cni_core::firewall::schema::NfListObject<'static>> {
-    let exprs: Vec<Expression<'static>> = elems.map(|e| elem_expr(&e)).collect();
+    let exprs: Vec<Expression<'static>> = elems.map(|e| elem_expr(&e, delete)).collect();
     (!exprs.is_empty()).then(|| build::elements(FAMILY, TABLE, set, exprs))
 }
 
+/// `verb` (flush, delete) of set or map `name`, as libnftables-json(5) spells it.
+fn set_command(verb: &str, name: &str, kind: SetKind) -> serde_json::Value {
+    let object = match kind {
+        SetKind::Dispatch { .. } => "map",
+        _ => "set",
+    };
+    serde_json::json!({verb: {object: {
+        "family": build::family_name(FAMILY), "table": TABLE, "name": name}}})
+}
+
+fn add_set(batch: &mut Batch, name: &str, kind: SetKind) {
+    match kind {
+        SetKind::Dispatch { v6 } => {
+            let key = if v6 { "ipv6_addr" } else { "ipv4_addr" };
+            batch.raw(build::verdict_map(FAMILY, TABLE, name, &[key]));
+        }
+        _ => {
+            batch.add(build::set(FAMILY, TABLE, name, set_type(kind), &[]));
+        }
+    }
+}
+
+/// The base chains: the packet path's entries to the table.
+const BASE_CHAINS: [(&str, NfHook); 2] = [("forward", NfHook::Forward), ("input", NfHook::Input)];
+
+fn add_chain(batch: &mut Batch, name: &str) {
+    match BASE_CHAINS.iter().find(|(base, _)| *base == name) {
+        Some((_, hook)) => batch.add(build::base_chain(
+            FAMILY,
+            TABLE,
+            name,
+            NfChainType::Filter,
+            *hook,
+            0,
+            NfChainPolicy::Accept,
+        )),
+        None => batch.add(build::chain(FAMILY, TABLE, name)),
+    };
+}
+
+fn flush_chain(batch: &mut Batch, name: &str) {
+    batch.flush(cni_core::firewall::schema::FlushObject::Chain(
+        chain_object(name),
+    ));
+}
+
+fn refill_chain(batch: &mut Batch, name: &str, rules: &[Vec<Statement<'static>>]) {
+    flush_chain(batch, name);
+    for statements in rules {
+        batch.add(build::rule(FAMILY, TABLE, name, statements.clone(), None));
+    }
+}
+
 /// A batch that brings the kernel from `before` (what was applied last; `None` after a start)
-/// to `after`, in one transaction. From a known `before`: new sets with their elements, element
-/// differences of the others, each changed chain emptied and refilled, then the sets no rule
-/// uses any more deleted; only set members changing means only element adds and deletes.
-/// Without `before` (a start), the whole table.
+/// to `after`, in one transaction. From a known `before`: new chains, new sets with their
+/// elements, element differences of the others, each changed chain emptied and refilled, then
+/// the sets and chains nothing uses any more deleted; only set members changing means only
+/// element adds and deletes. Without `before` (a start), the whole table.
 pub fn batch(before: Option<&Table>, after: &Table) -> Result<Batch, FirewallError> {
     match before {
         Some(before) if kinds_agree(before, after) => Ok(difference(before, after)),
@@ -484,20 +593,26 @@ fn chain_object(name: &str) -> cni_core::firewall::schema::Chain<'static> {
 
 fn difference(before: &Table, after: &Table) -> Batch {
     let mut batch = Batch::new();
+    // Chains first: map elements and rules jump to them.
+    for name in after.chains.keys() {
+        if !before.chains.contains_key(name) {
+            add_chain(&mut batch, name);
+        }
+    }
     for (name, set) in &after.sets {
         match before.sets.get(name) {
             None => {
-                batch.add(build::set(FAMILY, TABLE, name, set_type(set.kind), &[]));
-                if let Some(elems) = elements(name, set.elements.iter().cloned()) {
+                add_set(&mut batch, name, set.kind);
+                if let Some(elems) = elements(name, set.elements.iter().cloned(), false) {
                     batch.add(elems);
                 }
             }
             Some(old) => {
                 let old = &old.elements;
-                if let Some(gone) = elements(name, old.difference(&set.elements).cloned()) {
+                if let Some(gone) = elements(name, old.difference(&set.elements).cloned(), true) {
                     batch.delete(gone);
                 }
-                if let Some(new) = elements(name, set.elements.difference(old).cloned()) {
+                if let Some(new) = elements(name, set.elements.difference(old).cloned(), false) {
                     batch.add(new);
                 }
             }
@@ -505,79 +620,81 @@ fn difference(before: &Table, after: &Table) -> Batch {
     }
     for (name, rules) in &after.chains {
         if before.chains.get(name) != Some(rules) {
-            batch.flush(cni_core::firewall::schema::FlushObject::Chain(
-                chain_object(name),
-            ));
-            for statements in rules {
-                batch.add(build::rule(FAMILY, TABLE, name, statements.clone(), None));
-            }
+            refill_chain(&mut batch, name, rules);
         }
     }
-    // Only rules of the chains just refilled could have used these.
+    // Chains that are gone are emptied first; then only rules of the chains just refilled or
+    // emptied, and map elements just deleted, could have used these sets and chains.
+    let gone_chains: Vec<&String> = before
+        .chains
+        .keys()
+        .filter(|name| !after.chains.contains_key(*name))
+        .collect();
+    for name in &gone_chains {
+        flush_chain(&mut batch, name);
+    }
     for (name, old) in &before.sets {
         if !after.sets.contains_key(name) {
-            batch.delete(build::set(FAMILY, TABLE, name, set_type(old.kind), &[]));
+            batch.raw(set_command("delete", name, old.kind));
         }
+    }
+    for name in gone_chains {
+        batch.delete(build::chain(FAMILY, TABLE, name));
     }
     batch
 }
 
 /// The whole table in one transaction: existing objects are emptied and refilled, so that
-/// packets see either the old table or the new one; sets of the kernel's table that `after`
-/// has not are deleted.
+/// packets see either the old table or the new one; sets, maps and chains of the kernel's table
+/// that `after` has not are deleted.
 fn whole(after: &Table) -> Result<Batch, FirewallError> {
     let mut batch = Batch::new();
     batch.add(build::table(FAMILY, TABLE));
+    for name in after.chains.keys() {
+        add_chain(&mut batch, name);
+    }
     for (name, set) in &after.sets {
-        batch.add(build::set(FAMILY, TABLE, name, set_type(set.kind), &[]));
-        batch.flush(cni_core::firewall::schema::FlushObject::Set(Box::new(
-            cni_core::firewall::schema::Set {
-                family: FAMILY,
-                table: TABLE.into(),
-                name: name.clone().into(),
-                ..Default::default()
-            },
-        )));
-        if let Some(elems) = elements(name, set.elements.iter().cloned()) {
+        add_set(&mut batch, name, set.kind);
+        batch.raw(set_command("flush", name, set.kind));
+        if let Some(elems) = elements(name, set.elements.iter().cloned(), false) {
             batch.add(elems);
         }
     }
-    for name in ["egress", "ingress"] {
-        batch.add(build::chain(FAMILY, TABLE, name));
-    }
-    for (name, hook) in [("forward", NfHook::Forward), ("input", NfHook::Input)] {
-        batch.add(build::base_chain(
-            FAMILY,
-            TABLE,
-            name,
-            NfChainType::Filter,
-            hook,
-            0,
-            NfChainPolicy::Accept,
-        ));
-    }
-    for name in ["forward", "input", "egress", "ingress"] {
-        batch.flush(cni_core::firewall::schema::FlushObject::Chain(
-            chain_object(name),
-        ));
-    }
     for (name, rules) in &after.chains {
-        for statements in rules {
-            batch.add(build::rule(FAMILY, TABLE, name, statements.clone(), None));
-        }
+        refill_chain(&mut batch, name, rules);
     }
-    // Sets of rules that are gone (now unreferenced: their rules were flushed above).
+    // What is gone: its chains emptied first, then nothing refers to those sets, maps and
+    // chains (every other chain and map was refilled above).
     let listed = list_table(FAMILY, TABLE)?;
+    let gone_chains: Vec<&str> = listed
+        .chains
+        .iter()
+        .map(|c| c.name.as_ref())
+        .filter(|name| !after.chains.contains_key(*name))
+        .collect();
+    for name in &gone_chains {
+        flush_chain(&mut batch, name);
+    }
     for set in &listed.sets {
         if !after.sets.contains_key(set.name.as_ref()) {
-            batch.delete(build::set(
-                FAMILY,
-                TABLE,
+            batch.raw(set_command(
+                "delete",
                 &set.name,
-                set.set_type.clone(),
-                &[],
+                SetKind::Addresses { v6: false },
             ));
         }
+    }
+    for map in &listed.maps {
+        if !after.sets.contains_key(map.name.as_str()) {
+            batch.raw(set_command(
+                "delete",
+                &map.name,
+                SetKind::Dispatch { v6: false },
+            ));
+        }
+    }
+    for name in gone_chains {
+        batch.delete(build::chain(FAMILY, TABLE, name));
     }
     Ok(batch)
 }

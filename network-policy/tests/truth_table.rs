@@ -390,23 +390,31 @@ fn kernel_sets(node: &Netns) -> BTreeMap<String, std::collections::BTreeSet<Stri
     let v: Value = serde_json::from_str(&out).unwrap();
     let mut sets = BTreeMap::new();
     for item in v["nftables"].as_array().unwrap() {
-        let Some(set) = item.get("set") else { continue };
+        let Some(set) = item.get("set").or_else(|| item.get("map")) else {
+            continue;
+        };
         let elems = set["elem"]
             .as_array()
             .into_iter()
             .flatten()
-            .map(|e| match e.get("concat") {
-                Some(parts) => parts
-                    .as_array()
-                    .unwrap()
-                    .iter()
-                    .map(|p| p.to_string().trim_matches('"').to_string())
-                    .collect::<Vec<_>>()
-                    .join(" "),
-                None => e
-                    .as_str()
+            .map(|e| {
+                if let Some(parts) = e.get("concat") {
+                    return parts
+                        .as_array()
+                        .unwrap()
+                        .iter()
+                        .map(|p| p.to_string().trim_matches('"').to_string())
+                        .collect::<Vec<_>>()
+                        .join(" ");
+                }
+                if let Some([key, verdict]) = e.as_array().map(Vec::as_slice) {
+                    // A verdict map's element: address and the chain it jumps to.
+                    let chain = verdict["jump"]["target"].as_str().unwrap_or_default();
+                    return format!("{} {chain}", key.as_str().unwrap_or_default());
+                }
+                e.as_str()
                     .map(str::to_string)
-                    .unwrap_or_else(|| e.to_string()),
+                    .unwrap_or_else(|| e.to_string())
             })
             .collect();
         sets.insert(set["name"].as_str().unwrap().to_string(), elems);
@@ -440,6 +448,7 @@ fn fresh_sets(api: &ApiServer) -> BTreeMap<String, std::collections::BTreeSet<St
                     tether_netpol::nft::Elem::Named(ip, p, port) => {
                         format!("{ip} {} {port}", p.nft())
                     }
+                    tether_netpol::nft::Elem::Jump(ip, chain) => format!("{ip} {chain}"),
                 })
                 .collect();
             (name, elems)
@@ -837,4 +846,48 @@ fn service_traffic_is_policed_as_the_pod_it_reaches() {
         );
         w.node.exec(&["nft", "delete", "table", "ip", "tnp-svc"]);
     }
+}
+
+/// A restart finds chains and sets the agent no longer writes (a table of the previous layout:
+/// one `ingress` chain reached through a set, `in-iso4`): the first write replaces them whole,
+/// in one transaction, and enforcement is as before.
+#[test]
+fn a_table_of_the_previous_layout_is_replaced_whole() {
+    let w = World::new("tnpu");
+    w.policy(
+        "x",
+        "deny-all",
+        json!({"podSelector": {}, "policyTypes": ["Ingress"]}),
+    );
+    w.expect("default deny in x", |_, d, _, _| d.ns != "x");
+    w.kill_agent();
+    let nft = |command: &str| w.node.exec(&["nft", command]);
+    nft("add chain inet tether-netpol ingress");
+    nft("add rule inet tether-netpol ingress drop");
+    nft("add set inet tether-netpol in-iso4 { type ipv4_addr; }");
+    nft(&format!(
+        "add element inet tether-netpol in-iso4 {{ {} }}",
+        w.ip("y", "a")
+    ));
+    nft("add rule inet tether-netpol forward ip daddr @in-iso4 jump ingress");
+    w.expect("the old layout's leftovers shut y/a too", |_, d, _, _| {
+        d.ns != "x" && !(d.ns == "y" && d.pod == "a")
+    });
+    w.start_agent();
+    let started = Instant::now();
+    loop {
+        let table = w
+            .node
+            .exec(&["nft", "list", "table", "inet", "tether-netpol"]);
+        if !table.contains("chain ingress") && !table.contains("in-iso4") {
+            break;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(10),
+            "leftovers stay:\n{table}\n{}",
+            w.log()
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    w.expect("default deny in x, nothing else", |_, d, _, _| d.ns != "x");
 }

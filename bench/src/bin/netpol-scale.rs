@@ -21,6 +21,12 @@ const NAMESPACE_COUNT: usize = 20;
 const CHANGES: usize = 60;
 /// iperf3 runs per datapath and table state.
 const ROUNDS: usize = 9;
+/// The local index of the serving real pod: its namespace (ns9) sorts last, so the rules of
+/// the policies that let connections in come last in the ingress chain: a new connection walks
+/// every other rule first.
+const SERVER: usize = 9;
+/// TCP port of the connection-rate server (allowed, like iperf's 5201, by one more policy).
+const CONNECT_PORT: u16 = 5202;
 
 struct Killed(Child);
 
@@ -179,6 +185,55 @@ fn isolate(node: &Netns, pods: &[Netns], on: bool) {
     ]);
 }
 
+/// `f` on a new thread inside `ns`.
+fn in_netns<T: Send + 'static>(
+    ns: &Netns,
+    f: impl FnOnce() -> T + Send + 'static,
+) -> std::thread::JoinHandle<T> {
+    let path = ns.path();
+    std::thread::spawn(move || {
+        let file = std::fs::File::open(&path).expect("netns");
+        nix::sched::setns(&file, nix::sched::CloneFlags::CLONE_NEWNET).expect("setns");
+        f()
+    })
+}
+
+/// New TCP connections per second from `client` to a listener in `server` (accepted and
+/// closed at once), over `seconds`: each one's first packet walks the policy rules.
+fn connect_rate(server: &Netns, client: &Netns, ip: &str, seconds: f64) -> f64 {
+    let addr: std::net::SocketAddr = format!("{ip}:{CONNECT_PORT}").parse().expect("address");
+    let (ready_tx, ready_rx) = std::sync::mpsc::channel();
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let stop_server = stop.clone();
+    let listener = in_netns(server, move || {
+        let l = std::net::TcpListener::bind(addr).expect("listen");
+        let _ = ready_tx.send(());
+        while !stop_server.load(std::sync::atomic::Ordering::Relaxed) {
+            let _ = l.accept();
+        }
+    });
+    let _ = ready_rx.recv();
+    let counter = in_netns(client, move || {
+        let started = Instant::now();
+        let mut n = 0u64;
+        while started.elapsed().as_secs_f64() < seconds {
+            if std::net::TcpStream::connect_timeout(&addr, Duration::from_secs(1)).is_ok() {
+                n += 1;
+            }
+        }
+        n as f64 / started.elapsed().as_secs_f64()
+    });
+    let rate = counter.join().unwrap_or(0.0);
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    // One more connection wakes the listener up to see the stop.
+    let _ = in_netns(client, move || {
+        std::net::TcpStream::connect_timeout(&addr, Duration::from_secs(1))
+    })
+    .join();
+    let _ = listener.join();
+    rate
+}
+
 fn start_agent(
     node: &Netns,
     agent: &str,
@@ -214,10 +269,14 @@ fn main() {
     node.ip(&["addr", "add", "10.80.0.1/22", "dev", "cni0"]);
     node.ip(&["link", "set", "cni0", "up"]);
     node.exec(&["sysctl", "-qw", "net.bridge.bridge-nf-call-iptables=1"]);
-    let real: Vec<Netns> = (0..2)
-        .map(|i| {
-            let ns = Netns::new(&format!("tbnpp{i}"));
-            let host = format!("vtbnp{i}");
+    let real: Vec<Netns> = [0, SERVER]
+        .iter()
+        .enumerate()
+        .map(|(k, &i)| {
+            let ns = Netns::new(&format!("tbnpp{k}"));
+            // Many short connections from one client: reuse TIME_WAIT ports.
+            ns.exec(&["sysctl", "-qw", "net.ipv4.tcp_tw_reuse=1"]);
+            let host = format!("vtbnp{k}");
             node.cable(
                 &host,
                 "169.254.1.1/32",
@@ -265,14 +324,16 @@ fn main() {
     for k in 0..policies {
         api.put(NETWORK_POLICIES, policy(k));
     }
-    // The two real pods: app1 is selected by policies (k % 50 == 1); p0 is tier web, allowed
-    // by the podSelector peers; iperf's port 5201 is opened by one more policy.
+    // The two real pods: p9 (app9, ns9) is selected by policies (k % 100 == 9); p0 is tier
+    // web, allowed by the podSelector peers; iperf's port 5201 and the connection-rate port
+    // are opened by one more policy.
     api.put(
         NETWORK_POLICIES,
         json!({"apiVersion": "networking.k8s.io/v1", "kind": "NetworkPolicy",
-        "metadata": {"name": "iperf", "namespace": "ns1"},
-        "spec": {"podSelector": {"matchLabels": {"app": "app1"}},
-                 "ingress": [{"ports": [{"protocol": "TCP", "port": 5201}]}]}}),
+        "metadata": {"name": "zz-bench", "namespace": format!("ns{}", SERVER % NAMESPACE_COUNT)},
+        "spec": {"podSelector": {"matchLabels": {"app": format!("app{}", SERVER % 50)}},
+                 "ingress": [{"ports": [{"protocol": "TCP", "port": 5201},
+                                        {"protocol": "TCP", "port": CONNECT_PORT}]}]}}),
     );
 
     let started = Instant::now();
@@ -391,10 +452,11 @@ fn main() {
         node.exec(&["nft", "-j", "list", "table", "inet", "tether-netpol"]),
     )
     .expect("saving the table");
-    let server_ip = local_ip(1);
+    let server_ip = local_ip(SERVER);
     // (isolated, table) -> Gbit/s of each round; table 0: none (no connection tracking either),
     // 1: the agent's with no policy, 2: with the policies.
     let mut runs: std::collections::BTreeMap<(bool, usize), Vec<f64>> = Default::default();
+    let mut connects: std::collections::BTreeMap<(bool, usize), Vec<f64>> = Default::default();
     for _ in 0..ROUNDS {
         for isolated in [false, true] {
             isolate(&node, &real, isolated);
@@ -411,14 +473,33 @@ fn main() {
                 runs.entry((isolated, table))
                     .or_default()
                     .push(iperf(&real[1], &real[0], &server_ip, seconds));
+                connects
+                    .entry((isolated, table))
+                    .or_default()
+                    .push(connect_rate(&real[1], &real[0], &server_ip, 1.0));
             }
         }
     }
     isolate(&node, &real, false);
-    let median = |key: (bool, usize)| {
-        let mut v = runs.get(&key).cloned().unwrap_or_default();
+    let median_of = |runs: &std::collections::BTreeMap<(bool, usize), Vec<f64>>, key| {
+        let mut v: Vec<f64> = runs.get(&key).cloned().unwrap_or_default();
         v.sort_by(f64::total_cmp);
         v.get(v.len() / 2).copied().unwrap_or(0.0)
+    };
+    let median = |key: (bool, usize)| median_of(&runs, key);
+    let connect_row = |isolated: bool, what: &str| {
+        let (none, empty, full) = (
+            median_of(&connects, (isolated, 0)),
+            median_of(&connects, (isolated, 1)),
+            median_of(&connects, (isolated, 2)),
+        );
+        vec![
+            format!("new TCP connections/s, median of {ROUNDS} x 1 s, {what}: no table / no policy / {policies} policies"),
+            format!(
+                "{none:.0} / {empty:.0} / {full:.0} ({:.2}x of no policy)",
+                full / empty.max(1e-9)
+            ),
+        ]
     };
     let row = |isolated: bool, what: &str| {
         let (none, empty, full) = (
@@ -437,6 +518,8 @@ fn main() {
     };
     let bridged_row = row(false, "bridged + br_netfilter");
     let isolated_row = row(true, "isolated ports (routed, no br_netfilter)");
+    let bridged_connects = connect_row(false, "bridged + br_netfilter");
+    let isolated_connects = connect_row(true, "isolated ports");
     let (bridged_none, isolated_none) = (median((false, 0)), median((true, 0)));
     let _ = std::fs::remove_dir_all(&dir);
 
@@ -472,6 +555,8 @@ fn main() {
             ],
             bridged_row,
             isolated_row,
+            bridged_connects,
+            isolated_connects,
             vec![
                 "iperf3, no table: plain bridge / isolated ports".into(),
                 format!(
