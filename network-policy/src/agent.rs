@@ -211,7 +211,9 @@ fn write(
     cluster: &Cluster,
     applied: Option<&Table>,
 ) -> Option<Table> {
+    let started = Instant::now();
     let plan = cluster.plan(&settings.node_name);
+    let planned = started.elapsed();
     if plan.policies_exist {
         if let Err(why) = crate::metrics::same_node_policed(&settings.bridge) {
             tracing::warn!(%why, "policies are not enforced between pods of this node");
@@ -223,10 +225,24 @@ fn write(
         tracing::warn!(%problem, "part of a policy cannot be enforced");
     }
     let table = nft::render(&plan, &settings.table);
-    let started = std::time::Instant::now();
-    match nft::batch(applied, &table).and_then(|b| b.apply().map(|()| b.len())) {
-        Ok(commands) => {
-            tracing::info!(rules = table.rule_count(), elements = table.element_count(), commands, took = ?started.elapsed(), "policies applied");
+    let rendered = started.elapsed();
+    let written = nft::batch(applied, &table).and_then(|b| {
+        let diffed = started.elapsed();
+        b.apply().map(|()| (b.len(), diffed))
+    });
+    match written {
+        Ok((commands, diffed)) => {
+            let ms = |d: Duration| d.as_secs_f64() * 1e3;
+            tracing::info!(
+                rules = table.rule_count(),
+                elements = table.element_count(),
+                commands,
+                plan_ms = ms(planned),
+                render_ms = ms(rendered - planned),
+                diff_ms = ms(diffed - rendered),
+                nft_ms = ms(started.elapsed() - diffed),
+                "policies applied"
+            );
             metrics.rules.set(table.rule_count() as i64);
             metrics.sets.set(table.sets.len() as i64);
             metrics.elements.set(table.element_count() as i64);

@@ -10,7 +10,7 @@
 //! resolved on the pod that receives the traffic. Host-network pods are neither policed nor
 //! counted as pod peers (their address is the node's).
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::net::IpAddr;
 
 use ipnetwork::IpNetwork;
@@ -264,12 +264,17 @@ impl Cluster {
             // A selector that also picks a namespace the agent has no labels for: every pod.
             Some(selector) if matches(selector, &Labels::new()) => {
                 let empty = Labels::new();
+                // Pods come ordered by namespace: each namespace is matched once.
+                let mut last: Option<(&str, bool)> = None;
                 self.live_pods()
-                    .filter(|p| {
-                        matches(
-                            selector,
-                            self.namespaces.get(&p.namespace).unwrap_or(&empty),
-                        )
+                    .filter(|p| match last {
+                        Some((ns, picked)) if ns == p.namespace => picked,
+                        _ => {
+                            let labels = self.namespaces.get(&p.namespace).unwrap_or(&empty);
+                            let picked = matches(selector, labels);
+                            last = Some((&p.namespace, picked));
+                            picked
+                        }
                     })
                     .filter(by_pod)
                     .collect()
@@ -379,6 +384,7 @@ impl Cluster {
             policies_exist: !self.policies.is_empty(),
             ..Plan::default()
         };
+        let mut known_peers: HashMap<String, (Peers, Vec<String>)> = HashMap::new();
         for ((namespace, name), policy) in &self.policies {
             let targets = self.selected(policy, node);
             if targets.is_empty() {
@@ -411,7 +417,15 @@ impl Cluster {
                 };
                 for (index, (peers, ports)) in rules.into_iter().enumerate() {
                     let peers_key = peers_key(peers, namespace);
-                    let peers = self.peers(peers, namespace, &mut plan.problems);
+                    // The key decides the peers: rules written alike are worked out once.
+                    let (peers, problems) = known_peers
+                        .entry(peers_key.clone())
+                        .or_insert_with(|| {
+                            let mut problems = Vec::new();
+                            (self.peers(peers, namespace, &mut problems), problems)
+                        })
+                        .clone();
+                    plan.problems.extend(problems);
                     let ports = match direction {
                         // The policy's own pods receive.
                         Direction::Ingress => {
@@ -419,13 +433,18 @@ impl Cluster {
                         }
                         // The peers receive: named ports are resolved on every pod they pick.
                         Direction::Egress => {
-                            let receivers = self
-                                .live_pods()
-                                .filter(|p| p.ips.iter().any(|ip| peers.pods.contains(ip)));
-                            let receivers: Vec<&PodInfo> = if peers.any {
+                            let named = ports
+                                .into_iter()
+                                .flatten()
+                                .any(|p| matches!(p.port, Some(IntOrString::String(_))));
+                            let receivers: Vec<&PodInfo> = if !named {
+                                Vec::new()
+                            } else if peers.any {
                                 self.live_pods().collect()
                             } else {
-                                receivers.collect()
+                                self.live_pods()
+                                    .filter(|p| p.ips.iter().any(|ip| peers.pods.contains(ip)))
+                                    .collect()
                             };
                             self.ports(ports, receivers.into_iter(), &mut plan.problems)
                         }
@@ -602,6 +621,35 @@ mod tests {
         // The two rules of y's policy share its target set.
         let target_sets = table.sets.keys().filter(|n| n.ends_with("-t4")).count();
         assert_eq!(target_sets, 4, "{:?}", table.sets.keys());
+    }
+
+    #[test]
+    fn peers_written_alike_are_worked_out_once_and_still_report_their_problems() {
+        let mut all = pods();
+        // A namespace the agent has no labels for: an empty namespaceSelector still picks it.
+        all.push(pod("z", "d", "10.0.0.4", json!({"app": "b"}), None));
+        let every_b = json!([{"namespaceSelector": {}, "podSelector": {"matchLabels": {"app": "b"}}},
+                             {"ipBlock": {"cidr": "not-a-cidr"}}]);
+        let c = cluster(
+            &all,
+            &[
+                (
+                    "x",
+                    json!({"podSelector": {}, "ingress": [{"from": every_b}]}),
+                ),
+                (
+                    "x",
+                    json!({"podSelector": {"matchLabels": {"app": "a"}}, "ingress": [{"from": every_b}]}),
+                ),
+            ],
+        );
+        let plan = c.plan("n1");
+        assert_eq!(plan.rules.len(), 2);
+        for rule in &plan.rules {
+            assert_eq!(rule.peers.pods, [ip("10.0.0.2"), ip("10.0.0.4")].into());
+            assert!(rule.peers.blocks.is_empty());
+        }
+        assert_eq!(plan.problems.len(), 2, "{:?}", plan.problems);
     }
 
     #[test]

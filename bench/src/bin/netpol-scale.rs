@@ -244,12 +244,30 @@ fn start_agent(
     Killed(
         Command::new("ip")
             .args(["netns", "exec", &node.name, agent, "--node-name", "node1"])
-            .args(["--pod-cidrs", "10.80.0.0/22", "--kubeconfig"])
+            .args(["--pod-cidrs", "10.80.0.0/22", "--log-format", "json"])
+            .arg("--kubeconfig")
             .arg(kubeconfig)
             .stderr(log)
             .spawn()
             .expect("starting tether-netpol"),
     )
+}
+
+/// Medians over the agent's writes after its first (the changes timed above), from its JSON log:
+/// plan, table, difference, nft transaction, in ms.
+fn write_phases(log: &std::path::Path) -> [f64; 4] {
+    let text = std::fs::read_to_string(log).unwrap_or_default();
+    let writes: Vec<serde_json::Value> = text
+        .lines()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .filter(|v| v["message"] == "policies applied")
+        .skip(1)
+        .collect();
+    ["plan_ms", "render_ms", "diff_ms", "nft_ms"].map(|field| {
+        let mut v: Vec<f64> = writes.iter().filter_map(|w| w[field].as_f64()).collect();
+        v.sort_by(f64::total_cmp);
+        v.get(v.len() / 2).copied().unwrap_or(0.0)
+    })
 }
 
 fn main() {
@@ -314,10 +332,10 @@ fn main() {
         std::thread::sleep(Duration::from_millis(20));
     }
     drop(agent);
-    let no_policy_table = dir.join("no-policy.json");
+    let no_policy_table = dir.join("no-policy.nft");
     std::fs::write(
         &no_policy_table,
-        node.exec(&["nft", "-j", "list", "table", "inet", "tether-netpol"]),
+        node.exec(&["nft", "list", "table", "inet", "tether-netpol"]),
     )
     .expect("saving the table");
 
@@ -441,15 +459,18 @@ fn main() {
     let _ = monitor.kill();
     let _ = monitor.wait();
     let peak = status_kib(pid, "VmHWM:");
+    let phases = write_phases(&dir.join("agent2.log"));
     // Throughput: the agent stops (its table stays in force), the table is saved, and iperf3
     // runs alternate, ROUNDS times, between with and without the table (deleted and restored)
     // on both datapaths: plain bridge ports with br_netfilter, isolated ports routed by the node
     // with br_netfilter off. Medians, since single runs on this VM vary by about 10%.
     drop(agent);
-    let full_table = dir.join("table.json");
+    // Saved as text: nft's JSON listing puts maps before the chains their elements jump to,
+    // and `nft -j -f` refuses that order.
+    let full_table = dir.join("table.nft");
     std::fs::write(
         &full_table,
-        node.exec(&["nft", "-j", "list", "table", "inet", "tether-netpol"]),
+        node.exec(&["nft", "list", "table", "inet", "tether-netpol"]),
     )
     .expect("saving the table");
     let server_ip = local_ip(SERVER);
@@ -468,7 +489,7 @@ fn main() {
                     } else {
                         &full_table
                     };
-                    node.exec(&["nft", "-j", "-f", &file.display().to_string()]);
+                    node.exec(&["nft", "-f", &file.display().to_string()]);
                 }
                 runs.entry((isolated, table))
                     .or_default()
@@ -547,6 +568,13 @@ fn main() {
                     "{} / {} ms ({policy_missed} missed)",
                     ms(ps.p50),
                     ms(ps.p99)
+                ),
+            ],
+            vec![
+                "a change's write, median: plan / table / difference / nft transaction".into(),
+                format!(
+                    "{:.1} / {:.1} / {:.1} / {:.1} ms",
+                    phases[0], phases[1], phases[2], phases[3]
                 ),
             ],
             vec![
