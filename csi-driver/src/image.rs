@@ -20,6 +20,10 @@ pub enum ImageError {
     },
     #[error("no free loop device (is the loop module loaded?)")]
     NoLoopDevice,
+    #[error(
+        "{device} still serves the image (the kernel detaches it when its last user closes it)"
+    )]
+    StillAttached { device: PathBuf },
     #[error("{tool} on {path} failed: {output}")]
     Tool {
         tool: String,
@@ -131,18 +135,31 @@ fn wait_for_node(device: &Path) {
     }
 }
 
-/// Detaches the loop device serving `image`, if any.
+/// Detaches the loop device serving `image`, if any, and waits until it is gone: while
+/// something else still has the device open (a filesystem being released), the kernel only
+/// marks it to detach on the last close.
 pub fn detach(image: &Path) -> Result<(), ImageError> {
     let Some(device) = find_loop(image)? else {
         return Ok(());
     };
     let file = File::open(&device).map_err(io("opening", &device))?;
     match ioctl(&file, LOOP_CLR_FD, 0) {
-        Ok(_) => Ok(()),
-        Err(e) if e.raw_os_error() == Some(libc::ENXIO) => Ok(()),
-        Err(e) => Err(io("detaching", &device)(e)),
+        Ok(_) => {}
+        Err(e) if e.raw_os_error() == Some(libc::ENXIO) => return Ok(()),
+        Err(e) => return Err(io("detaching", &device)(e)),
     }
+    drop(file);
+    for _ in 0..DETACH_POLLS {
+        if find_loop(image)?.is_none() {
+            return Ok(());
+        }
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    Err(ImageError::StillAttached { device })
 }
+
+/// How long `detach` waits for the kernel: DETACH_POLLS x 20 ms.
+const DETACH_POLLS: u32 = 250;
 
 /// Makes the loop device see its image's current size.
 pub fn refresh_capacity(device: &Path) -> Result<(), ImageError> {
