@@ -15,8 +15,9 @@
 //! its namespace's egress chain `eg-<hash>` (only that namespace's policies can select it),
 //! which returns when a rule allows it and drops otherwise; then traffic to an
 //! ingress-isolated pod, through `in-by-ns4/6`, to `in-<hash>`, which accepts when a rule
-//! allows it and drops otherwise. A new connection walks its namespace's rules, not all. Traffic from the node itself to its pods (kubelet's
-//! probes) leaves through `output` and is never policed.
+//! allows it and drops otherwise. A new connection walks its namespace's rules, not all.
+//! Traffic from the node itself to its pods (kubelet's probes) leaves through `output` and is
+//! never policed.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::IpAddr;
