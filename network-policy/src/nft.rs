@@ -1,11 +1,12 @@
 //! The plan as one nftables table, `inet tether-netpol`, and keeping the kernel's copy of it in
 //! step.
 //!
-//! Rules grow with policies, not with pods: every policy rule has named sets of addresses (the
-//! node's pods it applies to, the pods it lets in or out to, named ports resolved per pod), and
-//! its nftables rules only look those sets up. A pod joining or leaving is a set element added
-//! or deleted; a policy added or deleted is its own sets plus the rules of the chains it is in
-//! (sets are named after the rule's identity, not its position). Everything changes in one
+//! Rules grow with policies, not with pods: every policy rule looks up named sets of addresses
+//! (the node's pods its policy applies to, one set per policy; the pods it lets in or out to,
+//! one set per distinct peer list; named ports resolved per pod, one per rule). A pod joining
+//! or leaving is a set element added or deleted; a policy added or deleted is its own sets plus
+//! the rules of its namespace's chain (sets are named after a hash of what decides their
+//! members, never a rule's position). Everything changes in one
 //! transaction (`nft -j -f`), so there is never a moment with half a change; a restart rewrites
 //! the table in one transaction too, never flushing it first.
 //!
