@@ -36,7 +36,7 @@ pub struct Settings {
     pub node_name: String,
     pub kubeconfig: Option<PathBuf>,
     pub table: nft::Options,
-    /// The node's pod bridge (see [`crate::same_node`]).
+    /// The node's pod bridge (see [`cni_core::same_node`]).
     pub bridge: String,
     /// Where /metrics, /healthz and /readyz are served, if anywhere.
     pub metrics_addr: Option<std::net::SocketAddr>,
@@ -155,6 +155,7 @@ pub async fn run(settings: Settings) -> Result<(), AgentError> {
     let mut policies: Kind<(String, String), NetworkPolicy> = Kind::default();
     let mut cluster = Cluster::default();
     let mut applied: Option<Table> = None;
+    let mut bypass: Option<String> = None;
     let mut dirty = false;
     let mut since = Instant::now();
     loop {
@@ -162,7 +163,14 @@ pub async fn run(settings: Settings) -> Result<(), AgentError> {
             match tokio::time::timeout(SETTLE, changes.next()).await {
                 Ok(next) => next,
                 Err(_) => {
-                    applied = write(&settings, &metrics, since, &cluster, applied.as_ref());
+                    applied = write(
+                        &settings,
+                        &metrics,
+                        since,
+                        &cluster,
+                        applied.as_ref(),
+                        &mut bypass,
+                    );
                     dirty = applied.is_none();
                     if dirty {
                         tokio::time::sleep(Duration::from_secs(1)).await;
@@ -203,21 +211,30 @@ pub async fn run(settings: Settings) -> Result<(), AgentError> {
 }
 
 /// Writes the table for `cluster`; what is in the kernel now, or `None` when the write failed.
-/// `since`: when the first change it carries reached the agent.
+/// `since`: when the first change it carries reached the agent; `bypass`: why traffic between
+/// pods of the node escapes the table, as last warned of.
 fn write(
     settings: &Settings,
     metrics: &Metrics,
     since: Instant,
     cluster: &Cluster,
     applied: Option<&Table>,
+    bypass: &mut Option<String>,
 ) -> Option<Table> {
     let started = Instant::now();
     let plan = cluster.plan(&settings.node_name);
     let planned = started.elapsed();
-    if plan.policies_exist {
-        if let Err(why) = crate::metrics::same_node_policed(&settings.bridge) {
+    let now = if plan.policies_exist {
+        crate::metrics::same_node_policed(&settings.bridge).err()
+    } else {
+        None
+    };
+    if now != *bypass {
+        // Warned once when it starts (or changes), not on every write.
+        if let Some(why) = &now {
             tracing::warn!(%why, "policies are not enforced between pods of this node");
         }
+        *bypass = now;
     }
     metrics.policies.set(cluster.policies.len() as i64);
     metrics.problems.set(plan.problems.len() as i64);

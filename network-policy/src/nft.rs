@@ -311,8 +311,6 @@ pub fn render(plan: &Plan, options: &Options) -> Table {
     table
 }
 
-/// Drops traffic of addresses in this node's pod subnets that are not known pods (nor the
-/// subnet's network and gateway addresses).
 /// FNV-1a: short, stable names from longer keys.
 fn fnv(key: &str) -> u64 {
     key.bytes().fold(0xcbf2_9ce4_8422_2325_u64, |h, b| {
@@ -393,6 +391,8 @@ impl SetNames {
     }
 }
 
+/// Drops traffic of addresses in this node's pod subnets that are not known pods (nor the
+/// subnet's network and gateway addresses).
 fn hold_unknown(
     table: &mut Table,
     plan: &Plan,
@@ -511,14 +511,10 @@ fn elements(
     (!exprs.is_empty()).then(|| build::elements(FAMILY, TABLE, set, exprs))
 }
 
-/// `verb` (flush, delete) of set or map `name`, as libnftables-json(5) spells it.
-fn set_command(verb: &str, name: &str, kind: SetKind) -> serde_json::Value {
-    let object = match kind {
-        SetKind::Dispatch { .. } => "map",
-        _ => "set",
-    };
-    serde_json::json!({verb: {object: {
-        "family": build::family_name(FAMILY), "table": TABLE, "name": name}}})
+impl SetKind {
+    fn is_map(self) -> bool {
+        matches!(self, SetKind::Dispatch { .. })
+    }
 }
 
 fn add_set(batch: &mut Batch, name: &str, kind: SetKind) {
@@ -637,7 +633,13 @@ fn difference(before: &Table, after: &Table) -> Batch {
     }
     for (name, old) in &before.sets {
         if !after.sets.contains_key(name) {
-            batch.raw(set_command("delete", name, old.kind));
+            batch.raw(build::set_command(
+                "delete",
+                FAMILY,
+                TABLE,
+                name,
+                old.kind.is_map(),
+            ));
         }
     }
     for name in gone_chains {
@@ -657,7 +659,13 @@ fn whole(after: &Table) -> Result<Batch, FirewallError> {
     }
     for (name, set) in &after.sets {
         add_set(&mut batch, name, set.kind);
-        batch.raw(set_command("flush", name, set.kind));
+        batch.raw(build::set_command(
+            "flush",
+            FAMILY,
+            TABLE,
+            name,
+            set.kind.is_map(),
+        ));
         if let Some(elems) = elements(name, set.elements.iter().cloned(), false) {
             batch.add(elems);
         }
@@ -679,20 +687,14 @@ fn whole(after: &Table) -> Result<Batch, FirewallError> {
     }
     for set in &listed.sets {
         if !after.sets.contains_key(set.name.as_ref()) {
-            batch.raw(set_command(
-                "delete",
-                &set.name,
-                SetKind::Addresses { v6: false },
+            batch.raw(build::set_command(
+                "delete", FAMILY, TABLE, &set.name, false,
             ));
         }
     }
     for map in &listed.maps {
         if !after.sets.contains_key(map.name.as_str()) {
-            batch.raw(set_command(
-                "delete",
-                &map.name,
-                SetKind::Dispatch { v6: false },
-            ));
+            batch.raw(build::set_command("delete", FAMILY, TABLE, &map.name, true));
         }
     }
     for name in gone_chains {

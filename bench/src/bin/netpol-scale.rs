@@ -263,11 +263,14 @@ fn write_phases(log: &std::path::Path) -> [f64; 4] {
         .filter(|v| v["message"] == "policies applied")
         .skip(1)
         .collect();
-    ["plan_ms", "render_ms", "diff_ms", "nft_ms"].map(|field| {
-        let mut v: Vec<f64> = writes.iter().filter_map(|w| w[field].as_f64()).collect();
-        v.sort_by(f64::total_cmp);
-        v.get(v.len() / 2).copied().unwrap_or(0.0)
-    })
+    ["plan_ms", "render_ms", "diff_ms", "nft_ms"]
+        .map(|field| quartile(writes.iter().filter_map(|w| w[field].as_f64()).collect(), 2))
+}
+
+/// The `q`-th quartile of `values` (2: the median); 0 when there are none.
+fn quartile(mut values: Vec<f64>, q: usize) -> f64 {
+    values.sort_by(f64::total_cmp);
+    values.get(values.len() * q / 4).copied().unwrap_or(0.0)
 }
 
 fn main() {
@@ -503,9 +506,7 @@ fn main() {
     }
     isolate(&node, &real, false);
     let median_of = |runs: &std::collections::BTreeMap<(bool, usize), Vec<f64>>, key| {
-        let mut v: Vec<f64> = runs.get(&key).cloned().unwrap_or_default();
-        v.sort_by(f64::total_cmp);
-        v.get(v.len() / 2).copied().unwrap_or(0.0)
+        quartile(runs.get(&key).cloned().unwrap_or_default(), 2)
     };
     let median = |key: (bool, usize)| median_of(&runs, key);
     // Rounds run the states back to back, so per-round ratios cancel the machine's slower
@@ -515,13 +516,12 @@ fn main() {
             runs.get(&(isolated, 1)).cloned().unwrap_or_default(),
             runs.get(&(isolated, 2)).cloned().unwrap_or_default(),
         );
-        let mut ratios: Vec<f64> = full
+        let ratios: Vec<f64> = full
             .iter()
             .zip(&empty)
             .map(|(f, e)| f / e.max(1e-9))
             .collect();
-        ratios.sort_by(f64::total_cmp);
-        let at = |q: usize| ratios.get(ratios.len() * q / 4).copied().unwrap_or(0.0);
+        let at = |q: usize| quartile(ratios.clone(), q);
         format!(
             "per round {:.2}x, middle half {:.2}-{:.2}x",
             at(2),

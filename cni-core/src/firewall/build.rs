@@ -353,6 +353,20 @@ pub fn ct_status(flag: &str) -> Statement<'static> {
     is(ct("status"), Operator::IN, text(flag))
 }
 
+/// `verb` (`flush`, `delete`) of the named set, or with `map` the named map, as
+/// libnftables-json(5) spells it (one spelling for both kinds of object).
+pub fn set_command(
+    verb: &str,
+    family: NfFamily,
+    table: &str,
+    name: &str,
+    map: bool,
+) -> serde_json::Value {
+    let object = if map { "map" } else { "set" };
+    serde_json::json!({verb: {object: {
+        "family": family_name(family), "table": table, "name": name}}})
+}
+
 /// The `add map` command of a verdict map keyed by `key_types` (the crate's schema has no
 /// verdict value type, so this one is written as libnftables-json(5) spells it).
 pub fn verdict_map(

@@ -157,8 +157,8 @@ pub fn peer_entries(peer: &Peer, scope: &Scope) -> PeerEntries {
 pub(crate) mod tests {
     use super::*;
 
-    // The whole desired state at once, as the daemon's wanted entries build it.
-    /// Desired state for `me` and `peers` (see [`peer_entries`]).
+    /// Desired state for `me` and `peers` (see [`peer_entries`]), whole, as the daemon's wanted
+    /// entries build it.
     pub fn desired(
         peers: &[Peer],
         me: &str,
