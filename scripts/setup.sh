@@ -7,6 +7,7 @@ packages=(
   containernetworking-plugins  # the reference plugins, for compatibility tests and benchmarks
   iproute2                   # ip(8), for inspecting kernel state in tests and the demo
   nftables                   # masquerade rules
+  iptables                   # iptables-nft: kube-proxy's iptables-mode rules in the datapath truth tables
   jq                         # readable JSON in the demo
   curl                       # HTTP probes of tether-netpol's /readyz and /metrics in its tests
   iputils-ping               # reachability checks in tests and the demo

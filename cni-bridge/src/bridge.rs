@@ -17,6 +17,7 @@ use serde_json::Value;
 use crate::config::BridgeConf;
 use crate::error::{finish, BridgeError, Failures};
 use crate::nft;
+use crate::routed;
 
 /// Used when neither the config nor the host's default-route interface gives an MTU.
 const FALLBACK_MTU: u32 = 1500;
@@ -255,7 +256,7 @@ impl<'a> PodAttachment<'a> {
             .create_veth(&VethSpec {
                 host_name: &self.host_veth,
                 host_alias: Some(&alias),
-                host_master: Some(bridge.index),
+                host_master: (!conf.routed).then_some(bridge.index),
                 peer_name: &req.ifname,
                 peer_mac: conf.mac,
                 peer_netns: self.pod_ns,
@@ -274,7 +275,7 @@ impl<'a> PodAttachment<'a> {
         let host_link = host_nl.link(&self.host_veth)?.ok_or_else(|| {
             BridgeError::BridgeConflict(format!("veth {} vanished after creation", self.host_veth))
         })?;
-        if conf.hairpin_mode {
+        if conf.hairpin_mode && !conf.routed {
             host_nl.set_hairpin(host_link.index, true)?;
         }
         if conf.port_isolation {
@@ -303,6 +304,9 @@ impl<'a> PodAttachment<'a> {
         let (pod_link, routes) = self.address_pod(pod_nl, &ipam)?;
         if conf.is_gateway {
             self.ensure_gateway(host_nl, bridge, &ipam)?;
+        }
+        if conf.routed {
+            routed::connect(host_nl, &host_link, pod_nl, &pod_link, &ipam)?;
         }
         if conf.ip_masq {
             let addresses: Vec<IpNetwork> = ipam.ips.iter().map(|ip| ip.address).collect();
@@ -353,16 +357,16 @@ impl<'a> PodAttachment<'a> {
             // made each ADD cost more the more pods the node had.
             pod_nl.set_no_ipv6_link_local(pod_link.index)?;
         }
-        let isolated = self.conf.port_isolation;
-        if isolated {
+        if self.conf.port_isolation {
             self.refuse_redirects(ipam)?;
         }
+        let via_gateway = self.conf.subnet_via_gateway();
         pod_nl.set_up(pod_link.index)?;
         for ip in &ipam.ips {
             let options = AddressOptions {
                 nodad: true,
-                // Isolated: the subnet is reached through the gateway, not on the link.
-                no_prefix_route: isolated,
+                // The subnet is reached through the gateway, not on the link.
+                no_prefix_route: via_gateway,
             };
             pod_nl.add_address_with(pod_link.index, ip.address, options)?;
         }
@@ -376,7 +380,8 @@ impl<'a> PodAttachment<'a> {
                 mtu: route.mtu,
                 priority: route.priority,
                 // Without a subnet route, the gateway is on the link by declaration.
-                onlink: isolated && gateway.is_some(),
+                onlink: via_gateway && gateway.is_some(),
+                source: None,
             })?;
         }
 
@@ -461,10 +466,10 @@ impl<'a> PodAttachment<'a> {
     }
 
     /// IPAM's routes, plus a default route per family via the gateway with isDefaultGateway;
-    /// isolated, first each address's subnet via its gateway.
+    /// isolated or routed, first each address's subnet via its gateway.
     fn pod_routes(&self, ipam: &CniResult) -> Vec<Route> {
         let mut routes = Vec::new();
-        if self.conf.port_isolation {
+        if self.conf.subnet_via_gateway() {
             for ip in &ipam.ips {
                 let Some(gw) = ip.gateway else { continue };
                 if let Ok(subnet) = IpNetwork::new(ip.address.network(), ip.address.prefix()) {
@@ -594,7 +599,10 @@ fn check_attachment(req: &Request, conf: &BridgeConf, prev: &CniResult) -> Resul
     let Some(host_link) = host_nl.link(&host_veth)? else {
         return mismatch(format!("host veth {host_veth} does not exist"));
     };
-    if host_link.master != Some(bridge.index) {
+    if conf.routed {
+        let addresses: Vec<IpAddr> = prev.ips.iter().map(|ip| ip.address.ip()).collect();
+        routed::check(&mut host_nl, &host_link, &addresses)?;
+    } else if host_link.master != Some(bridge.index) {
         return mismatch(format!(
             "host veth {host_veth} is not attached to bridge {}",
             conf.bridge

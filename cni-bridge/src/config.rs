@@ -32,6 +32,8 @@ struct BridgeConfIn {
     macspoofchk: bool,
     #[serde(default)]
     port_isolation: bool,
+    #[serde(default)]
+    routed: bool,
     ipam: Option<Value>,
     dns: Option<Dns>,
 }
@@ -53,6 +55,11 @@ pub struct BridgeConf {
     /// pod's subnet routed via the gateway), so netfilter sees that traffic as routed: policies
     /// and Service NAT apply between pods of one node without br_netfilter.
     pub port_isolation: bool,
+    /// Each pod's host veth is a routed link of its own, not a bridge port: a host route per pod
+    /// address, static neighbours on both ends, the bridge only holding the gateway addresses.
+    /// Every packet of a pod enters and leaves through the node's IP stack, so Service and
+    /// hostPort DNAT, hairpin and policies work the same whatever br_netfilter says.
+    pub routed: bool,
     /// The IPAM plugin to run; it gets the whole configuration and reads its `ipam` section.
     pub ipam_type: Option<String>,
     pub dns: Option<Dns>,
@@ -106,6 +113,24 @@ impl BridgeConf {
                 "portIsolation needs isGateway: isolated pods reach each other through the bridge's gateway address".into(),
             ));
         }
+        if raw.routed && !is_gateway {
+            return Err(BridgeError::InvalidConfig(
+                "routed needs isGateway: the bridge holds the routed pods' gateway addresses"
+                    .into(),
+            ));
+        }
+        if raw.routed {
+            let bridge_port_only = [
+                ("portIsolation", raw.port_isolation),
+                ("vlan", raw.vlan != 0),
+                ("macspoofchk", raw.macspoofchk),
+            ];
+            if let Some((field, _)) = bridge_port_only.iter().find(|(_, set)| *set) {
+                return Err(BridgeError::InvalidConfig(format!(
+                    "routed cannot be combined with {field}: it applies to bridge ports, and a routed pod's veth is none"
+                )));
+            }
+        }
         let mac = pod_mac(req)?;
         Ok(BridgeConf {
             bridge,
@@ -119,10 +144,18 @@ impl BridgeConf {
             vlan: raw.vlan,
             macspoofchk: raw.macspoofchk,
             port_isolation: raw.port_isolation,
+            routed: raw.routed,
             ipam_type,
             dns: raw.dns,
             mac,
         })
+    }
+}
+
+impl BridgeConf {
+    /// Pods reach their own subnet through the gateway, not on the link.
+    pub fn subnet_via_gateway(&self) -> bool {
+        self.port_isolation || self.routed
     }
 }
 

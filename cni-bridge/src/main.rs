@@ -4,6 +4,7 @@ mod bridge;
 mod config;
 mod error;
 mod nft;
+mod routed;
 
 fn main() -> std::process::ExitCode {
     cni_core::run(&bridge::BridgePlugin)

@@ -88,6 +88,7 @@ fn bridge_veth_addresses_routes_in_namespaces() {
         mtu: None,
         priority: None,
         onlink: false,
+        source: None,
     };
     assert!(pod_nl.add_route(&route).unwrap());
     assert!(!pod_nl.add_route(&route).unwrap());
@@ -224,6 +225,7 @@ fn vxlan_with_neighbour_fdb_and_onlink_route_carries_traffic() {
             mtu: None,
             priority: None,
             onlink: true,
+            source: None,
         })
         .unwrap();
         let route = nl

@@ -103,10 +103,12 @@ pub fn delegate_config(req: &Request, facts: Option<&NodeFacts>) -> Value {
         ("bridge", json!(BRIDGE)),
         ("isGateway", json!(true)),
         ("isDefaultGateway", json!(true)),
+        // Each pod is a routed link of its own (see cni-bridge's `routed`): Service and hostPort
+        // DNAT to a pod of the same node, hairpin and NetworkPolicies work alike whatever
+        // br_netfilter says. `"routed": false` in the conflist gives plain bridge ports.
+        ("routed", json!(true)),
+        // Only for bridge ports: hairpin through a Service with `"routed": false`.
         ("hairpinMode", json!(true)),
-        // Pods of the node reach each other through the host, so NetworkPolicies and Service
-        // NAT see that traffic with or without br_netfilter.
-        ("portIsolation", json!(true)),
         ("ipMasq", json!(false)),
     ] {
         conf.entry(key).or_insert(value);

@@ -7,14 +7,13 @@
 
 mod harness;
 
-use std::path::Path;
 use std::process::Command;
 use std::time::Duration;
 
 use cni_overlay::daemon::kube::{UNDERLAY_IP, VTEP_MAC};
-use harness::{bin_dir, seen_source, wait_for, Cluster, Node, SteadyPing};
+use harness::{bin_dir, node_lists, seen_source, wait_for, Cluster, Node, SteadyPing};
 use serde_json::{json, Value};
-use test_support::chain::{Attachment, Conflist};
+use test_support::chain::Attachment;
 use test_support::responder::{ask, Responder};
 use test_support::{deployed_conflist, Netns};
 
@@ -253,24 +252,6 @@ fn condition(cluster: &Cluster, node: &str, kind: &str) -> Option<String> {
 
 /// The deployed conflist as each simulated node runs it: the nodes share one machine, so run
 /// and data directories are per node.
-fn node_lists<'a>(installed: &Value, cluster: &'a Cluster, plugins: &Path) -> Vec<Conflist<'a>> {
-    cluster
-        .nodes
-        .iter()
-        .map(|node| {
-            let mut list = installed.clone();
-            list["plugins"][0]["runDir"] = json!(node.run_dir());
-            list["plugins"][0]["stateDir"] = json!(node.root.path().join("state"));
-            list["plugins"][0]["ipam"] = json!({"dataDir": node.root.path().join("leases")});
-            Conflist {
-                list,
-                bin_dirs: vec![plugins.to_path_buf()],
-                node: Some(&node.ns),
-            }
-        })
-        .collect()
-}
-
 #[test]
 fn the_deployed_conflist_is_written_when_ready_and_its_chain_serves_pods() {
     let mut cluster = Cluster::with_kubernetes("ovd", &[Some("10.244.3.0/24"), None]);

@@ -8,10 +8,8 @@
 mod harness;
 
 use std::path::PathBuf;
-use std::process::{Child, Command};
-use std::time::{Duration, Instant};
 
-use harness::{bin_dir, Cluster};
+use harness::{agent_logs, pod_at, settle, start_agents, Cluster, Killed};
 use serde_json::json;
 use test_support::apiserver::{ApiServer, NAMESPACES, NETWORK_POLICIES, PODS};
 use test_support::policy_world::{
@@ -20,82 +18,6 @@ use test_support::policy_world::{
 };
 use test_support::probe::{self, open};
 use test_support::Netns;
-
-struct Killed(Child);
-
-impl Drop for Killed {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-fn settle(what: &str, check: impl Fn() -> bool, log: impl Fn() -> String) {
-    let started = Instant::now();
-    while !check() {
-        assert!(
-            started.elapsed() < Duration::from_secs(10),
-            "{what}:\n{}",
-            log()
-        );
-        std::thread::sleep(Duration::from_millis(100));
-    }
-}
-
-fn pod_at(
-    ns: &str,
-    name: &str,
-    node: &str,
-    ip: &str,
-    labels: serde_json::Value,
-) -> serde_json::Value {
-    json!({
-        "apiVersion": "v1", "kind": "Pod",
-        "metadata": {"name": name, "namespace": ns, "labels": labels},
-        "spec": {"nodeName": node, "containers": [{"name": "c", "image": "i"}]},
-        "status": {"phase": "Running", "podIP": ip, "podIPs": [{"ip": ip}]},
-    })
-}
-
-/// tether-netpol on every node of `cluster` (metrics on 127.0.0.1:9403 of each node), and
-/// where each logs.
-fn start_agents(cluster: &Cluster) -> (Vec<Killed>, Vec<PathBuf>) {
-    let kubeconfig = cluster._etcd_dir.path().join("kubeconfig");
-    let agent = test_support::workspace_binary(&bin_dir().join("cni-overlay"), "tether-netpol");
-    let logs: Vec<PathBuf> = cluster
-        .nodes
-        .iter()
-        .map(|n| n.root.path().join("netpol.log"))
-        .collect();
-    let agents = cluster
-        .nodes
-        .iter()
-        .zip(&logs)
-        .map(|(node, log)| {
-            Killed(
-                Command::new("ip")
-                    .args(["netns", "exec", &node.ns.name])
-                    .arg(&agent)
-                    .args(["--node-name", &node.name, "--kubeconfig"])
-                    .arg(&kubeconfig)
-                    .arg("--facts")
-                    .arg(node.run_dir().join("overlay.json"))
-                    .args(["--metrics-addr", "127.0.0.1:9403"])
-                    .stderr(std::fs::File::create(log).unwrap())
-                    .spawn()
-                    .unwrap(),
-            )
-        })
-        .collect();
-    (agents, logs)
-}
-
-fn agent_logs(logs: &[PathBuf]) -> String {
-    logs.iter()
-        .map(|l| std::fs::read_to_string(l).unwrap_or_default())
-        .collect::<Vec<_>>()
-        .join("\n---\n")
-}
 
 /// The truth tables' world across two overlay nodes: the nine pods alternate between the nodes
 /// (made by the real chain: cni-overlay, cni-bridge with isolated ports, cni-ipam), one agent per
@@ -222,9 +144,18 @@ fn policies_hold_across_nodes_over_the_overlay() {
     ];
     let api = cluster.api();
     api.put(NAMESPACES, json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": "x", "labels": {"ns": "x"}}}));
-    api.put(PODS, pod_at("x", "a", "node0", &ipa, json!({"pod": "a"})));
-    api.put(PODS, pod_at("x", "b", "node1", &ipb, json!({"pod": "b"})));
-    api.put(PODS, pod_at("x", "c", "node1", &ipc, json!({"pod": "c"})));
+    api.put(
+        PODS,
+        pod_at("x", "a", "node0", &[&ipa], json!({"pod": "a"})),
+    );
+    api.put(
+        PODS,
+        pod_at("x", "b", "node1", &[&ipb], json!({"pod": "b"})),
+    );
+    api.put(
+        PODS,
+        pod_at("x", "c", "node1", &[&ipc], json!({"pod": "c"})),
+    );
     let (_agents, logs) = start_agents(&cluster);
     let log = || agent_logs(&logs);
     let to_b = |port: &str| format!("{ipb}:{port}");
@@ -266,9 +197,15 @@ fn policies_hold_across_nodes_over_the_overlay() {
     );
     assert!(!open(&pa, &to_b("udp:80")), "UDP is not allowed");
     // a is relabelled: no longer a peer, so b's port 80 closes to it.
-    api.put(PODS, pod_at("x", "a", "node0", &ipa, json!({"pod": "z"})));
+    api.put(
+        PODS,
+        pod_at("x", "a", "node0", &[&ipa], json!({"pod": "z"})),
+    );
     settle("a no longer a peer", || !open(&pa, &to_b("tcp:80")), log);
-    api.put(PODS, pod_at("x", "a", "node0", &ipa, json!({"pod": "a"})));
+    api.put(
+        PODS,
+        pod_at("x", "a", "node0", &[&ipa], json!({"pod": "a"})),
+    );
     settle("a a peer again", || open(&pa, &to_b("tcp:80")), log);
 
     // Egress on node0: a may send nothing; b's ingress policy would allow it.

@@ -723,6 +723,43 @@ fn sigkill_during_writes_keeps_enforcing_and_the_restart_converges() {
     assert!(!probe_one(x_a, &z_a) && probe_one(y_a, &z_a));
 }
 
+/// The agent installed on a node whose pods policies already select (a first install on a
+/// cluster with policies, a node rebooted): its very first table holds the verdict maps' elements
+/// and must be accepted whole. (A one-key verdict map was declared as a one-field concatenation,
+/// which nft refuses to fill in the batch that creates it: the agent retried forever and
+/// enforced nothing.)
+#[test]
+fn an_agent_starting_among_existing_policies_enforces_them_at_once() {
+    let w = World::with("tnpe", Datapath::Isolated);
+    w.policy(
+        "z",
+        "standing",
+        json!({"podSelector": {"matchLabels": {"pod": "a"}}, "ingress": [{"from": [
+        {"namespaceSelector": {"matchLabels": {"ns": "y"}}}]}]}),
+    );
+    w.kill_agent();
+    w.node
+        .exec(&["nft", "delete", "table", "inet", "tether-netpol"]);
+    w.start_agent();
+    let (x_a, y_a) = (&w.pods[0].netns, &w.pods[3].netns);
+    let z_a = format!("{}:tcp:80", w.ip("z", "a"));
+    let started = Instant::now();
+    while probe_one(x_a, &z_a) {
+        assert!(
+            started.elapsed() < Duration::from_secs(10),
+            "the standing policy is not enforced:\n{}",
+            w.log()
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert!(probe_one(y_a, &z_a), "its peer is shut out");
+    assert!(
+        !w.log().contains("writing the policy table failed"),
+        "{}",
+        w.log()
+    );
+}
+
 /// `nf_log_all_netns` on (log lines from namespaces other than the host's reach the kernel
 /// log) while alive; the previous value is put back on drop.
 struct LogAllNetns(String);

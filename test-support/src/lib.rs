@@ -12,6 +12,7 @@ use serde_json::Value;
 pub mod apiserver;
 pub mod chain;
 pub mod ganesha;
+pub mod kube_proxy;
 pub mod policy_world;
 pub mod probe;
 pub mod responder;

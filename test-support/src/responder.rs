@@ -52,6 +52,34 @@ except Exception as e:
     print("FAIL", e); sys.exit(1)
 "#;
 
+const CLIENTS: &str = r#"
+import json, socket, sys, threading
+targets = json.loads(sys.argv[1])
+seen = [None] * len(targets)
+def ask(i, host, port, proto):
+    fam = socket.AF_INET6 if ":" in host else socket.AF_INET
+    s = socket.socket(fam, socket.SOCK_STREAM if proto == "tcp" else socket.SOCK_DGRAM)
+    s.settimeout(2.5)
+    try:
+        if proto == "tcp":
+            s.connect((host, port)); seen[i] = s.recv(200).decode().strip()
+        else:
+            for _ in range(3):
+                s.sendto(b"hi", (host, port))
+                try:
+                    seen[i] = s.recvfrom(200)[0].decode().strip(); break
+                except socket.timeout:
+                    pass
+    except Exception:
+        pass
+    finally:
+        s.close()
+threads = [threading.Thread(target=ask, args=(i, *t)) for i, t in enumerate(targets)]
+for t in threads: t.start()
+for t in threads: t.join()
+print(json.dumps(seen))
+"#;
+
 /// A server in a namespace, stopped (by pid) on drop.
 pub struct Responder {
     child: Child,
@@ -107,4 +135,27 @@ pub fn ask(ns: &Netns, host: &str, port: u16, proto: &str, source_port: u16) -> 
     ]);
     let text = String::from_utf8_lossy(&out.stdout).trim().to_string();
     (out.status.success() && !text.is_empty()).then_some(text)
+}
+
+/// [`ask`] for many `(host, port, protocol)` targets at once, from one process: for each, the
+/// address the server saw, or None when nothing answered (TCP within 2.5 s; UDP to one of three
+/// datagrams 2.5 s apart).
+pub fn ask_all(ns: &Netns, targets: &[(String, u16, &str)]) -> Vec<Option<String>> {
+    let list: Vec<serde_json::Value> = targets
+        .iter()
+        .map(|(host, port, proto)| serde_json::json!([host, port, proto]))
+        .collect();
+    let out = ns.try_exec(&[
+        "python3",
+        "-c",
+        CLIENTS,
+        &serde_json::Value::Array(list).to_string(),
+    ]);
+    serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
+        panic!(
+            "the clients in {} printed no answer ({e}): {}",
+            ns.name,
+            String::from_utf8_lossy(&out.stderr)
+        )
+    })
 }

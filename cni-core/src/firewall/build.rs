@@ -375,11 +375,17 @@ pub fn verdict_map(
     name: &str,
     key_types: &[&str],
 ) -> serde_json::Value {
+    // One key type is written alone: nft reads a list of one as a concatenation of one field,
+    // and then refuses plain elements added in the same batch as the map.
+    let key = match key_types {
+        [single] => serde_json::json!(single),
+        many => serde_json::json!(many),
+    };
     serde_json::json!({"add": {"map": {
         "family": family_name(family),
         "table": table,
         "name": name,
-        "type": key_types,
+        "type": key,
         "map": "verdict",
     }}})
 }

@@ -158,10 +158,10 @@ impl Netlink {
     /// Creates both ends of a veth pair in one request: the host end here and the peer straight
     /// inside its namespace; then brings the host end up.
     ///
-    /// A host end that is a bridge port (`host_master`) gets no IPv6 address of its own (a bridge
-    /// port's addresses are never used): no link-local address, so no duplicate address detection,
-    /// router solicitations or per-port fe80::/64 route, work that otherwise holds the RTNL lock
-    /// and grows with the number of pods on the node.
+    /// The host end gets no IPv6 address of its own (a bridge port's addresses are never used, and
+    /// a routed pod reaches its gateway through a static neighbour entry): no link-local address,
+    /// so no duplicate address detection, router solicitations or per-port fe80::/64 route, work
+    /// that otherwise holds the RTNL lock and grows with the number of pods on the node.
     pub fn create_veth(&mut self, spec: &VethSpec<'_>) -> Result<(), NlError> {
         let mut peer = LinkMessage::default();
         peer.attributes
@@ -197,23 +197,22 @@ impl Netlink {
             ),
         ))?;
         // Set while the link is down, before IPv6 could make a link-local address.
-        let mut settings = Vec::new();
+        let mut settings = LinkMessage::default();
+        settings
+            .attributes
+            .push(LinkAttribute::IfName(spec.host_name.to_string()));
         if let Some(alias) = spec.host_alias {
-            settings.push(LinkAttribute::IfAlias(alias.to_string()));
+            settings
+                .attributes
+                .push(LinkAttribute::IfAlias(alias.to_string()));
         }
-        if spec.host_master.is_some() {
-            settings.push(LinkAttribute::AfSpecUnspec(vec![AfSpecUnspec::Inet6(
+        settings
+            .attributes
+            .push(LinkAttribute::AfSpecUnspec(vec![AfSpecUnspec::Inet6(
                 vec![AfSpecInet6::AddrGenMode(In6AddrGenMode::None)],
             )]));
-        }
-        if !settings.is_empty() {
-            let mut msg = LinkMessage::default();
-            msg.attributes
-                .push(LinkAttribute::IfName(spec.host_name.to_string()));
-            msg.attributes.extend(settings);
-            self.change(RouteNetlinkMessage::SetLink(msg), 0)
-                .map_err(self.err("setting alias and addrgenmode on", spec.host_name))?;
-        }
+        self.change(RouteNetlinkMessage::SetLink(settings), 0)
+            .map_err(self.err("setting alias and addrgenmode on", spec.host_name))?;
         let mut up = flags_message(LinkFlags::Up, true);
         up.attributes
             .push(LinkAttribute::IfName(spec.host_name.to_string()));

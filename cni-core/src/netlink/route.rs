@@ -21,6 +21,7 @@ pub struct RouteEntry {
     pub table: u32,
     pub mtu: Option<u32>,
     pub onlink: bool,
+    pub source: Option<IpAddr>,
 }
 
 /// A route to add.
@@ -32,6 +33,8 @@ pub struct RouteSpec {
     pub mtu: Option<u32>,
     pub priority: Option<u32>,
     pub onlink: bool,
+    /// The source address the node picks for its own packets along the route (`src`).
+    pub source: Option<IpAddr>,
 }
 
 impl Netlink {
@@ -148,6 +151,10 @@ fn route_message(spec: &RouteSpec) -> RouteMessage {
             .push(RouteAttribute::Gateway(RouteAddress::from(gw)));
     }
     msg.attributes.push(RouteAttribute::Oif(spec.oif));
+    if let Some(source) = spec.source {
+        msg.attributes
+            .push(RouteAttribute::PrefSource(RouteAddress::from(source)));
+    }
     if let Some(priority) = spec.priority {
         msg.attributes.push(RouteAttribute::Priority(priority));
     }
@@ -182,12 +189,14 @@ fn to_route(msg: RouteMessage, ipv6: bool) -> Option<RouteEntry> {
         table: u32::from(msg.header.table),
         mtu: None,
         onlink: msg.header.flags.contains(RouteFlags::Onlink),
+        source: None,
     };
     for attr in msg.attributes {
         match attr {
             RouteAttribute::Destination(a) => dst_ip = route_ip(a),
             RouteAttribute::Gateway(a) => entry.gateway = route_ip(a),
             RouteAttribute::Oif(i) => entry.oif = Some(i),
+            RouteAttribute::PrefSource(a) => entry.source = route_ip(a),
             RouteAttribute::Table(t) => entry.table = t,
             RouteAttribute::Metrics(metrics) => {
                 entry.mtu = metrics.iter().find_map(|m| match m {

@@ -298,6 +298,7 @@ impl Kernel {
             mtu: None,
             priority: None,
             onlink: want.via_vxlan,
+            source: None,
         }
     }
 

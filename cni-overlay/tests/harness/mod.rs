@@ -7,12 +7,13 @@
 // Each test binary uses a different part of the harness.
 #![allow(dead_code)]
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
 use test_support::apiserver::NodeApiServer;
+use test_support::chain::Conflist;
 use test_support::{require_root, run_plugin_in, workspace_binary, Netns, PluginOut};
 
 pub const EXTERNAL: &str = "203.0.113.1";
@@ -411,4 +412,95 @@ pub fn seen_source(server: &Netns, client: &Netns, server_ip: &str) -> String {
         .as_str()
         .unwrap()
         .to_string()
+}
+
+/// A child process killed (SIGKILL) when dropped.
+pub struct Killed(pub Child);
+
+impl Drop for Killed {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// Waits up to 10 s for `check`; fails with `log()` otherwise.
+pub fn settle(what: &str, check: impl Fn() -> bool, log: impl Fn() -> String) {
+    wait_for(what, Duration::from_secs(10), check, log);
+}
+
+/// A running Pod object on `node` with its addresses (first one the primary), as kubelet
+/// reports it.
+pub fn pod_at(ns: &str, name: &str, node: &str, ips: &[&str], labels: Value) -> Value {
+    let pod_ips: Vec<Value> = ips.iter().map(|ip| json!({"ip": ip})).collect();
+    json!({
+        "apiVersion": "v1", "kind": "Pod",
+        "metadata": {"name": name, "namespace": ns, "labels": labels},
+        "spec": {"nodeName": node, "containers": [{"name": "c", "image": "i"}]},
+        "status": {"phase": "Running", "podIP": ips[0], "podIPs": pod_ips},
+    })
+}
+
+/// tether-netpol on every node of `cluster` (metrics on 127.0.0.1:9403 of each node), and
+/// where each logs.
+pub fn start_agents(cluster: &Cluster) -> (Vec<Killed>, Vec<PathBuf>) {
+    let kubeconfig = cluster._etcd_dir.path().join("kubeconfig");
+    let agent = workspace_binary(&bin_dir().join("cni-overlay"), "tether-netpol");
+    let logs: Vec<PathBuf> = cluster
+        .nodes
+        .iter()
+        .map(|n| n.root.path().join("netpol.log"))
+        .collect();
+    let agents = cluster
+        .nodes
+        .iter()
+        .zip(&logs)
+        .map(|(node, log)| {
+            Killed(
+                Command::new("ip")
+                    .args(["netns", "exec", &node.ns.name])
+                    .arg(&agent)
+                    .args(["--node-name", &node.name, "--kubeconfig"])
+                    .arg(&kubeconfig)
+                    .arg("--facts")
+                    .arg(node.run_dir().join("overlay.json"))
+                    .args(["--metrics-addr", "127.0.0.1:9403"])
+                    .stderr(std::fs::File::create(log).unwrap())
+                    .spawn()
+                    .unwrap(),
+            )
+        })
+        .collect();
+    (agents, logs)
+}
+
+pub fn agent_logs(logs: &[PathBuf]) -> String {
+    logs.iter()
+        .map(|l| std::fs::read_to_string(l).unwrap_or_default())
+        .collect::<Vec<_>>()
+        .join("\n---\n")
+}
+
+/// The conflist `installed` as each node's runtime runs it: the node's own run, state and
+/// lease directories, plugins from `plugins`.
+pub fn node_lists<'a>(
+    installed: &Value,
+    cluster: &'a Cluster,
+    plugins: &Path,
+) -> Vec<Conflist<'a>> {
+    cluster
+        .nodes
+        .iter()
+        .map(|node| {
+            let mut list = installed.clone();
+            list["plugins"][0]["runDir"] = json!(node.run_dir());
+            list["plugins"][0]["stateDir"] = json!(node.root.path().join("state"));
+            list["plugins"][0]["ipam"] = json!({"dataDir": node.root.path().join("leases")});
+            Conflist {
+                list,
+                bin_dirs: vec![plugins.to_path_buf()],
+                node: Some(&node.ns),
+            }
+        })
+        .collect()
 }
