@@ -15,6 +15,7 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
+use test_support::kube_proxy;
 use test_support::{require_root, sh, try_sh, workspace_binary, Netns};
 use tether_csi_proto::cri::{
     image_service_client::ImageServiceClient, runtime_service_client::RuntimeServiceClient, *,
@@ -216,33 +217,50 @@ impl Drop for Runtime {
     }
 }
 
-/// Connects from `ns` to `host:port` and returns what the server wrote (busybox nc), if anything
-/// within 3 s.
-fn fetch(ns: &Netns, host: &str, port: u16) -> Option<String> {
-    let out = ns.try_exec(&[
-        "timeout",
-        "3",
-        "bash",
-        "-c",
-        &format!("exec 3<>/dev/tcp/{host}/{port} && head -c 64 <&3"),
-    ]);
+/// Connects from the network namespace `ns` (a name under /var/run/netns) to `host:port` and
+/// returns what the server wrote (busybox nc), if anything within 3 s.
+fn fetch(ns: &str, host: &str, port: u16) -> Option<String> {
+    let out = try_sh(
+        "ip",
+        &[
+            "netns",
+            "exec",
+            ns,
+            "timeout",
+            "3",
+            "bash",
+            "-c",
+            &format!("exec 3<>/dev/tcp/{host}/{port} && head -c 64 <&3"),
+        ],
+    );
     let text = String::from_utf8_lossy(&out.stdout).trim().to_string();
     (!text.is_empty()).then_some(text)
 }
 
-#[test]
-fn a_pod_through_the_cri_gets_host_ports_and_bandwidth_and_leaves_nothing() {
+/// The sandbox network namespace (made by containerd) that holds `ip`.
+fn sandbox_netns_of(ip: &str) -> String {
+    sandbox_netns()
+        .into_iter()
+        .find(|ns| {
+            String::from_utf8_lossy(&try_sh("ip", &["-n", ns, "-o", "addr"]).stdout)
+                .contains(&format!(" {ip}/"))
+        })
+        .unwrap_or_else(|| panic!("no sandbox namespace holds {ip}"))
+}
+
+/// A node namespace cabled to `outside` (node 192.0.2.1, outside 192.0.2.2), containerd with its
+/// CRI inside it, and what the CNI DaemonSet puts on a node: the plugins, the node facts
+/// tether-overlayd would write, and the deployed conflist (run and data directories moved under
+/// the test); the busybox and pause images imported.
+fn node_with_tether(tag: &str) -> (Runtime, Netns) {
     require_root();
     let bins = bin_dir();
-    let node = Netns::new("crin");
-    let outside = Netns::new("crio");
+    let node = Netns::new(&format!("{tag}n"));
+    let outside = Netns::new(&format!("{tag}o"));
     node.cable("up0", "192.0.2.1/24", &outside, "o0", "192.0.2.2/24");
     node.ip(&["route", "add", "default", "via", "192.0.2.2"]);
     let rt = Runtime::start(node);
     let d = rt.dir.path().to_path_buf();
-
-    // What the CNI DaemonSet puts on the node: the plugins, the node facts tether-overlayd would
-    // write, and the deployed conflist (run and data directories moved under this test).
     let install = Command::new(bins.join("tether-cni-install"))
         .arg("--from")
         .arg(&bins)
@@ -295,12 +313,116 @@ fn a_pod_through_the_cri_gets_host_ports_and_bandwidth_and_leaves_nothing() {
         );
         rt.import(&out);
     }
+    std::fs::create_dir_all(d.join("logs")).unwrap();
+    (rt, outside)
+}
 
-    let runtime = tokio::runtime::Builder::new_current_thread()
+type Cri = RuntimeServiceClient<tonic::transport::Channel>;
+
+/// The sandbox config kubelet sends for pod `name` with `port_mappings`.
+fn sandbox_config(rt: &Runtime, name: &str, port_mappings: Vec<PortMapping>) -> PodSandboxConfig {
+    PodSandboxConfig {
+        metadata: Some(PodSandboxMetadata {
+            name: name.into(),
+            uid: format!("uid-{name}"),
+            namespace: "default".into(),
+            attempt: 0,
+        }),
+        hostname: name.into(),
+        log_directory: rt.dir.path().join("logs").display().to_string(),
+        port_mappings,
+        linux: Some(LinuxPodSandboxConfig {
+            security_context: Some(LinuxSandboxSecurityContext {
+                namespace_options: Some(NamespaceOption::default()),
+                privileged: false,
+            }),
+            ..Default::default()
+        }),
+        ..Default::default()
+    }
+}
+
+/// RunPodSandbox; the sandbox id and the pod's address.
+fn run_sandbox(
+    runtime: &tokio::runtime::Runtime,
+    cri: &mut Cri,
+    rt: &mut Runtime,
+    config: &PodSandboxConfig,
+) -> (String, String) {
+    let sandbox = runtime
+        .block_on(cri.run_pod_sandbox(RunPodSandboxRequest {
+            config: Some(config.clone()),
+            runtime_handler: String::new(),
+        }))
+        .unwrap_or_else(|e| panic!("RunPodSandbox: {e}\n{}", rt.log()))
+        .into_inner()
+        .pod_sandbox_id;
+    rt.sandboxes.push(sandbox.clone());
+    let status = runtime
+        .block_on(cri.pod_sandbox_status(PodSandboxStatusRequest {
+            pod_sandbox_id: sandbox.clone(),
+            verbose: false,
+        }))
+        .unwrap()
+        .into_inner()
+        .status
+        .unwrap();
+    (sandbox, status.network.unwrap().ip)
+}
+
+/// A busybox container in `sandbox` answering `hello` on port 80; its id.
+fn start_server(
+    runtime: &tokio::runtime::Runtime,
+    cri: &mut Cri,
+    rt: &Runtime,
+    sandbox: &str,
+    config: &PodSandboxConfig,
+) -> String {
+    let container = runtime
+        .block_on(cri.create_container(CreateContainerRequest {
+            pod_sandbox_id: sandbox.to_string(),
+            config: Some(ContainerConfig {
+                metadata: Some(ContainerMetadata {
+                    name: "server".into(),
+                    attempt: 0,
+                }),
+                image: Some(ImageSpec {
+                    image: "tether.local/busybox:test".into(),
+                    ..Default::default()
+                }),
+                command: vec![
+                    "/bin/sh".into(),
+                    "-c".into(),
+                    "while true; do echo hello | nc -l -p 80; done".into(),
+                ],
+                log_path: "server.log".into(),
+                ..Default::default()
+            }),
+            sandbox_config: Some(config.clone()),
+        }))
+        .unwrap_or_else(|e| panic!("CreateContainer: {e}\n{}", rt.log()))
+        .into_inner()
+        .container_id;
+    runtime
+        .block_on(cri.start_container(StartContainerRequest {
+            container_id: container.clone(),
+        }))
+        .unwrap_or_else(|e| panic!("StartContainer: {e}\n{}", rt.log()));
+    container
+}
+
+fn block_on_runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
-        .unwrap();
-    let mut rt = rt;
+        .unwrap()
+}
+
+#[test]
+fn a_pod_through_the_cri_gets_host_ports_and_bandwidth_and_leaves_nothing() {
+    let (mut rt, outside) = node_with_tether("cri");
+    let d = rt.dir.path().to_path_buf();
+    let runtime = block_on_runtime();
     let (mut cri, mut images) = runtime.block_on(rt.clients());
     let version = runtime
         .block_on(cri.version(VersionRequest {
@@ -323,16 +445,10 @@ fn a_pod_through_the_cri_gets_host_ports_and_bandwidth_and_leaves_nothing() {
         .is_some());
 
     // RunPodSandbox as kubelet sends it for a pod with a hostPort and bandwidth annotations.
-    let sandbox_config = PodSandboxConfig {
-        metadata: Some(PodSandboxMetadata {
-            name: "web".into(),
-            uid: "uid-web".into(),
-            namespace: "default".into(),
-            attempt: 0,
-        }),
-        hostname: "web".into(),
-        log_directory: d.join("logs").display().to_string(),
-        port_mappings: vec![
+    let mut config = sandbox_config(
+        &rt,
+        "web",
+        vec![
             PortMapping {
                 protocol: Protocol::Tcp as i32,
                 container_port: 80,
@@ -346,76 +462,18 @@ fn a_pod_through_the_cri_gets_host_ports_and_bandwidth_and_leaves_nothing() {
                 host_ip: String::new(),
             },
         ],
-        annotations: HashMap::from([
-            ("kubernetes.io/ingress-bandwidth".into(), "10M".into()),
-            ("kubernetes.io/egress-bandwidth".into(), "10M".into()),
-        ]),
-        linux: Some(LinuxPodSandboxConfig {
-            security_context: Some(LinuxSandboxSecurityContext {
-                namespace_options: Some(NamespaceOption::default()),
-                privileged: false,
-            }),
-            ..Default::default()
-        }),
-        ..Default::default()
-    };
-    std::fs::create_dir_all(d.join("logs")).unwrap();
-    let sandbox = runtime
-        .block_on(cri.run_pod_sandbox(RunPodSandboxRequest {
-            config: Some(sandbox_config.clone()),
-            runtime_handler: String::new(),
-        }))
-        .unwrap_or_else(|e| panic!("RunPodSandbox: {e}\n{}", rt.log()))
-        .into_inner()
-        .pod_sandbox_id;
-    rt.sandboxes.push(sandbox.clone());
-    let status = runtime
-        .block_on(cri.pod_sandbox_status(PodSandboxStatusRequest {
-            pod_sandbox_id: sandbox.clone(),
-            verbose: false,
-        }))
-        .unwrap()
-        .into_inner()
-        .status
-        .unwrap();
-    let pod_ip = status.network.unwrap().ip;
+    );
+    config.annotations = HashMap::from([
+        ("kubernetes.io/ingress-bandwidth".into(), "10M".into()),
+        ("kubernetes.io/egress-bandwidth".into(), "10M".into()),
+    ]);
+    let (sandbox, pod_ip) = run_sandbox(&runtime, &mut cri, &mut rt, &config);
     assert!(pod_ip.starts_with("10.94.0."), "{pod_ip}");
-
-    // A busybox container serving on its port.
-    let container = runtime
-        .block_on(cri.create_container(CreateContainerRequest {
-            pod_sandbox_id: sandbox.clone(),
-            config: Some(ContainerConfig {
-                metadata: Some(ContainerMetadata {
-                    name: "server".into(),
-                    attempt: 0,
-                }),
-                image: Some(ImageSpec {
-                    image: "tether.local/busybox:test".into(),
-                    ..Default::default()
-                }),
-                command: vec![
-                    "/bin/sh".into(),
-                    "-c".into(),
-                    "while true; do echo hello | nc -l -p 80; done".into(),
-                ],
-                log_path: "server.log".into(),
-                ..Default::default()
-            }),
-            sandbox_config: Some(sandbox_config.clone()),
-        }))
-        .unwrap_or_else(|e| panic!("CreateContainer: {e}\n{}", rt.log()))
-        .into_inner()
-        .container_id;
-    runtime
-        .block_on(cri.start_container(StartContainerRequest {
-            container_id: container.clone(),
-        }))
-        .unwrap_or_else(|e| panic!("StartContainer: {e}\n{}", rt.log()));
+    let container = start_server(&runtime, &mut cri, &rt, &sandbox, &config);
 
     let node = &rt.node;
     let deadline = Instant::now() + Duration::from_secs(15);
-    while fetch(&outside, "192.0.2.1", 8080).is_none() {
+    while fetch(&outside.name, "192.0.2.1", 8080).is_none() {
         assert!(
             Instant::now() < deadline,
             "hostPort never answered\n{}",
@@ -424,9 +482,18 @@ fn a_pod_through_the_cri_gets_host_ports_and_bandwidth_and_leaves_nothing() {
         std::thread::sleep(Duration::from_millis(200));
     }
     // From another namespace, from the node, and from the node's 127.0.0.1.
-    assert_eq!(fetch(&outside, "192.0.2.1", 8080).as_deref(), Some("hello"));
-    assert_eq!(fetch(node, "192.0.2.1", 8080).as_deref(), Some("hello"));
-    assert_eq!(fetch(node, "127.0.0.1", 8080).as_deref(), Some("hello"));
+    assert_eq!(
+        fetch(&outside.name, "192.0.2.1", 8080).as_deref(),
+        Some("hello")
+    );
+    assert_eq!(
+        fetch(&node.name, "192.0.2.1", 8080).as_deref(),
+        Some("hello")
+    );
+    assert_eq!(
+        fetch(&node.name, "127.0.0.1", 8080).as_deref(),
+        Some("hello")
+    );
     // Bandwidth annotations became shaping: a root qdisc on the host veth, an ifb for egress.
     let links = node.ip(&["-o", "link"]);
     assert!(links.contains("bwp"), "{links}");
@@ -485,5 +552,112 @@ fn a_pod_through_the_cri_gets_host_ports_and_bandwidth_and_leaves_nothing() {
         String::from_utf8_lossy(&node.try_exec(&["cat", "/proc/net/nf_conntrack"]).stdout)
             .into_owned();
     assert!(!conntrack.contains("dport=5353"), "{conntrack}");
-    assert_eq!(fetch(&outside, "192.0.2.1", 8080), None);
+    assert_eq!(fetch(&outside.name, "192.0.2.1", 8080), None);
+}
+
+/// Two pods of one node through containerd's CRI with br_netfilter's `bridge-nf-call-iptables`
+/// at 1 (kubeadm's setting): one serves behind a hostPort and behind a Service (kube-proxy's
+/// iptables-mode rules, written as kube-proxy writes them), and the other reaches it both ways;
+/// the server reaches itself both ways too (hairpin).
+#[test]
+fn pods_of_one_node_reach_each_other_through_host_ports_and_services() {
+    let (mut rt, _outside) = node_with_tether("cris");
+    for table in ["iptables", "ip6tables"] {
+        rt.node.exec(&[
+            "sysctl",
+            "-qw",
+            &format!("net.bridge.bridge-nf-call-{table}=1"),
+        ]);
+    }
+    let runtime = block_on_runtime();
+    let (mut cri, _images) = runtime.block_on(rt.clients());
+    let server_config = sandbox_config(
+        &rt,
+        "server",
+        vec![PortMapping {
+            protocol: Protocol::Tcp as i32,
+            container_port: 80,
+            host_port: 8080,
+            host_ip: String::new(),
+        }],
+    );
+    let (server, server_ip) = run_sandbox(&runtime, &mut cri, &mut rt, &server_config);
+    start_server(&runtime, &mut cri, &rt, &server, &server_config);
+    let client_config = sandbox_config(&rt, "client", Vec::new());
+    let (client, client_ip) = run_sandbox(&runtime, &mut cri, &mut rt, &client_config);
+    kube_proxy::install(
+        &rt.node,
+        kube_proxy::Mode::Iptables,
+        &kube_proxy::Node {
+            cluster_cidr: "10.94.0.0/16".into(),
+            service_cidr: "10.96.0.0/16".into(),
+            node_ips: vec!["192.0.2.1".parse().unwrap()],
+        },
+        &[kube_proxy::Service {
+            name: "default/server:http".into(),
+            cluster_ip: "10.96.0.10".parse().unwrap(),
+            port: 80,
+            protocol: "tcp",
+            node_port: None,
+            endpoints: vec![format!("{server_ip}:80").parse().unwrap()],
+        }],
+    );
+    let (server_ns, client_ns) = (sandbox_netns_of(&server_ip), sandbox_netns_of(&client_ip));
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while fetch(&client_ns, &server_ip, 80).is_none() {
+        assert!(
+            Instant::now() < deadline,
+            "the server pod never answered\n{}",
+            rt.log()
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    for (from, what, host, port) in [
+        (
+            &client_ns,
+            "pod -> hostPort via the node's address",
+            "192.0.2.1",
+            8080,
+        ),
+        (
+            &client_ns,
+            "pod -> ClusterIP -> pod of its node",
+            "10.96.0.10",
+            80,
+        ),
+        (&server_ns, "pod -> its own hostPort", "192.0.2.1", 8080),
+        (&server_ns, "pod -> its own Service", "10.96.0.10", 80),
+    ] {
+        // busybox nc serves one connection at a time: between two, the port is closed briefly.
+        let answer = (0..10).find_map(|_| {
+            fetch(from, host, port).or_else(|| {
+                std::thread::sleep(Duration::from_millis(100));
+                None
+            })
+        });
+        assert_eq!(
+            answer.as_deref(),
+            Some("hello"),
+            "{what} with bridge-nf-call-iptables=1\n{}",
+            rt.log()
+        );
+    }
+    for sandbox in [server, client] {
+        runtime
+            .block_on(cri.stop_pod_sandbox(StopPodSandboxRequest {
+                pod_sandbox_id: sandbox.clone(),
+            }))
+            .unwrap_or_else(|e| panic!("StopPodSandbox: {e}\n{}", rt.log()));
+        runtime
+            .block_on(cri.remove_pod_sandbox(RemovePodSandboxRequest {
+                pod_sandbox_id: sandbox,
+            }))
+            .unwrap();
+    }
+    rt.sandboxes.clear();
+    let routes = rt.node.ip(&["route", "show", "10.94.0.0/16"]);
+    assert!(
+        !routes.contains(&server_ip) && !routes.contains(&client_ip),
+        "pod routes left: {routes}"
+    );
 }
