@@ -922,3 +922,165 @@ fn isolated_ports_route_pod_to_pod_through_the_host_firewall() {
         .err(7);
     assert!(err["msg"].as_str().unwrap().contains("isGateway"), "{err}");
 }
+
+#[test]
+fn routed_pods_are_links_of_their_own_routed_by_the_node() {
+    let node = Node::new("brrt");
+    let (a, b) = (Netns::new("brrta"), Netns::new("brrtb"));
+    let mut conf = node.conf(json!({"isDefaultGateway": true, "routed": true}));
+    conf["ipam"]["ranges"] = json!([[{"subnet": "10.91.0.0/24"}], [{"subnet": "fd00:91::/64"}]]);
+    let ra = node.add("rt-a", &a, &conf);
+    let rb = node.add("rt-b", &b, &conf);
+    let (a4, a6) = (pod_address(&ra, 4), pod_address(&ra, 6));
+    let (b4, b6) = (pod_address(&rb, 4), pod_address(&rb, 6));
+    let veth_a = host_veth(&ra);
+
+    // The host end is no bridge port and has no address of its own; the bridge, without
+    // ports, holds the gateways.
+    let veth = node.link(&veth_a).unwrap();
+    assert!(veth.get("master").is_none(), "{veth}");
+    assert!(node
+        .ns
+        .ip(&["-o", "addr", "show", "dev", &veth_a])
+        .is_empty());
+    assert_eq!(node.ns.exec(&["ls", "/sys/class/net/cni0/brif"]).trim(), "");
+    // The node routes each pod address to its host veth, from the gateway, with a permanent
+    // neighbour entry; the pod reaches its subnet and the rest via the gateway, whose neighbour
+    // entry (the host veth's MAC) is permanent too: no ARP or neighbour discovery on the link.
+    let host_mac = node.link(&veth_a).unwrap()["address"].clone();
+    let route = node.ns.ip_json(&["route", "show", &format!("{a4}/32")]);
+    assert_eq!(route[0]["dev"], veth_a.as_str(), "{route}");
+    assert_eq!(route[0]["prefsrc"], "10.91.0.1", "{route}");
+    let route6 = node
+        .ns
+        .ip_json(&["-6", "route", "show", &format!("{a6}/128")]);
+    assert_eq!(route6[0]["dev"], veth_a.as_str(), "{route6}");
+    let neigh = node.ns.ip_json(&["neigh", "show", "dev", &veth_a]);
+    assert!(
+        neigh.to_string().contains(&a4) && neigh.to_string().contains("PERMANENT"),
+        "{neigh}"
+    );
+    let pod_neigh = a.ip_json(&["neigh", "show", "dev", "eth0"]);
+    for gw in ["10.91.0.1", "fd00:91::1"] {
+        let entry = pod_neigh
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|n| n["dst"] == gw)
+            .unwrap_or_else(|| panic!("no neighbour entry for {gw}: {pod_neigh}"));
+        assert_eq!(entry["lladdr"], host_mac, "{entry}");
+    }
+    let subnet = a.ip_json(&["route", "show", "10.91.0.0/24"]);
+    assert_eq!(subnet[0]["gateway"], "10.91.0.1", "{subnet}");
+
+    // Pod to pod is routed by the node (TTL 63) in both families, whatever br_netfilter says,
+    // and so passes the node's forward hook.
+    for value in ["1", "0"] {
+        for table in ["iptables", "ip6tables"] {
+            node.ns.exec(&[
+                "sysctl",
+                "-qw",
+                &format!("net.bridge.bridge-nf-call-{table}={value}"),
+            ]);
+        }
+        let ping = a.exec(&["ping", "-c1", "-W2", &b4]);
+        assert!(ping.contains("ttl=63"), "{ping}");
+        let ping6 = a.exec(&["ping", "-6", "-c1", "-W2", &b6]);
+        assert!(ping6.contains("ttl=63"), "{ping6}");
+    }
+    assert!(b.ping(&a4) && a.ping("10.91.0.1") && a.ping("fd00:91::1"));
+    node.ns.exec(&["nft", "add", "table", "inet", "rttest"]);
+    node.ns.exec(&[
+        "nft",
+        "add",
+        "chain",
+        "inet",
+        "rttest",
+        "pods",
+        "{ type filter hook forward priority 0; policy accept; }",
+    ]);
+    node.ns.exec(&[
+        "nft", "add", "rule", "inet", "rttest", "pods", "ip", "daddr", &b4, "drop",
+    ]);
+    assert!(!a.ping(&b4), "the node's forward rule drops pod to pod");
+    node.ns.exec(&["nft", "delete", "table", "inet", "rttest"]);
+
+    // A pod cannot send as another: the host end checks sources strictly.
+    assert_eq!(
+        node.ns
+            .exec(&[
+                "cat",
+                &format!("/proc/sys/net/ipv4/conf/{veth_a}/rp_filter")
+            ])
+            .trim(),
+        "1"
+    );
+    node.ns.exec(&["nft", "add", "table", "inet", "rtspoof"]);
+    node.ns.exec(&[
+        "nft",
+        "add",
+        "chain",
+        "inet",
+        "rtspoof",
+        "spoof",
+        "{ type filter hook forward priority 0; policy accept; }",
+    ]);
+    node.ns.exec(&[
+        "nft", "add", "rule", "inet", "rtspoof", "spoof", "ip", "saddr", &b4, "iifname", &veth_a,
+        "counter",
+    ]);
+    a.ip(&[
+        "addr",
+        "add",
+        &format!("{b4}/32"),
+        "dev",
+        "eth0",
+        "noprefixroute",
+    ]);
+    let _ = a.try_exec(&["ping", "-c2", "-i0.2", "-W1", "-I", &b4, "10.91.0.9"]);
+    a.ip(&["addr", "del", &format!("{b4}/32"), "dev", "eth0"]);
+    let counted = node
+        .ns
+        .exec(&["nft", "list", "chain", "inet", "rtspoof", "spoof"]);
+    assert!(
+        counted.contains("packets 0 "),
+        "spoofed packets were forwarded: {counted}"
+    );
+    node.ns.exec(&["nft", "delete", "table", "inet", "rtspoof"]);
+
+    // CHECK accepts what ADD made and sees a lost route; DEL twice leaves nothing.
+    let mut with_prev = conf.clone();
+    with_prev["prevResult"] = ra.clone();
+    node.run("CHECK", "rt-a", Some(&a), "eth0", &with_prev).ok();
+    node.ns.ip(&["route", "del", &format!("{a4}/32")]);
+    let err = node
+        .run("CHECK", "rt-a", Some(&a), "eth0", &with_prev)
+        .err(123);
+    assert!(err["msg"].as_str().unwrap().contains(&a4), "{err}");
+    for _ in 0..2 {
+        node.run("DEL", "rt-a", None, "eth0", &conf).ok();
+    }
+    assert!(node.link(&veth_a).is_none());
+    let left = node.ns.ip(&["route", "show", &format!("{b4}/32")]);
+    assert!(!left.is_empty(), "b's route went with a's DEL");
+    assert!(node
+        .ns
+        .ip(&["-6", "route", "show", &format!("{a6}/128")])
+        .is_empty());
+    assert_eq!(node.leases(), 2, "b's two addresses stay leased");
+
+    // Options that only make sense on a bridge port are refused, clearly.
+    for (key, value) in [
+        ("portIsolation", json!(true)),
+        ("vlan", json!(7)),
+        ("macspoofchk", json!(true)),
+        ("isGateway", json!(false)),
+    ] {
+        let mut bad = node.conf(json!({"routed": true}));
+        bad[key] = value;
+        let err = node
+            .run("ADD", "rt-c", Some(&Netns::new("brrtc")), "eth0", &bad)
+            .err(7);
+        assert!(err["msg"].as_str().unwrap().contains(key), "{key}: {err}");
+    }
+}

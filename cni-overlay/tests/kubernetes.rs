@@ -581,9 +581,9 @@ fn one_bad_peer_never_blocks_the_others_and_is_reported() {
         || node0.readyz(),
     );
 
-    // Without br_netfilter's bridge hooks, node2's pod (an isolated port, as the chain makes
-    // them) is still routed through kube-proxy's hooks: ready. A plain port on cni0 (a pod made
-    // without portIsolation) is not, and readiness names it.
+    // Without br_netfilter's bridge hooks, node2's pod (routed, as the chain makes them) is
+    // still routed through kube-proxy's hooks: ready. A plain port on cni0 (a pod made with
+    // `"routed": false`) is not, and readiness names it.
     let node2 = &cluster.nodes[2];
     node2
         .ns
@@ -591,7 +591,7 @@ fn one_bad_peer_never_blocks_the_others_and_is_reported() {
     std::thread::sleep(Duration::from_millis(300));
     assert!(
         node2.readyz().starts_with("HTTP/1.1 200"),
-        "isolated ports need no br_netfilter: {}",
+        "routed pods need no br_netfilter: {}",
         node2.readyz()
     );
     node2.ns.ip(&[
@@ -609,10 +609,37 @@ fn one_bad_peer_never_blocks_the_others_and_is_reported() {
         },
         || node2.readyz(),
     );
-    node2.ns.ip(&["link", "del", "ttplain"]);
+    // With br_netfilter on, an isolated port (a pod of the previous release's datapath) loses
+    // same-node Service traffic: counted and warned of, without failing readiness.
     node2
         .ns
         .exec(&["sysctl", "-qw", "net.bridge.bridge-nf-call-iptables=1"]);
+    node2.ns.ip(&[
+        "link",
+        "set",
+        "ttplain",
+        "type",
+        "bridge_slave",
+        "isolated",
+        "on",
+    ]);
+    wait_for(
+        "the isolated port counted",
+        Duration::from_secs(5),
+        || {
+            node2
+                .metrics()
+                .contains("tether_overlay_dnat_dropping_ports 1")
+        },
+        || node2.metrics(),
+    );
+    assert!(
+        node2.readyz().starts_with("HTTP/1.1 200"),
+        "{}",
+        node2.readyz()
+    );
+    assert!(node2.log().contains("ttplain"), "{}", node2.log());
+    node2.ns.ip(&["link", "del", "ttplain"]);
 }
 
 #[test]

@@ -24,8 +24,8 @@ struct Args {
     /// tether-overlayd's facts file (for the node's pod subnets).
     #[arg(long, env = "TETHER_FACTS", default_value = "/run/tether/overlay.json")]
     facts: PathBuf,
-    /// The node's pod bridge: ready only when traffic between its pods is policed (isolated
-    /// ports or br_netfilter; see cni_core::same_node).
+    /// The node's pod bridge: ready only when traffic between its pods is policed (routed pods,
+    /// isolated ports or br_netfilter; see cni_core::same_node).
     #[arg(long, env = "TETHER_NETPOL_BRIDGE", default_value = "cni0")]
     bridge: String,
     /// Serve /metrics, /healthz and /readyz here (for example 0.0.0.0:9403).

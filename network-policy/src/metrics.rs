@@ -122,6 +122,6 @@ impl Metrics {
 /// Ok when traffic between every two pods of `bridge` reaches the policy table.
 pub fn same_node_policed(bridge: &str) -> Result<(), String> {
     cni_core::same_node::reaches_ip_hooks(bridge).map_err(|bypass| {
-        format!("{bypass}: traffic between those pods bypasses NetworkPolicies; use cni-bridge's portIsolation, or br_netfilter")
+        format!("{bypass}: traffic between those pods bypasses NetworkPolicies; recreate them as routed pods (cni-bridge's routed, cni-overlay's default), or set bridge-nf-call-iptables to 1")
     })
 }

@@ -18,6 +18,8 @@ pub struct Metrics {
     pub entry_errors: Gauge,
     pub reconcile_duration: Histogram,
     pub datastore_errors: Counter,
+    /// Isolated ports of cni0 while br_netfilter is on (see [`cni_core::same_node`]).
+    pub dnat_dropping_ports: Gauge,
     state: Mutex<Health>,
 }
 
@@ -39,6 +41,7 @@ impl Default for Metrics {
             entry_errors: Gauge::default(),
             reconcile_duration: Histogram::new(latency_buckets()),
             datastore_errors: Counter::default(),
+            dnat_dropping_ports: Gauge::default(),
             state: Mutex::new(Health::default()),
         }
     }
@@ -82,6 +85,11 @@ impl Metrics {
             "Failed datastore operations",
             self.datastore_errors.clone(),
         );
+        r.register(
+            "tether_overlay_dnat_dropping_ports",
+            "Isolated cni0 ports (pods of an earlier release) while br_netfilter is on: their Service and hostPort connections to pods of the node are dropped",
+            self.dnat_dropping_ports.clone(),
+        );
         r
     }
 
@@ -95,9 +103,23 @@ impl Metrics {
         if !refused.is_empty() {
             self.reconcile_errors.inc();
         }
+        self.check_isolated_ports();
         if let Ok(mut state) = self.state.lock() {
             state.last_run = Some(Instant::now());
             state.refused = refused;
+        }
+    }
+
+    /// Counts pods whose same-node DNAT the kernel drops, warning when that changes. Not a
+    /// readiness failure: those pods are broken already, and an unready daemon would stall the
+    /// rolling update that brings routed pods.
+    fn check_isolated_ports(&self) {
+        let dropped = cni_core::same_node::dnat_survives(crate::plugin::BRIDGE).err();
+        let count = dropped.as_ref().map_or(0, |d| d.isolated_ports.names.len()) as i64;
+        if self.dnat_dropping_ports.set(count) != count {
+            if let Some(why) = dropped {
+                tracing::warn!(%why, "pods of an earlier release lose same-node Service traffic");
+            }
         }
     }
 
@@ -150,11 +172,11 @@ impl Metrics {
     }
 }
 
-/// kube-proxy (iptables, ipvs or nftables mode) sees traffic between two pods on one bridge
-/// only if it passes the IP hooks: routed (cni-bridge's `portIsolation`, the default here) or
+/// kube-proxy (iptables, ipvs or nftables mode) sees traffic between two pods of the node only
+/// if it passes the IP hooks: routed (cni-bridge's `routed`, the default here) or bridged and
 /// handed over by br_netfilter.
 fn bridge_netfilter() -> Result<(), String> {
     cni_core::same_node::reaches_ip_hooks(crate::plugin::BRIDGE).map_err(|bypass| {
-        format!("{bypass}: Service traffic between those pods bypasses kube-proxy; use portIsolation, set bridge-nf-call-iptables to 1, or run with --no-br-netfilter-check")
+        format!("{bypass}: Service traffic between those pods bypasses kube-proxy; recreate them as routed pods, set bridge-nf-call-iptables to 1, or run with --no-br-netfilter-check")
     })
 }
