@@ -1084,3 +1084,81 @@ fn routed_pods_are_links_of_their_own_routed_by_the_node() {
         assert!(err["msg"].as_str().unwrap().contains(key), "{key}: {err}");
     }
 }
+
+#[test]
+fn a_killed_plugins_ipam_child_never_acts_afterwards() {
+    // An IPAM that takes its time, then records that it acted (a lease written, a GC done).
+    // cni-bridge is SIGKILLed while it waits for that child, at several moments: the child must
+    // die with it, never acting once the runtime has seen the plugin gone.
+    let node = Node::new("brorph");
+    let pod = Netns::new("brorphp");
+    let dir = tempfile::tempdir().unwrap();
+    let ipam = dir.path().join("slow-ipam");
+    std::fs::write(
+        &ipam,
+        "#!/bin/sh\ncat >/dev/null\nsleep 0.8\ntouch \"$(dirname \"$0\")/acted-$CNI_COMMAND-$CNI_CONTAINERID\"\necho '{\"cniVersion\":\"1.1.0\",\"ips\":[]}'\n",
+    )
+    .unwrap();
+    std::fs::set_permissions(&ipam, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+    let cni_path = format!("{}:{}", dir.path().display(), node.cni_path);
+    let mut conf = node.conf(json!({"isGateway": false}));
+    conf["ipam"] = json!({"type": "slow-ipam"});
+    for (round, (command, kill_after_ms)) in
+        [("ADD", 100u64), ("ADD", 400), ("GC", 100), ("DEL", 300)]
+            .into_iter()
+            .enumerate()
+    {
+        let id = format!("orph{round}");
+        let mut child = std::process::Command::new("ip")
+            .args(["netns", "exec", &node.ns.name])
+            .arg(bridge_bin())
+            .env_clear()
+            .envs([
+                ("PATH", "/usr/sbin:/usr/bin:/sbin:/bin"),
+                ("CNI_COMMAND", command),
+                ("CNI_CONTAINERID", id.as_str()),
+                ("CNI_NETNS", &pod.path().display().to_string()),
+                ("CNI_IFNAME", "eth0"),
+                ("CNI_PATH", cni_path.as_str()),
+            ])
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap();
+        {
+            use std::io::Write;
+            let mut input = conf.clone();
+            input["cni.dev/valid-attachments"] = json!([]);
+            let mut stdin = child.stdin.take().unwrap();
+            stdin
+                .write_all(&serde_json::to_vec(&input).unwrap())
+                .unwrap();
+        }
+        std::thread::sleep(std::time::Duration::from_millis(kill_after_ms));
+        let _ = child.kill();
+        let _ = child.wait();
+        std::thread::sleep(std::time::Duration::from_millis(1500));
+        let marker = dir.path().join(format!("acted-{command}-{id}"));
+        assert!(
+            !marker.exists(),
+            "round {round}: the IPAM child of a killed {command} acted after its parent was gone"
+        );
+    }
+    // Unkilled, the same IPAM does act: the test can see it.
+    let conf_done = conf.clone();
+    let out = run_plugin_in(
+        Some(&node.ns),
+        &bridge_bin(),
+        &[
+            ("CNI_COMMAND", "DEL"),
+            ("CNI_CONTAINERID", "orph-done"),
+            ("CNI_NETNS", ""),
+            ("CNI_IFNAME", "eth0"),
+            ("CNI_PATH", &cni_path),
+        ],
+        &conf_done,
+    );
+    assert_eq!(out.code, 0, "{}", out.stdout);
+    assert!(dir.path().join("acted-DEL-orph-done").exists());
+}

@@ -126,6 +126,7 @@ pub fn start(
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped());
+    tie_to_parent(&mut process);
     let mut child = process.spawn().map_err(spawn_err)?;
     let input = serde_json::to_vec(config).unwrap_or_default();
     if let Some(mut stdin) = child.stdin.take() {
@@ -139,6 +140,33 @@ pub fn start(
         path,
         command,
     })
+}
+
+/// The delegate dies with this process: a runtime that kills a plugin (its timeout, a node
+/// shutting down) must not find the plugin's IPAM child still at work afterwards, freeing leases
+/// by a valid list the runtime has moved past, or writing a lease after the runtime's DEL.
+/// `PR_SET_PDEATHSIG` sends SIGKILL when the parent exits (plugins are single-threaded, so the
+/// forking thread is the process); a parent that died before the child set it is caught by
+/// comparing the parent's pid, and the child exits before exec. The kernel sends the signal
+/// before the parent's exit is visible to the runtime, so nothing the runtime does afterwards
+/// races with the child beyond a system call it had already entered (and cni-ipam's lock
+/// serializes those).
+fn tie_to_parent(process: &mut Process) {
+    use std::os::unix::process::CommandExt;
+    let parent = std::process::id();
+    // SAFETY: between fork and exec the closure calls only prctl, getppid and _exit, which are
+    // async-signal-safe, and touches no memory but its captured integer.
+    unsafe {
+        process.pre_exec(move || {
+            if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL, 0, 0, 0) != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            if libc::getppid() as u32 != parent {
+                libc::_exit(1);
+            }
+            Ok(())
+        });
+    }
 }
 
 /// A delegate started by [`start`].

@@ -1,6 +1,8 @@
 //! cni-bridge + cni-ipam against the reference bridge + host-local, in one run: ADD and DEL latency
 //! over N pods sequentially and with 16 in flight, inside a simulated node; then iperf3 TCP
-//! throughput between two pods on a Tether bridge against two namespaces joined by a bare veth pair.
+//! throughput between two pods of one node on each Tether datapath (routed pods, isolated bridge
+//! ports, plain bridge ports) against a bridge made by hand and two namespaces joined by a bare
+//! veth pair.
 //! The latency rounds alternate between the two implementations (and which goes first), so that
 //! a machine whose speed drifts during the run treats both alike; samples of all rounds are pooled.
 //!
@@ -178,12 +180,20 @@ fn iperf(server: &BenchNs, client: &BenchNs, server_ip: &str, seconds: u32, cc: 
 /// Gbit/s per repetition: two pods on a Tether bridge; two namespaces on a bridge made by hand
 /// (the kernel's own cost of a bridge hop), with bridge-nf-call-iptables on (as Kubernetes needs)
 /// and off (what br_netfilter costs); two namespaces joined by one bare veth pair (the limit).
-struct Throughput {
-    tether: Vec<f64>,
-    by_hand: Vec<f64>,
-    by_hand_no_nf: Vec<f64>,
-    bare: Vec<f64>,
-}
+/// The datapaths whose pod-to-pod throughput is measured, in the order printed.
+const PATHS: [&str; 6] = [
+    "two routed pods (cni-bridge routed, the default)",
+    "two pods on isolated ports (the previous default)",
+    "two pods on plain Tether bridge ports",
+    "two namespaces on a bridge made by hand",
+    "the same, bridge-nf-call-iptables=0 (kube-proxy needs 1)",
+    "two namespaces, bare veth pair (limit)",
+];
+const BY_HAND: usize = 3;
+const BARE: usize = 5;
+
+/// Throughput samples per path of [`PATHS`].
+struct Throughput(Vec<Vec<f64>>);
 
 fn median(v: &[f64]) -> f64 {
     let mut v = v.to_vec();
@@ -233,30 +243,46 @@ fn throughput(
     controls: &[&str],
 ) -> Vec<Throughput> {
     let pid = std::process::id();
-    // Two pods on a Tether bridge inside a node.
-    let node_ns = BenchNs::new(format!("tb-tpnode-{pid}"));
-    let node = node_ns.open();
-    let pods = [
-        BenchNs::new(format!("tb-tpa-{pid}")),
-        BenchNs::new(format!("tb-tpb-{pid}")),
-    ];
-    let conf = serde_json::to_vec(&json!({
-        "cniVersion": "1.1.0", "name": "tpnet", "type": "cni-bridge", "bridge": "cni0",
-        "isGateway": true, "mtu": 1500,
-        "ipam": {"type": "cni-ipam", "dataDir": data.join("tp"), "ranges": [[{"subnet": "10.91.0.0/24"}]]}
-    }))
-    .unwrap_or_default();
-    for (i, pod) in pods.iter().enumerate() {
-        let c = call_in(
-            Some(&node),
-            &ours.dir.join("cni-bridge"),
-            "ADD",
-            &format!("tp{i}"),
-            &pod.path(),
-            &ours.dir.display().to_string(),
-            &conf,
-        );
-        assert!(c.ok, "tether ADD for throughput failed: {}", c.stdout);
+    // Two pods per Tether datapath, each datapath in a node namespace of its own; the pods'
+    // servers are x.x.x.3 (the second address IPAM hands out).
+    let mut tether: Vec<(BenchNs, [BenchNs; 2], String)> = Vec::new();
+    for (i, extra) in [
+        json!({"routed": true, "isDefaultGateway": true}),
+        json!({"portIsolation": true, "isDefaultGateway": true}),
+        json!({}),
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        let node_ns = BenchNs::new(format!("tb-tpnode{i}-{pid}"));
+        let node = node_ns.open();
+        let pods = [
+            BenchNs::new(format!("tb-tp{i}a-{pid}")),
+            BenchNs::new(format!("tb-tp{i}b-{pid}")),
+        ];
+        let mut conf = json!({
+            "cniVersion": "1.1.0", "name": format!("tpnet{i}"), "type": "cni-bridge", "bridge": "cni0",
+            "isGateway": true, "mtu": 1500,
+            "ipam": {"type": "cni-ipam", "dataDir": data.join(format!("tp{i}")),
+                     "ranges": [[{"subnet": format!("10.9{}.0.0/24", 4 + i)}]]}
+        });
+        for (k, v) in extra.as_object().into_iter().flatten() {
+            conf[k] = v.clone();
+        }
+        let conf = serde_json::to_vec(&conf).unwrap_or_default();
+        for (j, pod) in pods.iter().enumerate() {
+            let c = call_in(
+                Some(&node),
+                &ours.dir.join("cni-bridge"),
+                "ADD",
+                &format!("tp{i}{j}"),
+                &pod.path(),
+                &ours.dir.display().to_string(),
+                &conf,
+            );
+            assert!(c.ok, "tether ADD for throughput failed: {}", c.stdout);
+        }
+        tether.push((node_ns, pods, format!("10.9{}.0.3", 4 + i)));
     }
     // The limit: two namespaces joined by a bare veth pair.
     let (va, vb) = (
@@ -296,7 +322,10 @@ fn throughput(
         ]);
         ns.exec(&["ip", "link", "set", "eth0", "up"]);
     }
-    for ns in [&va, &vb, &pods[0], &pods[1], &ha, &hb] {
+    for ns in [&va, &vb, &ha, &hb]
+        .into_iter()
+        .chain(tether.iter().flat_map(|(_, pods, _)| pods))
+    {
         ns.exec(&["ip", "link", "set", "lo", "up"]);
     }
     let nf_call = |on: bool| {
@@ -311,29 +340,22 @@ fn throughput(
     let mut all = Vec::new();
     for cc in controls {
         eprintln!("throughput with {cc}...");
-        let mut tp = Throughput {
-            tether: Vec::new(),
-            by_hand: Vec::new(),
-            by_hand_no_nf: Vec::new(),
-            bare: Vec::new(),
-        };
+        let mut tp = Throughput(vec![Vec::new(); PATHS.len()]);
         for rep in 0..reps {
-            for k in 0..4 {
-                match (rep + k) % 4 {
-                    0 => tp
-                        .tether
-                        .push(iperf(&pods[1], &pods[0], "10.91.0.3", seconds, cc)),
-                    1 => {
-                        nf_call(true);
-                        tp.by_hand.push(iperf(&hb, &ha, "10.93.0.2", seconds, cc));
+            for k in 0..PATHS.len() {
+                let path = (rep + k) % PATHS.len();
+                let sample = match path {
+                    0..=2 => {
+                        let (_, pods, server) = &tether[path];
+                        iperf(&pods[1], &pods[0], server, seconds, cc)
                     }
-                    2 => {
-                        nf_call(false);
-                        tp.by_hand_no_nf
-                            .push(iperf(&hb, &ha, "10.93.0.2", seconds, cc));
+                    3 | 4 => {
+                        nf_call(path == BY_HAND);
+                        iperf(&hb, &ha, "10.93.0.2", seconds, cc)
                     }
-                    _ => tp.bare.push(iperf(&vb, &va, "10.92.0.2", seconds, cc)),
-                }
+                    _ => iperf(&vb, &va, "10.92.0.2", seconds, cc),
+                };
+                tp.0[path].push(sample);
             }
         }
         all.push(tp);
@@ -369,15 +391,6 @@ fn print_latency(pods_n: usize, rounds: usize, o: &mut Latency, r: &mut Latency)
 fn print_throughput(cc: &str, seconds: u32, tp: &Throughput) {
     println!();
     let pct = |r: f64| format!("{:.0}%", 100.0 * r);
-    let rows = [
-        ("two pods on a Tether bridge", &tp.tether),
-        ("two namespaces on a bridge made by hand", &tp.by_hand),
-        (
-            "the same, bridge-nf-call-iptables=0 (kube-proxy needs 1)",
-            &tp.by_hand_no_nf,
-        ),
-        ("two namespaces, bare veth pair (limit)", &tp.bare),
-    ];
     print_table(
         &[
             &format!(
@@ -387,14 +400,15 @@ fn print_throughput(cc: &str, seconds: u32, tp: &Throughput) {
             "vs bare veth",
             "vs bridge by hand",
         ],
-        &rows
+        &PATHS
             .iter()
+            .zip(&tp.0)
             .map(|(what, v)| {
                 vec![
                     what.to_string(),
                     format!("{:.1}", median(v)),
-                    pct(paired(v, &tp.bare)),
-                    pct(paired(v, &tp.by_hand)),
+                    pct(paired(v, &tp.0[BARE])),
+                    pct(paired(v, &tp.0[BY_HAND])),
                 ]
             })
             .collect::<Vec<_>>(),
