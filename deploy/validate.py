@@ -124,6 +124,34 @@ def sidecar_images():
         return {s["image"]: (s["tag"], set(s["flags"])) for s in json.load(f)["sidecars"]}
 
 
+def check_sidecar_rbac(roles):
+    """Every verb each controller sidecar's own RBAC grants (deploy/sidecars.json) is granted by
+    its ClusterRole in deploy/."""
+    problems = []
+    with open(os.path.join(HERE, "sidecars.json")) as f:
+        listed = json.load(f)["sidecars"]
+    for sidecar in listed:
+        if "rbac" not in sidecar:
+            continue
+        role = sidecar["clusterRole"]
+        rules = roles.get(role)
+        if rules is None:
+            problems.append(f"ClusterRole {role} (for {sidecar['name']}) is missing")
+            continue
+        for need in sidecar["rbac"]:
+            granted = set()
+            for rule in rules:
+                if need["apiGroup"] in rule.get("apiGroups", []) and (
+                        need["resource"] in rule.get("resources", []) or "*" in rule.get("resources", [])):
+                    granted |= set(rule.get("verbs", []))
+            missing = [v for v in need["verbs"] if v not in granted and "*" not in granted]
+            if missing:
+                group = need["apiGroup"] or "core"
+                problems.append(f"ClusterRole {role} does not grant {sidecar['name']}:{sidecar['tag']} "
+                                f"{', '.join(missing)} on {need['resource']} ({group})")
+    return problems
+
+
 def help_text(bin_dir, binary, cache={}):
     if binary not in cache:
         path = os.path.join(bin_dir, binary)
@@ -150,6 +178,7 @@ def main():
     images = set()
     sidecars = sidecar_images()
     used_sidecars = set()
+    cluster_roles = {}
     for path, doc in documents():
         kind, name = doc.get("kind"), doc.get("metadata", {}).get("name")
         where = f"{path}: {kind}/{name}"
@@ -170,6 +199,8 @@ def main():
         checked += 1
         if kind == "ConfigMap":
             config_maps[name] = doc.get("data", {})
+        if kind == "ClusterRole" and path == "deploy":
+            cluster_roles[name] = doc.get("rules", [])
         for pod in pod_specs(doc):
             for container in pod.get("initContainers", []) + pod.get("containers", []):
                 image = container.get("image", "")
@@ -205,6 +236,7 @@ def main():
                 for env in env_names:
                     if f"env: {env}=" not in text:
                         failures.append(f"{where}: {binary} reads no environment variable {env}")
+    failures += check_sidecar_rbac(cluster_roles)
     for unused in sorted(set(sidecars) - used_sidecars):
         failures.append(f"deploy/sidecars.json lists {unused}, which no manifest uses")
     if len(images) > 1:

@@ -43,9 +43,11 @@ fn the_sandbox_demo_runs_and_leaves_nothing_behind() {
     ] {
         assert!(stdout.contains(expected), "missing {expected:?}:\n{stdout}");
     }
+    // scripts/setup.sh installs containerd, runc and busybox-static, so the demo's container
+    // part must have run (the demo skips it only where those are missing).
     assert!(
-        stdout.contains("reached pod3b") || !Path::new("/usr/bin/containerd").exists(),
-        "the container part ran where containerd is installed:\n{stdout}"
+        stdout.contains("reached pod3b"),
+        "the container part of the demo did not run:\n{stdout}"
     );
     assert_eq!(leftovers(), Vec::<String>::new());
 }

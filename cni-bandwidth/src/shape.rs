@@ -3,14 +3,16 @@
 //! shapes it. A TBF when everything is shaped; an HTB with a shaped and an unshaped class, and a
 //! u32 filter per subnet, when only some traffic is.
 //!
-//! The ifb is named from the attachment (`bwp` + a hash) and carries the alias
-//! `tether-bandwidth:<network>/<containerID>/<ifname> <host veth>`, so DEL and GC find it, and
-//! the veth, without the netns or prevResult.
+//! The ifb is named from the attachment (`bwp` + a hash), is made in link group
+//! [`group::SHAPING_IFB`] and carries the alias `tether-bandwidth:<network>/<containerID>/<ifname>
+//! <host veth>`, so DEL and GC find it, and the veth, without the netns or prevResult. A link of
+//! that name is ours only if it is an ifb of that group whose alias is this attachment's (or
+//! missing: its ADD was killed before setting it); anything else is never used or deleted.
 
 use std::collections::HashSet;
 
 use cni_core::netlink::tc::{Shaping, SHAPED, UNSHAPED};
-use cni_core::netlink::{Link, Netlink};
+use cni_core::netlink::{group, Link, Netlink};
 use cni_core::netns::NetNs;
 
 use crate::config::{Limits, Scope};
@@ -25,6 +27,28 @@ pub fn owner(network: &str, container_id: &str, ifname: &str) -> String {
 /// `bwp` + 12 hex digits: 15 bytes, the longest interface name.
 pub fn ifb_name(owner: &str) -> String {
     format!("bwp{:012x}", cni_core::names::hash64(owner.bytes()) >> 16)
+}
+
+/// Whether `link` (found under the name of `owner`'s ifb) is that ifb: Err says what it is instead.
+fn ours(link: &Link, owner: &str) -> Result<(), BandwidthError> {
+    // Our alias proves it (ifbs of earlier releases have no group); without an alias, the group
+    // set when it was made does.
+    let named_ours = match link.alias.as_deref() {
+        Some(alias) => parse_alias(alias).is_some_and(|(o, _)| o == owner),
+        None => link.group == group::SHAPING_IFB,
+    };
+    if link.kind.as_deref() == Some("ifb") && named_ours {
+        return Ok(());
+    }
+    Err(BandwidthError::NotOurs {
+        name: link.name.clone(),
+        what: format!(
+            "kind {}, group {:#x}, alias {:?}",
+            link.kind.as_deref().unwrap_or("none"),
+            link.group,
+            link.alias.as_deref().unwrap_or("")
+        ),
+    })
 }
 
 /// The host end of the pod's interface `ifname`: the peer of the veth inside the pod.
@@ -82,7 +106,12 @@ pub fn apply(host: &Link, limits: &Limits, owner: &str) -> Result<(), BandwidthE
     match &limits.egress {
         Some(shaping) => {
             let alias = format!("{ALIAS_PREFIX}{owner} {}", host.name);
-            nl.create_ifb(&ifb, host.mtu, &alias)?;
+            if let Some(existing) = nl.create_ifb(&ifb, host.mtu, group::SHAPING_IFB, &alias)? {
+                ours(&existing, owner)?;
+                if existing.alias.is_none() {
+                    nl.set_alias(&ifb, &alias)?;
+                }
+            }
             let device = nl.link(&ifb)?.ok_or_else(|| BandwidthError::NoHostVeth {
                 ifname: ifb.clone(),
                 why: "the ifb vanished after creation".into(),
@@ -93,7 +122,10 @@ pub fn apply(host: &Link, limits: &Limits, owner: &str) -> Result<(), BandwidthE
         }
         None => {
             nl.del_qdisc(host.index, true)?;
-            nl.delete_link(&ifb)?;
+            if let Some(existing) = nl.link(&ifb)? {
+                ours(&existing, owner)?;
+                nl.delete_link(&ifb)?;
+            }
         }
     }
     Ok(())
@@ -125,9 +157,16 @@ pub fn remove(owner: &str, host_hint: Option<&str>) -> Result<(), BandwidthError
         return failures.finish_with(BandwidthError::Several);
     };
     let ifb = ifb_name(owner);
-    let from_alias = failures
-        .note(nl.link(&ifb))
-        .flatten()
+    let found = failures.note(nl.link(&ifb)).flatten();
+    if let Some(link) = &found {
+        if let Err(e) = ours(link, owner) {
+            // Someone else's link under our name: our own shaping is gone with the host veth or
+            // was never made; theirs is not ours to remove.
+            failures.note(Err::<(), _>(e));
+            return failures.finish_with(BandwidthError::Several);
+        }
+    }
+    let from_alias = found
         .and_then(|l| l.alias)
         .and_then(|a| parse_alias(&a).map(|(_, host)| host.to_string()));
     undo(
@@ -146,13 +185,27 @@ pub fn gc(network: &str, valid: &HashSet<String>) -> Result<(), BandwidthError> 
         return failures.finish_with(BandwidthError::Several);
     };
     let links = failures.note(nl.links()).unwrap_or_default();
+    // An ifb of ours without an alias was made by an ADD killed before naming it: a leftover
+    // unless its name is a valid attachment's.
+    let valid_ifbs: HashSet<String> = valid.iter().map(|o| ifb_name(o)).collect();
     for link in links {
-        let Some((owner, host)) = link.alias.as_deref().and_then(parse_alias) else {
+        if link.kind.as_deref() != Some("ifb") {
             continue;
-        };
-        if owner.starts_with(&format!("{network}/")) && !valid.contains(owner) {
-            let host = host.to_string();
-            undo(&mut nl, &link.name, Some(&host), &mut failures);
+        }
+        match link.alias.as_deref() {
+            Some(alias) => {
+                let Some((owner, host)) = parse_alias(alias) else {
+                    continue;
+                };
+                if owner.starts_with(&format!("{network}/")) && !valid.contains(owner) {
+                    let host = host.to_string();
+                    undo(&mut nl, &link.name, Some(&host), &mut failures);
+                }
+            }
+            None if link.group == group::SHAPING_IFB && !valid_ifbs.contains(&link.name) => {
+                undo(&mut nl, &link.name, None, &mut failures);
+            }
+            None => {}
         }
     }
     failures.finish_with(BandwidthError::Several)

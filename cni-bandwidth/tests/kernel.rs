@@ -215,3 +215,73 @@ fn unshaped_subnets_are_not_held_back_and_gc_collects_ifbs() {
     list.gc(&[]).unwrap();
     assert!(!site.links().contains("bwp"), "{}", site.links());
 }
+
+/// A link that carries the name of an attachment's ifb but was not made for it (another type, or
+/// an ifb without our alias or link group) is never used and never deleted: ADD and DEL say so
+/// with code 153. An ifb of ours whose ADD was killed before its alias was set is collected by GC.
+#[test]
+fn a_link_under_the_ifb_name_that_is_not_ours_is_never_used_or_deleted() {
+    let site = Site::new("bw3");
+    let list = site.conflist(json!({}));
+    let pod = Netns::new("bw3p");
+    let path = pod.path().display().to_string();
+    let att = Attachment {
+        id: "bw-c",
+        netns: &path,
+        ifname: "eth0",
+        runtime: json!({"bandwidth": {"egressRate": 20_000_000u64, "egressBurst": u32::MAX}}),
+    };
+    let ifb_of = |links: &str| {
+        links
+            .split_whitespace()
+            .find(|w| w.starts_with("bwp"))
+            .map(|w| w.trim_end_matches(':').to_string())
+    };
+    let result = list.add(&att).unwrap_or_else(|e| panic!("{}", e.stdout));
+    let ifb = ifb_of(&site.links()).expect("an ifb");
+    list.del(&att, Some(&result)).unwrap();
+
+    for foreign in [
+        vec!["type", "veth", "peer", "name", "bw3peer"],
+        vec!["type", "ifb"],
+    ] {
+        let mut args = vec!["link", "add", ifb.as_str()];
+        args.extend(foreign.iter().copied());
+        site.node.ip(&args);
+        let err = list
+            .add(&att)
+            .expect_err("ADD used a link that is not ours");
+        assert_eq!(err.json["code"], 153, "{}", err.stdout);
+        assert!(err.stdout.contains(&ifb), "{}", err.stdout);
+        let del = list.run_one("DEL", 1, &att, None);
+        assert_eq!(del.json["code"], 153, "{}", del.stdout);
+        assert!(
+            site.node.has_link(&ifb),
+            "DEL deleted a link that is not ours"
+        );
+        list.gc(&[]).unwrap_or_else(|e| panic!("{}", e.stdout));
+        assert!(
+            site.node.has_link(&ifb),
+            "GC deleted a link that is not ours"
+        );
+        site.node.ip(&["link", "del", &ifb]);
+        list.del(&att, None)
+            .unwrap_or_else(|e| panic!("{}", e.stdout));
+    }
+
+    // An ifb in our link group without an alias: made by an ADD killed before naming it. GC
+    // collects it; an unrelated ifb stays.
+    site.node.ip(&[
+        "link",
+        "add",
+        &ifb,
+        "group",
+        &format!("{}", cni_core::netlink::group::SHAPING_IFB),
+        "type",
+        "ifb",
+    ]);
+    site.node.ip(&["link", "add", "tt-bw3other", "type", "ifb"]);
+    list.gc(&[]).unwrap_or_else(|e| panic!("{}", e.stdout));
+    assert!(!site.node.has_link(&ifb), "{}", site.links());
+    assert!(site.node.has_link("tt-bw3other"));
+}

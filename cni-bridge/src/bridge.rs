@@ -110,16 +110,29 @@ impl Plugin for BridgePlugin {
             .iter()
             .map(|a| nft::owner(&a.container_id, &a.ifname))
             .collect();
+        // A veth that names no owner in its alias was made by an ADD killed before it could:
+        // its link group says it is ours, and it belongs to no valid attachment unless its name
+        // is one of theirs.
+        let valid_veths: HashSet<String> = valid
+            .iter()
+            .map(|a| host_veth_name(&a.container_id, &a.ifname))
+            .collect();
         if let Some(mut nl) = failures.note(Netlink::open()) {
             let prefix = alias_prefix(&req.config.name);
             if let Some(links) = failures.note(nl.links()) {
                 for link in links {
-                    let Some(owner) = link.alias.as_deref().and_then(|a| a.strip_prefix(&prefix))
-                    else {
-                        continue;
+                    let leftover = match link.alias.as_deref() {
+                        Some(alias) => alias
+                            .strip_prefix(&prefix)
+                            .is_some_and(|owner| !valid_owners.contains(owner)),
+                        None => {
+                            link.group == cni_core::netlink::group::POD_VETH
+                                && link.kind.as_deref() == Some("veth")
+                                && !valid_veths.contains(&link.name)
+                        }
                     };
-                    if !valid_owners.contains(owner) {
-                        tracing::info!(link = %link.name, %owner, "GC removes leftover veth");
+                    if leftover {
+                        tracing::info!(link = %link.name, alias = ?link.alias, "GC removes leftover veth");
                         failures.note(nl.delete_link(&link.name));
                     }
                 }
@@ -256,6 +269,7 @@ impl<'a> PodAttachment<'a> {
             .create_veth(&VethSpec {
                 host_name: &self.host_veth,
                 host_alias: Some(&alias),
+                host_group: cni_core::netlink::group::POD_VETH,
                 host_master: (!conf.routed).then_some(bridge.index),
                 peer_name: &req.ifname,
                 peer_mac: conf.mac,
@@ -636,6 +650,14 @@ fn check_attachment(req: &Request, conf: &BridgeConf, prev: &CniResult) -> Resul
         }
     }
     check_pod(req, conf, prev, &mut pod_nl, &pod_link)?;
+    let owner = nft::owner(&req.container_id, &req.ifname);
+    if conf.ip_masq {
+        let addresses: Vec<IpNetwork> = prev.ips.iter().map(|ip| ip.address).collect();
+        nft::check_masquerade(&req.config.name, &owner, &addresses)?;
+    }
+    if conf.macspoofchk {
+        nft::check_spoofcheck(&req.config.name, &owner)?;
+    }
     if conf.is_gateway {
         let bridge_addrs = host_nl.addresses(bridge.index)?;
         for ip in &prev.ips {

@@ -1,5 +1,6 @@
 //! Everything cni-bridge can fail with, and the CNI code each one maps to.
 
+use cni_core::codes::*;
 use cni_core::delegate::DelegateError;
 use cni_core::error::most_severe;
 use cni_core::firewall::FirewallError;
@@ -8,22 +9,16 @@ use cni_core::netns::NetnsError;
 use cni_core::sysctl::SysctlError;
 use cni_core::{CniError, Code};
 
-/// cni-bridge's own codes (120-129), documented in the README.
-pub const CODE_INTERFACE_EXISTS: u32 = 120;
-pub const CODE_BRIDGE_CONFLICT: u32 = 121;
-pub const CODE_KERNEL: u32 = 122;
-pub const CODE_CHECK_MISMATCH: u32 = 123;
-pub const CODE_NFTABLES: u32 = 124;
-
 #[derive(Debug, thiserror::Error)]
 pub enum BridgeError {
     #[error("invalid bridge configuration: {0}")]
     InvalidConfig(String),
     #[error("{0} is not supported by this kernel")]
     Unsupported(String),
-    /// CNI_NETNS cannot be opened, or is no network namespace.
-    #[error(transparent)]
-    NoNetns(NetnsError),
+    /// CNI_NETNS cannot be opened, or is no network namespace (the message names the variable,
+    /// as the spec asks of code 4).
+    #[error("CNI_NETNS: {0}")]
+    NoNetns(#[source] NetnsError),
     #[error("interface {ifname} already exists in {netns}")]
     InterfaceExists { ifname: String, netns: String },
     #[error("{0}")]
@@ -61,20 +56,20 @@ impl CniError for BridgeError {
             BridgeError::Unsupported(_) => Code::UnsupportedField.into(),
             BridgeError::NoNetns(NetnsError::NotNetns { .. }) => Code::InvalidEnvironment.into(),
             BridgeError::NoNetns(_) => Code::UnknownContainer.into(),
-            BridgeError::InterfaceExists { .. } => CODE_INTERFACE_EXISTS,
-            BridgeError::BridgeConflict(_) => CODE_BRIDGE_CONFLICT,
+            BridgeError::InterfaceExists { .. } => BRIDGE_INTERFACE_EXISTS,
+            BridgeError::BridgeConflict(_) => BRIDGE_CONFLICT,
             BridgeError::Open(_)
             | BridgeError::Netns(_)
             | BridgeError::Kernel(_)
-            | BridgeError::Unlink(_) => CODE_KERNEL,
+            | BridgeError::Unlink(_) => BRIDGE_KERNEL,
             BridgeError::Sysctl(_) => Code::Io.into(),
             BridgeError::Ipam(e) => e.code(),
             BridgeError::NoGateway => Code::InvalidConfig.into(),
-            BridgeError::CheckMismatch(_) => CODE_CHECK_MISMATCH,
-            BridgeError::Nftables(_) => CODE_NFTABLES,
+            BridgeError::CheckMismatch(_) => BRIDGE_CHECK_MISMATCH,
+            BridgeError::Nftables(_) => BRIDGE_NFTABLES,
             BridgeError::NotAvailable(_) => Code::NotAvailable.into(),
             BridgeError::Several(errors) => {
-                most_severe(errors.iter().map(CniError::code), CODE_KERNEL)
+                most_severe(errors.iter().map(CniError::code), BRIDGE_KERNEL)
             }
         }
     }

@@ -73,6 +73,22 @@ pub fn add_masquerade(
                 SetTypeValue::Single(kind),
                 &[],
             ))
+            // The element takes this attachment's name even when it is already there: an
+            // earlier owner of the address whose DEL was cut short left it behind, and its
+            // retried DEL (or a GC) removes the elements carrying its name. Adding first makes
+            // the delete valid whether or not the element existed; the batch is atomic.
+            .add(elements(
+                fam,
+                INET_TABLE,
+                &set_name,
+                vec![text(addr.ip().to_string())],
+            ))
+            .delete(elements(
+                fam,
+                INET_TABLE,
+                &set_name,
+                vec![text(addr.ip().to_string())],
+            ))
             .add(elements(
                 fam,
                 INET_TABLE,
@@ -188,6 +204,41 @@ pub fn gc_masquerade(network: &str, valid: &HashSet<String>) -> Result<(), Bridg
     prune_masquerade(network, |comment| !valid.contains(comment))
 }
 
+/// CHECK: each address is in its family's masquerade set under this attachment's name, and the
+/// chain of its subnet uses that set.
+pub fn check_masquerade(
+    network: &str,
+    owner: &str,
+    addresses: &[IpNetwork],
+) -> Result<(), BridgeError> {
+    let listing = list_table(NfFamily::INet, INET_TABLE).map_err(BridgeError::Nftables)?;
+    for addr in addresses {
+        let set_name = set_name(network, addr.is_ipv4());
+        let ip = text(addr.ip().to_string());
+        let listed = listing
+            .set(&set_name)
+            .map(|found| build::listed_elements(found.elem.as_deref()))
+            .unwrap_or_default();
+        if !listed
+            .iter()
+            .any(|(value, comment)| *value == ip && comment.as_deref() == Some(owner))
+        {
+            return Err(BridgeError::CheckMismatch(format!(
+                "{} is not in nftables set inet {INET_TABLE} {set_name} under {owner} (masquerade)",
+                addr.ip()
+            )));
+        }
+        let subnet = IpNetwork::new(addr.network(), addr.prefix()).unwrap_or(*addr);
+        let chain = chain_name(network, &subnet);
+        if !listing.chains_using(&set_name).contains(&chain) {
+            return Err(BridgeError::CheckMismatch(format!(
+                "the masquerade rule for {subnet} (chain inet {INET_TABLE} {chain}) is missing"
+            )));
+        }
+    }
+    Ok(())
+}
+
 // ---- MAC spoof check ----
 
 const BRIDGE_TABLE: &str = "tether";
@@ -269,4 +320,20 @@ pub fn gc_spoofcheck(network: &str, valid: &HashSet<String>) -> Result<(), Bridg
     spoof_removals(|c| c.starts_with(&prefix) && !keep.contains(c), true)?
         .apply()
         .map_err(BridgeError::Nftables)
+}
+
+/// CHECK: the attachment's spoof-check rule is in place.
+pub fn check_spoofcheck(network: &str, owner: &str) -> Result<(), BridgeError> {
+    let listing = list_table(NfFamily::Bridge, BRIDGE_TABLE).map_err(BridgeError::Nftables)?;
+    let comment = spoof_comment(network, owner);
+    if listing
+        .rules_in(SPOOF_CHAIN)
+        .any(|r| r.comment.as_deref() == Some(comment.as_str()))
+    {
+        Ok(())
+    } else {
+        Err(BridgeError::CheckMismatch(format!(
+            "the MAC spoof-check rule \"{comment}\" is missing from bridge {BRIDGE_TABLE} {SPOOF_CHAIN}"
+        )))
+    }
 }

@@ -396,6 +396,70 @@ fn masquerade_rule_follows_attachments() {
     );
 }
 
+/// The masquerade element of an address belongs to whoever holds the address now: pod A's DEL
+/// cut short after IPAM released the address leaves A's element; pod B gets the address; A's
+/// retried DEL and a GC that keeps only B must leave B masqueraded.
+#[test]
+fn a_masquerade_element_follows_the_current_owner_of_its_address() {
+    let node = Node::new("brmqown");
+    let (a, b) = (Netns::new("brmqowa"), Netns::new("brmqowb"));
+    let masq = node.conf(json!({"ipMasq": true}));
+    let ra = node.add("own-a", &a, &masq);
+    let address = pod_address(&ra, 4);
+    // A's DEL killed between releasing the address and removing its element.
+    node.ns.ip(&["link", "del", &host_veth(&ra)]);
+    std::fs::remove_file(node.data.path().join("testnet").join(&address)).unwrap();
+    let mut wants_it = masq.clone();
+    wants_it["runtimeConfig"] = json!({"ips": [address]});
+    let rb = node.add("own-b", &b, &wants_it);
+    assert_eq!(pod_address(&rb, 4), address, "B got A's address");
+    let element = |owner: &str| {
+        node.nft()
+            .contains(&format!("{address} comment \"{owner}/eth0\""))
+    };
+    assert!(element("own-b") && !element("own-a"), "{}", node.nft());
+    node.run("DEL", "own-a", None, "eth0", &masq).ok();
+    assert!(
+        element("own-b"),
+        "A's retried DEL took B's element:\n{}",
+        node.nft()
+    );
+    let mut gc = masq.clone();
+    gc["cni.dev/valid-attachments"] = json!([{"containerID": "own-b", "ifname": "eth0"}]);
+    node.run("GC", "", None, "", &gc).ok();
+    assert!(
+        element("own-b"),
+        "GC keeping B took its element:\n{}",
+        node.nft()
+    );
+    let mut with_prev = masq.clone();
+    with_prev["prevResult"] = rb.clone();
+    node.run("CHECK", "own-b", Some(&b), "eth0", &with_prev)
+        .ok();
+    // CHECK sees the nftables state too: B's element gone is a mismatch.
+    let rules = node.nft();
+    let set = rules
+        .split_whitespace()
+        .find(|w| w.starts_with("masq4_"))
+        .unwrap()
+        .to_string();
+    node.ns.exec(&[
+        "nft",
+        "delete",
+        "element",
+        "inet",
+        "tether",
+        &set,
+        &format!("{{ {address} }}"),
+    ]);
+    let err = node
+        .run("CHECK", "own-b", Some(&b), "eth0", &with_prev)
+        .err(123);
+    assert!(err["msg"].as_str().unwrap().contains("masquerade"), "{err}");
+    node.run("DEL", "own-b", Some(&b), "eth0", &masq).ok();
+    assert!(!node.nft().contains("masquerade"), "{}", node.nft());
+}
+
 #[test]
 fn masquerade_really_rewrites_the_source_address() {
     let node = Node::new("brsnat");
@@ -438,6 +502,17 @@ fn del_is_idempotent_and_works_without_the_netns() {
     let conf = node.conf(json!({"macspoofchk": true}));
     let result = node.add("gone", &pod, &conf);
     assert!(node.nft().contains("ether saddr"));
+    // CHECK covers the spoof-check rule: gone, it is a mismatch.
+    let mut with_prev = conf.clone();
+    with_prev["prevResult"] = result.clone();
+    node.run("CHECK", "gone", Some(&pod), "eth0", &with_prev)
+        .ok();
+    node.ns
+        .exec(&["nft", "flush", "chain", "bridge", "tether", "spoofcheck"]);
+    let err = node
+        .run("CHECK", "gone", Some(&pod), "eth0", &with_prev)
+        .err(123);
+    assert!(err["msg"].as_str().unwrap().contains("spoof"), "{err}");
     drop(pod); // the runtime deleted the netns first
     node.run("DEL", "gone", None, "eth0", &conf).ok();
     node.run("DEL", "gone", None, "eth0", &conf).ok();
@@ -712,7 +787,8 @@ fn ids_too_long_and_netns_paths_that_are_no_network_namespace() {
             &conf,
         );
         let err = out.err(4);
-        assert!(err["msg"].as_str().unwrap().contains(&path), "{err}");
+        let msg = err["msg"].as_str().unwrap();
+        assert!(msg.contains(&path) && msg.contains("CNI_NETNS"), "{err}");
     }
     assert_eq!(node.leases(), 0);
 
@@ -1161,4 +1237,78 @@ fn a_killed_plugins_ipam_child_never_acts_afterwards() {
     );
     assert_eq!(out.code, 0, "{}", out.stdout);
     assert!(dir.path().join("acted-DEL-orph-done").exists());
+}
+
+#[test]
+fn gc_finds_the_veths_of_adds_killed_before_they_named_their_owner() {
+    // ADDs SIGKILLed at random moments leave pairs made but not named (the alias is set by a
+    // second request); their link group, set as the pair is made, lets GC find them.
+    let node = Node::new("brgcv");
+    let conf = node.conf(json!({}));
+    let pod = Netns::new("brgcvp");
+    let mut seed = u64::from(std::process::id()) | 1;
+    for round in 0..30 {
+        seed = seed
+            .wrapping_mul(6364136223846793005)
+            .wrapping_add(1442695040888963407);
+        let delay = std::time::Duration::from_micros((seed >> 33) % 15_000);
+        let mut child = std::process::Command::new("ip")
+            .args(["netns", "exec", &node.ns.name])
+            .arg(bridge_bin())
+            .env_clear()
+            .envs([
+                ("CNI_COMMAND", "ADD"),
+                ("CNI_CONTAINERID", &format!("gcv{round}")),
+                ("CNI_NETNS", &pod.path().display().to_string()),
+                ("CNI_IFNAME", &format!("k{round}")),
+                ("CNI_PATH", node.cni_path.as_str()),
+            ])
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap();
+        {
+            use std::io::Write;
+            let mut stdin = child.stdin.take().unwrap();
+            stdin
+                .write_all(&serde_json::to_vec(&conf).unwrap())
+                .unwrap();
+        }
+        std::thread::sleep(delay);
+        let _ = child.kill();
+        let _ = child.wait();
+    }
+    // One attachment that stays valid, one foreign veth without alias (not ours: default
+    // group), one unnamed veth of ours whose name is the valid attachment's.
+    let kept = node.add("gcv-kept", &pod, &conf);
+    node.ns.ip(&[
+        "link",
+        "add",
+        "tt-foreign",
+        "type",
+        "veth",
+        "peer",
+        "name",
+        "tt-foreignp",
+    ]);
+    node.ns.ip(&["link", "set", &host_veth(&kept), "alias", ""]);
+    let mut gc = conf.clone();
+    gc["cni.dev/valid-attachments"] = json!([{"containerID": "gcv-kept", "ifname": "eth0"}]);
+    node.run("GC", "", None, "", &gc).ok();
+    let veths: Vec<String> = node
+        .ns
+        .ip_json(&["-d", "link", "show", "type", "veth"])
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|l| l["group"] != "default")
+        .map(|l| l["ifname"].as_str().unwrap().to_string())
+        .collect();
+    assert_eq!(veths, [host_veth(&kept)], "GC left veths of killed ADDs");
+    assert!(
+        node.ns.has_link("tt-foreign"),
+        "GC took a veth that is not ours"
+    );
+    assert_eq!(node.leases(), 1, "leases of killed ADDs are left");
 }

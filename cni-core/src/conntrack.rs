@@ -35,9 +35,14 @@ struct Flow {
     dst_port: Option<u16>,
 }
 
-/// Removes every UDP entry (of the family of `ipv6`) whose original destination port is `port`
-/// and, when `dst` is given, whose original destination is `dst`. Returns how many went.
-pub fn flush_udp(ipv6: bool, port: u16, dst: Option<IpAddr>) -> Result<usize, ConntrackError> {
+/// Removes every UDP entry of the family of `ipv6` whose original destination matches one of
+/// `ports`: a port, and the destination address when one is given. One dump of the table,
+/// however many ports (a node's conntrack table can hold hundreds of thousands of entries).
+/// Returns how many went.
+pub fn flush_udp(ipv6: bool, ports: &[(u16, Option<IpAddr>)]) -> Result<usize, ConntrackError> {
+    if ports.is_empty() {
+        return Ok(0);
+    }
     let family = if ipv6 {
         NetfilterProtoFamily::IPv6
     } else {
@@ -56,15 +61,17 @@ pub fn flush_udp(ipv6: bool, port: u16, dst: Option<IpAddr>) -> Result<usize, Co
         1,
     )
     .map_err(err("listing"))?;
+    let wanted = |flow: &Flow| {
+        flow.protocol == Some(Protocol::Udp)
+            && ports.iter().any(|(port, dst)| {
+                flow.dst_port == Some(*port) && dst.is_none_or(|d| flow.dst == Some(d))
+            })
+    };
     let mut removed = 0;
     for (seq, flow) in flows
         .into_iter()
         .filter_map(flow_of)
-        .filter(|f| {
-            f.protocol == Some(Protocol::Udp)
-                && f.dst_port == Some(port)
-                && dst.is_none_or(|d| f.dst == Some(d))
-        })
+        .filter(wanted)
         .enumerate()
     {
         let delete = ConntrackMessage::Delete(vec![ConntrackAttribute::CtaTupleOrig(flow.tuple)]);

@@ -109,16 +109,6 @@ pub fn most_severe(codes: impl IntoIterator<Item = u32>, fallback: u32) -> u32 {
         .unwrap_or(fallback)
 }
 
-/// The CNI error codes each Tether plugin owns (documented in the README). A delegate's error
-/// keeps its own code, so a code says which plugin failed and why.
-pub mod ranges {
-    pub const IPAM: std::ops::Range<u32> = 110..120;
-    pub const BRIDGE: std::ops::Range<u32> = 120..130;
-    pub const OVERLAY: std::ops::Range<u32> = 130..140;
-    pub const PORTMAP: std::ops::Range<u32> = 140..150;
-    pub const BANDWIDTH: std::ops::Range<u32> = 150..160;
-}
-
 impl std::fmt::Display for ErrorObject {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         write!(f, "{} (code {})", self.msg, self.code)?;

@@ -2,6 +2,7 @@
 //! point, delegation and crash-safe files. No plugin logic lives here.
 
 pub mod args;
+pub mod codes;
 pub mod config;
 pub mod conntrack;
 pub mod delegate;

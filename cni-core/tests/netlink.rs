@@ -28,6 +28,7 @@ fn bridge_veth_addresses_routes_in_namespaces() {
 
     nl.create_veth(&VethSpec {
         host_name: "vethtest0",
+        host_group: 0,
         host_alias: Some("tether:test"),
         host_master: Some(br.index),
         peer_name: "eth0",
@@ -50,6 +51,7 @@ fn bridge_veth_addresses_routes_in_namespaces() {
     let err = nl
         .create_veth(&VethSpec {
             host_name: "vethtest0",
+            host_group: 0,
             host_alias: None,
             host_master: None,
             peer_name: "eth1",

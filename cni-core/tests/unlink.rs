@@ -38,6 +38,7 @@ fn the_pair_is_gone_when_the_call_returns_and_the_name_is_free() {
     let veth = |nl: &mut Netlink, peer: &str| {
         nl.create_veth(&VethSpec {
             host_name: "vethul0",
+            host_group: 0,
             host_alias: None,
             host_master: None,
             peer_name: peer,
@@ -104,6 +105,7 @@ fn the_helper_finishes_the_deletion_and_exits() {
     let mut nl = Netlink::open_in(&host_ns).unwrap();
     nl.create_veth(&VethSpec {
         host_name: "vethrp0",
+        host_group: 0,
         host_alias: None,
         host_master: None,
         peer_name: "vethrp1",

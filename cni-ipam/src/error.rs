@@ -3,14 +3,8 @@
 use std::net::IpAddr;
 use std::path::PathBuf;
 
+use cni_core::codes::*;
 use cni_core::{CniError, Code};
-
-/// cni-ipam's own codes (110-119), documented in the README.
-pub const CODE_RANGE_EXHAUSTED: u32 = 110;
-pub const CODE_ALREADY_ALLOCATED: u32 = 111;
-pub const CODE_ADDRESS_IN_USE: u32 = 112;
-pub const CODE_NOT_IN_RANGE: u32 = 113;
-pub const CODE_CHECK_MISMATCH: u32 = 114;
 
 #[derive(Debug, thiserror::Error)]
 pub enum IpamError {
@@ -76,11 +70,11 @@ impl CniError for IpamError {
             IpamError::InvalidConfig(_) | IpamError::TwoRequestsForOneSet { .. } => {
                 Code::InvalidConfig.into()
             }
-            IpamError::RangeExhausted { .. } => CODE_RANGE_EXHAUSTED,
-            IpamError::AlreadyAllocated { .. } => CODE_ALREADY_ALLOCATED,
-            IpamError::AddressInUse { .. } => CODE_ADDRESS_IN_USE,
-            IpamError::NotInRange { .. } => CODE_NOT_IN_RANGE,
-            IpamError::CheckMismatch(_) => CODE_CHECK_MISMATCH,
+            IpamError::RangeExhausted { .. } => IPAM_RANGE_EXHAUSTED,
+            IpamError::AlreadyAllocated { .. } => IPAM_ALREADY_ALLOCATED,
+            IpamError::AddressInUse { .. } => IPAM_ADDRESS_IN_USE,
+            IpamError::NotInRange { .. } => IPAM_NOT_IN_RANGE,
+            IpamError::CheckMismatch(_) => IPAM_CHECK_MISMATCH,
             IpamError::UnknownContainer { .. } => Code::UnknownContainer.into(),
             IpamError::Io { .. } | IpamError::ResolvConf { .. } => Code::Io.into(),
             IpamError::NotAvailable(_) => Code::NotAvailable.into(),

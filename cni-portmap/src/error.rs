@@ -1,18 +1,12 @@
 //! Everything cni-portmap can fail with, and the CNI code each one maps to.
 
+use cni_core::codes::*;
 use cni_core::conntrack::ConntrackError;
 use cni_core::error::most_severe;
 use cni_core::firewall::FirewallError;
 use cni_core::netlink::{NlError, OpenError};
 use cni_core::sysctl::SysctlError;
 use cni_core::{CniError, Code};
-
-/// cni-portmap's own codes (140-149), documented in the README.
-pub const CODE_NFTABLES: u32 = 140;
-pub const CODE_PORT_TAKEN: u32 = 141;
-pub const CODE_CHECK_MISMATCH: u32 = 142;
-pub const CODE_CONNTRACK: u32 = 143;
-pub const CODE_KERNEL: u32 = 144;
 
 #[derive(Debug, thiserror::Error)]
 pub enum PortmapError {
@@ -48,15 +42,15 @@ impl CniError for PortmapError {
     fn code(&self) -> u32 {
         match self {
             PortmapError::InvalidConfig(_) => Code::InvalidConfig.into(),
-            PortmapError::PortTaken { .. } => CODE_PORT_TAKEN,
-            PortmapError::Nftables(_) => CODE_NFTABLES,
-            PortmapError::Conntrack(_) => CODE_CONNTRACK,
-            PortmapError::Kernel(_) | PortmapError::Open(_) => CODE_KERNEL,
+            PortmapError::PortTaken { .. } => PORTMAP_PORT_TAKEN,
+            PortmapError::Nftables(_) => PORTMAP_NFTABLES,
+            PortmapError::Conntrack(_) => PORTMAP_CONNTRACK,
+            PortmapError::Kernel(_) | PortmapError::Open(_) => PORTMAP_KERNEL,
             PortmapError::Sysctl(_) => Code::Io.into(),
-            PortmapError::CheckMismatch(_) => CODE_CHECK_MISMATCH,
+            PortmapError::CheckMismatch(_) => PORTMAP_CHECK_MISMATCH,
             PortmapError::NotAvailable(_) => Code::NotAvailable.into(),
             PortmapError::Several(errors) => {
-                most_severe(errors.iter().map(CniError::code), CODE_NFTABLES)
+                most_severe(errors.iter().map(CniError::code), PORTMAP_NFTABLES)
             }
         }
     }

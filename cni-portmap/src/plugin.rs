@@ -19,13 +19,13 @@ fn owner_of(req: &Request) -> String {
 /// Stale UDP flows of the mapped ports go, so that clients already sending reach the new
 /// target (and, after DEL, stop reaching the old one).
 fn flush_udp(ports: &[(u16, Option<IpAddr>)], failures: &mut Failures) {
-    for (port, host_ip) in ports {
-        for v6 in [false, true] {
-            if host_ip.is_some_and(|ip| ip.is_ipv6() != v6) {
-                continue;
-            }
-            failures.note(conntrack::flush_udp(v6, *port, *host_ip));
-        }
+    for v6 in [false, true] {
+        let of_family: Vec<(u16, Option<IpAddr>)> = ports
+            .iter()
+            .filter(|(_, host_ip)| host_ip.is_none_or(|ip| ip.is_ipv6() == v6))
+            .copied()
+            .collect();
+        failures.note(conntrack::flush_udp(v6, &of_family));
     }
 }
 

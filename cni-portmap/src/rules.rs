@@ -1,14 +1,18 @@
 //! hostPort mappings in nftables, in one table of their own, `inet tether-portmap`:
 //!
 //! ```text
-//! map ports   { type inet_proto . inet_service : verdict }              hostIP "" (any address)
-//! map ports4  { type ipv4_addr . inet_proto . inet_service : verdict }  a specific IPv4 hostIP
-//! map ports6  { type ipv6_addr . inet_proto . inet_service : verdict }  a specific IPv6 hostIP
+//! map ports      { type inet_proto . inet_service : verdict }              hostIP "" (any address)
+//! map portsany4  { type inet_proto . inet_service : verdict }              hostIP 0.0.0.0
+//! map portsany6  { type inet_proto . inet_service : verdict }              hostIP ::
+//! map ports4     { type ipv4_addr . inet_proto . inet_service : verdict }  a specific IPv4 hostIP
+//! map ports6     { type ipv6_addr . inet_proto . inet_service : verdict }  a specific IPv6 hostIP
 //! chain prerouting  { nat hook prerouting  dstnat: jump hostports }
 //! chain output      { nat hook output      dstnat: fib daddr type local jump hostports }
 //! chain hostports   { ip daddr . meta l4proto . th dport vmap @ports4
 //!                     ip6 daddr . meta l4proto . th dport vmap @ports6
-//!                     fib daddr type local meta l4proto . th dport vmap @ports }
+//!                     fib daddr type local meta l4proto . th dport vmap @ports
+//!                     meta nfproto ipv4 fib daddr type local ... vmap @portsany4
+//!                     meta nfproto ipv6 fib daddr type local ... vmap @portsany6 }
 //! chain postrouting { nat hook postrouting srcnat: mark & 0x2000 ct status dnat masquerade }
 //! chain pm_<hash>   { per attachment: mark what needs SNAT, then dnat to the container }
 //! ```
@@ -18,6 +22,13 @@
 //! path: a lookup per packet whatever the number of mappings. Every change is one atomic batch
 //! under a lock; DEL and GC need neither the netns nor prevResult; the last one out removes the
 //! table.
+//!
+//! Which mappings exclude each other follows Kubernetes (a hostPort is the triple hostIP,
+//! protocol, port): two mappings of one protocol and port conflict when their addresses meet.
+//! `""` covers every address of the node, `0.0.0.0` every IPv4 one, `::` every IPv6 one, and a
+//! specific address only itself: so 8080 on every address refuses 8080 on one address (and the
+//! other way round), while 8080 on `0.0.0.0` and 8080 on `::` live side by side. ADD reads the
+//! table under the lock to decide, so a refusal names the attachment that holds the port.
 
 use std::collections::HashSet;
 use std::net::IpAddr;
@@ -30,7 +41,7 @@ use cni_core::firewall::expr::{Expression, MetaKey};
 use cni_core::firewall::schema::{Chain, FlushObject};
 use cni_core::firewall::stmt::Statement;
 use cni_core::firewall::types::{NfChainPolicy, NfChainType, NfFamily, NfHook};
-use cni_core::firewall::{list_table, Batch, FirewallError, Listing, Lock};
+use cni_core::firewall::{list_table, Batch, Listing, Lock};
 
 use crate::config::{Mapping, PortmapConf, Protocol, Target};
 use crate::error::PortmapError;
@@ -39,8 +50,11 @@ pub const TABLE: &str = "tether-portmap";
 const FAMILY: NfFamily = NfFamily::INet;
 const LOCK: &str = "cni-portmap-nft";
 const PORTS: &str = "ports";
+const PORTS_ANY4: &str = "portsany4";
+const PORTS_ANY6: &str = "portsany6";
 const PORTS4: &str = "ports4";
 const PORTS6: &str = "ports6";
+const MAPS: [&str; 5] = [PORTS, PORTS_ANY4, PORTS_ANY6, PORTS4, PORTS6];
 const DISPATCH: &str = "hostports";
 const CHAIN_PREFIX: &str = "pm_";
 
@@ -104,19 +118,42 @@ impl Select<'_> {
 struct Key {
     map: &'static str,
     key: Expression<'static>,
-    /// For messages and conntrack: port, protocol, address.
+    /// For messages, conntrack and conflicts: port, protocol, address, family (None: both).
     port: u16,
     protocol: Protocol,
     host_ip: Option<IpAddr>,
+    v6: Option<bool>,
+}
+
+impl Key {
+    /// Whether the addresses, protocol and port of two mappings meet.
+    fn overlaps(&self, other: &Key) -> bool {
+        self.protocol == other.protocol
+            && self.port == other.port
+            && (self.v6.is_none() || other.v6.is_none() || self.v6 == other.v6)
+            && (self.host_ip.is_none() || other.host_ip.is_none() || self.host_ip == other.host_ip)
+    }
+
+    /// The addresses, as a message says them.
+    fn scope(&self) -> String {
+        match (self.host_ip, self.v6) {
+            (Some(ip), _) => format!(" on {ip}"),
+            (None, Some(false)) => " on 0.0.0.0".into(),
+            (None, Some(true)) => " on ::".into(),
+            (None, None) => String::new(),
+        }
+    }
 }
 
 fn key_of(m: &Mapping) -> Key {
     let proto = text(m.protocol.as_str());
     let port = number(u32::from(m.host_port));
-    let (map, key) = match m.host_ip {
-        None => (PORTS, concat(vec![proto, port])),
-        Some(ip @ IpAddr::V4(_)) => (PORTS4, concat(vec![build::address(ip), proto, port])),
-        Some(ip @ IpAddr::V6(_)) => (PORTS6, concat(vec![build::address(ip), proto, port])),
+    let (map, key) = match (m.host_ip, m.family) {
+        (None, None) => (PORTS, concat(vec![proto, port])),
+        (None, Some(false)) => (PORTS_ANY4, concat(vec![proto, port])),
+        (None, Some(true)) => (PORTS_ANY6, concat(vec![proto, port])),
+        (Some(ip @ IpAddr::V4(_)), _) => (PORTS4, concat(vec![build::address(ip), proto, port])),
+        (Some(ip @ IpAddr::V6(_)), _) => (PORTS6, concat(vec![build::address(ip), proto, port])),
     };
     Key {
         map,
@@ -124,18 +161,21 @@ fn key_of(m: &Mapping) -> Key {
         port: m.host_port,
         protocol: m.protocol,
         host_ip: m.host_ip,
+        v6: m.host_ip.map(|ip| ip.is_ipv6()).or(m.family),
     }
 }
 
 /// The tables, maps and base chains every attachment shares (adding them again is a no-op).
 fn skeleton(batch: &mut Batch, mark_bit: u32) {
     batch.add(build::table(FAMILY, TABLE));
-    batch.raw(build::verdict_map(
-        FAMILY,
-        TABLE,
-        PORTS,
-        &["inet_proto", "inet_service"],
-    ));
+    for name in [PORTS, PORTS_ANY4, PORTS_ANY6] {
+        batch.raw(build::verdict_map(
+            FAMILY,
+            TABLE,
+            name,
+            &["inet_proto", "inet_service"],
+        ));
+    }
     batch.raw(build::verdict_map(
         FAMILY,
         TABLE,
@@ -214,6 +254,28 @@ fn skeleton(batch: &mut Batch, mark_bit: u32) {
         .add(rule(
             FAMILY,
             TABLE,
+            DISPATCH,
+            vec![
+                build::eq(meta(MetaKey::Nfproto), text("ipv4")),
+                build::to_local_address(),
+                vmap(ports_of(vec![]), PORTS_ANY4),
+            ],
+            None,
+        ))
+        .add(rule(
+            FAMILY,
+            TABLE,
+            DISPATCH,
+            vec![
+                build::eq(meta(MetaKey::Nfproto), text("ipv6")),
+                build::to_local_address(),
+                vmap(ports_of(vec![]), PORTS_ANY6),
+            ],
+            None,
+        ))
+        .add(rule(
+            FAMILY,
+            TABLE,
             "postrouting",
             vec![
                 build::has_mark_bits(1 << mark_bit),
@@ -286,7 +348,7 @@ fn attachment_rules(
 fn removals(listing: &Listing, select: &Select<'_>, batch: &mut Batch) -> (Vec<Key>, bool) {
     let mut removed = Vec::new();
     let mut left = false;
-    for name in [PORTS, PORTS4, PORTS6] {
+    for name in MAPS {
         let Some(map) = listing.map(name) else {
             continue;
         };
@@ -326,7 +388,7 @@ fn parse_key(map: &'static str, key: &Expression<'static>) -> Option<Key> {
         return None;
     };
     let (host_ip, rest) = match map {
-        PORTS => (None, &parts[..]),
+        PORTS | PORTS_ANY4 | PORTS_ANY6 => (None, &parts[..]),
         _ => match parts.first()? {
             Expression::String(ip) => (ip.parse().ok(), &parts[1..]),
             _ => return None,
@@ -340,28 +402,45 @@ fn parse_key(map: &'static str, key: &Expression<'static>) -> Option<Key> {
         Expression::Number(n) => u16::try_from(*n).ok()?,
         _ => return None,
     };
+    let v6 = match map {
+        PORTS_ANY4 | PORTS4 => Some(false),
+        PORTS_ANY6 | PORTS6 => Some(true),
+        // Also what 0.0.0.0 and :: mapped to before they had maps of their own: taken as both.
+        _ => None,
+    };
     Some(Key {
         map,
         key: key.clone(),
         port,
         protocol,
         host_ip,
+        v6,
     })
 }
 
-/// Who else holds one of `keys`, if anyone.
+/// Who else holds an address, protocol and port one of `keys` covers, if anyone.
 fn conflict(listing: &Listing, keys: &[Key], owner: &str) -> Option<PortmapError> {
-    for k in keys {
-        let Some(map) = listing.map(k.map) else {
+    for name in MAPS {
+        let Some(map) = listing.map(name) else {
             continue;
         };
         for (key, comment, _) in map.elements() {
-            if key == k.key && comment.as_deref() != Some(owner) {
+            if comment.as_deref() == Some(owner) {
+                continue;
+            }
+            let Some(held) = parse_key(name, &key) else {
+                continue;
+            };
+            if let Some(wanted) = keys.iter().find(|k| k.overlaps(&held)) {
                 return Some(PortmapError::PortTaken {
-                    port: k.port,
-                    protocol: k.protocol.as_str().into(),
-                    on: k.host_ip.map(|ip| format!(" on {ip}")).unwrap_or_default(),
-                    owner: comment.unwrap_or_else(|| "another attachment".into()),
+                    port: wanted.port,
+                    protocol: wanted.protocol.as_str().into(),
+                    on: wanted.scope(),
+                    owner: format!(
+                        "{}{}",
+                        comment.unwrap_or_else(|| "another attachment".into()),
+                        held.scope()
+                    ),
                 });
             }
         }
@@ -389,7 +468,7 @@ fn attachment_batch(
             unique.push(k);
         }
     }
-    for name in [PORTS, PORTS4, PORTS6] {
+    for name in MAPS {
         let these: Vec<Expression<'static>> = unique
             .iter()
             .filter(|k| k.map == name)
@@ -401,17 +480,12 @@ fn attachment_batch(
     }
 }
 
-/// Whether nft refused a batch because an object it names does not exist.
-fn is_missing(e: &FirewallError) -> bool {
-    matches!(e, FirewallError::Nft { detail, .. } if detail.contains("No such file or directory"))
-}
-
 /// Puts the attachment's mappings in place, replacing what it had. Returns the UDP ports
 /// mapped (their stale conntrack entries must go).
 ///
-/// The common case costs one nft run: the attachment's own commands, against a table that is
-/// there already. The table is made when it is missing; only a refusal (a port taken, a stale
-/// mapping of this attachment) reads the table, to name the owner or replace what it had.
+/// Under the lock: the table is read, a mapping another attachment's overlaps is refused (naming
+/// it), and one batch writes the shared skeleton when the table is missing or of an earlier
+/// layout, removes what this attachment had (a retried ADD) and adds its chain and elements.
 pub fn add(
     owner: &str,
     conf: &PortmapConf,
@@ -419,28 +493,15 @@ pub fn add(
 ) -> Result<Vec<(u16, Option<IpAddr>)>, PortmapError> {
     let keys: Vec<Key> = conf.mappings.iter().map(key_of).collect();
     let _lock = Lock::take(LOCK)?;
-    let mut quick = Batch::new();
-    attachment_batch(owner, conf, targets, &keys, &mut quick);
-    let refused = match quick.apply() {
-        Ok(()) => return Ok(udp_ports(&keys)),
-        Err(e) if is_missing(&e) => {
-            let mut fresh = Batch::new();
-            skeleton(&mut fresh, conf.mark_bit);
-            attachment_batch(owner, conf, targets, &keys, &mut fresh);
-            match fresh.apply() {
-                Ok(()) => return Ok(udp_ports(&keys)),
-                Err(e) => e,
-            }
-        }
-        Err(e) => e,
-    };
-    tracing::debug!(error = %cni_core::error::chain(&refused), "quick ADD refused; reading the table");
     let listing = list_table(FAMILY, TABLE)?;
     if let Some(taken) = conflict(&listing, &keys, owner) {
         return Err(taken);
     }
     let mut batch = Batch::new();
-    skeleton(&mut batch, conf.mark_bit);
+    let current = MAPS.iter().all(|name| listing.map(name).is_some());
+    if !current {
+        skeleton(&mut batch, conf.mark_bit);
+    }
     removals(&listing, &Select::Owner(owner), &mut batch);
     attachment_batch(owner, conf, targets, &keys, &mut batch);
     batch.apply()?;
@@ -460,7 +521,7 @@ pub fn remove_owner(
         let keys: Vec<Key> = mappings.iter().map(key_of).collect();
         let chain_name = chain_of(owner);
         let mut batch = Batch::new();
-        for name in [PORTS, PORTS4, PORTS6] {
+        for name in MAPS {
             let these: Vec<Expression<'static>> = keys
                 .iter()
                 .filter(|k| k.map == name)

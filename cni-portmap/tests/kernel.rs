@@ -287,3 +287,63 @@ fn gc_removes_mappings_of_attachments_no_longer_valid() {
     list.gc(&[]).unwrap();
     assert!(site.nft().is_empty(), "{}", site.nft());
 }
+
+/// Kubernetes' hostPort semantics (the triple hostIP, protocol, port; `""` every address,
+/// `0.0.0.0` every IPv4 one, `::` every IPv6 one): overlapping mappings of another pod are
+/// refused (141, the holder named), disjoint ones live side by side and each answers.
+#[test]
+fn host_port_conflicts_follow_the_addresses_they_cover() {
+    let site = Site::new("pmc");
+    let list = site.conflist_of("1.1.0");
+    let mut pods = Vec::new();
+    let mut add = |id: &'static str, ports: Vec<Value>| {
+        let pod = Netns::new(&format!("pmc{id}"));
+        let path = pod.path().display().to_string();
+        let att = Attachment {
+            id,
+            netns: &path,
+            ifname: "eth0",
+            runtime: json!({"portMappings": ports}),
+        };
+        let out = list.add(&att);
+        let servers = vec![
+            Responder::start(&pod, 80, "tcp"),
+            Responder::start(&pod, 80, "udp"),
+        ];
+        pods.push((pod, servers));
+        out.map_err(|e| e.json)
+    };
+    // Every address, then one address of the node: refused, and the other way round.
+    add("all", vec![mapping(8080, 80, "tcp", "")]).unwrap();
+    let err = add("one", vec![mapping(8080, 80, "tcp", "192.0.2.1")]).unwrap_err();
+    assert_eq!(err["code"], 141, "{err}");
+    assert!(err["msg"].as_str().unwrap().contains("all"), "{err}");
+    add("one2", vec![mapping(8081, 80, "tcp", "192.0.2.1")]).unwrap();
+    let err = add("all2", vec![mapping(8081, 80, "tcp", "")]).unwrap_err();
+    assert_eq!(err["code"], 141, "{err}");
+    // 0.0.0.0 and :: do not meet; 0.0.0.0 meets an IPv4 address but not an IPv6 one.
+    add("any4", vec![mapping(9090, 80, "tcp", "0.0.0.0")]).unwrap();
+    add("any6", vec![mapping(9090, 80, "tcp", "::")]).unwrap();
+    let err = add("v4one", vec![mapping(9090, 80, "tcp", "192.0.2.100")]).unwrap_err();
+    assert_eq!(err["code"], 141, "{err}");
+    add("v6one", vec![mapping(9091, 80, "tcp", "2001:db8::1")]).unwrap();
+    add("any4b", vec![mapping(9091, 80, "tcp", "0.0.0.0")]).unwrap();
+    // Another protocol on the same port and address is no conflict.
+    add("udp", vec![mapping(8080, 80, "udp", "")]).unwrap();
+    // Each side answers its own family.
+    assert_eq!(
+        ask(&site.outside, "192.0.2.1", 9090, "tcp", 0).as_deref(),
+        Some("192.0.2.2")
+    );
+    assert_eq!(
+        ask(&site.outside, "2001:db8::1", 9090, "tcp", 0).as_deref(),
+        Some("2001:db8::2")
+    );
+    assert!(site.nft().contains("portsany4") && site.nft().contains("portsany6"));
+    // The refused pods left nothing of theirs in the table.
+    for refused in ["pmnet/one/", "pmnet/all2/", "pmnet/v4one/"] {
+        assert!(!site.nft().contains(refused), "{refused}: {}", site.nft());
+    }
+    list.gc(&[]).unwrap();
+    assert!(site.nft().is_empty(), "{}", site.nft());
+}

@@ -26,7 +26,7 @@ const MIB: i64 = 1 << 20;
 fn node_service_in_a_vm() {
     test_support::require_root();
     let run = Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/vm/run.sh");
-    let status = Command::new("bash")
+    let out = Command::new("bash")
         .arg(run)
         .args(["--timeout", "1500", "--"])
         .arg(std::env::current_exe().unwrap())
@@ -38,9 +38,23 @@ fn node_service_in_a_vm() {
             "--test-threads",
             "1",
         ])
-        .status()
+        .output()
         .unwrap();
-    assert!(status.success(), "the suite inside the VM failed: {status}");
+    let report = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        out.status.success(),
+        "the suite inside the VM failed: {}\n{report}",
+        out.status
+    );
+    // A renamed inner test would run nothing and still exit 0.
+    assert!(
+        report.contains("test result: ok. 1 passed"),
+        "the guest suite did not run inside the VM:\n{report}"
+    );
 }
 
 /// Runs inside the VM only (see `node_service_in_a_vm`).

@@ -13,11 +13,24 @@ use netlink_packet_route::{AddressFamily, RouteNetlinkMessage};
 use super::{is_missing, Netlink, NlError};
 use crate::netns::NetNs;
 
+/// Link groups (`IFLA_GROUP`) that mark the links Tether's plugins make, set in the very request
+/// that creates the link (the kernel takes a group with RTM_NEWLINK, an alias only afterwards):
+/// a link whose creator was killed before naming its owner in the alias is still known as ours,
+/// so GC can find it, and a link of our name in another group is known as someone else's.
+pub mod group {
+    /// The host end of a pod's veth (cni-bridge).
+    pub const POD_VETH: u32 = 0x7e7e_0b01;
+    /// The ifb a pod's egress is shaped on (cni-bandwidth).
+    pub const SHAPING_IFB: u32 = 0x7e7e_0b02;
+}
+
 /// What the kernel says about one link.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Link {
     pub index: u32,
     pub name: String,
+    /// `IFLA_GROUP` (0, the default group, unless set; see [`group`]).
+    pub group: u32,
     pub mac: Option<Vec<u8>>,
     pub mtu: u32,
     pub master: Option<u32>,
@@ -80,6 +93,8 @@ pub fn parse_mac(text: &str) -> Option<[u8; 6]> {
 pub struct VethSpec<'a> {
     pub host_name: &'a str,
     pub host_alias: Option<&'a str>,
+    /// The host end's link group, set as it is created (see [`group`]).
+    pub host_group: u32,
     pub host_master: Option<u32>,
     pub peer_name: &'a str,
     pub peer_mac: Option<[u8; 6]>,
@@ -175,6 +190,7 @@ impl Netlink {
         let mut host = LinkMessage::default();
         host.attributes
             .push(LinkAttribute::IfName(spec.host_name.to_string()));
+        host.attributes.push(LinkAttribute::Group(spec.host_group));
         host.attributes.push(LinkAttribute::Mtu(spec.mtu));
         if let Some(master) = spec.host_master {
             host.attributes.push(LinkAttribute::Controller(master));
@@ -337,22 +353,40 @@ impl Netlink {
         }
     }
 
-    /// Creates an ifb device (up, with `alias`): what a link's ingress is redirected to so
-    /// that it can be shaped. An existing link of that name is left alone (returns false).
-    pub fn create_ifb(&mut self, name: &str, mtu: u32, alias: &str) -> Result<bool, NlError> {
+    /// Creates an ifb device (up, in link group `group`, with `alias`): what a link's ingress is
+    /// redirected to so that it can be shaped. A link of that name that exists already is left
+    /// untouched and returned, for the caller to judge whether it is its own.
+    pub fn create_ifb(
+        &mut self,
+        name: &str,
+        mtu: u32,
+        group: u32,
+        alias: &str,
+    ) -> Result<Option<Link>, NlError> {
         let mut msg = LinkMessage::default();
         msg.header.flags = LinkFlags::Up;
         msg.header.change_mask = LinkFlags::Up;
         msg.attributes.push(LinkAttribute::IfName(name.to_string()));
+        msg.attributes.push(LinkAttribute::Group(group));
         msg.attributes.push(LinkAttribute::Mtu(mtu));
         msg.attributes
             .push(LinkAttribute::LinkInfo(vec![LinkInfo::Kind(InfoKind::Ifb)]));
-        let made = match self.change(RouteNetlinkMessage::NewLink(msg), NLM_F_CREATE | NLM_F_EXCL) {
-            Ok(()) => true,
-            Err(e) if e.raw_os_error() == Some(libc::EEXIST) => false,
+        match self.change(RouteNetlinkMessage::NewLink(msg), NLM_F_CREATE | NLM_F_EXCL) {
+            Ok(()) => {}
+            Err(e) if e.raw_os_error() == Some(libc::EEXIST) => {
+                if let Some(existing) = self.link(name)? {
+                    return Ok(Some(existing));
+                }
+                return Err(self.err("creating ifb", name)(e));
+            }
             Err(e) => return Err(self.err("creating ifb", name)(e)),
         };
-        // The kernel takes an alias only on an existing link.
+        self.set_alias(name, alias)?;
+        Ok(None)
+    }
+
+    /// Sets a link's alias (the kernel takes one only on an existing link).
+    pub fn set_alias(&mut self, name: &str, alias: &str) -> Result<(), NlError> {
         let mut named = LinkMessage::default();
         named
             .attributes
@@ -361,8 +395,7 @@ impl Netlink {
             .attributes
             .push(LinkAttribute::IfAlias(alias.to_string()));
         self.change(RouteNetlinkMessage::SetLink(named), 0)
-            .map_err(self.err("setting the alias of", name))?;
-        Ok(made)
+            .map_err(self.err("setting the alias of", name))
     }
 
     /// Creates a VXLAN device (learning off); an existing link of that name is left alone
@@ -416,6 +449,7 @@ fn to_link(message: RouteNetlinkMessage) -> Option<Link> {
     let mut link = Link {
         index: msg.header.index,
         name: String::new(),
+        group: 0,
         mac: None,
         mtu: 0,
         master: None,
@@ -430,6 +464,7 @@ fn to_link(message: RouteNetlinkMessage) -> Option<Link> {
     for attr in msg.attributes {
         match attr {
             LinkAttribute::IfName(n) => link.name = n,
+            LinkAttribute::Group(g) => link.group = g,
             LinkAttribute::Address(a) => link.mac = Some(a),
             LinkAttribute::Mtu(m) => link.mtu = m,
             LinkAttribute::Controller(m) => link.master = Some(m),

@@ -23,7 +23,7 @@ use crate::netns::NetnsError;
 
 pub use addr::AddressOptions;
 pub use detached::{delete_link_detached, UnlinkError};
-pub use link::{format_mac, parse_mac, Link, VethSpec, VxlanInfo, VxlanSpec};
+pub use link::{format_mac, group, parse_mac, Link, VethSpec, VxlanInfo, VxlanSpec};
 pub use neigh::{FdbEntry, Neighbour};
 pub use route::{RouteEntry, RouteSpec};
 pub use socket::Netlink;
