@@ -450,6 +450,16 @@ const POLICED: &[Row] = &[
         "tcp",
         Blocked,
     ),
+    // Leaving the pod network for node0's address, c is masqueraded by its node: the policy sees
+    // node1's address, which no podSelector admits (an ipBlock would).
+    row(
+        "allowed pod of another node -> hostPort (arrives as its node)",
+        From::Pod("c"),
+        To::NodeAddress(0),
+        30080,
+        "tcp",
+        Blocked,
+    ),
     row(
         "denied pod -> a pod no policy selects",
         From::Pod("d"),
