@@ -380,7 +380,10 @@ pub(crate) async fn remove_volume(
     }
     let path = id.path.as_str();
     match record.settings.on_delete {
-        OnDelete::Delete => store::delete_tree(share, path).await?,
+        OnDelete::Delete => {
+            store::delete_tree(share, path).await?;
+            share.remove_empty_parents(path).await;
+        }
         OnDelete::Retain => {}
         OnDelete::Archive => {
             if share.stat(path).await?.is_some() {

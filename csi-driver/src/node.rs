@@ -32,7 +32,8 @@ use crate::nfs_mount::{create_dir, ensure_nfs_mount, health, Health};
 use crate::node_stats::UsageCache;
 use crate::store::IMAGE_FILE;
 use crate::validate::{
-    capability, is_block, mode, mount_flags, read_only_mode, required_path, volume, volume_path,
+    capability, is_block, mode, mount_flags, present, read_only_mode, required_path, volume,
+    volume_path,
 };
 
 /// The topology key that names a node.
@@ -309,6 +310,10 @@ impl NodeService {
         &self,
         req: &csi::NodeExpandVolumeRequest,
     ) -> CsiResult<csi::NodeExpandVolumeResponse> {
+        present(&[
+            ("volume_id", &req.volume_id),
+            ("volume_path", &req.volume_path),
+        ])?;
         let path = volume_path(&req.volume_path)?;
         let id = volume(&req.volume_id)?;
         let _guard = self.lock(&req.volume_id)?;

@@ -14,13 +14,17 @@ use crate::image;
 use crate::nfs_mount::{health, Health};
 use crate::node::{holds_volume, NodeService};
 use crate::store;
-use crate::validate::{volume, volume_path};
+use crate::validate::{present, volume, volume_path};
 
 impl NodeService {
     pub(crate) async fn stats(
         &self,
         req: &csi::NodeGetVolumeStatsRequest,
     ) -> CsiResult<csi::NodeGetVolumeStatsResponse> {
+        present(&[
+            ("volume_id", &req.volume_id),
+            ("volume_path", &req.volume_path),
+        ])?;
         let path = volume_path(&req.volume_path)?;
         let id = volume(&req.volume_id)?;
         holds_volume(&path)?;

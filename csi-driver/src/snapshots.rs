@@ -51,16 +51,19 @@ impl ControllerService {
             format!("snapshot name {}", req.name),
             format!("volume {}", req.source_volume_id),
         ])?;
-        let share = self.driver.prepared_share(&source.share).await?;
-        let volume = store::read_volume(&share, &source.path)
-            .await?
-            .filter(|v| v.state == State::Ready && v.volume_id == req.source_volume_id)
-            .ok_or_else(|| {
-                CsiError::NotFound(format!(
+        // The source is read before anything is written: an id naming a share the server does
+        // not export (or a volume that is not there) is NOT_FOUND and changes nothing.
+        let (_, _, volume) = self
+            .existing(&req.source_volume_id)
+            .await
+            .map_err(|e| match e {
+                CsiError::NotFound(_) => CsiError::NotFound(format!(
                     "source volume {} does not exist",
                     req.source_volume_id
-                ))
+                )),
+                other => other,
             })?;
+        let share = self.driver.prepared_share(&source.share).await?;
         let dir = store::snapshot_dir(&key);
         let made = share.mkdir(&dir, 0o700).await?;
         let existing = if made {

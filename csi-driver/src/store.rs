@@ -197,9 +197,25 @@ pub async fn list_snapshots(share: &Share) -> Result<Vec<SnapshotRecord>, NfsErr
 /// never leaves a half-deleted volume where a volume was. Trash a crash left behind is removed
 /// by [`sweep_trash`].
 pub async fn delete_tree(share: &Share, path: &str) -> Result<(), NfsError> {
-    let trash = format!("{TRASH}/{}-{}", now_nanos(), path.replace('/', "%2F"));
+    let escaped = path.replace('/', "%2F");
+    let trash = format!("{TRASH}/{}-{escaped}", now_nanos());
     match share.rename(path, &trash).await {
-        Err(e) if e.is_not_found() => return Ok(()),
+        Err(e) if e.is_not_found() => {
+            // A delete of this path cut short after its rename left the tree in the trash: the
+            // retry finishes it, rather than leaving the space taken until the sweep.
+            for entry in share.list_or_empty(TRASH).await? {
+                let ours = entry
+                    .name
+                    .split_once('-')
+                    .is_some_and(|(stamp, rest)| rest == escaped && stamp.parse::<u128>().is_ok());
+                if ours {
+                    share
+                        .remove_tree(&format!("{TRASH}/{}", entry.name))
+                        .await?;
+                }
+            }
+            return Ok(());
+        }
         other => other?,
     }
     share.remove_tree(&trash).await

@@ -109,6 +109,15 @@ pub fn required_path(name: &str, value: &str) -> CsiResult<PathBuf> {
     })
 }
 
+/// INVALID_ARGUMENT for the first of `fields` (name, value) that is empty: every required field
+/// is checked for presence before any is judged (a missing one outranks a wrong one).
+pub fn present(fields: &[(&str, &str)]) -> CsiResult<()> {
+    match fields.iter().find(|(_, value)| value.is_empty()) {
+        Some((name, _)) => Err(CsiError::invalid(format!("{name} is required"))),
+        None => Ok(()),
+    }
+}
+
 /// The `volume_path` of NodeGetVolumeStats and NodeExpandVolume: required, and NOT_FOUND when
 /// it cannot hold a volume (relative, or with `..`); the caller checks that it does.
 pub fn volume_path(value: &str) -> CsiResult<PathBuf> {

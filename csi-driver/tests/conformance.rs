@@ -287,6 +287,20 @@ async fn ids_of_shares_that_are_not_exported_name_nothing_and_write_nothing() {
                 .unwrap()
                 .into_inner();
             assert!(listed.entries.is_empty());
+            let status = c
+                .create_snapshot(csi::CreateSnapshotRequest {
+                    source_volume_id: volume_id.clone(),
+                    name: "snap-forged".into(),
+                    ..Default::default()
+                })
+                .await
+                .unwrap_err();
+            assert_eq!(
+                status.code(),
+                Code::NotFound,
+                "CreateSnapshot of {volume_id}: {}",
+                status.message()
+            );
         }
     }
     // ListVolumes goes past the share that is not exported.

@@ -1320,3 +1320,77 @@ async fn image_volumes_are_sparse_files_that_snapshot_clone_and_grow() {
         "an image is not ReadWriteMany"
     );
 }
+
+/// A DeleteVolume cut short after it moved the volume into the trash (killed, or its connection
+/// lost) is finished by the retry, which answers OK having freed the space itself; deleting
+/// volumes nested in a subDir removes the parents they leave empty, and no others.
+#[tokio::test]
+async fn a_retried_delete_frees_the_trash_and_nested_volumes_leave_no_empty_parents() {
+    let nfs = NfsServer::start("csdt");
+    let driver = Driver::start(&nfs, &[]);
+    let mut c = driver.controller().await;
+    let create =
+        |name: &str, sub_dir: &str| create_request(&nfs, name, GIB, &[("subDir", sub_dir)]);
+    let mut ids = Vec::new();
+    for (name, sub_dir) in [
+        ("pvc-1", "team/one"),
+        ("pvc-2", "team/two"),
+        ("pvc-3", "lone"),
+    ] {
+        let volume = c
+            .create_volume(create(name, sub_dir))
+            .await
+            .unwrap()
+            .into_inner()
+            .volume
+            .unwrap();
+        std::fs::write(
+            volume_dir(&nfs, &volume.volume_id).join("data"),
+            "x".repeat(4096),
+        )
+        .unwrap();
+        ids.push(volume.volume_id);
+    }
+
+    // pvc-3's delete was killed right after its rename into the trash (its record says
+    // Deleting); the retry removes the tree from the trash.
+    let trash = nfs.export().join(".tether/trash");
+    std::fs::create_dir_all(&trash).unwrap();
+    let now_ns = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_nanos();
+    std::fs::rename(
+        volume_dir(&nfs, &ids[2]),
+        trash.join(format!("{now_ns}-lone")),
+    )
+    .unwrap();
+    std::fs::create_dir(trash.join(format!("{now_ns}-someone-else"))).unwrap();
+    c.delete_volume(csi::DeleteVolumeRequest {
+        volume_id: ids[2].clone(),
+        ..Default::default()
+    })
+    .await
+    .unwrap();
+    let left: Vec<String> = std::fs::read_dir(&trash)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    assert_eq!(
+        left,
+        [format!("{now_ns}-someone-else")],
+        "the retry left its trash"
+    );
+
+    // team/ holds two volumes: it stays until the last one goes.
+    for (i, id) in ids[..2].iter().enumerate() {
+        c.delete_volume(csi::DeleteVolumeRequest {
+            volume_id: id.clone(),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+        assert_eq!(nfs.export().join("team").exists(), i == 0, "after {id}");
+    }
+    assert!(!nfs.export().join("lone").exists());
+}

@@ -369,6 +369,34 @@ async fn node_rpcs_check_their_arguments_and_no_ops_succeed() {
             assert_eq!(code(expand), expected, "expand {volume_id} {path:?}");
         }
     }
+    // csi-sanity's case: no volume_id and a relative path. A missing required field is
+    // INVALID_ARGUMENT whatever else is wrong.
+    for (volume_id, volume_path) in [("", "relative/path"), ("", ""), (id.as_str(), "")] {
+        let stats = node
+            .node_get_volume_stats(csi::NodeGetVolumeStatsRequest {
+                volume_id: volume_id.to_string(),
+                volume_path: volume_path.to_string(),
+                staging_target_path: String::new(),
+            })
+            .await;
+        assert_eq!(
+            code(stats),
+            Code::InvalidArgument,
+            "stats {volume_id:?} {volume_path:?}"
+        );
+        let expand = node
+            .node_expand_volume(csi::NodeExpandVolumeRequest {
+                volume_id: volume_id.to_string(),
+                volume_path: volume_path.to_string(),
+                ..Default::default()
+            })
+            .await;
+        assert_eq!(
+            code(expand),
+            Code::InvalidArgument,
+            "expand {volume_id:?} {volume_path:?}"
+        );
+    }
     // The node service does not serve the controller.
     let mut controller =
         csi::controller_client::ControllerClient::new(common::channel(&socket).await);

@@ -1,4 +1,4 @@
-//! Whole trees on a share: recursive delete and emptying a directory.
+//! Whole trees on a share: recursive delete, emptying a directory, empty parents.
 
 use std::future::Future;
 
@@ -32,6 +32,19 @@ impl Share {
             }
             self.rmdir(path).await
         })
+    }
+
+    /// Removes the directories above `path` (a volume nested in a `subDir`) that are left empty,
+    /// nearest first, up to the export's root; stops at the first that is not empty (another
+    /// volume lives there) or cannot be removed.
+    pub async fn remove_empty_parents(&self, path: &str) {
+        let mut current = path;
+        while let Some((parent, _)) = current.rsplit_once('/') {
+            if parent.is_empty() || self.rmdir(parent).await.is_err() {
+                break;
+            }
+            current = parent;
+        }
     }
 
     /// Removes everything inside directory `path`, keeping the directory.
