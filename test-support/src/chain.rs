@@ -9,7 +9,7 @@ use std::path::{Path, PathBuf};
 
 use serde_json::{json, Map, Value};
 
-use crate::{run_plugin_in, Netns, PluginOut};
+use crate::{plugin_output, spawn_plugin_in, Netns, PluginOut};
 
 pub struct Conflist<'a> {
     pub list: Value,
@@ -72,6 +72,16 @@ impl Conflist<'_> {
         att: &Attachment<'_>,
         prev: Option<&Value>,
     ) -> PluginOut {
+        plugin_output(self.spawn_plugin(command, plugin, att, prev))
+    }
+
+    fn spawn_plugin(
+        &self,
+        command: &str,
+        plugin: &Value,
+        att: &Attachment<'_>,
+        prev: Option<&Value>,
+    ) -> std::process::Child {
         let kind = plugin["type"].as_str().unwrap();
         let path = self
             .bin_dirs
@@ -79,7 +89,7 @@ impl Conflist<'_> {
             .map(|d| d.display().to_string())
             .collect::<Vec<_>>()
             .join(":");
-        run_plugin_in(
+        spawn_plugin_in(
             self.node,
             &self.binary(kind),
             &[
@@ -92,6 +102,50 @@ impl Conflist<'_> {
                 ("PATH", "/usr/sbin:/usr/bin:/sbin:/bin"),
             ],
             &self.config(plugin, att, prev),
+        )
+    }
+
+    /// Starts one verb of the list's plugin number `index` and returns at once (for a test that
+    /// signals the plugin); [`plugin_output`] collects it.
+    pub fn spawn_one(
+        &self,
+        command: &str,
+        index: usize,
+        att: &Attachment<'_>,
+        prev: Option<&Value>,
+    ) -> std::process::Child {
+        self.spawn_plugin(command, &self.plugins()[index], att, prev)
+    }
+
+    /// How many plugins the list chains.
+    pub fn plugin_count(&self) -> usize {
+        self.plugins().len()
+    }
+
+    /// Starts GC of the list's plugin number `index` with `valid` (container id, ifname).
+    pub fn spawn_gc(&self, index: usize, valid: &[(&str, &str)]) -> std::process::Child {
+        let plugin = &self.plugins()[index];
+        let att = Attachment {
+            id: "",
+            netns: "",
+            ifname: "",
+            runtime: Value::Null,
+        };
+        let mut conf = self.config(plugin, &att, None);
+        conf["cni.dev/valid-attachments"] = Value::Array(
+            valid
+                .iter()
+                .map(|(id, ifname)| json!({"containerID": id, "ifname": ifname}))
+                .collect(),
+        );
+        spawn_plugin_in(
+            self.node,
+            &self.binary(plugin["type"].as_str().unwrap()),
+            &[
+                ("CNI_COMMAND", "GC"),
+                ("CNI_PATH", &self.bin_dirs[0].display().to_string()),
+            ],
+            &conf,
         )
     }
 
@@ -144,28 +198,8 @@ impl Conflist<'_> {
 
     /// GC of every plugin with the attachments still alive.
     pub fn gc(&self, valid: &[(&str, &str)]) -> Result<(), PluginOut> {
-        let attachments: Vec<Value> = valid
-            .iter()
-            .map(|(id, ifname)| json!({"containerID": id, "ifname": ifname}))
-            .collect();
-        let att = Attachment {
-            id: "",
-            netns: "",
-            ifname: "",
-            runtime: Value::Null,
-        };
-        for plugin in self.plugins() {
-            let mut conf = self.config(&plugin, &att, None);
-            conf["cni.dev/valid-attachments"] = Value::Array(attachments.clone());
-            let out = run_plugin_in(
-                self.node,
-                &self.binary(plugin["type"].as_str().unwrap()),
-                &[
-                    ("CNI_COMMAND", "GC"),
-                    ("CNI_PATH", &self.bin_dirs[0].display().to_string()),
-                ],
-                &conf,
-            );
+        for index in 0..self.plugin_count() {
+            let out = plugin_output(self.spawn_gc(index, valid));
             if out.code != 0 {
                 return Err(out);
             }

@@ -233,6 +233,18 @@ pub fn run_plugin_in(
     env: &[(&str, &str)],
     stdin: &Value,
 ) -> PluginOut {
+    plugin_output(spawn_plugin_in(node, binary, env, stdin))
+}
+
+/// Starts a CNI plugin like [`run_plugin_in`] (its configuration written, its output piped) and
+/// returns at once: the process is the plugin itself (`ip netns exec` execs it), for a test to
+/// signal. [`plugin_output`] collects it.
+pub fn spawn_plugin_in(
+    node: Option<&Netns>,
+    binary: &Path,
+    env: &[(&str, &str)],
+    stdin: &Value,
+) -> std::process::Child {
     let mut cmd = match node {
         Some(ns) => {
             let mut c = Command::new("ip");
@@ -262,10 +274,18 @@ pub fn run_plugin_in(
         Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => {}
         other => other.unwrap(),
     }
+    child
+}
+
+/// Waits for a plugin started by [`spawn_plugin_in`]: its exit code (-1 when killed by a
+/// signal), its parsed stdout (Null when empty or, for a killed plugin, unreadable).
+pub fn plugin_output(child: std::process::Child) -> PluginOut {
     let out = child.wait_with_output().unwrap();
     let stdout = String::from_utf8(out.stdout).unwrap();
     let json = if stdout.trim().is_empty() {
         Value::Null
+    } else if out.status.code().is_none() {
+        serde_json::from_str(&stdout).unwrap_or(Value::Null)
     } else {
         serde_json::from_str(&stdout)
             .unwrap_or_else(|e| panic!("stdout is not JSON ({e}): {stdout:?}"))
