@@ -25,13 +25,31 @@ pub fn write_atomic(path: &Path, contents: &[u8]) -> io::Result<()> {
 /// directory synced) unless it holds exactly that already. Returns whether it wrote. A node
 /// whose files are right is left alone: no new inode, no change event for watchers.
 pub fn write_if_changed(path: &Path, contents: &[u8], mode: u32) -> io::Result<bool> {
+    write_if_changed_staged(path, None, contents, mode)
+}
+
+/// [`write_if_changed`], with the temporary file in `staging` (a directory on the same
+/// filesystem) instead of beside `path`: for a directory whose watchers would see the temporary
+/// file (containerd 2.x reloads its CNI configuration on every file event).
+pub fn write_if_changed_staged(
+    path: &Path,
+    staging: Option<&Path>,
+    contents: &[u8],
+    mode: u32,
+) -> io::Result<bool> {
     use std::os::unix::fs::PermissionsExt;
     if let (Ok(existing), Ok(meta)) = (fs::read(path), fs::metadata(path)) {
         if existing == contents && meta.permissions().mode() & 0o7777 == mode {
             return Ok(false);
         }
     }
-    let tmp = temp_path(path)?;
+    let tmp = match staging {
+        Some(dir) => {
+            let beside = temp_path(path)?;
+            dir.join(beside.file_name().unwrap_or_default())
+        }
+        None => temp_path(path)?,
+    };
     let result = (|| {
         let file = write_file(&tmp, contents)?;
         file.set_permissions(fs::Permissions::from_mode(mode))?;

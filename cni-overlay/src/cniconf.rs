@@ -28,6 +28,9 @@ fn io<'a>(what: &'static str, path: &'a Path) -> impl FnOnce(std::io::Error) -> 
 
 /// Where other conflists are moved in exclusive mode.
 const ASIDE: &str = "tether-moved-aside";
+/// Where the conflist is written before it is renamed into place: a runtime watching the
+/// directory (containerd 2.x) sees only the finished file, never a temporary one.
+const STAGING: &str = ".tether-staging";
 
 /// A conflist to install from `source` into `conf_dir`.
 #[derive(Debug, Clone)]
@@ -88,7 +91,9 @@ impl Conflist {
         if self.exclusive {
             changed |= self.move_others_aside(&target)?;
         }
-        changed |= cni_core::fsutil::write_if_changed(&target, &data, 0o644)
+        let staging = self.conf_dir.join(STAGING);
+        std::fs::create_dir_all(&staging).map_err(io("creating", &staging))?;
+        changed |= cni_core::fsutil::write_if_changed_staged(&target, Some(&staging), &data, 0o644)
             .map_err(io("writing", &target))?;
         Ok(changed)
     }
@@ -118,6 +123,13 @@ impl Conflist {
     pub fn remove(&self) -> Result<(), ConflistError> {
         let target = self.target();
         cni_core::fsutil::remove_if_exists(&target).map_err(io("removing", &target))?;
+        let staging = self.conf_dir.join(STAGING);
+        match std::fs::remove_dir_all(&staging) {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+                return Err(io("removing", &staging)(e))
+            }
+            _ => {}
+        }
         let aside = self.conf_dir.join(ASIDE);
         if let Ok(entries) = std::fs::read_dir(&aside) {
             for entry in entries.flatten() {
@@ -166,5 +178,63 @@ mod tests {
         )
         .unwrap();
         assert!(matches!(list.install(), Err(ConflistError::Invalid { .. })));
+    }
+
+    /// Names of the files created in or moved into `dir` while `during` runs (inotify).
+    fn created_in(dir: &Path, during: impl FnOnce()) -> Vec<String> {
+        use std::os::unix::ffi::OsStrExt;
+        // SAFETY: plain inotify calls on a descriptor this function owns and closes.
+        unsafe {
+            let fd = libc::inotify_init1(libc::IN_NONBLOCK);
+            assert!(fd >= 0);
+            let path = std::ffi::CString::new(dir.as_os_str().as_bytes()).unwrap();
+            assert!(
+                libc::inotify_add_watch(fd, path.as_ptr(), libc::IN_CREATE | libc::IN_MOVED_TO)
+                    >= 0
+            );
+            during();
+            let mut buf = [0u8; 4096];
+            let n = libc::read(fd, buf.as_mut_ptr().cast(), buf.len());
+            libc::close(fd);
+            let mut names = Vec::new();
+            let mut at = 0usize;
+            let header = std::mem::size_of::<libc::inotify_event>();
+            while n > 0 && at + header <= n as usize {
+                let event = &*(buf.as_ptr().add(at) as *const libc::inotify_event);
+                let name = &buf[at + header..at + header + event.len as usize];
+                let end = name.iter().position(|b| *b == 0).unwrap_or(name.len());
+                names.push(String::from_utf8_lossy(&name[..end]).into_owned());
+                at += header + event.len as usize;
+            }
+            names
+        }
+    }
+
+    /// A runtime watching the directory (containerd 2.x) sees the finished conflist appear, never
+    /// a temporary file.
+    #[test]
+    fn a_watcher_of_the_conf_dir_sees_only_the_finished_conflist() {
+        let dir = tempfile::tempdir().unwrap();
+        let conf_dir = dir.path().join("net.d");
+        std::fs::create_dir_all(conf_dir.join(STAGING)).unwrap();
+        let source = dir.path().join("10-tether.conflist");
+        std::fs::write(
+            &source,
+            br#"{"cniVersion":"1.0.0","name":"tether","plugins":[{"type":"cni-overlay"}]}"#,
+        )
+        .unwrap();
+        let list = Conflist {
+            source,
+            conf_dir: conf_dir.clone(),
+            exclusive: false,
+        };
+        let seen = created_in(&conf_dir, || assert!(list.install().unwrap()));
+        assert_eq!(seen, ["10-tether.conflist"]);
+        list.remove().unwrap();
+        assert_eq!(
+            std::fs::read_dir(&conf_dir).unwrap().count(),
+            0,
+            "nothing left"
+        );
     }
 }

@@ -501,7 +501,44 @@ fn the_deployed_conflist_is_written_when_ready_and_its_chain_serves_pods() {
     assert!(!tables.contains("tether"), "{tables}");
     assert!(!node.root.path().join("leases").join("tether").exists());
     assert!(!node.root.path().join("state").exists());
-    assert!(!node.run_dir().join("overlay.json").exists());
+    assert!(
+        !node.run_dir().exists(),
+        "the run directory is left: {:?}",
+        std::fs::read_dir(node.run_dir()).map(|d| d.count())
+    );
+    let conf_left: Vec<String> = std::fs::read_dir(&conf_dirs[1])
+        .map(|d| {
+            d.flatten()
+                .map(|e| e.file_name().to_string_lossy().into_owned())
+                .collect()
+        })
+        .unwrap_or_default();
+    assert!(conf_left.is_empty(), "left in the conf dir: {conf_left:?}");
+
+    // The uninstall DaemonSet's last container idles in Tether's own image and stops at once
+    // on SIGTERM (as PID 1 of its container would otherwise ignore it).
+    let mut idle = Command::new(bin_dir().join("tether-cni-install"))
+        .arg("--idle")
+        .spawn()
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(300));
+    assert!(
+        idle.try_wait().unwrap().is_none(),
+        "--idle exited by itself"
+    );
+    let _ = Command::new("kill").arg(idle.id().to_string()).status();
+    let deadline = std::time::Instant::now() + Duration::from_secs(2);
+    loop {
+        if let Some(status) = idle.try_wait().unwrap() {
+            assert!(status.success(), "{status}");
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "--idle ignored SIGTERM"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
 }
 
 #[test]

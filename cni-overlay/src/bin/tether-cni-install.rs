@@ -53,6 +53,10 @@ struct Args {
     /// `tether-overlayd --leave --purge`.
     #[arg(long)]
     uninstall: bool,
+    /// Do nothing but wait to be stopped (SIGTERM or SIGINT): the uninstall DaemonSet's last
+    /// container, so that it needs no image but Tether's.
+    #[arg(long)]
+    idle: bool,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -66,6 +70,8 @@ enum InstallError {
     },
     #[error(transparent)]
     Conflist(#[from] ConflistError),
+    #[error("waiting for SIGTERM")]
+    Signal(#[source] nix::Error),
 }
 
 fn io<'a>(what: &'static str, path: &'a Path) -> impl FnOnce(std::io::Error) -> InstallError + 'a {
@@ -129,9 +135,23 @@ fn run(args: &Args) -> Result<(), InstallError> {
     Ok(())
 }
 
+/// Waits for SIGTERM or SIGINT (as PID 1 of a container, a signal without a handler would be
+/// ignored: kubelet would have to wait out the grace period and kill).
+fn idle() -> Result<(), InstallError> {
+    use nix::sys::signal::{SigSet, Signal};
+    let mut stop = SigSet::empty();
+    stop.add(Signal::SIGTERM);
+    stop.add(Signal::SIGINT);
+    stop.thread_block()
+        .and_then(|()| stop.wait())
+        .map(drop)
+        .map_err(InstallError::Signal)
+}
+
 fn main() -> ExitCode {
     let args = Args::parse();
-    match run(&args) {
+    let done = if args.idle { idle() } else { run(&args) };
+    match done {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("tether-cni-install: {}", cni_core::error::chain(&e));

@@ -292,6 +292,7 @@ async fn leave(args: &Args, store: &mut Datastore, kernel: &mut Kernel) -> Resul
     failures.note(crate::facts::remove(&args.run_dir));
     if args.purge {
         failures.note(purge(args));
+        failures.note(remove_run_dir(&args.run_dir));
     }
     failures.finish_with(DaemonError::Several)?;
     tracing::info!(node = %args.node_name, "left the overlay");
@@ -309,6 +310,26 @@ fn purge(args: &Args) -> Result<(), DaemonError> {
         DaemonError::Config(format!("reading the conflist {}: {e}", source.display()))
     })?;
     purge::Leftovers::from_conflist(&text)?.remove()
+}
+
+/// The run directory goes too once nothing is left in it (the uninstall mounts its parent, so
+/// that nothing recreates it).
+fn remove_run_dir(dir: &std::path::Path) -> Result<(), DaemonError> {
+    match std::fs::remove_dir(dir) {
+        Ok(()) => {
+            tracing::info!(dir = %dir.display(), "removed");
+            Ok(())
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+        Err(e) if e.kind() == std::io::ErrorKind::DirectoryNotEmpty => {
+            tracing::warn!(dir = %dir.display(), "left in place: it holds files Tether did not put there");
+            Ok(())
+        }
+        Err(e) => Err(DaemonError::KernelState(format!(
+            "removing {}: {e}",
+            dir.display()
+        ))),
+    }
 }
 
 fn enable_forwarding() -> Result<(), DaemonError> {
