@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
-# Tether's VXLAN overlay vs a hand-built flannel-style VXLAN with the same settings, and the
-# underlay itself (the limit), in one run; then the time from a node joining to the first
-# successful cross-node ping, and tether-overlayd's memory. Run as root:
+# Tether across two nodes of one segment, with direct routing (the default: a plain route via the
+# other node's underlay address) and over VXLAN (--direct-routing=false), vs a hand-built
+# flannel-style VXLAN and a hand-built flannel "host-gw" pair with the same settings, and the
+# underlay itself (the limit), interleaved in one run; then the time from a node joining to the
+# first successful cross-node ping, and tether-overlayd's memory. Run as root:
 #   bench/overlay.sh [iperf seconds] [repetitions]      (defaults 5 and 3)
 # Everything lives in namespaces named tb-ov-*; they are removed on exit.
 set -euo pipefail
@@ -37,16 +39,17 @@ node() { # node NAME IP
   nsx "$1" ip link set lo up; nsx "$1" ip link set eth0 mtu 1500 up
   nsx "$1" ip addr add "$2/24" dev eth0; nsx "$1" ip route add default via 192.168.78.1
 }
-daemon() { # daemon NODE
-  mkdir -p "$work/$1"
+daemon() { # daemon NODE CLUSTER [ARGS...]: each cluster its own etcd prefix and CIDR
+  local n=$1 c=$2; shift 2
+  mkdir -p "$work/$n"
   # Started by `ip netns exec` itself (not through a shell function), so that $! is the daemon.
-  ip netns exec "tb-ov-$1" "$bin/tether-overlayd" --node-name "$1" --cluster-cidr 10.245.0.0/16 --datastore etcd \
-    --etcd-endpoints http://192.168.78.1:2379 --run-dir "$work/$1/run" --resync-seconds 1 \
-    2>"$work/$1/daemon.log" &
-  pids+=($!); daemon_pid[$1]=$!
+  ip netns exec "tb-ov-$n" "$bin/tether-overlayd" --node-name "$n" --cluster-cidr "10.$c.0.0/16" --datastore etcd \
+    --etcd-endpoints http://192.168.78.1:2379 --etcd-prefix "/bench-$c" --run-dir "$work/$n/run" --resync-seconds 1 \
+    "$@" 2>"$work/$n/daemon.log" &
+  pids+=($!); daemon_pid[$n]=$!
   local deadline=$((SECONDS + 30))
-  until [ -f "$work/$1/run/overlay.json" ]; do
-    [ $SECONDS -lt $deadline ] || { echo "tether-overlayd on $1 did not start:" >&2; cat "$work/$1/daemon.log" >&2; exit 1; }
+  until [ -f "$work/$n/run/overlay.json" ]; do
+    [ $SECONDS -lt $deadline ] || { echo "tether-overlayd on $n did not start:" >&2; cat "$work/$n/daemon.log" >&2; exit 1; }
     sleep 0.05
   done
 }
@@ -65,11 +68,15 @@ iperf() { # iperf SERVER_NS CLIENT_NS SERVER_IP -> Gbit/s
 }
 median() { sort -g | awk '{a[NR]=$1} END {print a[int((NR+1)/2)]}'; }
 
-echo "setting up: Tether nodes t1, t2; hand-built nodes h1, h2 (same segment, same settings)" >&2
+echo "setting up: Tether nodes t1, t2 (direct) and v1, v2 (VXLAN); hand-built h1, h2 (VXLAN) and g1, g2 (host-gw)" >&2
 node t1 192.168.78.11; node t2 192.168.78.12
-daemon t1; daemon t2
+daemon t1 245; daemon t2 245
 ta=$(pod t1 ta); tb=$(pod t2 tb)
 until nsx ta ping -c1 -W1 "$tb" >/dev/null 2>&1; do sleep 0.1; done
+node v1 192.168.78.31; node v2 192.168.78.32
+daemon v1 247 --direct-routing=false; daemon v2 247 --direct-routing=false
+va=$(pod v1 va); vb=$(pod v2 vb)
+until nsx va ping -c1 -W1 "$vb" >/dev/null 2>&1; do sleep 0.1; done
 
 # flannel-style by hand: VXLAN (vni 2, port 8472, learning off, MTU 1450), the subnet's network
 # address on it, cni0 with the gateway, a veth pod; static neighbour + FDB + onlink route;
@@ -100,29 +107,53 @@ hand h1 192.168.78.21 1 192.168.78.22 2 02 01
 hand h2 192.168.78.22 2 192.168.78.21 1 01 02
 nsx h1-pod ping -c1 -W2 10.246.2.2 >/dev/null
 
-t=(); h=(); u=()
+# flannel "host-gw" by hand: cni0 with the gateway, a veth pod, a plain route to the other node's
+# pod subnet via its underlay address (the full underlay MTU, no encapsulation).
+hostgw() { # hostgw NODE N PEER_IP PEER_N
+  local n=$1 i=$2 peer=$3 j=$4
+  nsx "$n" ip link add cni0 type bridge; nsx "$n" ip addr add "10.248.$i.1/24" dev cni0; nsx "$n" ip link set cni0 up
+  nsx "$n" sysctl -qw net.ipv4.ip_forward=1
+  nsx "$n" ip route add "10.248.$j.0/24" via "$peer" dev eth0
+  ip netns add "tb-ov-$n-pod"
+  nsx "$n" ip link add vethp mtu 1500 type veth peer name eth0 mtu 1500 netns "tb-ov-$n-pod"
+  nsx "$n" ip link set vethp master cni0 up
+  nsx "$n-pod" ip addr add "10.248.$i.2/24" dev eth0; nsx "$n-pod" ip link set eth0 up; nsx "$n-pod" ip link set lo up
+  nsx "$n-pod" ip route add default via "10.248.$i.1"
+}
+node g1 192.168.78.41; node g2 192.168.78.42
+hostgw g1 1 192.168.78.42 2
+hostgw g2 2 192.168.78.41 1
+nsx g1-pod ping -c1 -W2 10.248.2.2 >/dev/null
+
+t=(); v=(); h=(); g=(); u=()
 for r in $(seq 1 "$reps"); do
   echo "iperf3 round $r/$reps ($secs s each)" >&2
   t+=("$(iperf tb ta "$tb")")
+  v+=("$(iperf vb va "$vb")")
   h+=("$(iperf h2-pod h1-pod 10.246.2.2)")
+  g+=("$(iperf g2-pod g1-pod 10.248.2.2)")
   u+=("$(iperf t2 t1 192.168.78.12)")
 done 2>/dev/null
-tm=$(printf '%s\n' "${t[@]}" | median); hm=$(printf '%s\n' "${h[@]}" | median); um=$(printf '%s\n' "${u[@]}" | median)
+tm=$(printf '%s\n' "${t[@]}" | median); vm=$(printf '%s\n' "${v[@]}" | median)
+hm=$(printf '%s\n' "${h[@]}" | median); gm=$(printf '%s\n' "${g[@]}" | median); um=$(printf '%s\n' "${u[@]}" | median)
 
 # Convergence: a third node joins; time from starting its daemon to the first successful ping from
 # a pod on t1 to a pod on the new node (its pod is created as soon as the node facts exist).
 node t3 192.168.78.13
 start=$(date +%s%N)
-daemon t3
+daemon t3 245
 tc=$(pod t3 tc)
 until nsx ta ping -c1 -W1 -i 0.01 "$tc" >/dev/null 2>&1; do :; done
 converge_ms=$(( ($(date +%s%N) - start) / 1000000 ))
 rss_kb=$(awk '/^VmRSS:/ {print $2}' "/proc/${daemon_pid[t1]}/status")
 
-printf '\n| iperf3 TCP, median of %s x %s s | Gbit/s | vs hand-built |\n|---|---|---|\n' "$reps" "$secs"
-printf '| pod to pod across nodes, Tether overlay | %.1f | %.0f%% |\n' "$tm" "$(awk "BEGIN {print 100*$tm/$hm}")"
-printf '| pod to pod across nodes, hand-built flannel-style VXLAN | %.1f | 100%% |\n' "$hm"
-printf '| node to node on the underlay (limit) | %.1f | %.0f%% |\n' "$um" "$(awk "BEGIN {print 100*$um/$hm}")"
+pct() { awk "BEGIN {printf \"%.0f%%\", 100*$1/$2}"; }
+printf '\n| iperf3 TCP, median of %s x %s s | Gbit/s | vs underlay | vs hand-built VXLAN |\n|---|---|---|---|\n' "$reps" "$secs"
+printf '| pod to pod across nodes, Tether direct routing (default) | %.1f | %s | %s |\n' "$tm" "$(pct "$tm" "$um")" "$(pct "$tm" "$hm")"
+printf '| pod to pod across nodes, Tether over VXLAN | %.1f | %s | %s |\n' "$vm" "$(pct "$vm" "$um")" "$(pct "$vm" "$hm")"
+printf '| pod to pod across nodes, hand-built flannel-style VXLAN | %.1f | %s | 100%% |\n' "$hm" "$(pct "$hm" "$um")"
+printf '| pod to pod across nodes, hand-built flannel host-gw (plain route) | %.1f | %s | %s |\n' "$gm" "$(pct "$gm" "$um")" "$(pct "$gm" "$hm")"
+printf '| node to node on the underlay (limit) | %.1f | 100%% | %s |\n' "$um" "$(pct "$um" "$hm")"
 printf '\n| measure | value |\n|---|---|\n'
 printf '| node join to first cross-node ping | %s ms |\n' "$converge_ms"
 printf '| tether-overlayd RSS | %s KiB (%.1f MB) |\n' "$rss_kb" "$(awk "BEGIN {print $rss_kb/1024}")"

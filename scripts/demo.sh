@@ -167,7 +167,7 @@ note "pod3b (node3) saw a connection from $seen; pod1a (node1) is ${pod_ip[pod1a
 nsx pod2a ping -c1 -W2 203.0.113.1 >/dev/null
 note "egress to 203.0.113.1 (outside the cluster CIDR, no route back to pods) answers: masqueraded to node2's address"
 entries=$(nsx n1 bash -c 'exec 3<>/dev/tcp/127.0.0.1/9402; printf "GET /metrics HTTP/1.0\r\n\r\n" >&3; cat <&3' | awk '/^tether_overlay_entries / {print $2}')
-note "node1 keeps $entries kernel entries for its 2 peers (neighbour + FDB + route each)"
+note "node1 keeps $entries kernel entries for its 2 peers: on its segment, a plain route each (direct routing; a peer beyond a router would take a VXLAN neighbour + FDB + route)"
 
 if command -v containerd >/dev/null && command -v ctr >/dev/null && command -v runc >/dev/null &&
    file -L "$(command -v busybox 2>/dev/null || echo /nonexistent)" 2>/dev/null | grep -q 'statically linked'; then

@@ -12,7 +12,7 @@ use test_support::{require_root, Netns};
 
 #[test]
 fn three_nodes_full_mesh_without_nat_between_pods() {
-    let cluster = Cluster::new("ovm", 3);
+    let cluster = Cluster::new_over_vxlan("ovm", 3);
     let [n0, n1, n2] = [&cluster.nodes[0], &cluster.nodes[1], &cluster.nodes[2]];
     let pods = [
         n0.pod("ovm-a"),
@@ -140,7 +140,7 @@ fn three_nodes_full_mesh_without_nat_between_pods() {
 
 #[test]
 fn departed_nodes_and_moved_underlays_converge() {
-    let mut cluster = Cluster::new("ovc", 3);
+    let mut cluster = Cluster::new_over_vxlan("ovc", 3);
     let (p0, ip0) = cluster.nodes[0].pod("ovc-a");
     let (p1, ip1) = cluster.nodes[1].pod("ovc-b");
     let (_p2, ip2) = cluster.nodes[2].pod("ovc-c");
@@ -258,7 +258,7 @@ fn departed_nodes_and_moved_underlays_converge() {
 
 #[test]
 fn daemon_restarts_and_datastore_outages_lose_no_packet() {
-    let mut cluster = Cluster::new("ovr", 2);
+    let mut cluster = Cluster::new_over_vxlan("ovr", 2);
     let (p0, _) = cluster.nodes[0].pod("ovr-a");
     let (_p1, ip1) = cluster.nodes[1].pod("ovr-b");
     wait_for(
@@ -429,6 +429,7 @@ fn addresses(result: &serde_json::Value) -> Vec<String> {
 #[test]
 fn dual_stack_pods_talk_over_both_families_without_nat() {
     let mut cluster = Cluster::new_stopped("ovs", 2);
+    cluster.over_vxlan();
     for node in &mut cluster.nodes {
         node.start(&["--cluster-cidr", "fd00:244::/56", "--subnet-size-v6", "64"]);
     }
@@ -554,5 +555,97 @@ fn vxlan_runs_over_an_ipv6_underlay() {
         df.status.success(),
         "{}",
         String::from_utf8_lossy(&df.stdout)
+    );
+}
+
+/// Direct routing, the default: peers the underlay reaches without a router get a plain route
+/// via their underlay address (no VXLAN entries), peers beyond a router keep VXLAN; the choice
+/// follows a node whose address moves across the router. Pods reach each other both ways with
+/// their own addresses.
+#[test]
+fn direct_routes_on_one_segment_and_vxlan_across_a_router() {
+    let mut cluster = Cluster::new_stopped("ovdr", 2);
+    let args = cluster.nodes[0].datastore_args.clone();
+    cluster.add_node_on("ovdr", 2, &args, 1);
+    for node in &mut cluster.nodes {
+        node.start(&[]);
+    }
+    let [n0, n1, n2] = [&cluster.nodes[0], &cluster.nodes[1], &cluster.nodes[2]];
+    let pods = [n0.pod("ovdr-a"), n1.pod("ovdr-b"), n2.pod("ovdr-c")];
+    let subnet_of = |n: &harness::Node| n.facts()["subnets"][0].as_str().unwrap().to_string();
+    let route_to =
+        |from: &harness::Node, subnet: &str| from.ns.ip_json(&["route", "show", subnet])[0].clone();
+    wait_for(
+        "node1 routed directly and node2 over VXLAN from node0",
+        Duration::from_secs(20),
+        || {
+            let direct = route_to(n0, &subnet_of(n1));
+            let vxlan = route_to(n0, &subnet_of(n2));
+            direct["gateway"] == n1.ip.as_str()
+                && direct["dev"] == "eth0"
+                && vxlan["dev"] == "tether.1"
+                && vxlan["flags"].to_string().contains("onlink")
+        },
+        || format!("{}\n{}", n0.ns.ip(&["route"]), n0.log()),
+    );
+    // VXLAN entries for the peer beyond the router only.
+    let fdb = n0.ns.exec(&["bridge", "fdb", "show", "dev", "tether.1"]);
+    assert!(
+        fdb.contains(&format!("dst {}", n2.ip)) && !fdb.contains(&format!("dst {}", n1.ip)),
+        "{fdb}"
+    );
+    for (a, (ns_a, _)) in pods.iter().enumerate() {
+        for (b, (_, ip_b)) in pods.iter().enumerate() {
+            if a != b {
+                wait_for(
+                    &format!("pod {a} -> pod {b}"),
+                    Duration::from_secs(10),
+                    || ns_a.ping(ip_b),
+                    || n0.log(),
+                );
+            }
+        }
+    }
+    assert_eq!(
+        seen_source(&pods[1].0, &pods[0].0, &pods[1].1),
+        pods[0].1,
+        "direct, no NAT"
+    );
+    assert_eq!(
+        seen_source(&pods[2].0, &pods[0].0, &pods[2].1),
+        pods[0].1,
+        "VXLAN, no NAT"
+    );
+
+    // node1 moves behind the router: node0 switches it to VXLAN once node1 re-registers.
+    let n1 = &cluster.nodes[1];
+    cluster.underlay.ip(&["link", "set", "ovdrp1", "nomaster"]);
+    cluster
+        .underlay
+        .ip(&["link", "set", "ovdrp1", "master", "ul1"]);
+    n1.ns.ip(&["addr", "flush", "dev", "eth0"]);
+    n1.ns
+        .ip(&["addr", "add", "192.168.78.21/24", "dev", "eth0"]);
+    n1.ns
+        .ip(&["route", "replace", "default", "via", "192.168.78.1"]);
+    let n0 = &cluster.nodes[0];
+    wait_for(
+        "node1 over VXLAN after its move",
+        Duration::from_secs(20),
+        || {
+            let r = route_to(n0, &subnet_of(n1));
+            r["dev"] == "tether.1"
+                && n0
+                    .ns
+                    .exec(&["bridge", "fdb", "show", "dev", "tether.1"])
+                    .contains("dst 192.168.78.21")
+        },
+        || format!("{}\n{}", n0.ns.ip(&["route"]), n1.log()),
+    );
+    wait_for(
+        "pods across the moved node",
+        Duration::from_secs(10),
+        || pods[0].0.ping(&pods[1].1),
+        || n0.log(),
     );
 }

@@ -45,6 +45,15 @@ const WEB_REMOTE: [&str; 2] = ["10.96.0.11", "fd00:96::11"];
 const SELF_A: [&str; 2] = ["10.96.0.12", "fd00:96::12"];
 const NODE_PORT: u16 = 30500;
 
+/// How the two nodes (on one L2 segment) carry pod traffic to each other.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Peers {
+    /// A plain route via the other node's underlay address (direct routing, the default).
+    Direct,
+    /// VXLAN (`--direct-routing=false`).
+    Vxlan,
+}
+
 struct Pod {
     name: &'static str,
     node: usize,
@@ -560,10 +569,13 @@ fn first_host(cidr: &str) -> String {
 }
 
 impl World {
-    /// Two dual-stack nodes whose br_netfilter says `bridge_nf`, the five pods through the
-    /// deployed chain, servers in each, kube-proxy's rules in `mode` on both nodes.
-    fn new(tag: &str, bridge_nf: bool, mode: Mode) -> World {
+    /// Two dual-stack nodes whose br_netfilter says `bridge_nf`, peers over `peers`, the five
+    /// pods through the deployed chain, servers in each, kube-proxy's rules in `mode` on both.
+    fn new(tag: &str, bridge_nf: bool, mode: Mode, peers: Peers) -> World {
         let mut cluster = Cluster::with_kubernetes(tag, &[]);
+        if peers == Peers::Vxlan {
+            cluster.over_vxlan();
+        }
         let api_args = [
             "--datastore".to_string(),
             "kubernetes".to_string(),
@@ -921,20 +933,20 @@ impl World {
     }
 }
 
-fn datapath(tag: &str, bridge_nf: bool, mode: Mode) {
-    let world = World::new(tag, bridge_nf, mode);
+fn datapath(tag: &str, bridge_nf: bool, mode: Mode, peers: Peers) {
+    let world = World::new(tag, bridge_nf, mode, peers);
     let setting = format!(
-        "bridge-nf-call-iptables={}, kube-proxy {mode:?} mode",
+        "bridge-nf-call-iptables={}, kube-proxy {mode:?} mode, peers {peers:?}",
         u8::from(bridge_nf)
     );
     world.assert_table(&format!("every path ({setting})"), PATHS, String::new);
 }
 
-fn policed(tag: &str, bridge_nf: bool, mode: Mode) {
-    let world = World::new(tag, bridge_nf, mode);
+fn policed(tag: &str, bridge_nf: bool, mode: Mode, peers: Peers) {
+    let world = World::new(tag, bridge_nf, mode, peers);
     let (_agents, logs) = world.police();
     let setting = format!(
-        "bridge-nf-call-iptables={}, kube-proxy {mode:?} mode, tether-netpol",
+        "bridge-nf-call-iptables={}, kube-proxy {mode:?} mode, peers {peers:?}, tether-netpol",
         u8::from(bridge_nf)
     );
     world.assert_table(&format!("a policy on b ({setting})"), POLICED, || {
@@ -944,30 +956,30 @@ fn policed(tag: &str, bridge_nf: bool, mode: Mode) {
 
 #[test]
 fn every_path_with_br_netfilter_on_and_kube_proxy_iptables() {
-    datapath("dpi1", true, Mode::Iptables);
+    datapath("dpi1", true, Mode::Iptables, Peers::Direct);
 }
 
 #[test]
 fn every_path_with_br_netfilter_off_and_kube_proxy_iptables() {
-    datapath("dpi0", false, Mode::Iptables);
+    datapath("dpi0", false, Mode::Iptables, Peers::Vxlan);
 }
 
 #[test]
 fn every_path_with_br_netfilter_on_and_kube_proxy_nftables() {
-    datapath("dpn1", true, Mode::Nftables);
+    datapath("dpn1", true, Mode::Nftables, Peers::Vxlan);
 }
 
 #[test]
 fn every_path_with_br_netfilter_off_and_kube_proxy_nftables() {
-    datapath("dpn0", false, Mode::Nftables);
+    datapath("dpn0", false, Mode::Nftables, Peers::Direct);
 }
 
 #[test]
 fn policy_holds_on_every_path_with_br_netfilter_on() {
-    policed("dpp1", true, Mode::Iptables);
+    policed("dpp1", true, Mode::Iptables, Peers::Direct);
 }
 
 #[test]
 fn policy_holds_on_every_path_with_br_netfilter_off() {
-    policed("dpp0", false, Mode::Nftables);
+    policed("dpp0", false, Mode::Nftables, Peers::Vxlan);
 }

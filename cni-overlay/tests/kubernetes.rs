@@ -47,6 +47,7 @@ fn pod_cidrs_annotations_and_the_node_watch_make_the_mesh() {
             Some("10.244.7.0/24"),
         ],
     );
+    cluster.over_vxlan();
     for node in &mut cluster.nodes {
         node.start(&[]);
     }
@@ -183,6 +184,7 @@ fn pod_cidrs_annotations_and_the_node_watch_make_the_mesh() {
 #[test]
 fn waits_for_a_pod_cidr_rejects_a_foreign_one_and_rides_out_api_outages() {
     let mut cluster = Cluster::with_kubernetes("ovo", &[Some("10.244.1.0/24"), None]);
+    cluster.over_vxlan();
     cluster.nodes[0].start(&[]);
 
     // node1 has no podCIDR yet: its daemon waits (no facts, so no pods) instead of guessing.
@@ -551,6 +553,7 @@ fn one_bad_peer_never_blocks_the_others_and_is_reported() {
             Some("10.244.7.0/24"),
         ],
     );
+    cluster.over_vxlan();
     // node0 routes 10.244.77.0 locally (say, an address on some other device): a route via
     // that gateway is refused by its kernel.
     cluster.nodes[0]

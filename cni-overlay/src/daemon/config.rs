@@ -63,8 +63,19 @@ pub struct Args {
     pub vni: u32,
     #[arg(long, env = "TETHER_PORT", default_value_t = 8472)]
     pub port: u16,
-    /// Route to nodes on the same L2 segment directly over the underlay instead of VXLAN.
-    #[arg(long, env = "TETHER_DIRECT_ROUTING", action = ArgAction::SetTrue)]
+    /// Route to nodes the underlay reaches without a router (the same L2 segment) directly over
+    /// it, without encapsulation; nodes beyond a router keep VXLAN. Decided per peer from the
+    /// underlay interface's networks. On by default; `--direct-routing=false` sends everything
+    /// over VXLAN.
+    #[arg(
+        long,
+        env = "TETHER_DIRECT_ROUTING",
+        action = ArgAction::Set,
+        default_value_t = true,
+        num_args = 0..=1,
+        require_equals = true,
+        default_missing_value = "true"
+    )]
     pub direct_routing: bool,
     #[arg(long, env = "TETHER_RUN_DIR", default_value = "/run/tether")]
     pub run_dir: PathBuf,

@@ -21,6 +21,9 @@ pub struct Underlay {
     pub index: u32,
     pub address: IpNetwork,
     pub mtu: u32,
+    /// The networks of the interface's addresses (link-local ones aside): the nodes it reaches
+    /// without a router.
+    pub on_link: Vec<IpNetwork>,
 }
 
 impl Underlay {
@@ -452,8 +455,9 @@ fn detect_underlay(
         |a: &IpNetwork| matches!(a.ip(), IpAddr::V6(v6) if v6.segments()[0] & 0xffc0 != 0xfe80);
     let address = match wanted {
         Some(ip) => addresses
-            .into_iter()
+            .iter()
             .find(|a| a.ip() == ip)
+            .copied()
             .ok_or_else(|| {
                 DaemonError::Config(format!(
                     "--underlay-address {ip} is not an address of {}",
@@ -472,11 +476,19 @@ fn detect_underlay(
                 ))
             })?,
     };
+    let mut on_link: Vec<IpNetwork> = addresses
+        .iter()
+        .filter(|a| a.is_ipv4() || global_v6(a))
+        .filter_map(|a| IpNetwork::new(a.network(), a.prefix()).ok())
+        .collect();
+    on_link.sort();
+    on_link.dedup();
     Ok(Underlay {
         name: link.name,
         index: link.index,
         address,
         mtu: link.mtu,
+        on_link,
     })
 }
 

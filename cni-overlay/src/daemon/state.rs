@@ -72,8 +72,9 @@ impl Desired {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Scope {
     pub me: String,
-    /// The underlay's network (direct routing applies to peers inside it).
-    pub underlay_net: IpNetwork,
+    /// The networks the underlay interface reaches without a router (its addresses' prefixes,
+    /// as the kernel holds them): direct routing applies to peers inside them.
+    pub on_link: Vec<IpNetwork>,
     pub direct_routing: bool,
     /// This node's own pod subnets: a peer subnet overlapping one is refused.
     pub own: Vec<IpNetwork>,
@@ -92,8 +93,10 @@ pub struct PeerEntries {
 
 /// What `peer` asks of this node: a neighbour entry per pod subnet (the subnet's network
 /// address -> the node's VTEP MAC), one FDB entry (VTEP MAC -> underlay address) and an onlink
-/// route per pod subnet. With direct routing, a subnet of the underlay's family on a node of the
-/// same L2 segment gets a plain route via that node's underlay address. A subnet that overlaps
+/// route per pod subnet. With direct routing, a subnet of the underlay's family on a node this
+/// node's underlay reaches without a router (the same L2 segment, as the kernel's connected
+/// networks say) gets a plain route via that node's underlay address; nodes beyond a router keep
+/// VXLAN. A subnet that overlaps
 /// this node's own would take over its local pod route, and one outside the cluster CIDRs is not
 /// the overlay's: both are refused.
 pub fn peer_entries(peer: &Peer, scope: &Scope) -> PeerEntries {
@@ -129,7 +132,7 @@ pub fn peer_entries(peer: &Peer, scope: &Scope) -> PeerEntries {
             continue;
         }
         let direct = scope.direct_routing
-            && scope.underlay_net.contains(peer.underlay_ip)
+            && scope.on_link.iter().any(|n| n.contains(peer.underlay_ip))
             && peer.underlay_ip.is_ipv4() == subnet.is_ipv4();
         if direct {
             let want = RouteWant {
@@ -179,7 +182,7 @@ pub(crate) mod tests {
     ) -> Desired {
         let scope = Scope {
             me: me.to_string(),
-            underlay_net,
+            on_link: vec![underlay_net],
             direct_routing,
             own: own.to_vec(),
             clusters: clusters.to_vec(),

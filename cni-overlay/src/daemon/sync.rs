@@ -97,7 +97,7 @@ impl Sync {
         };
         let scope = Scope {
             me: cx.args.node_name.clone(),
-            underlay_net: cx.kernel.underlay.address,
+            on_link: cx.kernel.underlay.on_link.clone(),
             direct_routing: cx.args.direct_routing,
             own: cx.subnets.all(),
             clusters: cx.clusters.all(),

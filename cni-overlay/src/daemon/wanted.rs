@@ -193,7 +193,7 @@ mod tests {
     fn scope() -> Scope {
         Scope {
             me: "a".into(),
-            underlay_net: "192.0.2.0/24".parse().unwrap(),
+            on_link: vec!["192.0.2.0/24".parse().unwrap()],
             direct_routing: false,
             own: vec!["10.244.0.0/24".parse().unwrap()],
             clusters: vec!["10.244.0.0/16".parse().unwrap()],

@@ -220,6 +220,8 @@ impl Node {
 
 pub struct Cluster {
     pub nodes: Vec<Node>,
+    /// Nodes get `--direct-routing=false` (see [`Cluster::over_vxlan`]).
+    pub vxlan_only: bool,
     pub etcd: Option<Daemon>,
     pub api: Option<NodeApiServer>,
     pub _etcd_dir: tempfile::TempDir,
@@ -236,6 +238,7 @@ impl Cluster {
         underlay.ip(&["addr", "add", &format!("{EXTERNAL}/32"), "dev", "lo"]);
         Cluster {
             nodes: Vec::new(),
+            vxlan_only: false,
             etcd: None,
             api: None,
             _etcd_dir: tempfile::tempdir().unwrap(),
@@ -322,25 +325,78 @@ impl Cluster {
     }
 
     pub fn add_node(&mut self, tag: &str, i: usize, datastore_args: &[String]) {
+        self.add_node_on(tag, i, datastore_args, 0);
+    }
+
+    /// A node on underlay segment `segment`: 0 is 192.168.77.0/24 (with the datastore), each
+    /// other one 192.168.(77 + segment).0/24 on a bridge of its own, the underlay namespace
+    /// routing between them (nodes of two segments are a router apart).
+    pub fn add_node_on(&mut self, tag: &str, i: usize, datastore_args: &[String], segment: u8) {
+        let bridge = format!("ul{segment}");
+        let net = 77 + u16::from(segment);
+        if segment != 0 && !self.underlay.has_link(&bridge) {
+            self.underlay
+                .ip(&["link", "add", &bridge, "type", "bridge"]);
+            self.underlay.ip(&[
+                "addr",
+                "add",
+                &format!("192.168.{net}.1/24"),
+                "dev",
+                &bridge,
+            ]);
+            self.underlay.ip(&["link", "set", &bridge, "up"]);
+            self.underlay
+                .exec(&["sysctl", "-qw", "net.ipv4.ip_forward=1"]);
+        }
         let ns = Netns::new(&format!("{tag}n{i}"));
-        let ip = format!("192.168.77.{}", 10 + i);
+        let ip = format!("192.168.{net}.{}", 10 + i);
         let port = format!("{tag}p{i}");
         self.underlay.ip(&[
             "link", "add", &port, "type", "veth", "peer", "name", "eth0", "netns", &ns.name,
         ]);
         self.underlay
-            .ip(&["link", "set", &port, "master", "ul0", "up"]);
+            .ip(&["link", "set", &port, "master", &bridge, "up"]);
         ns.ip(&["link", "set", "eth0", "mtu", "1500", "up"]);
         ns.ip(&["addr", "add", &format!("{ip}/24"), "dev", "eth0"]);
-        ns.ip(&["route", "add", "default", "via", "192.168.77.1"]);
+        ns.ip(&[
+            "route",
+            "add",
+            "default",
+            "via",
+            &format!("192.168.{net}.1"),
+        ]);
+        let mut datastore_args = datastore_args.to_vec();
+        if self.vxlan_only && !datastore_args.iter().any(|a| a == "--direct-routing=false") {
+            datastore_args.push("--direct-routing=false".into());
+        }
         self.nodes.push(Node {
             name: format!("node{i}"),
             ns,
             ip,
             root: tempfile::tempdir().unwrap(),
             daemon: None,
-            datastore_args: datastore_args.to_vec(),
+            datastore_args,
         });
+    }
+
+    /// Every node's peers over VXLAN, also on one segment (`--direct-routing=false`): for tests
+    /// of the VXLAN entries themselves. Applies to nodes added before and after.
+    pub fn over_vxlan(&mut self) -> &mut Cluster {
+        self.vxlan_only = true;
+        for node in &mut self.nodes {
+            node.datastore_args.push("--direct-routing=false".into());
+        }
+        self
+    }
+
+    /// [`Cluster::new`] with every peer over VXLAN (see [`Cluster::over_vxlan`]).
+    pub fn new_over_vxlan(tag: &str, count: usize) -> Cluster {
+        let mut cluster = Cluster::new_stopped(tag, count);
+        cluster.over_vxlan();
+        for node in &mut cluster.nodes {
+            node.start(&[]);
+        }
+        cluster
     }
 }
 
