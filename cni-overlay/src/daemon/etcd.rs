@@ -11,10 +11,10 @@ use etcd_client::{
 };
 use ipnetwork::IpNetwork;
 
-use super::config::ClusterCidrs;
-use super::datastore::Changed;
+use super::config::{Args, ClusterCidrs};
+use super::datastore::Datastore;
 use super::error::DaemonError;
-use super::state::{NodeSubnets, Peer};
+use super::state::{Changed, NodeSubnets, Peer, Vtep};
 
 const TIMEOUT: Duration = Duration::from_secs(5);
 
@@ -369,6 +369,53 @@ async fn new_client(endpoints: &[String]) -> Result<Client, DaemonError> {
             ))
         })?
         .map_err(ds("connect"))
+}
+
+impl Datastore for EtcdStore {
+    async fn connect(args: &Args) -> Result<EtcdStore, DaemonError> {
+        EtcdStore::connect(&args.etcd_endpoints, &args.etcd_prefix, args.lease_ttl).await
+    }
+
+    async fn register(
+        &mut self,
+        vtep: &Vtep<'_>,
+        clusters: ClusterCidrs,
+        sizes: (u8, u8),
+        hint: Option<IpNetwork>,
+    ) -> Result<NodeSubnets, DaemonError> {
+        EtcdStore::register(
+            self,
+            vtep.node,
+            vtep.mac,
+            vtep.underlay_ip,
+            clusters,
+            sizes.0,
+            sizes.1,
+            hint,
+        )
+        .await
+    }
+
+    /// A fresh connection: the old one may be bound to an address the node no longer has.
+    async fn recover(&mut self) -> Result<(), DaemonError> {
+        self.reconnect().await
+    }
+
+    async fn peers(&mut self) -> Result<Vec<Peer>, DaemonError> {
+        EtcdStore::peers(self).await
+    }
+
+    async fn changed(&mut self) -> Result<Changed, DaemonError> {
+        EtcdStore::changed(self).await
+    }
+
+    async fn keep_alive(&mut self) -> Result<(), DaemonError> {
+        EtcdStore::keep_alive(self).await
+    }
+
+    async fn leave(&mut self, node: &str) -> Result<(), DaemonError> {
+        EtcdStore::leave(self, node).await
+    }
 }
 
 /// The IPv6 subnet paired with IPv4 subnet `v4`: the one with the same index in `cluster6`.

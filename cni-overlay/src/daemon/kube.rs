@@ -21,10 +21,10 @@ use kube::runtime::watcher::{self, Event};
 use kube::runtime::WatchStreamExt;
 use kube::{Client, Config};
 
-use super::config::ClusterCidrs;
-use super::datastore::Changed;
+use super::config::{Args, ClusterCidrs};
+use super::datastore::Datastore;
 use super::error::DaemonError;
-use super::state::{NodeSubnets, Peer};
+use super::state::{Changed, NodeSubnets, Peer, Vtep};
 
 /// Annotation holding a node's VTEP MAC address.
 pub const VTEP_MAC: &str = "overlay.tether.dev/vtep-mac";
@@ -294,6 +294,50 @@ fn contains(outer: IpNetwork, inner: IpNetwork) -> bool {
     outer.is_ipv4() == inner.is_ipv4()
         && inner.prefix() >= outer.prefix()
         && outer.contains(inner.network())
+}
+
+impl Datastore for KubeStore {
+    async fn connect(args: &Args) -> Result<KubeStore, DaemonError> {
+        KubeStore::connect(args.kubeconfig.as_deref(), &args.node_name).await
+    }
+
+    /// The subnets are the Node's podCIDRs: nothing is leased, `sizes` and `hint` do not apply.
+    async fn register(
+        &mut self,
+        vtep: &Vtep<'_>,
+        clusters: ClusterCidrs,
+        _sizes: (u8, u8),
+        _hint: Option<IpNetwork>,
+    ) -> Result<NodeSubnets, DaemonError> {
+        KubeStore::register(self, vtep.mac, vtep.underlay_ip, clusters).await
+    }
+
+    async fn peers(&mut self) -> Result<Vec<Peer>, DaemonError> {
+        KubeStore::peers(self)
+    }
+
+    /// The watcher recovers by itself; see [`Datastore::recover`].
+    async fn changed(&mut self) -> Result<Changed, DaemonError> {
+        KubeStore::changed(self).await
+    }
+
+    async fn keep_alive(&mut self) -> Result<(), DaemonError> {
+        KubeStore::keep_alive(self)
+    }
+
+    /// The Node's NetworkUnavailable condition goes False.
+    async fn network_ready(&mut self) -> Result<(), DaemonError> {
+        self.set_network_available().await
+    }
+
+    /// An Event on each refused peer's Node.
+    async fn report_refused(&mut self, refused: &[(String, String)]) {
+        KubeStore::report_refused(self, refused).await
+    }
+
+    async fn leave(&mut self, _node: &str) -> Result<(), DaemonError> {
+        KubeStore::leave(self).await
+    }
 }
 
 /// The node's IPv4 pod subnet: the first IPv4 entry of `spec.podCIDRs`, else `spec.podCIDR`.

@@ -23,12 +23,14 @@ use ipnetwork::IpNetwork;
 use cni_core::teardown::Failures;
 
 use crate::facts::NodeFacts;
-use config::{Args, ClusterCidrs};
-use datastore::{Datastore, Vtep};
+use config::{Args, ClusterCidrs, DatastoreKind};
+use datastore::Datastore;
 pub use error::DaemonError;
+use etcd::EtcdStore;
 use kernel::Kernel;
+use kube::KubeStore;
 use metrics::Metrics;
-use state::NodeSubnets;
+use state::{NodeSubnets, Vtep};
 use sync::{Sync, Work};
 
 const BACKOFF_MAX: Duration = Duration::from_secs(30);
@@ -55,9 +57,9 @@ impl Backoff {
 
 /// Registers until it works. Only a configuration error (say, a podCIDR outside the cluster CIDR)
 /// ends the retries.
-async fn register(
+async fn register<S: Datastore>(
     args: &Args,
-    store: &mut Datastore,
+    store: &mut S,
     kernel: &Kernel,
     metrics: &Metrics,
     clusters: ClusterCidrs,
@@ -109,7 +111,7 @@ pub async fn run(args: Args) -> Result<(), DaemonError> {
 
 async fn serve(args: Args) -> Result<(), DaemonError> {
     let clusters = args.validate()?;
-    let mut kernel = Kernel::new(
+    let kernel = Kernel::new(
         args.iface.as_deref(),
         args.underlay_address,
         args.vxlan_name(),
@@ -130,10 +132,23 @@ async fn serve(args: Args) -> Result<(), DaemonError> {
         ));
     }
     tracing::info!(node = %args.node_name, underlay = %kernel.underlay.name, address = %kernel.underlay.address, mtu = kernel.underlay.vxlan_mtu(), "starting");
+    match args.datastore {
+        DatastoreKind::Etcd => serve_with::<EtcdStore>(args, kernel, metrics, clusters).await,
+        DatastoreKind::Kubernetes => serve_with::<KubeStore>(args, kernel, metrics, clusters).await,
+    }
+}
 
+/// The daemon's life with the datastore `S`: connect, register, then reconcile on every change,
+/// resync tick and keep-alive until stopped.
+async fn serve_with<S: Datastore>(
+    args: Args,
+    mut kernel: Kernel,
+    metrics: Arc<Metrics>,
+    clusters: ClusterCidrs,
+) -> Result<(), DaemonError> {
     let mut backoff = Backoff::new();
     let mut store = loop {
-        match Datastore::connect(&args).await {
+        match S::connect(&args).await {
             Ok(store) => break store,
             Err(e) if e.is_fatal() => return Err(e),
             Err(e) => {
@@ -256,7 +271,7 @@ fn publish_local(
 
 /// Once the node can serve pods: the conflist goes in place (until then kubelet keeps the
 /// node NotReady) and the datastore hears the network is up. True once both are done.
-async fn announce_ready(args: &Args, store: &mut Datastore) -> bool {
+async fn announce_ready<S: Datastore>(args: &Args, store: &mut S) -> bool {
     if let Some(conflist) = args.conflist() {
         match conflist.install() {
             Ok(changed) => {
@@ -281,7 +296,11 @@ async fn announce_ready(args: &Args, store: &mut Datastore) -> bool {
 
 /// Withdraws the node: registration, VXLAN device, masquerade, facts. Every step is tried; the
 /// failures are reported together.
-async fn leave(args: &Args, store: &mut Datastore, kernel: &mut Kernel) -> Result<(), DaemonError> {
+async fn leave<S: Datastore>(
+    args: &Args,
+    store: &mut S,
+    kernel: &mut Kernel,
+) -> Result<(), DaemonError> {
     let mut failures: Failures<DaemonError> = Failures::new("leaving step");
     if let Some(conflist) = args.conflist() {
         failures.note(conflist.remove());

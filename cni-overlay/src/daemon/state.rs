@@ -30,6 +30,22 @@ impl Peer {
     }
 }
 
+/// What changed among the peers.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Changed {
+    /// Anything: read them all again.
+    All,
+    /// These nodes, with what they are now (`None`: no longer a peer).
+    Peers(Vec<(String, Option<Peer>)>),
+}
+
+/// What this node publishes about itself.
+pub struct Vtep<'a> {
+    pub node: &'a str,
+    pub mac: &'a str,
+    pub underlay_ip: IpAddr,
+}
+
 /// This node's pod subnets.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct NodeSubnets {

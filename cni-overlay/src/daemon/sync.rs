@@ -7,9 +7,10 @@ use std::collections::BTreeMap;
 use std::time::Instant;
 
 use super::config::{Args, ClusterCidrs};
-use super::datastore::{Changed, Datastore};
+use super::datastore::Datastore;
 use super::kernel::{self, EntryError, Kernel, Outcome};
 use super::metrics::Metrics;
+use super::state::Changed;
 use super::state::{NodeSubnets, Peer, Scope};
 use super::wanted::Wanted;
 
@@ -67,9 +68,9 @@ pub struct Sync {
     unowned: Vec<String>,
 }
 
-pub struct Context<'a> {
+pub struct Context<'a, S: Datastore> {
     pub args: &'a Args,
-    pub store: &'a mut Datastore,
+    pub store: &'a mut S,
     pub kernel: &'a mut Kernel,
     pub metrics: &'a Metrics,
     pub clusters: ClusterCidrs,
@@ -80,7 +81,7 @@ impl Sync {
     /// One reconciliation. A datastore failure keeps every working entry as it is; an entry the
     /// kernel refuses is reported (log, metrics, readiness, an Event) and every other entry is
     /// applied.
-    pub async fn run(&mut self, work: Work, cx: Context<'_>) -> Reconciled {
+    pub async fn run<S: Datastore>(&mut self, work: Work, cx: Context<'_, S>) -> Reconciled {
         let skipped = Reconciled {
             ran: false,
             refused: Vec::new(),
