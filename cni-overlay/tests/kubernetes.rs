@@ -744,3 +744,82 @@ fn dual_stack_nodes_from_their_pod_cidrs() {
             .ok();
     }
 }
+
+/// kubelet's `--node-ip` may sit on another link than the default route: the underlay is the
+/// Node's InternalIP (published as the VTEP address, peers route to it), not the default-route
+/// interface's address.
+#[test]
+fn the_underlay_is_the_nodes_internal_ip() {
+    let mut cluster =
+        Cluster::with_kubernetes("ovip", &[Some("10.244.21.0/24"), Some("10.244.22.0/24")]);
+    cluster
+        .underlay
+        .ip(&["link", "add", "ulx", "type", "bridge"]);
+    cluster
+        .underlay
+        .ip(&["addr", "add", "192.168.99.1/24", "dev", "ulx"]);
+    cluster.underlay.ip(&["link", "set", "ulx", "up"]);
+    for i in 0..2 {
+        let node = &cluster.nodes[i];
+        let port = format!("ovipx{i}");
+        cluster.underlay.ip(&[
+            "link",
+            "add",
+            &port,
+            "type",
+            "veth",
+            "peer",
+            "name",
+            "eth1",
+            "netns",
+            &node.ns.name,
+        ]);
+        cluster
+            .underlay
+            .ip(&["link", "set", &port, "master", "ulx", "up"]);
+        node.ns.ip(&[
+            "addr",
+            "add",
+            &format!("192.168.99.{}/24", 10 + i),
+            "dev",
+            "eth1",
+        ]);
+        node.ns.ip(&["link", "set", "eth1", "up"]);
+        cluster.api().patch_node(
+            &node.name,
+            &json!({"status": {"addresses": [
+                {"type": "InternalIP", "address": format!("192.168.99.{}", 10 + i)},
+                {"type": "Hostname", "address": node.name}
+            ]}}),
+        );
+    }
+    for node in &mut cluster.nodes {
+        node.start(&[]);
+    }
+    for (i, node) in cluster.nodes.iter().enumerate() {
+        wait_for(
+            "the InternalIP published as the underlay address",
+            Duration::from_secs(10),
+            || {
+                annotation(&cluster, &node.name, UNDERLAY_IP).as_deref()
+                    == Some(format!("192.168.99.{}", 10 + i).as_str())
+            },
+            || node.log(),
+        );
+        assert!(
+            node.log().contains("the Node's InternalIP"),
+            "{}",
+            node.log()
+        );
+    }
+    let (a, _) = cluster.nodes[0].pod("ovip-a");
+    let (_b, ip_b) = cluster.nodes[1].pod("ovip-b");
+    wait_for(
+        "pods across nodes over the InternalIP link",
+        Duration::from_secs(20),
+        || a.ping(&ip_b),
+        || cluster.nodes[0].log(),
+    );
+    let route = cluster.nodes[0].ns.ip(&["route", "show", "10.244.22.0/24"]);
+    assert!(route.contains("via 192.168.99.11 dev eth1"), "{route}");
+}

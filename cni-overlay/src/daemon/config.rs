@@ -52,11 +52,13 @@ pub struct Args {
     /// Prefix length of each node's IPv6 subnet on dual-stack clusters (etcd datastore).
     #[arg(long, env = "TETHER_SUBNET_SIZE_V6", default_value_t = 64)]
     pub subnet_size_v6: u8,
-    /// Underlay interface (default: the one holding the default route).
+    /// Underlay interface (default: the one holding the Node's InternalIP with the Kubernetes
+    /// datastore, else the one holding the default route).
     #[arg(long, env = "TETHER_IFACE")]
     pub iface: Option<String>,
-    /// The VTEP address (default: the underlay interface's first IPv4 address, else its first
-    /// global IPv6 address). An IPv6 address makes VXLAN run over IPv6.
+    /// The VTEP address (default: the Node's InternalIP with the Kubernetes datastore, else the
+    /// underlay interface's first IPv4 address, else its first global IPv6 address). An IPv6
+    /// address makes VXLAN run over IPv6.
     #[arg(long, env = "TETHER_UNDERLAY_ADDRESS")]
     pub underlay_address: Option<IpAddr>,
     #[arg(long, env = "TETHER_VNI", default_value_t = 1)]

@@ -17,6 +17,12 @@ pub trait Datastore: Sized {
     /// ([`DaemonError::is_fatal`]); anything else is retried.
     async fn connect(args: &Args) -> Result<Self, DaemonError>;
 
+    /// The address the cluster knows this node by, if the store has one (Kubernetes: the Node's
+    /// InternalIP, kubelet's `--node-ip`): the underlay address unless one is configured.
+    async fn node_ip(&mut self) -> Option<std::net::IpAddr> {
+        None
+    }
+
     /// Registers the node and returns its subnets. With etcd the subnet is leased here (the
     /// node's current one, else `hint`, else the first free one of `sizes`); with Kubernetes it
     /// is the Node's podCIDR.

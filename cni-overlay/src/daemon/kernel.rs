@@ -130,6 +130,24 @@ impl Kernel {
         })
     }
 
+    /// Takes the interface holding `ip` as the underlay, with `ip` as the VTEP address (the
+    /// Node's InternalIP), instead of the default-route interface. False, changing nothing, when
+    /// no interface holds it.
+    pub fn adopt_underlay_address(&mut self, ip: IpAddr) -> Result<bool, DaemonError> {
+        match detect_underlay(&mut self.nl, None, Some(ip)) {
+            Ok(underlay) => {
+                self.underlay = underlay;
+                self.underlay_address = Some(ip);
+                Ok(true)
+            }
+            Err(DaemonError::Config(why)) => {
+                tracing::warn!(%ip, %why, "the Node's InternalIP is not usable as the underlay address");
+                Ok(false)
+            }
+            Err(e) => Err(e),
+        }
+    }
+
     /// Re-reads the underlay interface; true when its address (and so our VTEP) changed.
     pub fn refresh_underlay(&mut self, iface: Option<&str>) -> Result<bool, DaemonError> {
         let now = detect_underlay(&mut self.nl, iface, self.underlay_address)?;
@@ -423,11 +441,24 @@ fn detect_underlay(
     iface: Option<&str>,
     wanted: Option<IpAddr>,
 ) -> Result<Underlay, DaemonError> {
-    let link = match iface {
-        Some(name) => nl
+    let holding = |nl: &mut Netlink, ip: IpAddr| -> Result<Option<Link>, DaemonError> {
+        for link in nl.links()? {
+            if nl.addresses(link.index)?.iter().any(|a| a.ip() == ip) {
+                return Ok(Some(link));
+            }
+        }
+        Ok(None)
+    };
+    let link = match (iface, wanted) {
+        (Some(name), _) => nl
             .link(name)?
             .ok_or_else(|| DaemonError::Config(format!("--iface {name}: no such interface")))?,
-        None => {
+        (None, Some(ip)) => holding(nl, ip)?.ok_or_else(|| {
+            DaemonError::Config(format!(
+                "underlay address {ip} is not an address of this node"
+            ))
+        })?,
+        (None, None) => {
             // The interface of the default route (IPv4, else IPv6).
             let mut oif = None;
             for ipv6 in [false, true] {
@@ -460,7 +491,7 @@ fn detect_underlay(
             .copied()
             .ok_or_else(|| {
                 DaemonError::Config(format!(
-                    "--underlay-address {ip} is not an address of {}",
+                    "underlay address {ip} is not an address of {}",
                     link.name
                 ))
             })?,

@@ -301,6 +301,13 @@ impl Datastore for KubeStore {
         KubeStore::connect(args.kubeconfig.as_deref(), &args.node_name).await
     }
 
+    /// The Node's InternalIP (IPv4 first, as the underlay prefers it), as Calico's
+    /// `kubernetes-internal-ip` method does. Unknown when the Node cannot be read yet.
+    async fn node_ip(&mut self) -> Option<IpAddr> {
+        let node = self.api.get_opt(&self.node).await.ok().flatten()?;
+        internal_ip(&node)
+    }
+
     /// The subnets are the Node's podCIDRs: nothing is leased, `sizes` and `hint` do not apply.
     async fn register(
         &mut self,
@@ -341,6 +348,24 @@ impl Datastore for KubeStore {
 }
 
 /// The node's IPv4 pod subnet: the first IPv4 entry of `spec.podCIDRs`, else `spec.podCIDR`.
+/// A Node's InternalIP: its first IPv4 one, else its first one.
+pub fn internal_ip(node: &Node) -> Option<IpAddr> {
+    let internal: Vec<IpAddr> = node
+        .status
+        .as_ref()?
+        .addresses
+        .as_ref()?
+        .iter()
+        .filter(|a| a.type_ == "InternalIP")
+        .filter_map(|a| a.address.parse().ok())
+        .collect();
+    internal
+        .iter()
+        .find(|ip| ip.is_ipv4())
+        .or(internal.first())
+        .copied()
+}
+
 pub fn pod_subnet(node: &Node) -> Option<IpNetwork> {
     let spec = node.spec.as_ref()?;
     spec.pod_cidrs

@@ -55,6 +55,28 @@ impl Backoff {
     }
 }
 
+/// The underlay: the interface or address configured; else the address the cluster knows the
+/// node by (the Node's InternalIP, which kubelet's `--node-ip` may put on another link than the
+/// default route's); else the default-route interface. Says which in the log.
+async fn choose_underlay<S: Datastore>(
+    args: &Args,
+    store: &mut S,
+    kernel: &mut Kernel,
+) -> Result<(), DaemonError> {
+    let chosen_by = if args.underlay_address.is_some() {
+        "--underlay-address"
+    } else if args.iface.is_some() {
+        "--iface"
+    } else {
+        match store.node_ip().await {
+            Some(ip) if kernel.adopt_underlay_address(ip)? => "the Node's InternalIP",
+            _ => "the default route's interface",
+        }
+    };
+    tracing::info!(underlay = %kernel.underlay.name, address = %kernel.underlay.address, chosen_by, "underlay");
+    Ok(())
+}
+
 /// Registers until it works. Only a configuration error (say, a podCIDR outside the cluster CIDR)
 /// ends the retries.
 async fn register<S: Datastore>(
@@ -161,6 +183,7 @@ async fn serve_with<S: Datastore>(
     if args.leave {
         return leave(&args, &mut store, &mut kernel).await;
     }
+    choose_underlay(&args, &mut store, &mut kernel).await?;
 
     let hint = NodeFacts::read(&args.run_dir)
         .ok()
