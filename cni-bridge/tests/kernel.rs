@@ -103,17 +103,7 @@ impl Node {
 }
 
 fn pod_address(result: &Value, family: u8) -> String {
-    result["ips"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|ip| ip["address"].as_str().unwrap())
-        .find(|a| (family == 4) != a.contains(':'))
-        .unwrap()
-        .split('/')
-        .next()
-        .unwrap()
-        .to_string()
+    test_support::result_address(result, family == 6).unwrap()
 }
 
 fn host_veth(result: &Value) -> String {
@@ -837,29 +827,18 @@ fn a_del_killed_at_any_point_never_frees_an_address_a_veth_still_holds() {
             .wrapping_mul(6364136223846793005)
             .wrapping_add(1442695040888963407);
         let delay = std::time::Duration::from_micros((seed >> 33) % 12_000);
-        let mut child = std::process::Command::new("ip")
-            .args(["netns", "exec", &node.ns.name])
-            .arg(bridge_bin())
-            .env_clear()
-            .envs([
+        let mut child = test_support::spawn_plugin_in(
+            Some(&node.ns),
+            &bridge_bin(),
+            &[
                 ("CNI_COMMAND", "DEL"),
                 ("CNI_CONTAINERID", id.as_str()),
                 ("CNI_NETNS", ""),
                 ("CNI_IFNAME", "eth0"),
                 ("CNI_PATH", node.cni_path.as_str()),
-            ])
-            .stdin(std::process::Stdio::piped())
-            .stdout(std::process::Stdio::null())
-            .stderr(std::process::Stdio::null())
-            .spawn()
-            .unwrap();
-        {
-            use std::io::Write;
-            let mut stdin = child.stdin.take().unwrap();
-            stdin
-                .write_all(&serde_json::to_vec(&conf).unwrap())
-                .unwrap();
-        }
+            ],
+            &conf,
+        );
         std::thread::sleep(delay);
         // SIGKILL the plugin itself (the child of `ip netns exec`, which execs it).
         let _ = child.kill();
@@ -1185,32 +1164,21 @@ fn a_killed_plugins_ipam_child_never_acts_afterwards() {
             .enumerate()
     {
         let id = format!("orph{round}");
-        let mut child = std::process::Command::new("ip")
-            .args(["netns", "exec", &node.ns.name])
-            .arg(bridge_bin())
-            .env_clear()
-            .envs([
+        let mut input = conf.clone();
+        input["cni.dev/valid-attachments"] = json!([]);
+        let mut child = test_support::spawn_plugin_in(
+            Some(&node.ns),
+            &bridge_bin(),
+            &[
                 ("PATH", "/usr/sbin:/usr/bin:/sbin:/bin"),
                 ("CNI_COMMAND", command),
                 ("CNI_CONTAINERID", id.as_str()),
                 ("CNI_NETNS", &pod.path().display().to_string()),
                 ("CNI_IFNAME", "eth0"),
                 ("CNI_PATH", cni_path.as_str()),
-            ])
-            .stdin(std::process::Stdio::piped())
-            .stdout(std::process::Stdio::null())
-            .stderr(std::process::Stdio::null())
-            .spawn()
-            .unwrap();
-        {
-            use std::io::Write;
-            let mut input = conf.clone();
-            input["cni.dev/valid-attachments"] = json!([]);
-            let mut stdin = child.stdin.take().unwrap();
-            stdin
-                .write_all(&serde_json::to_vec(&input).unwrap())
-                .unwrap();
-        }
+            ],
+            &input,
+        );
         std::thread::sleep(std::time::Duration::from_millis(kill_after_ms));
         let _ = child.kill();
         let _ = child.wait();
@@ -1252,29 +1220,18 @@ fn gc_finds_the_veths_of_adds_killed_before_they_named_their_owner() {
             .wrapping_mul(6364136223846793005)
             .wrapping_add(1442695040888963407);
         let delay = std::time::Duration::from_micros((seed >> 33) % 15_000);
-        let mut child = std::process::Command::new("ip")
-            .args(["netns", "exec", &node.ns.name])
-            .arg(bridge_bin())
-            .env_clear()
-            .envs([
+        let mut child = test_support::spawn_plugin_in(
+            Some(&node.ns),
+            &bridge_bin(),
+            &[
                 ("CNI_COMMAND", "ADD"),
                 ("CNI_CONTAINERID", &format!("gcv{round}")),
                 ("CNI_NETNS", &pod.path().display().to_string()),
                 ("CNI_IFNAME", &format!("k{round}")),
                 ("CNI_PATH", node.cni_path.as_str()),
-            ])
-            .stdin(std::process::Stdio::piped())
-            .stdout(std::process::Stdio::null())
-            .stderr(std::process::Stdio::null())
-            .spawn()
-            .unwrap();
-        {
-            use std::io::Write;
-            let mut stdin = child.stdin.take().unwrap();
-            stdin
-                .write_all(&serde_json::to_vec(&conf).unwrap())
-                .unwrap();
-        }
+            ],
+            &conf,
+        );
         std::thread::sleep(delay);
         let _ = child.kill();
         let _ = child.wait();

@@ -4,39 +4,23 @@
 //! inside a QEMU guest with Debian's kernel (tests/vm/run.sh), where it must pass for real: pods in
 //! one VLAN reach each other, pods of another VLAN do not.
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::Command;
 
 #[test]
 fn vlan_in_a_vm() {
     test_support::require_root();
     let kernel_tests = test_binary("kernel", "vlan_isolates_pods_or_fails_cleanly");
-    let run = Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/vm/run.sh");
-    let out = Command::new("bash")
-        .arg(run)
-        .args(["--timeout", "600", "--", "env", "TETHER_REQUIRE_VLAN=1"])
-        .arg(kernel_tests)
-        .args([
-            "--exact",
-            "vlan_isolates_pods_or_fails_cleanly",
-            "--nocapture",
-        ])
-        .output()
-        .unwrap();
-    let report = format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    assert!(
-        out.status.success(),
-        "the VLAN test inside the VM failed: {}\n{report}",
-        out.status
-    );
-    // A renamed inner test would run nothing and still exit 0.
-    assert!(
-        report.contains("test result: ok. 1 passed"),
-        "the VLAN test did not run inside the VM:\n{report}"
+    test_support::run_one_test_in_vm(
+        600,
+        &[
+            "env".as_ref(),
+            "TETHER_REQUIRE_VLAN=1".as_ref(),
+            kernel_tests.as_os_str(),
+            "--exact".as_ref(),
+            "vlan_isolates_pods_or_fails_cleanly".as_ref(),
+            "--nocapture".as_ref(),
+        ],
     );
 }
 

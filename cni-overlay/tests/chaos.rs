@@ -389,9 +389,8 @@ fn check_round(
     // Leases: exactly the live pods' addresses, each held by its pod.
     let mut wanted = BTreeMap::new();
     for pod in live {
-        for ip in pod.result.as_ref().unwrap()["ips"].as_array().unwrap() {
-            let address = ip["address"].as_str().unwrap().split('/').next().unwrap();
-            let before = wanted.insert(address.to_string(), pod.id.clone());
+        for address in test_support::result_addresses(pod.result.as_ref().unwrap()) {
+            let before = wanted.insert(address.clone(), pod.id.clone());
             assert!(
                 before.is_none(),
                 "{address} held twice: {before:?} and {}\n{}",

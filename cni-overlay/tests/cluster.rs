@@ -409,23 +409,6 @@ fn bad_configuration_exits_with_a_clear_error() {
     }
 }
 
-fn addresses(result: &serde_json::Value) -> Vec<String> {
-    result["ips"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|ip| {
-            ip["address"]
-                .as_str()
-                .unwrap()
-                .split('/')
-                .next()
-                .unwrap()
-                .to_string()
-        })
-        .collect()
-}
-
 #[test]
 fn dual_stack_pods_talk_over_both_families_without_nat() {
     let mut cluster = Cluster::new_stopped("ovs", 2);
@@ -448,7 +431,7 @@ fn dual_stack_pods_talk_over_both_families_without_nat() {
     for (i, node) in cluster.nodes.iter().enumerate() {
         let pod = Netns::new(&format!("ovs-p{i}"));
         let result = node.plugin("ADD", &format!("ovs-p{i}"), Some(&pod)).ok();
-        let ips = addresses(&result);
+        let ips = test_support::result_addresses(&result);
         assert_eq!(ips.len(), 2, "one address per family: {result}");
         assert!(ips[1].starts_with("fd00:244:"), "{ips:?}");
         pods.push((pod, ips));

@@ -648,20 +648,7 @@ impl World {
                 .add(&att)
                 .unwrap_or_else(|e| panic!("ADD {name}: {}", e.stdout));
             let address = |v6: bool| {
-                result["ips"]
-                    .as_array()
-                    .unwrap()
-                    .iter()
-                    .map(|ip| {
-                        ip["address"]
-                            .as_str()
-                            .unwrap()
-                            .split('/')
-                            .next()
-                            .unwrap()
-                            .to_string()
-                    })
-                    .find(|ip| ip.contains(':') == v6)
+                test_support::result_address(&result, v6)
                     .unwrap_or_else(|| panic!("{name} has no address of each family: {result}"))
             };
             let mut servers = vec![

@@ -364,15 +364,7 @@ fn the_deployed_conflist_is_written_when_ready_and_its_chain_serves_pods() {
                 .unwrap_or_else(|e| panic!("ADD: {}", e.stdout)),
         );
     }
-    let ip = |r: &Value| {
-        r["ips"][0]["address"]
-            .as_str()
-            .unwrap()
-            .split('/')
-            .next()
-            .unwrap()
-            .to_string()
-    };
+    let ip = |r: &Value| test_support::result_addresses(r).remove(0);
     let (ip0, ip1) = (ip(&results[0]), ip(&results[1]));
     assert!(
         ip0.starts_with("10.244.3.") && ip1.starts_with("10.244.4."),
@@ -716,13 +708,7 @@ fn dual_stack_nodes_from_their_pod_cidrs() {
     for (i, node) in cluster.nodes.iter().enumerate() {
         let pod = test_support::Netns::new(&format!("ovk6-p{i}"));
         let result = node.plugin("ADD", &format!("ovk6-p{i}"), Some(&pod)).ok();
-        let v6 = result["ips"][1]["address"]
-            .as_str()
-            .unwrap()
-            .split('/')
-            .next()
-            .unwrap()
-            .to_string();
+        let v6 = test_support::result_address(&result, true).unwrap();
         pods.push((pod, v6));
     }
     assert!(pods[1].1.starts_with("fd00:244:0:6:"), "{}", pods[1].1);

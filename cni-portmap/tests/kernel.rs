@@ -87,21 +87,7 @@ fn mapping(host: u16, container: u16, proto: &str, host_ip: &str) -> Value {
 }
 
 fn pod_ip(result: &Value, v6: bool) -> String {
-    result["ips"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|ip| {
-            ip["address"]
-                .as_str()
-                .unwrap()
-                .split('/')
-                .next()
-                .unwrap()
-                .to_string()
-        })
-        .find(|a| a.contains(':') == v6)
-        .unwrap()
+    test_support::result_address(result, v6).unwrap()
 }
 
 #[test]

@@ -25,35 +25,18 @@ const MIB: i64 = 1 << 20;
 #[test]
 fn node_service_in_a_vm() {
     test_support::require_root();
-    let run = Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/vm/run.sh");
-    let out = Command::new("bash")
-        .arg(run)
-        .args(["--timeout", "1500", "--"])
-        .arg(std::env::current_exe().unwrap())
-        .args([
-            "--exact",
-            "guest_node_suite",
-            "--ignored",
-            "--nocapture",
-            "--test-threads",
-            "1",
-        ])
-        .output()
-        .unwrap();
-    let report = format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    assert!(
-        out.status.success(),
-        "the suite inside the VM failed: {}\n{report}",
-        out.status
-    );
-    // A renamed inner test would run nothing and still exit 0.
-    assert!(
-        report.contains("test result: ok. 1 passed"),
-        "the guest suite did not run inside the VM:\n{report}"
+    let me = std::env::current_exe().unwrap();
+    test_support::run_one_test_in_vm(
+        1500,
+        &[
+            me.as_os_str(),
+            "--exact".as_ref(),
+            "guest_node_suite".as_ref(),
+            "--ignored".as_ref(),
+            "--nocapture".as_ref(),
+            "--test-threads".as_ref(),
+            "1".as_ref(),
+        ],
     );
 }
 

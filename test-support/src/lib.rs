@@ -140,6 +140,54 @@ impl Netns {
     }
 }
 
+/// Runs `command` inside a QEMU guest with Debian's kernel (`tests/vm/run.sh`, `timeout` in
+/// seconds) that must run exactly one inner test and pass it; its output. A renamed or filtered
+/// inner test would otherwise run nothing and still exit 0.
+pub fn run_one_test_in_vm(timeout: u32, command: &[&std::ffi::OsStr]) -> String {
+    let run = Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/vm/run.sh");
+    let out = Command::new("bash")
+        .arg(run)
+        .args(["--timeout", &timeout.to_string(), "--"])
+        .args(command)
+        .output()
+        .unwrap();
+    let report = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        out.status.success(),
+        "the test inside the VM failed: {}\n{report}",
+        out.status
+    );
+    assert!(
+        report.contains("test result: ok. 1 passed"),
+        "the test did not run inside the VM:\n{report}"
+    );
+    report
+}
+
+/// The addresses (without prefix length) of a CNI result's `ips`, in order.
+pub fn result_addresses(result: &Value) -> Vec<String> {
+    result["ips"]
+        .as_array()
+        .map(|ips| {
+            ips.iter()
+                .filter_map(|ip| ip["address"].as_str())
+                .map(|a| a.split('/').next().unwrap_or(a).to_string())
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// A CNI result's first address of one family.
+pub fn result_address(result: &Value, v6: bool) -> Option<String> {
+    result_addresses(result)
+        .into_iter()
+        .find(|a| a.contains(':') == v6)
+}
+
 /// The conflist deploy/ installs (ConfigMap `tether-cni`, generated from this file).
 pub fn deployed_conflist() -> String {
     std::fs::read_to_string(

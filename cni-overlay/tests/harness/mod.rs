@@ -181,13 +181,7 @@ impl Node {
     pub fn pod(&self, tag: &str) -> (Netns, String) {
         let pod = Netns::new(tag);
         let result = self.plugin("ADD", tag, Some(&pod)).ok();
-        let ip = result["ips"][0]["address"]
-            .as_str()
-            .unwrap()
-            .split('/')
-            .next()
-            .unwrap()
-            .to_string();
+        let ip = test_support::result_addresses(&result).remove(0);
         (pod, ip)
     }
 
