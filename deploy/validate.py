@@ -100,6 +100,29 @@ def check_service_monitor(doc):
     return problems
 
 
+def check_prometheus_rule(doc):
+    """The Prometheus Operator's PrometheusRule: groups of alerts, each with what an operator
+    reads (severity, summary, description). tests/monitoring.rs runs promtool on the rules."""
+    problems = []
+    if doc.get("apiVersion") != "monitoring.coreos.com/v1":
+        problems.append("apiVersion must be monitoring.coreos.com/v1")
+    groups = doc.get("spec", {}).get("groups")
+    if not isinstance(groups, list) or not groups:
+        return problems + ["spec.groups is required"]
+    for group in groups:
+        for rule in group.get("rules", []):
+            name = rule.get("alert") or rule.get("record")
+            if not isinstance(rule.get("expr"), str):
+                problems.append(f"rule {name}: expr is required")
+            if "alert" in rule:
+                if rule.get("labels", {}).get("severity") not in ("critical", "warning", "info"):
+                    problems.append(f"alert {name}: labels.severity must be critical, warning or info")
+                for key in ("summary", "description"):
+                    if not rule.get("annotations", {}).get(key):
+                        problems.append(f"alert {name}: annotations.{key} is required")
+    return problems
+
+
 def check_snapshot_class(doc):
     """The snapshot CRDs are not part of the API schemas: check their documented shape."""
     problems = []
@@ -186,6 +209,8 @@ def main():
             failures += [f"{where}: {p}" for p in check_snapshot_class(doc)]
         elif kind == "ServiceMonitor":
             failures += [f"{where}: {p}" for p in check_service_monitor(doc)]
+        elif kind == "PrometheusRule":
+            failures += [f"{where}: {p}" for p in check_prometheus_rule(doc)]
         else:
             for version in KUBERNETES_VERSIONS:
                 try:

@@ -8,6 +8,7 @@ packages=(
   iproute2                   # ip(8), for inspecting kernel state in tests and the demo
   nftables                   # masquerade rules
   iptables                   # iptables-nft: kube-proxy's iptables-mode rules in the datapath truth tables
+  prometheus                 # promtool: unit tests of deploy/optional/monitoring's alerts
   jq                         # readable JSON in the demo
   curl                       # HTTP probes of tether-netpol's /readyz and /metrics in its tests
   iputils-ping               # reachability checks in tests and the demo

@@ -46,16 +46,20 @@ pub struct Metrics {
 /// The process's metrics (one set, recorded from wherever the work happens).
 pub fn metrics() -> &'static Metrics {
     static METRICS: OnceLock<Metrics> = OnceLock::new();
-    METRICS.get_or_init(|| Metrics {
-        rpcs: Family::default(),
-        rpc_seconds: Family::new_with_constructor(histogram),
-        in_flight: Family::default(),
-        nfs_seconds: Family::new_with_constructor(histogram),
-        copies: Gauge::default(),
-    })
+    METRICS.get_or_init(Metrics::new)
 }
 
 impl Metrics {
+    fn new() -> Metrics {
+        Metrics {
+            rpcs: Family::default(),
+            rpc_seconds: Family::new_with_constructor(histogram),
+            in_flight: Family::default(),
+            nfs_seconds: Family::new_with_constructor(histogram),
+            copies: Gauge::default(),
+        }
+    }
+
     pub fn registry(&self) -> Arc<Mutex<Registry>> {
         let mut r = Registry::default();
         r.register(
@@ -124,6 +128,34 @@ fn operation(what: &str) -> &'static str {
         .iter()
         .find(|(prefix, _)| what.starts_with(prefix))
         .map_or("other", |(_, name)| name)
+}
+
+/// The sample names tether-csi exposes (for the checks of alerts and dashboards).
+pub fn exposed_names() -> Vec<String> {
+    // A family shows only once it has a sample: one of each, on metrics of their own.
+    let example = Metrics::new();
+    let method = MethodLabel { method: "Probe" };
+    example
+        .rpcs
+        .get_or_create(&RpcLabels {
+            method: "Probe",
+            code: "Ok".into(),
+        })
+        .inc();
+    example.rpc_seconds.get_or_create(&method).observe(0.0);
+    example.in_flight.get_or_create(&method).set(0);
+    example
+        .nfs_seconds
+        .get_or_create(&NfsLabel {
+            operation: "lookup",
+        })
+        .observe(0.0);
+    let registry = example.registry();
+    let names = match registry.lock() {
+        Ok(r) => tether_observe::names::exposed_names(&r),
+        Err(poisoned) => tether_observe::names::exposed_names(&poisoned.into_inner()),
+    };
+    names
 }
 
 #[cfg(test)]

@@ -125,3 +125,8 @@ pub fn same_node_policed(bridge: &str) -> Result<(), String> {
         format!("{bypass}: traffic between those pods bypasses NetworkPolicies; recreate them as routed pods (cni-bridge's routed, cni-overlay's default), or set bridge-nf-call-iptables to 1")
     })
 }
+
+/// The sample names tether-netpol exposes (for the checks of alerts and dashboards).
+pub fn exposed_names() -> Vec<String> {
+    tether_observe::names::exposed_names(&Metrics::default().registry())
+}

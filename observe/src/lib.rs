@@ -4,5 +4,6 @@
 
 pub mod http;
 pub mod logging;
+pub mod names;
 
 pub use prometheus_client;

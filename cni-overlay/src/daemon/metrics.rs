@@ -20,6 +20,8 @@ pub struct Metrics {
     pub datastore_errors: Counter,
     /// Isolated ports of cni0 while br_netfilter is on (see [`cni_core::same_node`]).
     pub dnat_dropping_ports: Gauge,
+    /// When a reconciliation last ran to its end (Unix seconds).
+    pub last_reconcile: Gauge,
     state: Mutex<Health>,
 }
 
@@ -42,6 +44,7 @@ impl Default for Metrics {
             reconcile_duration: Histogram::new(latency_buckets()),
             datastore_errors: Counter::default(),
             dnat_dropping_ports: Gauge::default(),
+            last_reconcile: Gauge::default(),
             state: Mutex::new(Health::default()),
         }
     }
@@ -86,6 +89,11 @@ impl Metrics {
             self.datastore_errors.clone(),
         );
         r.register(
+            "tether_overlay_last_reconcile_timestamp_seconds",
+            "When a reconciliation last ran to its end (Unix time)",
+            self.last_reconcile.clone(),
+        );
+        r.register(
             "tether_overlay_dnat_dropping_ports",
             "Isolated cni0 ports (pods of an earlier release) while br_netfilter is on: their Service and hostPort connections to pods of the node are dropped",
             self.dnat_dropping_ports.clone(),
@@ -104,6 +112,10 @@ impl Metrics {
             self.reconcile_errors.inc();
         }
         self.check_isolated_ports();
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs() as i64);
+        self.last_reconcile.set(now);
         if let Ok(mut state) = self.state.lock() {
             state.last_run = Some(Instant::now());
             state.refused = refused;
@@ -179,4 +191,9 @@ fn bridge_netfilter() -> Result<(), String> {
     cni_core::same_node::reaches_ip_hooks(crate::plugin::BRIDGE).map_err(|bypass| {
         format!("{bypass}: Service traffic between those pods bypasses kube-proxy; recreate them as routed pods, set bridge-nf-call-iptables to 1, or run with --no-br-netfilter-check")
     })
+}
+
+/// The sample names tether-overlayd exposes (for the checks of alerts and dashboards).
+pub fn exposed_names() -> Vec<String> {
+    tether_observe::names::exposed_names(&Arc::new(Metrics::default()).registry())
 }

@@ -9,7 +9,7 @@ mod etcd;
 mod kernel;
 pub mod kube;
 mod masq;
-mod metrics;
+pub mod metrics;
 mod purge;
 pub mod state;
 mod sync;
