@@ -536,6 +536,84 @@ fn respond(mut conn: &TcpStream, code: u16, body: &Value) {
     let _ = conn.write_all(&body);
 }
 
+/// `/api/v1/nodes/<node>:<port>/proxy/<path>`: the API server's proxy to a port of a node.
+fn node_proxy_of(path: &str) -> Option<(&str, u16, &str)> {
+    let rest = path.strip_prefix("/api/v1/nodes/")?;
+    let (node_port, rest) = rest.split_once("/proxy")?;
+    let (node, port) = node_port.split_once(':')?;
+    Some((node, port.parse().ok()?, rest.trim_start_matches('/')))
+}
+
+/// The node proxy, as the real API server does it: a GET to the node's InternalIP on `port`,
+/// answered with what the node answered (503 when it cannot be reached).
+fn proxy_to_node(mut conn: &TcpStream, shared: &Shared, node: &str, port: u16, path: &str) {
+    let key = (NODES.group, NODES.plural, String::new(), node.to_string());
+    let object = shared.state.lock().unwrap().objects.get(&key).cloned();
+    let Some(object) = object else {
+        respond(
+            conn,
+            404,
+            &status(404, "NotFound", format!("nodes \"{node}\" not found")),
+        );
+        return;
+    };
+    let address = object["status"]["addresses"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .find(|a| a["type"] == "InternalIP")
+        .and_then(|a| a["address"].as_str())
+        .unwrap_or_default()
+        .to_string();
+    let answer = (|| -> std::io::Result<Vec<u8>> {
+        let ip: std::net::IpAddr = address
+            .parse()
+            .map_err(|_| std::io::Error::other("the Node has no InternalIP"))?;
+        let mut upstream = TcpStream::connect_timeout(
+            &std::net::SocketAddr::new(ip, port),
+            std::time::Duration::from_secs(2),
+        )?;
+        upstream.set_read_timeout(Some(std::time::Duration::from_secs(5)))?;
+        upstream.write_all(
+            format!("GET /{path} HTTP/1.0\r\nHost: {ip}\r\nConnection: close\r\n\r\n").as_bytes(),
+        )?;
+        let mut raw = Vec::new();
+        std::io::Read::read_to_end(&mut upstream, &mut raw)?;
+        Ok(raw)
+    })();
+    match answer {
+        // The node's own status and body, with headers of this connection.
+        Ok(raw) => {
+            let split = raw
+                .windows(4)
+                .position(|w| w == b"\r\n\r\n")
+                .map_or(raw.len(), |at| at + 4);
+            let head = String::from_utf8_lossy(&raw[..split]);
+            let code = head
+                .split_whitespace()
+                .nth(1)
+                .and_then(|c| c.parse::<u16>().ok())
+                .unwrap_or(502);
+            let body = &raw[split..];
+            let head = format!(
+                "HTTP/1.1 {code} Proxied\r\nContent-Type: text/plain\r\nContent-Length: {}\r\n\r\n",
+                body.len()
+            );
+            let _ = conn.write_all(head.as_bytes());
+            let _ = conn.write_all(body);
+        }
+        Err(e) => respond(
+            conn,
+            503,
+            &status(
+                503,
+                "ServiceUnavailable",
+                format!("error trying to reach service: {node}:{port}: {e}"),
+            ),
+        ),
+    }
+}
+
 fn status(code: u16, reason: &str, message: String) -> Value {
     json!({"kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Failure",
            "message": message, "reason": reason, "code": code})
@@ -657,6 +735,10 @@ fn serve(conn: TcpStream, shared: &Shared) {
         ));
         if shared.down.load(Ordering::SeqCst) || shared.stopped.load(Ordering::SeqCst) {
             return; // The connection closes unanswered.
+        }
+        if let Some((node, port, rest)) = node_proxy_of(&request.path) {
+            proxy_to_node(&conn, shared, node, port, rest);
+            continue;
         }
         let Some(target) = target_of(&request.path) else {
             respond(

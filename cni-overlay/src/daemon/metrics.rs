@@ -22,6 +22,14 @@ pub struct Metrics {
     pub dnat_dropping_ports: Gauge,
     /// When a reconciliation last ran to its end (Unix seconds).
     pub last_reconcile: Gauge,
+    /// Routes to peer subnets: plain ones over the underlay, and over VXLAN.
+    pub direct_routes: Gauge,
+    pub vxlan_routes: Gauge,
+    /// `bridge-nf-call-iptables`: 1 or 0, -1 when br_netfilter is absent.
+    pub bridge_nf_call_iptables: Gauge,
+    /// 1 once the conflist is in place (the node serves pods), 0 before, -1 when this daemon
+    /// does not manage it.
+    pub conflist_installed: Gauge,
     state: Mutex<Health>,
 }
 
@@ -45,6 +53,10 @@ impl Default for Metrics {
             datastore_errors: Counter::default(),
             dnat_dropping_ports: Gauge::default(),
             last_reconcile: Gauge::default(),
+            direct_routes: Gauge::default(),
+            vxlan_routes: Gauge::default(),
+            bridge_nf_call_iptables: Gauge::default(),
+            conflist_installed: Gauge::default(),
             state: Mutex::new(Health::default()),
         }
     }
@@ -94,6 +106,26 @@ impl Metrics {
             self.last_reconcile.clone(),
         );
         r.register(
+            "tether_overlay_direct_routes",
+            "Routes to other nodes' pod subnets over the underlay, without encapsulation",
+            self.direct_routes.clone(),
+        );
+        r.register(
+            "tether_overlay_vxlan_routes",
+            "Routes to other nodes' pod subnets over VXLAN",
+            self.vxlan_routes.clone(),
+        );
+        r.register(
+            "tether_overlay_bridge_nf_call_iptables",
+            "br_netfilter's bridge-nf-call-iptables on this node (-1: br_netfilter absent)",
+            self.bridge_nf_call_iptables.clone(),
+        );
+        r.register(
+            "tether_overlay_conflist_installed",
+            "1 once the node's CNI conflist is in place, 0 before; -1: not managed by this daemon",
+            self.conflist_installed.clone(),
+        );
+        r.register(
             "tether_overlay_dnat_dropping_ports",
             "Isolated cni0 ports (pods of an earlier release) while br_netfilter is on: their Service and hostPort connections to pods of the node are dropped",
             self.dnat_dropping_ports.clone(),
@@ -126,6 +158,9 @@ impl Metrics {
     /// readiness failure: those pods are broken already, and an unready daemon would stall the
     /// rolling update that brings routed pods.
     fn check_isolated_ports(&self) {
+        let bridge_nf = cni_core::sysctl::get("/proc/sys/net/bridge/bridge-nf-call-iptables");
+        self.bridge_nf_call_iptables
+            .set(bridge_nf.map_or(-1, |v| i64::from(v.trim() == "1")));
         let dropped = cni_core::same_node::dnat_survives(crate::plugin::BRIDGE).err();
         let count = dropped.as_ref().map_or(0, |d| d.isolated_ports.names.len()) as i64;
         if self.dnat_dropping_ports.set(count) != count {

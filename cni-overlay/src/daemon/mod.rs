@@ -194,6 +194,10 @@ async fn serve_with<S: Datastore>(
     publish_local(&args, &mut kernel, clusters, subnets)?;
     enable_forwarding()?;
 
+    // -1: this daemon does not manage the conflist (no --cni-conflist).
+    metrics
+        .conflist_installed
+        .set(if args.conflist().is_some() { 0 } else { -1 });
     let mut watch_backoff = Backoff::new();
     let mut resync = tokio::time::interval(Duration::from_secs(args.resync_seconds.max(1)));
     let mut keep_alive =
@@ -215,6 +219,9 @@ async fn serve_with<S: Datastore>(
             if done.ran {
                 if !announced {
                     announced = announce_ready(&args, &mut store).await;
+                    if announced && args.conflist().is_some() {
+                        metrics.conflist_installed.set(1);
+                    }
                 }
                 store.report_refused(&done.refused).await;
             } else {

@@ -207,6 +207,9 @@ impl Sync {
         if changed {
             tracing::info!(added = changes.added, removed = changes.removed, entries = applied, peers = wanted.peers(), took = ?started.elapsed(), "reconciled");
         }
+        let (direct, vxlan) = wanted.route_kinds();
+        metrics.direct_routes.set(direct as i64);
+        metrics.vxlan_routes.set(vxlan as i64);
         metrics.reconciled(started.elapsed(), applied, wanted.peers(), described);
         Reconciled { ran: true, refused }
     }

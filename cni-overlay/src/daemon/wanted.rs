@@ -162,6 +162,18 @@ impl Wanted {
         self.neighbours.0.len() + self.fdb.0.len() + self.routes.0.len()
     }
 
+    /// Routes to peer subnets wanted: (direct, over VXLAN).
+    pub fn route_kinds(&self) -> (usize, usize) {
+        let routes = self.peers.values().flat_map(|e| e.routes.iter());
+        routes.fold((0, 0), |(direct, vxlan), (_, want)| {
+            if want.via_vxlan {
+                (direct, vxlan + 1)
+            } else {
+                (direct + 1, vxlan)
+            }
+        })
+    }
+
     /// Other nodes known.
     pub fn peers(&self) -> usize {
         self.peers.len()

@@ -81,7 +81,7 @@ impl Node {
             .args(["--node-name", &self.name, "--cluster-cidr", CLUSTER_CIDR])
             .args(&self.datastore_args)
             .args(["--lease-ttl", "4", "--resync-seconds", "1"])
-            .args(["--metrics-addr", "127.0.0.1:9402", "--run-dir"])
+            .args(["--metrics-addr", "0.0.0.0:9402", "--run-dir"])
             .arg(self.run_dir())
             .args(extra)
             .stdout(Stdio::null())
@@ -514,7 +514,7 @@ pub fn start_agents(cluster: &Cluster) -> (Vec<Killed>, Vec<PathBuf>) {
                     .arg(&kubeconfig)
                     .arg("--facts")
                     .arg(node.run_dir().join("overlay.json"))
-                    .args(["--metrics-addr", "127.0.0.1:9403"])
+                    .args(["--metrics-addr", "0.0.0.0:9403"])
                     .stderr(std::fs::File::create(log).unwrap())
                     .spawn()
                     .unwrap(),
