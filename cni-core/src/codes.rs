@@ -1,6 +1,6 @@
 //! Every CNI error code a Tether plugin reports beyond the spec's (which stop below 100): each
 //! plugin owns a decade above 100, so a code says which plugin failed and why. The plugins' error
-//! types map to these constants, and the README's table is this list ([`table`]), checked by a
+//! types map to these constants, and docs/cni.md's table is this list ([`table`]), checked by a
 //! test so the two cannot drift.
 
 pub const IPAM_RANGE_EXHAUSTED: u32 = 110;
@@ -79,7 +79,7 @@ pub const PLUGINS: &[PluginCodes] = &[
     ),
 ];
 
-/// The README's table of codes.
+/// The table of codes in docs/cni.md.
 pub fn table() -> String {
     let mut out = String::from("| range | plugin | codes |\n|---|---|---|\n");
     for (plugin, decade, codes) in PLUGINS {
@@ -119,11 +119,11 @@ mod tests {
     }
 
     #[test]
-    fn the_readme_shows_this_table() {
-        let readme = include_str!("../../README.md");
+    fn the_cni_docs_show_this_table() {
+        let docs = include_str!("../../docs/cni.md");
         assert!(
-            readme.contains(&table()),
-            "README.md's table of CNI error codes differs from cni_core::codes; it should read:\n{}",
+            docs.contains(&table()),
+            "docs/cni.md's table of CNI error codes differs from cni_core::codes; it should read:\n{}",
             table()
         );
     }

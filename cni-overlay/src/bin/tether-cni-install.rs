@@ -21,7 +21,7 @@ const PLUGINS: [&str; 5] = [
     "cni-bandwidth",
 ];
 
-/// The paths runtimes read, as mounted into the container (see the README for k3s and RKE2).
+/// The paths runtimes read, as mounted into the container (see docs/install.md for k3s and RKE2).
 #[derive(Debug, Parser)]
 #[command(
     name = "tether-cni-install",
