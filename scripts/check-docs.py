@@ -65,7 +65,7 @@ def broken_links(doc):
 
 
 def main():
-    docs = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
+    docs = [ROOT / "README.md", *sorted((ROOT / "docs").rglob("*.md"))]
     problems = [p for doc in docs for p in broken_links(doc)]
     for p in problems:
         print(f"check-docs: {p}", file=sys.stderr)

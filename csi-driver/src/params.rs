@@ -15,15 +15,50 @@ pub const PV_NAME: &str = "csi.storage.k8s.io/pv/name";
 /// Everything under this prefix belongs to the Kubernetes sidecars, not to us.
 const SIDECAR_PREFIX: &str = "csi.storage.k8s.io/";
 
-const KNOWN: [&str; 7] = [
-    "server",
-    "share",
-    "subDir",
-    "mountPermissions",
-    "onDelete",
-    "layout",
-    "fsType",
+/// Every StorageClass parameter: name, default, meaning. docs/storage.md shows this table
+/// ([`parameters_table`]), checked by a test.
+pub const PARAMETERS: [(&str, &str, &str); 7] = [
+    ("server", "required", "NFS server host name or address"),
+    (
+        "share",
+        "required",
+        "exported path (the NFSv4 pseudo path; give a server whose v3 export and v4 pseudo path agree if you mix versions)",
+    ),
+    (
+        "subDir",
+        "the volume name",
+        "directory of the volume inside the share; may use `${pvc.metadata.name}`, `${pvc.metadata.namespace}`, `${pv.metadata.name}` (csi-provisioner `--extra-create-metadata`); components `[A-Za-z0-9._-]`, no leading dot",
+    ),
+    ("mountPermissions", "`0777`", "mode of the volume directory (octal)"),
+    (
+        "onDelete",
+        "`delete`",
+        "`delete` removes the directory, `retain` keeps it (it stops being a volume), `archive` renames it to `archived-<dir>-<time>`",
+    ),
+    (
+        "layout",
+        "`directory`",
+        "`directory`: a directory per volume, every access mode including ReadWriteMany. `image`: a sparse disk image per volume (single-node access modes and raw block)",
+    ),
+    (
+        "fsType",
+        "`ext4`",
+        "filesystem of `layout: image` volumes (`ext4`, `xfs`)",
+    ),
 ];
+
+/// The StorageClass parameters as a Markdown table.
+pub fn parameters_table() -> String {
+    let mut out = String::from("| parameter | default | meaning |\n|---|---|---|\n");
+    for (name, default, meaning) in PARAMETERS {
+        out.push_str(&format!("| `{name}` | {default} | {meaning} |\n"));
+    }
+    out
+}
+
+fn known() -> impl Iterator<Item = &'static str> {
+    PARAMETERS.iter().map(|(name, _, _)| *name)
+}
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
@@ -63,14 +98,14 @@ impl VolumeParams {
         let mut unknown: Vec<&str> = parameters
             .keys()
             .map(String::as_str)
-            .filter(|k| !KNOWN.contains(k) && !k.starts_with(SIDECAR_PREFIX))
+            .filter(|k| !known().any(|n| n == *k) && !k.starts_with(SIDECAR_PREFIX))
             .collect();
         if !unknown.is_empty() {
             unknown.sort_unstable();
             return Err(CsiError::invalid(format!(
                 "unknown StorageClass parameter(s): {} (known: {})",
                 unknown.join(", "),
-                KNOWN.join(", ")
+                known().collect::<Vec<_>>().join(", ")
             )));
         }
         let required = |key: &str| {
@@ -323,5 +358,15 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(missing.contains("\"server\""), "{missing}");
+    }
+
+    #[test]
+    fn the_storage_docs_show_every_parameter() {
+        let docs = include_str!("../../docs/storage.md");
+        assert!(
+            docs.contains(&parameters_table()),
+            "docs/storage.md's table of StorageClass parameters differs from params::PARAMETERS; it should read:\n{}",
+            parameters_table()
+        );
     }
 }

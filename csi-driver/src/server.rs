@@ -55,6 +55,7 @@ pub struct Args {
     /// AUTH_SYS identity for the controller's NFS calls.
     #[arg(long, env = "TETHER_CSI_NFS_UID", default_value_t = 0)]
     pub nfs_uid: u32,
+    /// AUTH_SYS group for the controller's NFS calls.
     #[arg(long, env = "TETHER_CSI_NFS_GID", default_value_t = 0)]
     pub nfs_gid: u32,
     /// Use a privileged (< 1024) source port, for servers that export with `secure`; needs
@@ -313,5 +314,10 @@ mod tests {
         assert_eq!(parse_share("[fd00::5]:/e").unwrap().server, "[fd00::5]");
         assert!(parse_share("10.0.0.5").is_err());
         assert!(parse_share("10.0.0.5:/e?nfsvers=2").is_err());
+    }
+
+    #[test]
+    fn the_configuration_reference_is_what_the_arguments_say() {
+        test_support::reference::check(&<Args as clap::CommandFactory>::command());
     }
 }

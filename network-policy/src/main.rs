@@ -34,6 +34,7 @@ struct Args {
     /// Remove the table and exit (uninstall).
     #[arg(long)]
     remove: bool,
+    /// Log lines as `text` or `json` (one object per line, for log collectors).
     #[arg(long, env = "TETHER_LOG_FORMAT", default_value = "text")]
     log_format: tether_observe::logging::LogFormat,
 }
@@ -99,5 +100,15 @@ fn main() -> ExitCode {
             tracing::error!(error = %cni_core::error::chain(&e), "tether-netpol failed");
             ExitCode::FAILURE
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_configuration_reference_is_what_the_arguments_say() {
+        test_support::reference::check(&<Args as clap::CommandFactory>::command());
     }
 }

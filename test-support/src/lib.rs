@@ -15,6 +15,7 @@ pub mod ganesha;
 pub mod kube_proxy;
 pub mod policy_world;
 pub mod probe;
+pub mod reference;
 pub mod responder;
 
 /// Whether kernel tests can run (they need root). Tests call [`require_root`] instead of skipping

@@ -159,3 +159,13 @@ fn main() -> ExitCode {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_configuration_reference_is_what_the_arguments_say() {
+        test_support::reference::check(&<Args as clap::CommandFactory>::command());
+    }
+}

@@ -10,7 +10,9 @@ use super::error::DaemonError;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub enum DatastoreKind {
+    /// Subnets from the Nodes' podCIDRs, VTEPs as Node annotations.
     Kubernetes,
+    /// Subnets leased from an etcd cluster of its own.
     Etcd,
 }
 
@@ -32,6 +34,7 @@ pub struct Args {
         required = true
     )]
     pub cluster_cidr: Vec<IpNetwork>,
+    /// Where nodes find each other's subnets and VTEPs.
     #[arg(
         long,
         env = "TETHER_DATASTORE",
@@ -42,8 +45,10 @@ pub struct Args {
     /// Kubeconfig for the kubernetes datastore (in-cluster configuration otherwise).
     #[arg(long, env = "KUBECONFIG")]
     pub kubeconfig: Option<PathBuf>,
+    /// etcd client URLs, comma-separated (etcd datastore).
     #[arg(long, env = "TETHER_ETCD_ENDPOINTS", value_delimiter = ',')]
     pub etcd_endpoints: Vec<String>,
+    /// Key prefix of the overlay's records in etcd.
     #[arg(long, env = "TETHER_ETCD_PREFIX", default_value = "/tether/overlay")]
     pub etcd_prefix: String,
     /// Prefix length of each node's IPv4 subnet (etcd datastore).
@@ -61,8 +66,10 @@ pub struct Args {
     /// address makes VXLAN run over IPv6.
     #[arg(long, env = "TETHER_UNDERLAY_ADDRESS")]
     pub underlay_address: Option<IpAddr>,
+    /// VXLAN network identifier (the same on every node).
     #[arg(long, env = "TETHER_VNI", default_value_t = 1)]
     pub vni: u32,
+    /// VXLAN UDP port (the same on every node; open it between nodes beyond a router).
     #[arg(long, env = "TETHER_PORT", default_value_t = 8472)]
     pub port: u16,
     /// Route to nodes the underlay reaches without a router (the same L2 segment) directly over
@@ -79,6 +86,7 @@ pub struct Args {
         default_missing_value = "true"
     )]
     pub direct_routing: bool,
+    /// Where the facts file for cni-overlay (overlay.json) is written.
     #[arg(long, env = "TETHER_RUN_DIR", default_value = "/run/tether")]
     pub run_dir: PathBuf,
     /// Serve /healthz and /metrics here.
@@ -220,5 +228,15 @@ impl Args {
 
     pub fn vxlan_name(&self) -> String {
         format!("tether.{}", self.vni)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_configuration_reference_is_what_the_arguments_say() {
+        test_support::reference::check(&<Args as clap::CommandFactory>::command());
     }
 }

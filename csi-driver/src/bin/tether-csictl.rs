@@ -25,6 +25,7 @@ use tonic::transport::Channel;
     about = "Talk to a CSI driver over its unix socket"
 )]
 struct Args {
+    /// The driver's gRPC endpoint: unix:///path/to/csi.sock (or a plain path).
     #[arg(long, env = "CSI_ENDPOINT", default_value = "unix:///csi/csi.sock")]
     endpoint: String,
     #[command(subcommand)]
@@ -37,6 +38,7 @@ enum Cmd {
     Info,
     /// CreateVolume.
     CreateVolume {
+        /// The volume's name (as csi-provisioner names it: pvc-<uid>).
         name: String,
         /// Size, in bytes or with a Ki/Mi/Gi/Ti suffix.
         #[arg(long, default_value = "1Gi")]
@@ -53,31 +55,44 @@ enum Cmd {
         /// Raw block access instead of a filesystem.
         #[arg(long)]
         block: bool,
+        /// Restore this snapshot id into the new volume.
         #[arg(long, conflicts_with = "from_volume")]
         from_snapshot: Option<String>,
+        /// Clone this volume id into the new volume.
         #[arg(long)]
         from_volume: Option<String>,
     },
     /// DeleteVolume.
-    DeleteVolume { volume_id: String },
+    DeleteVolume {
+        /// The volume id CreateVolume returned.
+        volume_id: String,
+    },
     /// ListVolumes (all pages).
     ListVolumes,
     /// ControllerExpandVolume.
     ExpandVolume {
+        /// The volume id CreateVolume returned.
         volume_id: String,
+        /// The new size, in bytes or with a Ki/Mi/Gi/Ti suffix.
         #[arg(long)]
         capacity: String,
     },
     /// CreateSnapshot.
     CreateSnapshot {
+        /// The snapshot's name (as csi-snapshotter names it: snapshot-<uid>).
         name: String,
+        /// The id of the volume to snapshot.
         #[arg(long)]
         source: String,
     },
     /// DeleteSnapshot.
-    DeleteSnapshot { snapshot_id: String },
+    DeleteSnapshot {
+        /// The snapshot id CreateSnapshot returned.
+        snapshot_id: String,
+    },
     /// ListSnapshots (all pages), optionally of one source volume.
     ListSnapshots {
+        /// Only the snapshots of this volume id.
         #[arg(long)]
         source: Option<String>,
     },
@@ -398,5 +413,10 @@ mod tests {
         assert_eq!(bytes("512").unwrap(), 512);
         assert!(bytes("1GB").is_err());
         assert!(bytes("x").is_err());
+    }
+
+    #[test]
+    fn the_configuration_reference_is_what_the_arguments_say() {
+        test_support::reference::check(&<Args as clap::CommandFactory>::command());
     }
 }
