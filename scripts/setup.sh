@@ -9,6 +9,7 @@ packages=(
   nftables                   # masquerade rules
   iptables                   # iptables-nft: kube-proxy's iptables-mode rules in the datapath truth tables
   prometheus                 # promtool: unit tests of deploy/optional/monitoring's alerts
+  graphviz                   # dot: the diagrams in docs/diagrams, rendered and checked by test.sh
   jq                         # readable JSON in the demo
   curl                       # HTTP probes of tether-netpol's /readyz and /metrics in its tests
   iputils-ping               # reachability checks in tests and the demo
