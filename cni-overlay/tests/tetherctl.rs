@@ -1,19 +1,21 @@
 #![allow(clippy::unwrap_used)] // Tests fail loudly by design.
 
-//! `tetherctl status` as an operator runs it: from outside the nodes (the underlay namespace,
-//! where the API stand-in runs), with only a kubeconfig, reading the agents through the API
-//! server's node proxy. A healthy cluster, then deliberate faults, each named by the command
-//! with a non-zero exit: a refused peer, a plain bridge port with br_netfilter off, an agent
-//! that is gone.
+//! `tetherctl status` and `tetherctl diagnose` as an operator runs them: from outside the nodes
+//! (the underlay namespace, where the API stand-in runs), with only a kubeconfig, reading the
+//! agents through the API server's node proxy. A healthy cluster, then deliberate faults, each
+//! named by the command with a non-zero exit: a refused peer, a node without a podCIDR, a plain
+//! bridge port with br_netfilter off, an agent that is gone; between two pods: a NetworkPolicy
+//! that blocks the port (and the kernel agreeing), an underlay MTU below the pods', a missing
+//! overlay route, a pod whose attachment is gone.
 
 mod harness;
 
 use std::process::Output;
 use std::time::{Duration, Instant};
 
-use harness::{bin_dir, start_agents, Cluster};
+use harness::{bin_dir, pod_at, settle, start_agents, Cluster};
 use serde_json::{json, Value};
-use test_support::apiserver::NAMESPACES;
+use test_support::apiserver::{NAMESPACES, NETWORK_POLICIES, PODS, SERVICES};
 use test_support::workspace_binary;
 
 fn tetherctl(cluster: &Cluster, args: &[&str]) -> Output {
@@ -114,6 +116,18 @@ fn status_names_what_is_wrong_on_each_node() {
     println!("refused peer:\n{}", text(&faulty));
     cluster.api().delete_node("bad");
 
+    // A node the controller manager gave no podCIDR: named, with what to do.
+    cluster.api().add_node("nocidr", None);
+    let out = status_until(
+        &cluster,
+        &["status"],
+        "tetherctl status naming the node without a podCIDR",
+        |out| text(out).contains("nocidr: no podCIDR"),
+    );
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+    println!("no podCIDR:\n{}", text(&out));
+    cluster.api().delete_node("nocidr");
+
     // node1: br_netfilter off and a plain port on cni0: pods there bypass the IP hooks.
     let node1 = &cluster.nodes[1];
     node1
@@ -152,4 +166,180 @@ fn status_names_what_is_wrong_on_each_node() {
     // An unknown node is an error of its own (exit 2).
     let out = tetherctl(&cluster, &["status", "nowhere"]);
     assert_eq!(out.status.code(), Some(2), "{}", text(&out));
+}
+
+fn underlay_ip_of(cluster: &Cluster, node: &str) -> String {
+    cluster.api().node(node).unwrap()["metadata"]["annotations"]["overlay.tether.dev/underlay-ip"]
+        .as_str()
+        .unwrap_or_default()
+        .to_string()
+}
+
+#[test]
+fn diagnose_names_what_stands_between_two_pods() {
+    let mut cluster =
+        Cluster::with_kubernetes("ovtd", &[Some("10.244.41.0/24"), Some("10.244.42.0/24")]);
+    // node2 is a router away: reached over VXLAN.
+    let kubeconfig = cluster._etcd_dir.path().join("kubeconfig");
+    let args = [
+        "--datastore".to_string(),
+        "kubernetes".to_string(),
+        "--kubeconfig".to_string(),
+        kubeconfig.display().to_string(),
+    ];
+    cluster.add_node_on("ovtd", 2, &args, 1);
+    cluster.api().add_node("node2", Some("10.244.43.0/24"));
+    for node in &cluster.nodes {
+        cluster.api().patch_node(
+            &node.name,
+            &json!({"status": {"addresses": [{"type": "InternalIP", "address": node.ip}]}}),
+        );
+    }
+    // node0 never resyncs on its own: a route removed by hand stays removed.
+    cluster.nodes[0].start(&["--resync-seconds", "3600"]);
+    cluster.nodes[1].start(&[]);
+    cluster.nodes[2].start(&[]);
+    cluster.api().put(
+        NAMESPACES,
+        json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": "default"}}),
+    );
+    let (_agents, _logs) = start_agents(&cluster);
+    let (pa, ipa) = cluster.nodes[0].pod("ttda");
+    let (_pb, ipb) = cluster.nodes[1].pod("ttdb");
+    let (_pc, ipc) = cluster.nodes[2].pod("ttdc");
+    cluster.api().put(
+        PODS,
+        pod_at("default", "a", "node0", &[&ipa], json!({"app": "a"})),
+    );
+    let mut b = pod_at("default", "b", "node1", &[&ipb], json!({"app": "b"}));
+    b["spec"]["containers"][0]["ports"] = json!([
+        {"name": "http", "containerPort": 80, "protocol": "TCP", "hostPort": 8080}
+    ]);
+    cluster.api().put(PODS, b);
+    cluster.api().put(
+        PODS,
+        pod_at("default", "c", "node2", &[&ipc], json!({"app": "c"})),
+    );
+    cluster.api().put(
+        SERVICES,
+        json!({"apiVersion": "v1", "kind": "Service",
+               "metadata": {"name": "web", "namespace": "default"},
+               "spec": {"selector": {"app": "b"}, "clusterIP": "10.96.0.10",
+                        "ports": [{"port": 80, "protocol": "TCP", "targetPort": "http"}]}}),
+    );
+    settle(
+        "pods of three nodes reaching each other",
+        || pa.ping(&ipb) && pa.ping(&ipc),
+        || {
+            cluster
+                .nodes
+                .iter()
+                .map(|n| n.log())
+                .collect::<Vec<_>>()
+                .join("\n---\n")
+        },
+    );
+
+    // Healthy: routed pods, a direct route to node1, VXLAN to node2, the Service and hostPort.
+    let out = status_until(
+        &cluster,
+        &["diagnose", "default/a", "default/b", "--port", "80"],
+        "tetherctl diagnose a b healthy",
+        |out| out.status.success(),
+    );
+    let report = text(&out);
+    println!("healthy a -> b:\n{report}");
+    let node1_ip = underlay_ip_of(&cluster, "node1");
+    for wanted in [
+        "routed pod: host veth",
+        &format!("direct route via {node1_ip}"),
+        "Service default/web 10.96.0.10:80/TCP -> 80 (http)",
+        &format!("hostPort {}:8080/TCP -> 80", cluster.nodes[1].ip),
+        "tcp/80: egress not isolated: allowed; ingress not isolated: allowed",
+        "no problems found",
+    ] {
+        assert!(report.contains(wanted), "{wanted:?} missing:\n{report}");
+    }
+    let out = tetherctl(&cluster, &["diagnose", "a", "c"]);
+    let report = text(&out);
+    println!("healthy a -> c:\n{report}");
+    assert!(out.status.success(), "{report}");
+    let node2_ip = underlay_ip_of(&cluster, "node2");
+    assert!(
+        report.contains(&format!("VXLAN via tether.1 to {node2_ip}")),
+        "{report}"
+    );
+    let out = tetherctl(&cluster, &["diagnose", "default/a", "-o", "json"]);
+    let one: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(one["path"][0]["kernel"]["Ok"]["via"], "pod", "{one}");
+
+    // A policy that lets nothing into b: named with the port, and the kernel agrees.
+    cluster.api().put(
+        NETWORK_POLICIES,
+        json!({"apiVersion": "networking.k8s.io/v1", "kind": "NetworkPolicy",
+               "metadata": {"name": "deny-b", "namespace": "default"},
+               "spec": {"podSelector": {"matchLabels": {"app": "b"}}, "policyTypes": ["Ingress"]}}),
+    );
+    let out = tetherctl(&cluster, &["diagnose", "a", "b", "--port", "80"]);
+    let report = text(&out);
+    println!("policy:\n{report}");
+    assert_eq!(out.status.code(), Some(1), "{report}");
+    assert!(
+        report.contains(&format!(
+            "ingress of default/b from {ipa} on tcp/80 is denied: isolated by default/deny-b"
+        )),
+        "{report}"
+    );
+    settle("the agent blocking a -> b", || !pa.ping(&ipb), String::new);
+    cluster.api().delete(NETWORK_POLICIES, "default", "deny-b");
+    settle("a -> b open again", || pa.ping(&ipb), String::new);
+
+    // node0's underlay MTU below its pods': packets larger than the path are lost.
+    cluster.nodes[0]
+        .ns
+        .ip(&["link", "set", "eth0", "mtu", "1400"]);
+    let out = tetherctl(&cluster, &["diagnose", "a", "b"]);
+    let report = text(&out);
+    println!("mtu:\n{report}");
+    assert_eq!(out.status.code(), Some(1), "{report}");
+    assert!(
+        report.contains("default/a's MTU is 1450 but the path to node1 carries at most 1400"),
+        "{report}"
+    );
+    cluster.nodes[0]
+        .ns
+        .ip(&["link", "set", "eth0", "mtu", "1500"]);
+
+    // node0 loses its route to node1's pods.
+    cluster.nodes[0].ns.ip(&["route", "del", "10.244.42.0/24"]);
+    let out = tetherctl(&cluster, &["diagnose", "a", "b"]);
+    let report = text(&out);
+    println!("no route:\n{report}");
+    assert_eq!(out.status.code(), Some(1), "{report}");
+    assert!(
+        report.contains(&format!("node0: no overlay route to {ipb}")),
+        "{report}"
+    );
+
+    // a's attachment is gone from node0.
+    cluster.nodes[0]
+        .ns
+        .ip(&["route", "del", &format!("{ipa}/32")]);
+    let out = tetherctl(&cluster, &["diagnose", "a"]);
+    let report = text(&out);
+    println!("no attachment:\n{report}");
+    assert_eq!(out.status.code(), Some(1), "{report}");
+    assert!(
+        report.contains("node0: no route to its own pod default/a"),
+        "{report}"
+    );
+
+    // A pod that does not exist is an error of its own (exit 2).
+    let out = tetherctl(&cluster, &["diagnose", "nobody"]);
+    assert_eq!(out.status.code(), Some(2), "{}", text(&out));
+    assert!(
+        text(&out).contains("no pod default/nobody"),
+        "{}",
+        text(&out)
+    );
 }

@@ -160,6 +160,7 @@ async fn serve_metrics(addr: &str) -> Result<(), ServeError> {
         registry: crate::metrics::metrics().registry(),
         healthz: Box::new(|| Ok(())),
         readyz: Box::new(|| Ok(())),
+        queries: Vec::new(),
     });
     tracing::info!(%parsed, "serving metrics");
     tokio::spawn(tether_observe::http::serve(listener, endpoints));

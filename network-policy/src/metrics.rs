@@ -115,6 +115,7 @@ impl Metrics {
             // Alive while the process runs: a failing write is retried, not a reason to restart.
             healthz: Box::new(|| Ok(())),
             readyz: Box::new(move || ready.probe().and_then(|()| same_node_policed(&bridge))),
+            queries: Vec::new(),
         }
     }
 }

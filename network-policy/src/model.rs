@@ -477,10 +477,41 @@ fn peers_key(peers: Option<&Vec<NetworkPolicyPeer>>, namespace: &str) -> String 
     }
 }
 
-/// Whether `plan` lets a new connection from `src` to `dst` on (`protocol`, `port`) through, as
-/// the nftables rules should: the reference the kernel's behaviour is tested against.
-pub fn allows(plan: &Plan, src: IpAddr, dst: IpAddr, protocol: Protocol, port: u16) -> bool {
-    let rule_allows = |rule: &Rule, peer: IpAddr, receiver: IpAddr| {
+/// How one direction of a connection fares under a node's plan.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Judgement {
+    /// No policy isolates the pod for this direction: everything passes.
+    NotIsolated,
+    /// Isolated, and these rules (their [`Rule::id`]s) allow it.
+    Allowed(Vec<String>),
+    /// Isolated, and no rule allows it.
+    Denied,
+}
+
+impl Judgement {
+    pub fn passes(&self) -> bool {
+        !matches!(self, Judgement::Denied)
+    }
+}
+
+/// How `plan` (of the node of the pod that `direction` polices: the sender's for egress, the
+/// receiver's for ingress) judges a new connection from `src` to `dst` on (`protocol`, `port`).
+pub fn judge(
+    plan: &Plan,
+    direction: Direction,
+    src: IpAddr,
+    dst: IpAddr,
+    protocol: Protocol,
+    port: u16,
+) -> Judgement {
+    let (pod, peer, isolated) = match direction {
+        Direction::Egress => (src, dst, &plan.egress_isolated),
+        Direction::Ingress => (dst, src, &plan.ingress_isolated),
+    };
+    if !isolated.contains(&pod) {
+        return Judgement::NotIsolated;
+    }
+    let rule_allows = |rule: &Rule| {
         let peer_ok = rule.peers.any
             || rule.peers.pods.contains(&peer)
             || rule
@@ -488,26 +519,54 @@ pub fn allows(plan: &Plan, src: IpAddr, dst: IpAddr, protocol: Protocol, port: u
                 .blocks
                 .iter()
                 .any(|b| b.cidr.contains(peer) && !b.except.iter().any(|e| e.contains(peer)));
+        // Named ports are resolved on the receiver, whichever direction is policed.
         let port_ok = rule.ports.all
             || rule
                 .ports
                 .ranges
                 .iter()
                 .any(|(p, first, last)| *p == protocol && (*first..=*last).contains(&port))
-            || rule.ports.named.contains(&(receiver, protocol, port));
+            || rule.ports.named.contains(&(dst, protocol, port));
         peer_ok && port_ok
     };
-    let egress_ok = !plan.egress_isolated.contains(&src)
-        || plan.rules.iter().any(|r| {
-            r.direction == Direction::Egress && r.targets.contains(&src) && rule_allows(r, dst, dst)
-        });
-    let ingress_ok = !plan.ingress_isolated.contains(&dst)
-        || plan.rules.iter().any(|r| {
-            r.direction == Direction::Ingress
-                && r.targets.contains(&dst)
-                && rule_allows(r, src, dst)
-        });
-    egress_ok && ingress_ok
+    let allowing: Vec<String> = plan
+        .rules
+        .iter()
+        .filter(|r| r.direction == direction && r.targets.contains(&pod) && rule_allows(r))
+        .map(|r| r.id.clone())
+        .collect();
+    if allowing.is_empty() {
+        Judgement::Denied
+    } else {
+        Judgement::Allowed(allowing)
+    }
+}
+
+/// Whether `plan` lets a new connection from `src` to `dst` on (`protocol`, `port`) through, as
+/// the nftables rules should: the reference the kernel's behaviour is tested against.
+pub fn allows(plan: &Plan, src: IpAddr, dst: IpAddr, protocol: Protocol, port: u16) -> bool {
+    [Direction::Egress, Direction::Ingress]
+        .into_iter()
+        .all(|d| judge(plan, d, src, dst, protocol, port).passes())
+}
+
+impl Cluster {
+    /// The policies (`<namespace>/<name>`) that isolate `pod` for `direction`.
+    pub fn isolating(&self, pod: &PodInfo, direction: Direction) -> Vec<String> {
+        if pod.host_network {
+            return Vec::new();
+        }
+        self.policies
+            .iter()
+            .filter(|((namespace, _), _)| *namespace == pod.namespace)
+            .filter(|(_, policy)| {
+                let selector = policy.spec.as_ref().and_then(|s| s.pod_selector.as_ref());
+                selector.is_none_or(|s| matches(s, &pod.labels))
+                    && policy_types(policy).contains(&direction)
+            })
+            .map(|((namespace, name), _)| format!("{namespace}/{name}"))
+            .collect()
+    }
 }
 
 #[cfg(test)]

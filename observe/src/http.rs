@@ -1,6 +1,7 @@
 //! `/metrics` (OpenMetrics text from a prometheus-client registry), `/healthz` and `/readyz`
 //! over HTTP/1.1 with hyper. Probes are functions the daemon supplies: they answer whether it is
-//! alive and ready, and why not.
+//! alive and ready, and why not. A daemon may add read-only JSON queries (`/debug/...`) that
+//! `tetherctl` reads through the API server's node proxy.
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
@@ -23,6 +24,17 @@ pub struct Endpoints {
     pub registry: Arc<Mutex<Registry>>,
     pub healthz: Box<dyn Fn() -> ProbeResult + Send + Sync>,
     pub readyz: Box<dyn Fn() -> ProbeResult + Send + Sync>,
+    pub queries: Vec<Query>,
+}
+
+/// Answers a query string with a JSON document, or says why it cannot.
+pub type Answer = Box<dyn Fn(&str) -> Result<String, String> + Send + Sync>;
+
+/// A read-only JSON endpoint: `GET <path>?<query string>` answers `answer(query string)`: a JSON
+/// document (200), or why the question cannot be answered (400, text).
+pub struct Query {
+    pub path: &'static str,
+    pub answer: Answer,
 }
 
 pub async fn bind(addr: SocketAddr) -> std::io::Result<TcpListener> {
@@ -78,7 +90,16 @@ fn answer(endpoints: &Endpoints, req: &Request<Incoming>) -> Response<Full<Bytes
         }
         "/healthz" => probe(&endpoints.healthz),
         "/readyz" => probe(&endpoints.readyz),
-        _ => text(StatusCode::NOT_FOUND, "not found\n".into()),
+        path => match endpoints.queries.iter().find(|q| q.path == path) {
+            Some(query) => match (query.answer)(req.uri().query().unwrap_or_default()) {
+                Ok(json) => Response::builder()
+                    .header("Content-Type", "application/json")
+                    .body(Full::new(Bytes::from(json)))
+                    .unwrap_or_default(),
+                Err(why) => text(StatusCode::BAD_REQUEST, format!("{why}\n")),
+            },
+            None => text(StatusCode::NOT_FOUND, "not found\n".into()),
+        },
     }
 }
 

@@ -7,7 +7,7 @@ use std::sync::{Arc, Mutex};
 
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::registry::Registry;
-use tether_observe::http::{bind, serve, Endpoints};
+use tether_observe::http::{bind, serve, Endpoints, Query};
 
 fn get(addr: std::net::SocketAddr, request: &str) -> String {
     let mut stream = std::net::TcpStream::connect(addr).unwrap();
@@ -32,6 +32,13 @@ fn metrics_and_probes_over_http_1_0_and_1_1() {
         registry: Arc::new(Mutex::new(registry)),
         healthz: Box::new(|| Ok(())),
         readyz: Box::new(|| Err("2 kernel entries refused".into())),
+        queries: vec![Query {
+            path: "/debug/echo",
+            answer: Box::new(|query| match query {
+                "" => Err("ask something".into()),
+                q => Ok(format!("{{\"asked\":\"{q}\"}}")),
+            }),
+        }],
     });
     let listener = runtime
         .block_on(bind("127.0.0.1:0".parse().unwrap()))
@@ -55,4 +62,11 @@ fn metrics_and_probes_over_http_1_0_and_1_1() {
         "GET /nope HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
     );
     assert!(missing.starts_with("HTTP/1.1 404"), "{missing}");
+    let query = get(addr, "GET /debug/echo?to=10.0.0.1 HTTP/1.0\r\n\r\n");
+    assert!(query.starts_with("HTTP/1.0 200"), "{query}");
+    assert!(query.contains("application/json"), "{query}");
+    assert!(query.ends_with("{\"asked\":\"to=10.0.0.1\"}"), "{query}");
+    let unanswerable = get(addr, "GET /debug/echo HTTP/1.0\r\n\r\n");
+    assert!(unanswerable.starts_with("HTTP/1.0 400"), "{unanswerable}");
+    assert!(unanswerable.ends_with("ask something\n"), "{unanswerable}");
 }

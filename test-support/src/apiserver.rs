@@ -1,7 +1,7 @@
 //! A stand-in for the Kubernetes API server, for testing Tether's controllers where no real API
 //! server can run. It speaks the real wire protocol over HTTP/1.1 (so the components' own `kube`
 //! clients are what is tested) for the resources Tether uses: Nodes (with their `status`
-//! subresource), Namespaces, Pods (with `status`), NetworkPolicies and Events.
+//! subresource), Namespaces, Pods (with `status`), Services, NetworkPolicies and Events.
 //!
 //! What it does as the real one does: GET, LIST (paged by `limit` and `continue`, with the
 //! list's resourceVersion; see `fn list` for how pages differ), WATCH streams (ADDED, MODIFIED,
@@ -69,6 +69,14 @@ pub const PODS: Resource = Resource {
     namespaced: true,
     status_subresource: true,
 };
+pub const SERVICES: Resource = Resource {
+    group: "",
+    version: "v1",
+    plural: "services",
+    kind: "Service",
+    namespaced: true,
+    status_subresource: true,
+};
 pub const NETWORK_POLICIES: Resource = Resource {
     group: "networking.k8s.io",
     version: "v1",
@@ -94,7 +102,15 @@ pub const EVENTS_V1: Resource = Resource {
     status_subresource: false,
 };
 
-const RESOURCES: [Resource; 6] = [NODES, NAMESPACES, PODS, NETWORK_POLICIES, EVENTS, EVENTS_V1];
+const RESOURCES: [Resource; 7] = [
+    NODES,
+    NAMESPACES,
+    PODS,
+    SERVICES,
+    NETWORK_POLICIES,
+    EVENTS,
+    EVENTS_V1,
+];
 
 impl Resource {
     fn api_version(&self) -> String {
@@ -444,6 +460,8 @@ struct Request {
     method: String,
     path: String,
     query: BTreeMap<String, String>,
+    /// The query string as sent (the node proxy passes it on).
+    raw_query: String,
     content_type: String,
     body: Vec<u8>,
 }
@@ -475,8 +493,8 @@ fn read_request(reader: &mut BufReader<&TcpStream>) -> Option<Request> {
     }
     let mut body = vec![0; length];
     reader.read_exact(&mut body).ok()?;
-    let (path, query) = target.split_once('?').unwrap_or((&target, ""));
-    let query = query
+    let (path, query_text) = target.split_once('?').unwrap_or((&target, ""));
+    let query = query_text
         .split('&')
         .filter_map(|kv| kv.split_once('='))
         .map(|(k, v)| (k.to_string(), percent_decode(v)))
@@ -484,6 +502,7 @@ fn read_request(reader: &mut BufReader<&TcpStream>) -> Option<Request> {
     Some(Request {
         method,
         path: path.to_string(),
+        raw_query: query_text.to_string(),
         query,
         content_type,
         body,
@@ -544,7 +563,8 @@ fn node_proxy_of(path: &str) -> Option<(&str, u16, &str)> {
     Some((node, port.parse().ok()?, rest.trim_start_matches('/')))
 }
 
-/// The node proxy, as the real API server does it: a GET to the node's InternalIP on `port`,
+/// The node proxy, as the real API server does it: a GET (with the query string) to the node's
+/// InternalIP on `port`,
 /// answered with what the node answered (503 when it cannot be reached).
 fn proxy_to_node(mut conn: &TcpStream, shared: &Shared, node: &str, port: u16, path: &str) {
     let key = (NODES.group, NODES.plural, String::new(), node.to_string());
@@ -737,7 +757,11 @@ fn serve(conn: TcpStream, shared: &Shared) {
             return; // The connection closes unanswered.
         }
         if let Some((node, port, rest)) = node_proxy_of(&request.path) {
-            proxy_to_node(&conn, shared, node, port, rest);
+            let rest = match request.raw_query.as_str() {
+                "" => rest.to_string(),
+                query => format!("{rest}?{query}"),
+            };
+            proxy_to_node(&conn, shared, node, port, &rest);
             continue;
         }
         let Some(target) = target_of(&request.path) else {

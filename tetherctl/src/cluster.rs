@@ -5,7 +5,8 @@
 
 use std::path::Path;
 
-use k8s_openapi::api::core::v1::{Node, Pod};
+use k8s_openapi::api::core::v1::{Namespace, Node, Pod, Service};
+use k8s_openapi::api::networking::v1::NetworkPolicy;
 use kube::api::{Api, ListParams};
 use kube::config::{KubeConfigOptions, Kubeconfig};
 use kube::{Client, Config};
@@ -76,6 +77,31 @@ impl Cluster {
             .items)
     }
 
+    /// One pod; a missing one is [`CtlError::NoSuchPod`].
+    pub async fn pod(&self, namespace: &str, name: &str) -> Result<Pod, CtlError> {
+        let api: Api<Pod> = Api::namespaced(self.client.clone(), namespace);
+        api.get_opt(name)
+            .await
+            .map_err(|e| CtlError::Api(format!("reading pod {namespace}/{name}: {e}")))?
+            .ok_or_else(|| CtlError::NoSuchPod(format!("{namespace}/{name}")))
+    }
+
+    pub async fn all_pods(&self) -> Result<Vec<Pod>, CtlError> {
+        list(Api::all(self.client.clone()), "pods").await
+    }
+
+    pub async fn namespaces(&self) -> Result<Vec<Namespace>, CtlError> {
+        list(Api::all(self.client.clone()), "namespaces").await
+    }
+
+    pub async fn network_policies(&self) -> Result<Vec<NetworkPolicy>, CtlError> {
+        list(Api::all(self.client.clone()), "networkpolicies").await
+    }
+
+    pub async fn services(&self, namespace: &str) -> Result<Vec<Service>, CtlError> {
+        list(Api::namespaced(self.client.clone(), namespace), "services").await
+    }
+
     /// GET `path` on `port` of `node`, through the API server.
     pub async fn node_endpoint(&self, node: &str, port: u16, path: &str) -> Reply {
         let uri = format!(
@@ -101,4 +127,15 @@ impl Cluster {
             Err(_) => Reply::Unreachable(format!("{uri}: no answer within {PROXY_TIMEOUT:?}")),
         }
     }
+}
+
+async fn list<K>(api: Api<K>, what: &str) -> Result<Vec<K>, CtlError>
+where
+    K: kube::Resource + Clone + serde::de::DeserializeOwned + std::fmt::Debug,
+{
+    Ok(api
+        .list(&ListParams::default())
+        .await
+        .map_err(|e| CtlError::Api(format!("listing {what}: {e}")))?
+        .items)
 }

@@ -8,6 +8,8 @@ pub enum CtlError {
     Api(String),
     #[error("no node named {0}")]
     NoSuchNode(String),
+    #[error("no pod {0}")]
+    NoSuchPod(String),
 }
 
 /// Exit codes: 0 healthy, 1 something is wrong (the status says what), 2 no status at all.

@@ -2,6 +2,7 @@
 //! on the PATH as `kubectl-tether` it is also `kubectl tether ...`.
 
 mod cluster;
+mod diagnose;
 mod error;
 mod prom;
 mod status;
@@ -44,6 +45,56 @@ enum Command {
         #[arg(short, long, value_enum, default_value_t = Output::Table)]
         output: Output,
     },
+    /// Why POD cannot reach POD2: each pod's address and attachment on its node, the route and
+    /// VXLAN entries each node's kernel holds toward the other pod, the MTU along the way, the
+    /// NetworkPolicies' verdict for the port, the Services and hostPorts leading to POD2; then
+    /// the problems. With one pod: its attachment and the policies that isolate it. Exits 1
+    /// when there is any problem.
+    Diagnose {
+        /// The pod: NAMESPACE/NAME, or NAME in --namespace.
+        pod: String,
+        /// The pod it should reach.
+        pod2: Option<String>,
+        /// The namespace of pods given by name alone.
+        #[arg(short, long, default_value = "default")]
+        namespace: String,
+        /// The port on POD2 to judge the policies for (default: every port POD2 declares).
+        #[arg(long)]
+        port: Option<u16>,
+        #[arg(long, value_enum, default_value_t = L4::Tcp)]
+        protocol: L4,
+        #[arg(short, long, value_enum, default_value_t = Output::Table)]
+        output: Output,
+    },
+}
+
+/// A transport protocol, as NetworkPolicies name them.
+#[derive(Debug, Clone, Copy, ValueEnum)]
+enum L4 {
+    Tcp,
+    Udp,
+    Sctp,
+}
+
+impl L4 {
+    fn model(self) -> tether_netpol::model::Protocol {
+        use tether_netpol::model::Protocol;
+        match self {
+            L4::Tcp => Protocol::Tcp,
+            L4::Udp => Protocol::Udp,
+            L4::Sctp => Protocol::Sctp,
+        }
+    }
+}
+
+fn print<T: serde::Serialize>(output: Output, value: &T, table: impl FnOnce(&T) -> String) {
+    match output {
+        Output::Table => print!("{}", table(value)),
+        Output::Json => println!(
+            "{}",
+            serde_json::to_string_pretty(value).unwrap_or_default()
+        ),
+    }
 }
 
 async fn run(args: Args) -> Result<bool, CtlError> {
@@ -51,14 +102,25 @@ async fn run(args: Args) -> Result<bool, CtlError> {
     match args.command {
         Command::Status { node, output } => {
             let status = status::collect(&cluster, node.as_deref()).await?;
-            match output {
-                Output::Table => print!("{}", status::render(&status)),
-                Output::Json => println!(
-                    "{}",
-                    serde_json::to_string_pretty(&status).unwrap_or_default()
-                ),
-            }
+            print(output, &status, status::render);
             Ok(status.healthy)
+        }
+        Command::Diagnose {
+            pod,
+            pod2,
+            namespace,
+            port,
+            protocol,
+            output,
+        } => {
+            let question = diagnose::Question {
+                from: diagnose::PodRef::parse(&pod, &namespace),
+                to: pod2.map(|p| diagnose::PodRef::parse(&p, &namespace)),
+                port: port.map(|p| (protocol.model(), p)),
+            };
+            let diagnosis = diagnose::diagnose(&cluster, &question).await?;
+            print(output, &diagnosis, diagnose::render);
+            Ok(diagnosis.problems.is_empty())
         }
     }
 }

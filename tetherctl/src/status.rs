@@ -12,7 +12,7 @@ use crate::prom;
 pub const OVERLAY_PORT: u16 = 9402;
 pub const NETPOL_PORT: u16 = 9403;
 const NAMESPACE: &str = "tether-system";
-const UNDERLAY_ANNOTATION: &str = "overlay.tether.dev/underlay-ip";
+pub const UNDERLAY_ANNOTATION: &str = "overlay.tether.dev/underlay-ip";
 
 /// How an agent answered its readiness probe.
 #[derive(Debug, Clone, Serialize, PartialEq, Eq)]
@@ -86,6 +86,17 @@ fn condition(node: &Node, kind: &str) -> Option<String> {
         .map(|c| c.status.clone())
 }
 
+/// The Node's InternalIP, as kubelet reports it.
+pub fn internal_ip(node: &Node) -> Option<String> {
+    node.status
+        .as_ref()?
+        .addresses
+        .as_ref()?
+        .iter()
+        .find(|a| a.type_ == "InternalIP")
+        .map(|a| a.address.clone())
+}
+
 /// The message of a Kubernetes `Status` object, when `body` is one.
 fn api_status_message(body: &str) -> Option<String> {
     let value: serde_json::Value = serde_json::from_str(body).ok()?;
@@ -115,7 +126,7 @@ async fn agent(cluster: &Cluster, node: &str, port: u16) -> (Agent, Option<Strin
     (ready, metrics)
 }
 
-async fn node_status(cluster: &Cluster, node: &Node, csi_nodes: &[Pod]) -> NodeStatus {
+pub async fn node_status(cluster: &Cluster, node: &Node, csi_nodes: &[Pod]) -> NodeStatus {
     let name = node.metadata.name.clone().unwrap_or_default();
     let (overlay, overlay_metrics) = agent(cluster, &name, OVERLAY_PORT).await;
     let (network_policy, netpol_metrics) = agent(cluster, &name, NETPOL_PORT).await;
@@ -166,7 +177,7 @@ async fn node_status(cluster: &Cluster, node: &Node, csi_nodes: &[Pod]) -> NodeS
 }
 
 /// What is wrong with one node, in words an operator can act on.
-fn problems_of(n: &NodeStatus) -> Vec<String> {
+pub fn problems_of(n: &NodeStatus) -> Vec<String> {
     let mut out = Vec::new();
     let name = &n.name;
     if !n.ready {

@@ -215,6 +215,7 @@ impl Metrics {
             registry: Arc::new(Mutex::new(self.registry())),
             healthz: Box::new(move || alive.healthy(window)),
             readyz: Box::new(move || ready.ready(window, br_netfilter)),
+            queries: Vec::new(),
         }
     }
 }

@@ -10,6 +10,7 @@ mod kernel;
 pub mod kube;
 mod masq;
 pub mod metrics;
+mod path;
 mod purge;
 pub mod state;
 mod sync;
@@ -148,10 +149,11 @@ async fn serve(args: Args) -> Result<(), DaemonError> {
             .await
             .map_err(|source| DaemonError::Metrics { addr, source })?;
         let window = Duration::from_secs(args.resync_seconds * 3 + 5);
-        tokio::spawn(tether_observe::http::serve(
-            listener,
-            Arc::new(metrics.endpoints(window, !args.no_br_netfilter_check)),
-        ));
+        let mut endpoints = metrics.endpoints(window, !args.no_br_netfilter_check);
+        endpoints
+            .queries
+            .push(path::query(kernel.vxlan_name().to_string()));
+        tokio::spawn(tether_observe::http::serve(listener, Arc::new(endpoints)));
     }
     tracing::info!(node = %args.node_name, underlay = %kernel.underlay.name, address = %kernel.underlay.address, mtu = kernel.underlay.vxlan_mtu(), "starting");
     match args.datastore {

@@ -75,12 +75,19 @@ impl Node {
             .append(true)
             .open(self.root.path().join("daemon.log"))
             .unwrap();
+        // A resync every second unless the test asks for another interval.
+        let resync: &[&str] = if extra.contains(&"--resync-seconds") {
+            &[]
+        } else {
+            &["--resync-seconds", "1"]
+        };
         let child = Command::new("ip")
             .args(["netns", "exec", &self.ns.name])
             .arg(bin_dir().join("tether-overlayd"))
             .args(["--node-name", &self.name, "--cluster-cidr", CLUSTER_CIDR])
             .args(&self.datastore_args)
-            .args(["--lease-ttl", "4", "--resync-seconds", "1"])
+            .args(["--lease-ttl", "4"])
+            .args(resync)
             .args(["--metrics-addr", "0.0.0.0:9402", "--run-dir"])
             .arg(self.run_dir())
             .args(extra)
