@@ -1,7 +1,8 @@
 //! A stand-in for the Kubernetes API server, for testing Tether's controllers where no real API
 //! server can run. It speaks the real wire protocol over HTTP/1.1 (so the components' own `kube`
 //! clients are what is tested) for the resources Tether uses: Nodes (with their `status`
-//! subresource), Namespaces, Pods (with `status`), Services, NetworkPolicies and Events.
+//! subresource), Namespaces, Pods (with `status`), Services, PersistentVolumes and their claims,
+//! VolumeSnapshots and their contents, NetworkPolicies and Events.
 //!
 //! What it does as the real one does: GET, LIST (paged by `limit` and `continue`, with the
 //! list's resourceVersion; see `fn list` for how pages differ), WATCH streams (ADDED, MODIFIED,
@@ -77,6 +78,38 @@ pub const SERVICES: Resource = Resource {
     namespaced: true,
     status_subresource: true,
 };
+pub const PERSISTENT_VOLUMES: Resource = Resource {
+    group: "",
+    version: "v1",
+    plural: "persistentvolumes",
+    kind: "PersistentVolume",
+    namespaced: false,
+    status_subresource: true,
+};
+pub const PERSISTENT_VOLUME_CLAIMS: Resource = Resource {
+    group: "",
+    version: "v1",
+    plural: "persistentvolumeclaims",
+    kind: "PersistentVolumeClaim",
+    namespaced: true,
+    status_subresource: true,
+};
+pub const VOLUME_SNAPSHOTS: Resource = Resource {
+    group: "snapshot.storage.k8s.io",
+    version: "v1",
+    plural: "volumesnapshots",
+    kind: "VolumeSnapshot",
+    namespaced: true,
+    status_subresource: true,
+};
+pub const VOLUME_SNAPSHOT_CONTENTS: Resource = Resource {
+    group: "snapshot.storage.k8s.io",
+    version: "v1",
+    plural: "volumesnapshotcontents",
+    kind: "VolumeSnapshotContent",
+    namespaced: false,
+    status_subresource: true,
+};
 pub const NETWORK_POLICIES: Resource = Resource {
     group: "networking.k8s.io",
     version: "v1",
@@ -102,11 +135,15 @@ pub const EVENTS_V1: Resource = Resource {
     status_subresource: false,
 };
 
-const RESOURCES: [Resource; 7] = [
+const RESOURCES: [Resource; 11] = [
     NODES,
     NAMESPACES,
     PODS,
     SERVICES,
+    PERSISTENT_VOLUMES,
+    PERSISTENT_VOLUME_CLAIMS,
+    VOLUME_SNAPSHOTS,
+    VOLUME_SNAPSHOT_CONTENTS,
     NETWORK_POLICIES,
     EVENTS,
     EVENTS_V1,
@@ -555,18 +592,22 @@ fn respond(mut conn: &TcpStream, code: u16, body: &Value) {
     let _ = conn.write_all(&body);
 }
 
-/// `/api/v1/nodes/<node>:<port>/proxy/<path>`: the API server's proxy to a port of a node.
-fn node_proxy_of(path: &str) -> Option<(&str, u16, &str)> {
+/// `/api/v1/nodes/<node>[:<port>]/proxy/<path>`: the API server's proxy to a port of a node
+/// (without a port: the kubelet's, from the Node's `status.daemonEndpoints`).
+fn node_proxy_of(path: &str) -> Option<(&str, Option<u16>, &str)> {
     let rest = path.strip_prefix("/api/v1/nodes/")?;
     let (node_port, rest) = rest.split_once("/proxy")?;
-    let (node, port) = node_port.split_once(':')?;
-    Some((node, port.parse().ok()?, rest.trim_start_matches('/')))
+    let rest = rest.trim_start_matches('/');
+    match node_port.split_once(':') {
+        Some((node, port)) => Some((node, Some(port.parse().ok()?), rest)),
+        None => Some((node_port, None, rest)),
+    }
 }
 
 /// The node proxy, as the real API server does it: a GET (with the query string) to the node's
 /// InternalIP on `port`,
 /// answered with what the node answered (503 when it cannot be reached).
-fn proxy_to_node(mut conn: &TcpStream, shared: &Shared, node: &str, port: u16, path: &str) {
+fn proxy_to_node(mut conn: &TcpStream, shared: &Shared, node: &str, port: Option<u16>, path: &str) {
     let key = (NODES.group, NODES.plural, String::new(), node.to_string());
     let object = shared.state.lock().unwrap().objects.get(&key).cloned();
     let Some(object) = object else {
@@ -585,6 +626,12 @@ fn proxy_to_node(mut conn: &TcpStream, shared: &Shared, node: &str, port: u16, p
         .and_then(|a| a["address"].as_str())
         .unwrap_or_default()
         .to_string();
+    let port = port.unwrap_or_else(|| {
+        object["status"]["daemonEndpoints"]["kubeletEndpoint"]["Port"]
+            .as_u64()
+            .and_then(|p| u16::try_from(p).ok())
+            .unwrap_or(10250)
+    });
     let answer = (|| -> std::io::Result<Vec<u8>> {
         let ip: std::net::IpAddr = address
             .parse()

@@ -5,9 +5,11 @@
 
 use std::path::Path;
 
-use k8s_openapi::api::core::v1::{Namespace, Node, Pod, Service};
+use k8s_openapi::api::core::v1::{
+    Namespace, Node, PersistentVolume, PersistentVolumeClaim, Pod, Service,
+};
 use k8s_openapi::api::networking::v1::NetworkPolicy;
-use kube::api::{Api, ListParams};
+use kube::api::{Api, ApiResource, DynamicObject, GroupVersionKind, ListParams};
 use kube::config::{KubeConfigOptions, Kubeconfig};
 use kube::{Client, Config};
 
@@ -102,13 +104,60 @@ impl Cluster {
         list(Api::namespaced(self.client.clone(), namespace), "services").await
     }
 
+    pub async fn persistent_volumes(&self) -> Result<Vec<PersistentVolume>, CtlError> {
+        list(Api::all(self.client.clone()), "persistentvolumes").await
+    }
+
+    pub async fn claim(
+        &self,
+        namespace: &str,
+        name: &str,
+    ) -> Result<Option<PersistentVolumeClaim>, CtlError> {
+        let api: Api<PersistentVolumeClaim> = Api::namespaced(self.client.clone(), namespace);
+        api.get_opt(name)
+            .await
+            .map_err(|e| CtlError::Api(format!("reading claim {namespace}/{name}: {e}")))
+    }
+
+    pub async fn pods_in(&self, namespace: &str) -> Result<Vec<Pod>, CtlError> {
+        list(Api::namespaced(self.client.clone(), namespace), "pods").await
+    }
+
+    /// VolumeSnapshotContents (external-snapshotter's CRD); none when the CRD is not installed.
+    pub async fn snapshot_contents(&self) -> Result<Vec<DynamicObject>, CtlError> {
+        let gvk = GroupVersionKind::gvk("snapshot.storage.k8s.io", "v1", "VolumeSnapshotContent");
+        let resource = ApiResource::from_gvk(&gvk);
+        let api: Api<DynamicObject> = Api::all_with(self.client.clone(), &resource);
+        match api.list(&ListParams::default()).await {
+            Ok(list) => Ok(list.items),
+            Err(kube::Error::Api(e)) if e.code == 404 => Ok(Vec::new()),
+            Err(e) => Err(CtlError::Api(format!(
+                "listing volumesnapshotcontents: {e}"
+            ))),
+        }
+    }
+
     /// GET `path` on `port` of `node`, through the API server.
     pub async fn node_endpoint(&self, node: &str, port: u16, path: &str) -> Reply {
-        let uri = format!(
+        self.proxy(&format!(
             "/api/v1/nodes/{node}:{port}/proxy/{}",
             path.trim_start_matches('/')
-        );
-        let request = match http::Request::get(&uri).body(kube::client::Body::empty()) {
+        ))
+        .await
+    }
+
+    /// GET `path` of `node`'s kubelet, through the API server (kubelet's Summary API:
+    /// `stats/summary`).
+    pub async fn kubelet(&self, node: &str, path: &str) -> Reply {
+        self.proxy(&format!(
+            "/api/v1/nodes/{node}/proxy/{}",
+            path.trim_start_matches('/')
+        ))
+        .await
+    }
+
+    async fn proxy(&self, uri: &str) -> Reply {
+        let request = match http::Request::get(uri).body(kube::client::Body::empty()) {
             Ok(r) => r,
             Err(e) => return Reply::Unreachable(format!("{uri}: {e}")),
         };

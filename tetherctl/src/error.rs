@@ -10,6 +10,8 @@ pub enum CtlError {
     NoSuchNode(String),
     #[error("no pod {0}")]
     NoSuchPod(String),
+    #[error("no claim, PersistentVolume or tether-csi volume {0}")]
+    NoSuchVolume(String),
 }
 
 /// Exit codes: 0 healthy, 1 something is wrong (the status says what), 2 no status at all.

@@ -6,6 +6,7 @@ mod diagnose;
 mod error;
 mod prom;
 mod status;
+mod volume;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -66,6 +67,18 @@ enum Command {
         #[arg(short, long, value_enum, default_value_t = Output::Table)]
         output: Output,
     },
+    /// Where a volume lives (server, share, directory, layout), its claim and capacity, what
+    /// limits it, the pods and nodes using it with kubelet's usage figures, and its snapshots.
+    /// Exits 1 when anything is wrong.
+    Volume {
+        /// NAMESPACE/CLAIM, a claim in --namespace, a PersistentVolume's name, or a volume id.
+        volume: String,
+        /// The namespace of a claim given by name alone.
+        #[arg(short, long, default_value = "default")]
+        namespace: String,
+        #[arg(short, long, value_enum, default_value_t = Output::Table)]
+        output: Output,
+    },
 }
 
 /// A transport protocol, as NetworkPolicies name them.
@@ -121,6 +134,15 @@ async fn run(args: Args) -> Result<bool, CtlError> {
             let diagnosis = diagnose::diagnose(&cluster, &question).await?;
             print(output, &diagnosis, diagnose::render);
             Ok(diagnosis.problems.is_empty())
+        }
+        Command::Volume {
+            volume,
+            namespace,
+            output,
+        } => {
+            let report = volume::describe(&cluster, &volume, &namespace).await?;
+            print(output, &report, volume::render);
+            Ok(report.problems.is_empty())
         }
     }
 }

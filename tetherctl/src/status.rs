@@ -98,7 +98,7 @@ pub fn internal_ip(node: &Node) -> Option<String> {
 }
 
 /// The message of a Kubernetes `Status` object, when `body` is one.
-fn api_status_message(body: &str) -> Option<String> {
+pub fn api_status_message(body: &str) -> Option<String> {
     let value: serde_json::Value = serde_json::from_str(body).ok()?;
     (value["kind"] == "Status").then(|| value["message"].as_str().unwrap_or(body).to_string())
 }
