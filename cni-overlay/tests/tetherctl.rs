@@ -15,7 +15,9 @@ use std::time::{Duration, Instant};
 
 use harness::{bin_dir, pod_at, settle, start_agents, Cluster};
 use serde_json::{json, Value};
-use test_support::apiserver::{NAMESPACES, NETWORK_POLICIES, PODS, SERVICES};
+use test_support::apiserver::{
+    NAMESPACES, NETWORK_POLICIES, PERSISTENT_VOLUMES, PERSISTENT_VOLUME_CLAIMS, PODS, SERVICES,
+};
 use test_support::workspace_binary;
 
 fn tetherctl(cluster: &Cluster, args: &[&str]) -> Output {
@@ -90,11 +92,53 @@ fn status_names_what_is_wrong_on_each_node() {
             .unwrap_or_else(|| panic!("{} missing:\n{table}", node.name));
         assert!(line.contains("ready") && line.contains(&node.ip), "{line}");
     }
+    // A pod on node0 using a Tether volume: counted there.
+    cluster.api().put(
+        PERSISTENT_VOLUMES,
+        json!({"apiVersion": "v1", "kind": "PersistentVolume", "metadata": {"name": "pvc-9"},
+               "spec": {"claimRef": {"namespace": "default", "name": "data"},
+                        "csi": {"driver": "nfs.tether.dev", "volumeHandle": "vd4#10.0.0.5#/srv#pvc-9"}},
+               "status": {"phase": "Bound"}}),
+    );
+    cluster.api().put(
+        PERSISTENT_VOLUME_CLAIMS,
+        json!({"apiVersion": "v1", "kind": "PersistentVolumeClaim",
+               "metadata": {"name": "data", "namespace": "default"},
+               "spec": {"volumeName": "pvc-9"}, "status": {"phase": "Bound"}}),
+    );
+    let mut user = pod_at("default", "db", "node0", &["10.244.31.9"], json!({}));
+    user["spec"]["volumes"] =
+        json!([{"name": "d", "persistentVolumeClaim": {"claimName": "data"}}]);
+    cluster.api().put(PODS, user);
     let json_out = tetherctl(&cluster, &["status", "-o", "json"]);
     let status: Value = serde_json::from_slice(&json_out.stdout).unwrap();
     assert_eq!(status["healthy"], true);
     assert_eq!(status["nodes"][0]["directRoutes"], 1, "{status}");
     assert_eq!(status["nodes"][0]["overlay"]["state"], "ready", "{status}");
+    assert_eq!(status["nodes"][0]["volumes"], 1, "{status}");
+    assert_eq!(status["nodes"][1]["volumes"], 0, "{status}");
+
+    // node1's agent pod in a crash loop: its last words are in the status.
+    cluster.api().put(
+        PODS,
+        json!({"apiVersion": "v1", "kind": "Pod",
+               "metadata": {"name": "tether-overlay-x7k2p", "namespace": "tether-system",
+                            "labels": {"app.kubernetes.io/name": "tether-overlay"}},
+               "spec": {"nodeName": "node1", "containers": [{"name": "tether-overlayd", "image": "i"}]},
+               "status": {"phase": "Running", "containerStatuses": [{
+                   "name": "tether-overlayd", "ready": false, "restartCount": 5, "image": "i", "imageID": "",
+                   "state": {"waiting": {"reason": "CrashLoopBackOff"}},
+                   "lastState": {"terminated": {"exitCode": 1, "message":
+                       "Error: Node node1 has podCIDR 10.9.0.0/24, which is outside the cluster CIDR 10.244.0.0/16\n"}}}]}}),
+    );
+    let out = tetherctl(&cluster, &["status"]);
+    let report = text(&out);
+    println!("crash loop:\n{report}");
+    assert_eq!(out.status.code(), Some(1), "{report}");
+    assert!(report.contains("node1: container tether-overlayd of tether-overlay-x7k2p is CrashLoopBackOff (5 restarts): last exit: Error: Node node1 has podCIDR 10.9.0.0/24, which is outside the cluster CIDR"), "{report}");
+    cluster
+        .api()
+        .delete(PODS, "tether-system", "tether-overlay-x7k2p");
 
     // A peer whose pod subnet node0 cannot route: refused, named, exit 1.
     cluster.nodes[0]

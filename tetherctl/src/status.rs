@@ -1,7 +1,9 @@
 //! `tetherctl status`: every node (or one) as the Kubernetes API and Tether's agents see it,
 //! and the problems found, each in words an operator can act on.
 
-use k8s_openapi::api::core::v1::{Node, Pod};
+use std::collections::{BTreeMap, BTreeSet};
+
+use k8s_openapi::api::core::v1::{Node, PersistentVolume, Pod};
 use serde::Serialize;
 
 use crate::cluster::{Cluster, Reply};
@@ -12,6 +14,7 @@ use crate::prom;
 pub const OVERLAY_PORT: u16 = 9402;
 pub const NETPOL_PORT: u16 = 9403;
 const NAMESPACE: &str = "tether-system";
+const CSI_DRIVER: &str = "nfs.tether.dev";
 pub const UNDERLAY_ANNOTATION: &str = "overlay.tether.dev/underlay-ip";
 
 /// How an agent answered its readiness probe.
@@ -57,6 +60,11 @@ pub struct NodeStatus {
     pub policy_rules: Option<u64>,
     /// Whether this node's tether-csi-node pod is ready (None: no CSI node pods at all).
     pub csi_node_ready: Option<bool>,
+    /// Tether volumes in use by this node's pods.
+    pub volumes: Option<usize>,
+    /// Why a container of this node's tether-overlay pod is not running (crash loop, its
+    /// last words).
+    pub agent_pod: Vec<String>,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -170,6 +178,8 @@ pub async fn node_status(cluster: &Cluster, node: &Node, csi_nodes: &[Pod]) -> N
                     && pod_ready(p)
             })
         }),
+        volumes: None,
+        agent_pod: Vec::new(),
         overlay,
         network_policy,
         name,
@@ -220,6 +230,9 @@ pub fn problems_of(n: &NodeStatus) -> Vec<String> {
             out.push(format!("{name}: tether-netpol does not answer: {why}"))
         }
     }
+    for why in &n.agent_pod {
+        out.push(format!("{name}: {why}"));
+    }
     if n.csi_node_ready == Some(false) {
         out.push(format!(
             "{name}: its tether-csi-node pod is missing or not ready"
@@ -239,9 +252,19 @@ pub async fn collect(cluster: &Cluster, only: Option<&str>) -> Result<Status, Ct
     }
     let csi_nodes = cluster.pods(NAMESPACE, "tether-csi-node").await?;
     let controllers = cluster.pods(NAMESPACE, "tether-csi-controller").await?;
+    let agents = cluster.pods(NAMESPACE, "tether-overlay").await?;
+    let all_pods = cluster.all_pods().await?;
+    let in_use = volumes_per_node(&all_pods, &cluster.persistent_volumes().await?);
     let mut statuses = Vec::new();
     for node in &nodes {
-        statuses.push(node_status(cluster, node, &csi_nodes).await);
+        let mut status = node_status(cluster, node, &csi_nodes).await;
+        status.volumes = Some(in_use.get(&status.name).map_or(0, BTreeSet::len));
+        status.agent_pod = agents
+            .iter()
+            .filter(|p| p.spec.as_ref().and_then(|s| s.node_name.as_deref()) == Some(&status.name))
+            .flat_map(containers_not_running)
+            .collect();
+        statuses.push(status);
     }
     let mut problems: Vec<String> = statuses.iter().flat_map(problems_of).collect();
     let csi_controllers: Vec<(String, bool)> = controllers
@@ -262,6 +285,77 @@ pub async fn collect(cluster: &Cluster, only: Option<&str>) -> Result<Status, Ct
     })
 }
 
+/// Each node's Tether volumes in use: the PersistentVolumes of tether-csi that its pods' claims
+/// are bound to.
+fn volumes_per_node(
+    pods: &[Pod],
+    volumes: &[PersistentVolume],
+) -> BTreeMap<String, BTreeSet<String>> {
+    let ours: BTreeMap<(String, String), String> = volumes
+        .iter()
+        .filter_map(|v| {
+            let spec = v.spec.as_ref()?;
+            (spec.csi.as_ref()?.driver == CSI_DRIVER).then_some(())?;
+            let claim = spec.claim_ref.as_ref()?;
+            Some((
+                (claim.namespace.clone()?, claim.name.clone()?),
+                v.metadata.name.clone()?,
+            ))
+        })
+        .collect();
+    let mut out: BTreeMap<String, BTreeSet<String>> = BTreeMap::new();
+    for pod in pods {
+        let Some(spec) = pod.spec.as_ref() else {
+            continue;
+        };
+        let (Some(node), Some(namespace)) = (&spec.node_name, &pod.metadata.namespace) else {
+            continue;
+        };
+        for volume in spec.volumes.iter().flatten() {
+            if let Some(claim) = &volume.persistent_volume_claim {
+                if let Some(pv) = ours.get(&(namespace.clone(), claim.claim_name.clone())) {
+                    out.entry(node.clone()).or_default().insert(pv.clone());
+                }
+            }
+        }
+    }
+    out
+}
+
+/// Why the containers of an agent pod are not running: waiting (a crash loop, an image that
+/// cannot be pulled) with the last termination's message.
+fn containers_not_running(pod: &Pod) -> Vec<String> {
+    let pod_name = pod.metadata.name.clone().unwrap_or_default();
+    let statuses = pod
+        .status
+        .as_ref()
+        .and_then(|s| s.container_statuses.clone())
+        .unwrap_or_default();
+    statuses
+        .iter()
+        .filter_map(|c| {
+            let waiting = c.state.as_ref()?.waiting.as_ref()?;
+            let reason = waiting.reason.clone().unwrap_or_else(|| "waiting".into());
+            let last = c
+                .last_state
+                .as_ref()
+                .and_then(|s| s.terminated.as_ref())
+                .and_then(|t| t.message.clone())
+                .map(|m| {
+                    format!(
+                        ": last exit: {}",
+                        m.trim().lines().last().unwrap_or_default()
+                    )
+                })
+                .unwrap_or_default();
+            Some(format!(
+                "container {} of {pod_name} is {reason} ({} restarts){last}",
+                c.name, c.restart_count
+            ))
+        })
+        .collect()
+}
+
 fn number<T: ToString>(v: Option<T>) -> String {
     v.map_or_else(|| "-".into(), |v| v.to_string())
 }
@@ -270,7 +364,7 @@ fn number<T: ToString>(v: Option<T>) -> String {
 pub fn render(status: &Status) -> String {
     let header = [
         "NODE", "READY", "OVERLAY", "UNDERLAY", "PEERS", "DIRECT", "VXLAN", "REFUSED", "BR_NF",
-        "POLICY", "RULES", "CSI",
+        "POLICY", "RULES", "CSI", "VOLUMES",
     ];
     let mut rows: Vec<Vec<String>> = vec![header.iter().map(|h| h.to_string()).collect()];
     for n in &status.nodes {
@@ -294,6 +388,7 @@ pub fn render(status: &Status) -> String {
                 Some(false) => "NOT READY".into(),
                 None => "-".into(),
             },
+            number(n.volumes),
         ]);
     }
     let widths: Vec<usize> = (0..header.len())
