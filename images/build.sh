@@ -25,12 +25,12 @@ while [ $# -gt 0 ]; do
     *) echo "usage: $0 [--name NAME] [--tag TAG] [--profile release|debug] [--out DIR]" >&2; exit 2 ;;
   esac
 done
-binaries="cni-overlay cni-bridge cni-ipam cni-portmap cni-bandwidth tether-overlayd tether-cni-install tether-netpol tether-csi tether-csictl"
+binaries="cni-overlay cni-bridge cni-ipam cni-portmap cni-bandwidth tether-overlayd tether-cni-install tether-netpol tether-csi tether-csictl tether-nfs-agent"
 tools="/usr/sbin/nft /usr/sbin/mkfs.ext4 /usr/sbin/resize2fs /usr/sbin/mkfs.xfs /usr/sbin/xfs_growfs /usr/sbin/blkid"
 
 cd "$root"
 flag=--release; [ "$profile" = debug ] && flag=
-cargo build $flag -q -p cni-ipam -p cni-bridge -p cni-portmap -p cni-bandwidth -p cni-overlay -p tether-csi
+cargo build $flag -q -p cni-ipam -p cni-bridge -p cni-portmap -p cni-bandwidth -p cni-overlay -p tether-csi -p tether-netpol -p tether-nfs-agent
 bindir=$root/target/x86_64-unknown-linux-gnu/$profile
 
 work=$(mktemp -d)

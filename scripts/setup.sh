@@ -23,6 +23,8 @@ packages=(
   nfs-ganesha nfs-ganesha-vfs  # a user-space NFS server for the CSI tests and the demo
   rpcbind                    # NFSv3 needs it (run inside the tests' own namespaces)
   e2fsprogs xfsprogs         # mkfs/resize of image-layout volumes
+  btrfs-progs                # tether-nfs-agent's tests: clones on a btrfs image
+  openssl                    # tether-nfs-agent's tests: a CA and certificates for mutual TLS
   qemu-system-x86 linux-image-amd64 cpio  # tests/vm/run.sh: a real kernel NFS client under QEMU
 )
 

@@ -55,6 +55,7 @@ fn the_image_imports_into_containerd_and_every_binary_runs() {
         vec!["/opt/tether/bin/tether-overlayd", "--version"],
         vec!["/opt/tether/bin/tether-csi", "--version"],
         vec!["/opt/tether/bin/tether-csictl", "--version"],
+        vec!["/opt/tether/bin/tether-nfs-agent", "--version"],
         vec!["/opt/tether/bin/tether-cni-install", "--version"],
         vec!["nft", "--version"],
         vec!["mkfs.ext4", "-V"],

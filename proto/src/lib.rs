@@ -15,5 +15,10 @@ pub mod cri {
     tonic::include_proto!("runtime.v1");
 }
 
+/// Package `tether.agent.v1`: tether-nfs-agent, on the host that serves an NFS share.
+pub mod agent {
+    tonic::include_proto!("tether.agent.v1");
+}
+
 /// The CSI version this crate implements.
 pub const CSI_VERSION: &str = "1.12.0";
