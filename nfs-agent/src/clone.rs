@@ -58,17 +58,26 @@ fn remove_leftovers(dir: &OwnedFd, prefix: &str) -> AgentResult<()> {
 }
 
 /// Opens the directory that will hold `target` for reading (`*at` calls, fsync, listing), and
-/// checks that the target does not exist yet.
-fn target_dir(root: &Root, target: &str) -> AgentResult<(OwnedFd, String)> {
+/// checks that the target does not exist yet (or, `into_empty`, is an empty directory).
+fn target_dir(root: &Root, target: &str, into_empty: bool) -> AgentResult<(OwnedFd, String)> {
     let (parent, name) = root.parent_of(target)?;
-    let dir = sys::open_at(
-        &parent,
-        OsStr::new("."),
-        libc::O_RDONLY | libc::O_DIRECTORY,
-        0,
-    )
-    .map_err(AgentError::io(format!("opening the directory of {target}")))?;
+    let read_dir = |at: &OwnedFd, entry: &str| {
+        sys::open_at(at, OsStr::new(entry), libc::O_RDONLY | libc::O_DIRECTORY, 0)
+    };
+    let dir = read_dir(&parent, ".")
+        .map_err(AgentError::io(format!("opening the directory of {target}")))?;
     match sys::stat_at(&dir, OsStr::new(&name)) {
+        Ok(st) if into_empty && is_type(&st, libc::S_IFDIR) => {
+            let existing =
+                read_dir(&dir, &name).map_err(AgentError::io(format!("opening {target}")))?;
+            let entries =
+                sys::entries(&existing).map_err(AgentError::io(format!("listing {target}")))?;
+            if entries.is_empty() {
+                Ok((dir, name))
+            } else {
+                Err(AgentError::AlreadyExists(format!("{target} (not empty)")))
+            }
+        }
         Ok(_) => Err(AgentError::AlreadyExists(target.to_string())),
         Err(e) if e.raw_os_error() == Some(libc::ENOENT) => Ok((dir, name)),
         Err(e) => Err(AgentError::Io {
@@ -78,9 +87,22 @@ fn target_dir(root: &Root, target: &str) -> AgentResult<(OwnedFd, String)> {
     }
 }
 
-/// Moves the finished clone into place; a target that appeared meanwhile wins.
-fn publish(dir: &OwnedFd, temp: &str, name: &str, target: &str, is_dir: bool) -> AgentResult<()> {
-    match sys::rename_noreplace(dir, OsStr::new(temp), OsStr::new(name)) {
+/// Moves the finished clone into place; a target that appeared meanwhile wins (`into_empty`: an
+/// empty directory there is replaced, atomically; one that got entries meanwhile wins).
+fn publish(
+    dir: &OwnedFd,
+    temp: &str,
+    name: &str,
+    target: &str,
+    is_dir: bool,
+    into_empty: bool,
+) -> AgentResult<()> {
+    let renamed = if into_empty {
+        sys::rename_over_empty(dir, OsStr::new(temp), OsStr::new(name))
+    } else {
+        sys::rename_noreplace(dir, OsStr::new(temp), OsStr::new(name))
+    };
+    match renamed {
         Ok(()) => {
             sys::fsync(dir).map_err(AgentError::io(format!("syncing the directory of {target}")))
         }
@@ -91,7 +113,9 @@ fn publish(dir: &OwnedFd, temp: &str, name: &str, target: &str, is_dir: bool) ->
                 sys::unlink_at(dir, OsStr::new(temp), false).map_err(AgentError::io("cleaning up"))
             };
             Err(match e.raw_os_error() {
-                Some(libc::EEXIST) => AgentError::AlreadyExists(target.to_string()),
+                Some(libc::EEXIST | libc::ENOTEMPTY) => {
+                    AgentError::AlreadyExists(target.to_string())
+                }
                 _ => AgentError::Io {
                     what: format!("renaming the clone into {target}"),
                     source: e,
@@ -108,7 +132,7 @@ pub fn clone_file(root: &Root, source: &str, target: &str) -> AgentResult<Cloned
     if !is_type(&st, libc::S_IFREG) {
         return Err(AgentError::WrongKind(source.to_string(), "regular file"));
     }
-    let (dir, name) = target_dir(root, target)?;
+    let (dir, name) = target_dir(root, target, false)?;
     let (temp, prefix) = temporary(&name);
     remove_leftovers(&dir, &prefix)?;
     let mut done = Cloned::default();
@@ -131,15 +155,20 @@ pub fn clone_file(root: &Root, source: &str, target: &str) -> AgentResult<Cloned
         let _ = sys::unlink_at(&dir, OsStr::new(&temp), false);
         return Err(e);
     }
-    publish(&dir, &temp, &name, target, false)?;
+    publish(&dir, &temp, &name, target, false, false)?;
     Ok(done)
 }
 
-/// Clones a directory tree.
-pub fn clone_tree(root: &Root, source: &str, target: &str) -> AgentResult<Cloned> {
+/// Clones a directory tree; `into_empty`: the target may be an empty directory.
+pub fn clone_tree(
+    root: &Root,
+    source: &str,
+    target: &str,
+    into_empty: bool,
+) -> AgentResult<Cloned> {
     let from = root.open_beneath(source, libc::O_RDONLY | libc::O_DIRECTORY, 0)?;
     let st = sys::fstat(&from).map_err(AgentError::io(format!("reading {source}")))?;
-    let (dir, name) = target_dir(root, target)?;
+    let (dir, name) = target_dir(root, target, into_empty)?;
     let (temp, prefix) = temporary(&name);
     remove_leftovers(&dir, &prefix)?;
     let mut done = Cloned::default();
@@ -163,7 +192,7 @@ pub fn clone_tree(root: &Root, source: &str, target: &str) -> AgentResult<Cloned
         let _ = remove_tree_at(&dir, OsStr::new(&temp));
         return Err(e);
     }
-    publish(&dir, &temp, &name, target, true)?;
+    publish(&dir, &temp, &name, target, true, into_empty)?;
     Ok(done)
 }
 

@@ -79,10 +79,10 @@ impl Agent for Service {
         request: Request<CloneRequest>,
     ) -> Result<Response<CloneResponse>, Status> {
         let req = request.into_inner();
-        let (source, target) = (req.source.clone(), req.target.clone());
+        let (source, target, into_empty) = (req.source.clone(), req.target.clone(), req.into_empty);
         let started = std::time::Instant::now();
         let done = self
-            .on(&req.export, move |root| clone::clone_tree(root, &source, &target))
+            .on(&req.export, move |root| clone::clone_tree(root, &source, &target, into_empty))
             .await
             .inspect_err(|e| tracing::warn!(export = %req.export, source = %req.source, target = %req.target, error = %e.message(), "clone tree failed"))?;
         tracing::info!(export = %req.export, source = %req.source, target = %req.target, method = ?done.method(), files = done.files, bytes = done.bytes, took = ?started.elapsed(), "cloned a tree");

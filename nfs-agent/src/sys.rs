@@ -82,6 +82,14 @@ pub fn rename_noreplace(dir: &OwnedFd, from: &OsStr, to: &OsStr) -> Result<()> {
     .map(drop)
 }
 
+/// renameat(2) within one directory: replaces `to` only if it is an empty directory
+/// (ENOTEMPTY or EEXIST otherwise, as the kernel says).
+pub fn rename_over_empty(dir: &OwnedFd, from: &OsStr, to: &OsStr) -> Result<()> {
+    let (f, t) = (cstr(from)?, cstr(to)?);
+    check(unsafe { libc::renameat(dir.as_raw_fd(), f.as_ptr(), dir.as_raw_fd(), t.as_ptr()) })
+        .map(drop)
+}
+
 pub fn read_link_at(dir: &OwnedFd, name: &OsStr) -> Result<OsString> {
     let c = cstr(name)?;
     let mut buf = vec![0u8; libc::PATH_MAX as usize];

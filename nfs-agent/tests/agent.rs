@@ -28,6 +28,7 @@ fn clone_request(source: &str, target: &str) -> CloneRequest {
         export: EXPORT.into(),
         source: source.into(),
         target: target.into(),
+        into_empty: false,
     }
 }
 
@@ -272,6 +273,15 @@ async fn a_tree_clone_keeps_every_entry_and_attribute() {
             .await
             .unwrap_err();
         assert_eq!(again.code(), Code::AlreadyExists, "{kind}: {again:?}");
+        // A volume made before it is filled: an empty directory, replaced by the clone; one
+        // that holds anything is not.
+        std::fs::create_dir_all(fs.mnt.join("pvc-2b")).unwrap();
+        let mut into = clone_request("pvc-2", "pvc-2b");
+        into.into_empty = true;
+        client.clone_tree(into.clone()).await.unwrap();
+        assert_eq!(inventory(&vol), inventory(&fs.mnt.join("pvc-2b")), "{kind}");
+        let again = client.clone_tree(into).await.unwrap_err();
+        assert_eq!(again.code(), Code::AlreadyExists, "{kind}: {again:?}");
         drop(client);
         drop(agent);
     }
@@ -325,6 +335,7 @@ async fn no_path_reaches_outside_the_export() {
             export: "/srv/other".into(),
             source: "pvc-3/disk.img".into(),
             target: "copy".into(),
+            into_empty: false,
         })
         .await
         .unwrap_err();
