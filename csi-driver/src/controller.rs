@@ -338,6 +338,12 @@ impl ControllerService {
                     .truncate(&format!("{}/{IMAGE_FILE}", id.path.as_str()), wanted as u64)
                     .await?;
             }
+            if let (true, Some(agent)) = (record.limited, &record.settings.agent) {
+                self.driver
+                    .agents
+                    .set_limit(agent, &id.share.export, id.path.as_str(), wanted as u64)
+                    .await?;
+            }
             record.capacity_bytes = wanted;
             store::write_volume(&share, &record).await?;
             tracing::info!(volume = %req.volume_id, capacity = wanted, "volume expanded");

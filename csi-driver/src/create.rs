@@ -11,7 +11,7 @@ use tether_csi_proto::v1::{self as csi, volume_content_source};
 use crate::controller::{remove_volume, ControllerService};
 use crate::copies::Outcome;
 use crate::error::{CsiError, CsiResult};
-use crate::ids::{validate_name, Layout, SharePath, SnapshotId, VolumeId};
+use crate::ids::{validate_name, Layout, SharePath, ShareRef, SnapshotId, VolumeId};
 use crate::nfs::Share;
 use crate::params::VolumeParams;
 use crate::store::{self, Source, State, VolumeRecord, IMAGE_FILE};
@@ -166,11 +166,33 @@ impl ControllerService {
                 .as_ref()
                 .map_or_else(store::now_unix, |r| r.created_unix),
             touched_unix: store::now_unix(),
+            filled_by: None,
+            limited: false,
         };
         store::write_volume(share, &record).await?;
         if let Some(source) = &wanted.source {
-            self.fill(source, share, &wanted.id, path, existing.is_some())
-                .await?;
+            let agent = params.settings.agent.as_deref();
+            self.fill(
+                source,
+                (share, &params.share),
+                &wanted.id,
+                path,
+                existing.is_some(),
+                agent,
+            )
+            .await?;
+            record.filled_by = Some(self.how_filled_from(source, agent, params).await.into());
+        }
+        // A directory volume of a share with tether-nfs-agent is limited to its capacity where
+        // the server's filesystem has project quotas.
+        if let (Layout::Directory, Some(agent)) = (params.layout, &params.settings.agent) {
+            if wanted.capacity > 0 {
+                record.limited = self
+                    .driver
+                    .agents
+                    .set_limit(agent, &params.share.export, path, wanted.capacity as u64)
+                    .await?;
+            }
         }
         if params.layout == Layout::Image {
             let image = format!("{path}/{IMAGE_FILE}");
@@ -390,10 +412,11 @@ impl ControllerService {
     async fn fill(
         &self,
         source: &Source,
-        target: &Arc<Share>,
+        (target, target_ref): (&Arc<Share>, &ShareRef),
         volume_id: &str,
         path: &str,
         resume: bool,
+        agent: Option<&str>,
     ) -> CsiResult<()> {
         let (share_ref, from, source_id) = match source {
             Source::Snapshot(id) => {
@@ -411,6 +434,14 @@ impl ControllerService {
             }
         };
         let source_share = self.driver.share(&share_ref).await?;
+        // tether-nfs-agent clones within one share (one filesystem) only.
+        let agent = agent.filter(|_| share_ref == *target_ref).map(|a| {
+            (
+                a.to_string(),
+                target_ref.export.clone(),
+                self.driver.clone(),
+            )
+        });
         let (target, to) = (target.clone(), path.to_string());
         let label = from.clone();
         // While the copy runs, the record is touched now and then, so that no sweep (of this
@@ -423,6 +454,14 @@ impl ControllerService {
                 if resume {
                     target.clear_dir(&to).await?;
                 }
+                if let Some((address, export, driver)) = agent {
+                    let done = driver
+                        .agents
+                        .clone_tree(&address, &export, &from, &to, true)
+                        .await?;
+                    return Ok(done.bytes);
+                }
+                crate::metrics::metrics().nfs_fill();
                 let copy = source_share.copy_tree(&from, &target, &to, &progress);
                 tokio::pin!(copy);
                 let mut ticker = tokio::time::interval(heartbeat);
@@ -446,6 +485,37 @@ impl ControllerService {
                  entries so far; retry later"
             ))),
         }
+    }
+}
+
+impl ControllerService {
+    /// How a snapshot or volume got its data: through `agent` (a clone where its filesystem
+    /// can, else a copy on the server) or copied over NFS.
+    pub(crate) async fn how_filled(&self, agent: Option<&str>, export: &str) -> &'static str {
+        let Some(address) = agent else {
+            return "nfs_copy";
+        };
+        match self.driver.agents.capabilities(address, export).await {
+            Ok(caps) if caps.reflink => "agent_reflink",
+            _ => "agent_copy",
+        }
+    }
+
+    /// [`Self::how_filled`] for a volume made from `source` with `params`.
+    async fn how_filled_from(
+        &self,
+        source: &Source,
+        agent: Option<&str>,
+        params: &VolumeParams,
+    ) -> &'static str {
+        let source_share = match source {
+            Source::Snapshot(id) => SnapshotId::decode(id).map(|s| s.share),
+            Source::Volume(id) => VolumeId::decode(id).map(|v| v.share),
+        };
+        if source_share.as_ref() != Some(&params.share) {
+            return "nfs_copy";
+        }
+        self.how_filled(agent, &params.share.export).await
     }
 }
 

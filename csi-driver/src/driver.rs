@@ -4,6 +4,7 @@ use std::collections::{BTreeSet, HashMap, HashSet};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use crate::agent::Agents;
 use crate::copies::Copies;
 use crate::error::{CsiError, NfsError};
 use crate::ids::ShareRef;
@@ -43,6 +44,8 @@ pub struct Driver {
     pub locks: OpLocks,
     pub copies: Copies,
     pub tuning: Tuning,
+    /// tether-nfs-agent's clients.
+    pub agents: Agents,
     /// Shares named on the command line: probed, listed, and counted for capacity.
     configured: Vec<ShareRef>,
     /// Shares used since start (listed too).
@@ -71,6 +74,7 @@ impl Driver {
         pool: NfsPool,
         configured: Vec<ShareRef>,
         tuning: Tuning,
+        agents: Agents,
     ) -> Arc<Driver> {
         Arc::new(Driver {
             node_id,
@@ -78,6 +82,7 @@ impl Driver {
             locks: OpLocks::default(),
             copies: Copies::new(tuning.max_copies, tuning.copy_wait),
             tuning,
+            agents,
             seen: Mutex::new(configured.iter().cloned().collect()),
             configured,
             prepared: Mutex::new(HashSet::new()),

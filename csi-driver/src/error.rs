@@ -57,6 +57,24 @@ impl NfsError {
     }
 }
 
+/// A failure of tether-nfs-agent, or of reaching it. Always names the agent.
+#[derive(Debug, thiserror::Error)]
+pub enum AgentError {
+    #[error("the StorageClass names tether-nfs-agent {0}, but tether-csi runs without --agent-tls-dir (the certificates to reach it)")]
+    NotConfigured(String),
+    #[error("tether-nfs-agent {address} is unreachable: {reason}")]
+    Unreachable { address: String, reason: String },
+    #[error("tether-nfs-agent {address} did not answer {what} in time")]
+    Timeout { address: String, what: String },
+    /// The agent answered with an error of its own.
+    #[error("tether-nfs-agent {address}: {what}: {detail}")]
+    Failed {
+        address: String,
+        what: String,
+        detail: String,
+    },
+}
+
 /// What a request ran into, by meaning. Which gRPC code each meaning is, is decided in one table:
 /// `rpc::status`.
 #[derive(Debug, thiserror::Error)]
@@ -102,6 +120,8 @@ pub enum CsiError {
     Unresolvable(String),
     #[error(transparent)]
     Nfs(#[from] NfsError),
+    #[error(transparent)]
+    Agent(#[from] AgentError),
     /// Mounting an NFS export on this node failed.
     #[error("mounting {export} at {}", .target.display())]
     NfsMount {

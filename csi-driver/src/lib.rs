@@ -1,5 +1,6 @@
 //! tether-csi: a CSI driver for persistent volumes on NFS shares.
 
+pub mod agent;
 pub mod authority;
 pub mod client;
 pub mod controller;

@@ -1,6 +1,7 @@
 //! tether-csi's metrics (prometheus-client), served on `--metrics-addr` at `/metrics`: every RPC
 //! by method and gRPC code with its latency, the RPCs in flight, every NFS call's latency by
-//! operation, and the background copies at work.
+//! operation, the background copies at work, and how snapshots, restores and clones got their
+//! data (tether-nfs-agent's clones or copies over NFS).
 
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
@@ -25,6 +26,12 @@ pub struct MethodLabel {
 }
 
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct HowLabel {
+    /// How the data got there: `agent_reflink`, `agent_copy` (tether-nfs-agent) or `nfs_copy`.
+    pub how: &'static str,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct NfsLabel {
     pub operation: &'static str,
 }
@@ -41,6 +48,8 @@ pub struct Metrics {
     pub in_flight: Family<MethodLabel, Gauge>,
     pub nfs_seconds: Histograms<NfsLabel>,
     pub copies: Gauge,
+    pub fills: Family<HowLabel, Counter>,
+    pub agent_clone_seconds: Histograms<HowLabel>,
 }
 
 /// The process's metrics (one set, recorded from wherever the work happens).
@@ -57,6 +66,8 @@ impl Metrics {
             in_flight: Family::default(),
             nfs_seconds: Family::new_with_constructor(histogram),
             copies: Gauge::default(),
+            fills: Family::default(),
+            agent_clone_seconds: Family::new_with_constructor(histogram),
         }
     }
 
@@ -87,7 +98,37 @@ impl Metrics {
             "Snapshot and clone copies running or queued",
             self.copies.clone(),
         );
+        r.register(
+            "tether_csi_fills",
+            "Snapshots, restores and clones made, by how the data got there (agent_reflink, agent_copy, nfs_copy)",
+            self.fills.clone(),
+        );
+        r.register(
+            "tether_csi_agent_clone_duration_seconds",
+            "Duration of tether-nfs-agent clones, by how (agent_reflink, agent_copy)",
+            self.agent_clone_seconds.clone(),
+        );
         Arc::new(Mutex::new(r))
+    }
+
+    /// A clone by tether-nfs-agent (`method`: the agent's METHOD_REFLINK or METHOD_COPY).
+    pub fn agent_clone(&self, method: &str, took: Duration) {
+        let how = if method == "METHOD_COPY" {
+            "agent_copy"
+        } else {
+            "agent_reflink"
+        };
+        self.agent_clone_seconds
+            .get_or_create(&HowLabel { how })
+            .observe(took.as_secs_f64());
+        self.fills.get_or_create(&HowLabel { how }).inc();
+    }
+
+    /// A copy over NFS (no agent).
+    pub fn nfs_fill(&self) {
+        self.fills
+            .get_or_create(&HowLabel { how: "nfs_copy" })
+            .inc();
     }
 
     pub fn nfs_call(&self, what: &str, took: Duration) {

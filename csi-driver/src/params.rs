@@ -17,7 +17,7 @@ const SIDECAR_PREFIX: &str = "csi.storage.k8s.io/";
 
 /// Every StorageClass parameter: name, default, meaning. docs/storage.md shows this table
 /// ([`parameters_table`]), checked by a test.
-pub const PARAMETERS: [(&str, &str, &str); 7] = [
+pub const PARAMETERS: [(&str, &str, &str); 8] = [
     ("server", "required", "NFS server host name or address"),
     (
         "share",
@@ -44,6 +44,11 @@ pub const PARAMETERS: [(&str, &str, &str); 7] = [
         "fsType",
         "`ext4`",
         "filesystem of `layout: image` volumes (`ext4`, `xfs`)",
+    ),
+    (
+        "agent",
+        "none",
+        "`HOST:PORT` of the tether-nfs-agent beside the share's filesystem: snapshots, restores and clones by copy-on-write clones on the server, directory volumes limited by project quota (needs `--agent-tls-dir`)",
     ),
 ];
 
@@ -78,6 +83,9 @@ pub struct VolumeSettings {
     /// Filesystem of an image volume (ext4 or xfs); empty for directories.
     #[serde(default)]
     pub fs_type: String,
+    /// tether-nfs-agent's HOST:PORT, when the StorageClass names one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub agent: Option<String>,
 }
 
 #[derive(Debug, Clone)]
@@ -164,6 +172,10 @@ impl VolumeParams {
                 )))
             }
         };
+        let agent = match parameters.get("agent").map(String::as_str) {
+            None | Some("") => None,
+            Some(address) => Some(agent_address(address)?),
+        };
         let path = match parameters.get("subDir").filter(|s| !s.is_empty()) {
             Some(template) => SharePath::parse(&expand(template, parameters)?)?,
             None => name_directory(&share, name)?,
@@ -177,6 +189,7 @@ impl VolumeParams {
                 mount_permissions,
                 layout: layout.name().into(),
                 fs_type,
+                agent,
             },
         })
     }
@@ -202,6 +215,44 @@ impl VolumeParams {
                 format!("{:04o}", self.settings.mount_permissions),
             ),
         ])
+        .into_iter()
+        .chain(
+            self.settings
+                .agent
+                .clone()
+                .map(|a| ("agent".to_string(), a)),
+        )
+        .collect()
+    }
+}
+
+/// An agent's `HOST:PORT` (a name, an IPv4 address, or an IPv6 address in brackets).
+fn agent_address(text: &str) -> Result<String, CsiError> {
+    let bad = || {
+        CsiError::invalid(format!(
+            "agent {text:?} is not HOST:PORT (e.g. nfs1.example.com:9820 or [fd00::5]:9820)"
+        ))
+    };
+    let (host, port) = text.rsplit_once(':').ok_or_else(bad)?;
+    port.parse::<u16>()
+        .ok()
+        .filter(|p| *p > 0)
+        .ok_or_else(bad)?;
+    let bare = host.strip_prefix('[').and_then(|h| h.strip_suffix(']'));
+    let host_ok = match bare {
+        Some(v6) => v6.parse::<std::net::Ipv6Addr>().is_ok(),
+        None => {
+            !host.is_empty()
+                && host.len() <= 253
+                && host
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b == b'.' || b == b'-')
+        }
+    };
+    if host_ok {
+        Ok(text.to_string())
+    } else {
+        Err(bad())
     }
 }
 

@@ -88,6 +88,11 @@ pub struct Args {
     /// 0.0.0.0:9810; off when empty.
     #[arg(long, env = "TETHER_CSI_METRICS_ADDR", default_value = "")]
     pub metrics_addr: String,
+    /// Controller mode: a directory with the certificates to reach tether-nfs-agents (`ca.crt`
+    /// that signed the agents', and this client's `tls.crt` and `tls.key`: a TLS Secret).
+    /// StorageClasses that name an agent need it.
+    #[arg(long, env = "TETHER_CSI_AGENT_TLS_DIR")]
+    pub agent_tls_dir: Option<PathBuf>,
     /// Node mode: where image volumes' directories are mounted privately.
     #[arg(
         long,
@@ -107,6 +112,8 @@ pub enum ServeError {
     Metrics(String, String),
     #[error("--node-id is required in node mode")]
     NodeId,
+    #[error("--agent-tls-dir: {0}")]
+    AgentTls(String),
     #[error("socket {path}: {source}")]
     Socket {
         path: PathBuf,
@@ -216,7 +223,11 @@ pub async fn serve(args: Args) -> Result<(), ServeError> {
         sweep_every: Duration::from_secs(args.sweep_interval.max(1)),
         leftover_age: Duration::from_secs(args.leftover_age),
     };
-    let driver = Driver::new(args.node_id.clone(), pool, shares, tuning);
+    let agents = match &args.agent_tls_dir {
+        Some(dir) => crate::agent::Agents::from_dir(dir).map_err(ServeError::AgentTls)?,
+        None => crate::agent::Agents::none(),
+    };
+    let driver = Driver::new(args.node_id.clone(), pool, shares, tuning, agents);
 
     if !args.metrics_addr.is_empty() {
         serve_metrics(&args.metrics_addr).await?;

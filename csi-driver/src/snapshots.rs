@@ -95,12 +95,16 @@ impl ControllerService {
                     size_bytes: volume.capacity_bytes,
                     created_unix_nanos: store::now_nanos(),
                     state: State::Creating,
+                    made_by: None,
                 };
                 store::write_snapshot(&share, &key, &record).await?;
                 record
             }
         };
-        let record = self.copy_snapshot(&share, &source, &key, record).await?;
+        let agent = volume.settings.agent.clone();
+        let record = self
+            .copy_snapshot(&share, &source, &key, record, agent)
+            .await?;
         Ok(csi::CreateSnapshotResponse {
             snapshot: Some(snapshot_message(&record)),
         })
@@ -108,16 +112,21 @@ impl ControllerService {
 
     /// Copies the source volume into the snapshot's `data/`, in the background: the record
     /// comes back `ready_to_use: false` while the copy runs and the snapshotter asks again. A
-    /// failed copy removes the snapshot.
+    /// failed copy removes the snapshot. With the volume's tether-nfs-agent, the server clones
+    /// it instead (an image volume: one copy-on-write clone, one instant of it).
     pub(crate) async fn copy_snapshot(
         &self,
         share: &Arc<Share>,
         source: &VolumeId,
         key: &str,
         mut record: store::SnapshotRecord,
+        agent: Option<String>,
     ) -> CsiResult<store::SnapshotRecord> {
         let data = format!("{}/data", store::snapshot_dir(key));
         let (target, from) = (share.clone(), source.path.as_str().to_string());
+        let driver = self.driver.clone();
+        let export = source.share.export.clone();
+        let agent_address = agent.clone();
         let outcome = self
             .driver
             .copies
@@ -126,16 +135,32 @@ impl ControllerService {
                 Some(&record.source_volume_id),
                 move |progress| async move {
                     target.remove_tree(&data).await?;
-                    target.mkdir(&data, 0o700).await?;
-                    Ok(target.copy_tree(&from, &target, &data, &progress).await?)
+                    match agent {
+                        Some(address) => {
+                            let done = driver
+                                .agents
+                                .clone_tree(&address, &export, &from, &data, false)
+                                .await?;
+                            Ok(done.bytes)
+                        }
+                        None => {
+                            target.mkdir(&data, 0o700).await?;
+                            crate::metrics::metrics().nfs_fill();
+                            Ok(target.copy_tree(&from, &target, &data, &progress).await?)
+                        }
+                    }
                 },
             )
             .await;
         match outcome {
             Outcome::Done(bytes) => {
+                let how = self
+                    .how_filled(agent_address.as_deref(), &source.share.export)
+                    .await;
                 record.state = State::Ready;
+                record.made_by = Some(how.to_string());
                 store::write_snapshot(share, key, &record).await?;
-                tracing::info!(snapshot = %record.snapshot_id, source = %record.source_volume_id, bytes, "snapshot taken");
+                tracing::info!(snapshot = %record.snapshot_id, source = %record.source_volume_id, bytes, how, "snapshot taken");
                 Ok(record)
             }
             Outcome::Running { bytes, files } => {
@@ -164,8 +189,12 @@ impl ControllerService {
             return;
         };
         tracing::info!(snapshot = %record.snapshot_id, "resuming an interrupted snapshot copy");
+        let agent = match store::read_volume(share, &source.path).await {
+            Ok(Some(volume)) => volume.settings.agent,
+            _ => None,
+        };
         if let Err(e) = self
-            .copy_snapshot(share, &source, &id.key, record.clone())
+            .copy_snapshot(share, &source, &id.key, record.clone(), agent)
             .await
         {
             tracing::warn!(snapshot = %record.snapshot_id, error = %e, "resumed snapshot copy failed");

@@ -59,6 +59,13 @@ pub struct VolumeRecord {
     /// When a request last worked on the volume (the sweep leaves recent half-made ones alone).
     #[serde(default)]
     pub touched_unix: u64,
+    /// How its data got there, when it came from a source: `agent_reflink`, `agent_copy` or
+    /// `nfs_copy`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub filled_by: Option<String>,
+    /// Whether tether-nfs-agent limits the directory to the capacity (project quota).
+    #[serde(default)]
+    pub limited: bool,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -70,6 +77,10 @@ pub struct SnapshotRecord {
     pub size_bytes: i64,
     pub created_unix_nanos: u128,
     pub state: State,
+    /// How its data got there: `agent_reflink` (one instant of the volume), `agent_copy` or
+    /// `nfs_copy`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub made_by: Option<String>,
 }
 
 pub fn now_nanos() -> u128 {

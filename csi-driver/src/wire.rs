@@ -38,6 +38,22 @@ pub fn volume_message(record: &VolumeRecord, share: &ShareRef) -> csi::Volume {
             (!record.settings.fs_type.is_empty())
                 .then(|| ("fsType".to_string(), record.settings.fs_type.clone())),
         )
+        // What tether-nfs-agent did for the volume: how its data came from its source, and
+        // whether a project quota limits it to its capacity.
+        .chain(
+            record
+                .filled_by
+                .clone()
+                .map(|how| ("filledBy".to_string(), how)),
+        )
+        .chain(record.settings.agent.as_ref().map(|_| {
+            let limit = if record.limited {
+                "project-quota"
+            } else {
+                "none"
+            };
+            ("limit".to_string(), limit.to_string())
+        }))
         .collect(),
         content_source,
         accessible_topology: Vec::new(),

@@ -15,7 +15,8 @@ use std::path::Path;
 use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::sync::Arc;
 
-use common::{write, Agent, Certs, LoopFs};
+use common::{write, Agent, LoopFs};
+use test_support::tls::Certs;
 use tether_csi_proto::agent::{
     CapabilitiesRequest, CloneRequest, Method, QuotaKind, SetLimitRequest, UsageRequest,
 };

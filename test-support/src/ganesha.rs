@@ -17,12 +17,12 @@ use crate::{sh, try_sh, Netns};
 pub struct NfsServer {
     pub ns: Netns,
     pub address: String,
+    export: PathBuf,
     dir: tempfile::TempDir,
     process: Option<Child>,
 }
 
-fn config(dir: &Path, address: &str) -> String {
-    let export = dir.join("export");
+fn config(dir: &Path, export: &Path, address: &str) -> String {
     let recovery = dir.join("recovery");
     format!(
         r#"NFS_CORE_PARAM {{
@@ -63,6 +63,15 @@ LOG {{ Default_Log_Level = WARN; }}
 impl NfsServer {
     /// Starts ganesha (and rpcbind) in a new namespace and waits until NFS answers.
     pub fn start(tag: &str) -> NfsServer {
+        Self::serve(tag, None)
+    }
+
+    /// Like [`NfsServer::start`], exporting `export` (say, a filesystem the test mounted).
+    pub fn start_exporting(tag: &str, export: &Path) -> NfsServer {
+        Self::serve(tag, Some(export))
+    }
+
+    fn serve(tag: &str, export: Option<&Path>) -> NfsServer {
         crate::require_root();
         assert!(
             Path::new("/usr/bin/ganesha.nfsd").exists(),
@@ -84,14 +93,16 @@ impl NfsServer {
         for sub in ["export", "recovery"] {
             std::fs::create_dir_all(dir.path().join(sub)).unwrap();
         }
+        let export = export.map_or_else(|| dir.path().join("export"), Path::to_path_buf);
         std::fs::write(
             dir.path().join("ganesha.conf"),
-            config(dir.path(), &address),
+            config(dir.path(), &export, &address),
         )
         .unwrap();
         let mut server = NfsServer {
             ns,
             address,
+            export,
             dir,
             process: None,
         };
@@ -157,7 +168,7 @@ impl NfsServer {
 
     /// The exported directory on the host (what the server's clients see).
     pub fn export(&self) -> PathBuf {
-        self.dir.path().join("export")
+        self.export.clone()
     }
 
     /// The share as `tether-csi --share` and StorageClasses name it.

@@ -13,10 +13,13 @@ pub mod apiserver;
 pub mod chain;
 pub mod ganesha;
 pub mod kube_proxy;
+pub mod nfs_agent;
 pub mod policy_world;
 pub mod probe;
 pub mod reference;
 pub mod responder;
+pub mod storage;
+pub mod tls;
 
 /// Whether kernel tests can run (they need root). Tests call [`require_root`] instead of skipping
 /// silently, so a non-root run fails loudly rather than passing without testing anything.
@@ -36,6 +39,17 @@ fn current_uid() -> u32 {
         .and_then(|l| l.split_whitespace().next())
         .and_then(|u| u.parse().ok())
         .unwrap()
+}
+
+/// Runs `program` with `args`, panicking with its output if it fails.
+pub fn run_ok(program: &str, args: &[&str]) {
+    let out = Command::new(program).args(args).output().unwrap();
+    assert!(
+        out.status.success(),
+        "{program} {args:?}: {}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
 }
 
 /// Runs a command, panicking with its output if it fails.

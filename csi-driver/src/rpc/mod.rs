@@ -11,7 +11,7 @@ pub use node::NodeServer;
 
 use tonic::{Code, Response, Status};
 
-use crate::error::{CsiError, CsiResult, NfsError};
+use crate::error::{AgentError, CsiError, CsiResult, NfsError};
 use crate::image::ImageError;
 use crate::mounts::MountError;
 use crate::redact::Redact;
@@ -38,6 +38,12 @@ pub fn code(error: &CsiError) -> Code {
             NfsError::NoSpace { .. } => Code::ResourceExhausted,
             NfsError::Denied { .. } => Code::PermissionDenied,
             NfsError::Failed { .. } => Code::Internal,
+        },
+        CsiError::Agent(agent) => match agent {
+            AgentError::NotConfigured(_) => Code::FailedPrecondition,
+            AgentError::Unreachable { .. } => Code::Unavailable,
+            AgentError::Timeout { .. } => Code::DeadlineExceeded,
+            AgentError::Failed { .. } => Code::Internal,
         },
         CsiError::NfsMount { source, .. } => match source {
             MountError::Timeout { .. } => Code::DeadlineExceeded,
