@@ -43,8 +43,16 @@ impl Agents {
         }
     }
 
-    /// With the certificates in `dir` (`ca.crt`, `tls.crt`, `tls.key`).
+    /// With the certificates in `dir` (`ca.crt`, `tls.crt`, `tls.key`); none when the
+    /// directory holds none of them (an optional Secret that does not exist), an error when it
+    /// holds some.
     pub fn from_dir(dir: &Path) -> Result<Agents, String> {
+        let names = ["ca.crt", "tls.crt", "tls.key"];
+        let present = names.iter().filter(|n| dir.join(n).exists()).count();
+        if present == 0 {
+            tracing::info!(dir = %dir.display(), "no certificates for tether-nfs-agents: StorageClasses naming one are refused");
+            return Ok(Agents::none());
+        }
         let read = |name: &str| {
             std::fs::read(dir.join(name)).map_err(|e| format!("{}: {e}", dir.join(name).display()))
         };
