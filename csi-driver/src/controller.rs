@@ -73,7 +73,7 @@ impl ControllerService {
         }
         self.driver.copies.cancel(&req.volume_id);
         remove_volume(&share, &id, &mut record).await?;
-        tracing::info!(volume = %req.volume_id, on_delete = ?record.settings.on_delete, "volume deleted");
+        tracing::info!(volume = %req.volume_id, on_delete = ?record.settings.mutable.on_delete, "volume deleted");
         Ok(csi::DeleteVolumeResponse {})
     }
 
@@ -385,7 +385,7 @@ pub(crate) async fn remove_volume(
         store::write_volume(share, record).await?;
     }
     let path = id.path.as_str();
-    match record.settings.on_delete {
+    match record.settings.mutable.on_delete {
         OnDelete::Delete => {
             store::delete_tree(share, path).await?;
             share.remove_empty_parents(path).await;

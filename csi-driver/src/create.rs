@@ -12,8 +12,9 @@ use crate::controller::{remove_volume, ControllerService};
 use crate::copies::Outcome;
 use crate::error::{CsiError, CsiResult};
 use crate::ids::{validate_name, Layout, SharePath, ShareRef, SnapshotId, VolumeId};
+use crate::mutable::{Changes, Limit};
 use crate::nfs::Share;
-use crate::params::VolumeParams;
+use crate::params::{same_volume, VolumeParams};
 use crate::store::{self, Source, State, VolumeRecord, IMAGE_FILE};
 use crate::validate::{check_capabilities, fits, wanted_capacity};
 use crate::wire::volume_message;
@@ -101,8 +102,15 @@ impl ControllerService {
     /// The request's checks that need no server.
     fn check_create<'a>(&self, req: &'a csi::CreateVolumeRequest) -> CsiResult<Wanted<'a>> {
         validate_name("volume", &req.name)?;
-        let params = VolumeParams::parse(&req.name, &req.parameters, &req.volume_capabilities)?;
+        let mut params = VolumeParams::parse(&req.name, &req.parameters, &req.volume_capabilities)?;
         check_capabilities(&req.volume_capabilities, params.layout)?;
+        // A VolumeAttributesClass's parameters win over the StorageClass's.
+        let changes = Changes::parse(&req.mutable_parameters, true)?;
+        let from_class = Changes::parse(&req.parameters, false)?;
+        let has_agent = params.settings.agent.is_some();
+        from_class.check(params.layout, has_agent)?;
+        changes.check(params.layout, has_agent)?;
+        params.settings.mutable = changes.apply(&params.settings.mutable);
         let (capacity, _) = wanted_capacity(req.capacity_range.as_ref())?;
         if params.layout == Layout::Image && capacity == 0 {
             return Err(CsiError::invalid(
@@ -186,7 +194,7 @@ impl ControllerService {
         // A directory volume of a share with tether-nfs-agent is limited to its capacity where
         // the server's filesystem has project quotas.
         if let (Layout::Directory, Some(agent)) = (params.layout, &params.settings.agent) {
-            if wanted.capacity > 0 {
+            if wanted.capacity > 0 && params.settings.mutable.limit == Limit::Capacity {
                 record.limited = self
                     .driver
                     .agents
@@ -238,7 +246,8 @@ impl ControllerService {
                 params.share, record.name
             )));
         }
-        let same = record.parameters == params.canonical() && record.source == wanted.source;
+        let same =
+            same_volume(&record.parameters, &params.canonical()) && record.source == wanted.source;
         match record.state {
             State::Ready if same && fits(record.capacity_bytes, req.capacity_range.as_ref()) => {
                 Ok(Earlier::Done(csi::CreateVolumeResponse {

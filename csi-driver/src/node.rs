@@ -28,6 +28,7 @@ use crate::ids::{Layout, VolumeId};
 use crate::image;
 use crate::locks::OpGuard;
 use crate::mounts::{self, MountInfo};
+use crate::mutable::MountTuning;
 use crate::nfs_mount::{create_dir, ensure_nfs_mount, health, Health};
 use crate::node_stats::UsageCache;
 use crate::store::IMAGE_FILE;
@@ -89,12 +90,13 @@ impl NodeService {
     pub(crate) fn stage(
         &self,
         req: &csi::NodeStageVolumeRequest,
+        tuning: &MountTuning,
     ) -> CsiResult<csi::NodeStageVolumeResponse> {
         let staging = required_path("staging_target_path", &req.staging_target_path)?;
         let capability = capability(req.volume_capability.as_ref())?;
         let id = volume(&req.volume_id)?;
         let _guard = self.lock(&req.volume_id)?;
-        let flags = mount_flags(capability);
+        let flags = tuning.under(mount_flags(capability));
         match id.layout {
             Layout::Directory => {
                 if is_block(capability) {
@@ -188,6 +190,7 @@ impl NodeService {
     pub(crate) fn publish(
         &self,
         req: &csi::NodePublishVolumeRequest,
+        tuning: &MountTuning,
     ) -> CsiResult<csi::NodePublishVolumeResponse> {
         let target = required_path("target_path", &req.target_path)?;
         let staging = required_path("staging_target_path", &req.staging_target_path)?;
@@ -196,7 +199,7 @@ impl NodeService {
         let _guard = self.lock(&req.volume_id)?;
         let read_only = req.readonly || read_only_mode(capability);
 
-        let origin = self.origin(req, &id, capability, &staging)?;
+        let origin = self.origin(req, &id, capability, &staging, tuning)?;
         let table = mounts::table()?;
         let origin_mount = if is_block(capability) {
             None
@@ -261,7 +264,9 @@ impl NodeService {
         id: &VolumeId,
         capability: &VolumeCapability,
         staging: &Path,
+        tuning: &MountTuning,
     ) -> CsiResult<PathBuf> {
+        let flags = tuning.under(mount_flags(capability));
         if is_block(capability) {
             if id.layout != Layout::Image {
                 return Err(CsiError::invalid(
@@ -269,7 +274,7 @@ impl NodeService {
                 ));
             }
             let private = self.private_dir(&req.volume_id);
-            ensure_nfs_mount(id, &private, &mount_flags(capability), self.timeout)?;
+            ensure_nfs_mount(id, &private, &flags, self.timeout)?;
             return Ok(image::attach(&private.join(IMAGE_FILE))?);
         }
         if mounts::mounted_at(staging)?.is_none() {
@@ -282,7 +287,7 @@ impl NodeService {
         if id.layout == Layout::Directory && !matches!(health(staging, self.timeout), Health::Fine)
         {
             // Stale or gone: stage again before publishing.
-            ensure_nfs_mount(id, staging, &mount_flags(capability), self.timeout)?;
+            ensure_nfs_mount(id, staging, &flags, self.timeout)?;
         }
         Ok(staging.to_path_buf())
     }

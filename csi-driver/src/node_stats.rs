@@ -11,6 +11,7 @@ use tether_csi_proto::v1::{self as csi, VolumeCondition};
 use crate::error::{CsiError, CsiResult};
 use crate::ids::{Layout, VolumeId};
 use crate::image;
+use crate::mutable::MountTuning;
 use crate::nfs_mount::{health, Health};
 use crate::node::{holds_volume, NodeService};
 use crate::store;
@@ -122,9 +123,30 @@ impl NodeService {
 
     /// The volume's recorded size, read from the share from user space (None if unreadable).
     pub(crate) async fn capacity_of(&self, id: &VolumeId) -> Option<u64> {
-        let share = self.driver.share(&id.share).await.ok()?;
-        let record = store::read_volume(&share, &id.path).await.ok()??;
+        let record = self.record_of(id).await?;
         u64::try_from(record.capacity_bytes).ok()
+    }
+
+    /// The volume's record, read from the share from user space (None if unreadable).
+    pub(crate) async fn record_of(&self, id: &VolumeId) -> Option<store::VolumeRecord> {
+        let share = self.driver.share(&id.share).await.ok()?;
+        store::read_volume(&share, &id.path).await.ok()?
+    }
+
+    /// The NFS mount options the volume's record asks for (a VolumeAttributesClass's
+    /// `nconnect`, `rsize`, `wsize`); none when the record cannot be read, which only means the
+    /// mount gets the client's defaults.
+    pub(crate) async fn mount_tuning(&self, volume_id: &str) -> MountTuning {
+        let Some(id) = VolumeId::decode(volume_id) else {
+            return MountTuning::default();
+        };
+        match self.record_of(&id).await {
+            Some(record) => record.settings.mutable.mount,
+            None => {
+                tracing::warn!(volume = %volume_id, "the volume's record cannot be read; mounting without its mount options");
+                MountTuning::default()
+            }
+        }
     }
 }
 

@@ -7,6 +7,8 @@ use tether_csi_proto::v1::{volume_capability, VolumeCapability};
 
 use crate::error::CsiError;
 use crate::ids::{name_directory, Layout, NfsVersion, SharePath, ShareRef};
+pub use crate::mutable::OnDelete;
+use crate::mutable::{Changes, Mutable, MUTABLE_PARAMETERS};
 
 /// Keys csi-provisioner adds with `--extra-create-metadata`.
 pub const PVC_NAME: &str = "csi.storage.k8s.io/pvc/name";
@@ -17,7 +19,7 @@ const SIDECAR_PREFIX: &str = "csi.storage.k8s.io/";
 
 /// Every StorageClass parameter: name, default, meaning. docs/storage.md shows this table
 /// ([`parameters_table`]), checked by a test.
-pub const PARAMETERS: [(&str, &str, &str); 8] = [
+pub const PARAMETERS: [(&str, &str, &str); 7] = [
     ("server", "required", "NFS server host name or address"),
     (
         "share",
@@ -30,11 +32,6 @@ pub const PARAMETERS: [(&str, &str, &str); 8] = [
         "directory of the volume inside the share; may use `${pvc.metadata.name}`, `${pvc.metadata.namespace}`, `${pv.metadata.name}` (csi-provisioner `--extra-create-metadata`); components `[A-Za-z0-9._-]`, no leading dot",
     ),
     ("mountPermissions", "`0777`", "mode of the volume directory (octal)"),
-    (
-        "onDelete",
-        "`delete`",
-        "`delete` removes the directory, `retain` keeps it (it stops being a volume), `archive` renames it to `archived-<dir>-<time>`",
-    ),
     (
         "layout",
         "`directory`",
@@ -61,23 +58,22 @@ pub fn parameters_table() -> String {
     out
 }
 
+/// Every key a StorageClass may hold: its own parameters and the mutable ones (their starting
+/// values).
 fn known() -> impl Iterator<Item = &'static str> {
-    PARAMETERS.iter().map(|(name, _, _)| *name)
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum OnDelete {
-    Delete,
-    Retain,
-    Archive,
+    PARAMETERS
+        .iter()
+        .map(|(name, _, _)| *name)
+        .chain(MUTABLE_PARAMETERS.iter().map(|(name, ..)| *name))
 }
 
 /// What a volume is made of, as the StorageClass and the request decided it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct VolumeSettings {
-    pub on_delete: OnDelete,
+    /// What ControllerModifyVolume may change (onDelete, limit, mount options).
+    #[serde(flatten)]
+    pub mutable: Mutable,
     pub mount_permissions: u32,
     pub layout: String,
     /// Filesystem of an image volume (ext4 or xfs); empty for directories.
@@ -136,16 +132,7 @@ impl VolumeParams {
                 )))
             }
         };
-        let on_delete = match parameters.get("onDelete").map(String::as_str) {
-            None | Some("") | Some("delete") => OnDelete::Delete,
-            Some("retain") => OnDelete::Retain,
-            Some("archive") => OnDelete::Archive,
-            Some(other) => {
-                return Err(CsiError::invalid(format!(
-                    "onDelete {other:?} is not one of delete, retain, archive"
-                )))
-            }
-        };
+        let mutable = Changes::parse(parameters, false)?.apply(&Mutable::default());
         let mount_permissions = match parameters.get("mountPermissions") {
             None => 0o777,
             Some(text) => u32::from_str_radix(text.trim_start_matches("0o"), 8)
@@ -185,7 +172,7 @@ impl VolumeParams {
             path,
             layout,
             settings: VolumeSettings {
-                on_delete,
+                mutable,
                 mount_permissions,
                 layout: layout.name().into(),
                 fs_type,
@@ -207,10 +194,6 @@ impl VolumeParams {
             ("layout".to_string(), self.settings.layout.clone()),
             ("fsType".to_string(), self.settings.fs_type.clone()),
             (
-                "onDelete".to_string(),
-                format!("{:?}", self.settings.on_delete).to_lowercase(),
-            ),
-            (
                 "mountPermissions".to_string(),
                 format!("{:04o}", self.settings.mount_permissions),
             ),
@@ -224,6 +207,22 @@ impl VolumeParams {
         )
         .collect()
     }
+}
+
+/// Whether a record's parameters and a request's canonical ones name the same volume. Mutable
+/// parameters do not count: records before ModifyVolume kept `onDelete` among them, and it may
+/// have changed since.
+pub fn same_volume(
+    recorded: &BTreeMap<String, String>,
+    canonical: &BTreeMap<String, String>,
+) -> bool {
+    let fixed = |m: &BTreeMap<String, String>| {
+        m.iter()
+            .filter(|(k, _)| !crate::mutable::is_mutable(k))
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect::<BTreeMap<_, _>>()
+    };
+    fixed(recorded) == fixed(canonical)
 }
 
 /// An agent's `HOST:PORT` (a name, an IPv4 address, or an IPv6 address in brackets).
@@ -358,7 +357,7 @@ mod tests {
         .unwrap();
         assert_eq!(p.path.as_str(), "pvc-1");
         assert_eq!(p.share.version, NfsVersion::V41);
-        assert_eq!(p.settings.on_delete, OnDelete::Delete);
+        assert_eq!(p.settings.mutable.on_delete, OnDelete::Delete);
         assert_eq!(p.settings.mount_permissions, 0o777);
 
         let p = VolumeParams::parse(

@@ -13,54 +13,14 @@ mod common;
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 
+use common::agent::{world, World, AGENT};
 use common::{create_request, mount_capability, Driver};
-use test_support::ganesha::NfsServer;
-use test_support::nfs_agent::AgentProcess;
-use test_support::storage::LoopFs;
-use test_support::tls::Certs;
-use test_support::workspace_binary;
 use tether_csi::ids::SnapshotId;
 use tether_csi::store;
 use tether_csi_proto::v1::{
     self as csi, volume_capability::access_mode::Mode, volume_content_source,
 };
 use tonic::Code;
-
-const AGENT: &str = "127.0.0.1:9820";
-
-struct World {
-    fs: LoopFs,
-    nfs: NfsServer,
-    agent: AgentProcess,
-    tls: tempfile::TempDir,
-    _certs: Certs,
-}
-
-fn world() -> World {
-    let fs = LoopFs::new("xfs", 1024, "");
-    let nfs = NfsServer::start_exporting("ttcag", &fs.mnt);
-    let certs = Certs::new();
-    let export = nfs.share();
-    let agent = AgentProcess::start(
-        &workspace_binary(&common::binary(), "tether-nfs-agent"),
-        &certs,
-        &[format!("{export}={export}")],
-        Some(&nfs.ns),
-        9820,
-    );
-    // The controller's side: a TLS Secret as it would be mounted.
-    let tls = tempfile::tempdir().unwrap();
-    std::fs::copy(certs.path("ca.crt"), tls.path().join("ca.crt")).unwrap();
-    std::fs::copy(certs.path("client.crt"), tls.path().join("tls.crt")).unwrap();
-    std::fs::copy(certs.path("client.key"), tls.path().join("tls.key")).unwrap();
-    World {
-        fs,
-        nfs,
-        agent,
-        tls,
-        _certs: certs,
-    }
-}
 
 fn image_request(
     w: &World,
@@ -104,7 +64,7 @@ fn same_bytes(a: &Path, b: &Path) -> bool {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn snapshots_restores_and_clones_are_clones_on_the_server() {
-    let mut w = world();
+    let mut w = world("xfs", 1024, "", "ttcag");
     let driver = Driver::start(&w.nfs, &["--agent-tls-dir", w.tls.path().to_str().unwrap()]);
     let mut c = driver.controller().await;
 
@@ -243,7 +203,7 @@ async fn snapshots_restores_and_clones_are_clones_on_the_server() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_agent_without_certificates_is_refused_with_what_to_do() {
-    let w = world();
+    let w = world("xfs", 1024, "", "ttcag");
     let driver = Driver::start(&w.nfs, &[]);
     let mut c = driver.controller().await;
     let err = c

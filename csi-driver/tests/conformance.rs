@@ -1012,17 +1012,25 @@ async fn every_rpc_answers_the_spec_error_codes() {
             "{id}"
         );
     }
+    // ControllerModifyVolume: INVALID_ARGUMENT without id, NOT_FOUND for an unknown one.
+    for (id, expected) in [
+        ("", Code::InvalidArgument),
+        (unknown_volume.as_str(), Code::NotFound),
+        ("forged", Code::NotFound),
+    ] {
+        assert_eq!(
+            code(
+                c.controller_modify_volume(csi::ControllerModifyVolumeRequest {
+                    volume_id: id.into(),
+                    ..Default::default()
+                })
+                .await
+            ),
+            expected,
+            "{id}"
+        );
+    }
     // RPCs not advertised: UNIMPLEMENTED.
-    assert_eq!(
-        code(
-            c.controller_modify_volume(csi::ControllerModifyVolumeRequest {
-                volume_id: unknown_volume.clone(),
-                ..Default::default()
-            })
-            .await
-        ),
-        Code::Unimplemented
-    );
     assert_eq!(
         code(
             c.controller_unpublish_volume(csi::ControllerUnpublishVolumeRequest::default())

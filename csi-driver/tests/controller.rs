@@ -123,8 +123,11 @@ async fn identity_socket_and_shutdown() {
         .collect();
     // CREATE_DELETE_VOLUME, LIST_VOLUMES, GET_CAPACITY, CREATE_DELETE_SNAPSHOT, LIST_SNAPSHOTS,
     // CLONE_VOLUME, EXPAND_VOLUME, VOLUME_CONDITION, GET_VOLUME, SINGLE_NODE_MULTI_WRITER,
-    // GET_SNAPSHOT; no PUBLISH_UNPUBLISH_VOLUME.
-    assert_eq!(types, HashSet::from([1, 3, 4, 5, 6, 7, 9, 11, 12, 13, 15]));
+    // GET_SNAPSHOT, MODIFY_VOLUME; no PUBLISH_UNPUBLISH_VOLUME.
+    assert_eq!(
+        types,
+        HashSet::from([1, 3, 4, 5, 6, 7, 9, 11, 12, 13, 14, 15])
+    );
     assert_eq!(
         code(
             controller
@@ -1393,4 +1396,125 @@ async fn a_retried_delete_frees_the_trash_and_nested_volumes_leave_no_empty_pare
         assert_eq!(nfs.export().join("team").exists(), i == 0, "after {id}");
     }
     assert!(!nfs.export().join("lone").exists());
+}
+
+/// ControllerModifyVolume as csi-resizer sends it (a VolumeAttributesClass's parameters) and as
+/// csi-sanity checks it: what can change changes and is kept in the record, what cannot is
+/// INVALID_ARGUMENT and changes nothing.
+#[tokio::test]
+async fn modify_volume_changes_what_is_mutable_and_refuses_the_rest() {
+    let nfs = NfsServer::start("csimv");
+    let driver = Driver::start(&nfs, &[]);
+    let mut c = driver.controller().await;
+    let modify = |id: &str, pairs: &[(&str, &str)]| csi::ControllerModifyVolumeRequest {
+        volume_id: id.to_string(),
+        mutable_parameters: pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect(),
+        ..Default::default()
+    };
+    // Created with a VolumeAttributesClass: its parameters win over the StorageClass's.
+    let mut request = create_request(&nfs, "pvc-mod", GIB, &[("onDelete", "delete")]);
+    request.mutable_parameters = [("onDelete", "retain"), ("nconnect", "2")]
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect();
+    let volume = c
+        .create_volume(request.clone())
+        .await
+        .unwrap()
+        .into_inner()
+        .volume
+        .unwrap();
+    // The same request again is the same volume (mutable parameters are not its identity).
+    let again = c
+        .create_volume(request)
+        .await
+        .unwrap()
+        .into_inner()
+        .volume
+        .unwrap();
+    assert_eq!(again.volume_id, volume.volume_id);
+
+    // Unknown keys, immutable keys and bad values: INVALID_ARGUMENT, naming them.
+    for (pairs, says) in [
+        (vec![("XXX_FakeKey", "XXX_FakeValue")], "XXX_FakeKey"),
+        (vec![("server", "elsewhere")], "server"),
+        (vec![("layout", "image")], "layout"),
+        (vec![("nconnect", "64")], "1 to 16"),
+        (vec![("limit", "capacity")], "agent"),
+    ] {
+        let err = c
+            .controller_modify_volume(modify(&volume.volume_id, &pairs))
+            .await
+            .unwrap_err();
+        assert_eq!(err.code(), Code::InvalidArgument, "{pairs:?}: {err:?}");
+        assert!(err.message().contains(says), "{pairs:?}: {err:?}");
+    }
+    // Creating with a bad class is refused too, and leaves nothing.
+    let mut bad = create_request(&nfs, "pvc-bad", GIB, &[]);
+    bad.mutable_parameters = [("XXX_FakeKey".to_string(), "XXX_FakeValue".to_string())].into();
+    assert_eq!(code(c.create_volume(bad).await), Code::InvalidArgument);
+    assert!(!nfs.export().join("pvc-bad").exists());
+
+    // No id: INVALID_ARGUMENT; an id of nothing: NOT_FOUND.
+    assert_eq!(
+        code(c.controller_modify_volume(modify("", &[])).await),
+        Code::InvalidArgument
+    );
+    assert_eq!(
+        code(
+            c.controller_modify_volume(modify("non-existing-volume-id", &[]))
+                .await
+        ),
+        Code::NotFound
+    );
+    // No parameters (a class without any): nothing to do.
+    c.controller_modify_volume(modify(&volume.volume_id, &[]))
+        .await
+        .unwrap();
+
+    // onDelete: retain from the class at creation; modified to delete, then the volume goes.
+    std::fs::write(volume_dir(&nfs, &volume.volume_id).join("data"), "x").unwrap();
+    for _ in 0..2 {
+        c.controller_modify_volume(modify(
+            &volume.volume_id,
+            &[("onDelete", "delete"), ("rsize", "65536")],
+        ))
+        .await
+        .unwrap();
+    }
+    c.delete_volume(csi::DeleteVolumeRequest {
+        volume_id: volume.volume_id.clone(),
+        ..Default::default()
+    })
+    .await
+    .unwrap();
+    assert!(!volume_dir(&nfs, &volume.volume_id).exists());
+
+    // The other way: created to be deleted, modified to be kept.
+    let kept = c
+        .create_volume(create_request(&nfs, "pvc-keep", GIB, &[]))
+        .await
+        .unwrap()
+        .into_inner()
+        .volume
+        .unwrap();
+    std::fs::write(volume_dir(&nfs, &kept.volume_id).join("data"), "keep me").unwrap();
+    c.controller_modify_volume(modify(&kept.volume_id, &[("onDelete", "retain")]))
+        .await
+        .unwrap();
+    c.delete_volume(csi::DeleteVolumeRequest {
+        volume_id: kept.volume_id.clone(),
+        ..Default::default()
+    })
+    .await
+    .unwrap();
+    assert_eq!(
+        std::fs::read_to_string(volume_dir(&nfs, &kept.volume_id).join("data")).unwrap(),
+        "keep me"
+    );
+    let log = driver.log();
+    assert!(log.contains("volume modified"), "{log}");
 }

@@ -14,7 +14,7 @@ use crate::error::CsiError;
 /// The tonic service: a cheap handle around the shared controller.
 pub struct ControllerServer(pub Arc<ControllerService>);
 
-const CAPABILITIES: [Rpc; 11] = [
+const CAPABILITIES: [Rpc; 12] = [
     Rpc::CreateDeleteVolume,
     Rpc::ListVolumes,
     Rpc::GetCapacity,
@@ -26,6 +26,7 @@ const CAPABILITIES: [Rpc; 11] = [
     Rpc::GetVolume,
     Rpc::SingleNodeMultiWriter,
     Rpc::GetSnapshot,
+    Rpc::ModifyVolume,
 ];
 
 #[tonic::async_trait]
@@ -219,11 +220,12 @@ impl csi::controller_server::Controller for ControllerServer {
         request: Request<csi::ControllerModifyVolumeRequest>,
     ) -> Result<Response<csi::ControllerModifyVolumeResponse>, Status> {
         let req = request.into_inner();
-        traced("ControllerModifyVolume", &req.volume_id, &req, async {
-            Err(CsiError::NotOffered(
-                "no mutable parameters are defined (no MODIFY_VOLUME capability)".into(),
-            ))
-        })
+        traced(
+            "ControllerModifyVolume",
+            &req.volume_id,
+            &req,
+            self.0.modify(&req),
+        )
         .await
     }
 }

@@ -29,12 +29,11 @@ impl csi::node_server::Node for NodeServer {
     ) -> Result<Response<csi::NodeStageVolumeResponse>, Status> {
         let req = request.into_inner();
         let owned = req.clone();
-        traced(
-            "NodeStageVolume",
-            &req.volume_id,
-            &req,
-            blocking(&self.0, move |s| s.stage(&owned)),
-        )
+        let service = self.0.clone();
+        traced("NodeStageVolume", &req.volume_id, &req, async move {
+            let tuning = service.mount_tuning(&owned.volume_id).await;
+            blocking(&service, move |s| s.stage(&owned, &tuning)).await
+        })
         .await
     }
 
@@ -59,12 +58,11 @@ impl csi::node_server::Node for NodeServer {
     ) -> Result<Response<csi::NodePublishVolumeResponse>, Status> {
         let req = request.into_inner();
         let owned = req.clone();
-        traced(
-            "NodePublishVolume",
-            &req.volume_id,
-            &req,
-            blocking(&self.0, move |s| s.publish(&owned)),
-        )
+        let service = self.0.clone();
+        traced("NodePublishVolume", &req.volume_id, &req, async move {
+            let tuning = service.mount_tuning(&owned.volume_id).await;
+            blocking(&service, move |s| s.publish(&owned, &tuning)).await
+        })
         .await
     }
 

@@ -3,6 +3,8 @@
 
 #![allow(dead_code)] // Each test binary uses a different part.
 
+pub mod agent;
+
 use std::path::{Path, PathBuf};
 use std::process::{Child, Stdio};
 use std::time::{Duration, Instant};
