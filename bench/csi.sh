@@ -1,12 +1,15 @@
 #!/usr/bin/env bash
 # tether-csi's controller against a local nfs-ganesha: CreateVolume+DeleteVolume latency with 1
 # and 16 clients, volumes per second, and the controller's memory. Run as root:
-#   bench/csi.sh [pairs] [nfsvers]     (defaults 500 and 4.1)
+#   bench/csi.sh [pairs] [nfsvers] [--snapshots [image_mib] [files] [reps]]
+#     (defaults 500 and 4.1; --snapshots then also runs bench/csi-snapshots.sh: snapshot, restore
+#     and clone times with and without tether-nfs-agent, beside csi-driver-nfs's method)
 # The reference Go driver (csi-driver-nfs) cannot run here: it mounts the share with the kernel's
 # NFS client, which this machine does not have. The table stands on its own.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 pairs=${1:-500}; vers=${2:-4.1}
+snapshots=(); [ "${3:-}" = --snapshots ] && snapshots=("${@:4}") && snapshots=(run "${snapshots[@]}")
 scripts/setup.sh >/dev/null
 cargo build --release -q -p tether-csi -p tether-bench
 bin=$PWD/target/x86_64-unknown-linux-gnu/release
@@ -33,3 +36,7 @@ echo "NFSv$vers, $pairs CreateVolume+DeleteVolume pairs per row (after 20 warm-u
 rss=$(awk '/^VmRSS:/ {print $2}' "/proc/$csi_pid/status")
 hwm=$(awk '/^VmHWM:/ {print $2}' "/proc/$csi_pid/status")
 printf '\n| tether-csi controller memory | KiB |\n|---|---|\n| RSS after the run | %s |\n| peak RSS | %s |\n' "$rss" "$hwm"
+if [ "${#snapshots[@]}" -gt 0 ]; then
+  echo
+  bench/csi-snapshots.sh "${snapshots[@]:1}"
+fi

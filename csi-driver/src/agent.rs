@@ -13,7 +13,7 @@ use std::time::Duration;
 use tether_csi_proto::agent::agent_client::AgentClient;
 use tether_csi_proto::agent::{
     CapabilitiesRequest, CapabilitiesResponse, CloneRequest, CloneResponse, QuotaKind,
-    SetLimitRequest,
+    SetLimitRequest, UsageRequest, UsageResponse,
 };
 use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint, Identity};
 use tonic::Code;
@@ -203,5 +203,26 @@ impl Agents {
             .await
             .map_err(|s| Self::failed(address, &format!("limiting {path}"), s))?;
         Ok(true)
+    }
+
+    /// What `path`'s project quota counts: bytes used, its limit, files (no tree walk).
+    pub async fn usage(
+        &self,
+        address: &str,
+        export: &str,
+        path: &str,
+    ) -> Result<UsageResponse, AgentError> {
+        Ok(self
+            .client(address)?
+            .usage(Self::request(
+                UsageRequest {
+                    export: export.to_string(),
+                    path: path.to_string(),
+                },
+                CALL_TIMEOUT,
+            ))
+            .await
+            .map_err(|s| Self::failed(address, &format!("usage of {path}"), s))?
+            .into_inner())
     }
 }

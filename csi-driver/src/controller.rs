@@ -12,7 +12,7 @@ use tether_csi_proto::v1::{self as csi, VolumeCondition};
 
 use crate::driver::Driver;
 use crate::error::{CsiError, CsiResult, NfsError};
-use crate::ids::{Layout, ShareRef, VolumeId};
+use crate::ids::{Layout, ShareRef, VolumeId, VolumeName};
 use crate::nfs::{Kind, Share};
 use crate::params::{nfs_version, OnDelete, VolumeParams};
 use crate::store::{self, State, VolumeRecord, IMAGE_FILE};
@@ -275,16 +275,18 @@ impl ControllerService {
         &self,
         req: &csi::GetCapacityRequest,
     ) -> CsiResult<csi::GetCapacityResponse> {
-        let shares = if req.parameters.contains_key("server")
-            || req.parameters.contains_key("share")
-        {
-            let params =
-                VolumeParams::parse("capacity-probe", &req.parameters, &req.volume_capabilities)?;
-            vec![params.share]
-        } else {
-            nfs_version(&req.volume_capabilities)?;
-            self.driver.known_shares()
-        };
+        let shares =
+            if req.parameters.contains_key("server") || req.parameters.contains_key("share") {
+                let params = VolumeParams::parse(
+                    &VolumeName::parse("capacity-probe")?,
+                    &req.parameters,
+                    &req.volume_capabilities,
+                )?;
+                vec![params.share]
+            } else {
+                nfs_version(&req.volume_capabilities)?;
+                self.driver.known_shares()
+            };
         let mut available = 0u64;
         let mut largest = 0u64;
         for share_ref in shares {

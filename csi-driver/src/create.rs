@@ -11,7 +11,7 @@ use tether_csi_proto::v1::{self as csi, volume_content_source};
 use crate::controller::{remove_volume, ControllerService};
 use crate::copies::Outcome;
 use crate::error::{CsiError, CsiResult};
-use crate::ids::{validate_name, Layout, SharePath, ShareRef, SnapshotId, VolumeId};
+use crate::ids::{Layout, SharePath, ShareRef, SnapshotId, VolumeId, VolumeName};
 use crate::mutable::{Changes, Limit};
 use crate::nfs::Share;
 use crate::params::{same_volume, VolumeParams};
@@ -22,6 +22,7 @@ use crate::wire::volume_message;
 /// One CreateVolume request, checked.
 struct Wanted<'a> {
     req: &'a csi::CreateVolumeRequest,
+    name: VolumeName,
     params: VolumeParams,
     id: String,
     capacity: i64,
@@ -67,7 +68,7 @@ impl ControllerService {
         }
         // Claim the name: the claim says which path this name owns. A claim that exists already
         // comes from an earlier request for this name.
-        let claim = store::claim_path(&req.name);
+        let claim = store::claim_path(&wanted.name);
         let path = wanted.params.path.as_str();
         let fresh = share.claim(&claim, path).await?;
         if !fresh {
@@ -101,8 +102,8 @@ impl ControllerService {
 
     /// The request's checks that need no server.
     fn check_create<'a>(&self, req: &'a csi::CreateVolumeRequest) -> CsiResult<Wanted<'a>> {
-        validate_name("volume", &req.name)?;
-        let mut params = VolumeParams::parse(&req.name, &req.parameters, &req.volume_capabilities)?;
+        let name = VolumeName::parse(&req.name)?;
+        let mut params = VolumeParams::parse(&name, &req.parameters, &req.volume_capabilities)?;
         check_capabilities(&req.volume_capabilities, params.layout)?;
         // A VolumeAttributesClass's parameters win over the StorageClass's.
         let changes = Changes::parse(&req.mutable_parameters, true)?;
@@ -126,6 +127,7 @@ impl ControllerService {
         let source = resolve_source(req.volume_content_source.as_ref())?;
         Ok(Wanted {
             req,
+            name,
             params,
             id,
             capacity,
@@ -162,7 +164,7 @@ impl ControllerService {
                 .await?;
         }
         let mut record = VolumeRecord {
-            name: req.name.clone(),
+            name: wanted.name.clone(),
             volume_id: wanted.id.clone(),
             path: path.to_string(),
             capacity_bytes: wanted.capacity,
@@ -239,7 +241,7 @@ impl ControllerService {
     ) -> CsiResult<Earlier> {
         let (req, params) = (wanted.req, &wanted.params);
         let path = params.path.as_str();
-        if record.name != req.name {
+        if record.name != wanted.name {
             undo.claim = true;
             return Err(CsiError::Conflict(format!(
                 "{path} on {} already belongs to volume {:?}",
@@ -267,7 +269,7 @@ impl ControllerService {
                 })?;
                 remove_volume(share, &id, &mut old).await?;
                 tracing::info!(volume = %old.volume_id, name = %req.name, "finished an interrupted delete before creating the name again");
-                if !share.claim(&store::claim_path(&req.name), path).await? {
+                if !share.claim(&store::claim_path(&wanted.name), path).await? {
                     return Err(CsiError::Busy(format!(
                         "volume {:?} is being created by another caller; retry later",
                         req.name

@@ -8,6 +8,7 @@
 
 use std::fmt;
 
+use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
 use crate::error::CsiError;
@@ -343,6 +344,52 @@ impl SnapshotId {
     }
 }
 
+/// A volume's CSI name (CreateVolume's `name`, kept in its record). The two things a name
+/// decides on a share come from here: the volume's directory when the StorageClass sets no
+/// `subDir` ([`VolumeName::directory`]) and the key of the claim that reserves the name
+/// ([`VolumeName::claim_key`]).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct VolumeName(String);
+
+impl VolumeName {
+    /// A name from a request, checked as [`validate_name`] does.
+    pub fn parse(name: &str) -> Result<VolumeName, CsiError> {
+        validate_name("volume", name)?;
+        Ok(VolumeName(name.to_string()))
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+
+    /// The volume's directory when the StorageClass sets no subDir: the name itself when it is
+    /// a plain file name and the volume id stays within 128 bytes, else `h-<hash>` (the record
+    /// keeps the real name). Any legal CSI name works on a share whose server and export path
+    /// take at most [`MAX_SHARE_BYTES`].
+    pub fn directory(&self, share: &ShareRef) -> Result<SharePath, CsiError> {
+        let fits = |len: usize| overhead(3, share) + len <= MAX_ID_BYTES;
+        if is_plain(&self.0) && fits(self.0.len()) {
+            return Ok(SharePath(self.0.clone()));
+        }
+        if !fits(HASHED_BYTES) {
+            return Err(share_too_long("volume", share));
+        }
+        Ok(SharePath(hashed(&self.0)))
+    }
+
+    /// The file name of the name's claim (under `.tether/names/`).
+    pub fn claim_key(&self) -> String {
+        name_key(&self.0)
+    }
+}
+
+impl fmt::Display for VolumeName {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
 /// Checks a CSI name (volume or snapshot): non-empty, at most 128 bytes, no control characters.
 pub fn validate_name(kind: &str, name: &str) -> Result<(), CsiError> {
     if name.is_empty() {
@@ -405,21 +452,6 @@ fn is_plain(name: &str) -> bool {
 /// the export and three separators.
 fn overhead(head: usize, share: &ShareRef) -> usize {
     head + 3 + share.server.len() + share.export.len()
-}
-
-/// The directory of a volume named `name` when the StorageClass sets no subDir: the name itself
-/// when it is a plain file name and the volume id stays within 128 bytes, else `h-<hash>` (the
-/// record keeps the real name). Any legal CSI name works on a share whose server and export
-/// path take at most [`MAX_SHARE_BYTES`].
-pub fn name_directory(share: &ShareRef, name: &str) -> Result<SharePath, CsiError> {
-    let fits = |len: usize| overhead(3, share) + len <= MAX_ID_BYTES;
-    if is_plain(name) && fits(name.len()) {
-        return Ok(SharePath(name.to_string()));
-    }
-    if !fits(HASHED_BYTES) {
-        return Err(share_too_long("volume", share));
-    }
-    Ok(SharePath(hashed(name)))
 }
 
 /// The key (directory under `.tether/snapshots/`) of a snapshot named `name` on `share`: the
@@ -526,7 +558,14 @@ mod tests {
     #[test]
     fn every_legal_name_gets_a_directory_that_fits_in_an_id() {
         let share = share();
-        assert_eq!(name_directory(&share, "pvc-1").unwrap().as_str(), "pvc-1");
+        assert_eq!(
+            VolumeName::parse("pvc-1")
+                .unwrap()
+                .directory(&share)
+                .unwrap()
+                .as_str(),
+            "pvc-1"
+        );
         let long = "n".repeat(128);
         for name in [
             long.as_str(),
@@ -536,7 +575,7 @@ mod tests {
             "ü",
             "h-0123456789abcdef0123456789abcdef",
         ] {
-            let path = name_directory(&share, name).unwrap();
+            let path = VolumeName::parse(name).unwrap().directory(&share).unwrap();
             assert!(
                 path.as_str().starts_with("h-") && !path.as_str().contains('/'),
                 "{name:?}"
@@ -553,13 +592,17 @@ mod tests {
         // A name that fits as it is stays readable up to the last byte of the id.
         let room = MAX_ID_BYTES - "vd4#10.0.0.5#/srv/nfs#".len();
         assert_eq!(
-            name_directory(&share, &"x".repeat(room))
+            VolumeName::parse(&"x".repeat(room))
+                .unwrap()
+                .directory(&share)
                 .unwrap()
                 .as_str()
                 .len(),
             room
         );
-        assert!(name_directory(&share, &"x".repeat(room + 1))
+        assert!(VolumeName::parse(&"x".repeat(room + 1))
+            .unwrap()
+            .directory(&share)
             .unwrap()
             .as_str()
             .starts_with("h-"));
@@ -570,14 +613,18 @@ mod tests {
             NfsVersion::V3,
         )
         .unwrap();
-        assert!(name_directory(&exact, &long).is_ok());
+        assert!(VolumeName::parse(&long).unwrap().directory(&exact).is_ok());
         let over = ShareRef::new(
             "s",
             &format!("/{}", "e".repeat(MAX_SHARE_BYTES - 1)),
             NfsVersion::V3,
         )
         .unwrap();
-        let err = name_directory(&over, &long).unwrap_err().to_string();
+        let err = VolumeName::parse(&long)
+            .unwrap()
+            .directory(&over)
+            .unwrap_err()
+            .to_string();
         assert!(err.contains("at most 88 bytes"), "{err}");
         assert!(snapshot_key(&exact, &long).is_ok());
     }

@@ -48,6 +48,8 @@ impl NodeService {
             )
         } else if id.layout == Layout::Image {
             (filesystem_usage(&path)?, None)
+        } else if let Some(counted) = self.quota_usage(&path, &id).await {
+            counted
         } else {
             self.directory_usage(&path, &id).await?
         };
@@ -125,6 +127,57 @@ impl NodeService {
     pub(crate) async fn capacity_of(&self, id: &VolumeId) -> Option<u64> {
         let record = self.record_of(id).await?;
         u64::try_from(record.capacity_bytes).ok()
+    }
+
+    /// A directory volume held by a project quota: the quota's numbers, asked of the agent
+    /// (nfs-ganesha's statfs answers for the whole export, so `df` over NFS cannot show them);
+    /// no tree is walked. None when the volume has no quota, this node has no certificates for
+    /// the agent (`--agent-tls-dir`), or the agent does not answer: then the tree is counted.
+    async fn quota_usage(
+        &self,
+        path: &Path,
+        id: &VolumeId,
+    ) -> Option<(Vec<csi::VolumeUsage>, Option<String>)> {
+        let record = self.record_of(id).await.filter(|r| r.limited)?;
+        let agent = record.settings.agent.as_deref()?;
+        let quota = match self
+            .driver
+            .agents
+            .usage(agent, &id.share.export, id.path.as_str())
+            .await
+        {
+            Ok(quota) => quota,
+            Err(e) => {
+                tracing::debug!(volume = %record.volume_id, error = %e, "no usage from the agent; counting the tree");
+                return None;
+            }
+        };
+        let vfs = statvfs(path).ok()?;
+        let total = if quota.limit_bytes > 0 {
+            quota.limit_bytes
+        } else {
+            u64::try_from(record.capacity_bytes).unwrap_or(vfs.total_bytes)
+        };
+        let available = total
+            .saturating_sub(quota.used_bytes)
+            .min(vfs.available_bytes);
+        Some((
+            vec![
+                usage(
+                    csi::volume_usage::Unit::Bytes,
+                    total,
+                    quota.used_bytes,
+                    available,
+                ),
+                usage(
+                    csi::volume_usage::Unit::Inodes,
+                    vfs.total_files,
+                    quota.used_files,
+                    vfs.available_files,
+                ),
+            ],
+            None,
+        ))
     }
 
     /// The volume's record, read from the share from user space (None if unreadable).

@@ -6,7 +6,7 @@ use serde::{Deserialize, Serialize};
 use tether_csi_proto::v1::{volume_capability, VolumeCapability};
 
 use crate::error::CsiError;
-use crate::ids::{name_directory, Layout, NfsVersion, SharePath, ShareRef};
+use crate::ids::{Layout, NfsVersion, SharePath, ShareRef, VolumeName};
 pub use crate::mutable::OnDelete;
 use crate::mutable::{Changes, Mutable, MUTABLE_PARAMETERS};
 
@@ -95,7 +95,7 @@ pub struct VolumeParams {
 impl VolumeParams {
     /// Parses the request's parameters. `name` is the CSI volume name (the default directory).
     pub fn parse(
-        name: &str,
+        name: &VolumeName,
         parameters: &HashMap<String, String>,
         capabilities: &[VolumeCapability],
     ) -> Result<VolumeParams, CsiError> {
@@ -165,7 +165,7 @@ impl VolumeParams {
         };
         let path = match parameters.get("subDir").filter(|s| !s.is_empty()) {
             Some(template) => SharePath::parse(&expand(template, parameters)?)?,
-            None => name_directory(&share, name)?,
+            None => name.directory(&share)?,
         };
         Ok(VolumeParams {
             share,
@@ -350,7 +350,7 @@ mod tests {
     #[test]
     fn defaults_and_templates() {
         let p = VolumeParams::parse(
-            "pvc-1",
+            &VolumeName::parse("pvc-1").unwrap(),
             &params(&[("server", "nfs.example"), ("share", "/exports/k8s")]),
             &[],
         )
@@ -361,7 +361,7 @@ mod tests {
         assert_eq!(p.settings.mount_permissions, 0o777);
 
         let p = VolumeParams::parse(
-            "pvc-1",
+            &VolumeName::parse("pvc-1").unwrap(),
             &params(&[
                 ("server", "nfs.example"),
                 ("share", "/exports/k8s"),
@@ -387,7 +387,7 @@ mod tests {
         let err = |extra: &[(&str, &str)], caps: &[VolumeCapability]| {
             let mut all = base.to_vec();
             all.extend_from_slice(extra);
-            VolumeParams::parse("pvc-1", &params(&all), caps)
+            VolumeParams::parse(&VolumeName::parse("pvc-1").unwrap(), &params(&all), caps)
                 .unwrap_err()
                 .to_string()
         };
@@ -404,9 +404,13 @@ mod tests {
             &[mount_with(&["nfsvers=3"]), mount_with(&["vers=4.1"])]
         )
         .contains("two"));
-        let missing = VolumeParams::parse("pvc-1", &params(&[("share", "/e")]), &[])
-            .unwrap_err()
-            .to_string();
+        let missing = VolumeParams::parse(
+            &VolumeName::parse("pvc-1").unwrap(),
+            &params(&[("share", "/e")]),
+            &[],
+        )
+        .unwrap_err()
+        .to_string();
         assert!(missing.contains("\"server\""), "{missing}");
     }
 

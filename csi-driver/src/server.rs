@@ -88,9 +88,10 @@ pub struct Args {
     /// 0.0.0.0:9810; off when empty.
     #[arg(long, env = "TETHER_CSI_METRICS_ADDR", default_value = "")]
     pub metrics_addr: String,
-    /// Controller mode: a directory with the certificates to reach tether-nfs-agents (`ca.crt`
-    /// that signed the agents', and this client's `tls.crt` and `tls.key`: a TLS Secret).
-    /// StorageClasses that name an agent need it.
+    /// A directory with the certificates to reach tether-nfs-agents (`ca.crt` that signed the
+    /// agents', and this client's `tls.crt` and `tls.key`: a TLS Secret). The controller needs
+    /// it for StorageClasses that name an agent; on a node it lets NodeGetVolumeStats ask the
+    /// agent for a quota-limited volume's usage instead of counting its tree.
     #[arg(long, env = "TETHER_CSI_AGENT_TLS_DIR")]
     pub agent_tls_dir: Option<PathBuf>,
     /// Node mode: where image volumes' directories are mounted privately.

@@ -14,7 +14,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use serde::{Deserialize, Serialize};
 
 use crate::error::NfsError;
-use crate::ids::{name_key, SharePath, META_DIR};
+use crate::ids::{SharePath, VolumeName, META_DIR};
 use crate::nfs::Share;
 use crate::params::VolumeSettings;
 
@@ -46,7 +46,7 @@ pub enum Source {
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct VolumeRecord {
-    pub name: String,
+    pub name: VolumeName,
     pub volume_id: String,
     pub path: String,
     pub capacity_bytes: i64,
@@ -98,8 +98,9 @@ pub fn record_path(path: &SharePath) -> String {
     format!("{VOLUMES}/{}.json", path.key())
 }
 
-pub fn claim_path(name: &str) -> String {
-    format!("{NAMES}/{}", name_key(name))
+/// Where the claim of a volume's name lives.
+pub fn claim_path(name: &VolumeName) -> String {
+    format!("{NAMES}/{}", name.claim_key())
 }
 
 pub fn snapshot_dir(key: &str) -> String {

@@ -294,6 +294,22 @@ async fn directory_volume_lifecycle(guest: &mut Guest, vers: &str) {
     let target = guest.path(&format!("{name}-target"));
     let target_ro = guest.path(&format!("{name}-target-ro"));
 
+    // A VolumeAttributesClass's mount options, changed before the volume is staged, are what
+    // the node mounts with.
+    guest
+        .controller()
+        .await
+        .controller_modify_volume(csi::ControllerModifyVolumeRequest {
+            volume_id: volume.volume_id.clone(),
+            mutable_parameters: [("nconnect", "2"), ("rsize", "65536")]
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+
     // Stage: a kernel NFS mount of exactly this volume's directory; again is OK; another volume
     // at the same path is not.
     for _ in 0..3 {
@@ -309,6 +325,12 @@ async fn directory_volume_lifecycle(guest: &mut Guest, vers: &str) {
         staged.super_options.iter().any(|o| o == expected_vers),
         "{staged:?}"
     );
+    for option in ["nconnect=2", "rsize=65536"] {
+        assert!(
+            staged.super_options.iter().any(|o| o == option),
+            "{option}: {staged:?}"
+        );
+    }
     assert_eq!(
         code(
             node.node_stage_volume(stage_request(&other, &staging, &rwx))

@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 use test_support::ganesha::NfsServer;
 use tether_csi_proto::v1::{
     self as csi, controller_client::ControllerClient, identity_client::IdentityClient,
-    volume_capability, VolumeCapability,
+    node_client::NodeClient, volume_capability, VolumeCapability,
 };
 use tonic::transport::Channel;
 
@@ -29,13 +29,25 @@ pub struct Driver {
 impl Driver {
     /// Starts `tether-csi --mode controller` in the server's namespace with `extra` flags.
     pub fn start(nfs: &NfsServer, extra: &[&str]) -> Driver {
+        Self::start_as(nfs, "controller", extra)
+    }
+
+    /// Starts `tether-csi --mode all` (controller and node; its mounts are in the mount
+    /// namespace `ip netns exec` gives it) in the server's namespace.
+    pub fn start_all(nfs: &NfsServer, extra: &[&str]) -> Driver {
+        Self::start_as(nfs, "all", extra)
+    }
+
+    fn start_as(nfs: &NfsServer, mode: &str, extra: &[&str]) -> Driver {
         let dir = tempfile::tempdir().unwrap();
         let socket = dir.path().join("csi.sock");
         let share = format!("{}:{}", nfs.address, nfs.share());
         let log = std::fs::File::create(dir.path().join("driver.log")).unwrap();
         let child = nfs
             .command(&binary())
-            .args(["--mode", "controller", "--node-id", "test-node"])
+            .args(["--mode", mode, "--node-id", "test-node"])
+            .arg("--state-dir")
+            .arg(dir.path().join("state"))
             .arg("--endpoint")
             .arg(format!("unix://{}", socket.display()))
             .args(["--share", &share, "--nfs-timeout", "3"])
@@ -96,6 +108,10 @@ impl Driver {
 
     pub async fn controller(&self) -> ControllerClient<Channel> {
         ControllerClient::new(self.channel().await)
+    }
+
+    pub async fn node(&self) -> NodeClient<Channel> {
+        NodeClient::new(self.channel().await)
     }
 
     pub async fn identity(&self) -> IdentityClient<Channel> {
