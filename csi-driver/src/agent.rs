@@ -18,7 +18,7 @@ use tether_csi_proto::agent::{
 use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint, Identity};
 use tonic::Code;
 
-use crate::error::AgentError;
+use crate::grpc::error::AgentError;
 
 /// How long a clone may take (a server-side copy of a large tree on a filesystem that cannot
 /// clone is the long case; it runs in the background like the NFS copies).

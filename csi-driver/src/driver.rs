@@ -5,12 +5,12 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use crate::agent::Agents;
-use crate::copies::Copies;
-use crate::error::{CsiError, NfsError};
-use crate::ids::ShareRef;
+use crate::controller::copies::Copies;
+use crate::grpc::error::{CsiError, NfsError};
 use crate::locks::OpLocks;
-use crate::nfs::{NfsPool, Share};
-use crate::store;
+use crate::share::ids::ShareRef;
+use crate::share::nfs::{NfsPool, Share};
+use crate::share::store;
 
 pub const DRIVER_NAME: &str = "nfs.tether.dev";
 

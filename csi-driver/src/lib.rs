@@ -1,30 +1,19 @@
 //! tether-csi: a CSI driver for persistent volumes on NFS shares.
+//!
+//! - `grpc`: the gRPC boundary (services, errors and their status table, request checks);
+//! - `controller`: the Controller service's workflows (volumes, snapshots, modify, copies);
+//! - `node`: the Node service (mounts, disk images, usage);
+//! - `share`: the NFS side (the user-space client, records on the share, ids, parameters);
+//! - `agent`: the client of tether-nfs-agent on the NFS server;
+//! - `driver`, `server`, `locks`, `metrics`, `client`: the process around them.
 
-pub mod agent;
-pub mod authority;
+pub(crate) mod agent;
 pub mod client;
-pub mod controller;
-pub mod copies;
-pub mod create;
-pub mod driver;
-pub mod error;
-pub mod ids;
-pub mod image;
-pub mod locks;
+pub(crate) mod controller;
+pub(crate) mod driver;
+pub(crate) mod grpc;
+pub(crate) mod locks;
 pub mod metrics;
-pub mod modify;
-pub mod mounts;
-pub mod mutable;
-pub mod nfs;
-pub mod nfs_mount;
 pub mod node;
-pub mod node_stats;
-pub mod params;
-pub mod redact;
-pub mod rpc;
 pub mod server;
-pub mod snapshots;
-pub mod store;
-pub mod sweep;
-pub mod validate;
-pub mod wire;
+pub mod share;

@@ -5,7 +5,7 @@
 use std::collections::HashSet;
 use std::sync::{Arc, Mutex};
 
-use crate::error::CsiError;
+use crate::grpc::error::CsiError;
 
 #[derive(Default, Clone)]
 pub struct OpLocks {

@@ -12,10 +12,10 @@ use tokio_stream::StreamExt;
 use crate::controller::ControllerService;
 use crate::driver::{Driver, Tuning};
 
-use crate::ids::{NfsVersion, ShareRef};
-use crate::nfs::{ClientOptions, NfsPool};
+use crate::grpc::{ControllerServer, IdentityService, NodeServer};
 use crate::node::NodeService;
-use crate::rpc::{ControllerServer, IdentityService, NodeServer};
+use crate::share::ids::{NfsVersion, ShareRef};
+use crate::share::nfs::{ClientOptions, NfsPool};
 
 /// How long requests in flight may take to finish after SIGTERM.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
@@ -260,7 +260,7 @@ pub async fn serve(args: Args) -> Result<(), ServeError> {
         identity_server::IdentityServer::new(IdentityService::new(driver.clone())),
     );
     if args.mode != Mode::Node {
-        tokio::spawn(crate::sweep::run(driver.clone()));
+        tokio::spawn(crate::controller::sweep::run(driver.clone()));
         router = router.add_service(controller_server::ControllerServer::new(ControllerServer(
             std::sync::Arc::new(ControllerService::new(driver.clone())),
         )));
@@ -279,7 +279,7 @@ pub async fn serve(args: Args) -> Result<(), ServeError> {
     tracing::info!(socket = %socket.display(), mode = ?args.mode, node = %args.node_id, "serving CSI");
     // Every client's requests, whatever their :authority (see `authority`).
     let incoming = UnixListenerStream::new(listener)
-        .map(|connection| connection.map(crate::authority::AuthorityFix::new));
+        .map(|connection| connection.map(crate::grpc::authority::AuthorityFix::new));
     let server = router.serve_with_incoming_shutdown(incoming, async {
         let _ = stopped.await;
     });

@@ -15,8 +15,8 @@ use std::path::{Path, PathBuf};
 
 use common::agent::{world, World, AGENT};
 use common::{create_request, mount_capability, Driver};
-use tether_csi::ids::SnapshotId;
-use tether_csi::store;
+use tether_csi::share::ids::SnapshotId;
+use tether_csi::share::store;
 use tether_csi_proto::v1::{
     self as csi, volume_capability::access_mode::Mode, volume_content_source,
 };

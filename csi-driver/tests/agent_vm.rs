@@ -22,7 +22,7 @@ use std::time::{Duration, Instant};
 
 use common::agent::{world, World, AGENT};
 use common::{create_request, mount_capability, Driver};
-use tether_csi::store;
+use tether_csi::share::store;
 use tether_csi_proto::v1::{
     self as csi, volume_capability::access_mode::Mode, volume_content_source,
 };

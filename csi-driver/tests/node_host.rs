@@ -11,8 +11,8 @@ use std::process::Stdio;
 use std::time::Duration;
 
 use common::code;
-use tether_csi::image;
-use tether_csi::mounts;
+use tether_csi::node::image;
+use tether_csi::node::mounts;
 use tether_csi_proto::v1::{
     self as csi, node_client::NodeClient, volume_capability::access_mode::Mode,
 };

@@ -12,7 +12,7 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use common::{block_capability, code, mount_capability};
-use tether_csi::mounts;
+use tether_csi::node::mounts;
 use tether_csi_proto::v1::{
     self as csi, controller_client::ControllerClient, node_client::NodeClient,
     volume_capability::access_mode::Mode, VolumeCapability,
@@ -636,7 +636,7 @@ async fn block_volume(guest: &mut Guest) {
         .file_type()
         .is_block_device());
     assert_eq!(
-        tether_csi::image::device_size(&target).unwrap(),
+        tether_csi::node::image::device_size(&target).unwrap(),
         16 * MIB as u64
     );
     // Raw bytes through the published device reach the image.

@@ -5,7 +5,7 @@
 use k8s_openapi::api::core::v1::{PersistentVolume, PersistentVolumeClaim, Pod};
 use serde::Serialize;
 use serde_json::Value;
-use tether_csi::ids::{Layout, NfsVersion, VolumeId};
+use tether_csi::share::ids::{Layout, NfsVersion, VolumeId};
 
 use crate::cluster::{Cluster, Reply};
 use crate::error::CtlError;

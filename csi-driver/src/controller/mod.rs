@@ -1,7 +1,15 @@
 //! The Controller service's volume workflow: volumes carved out of NFS shares, spoken to from user
 //! space. It mounts nothing and keeps no state: everything it knows lives on the shares.
-//! Creating is in `create`, snapshots in `snapshots`, request checks in `validate`, answers and
-//! paging in `wire`.
+//! Deleting, listing, capacity, expansion and conditions are here; creating is in `create`,
+//! snapshots in `snapshots`, ControllerModifyVolume in `modify`, background copies in `copies`,
+//! the timer that removes what killed requests left in `sweep`, answers and paging in `wire`.
+
+pub mod copies;
+pub mod create;
+pub mod modify;
+pub mod snapshots;
+pub mod sweep;
+pub mod wire;
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -10,14 +18,14 @@ use futures::{StreamExt, TryStreamExt};
 
 use tether_csi_proto::v1::{self as csi, VolumeCondition};
 
+use crate::controller::wire::{decode_token, page, volume_message};
 use crate::driver::Driver;
-use crate::error::{CsiError, CsiResult, NfsError};
-use crate::ids::{Layout, ShareRef, VolumeId, VolumeName};
-use crate::nfs::{Kind, Share};
-use crate::params::{nfs_version, OnDelete, VolumeParams};
-use crate::store::{self, State, VolumeRecord, IMAGE_FILE};
-use crate::validate::{unsupported, wanted_capacity};
-use crate::wire::{decode_token, page, volume_message};
+use crate::grpc::error::{CsiError, CsiResult, NfsError};
+use crate::grpc::validate::{unsupported, wanted_capacity};
+use crate::share::ids::{Layout, ShareRef, VolumeId, VolumeName};
+use crate::share::nfs::{Kind, Share};
+use crate::share::params::{nfs_version, OnDelete, VolumeParams};
+use crate::share::store::{self, State, VolumeRecord, IMAGE_FILE};
 
 /// How many records of a ListVolumes page are read at once.
 const LIST_READS_AT_ONCE: usize = 16;
@@ -81,7 +89,7 @@ impl ControllerService {
     /// export it (then it holds nothing). Never creates anything on the server.
     pub(crate) async fn readable_share(
         &self,
-        share: &crate::ids::ShareRef,
+        share: &crate::share::ids::ShareRef,
     ) -> CsiResult<Option<Arc<Share>>> {
         match self.driver.share(share).await {
             Ok(connected) => Ok(Some(connected)),

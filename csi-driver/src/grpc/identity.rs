@@ -7,7 +7,7 @@ use tonic::{Request, Response, Status};
 
 use super::traced;
 use crate::driver::{Driver, DRIVER_NAME};
-use crate::error::CsiError;
+use crate::grpc::error::CsiError;
 
 pub struct IdentityService {
     driver: Arc<Driver>,

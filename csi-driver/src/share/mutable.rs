@@ -6,8 +6,8 @@ use std::collections::HashMap;
 
 use serde::{Deserialize, Serialize};
 
-use crate::error::CsiError;
-use crate::ids::Layout;
+use crate::grpc::error::CsiError;
+use crate::share::ids::Layout;
 
 /// Every mutable parameter: name, default, meaning, when it takes effect. docs/storage.md shows
 /// this table ([`mutable_table`]), checked by a test.
@@ -44,7 +44,8 @@ pub const MUTABLE_PARAMETERS: [(&str, &str, &str, &str); 5] = [
     ),
 ];
 
-/// The mutable parameters as a Markdown table.
+/// The mutable parameters as a Markdown table (docs/storage.md holds it; a test checks).
+#[cfg(test)]
 pub fn mutable_table() -> String {
     let mut out =
         String::from("| parameter | default | meaning | takes effect |\n|---|---|---|---|\n");
@@ -357,7 +358,7 @@ mod tests {
 
     #[test]
     fn the_storage_docs_show_every_mutable_parameter() {
-        let docs = include_str!("../../docs/storage.md");
+        let docs = include_str!("../../../docs/storage.md");
         assert!(
             docs.contains(&mutable_table()),
             "docs/storage.md's table of mutable parameters differs from mutable::MUTABLE_PARAMETERS; it should read:\n{}",

@@ -11,8 +11,8 @@ use std::time::Duration;
 
 use tokio::sync::{watch, Semaphore};
 
-use crate::error::CsiError;
-use crate::nfs::Progress;
+use crate::grpc::error::CsiError;
+use crate::share::nfs::Progress;
 
 pub struct Copies {
     slots: Arc<Semaphore>,

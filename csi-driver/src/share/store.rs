@@ -13,10 +13,10 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 use serde::{Deserialize, Serialize};
 
-use crate::error::NfsError;
-use crate::ids::{SharePath, VolumeName, META_DIR};
-use crate::nfs::Share;
-use crate::params::VolumeSettings;
+use crate::grpc::error::NfsError;
+use crate::share::ids::{SharePath, VolumeName, META_DIR};
+use crate::share::nfs::Share;
+use crate::share::params::VolumeSettings;
 
 pub const VOLUMES: &str = ".tether/volumes";
 pub const NAMES: &str = ".tether/names";

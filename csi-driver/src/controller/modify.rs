@@ -6,10 +6,10 @@
 use tether_csi_proto::v1 as csi;
 
 use crate::controller::ControllerService;
-use crate::error::{CsiError, CsiResult};
-use crate::ids::Layout;
-use crate::mutable::{Changes, Limit};
-use crate::store;
+use crate::grpc::error::{CsiError, CsiResult};
+use crate::share::ids::Layout;
+use crate::share::mutable::{Changes, Limit};
+use crate::share::store;
 
 impl ControllerService {
     pub(crate) async fn modify(

@@ -10,7 +10,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use bytes::Bytes;
 
 use super::{Entry, Kind, Share};
-use crate::error::NfsError;
+use crate::grpc::error::NfsError;
 
 /// The granularity of hole detection: blocks of zeros this big are skipped.
 const BLOCK: usize = 4096;

@@ -4,9 +4,9 @@ use std::collections::HashMap;
 
 use tether_csi_proto::v1::{self as csi, volume_content_source};
 
-use crate::error::{CsiError, CsiResult};
-use crate::ids::{ShareRef, MAX_ID_BYTES};
-use crate::store::{self, Source, State, VolumeRecord};
+use crate::grpc::error::{CsiError, CsiResult};
+use crate::share::ids::{ShareRef, MAX_ID_BYTES};
+use crate::share::store::{self, Source, State, VolumeRecord};
 
 pub fn volume_message(record: &VolumeRecord, share: &ShareRef) -> csi::Volume {
     let content_source = record.source.as_ref().map(|s| csi::VolumeContentSource {

@@ -3,7 +3,7 @@
 use std::future::Future;
 
 use super::{Kind, Share};
-use crate::error::NfsError;
+use crate::grpc::error::NfsError;
 
 impl Share {
     /// `rm -rf`: missing is fine. An empty directory (the common case) takes one call. Boxed

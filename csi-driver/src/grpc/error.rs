@@ -128,12 +128,12 @@ pub enum CsiError {
         export: String,
         target: std::path::PathBuf,
         #[source]
-        source: crate::mounts::MountError,
+        source: crate::node::mounts::MountError,
     },
     #[error(transparent)]
-    Mount(#[from] crate::mounts::MountError),
+    Mount(#[from] crate::node::mounts::MountError),
     #[error(transparent)]
-    Image(#[from] crate::image::ImageError),
+    Image(#[from] crate::node::image::ImageError),
     /// A worker thread died: a bug.
     #[error("{0}")]
     Internal(String),

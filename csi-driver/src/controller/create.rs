@@ -8,16 +8,16 @@ use std::time::Duration;
 
 use tether_csi_proto::v1::{self as csi, volume_content_source};
 
+use crate::controller::copies::Outcome;
+use crate::controller::wire::volume_message;
 use crate::controller::{remove_volume, ControllerService};
-use crate::copies::Outcome;
-use crate::error::{CsiError, CsiResult};
-use crate::ids::{Layout, SharePath, ShareRef, SnapshotId, VolumeId, VolumeName};
-use crate::mutable::{Changes, Limit};
-use crate::nfs::Share;
-use crate::params::{same_volume, VolumeParams};
-use crate::store::{self, Source, State, VolumeRecord, IMAGE_FILE};
-use crate::validate::{check_capabilities, fits, wanted_capacity};
-use crate::wire::volume_message;
+use crate::grpc::error::{CsiError, CsiResult};
+use crate::grpc::validate::{check_capabilities, fits, wanted_capacity};
+use crate::share::ids::{Layout, SharePath, ShareRef, SnapshotId, VolumeId, VolumeName};
+use crate::share::mutable::{Changes, Limit};
+use crate::share::nfs::Share;
+use crate::share::params::{same_volume, VolumeParams};
+use crate::share::store::{self, Source, State, VolumeRecord, IMAGE_FILE};
 
 /// One CreateVolume request, checked.
 struct Wanted<'a> {

@@ -7,9 +7,9 @@ use std::time::Duration;
 
 use nix::mount::MsFlags;
 
-use crate::error::{CsiError, CsiResult};
-use crate::ids::{NfsVersion, VolumeId};
-use crate::mounts;
+use crate::grpc::error::{CsiError, CsiResult};
+use crate::node::mounts;
+use crate::share::ids::{NfsVersion, VolumeId};
 
 /// The server's address (names are resolved once, here).
 pub fn server_ip(server: &str) -> CsiResult<IpAddr> {
@@ -187,7 +187,7 @@ pub fn create_dir(path: &Path) -> CsiResult<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::ids::{Layout, SharePath, ShareRef};
+    use crate::share::ids::{Layout, SharePath, ShareRef};
 
     fn id(version: NfsVersion) -> VolumeId {
         VolumeId {

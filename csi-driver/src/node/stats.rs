@@ -8,14 +8,14 @@ use std::time::{Duration, Instant};
 
 use tether_csi_proto::v1::{self as csi, VolumeCondition};
 
-use crate::error::{CsiError, CsiResult};
-use crate::ids::{Layout, VolumeId};
-use crate::image;
-use crate::mutable::MountTuning;
-use crate::nfs_mount::{health, Health};
+use crate::grpc::error::{CsiError, CsiResult};
+use crate::grpc::validate::{present, volume, volume_path};
+use crate::node::image;
+use crate::node::nfs_mount::{health, Health};
 use crate::node::{holds_volume, NodeService};
-use crate::store;
-use crate::validate::{present, volume, volume_path};
+use crate::share::ids::{Layout, VolumeId};
+use crate::share::mutable::MountTuning;
+use crate::share::store;
 
 impl NodeService {
     pub(crate) async fn stats(

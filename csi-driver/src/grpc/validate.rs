@@ -8,8 +8,8 @@ use tether_csi_proto::v1::{
     self as csi, volume_capability, volume_capability::access_mode::Mode, VolumeCapability,
 };
 
-use crate::error::{CsiError, CsiResult};
-use crate::ids::{Layout, VolumeId};
+use crate::grpc::error::{CsiError, CsiResult};
+use crate::share::ids::{Layout, VolumeId};
 
 /// Bytes wanted from a capacity range: required if given, else limit, else 0 (unknown).
 pub fn wanted_capacity(range: Option<&csi::CapacityRange>) -> CsiResult<(i64, i64)> {

@@ -1,5 +1,6 @@
 //! The Node service: staging and publishing volumes where pods run (NFS mounts are in
-//! `nfs_mount`, usage and condition in `node_stats`).
+//! `nfs_mount`, the mount table and mount calls in `mounts`, disk images on loop devices in
+//! `image`, usage and condition in `stats`).
 //!
 //! - directory volumes: NodeStageVolume mounts `server:/share/path` at the staging path;
 //!   NodePublishVolume bind-mounts it into the pod (read-only when asked).
@@ -10,6 +11,11 @@
 //! Every decision comes from the kernel (mount table, loop devices in sysfs); every mount and
 //! unmount has a deadline and unmounts escalate (force, then lazy), so a dead server never wedges
 //! the service. A stale mount is replaced on the next stage or publish.
+
+pub mod image;
+pub mod mounts;
+pub(crate) mod nfs_mount;
+pub(crate) mod stats;
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -23,19 +29,19 @@ use tether_csi_proto::v1::{
 };
 
 use crate::driver::Driver;
-use crate::error::{CsiError, CsiResult};
-use crate::ids::{Layout, VolumeId};
-use crate::image;
-use crate::locks::OpGuard;
-use crate::mounts::{self, MountInfo};
-use crate::mutable::MountTuning;
-use crate::nfs_mount::{create_dir, ensure_nfs_mount, health, Health};
-use crate::node_stats::UsageCache;
-use crate::store::IMAGE_FILE;
-use crate::validate::{
+use crate::grpc::error::{CsiError, CsiResult};
+use crate::share::ids::{Layout, VolumeId};
+
+use crate::grpc::validate::{
     capability, is_block, mode, mount_flags, present, read_only_mode, required_path, volume,
     volume_path,
 };
+use crate::locks::OpGuard;
+use crate::node::mounts::MountInfo;
+use crate::node::nfs_mount::{create_dir, ensure_nfs_mount, health, Health};
+use crate::node::stats::UsageCache;
+use crate::share::mutable::MountTuning;
+use crate::share::store::IMAGE_FILE;
 
 /// The topology key that names a node.
 pub const TOPOLOGY_KEY: &str = "topology.nfs.tether.dev/node";

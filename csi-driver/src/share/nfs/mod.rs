@@ -22,7 +22,7 @@ use bytes::Bytes;
 use futures::StreamExt;
 use nfs_rs::Mount;
 
-use crate::error::NfsError;
+use crate::grpc::error::NfsError;
 
 pub struct Share {
     mount: Box<dyn Mount>,

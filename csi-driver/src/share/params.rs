@@ -5,10 +5,10 @@ use std::collections::{BTreeMap, HashMap};
 use serde::{Deserialize, Serialize};
 use tether_csi_proto::v1::{volume_capability, VolumeCapability};
 
-use crate::error::CsiError;
-use crate::ids::{Layout, NfsVersion, SharePath, ShareRef, VolumeName};
-pub use crate::mutable::OnDelete;
-use crate::mutable::{Changes, Mutable, MUTABLE_PARAMETERS};
+use crate::grpc::error::CsiError;
+use crate::share::ids::{Layout, NfsVersion, SharePath, ShareRef, VolumeName};
+pub use crate::share::mutable::OnDelete;
+use crate::share::mutable::{Changes, Mutable, MUTABLE_PARAMETERS};
 
 /// Keys csi-provisioner adds with `--extra-create-metadata`.
 pub const PVC_NAME: &str = "csi.storage.k8s.io/pvc/name";
@@ -49,7 +49,8 @@ pub const PARAMETERS: [(&str, &str, &str); 7] = [
     ),
 ];
 
-/// The StorageClass parameters as a Markdown table.
+/// The StorageClass parameters as a Markdown table (docs/storage.md holds it; a test checks).
+#[cfg(test)]
 pub fn parameters_table() -> String {
     let mut out = String::from("| parameter | default | meaning |\n|---|---|---|\n");
     for (name, default, meaning) in PARAMETERS {
@@ -218,7 +219,7 @@ pub fn same_volume(
 ) -> bool {
     let fixed = |m: &BTreeMap<String, String>| {
         m.iter()
-            .filter(|(k, _)| !crate::mutable::is_mutable(k))
+            .filter(|(k, _)| !crate::share::mutable::is_mutable(k))
             .map(|(k, v)| (k.clone(), v.clone()))
             .collect::<BTreeMap<_, _>>()
     };
@@ -416,7 +417,7 @@ mod tests {
 
     #[test]
     fn the_storage_docs_show_every_parameter() {
-        let docs = include_str!("../../docs/storage.md");
+        let docs = include_str!("../../../docs/storage.md");
         assert!(
             docs.contains(&parameters_table()),
             "docs/storage.md's table of StorageClass parameters differs from params::PARAMETERS; it should read:\n{}",

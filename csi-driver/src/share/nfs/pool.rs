@@ -6,8 +6,8 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use super::Share;
-use crate::error::NfsError;
-use crate::ids::{NfsVersion, ShareRef};
+use crate::grpc::error::NfsError;
+use crate::share::ids::{NfsVersion, ShareRef};
 
 /// How the driver authenticates and connects.
 #[derive(Debug, Clone)]

@@ -9,7 +9,7 @@ use tonic::{Request, Response, Status};
 
 use super::traced;
 use crate::controller::ControllerService;
-use crate::error::CsiError;
+use crate::grpc::error::CsiError;
 
 /// The tonic service: a cheap handle around the shared controller.
 pub struct ControllerServer(pub Arc<ControllerService>);

@@ -11,7 +11,7 @@ use std::fmt;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
-use crate::error::CsiError;
+use crate::grpc::error::CsiError;
 
 /// The CSI limit for ids (and our own for names used as keys).
 pub const MAX_ID_BYTES: usize = 128;

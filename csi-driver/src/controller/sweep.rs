@@ -13,10 +13,10 @@ use std::sync::Arc;
 
 use crate::controller::remove_volume;
 use crate::driver::Driver;
-use crate::error::NfsError;
-use crate::ids::{SharePath, VolumeId, META_DIR};
-use crate::nfs::{Kind, Share};
-use crate::store::{self, State};
+use crate::grpc::error::NfsError;
+use crate::share::ids::{SharePath, VolumeId, META_DIR};
+use crate::share::nfs::{Kind, Share};
+use crate::share::store::{self, State};
 
 /// What one sweep of one share removed.
 #[derive(Debug, Default, PartialEq, Eq)]

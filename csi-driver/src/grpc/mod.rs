@@ -1,9 +1,15 @@
-//! The gRPC boundary: the three tonic services, request tracing, and the one table that turns
-//! the driver's errors into gRPC statuses.
+//! The gRPC boundary: the three tonic services (`controller`, `identity`, `node`: adapters that
+//! trace each call and hand it to the workflows), the errors and the one table that turns them
+//! into gRPC statuses (`error`, `code` below), the checks of request fields every RPC shares
+//! (`validate`), who may call (`authority`) and what never reaches a log (`redact`).
 
+pub mod authority;
 mod controller;
+pub mod error;
 mod identity;
 mod node;
+pub mod redact;
+pub mod validate;
 
 pub use controller::ControllerServer;
 pub use identity::IdentityService;
@@ -11,10 +17,10 @@ pub use node::NodeServer;
 
 use tonic::{Code, Response, Status};
 
-use crate::error::{AgentError, CsiError, CsiResult, NfsError};
-use crate::image::ImageError;
-use crate::mounts::MountError;
-use crate::redact::Redact;
+use crate::grpc::error::{AgentError, CsiError, CsiResult, NfsError};
+use crate::grpc::redact::Redact;
+use crate::node::image::ImageError;
+use crate::node::mounts::MountError;
 
 /// The gRPC code of every error the driver can report: the one place this is decided.
 pub fn code(error: &CsiError) -> Code {

@@ -5,13 +5,13 @@ use tether_csi_proto::v1 as csi;
 
 use std::sync::Arc;
 
+use crate::controller::copies::Outcome;
+use crate::controller::wire::{decode_token, page, snapshot_message};
 use crate::controller::ControllerService;
-use crate::copies::Outcome;
-use crate::error::{CsiError, CsiResult};
-use crate::ids::{snapshot_key, validate_name, SnapshotId, VolumeId};
-use crate::nfs::Share;
-use crate::store::{self, State};
-use crate::wire::{decode_token, page, snapshot_message};
+use crate::grpc::error::{CsiError, CsiResult};
+use crate::share::ids::{snapshot_key, validate_name, SnapshotId, VolumeId};
+use crate::share::nfs::Share;
+use crate::share::store::{self, State};
 
 impl ControllerService {
     pub(crate) async fn create_snapshot(
