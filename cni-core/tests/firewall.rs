@@ -103,3 +103,121 @@ fn unknown_objects_in_a_listing_are_skipped_not_fatal() {
     assert!(listing.exists);
     assert_eq!(listing.chains.len(), 1);
 }
+
+/// Element changes over netlink, as the kernel sees them: address sets, an address . protocol
+/// . port set and a verdict map (IPv4 and IPv6), in one transaction that is all or nothing.
+#[test]
+fn element_changes_over_netlink_land_in_one_transaction() {
+    use cni_core::firewall::elements::{apply, Change, Element, Family};
+    require_root();
+    let node = Netns::new("fwnl");
+    node.exec(&[
+        "nft",
+        "add table inet tnl; \
+         add set inet tnl a4 { type ipv4_addr; }; \
+         add set inet tnl a6 { type ipv6_addr; }; \
+         add set inet tnl n4 { type ipv4_addr . inet_proto . inet_service; }; \
+         add set inet tnl n6 { type ipv6_addr . inet_proto . inet_service; }; \
+         add chain inet tnl pod-a; add chain inet tnl pod-b; \
+         add map inet tnl d4 { type ipv4_addr : verdict; }",
+    ]);
+    let ns = NetNs::open(&node.path()).unwrap();
+    let ip = |s: &str| s.parse::<std::net::IpAddr>().unwrap();
+    let change = |set: &str, delete: bool, elements: Vec<Element>| Change {
+        set: set.into(),
+        delete,
+        elements,
+    };
+    let listing = || node.exec(&["nft", "list", "table", "inet", "tnl"]);
+    ns.run(|| {
+        apply(
+            Family::Inet,
+            "tnl",
+            &[
+                change(
+                    "a4",
+                    false,
+                    (1..=600u16)
+                        .map(|i| Element::address(ip(&format!("10.9.{}.{}", i / 200, i % 200))))
+                        .collect(),
+                ),
+                change("a6", false, vec![Element::address(ip("fd00::7"))]),
+                change(
+                    "n4",
+                    false,
+                    vec![Element::address_protocol_port(ip("10.9.0.1"), 6, 8080)],
+                ),
+                change(
+                    "n6",
+                    false,
+                    vec![Element::address_protocol_port(ip("fd00::7"), 17, 53)],
+                ),
+                change("d4", false, vec![Element::jump(ip("10.9.0.1"), "pod-a")]),
+            ],
+        )
+    })
+    .unwrap()
+    .unwrap();
+    let text = listing();
+    for expected in [
+        "10.9.2.199",
+        "fd00::7",
+        "10.9.0.1 . tcp . 8080",
+        "fd00::7 . udp . 53",
+        "10.9.0.1 : jump pod-a",
+    ] {
+        assert!(text.contains(expected), "{expected} missing:\n{text}");
+    }
+    // A map key changing its chain: deleted, then added in the same transaction.
+    ns.run(|| {
+        apply(
+            Family::Inet,
+            "tnl",
+            &[
+                change("d4", true, vec![Element::jump(ip("10.9.0.1"), "pod-a")]),
+                change("d4", false, vec![Element::jump(ip("10.9.0.1"), "pod-b")]),
+                change("a4", true, vec![Element::address(ip("10.9.2.199"))]),
+            ],
+        )
+    })
+    .unwrap()
+    .unwrap();
+    let text = listing();
+    assert!(text.contains("10.9.0.1 : jump pod-b"), "{text}");
+    assert!(!text.contains("10.9.2.199"), "{text}");
+    // All or nothing: deleting an element that is not there refuses the whole batch, naming
+    // the set; the add before it did not happen.
+    let err = ns
+        .run(|| {
+            apply(
+                Family::Inet,
+                "tnl",
+                &[
+                    change("a6", false, vec![Element::address(ip("fd00::8"))]),
+                    change("a4", true, vec![Element::address(ip("10.99.0.1"))]),
+                ],
+            )
+        })
+        .unwrap()
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("a4"), "{err}");
+    assert!(!listing().contains("fd00::8"), "half a transaction landed");
+    // A set that does not exist.
+    let err = ns
+        .run(|| {
+            apply(
+                Family::Inet,
+                "tnl",
+                &[change(
+                    "nope",
+                    false,
+                    vec![Element::address(ip("10.0.0.1"))],
+                )],
+            )
+        })
+        .unwrap()
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("nope"), "{err}");
+}

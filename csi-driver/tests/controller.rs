@@ -1091,7 +1091,10 @@ async fn a_dead_server_gives_a_clear_error_in_time_and_recovery_follows() {
         "{}",
         status.message()
     );
-    assert!(took < Duration::from_secs(8), "{took:?}");
+    println!("the hung CreateVolume answered after {took:?}");
+    // 3 s alone; one full-suite run on 2 cores (QEMU guests beside it) took 9 s. The point is
+    // an answer, not a hang: a kernel hard mount would wait forever.
+    assert!(took < Duration::from_secs(15), "{took:?}\n{}", driver.log());
     assert_eq!(
         code(identity.probe(csi::ProbeRequest {}).await),
         Code::FailedPrecondition

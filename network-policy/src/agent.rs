@@ -243,21 +243,22 @@ fn write(
     }
     let table = nft::render(&plan, &settings.table);
     let rendered = started.elapsed();
-    let written = nft::batch(applied, &table).and_then(|b| {
+    let written = nft::write(applied, &table).and_then(|w| {
         let diffed = started.elapsed();
-        b.apply().map(|()| (b.len(), diffed))
+        w.apply().map(|()| (w.len(), w.path(), diffed))
     });
     match written {
-        Ok((commands, diffed)) => {
+        Ok((commands, path, diffed)) => {
             let ms = |d: Duration| d.as_secs_f64() * 1e3;
             tracing::info!(
                 rules = table.rule_count(),
                 elements = table.element_count(),
                 commands,
+                path,
                 plan_ms = ms(planned),
                 render_ms = ms(rendered - planned),
                 diff_ms = ms(diffed - rendered),
-                nft_ms = ms(started.elapsed() - diffed),
+                write_ms = ms(started.elapsed() - diffed),
                 "policies applied"
             );
             metrics.rules.set(table.rule_count() as i64);

@@ -30,7 +30,7 @@ use cni_core::firewall::expr::{Expression, MetaKey, Range};
 use cni_core::firewall::schema::{SetType, SetTypeValue};
 use cni_core::firewall::stmt::{Operator, Statement};
 use cni_core::firewall::types::{NfChainPolicy, NfChainType, NfFamily, NfHook};
-use cni_core::firewall::{list_table, Batch, FirewallError};
+use cni_core::firewall::{elements, list_table, Batch, FirewallError};
 use ipnetwork::IpNetwork;
 
 use crate::model::{Block, Direction, Plan, Protocol, Rule};
@@ -557,6 +557,100 @@ fn refill_chain(batch: &mut Batch, name: &str, rules: &[Vec<Statement<'static>>]
     flush_chain(batch, name);
     for statements in rules {
         batch.add(build::rule(FAMILY, TABLE, name, statements.clone(), None));
+    }
+}
+
+/// How a change reaches the kernel.
+pub enum Write {
+    /// Only set and map members change: element adds and deletes over netlink (no process).
+    Elements(Vec<elements::Change>),
+    /// Chains, rules or sets change: one `nft` transaction.
+    Batch(Batch),
+}
+
+impl Write {
+    /// How many commands (set changes, or batch commands) it holds.
+    pub fn len(&self) -> usize {
+        match self {
+            Write::Elements(changes) => changes.len(),
+            Write::Batch(batch) => batch.len(),
+        }
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    pub fn apply(&self) -> Result<(), FirewallError> {
+        match self {
+            Write::Elements(changes) => elements::apply(elements::Family::Inet, TABLE, changes),
+            Write::Batch(batch) => batch.apply(),
+        }
+    }
+
+    pub fn path(&self) -> &'static str {
+        match self {
+            Write::Elements(_) => "netlink",
+            Write::Batch(_) => "nft",
+        }
+    }
+}
+
+/// What brings the kernel from `before` (what was applied last) to `after`: element changes
+/// over netlink when the chains and the sets themselves stay as they are (a pod's address joins
+/// or leaves sets: the common change), else a batch for `nft`.
+pub fn write(before: Option<&Table>, after: &Table) -> Result<Write, FirewallError> {
+    match before {
+        Some(before)
+            if before.chains == after.chains
+                && before.sets.len() == after.sets.len()
+                && after.sets.iter().all(|(name, set)| {
+                    before
+                        .sets
+                        .get(name)
+                        .is_some_and(|old| old.kind == set.kind)
+                }) =>
+        {
+            Ok(Write::Elements(element_changes(before, after)))
+        }
+        _ => batch(before, after).map(Write::Batch),
+    }
+}
+
+/// Each set's members that go, then each set's members that come (a map key that changes its
+/// chain goes before it comes back).
+fn element_changes(before: &Table, after: &Table) -> Vec<elements::Change> {
+    let mut changes = Vec::new();
+    for delete in [true, false] {
+        for (name, set) in &after.sets {
+            let Some(old) = before.sets.get(name) else {
+                continue;
+            };
+            let (from, to) = if delete {
+                (&old.elements, &set.elements)
+            } else {
+                (&set.elements, &old.elements)
+            };
+            let members: Vec<elements::Element> = from.difference(to).map(element).collect();
+            if !members.is_empty() {
+                changes.push(elements::Change {
+                    set: name.clone(),
+                    delete,
+                    elements: members,
+                });
+            }
+        }
+    }
+    changes
+}
+
+fn element(elem: &Elem) -> elements::Element {
+    match elem {
+        Elem::Addr(ip) => elements::Element::address(*ip),
+        Elem::Named(ip, protocol, port) => {
+            elements::Element::address_protocol_port(*ip, protocol.number(), *port)
+        }
+        Elem::Jump(ip, chain) => elements::Element::jump(*ip, chain),
     }
 }
 

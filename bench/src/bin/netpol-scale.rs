@@ -263,7 +263,7 @@ fn write_phases(log: &std::path::Path) -> [f64; 4] {
         .filter(|v| v["message"] == "policies applied")
         .skip(1)
         .collect();
-    ["plan_ms", "render_ms", "diff_ms", "nft_ms"]
+    ["plan_ms", "render_ms", "diff_ms", "write_ms"]
         .map(|field| quartile(writes.iter().filter_map(|w| w[field].as_f64()).collect(), 2))
 }
 

@@ -6,6 +6,7 @@
 //! verdicts), [`Batch::raw`] takes the JSON command as nft documents it; each such use says why.
 
 pub mod build;
+pub mod elements;
 
 use std::path::Path;
 
@@ -28,6 +29,12 @@ pub enum FirewallError {
     },
     #[error("unreadable nft output")]
     Output(#[source] serde_json::Error),
+    #[error("nftables over netlink: {what}")]
+    Netlink {
+        what: &'static str,
+        #[source]
+        source: std::io::Error,
+    },
     #[error("taking the nftables lock {path}")]
     Lock {
         path: String,
