@@ -2,8 +2,10 @@
 # Tether across two nodes of one segment, with direct routing (the default: a plain route via the
 # other node's underlay address) and over VXLAN (--direct-routing=false), vs a hand-built
 # flannel-style VXLAN and a hand-built flannel "host-gw" pair with the same settings, and the
-# underlay itself (the limit), interleaved in one run; then the time from a node joining to the
-# first successful cross-node ping, and tether-overlayd's memory. Run as root:
+# underlay itself (the limit), interleaved in one run; the same across an L3 boundary (two subnets
+# joined by a router: Tether keeps VXLAN to a peer beyond its L2, beside a hand-built VXLAN over
+# the same router); then the time from a node joining to the first successful cross-node ping,
+# and tether-overlayd's memory. Run as root:
 #   bench/overlay.sh [iperf seconds] [repetitions]      (defaults 5 and 3)
 # Everything lives in namespaces named tb-ov-*; they are removed on exit.
 set -euo pipefail
@@ -32,12 +34,18 @@ ip netns exec tb-ov-ul etcd --name b --data-dir "$work/etcd" --listen-client-url
   --initial-advertise-peer-urls http://127.0.0.1:2380 --initial-cluster b=http://127.0.0.1:2380 >/dev/null 2>&1 &
 pids+=($!)
 
-node() { # node NAME IP
+# A second subnet behind the same namespace, which routes between the two (an L3 boundary).
+nsx ul ip link add ul1 type bridge; nsx ul ip addr add 192.168.79.1/24 dev ul1; nsx ul ip link set ul1 up
+nsx ul sysctl -qw net.ipv4.ip_forward=1
+
+node() { # node NAME IP [SEGMENT]: on 192.168.78.0/24 (ul0) or, with SEGMENT ul1, 192.168.79.0/24
+  local segment=${3:-ul0} gateway=192.168.78.1
+  [ "$segment" = ul1 ] && gateway=192.168.79.1
   ip netns add "tb-ov-$1"
   nsx ul ip link add "p-$1" type veth peer name eth0 netns "tb-ov-$1"
-  nsx ul ip link set "p-$1" master ul0 up
+  nsx ul ip link set "p-$1" master "$segment" up
   nsx "$1" ip link set lo up; nsx "$1" ip link set eth0 mtu 1500 up
-  nsx "$1" ip addr add "$2/24" dev eth0; nsx "$1" ip route add default via 192.168.78.1
+  nsx "$1" ip addr add "$2/24" dev eth0; nsx "$1" ip route add default via "$gateway"
 }
 daemon() { # daemon NODE CLUSTER [ARGS...]: each cluster its own etcd prefix and CIDR
   local n=$1 c=$2; shift 2
@@ -107,6 +115,18 @@ hand h1 192.168.78.21 1 192.168.78.22 2 02 01
 hand h2 192.168.78.22 2 192.168.78.21 1 01 02
 nsx h1-pod ping -c1 -W2 10.246.2.2 >/dev/null
 
+# Across the router: Tether nodes r1 (192.168.78.51) and r2 (192.168.79.52), cluster 249 (the
+# peer is beyond r1's L2, so VXLAN); hand-built VXLAN nodes k1 and k2 the same way.
+echo "setting up: Tether r1, r2 and hand-built k1, k2 on two subnets joined by a router" >&2
+node r1 192.168.78.51; node r2 192.168.79.52 ul1
+daemon r1 249; daemon r2 249
+ra=$(pod r1 ra); rb=$(pod r2 rb)
+until nsx ra ping -c1 -W1 "$rb" >/dev/null 2>&1; do sleep 0.1; done
+node k1 192.168.78.61; node k2 192.168.79.62 ul1
+hand k1 192.168.78.61 1 192.168.79.62 2 04 03
+hand k2 192.168.79.62 2 192.168.78.61 1 03 04
+nsx k1-pod ping -c1 -W2 10.246.2.2 >/dev/null
+
 # flannel "host-gw" by hand: cni0 with the gateway, a veth pod, a plain route to the other node's
 # pod subnet via its underlay address (the full underlay MTU, no encapsulation).
 hostgw() { # hostgw NODE N PEER_IP PEER_N
@@ -125,7 +145,7 @@ hostgw g1 1 192.168.78.42 2
 hostgw g2 2 192.168.78.41 1
 nsx g1-pod ping -c1 -W2 10.248.2.2 >/dev/null
 
-t=(); v=(); h=(); g=(); u=()
+t=(); v=(); h=(); g=(); u=(); l=(); k=(); w=(); lk=()
 for r in $(seq 1 "$reps"); do
   echo "iperf3 round $r/$reps ($secs s each)" >&2
   t+=("$(iperf tb ta "$tb")")
@@ -133,9 +153,15 @@ for r in $(seq 1 "$reps"); do
   h+=("$(iperf h2-pod h1-pod 10.246.2.2)")
   g+=("$(iperf g2-pod g1-pod 10.248.2.2)")
   u+=("$(iperf t2 t1 192.168.78.12)")
+  l+=("$(iperf rb ra "$rb")")
+  k+=("$(iperf k2-pod k1-pod 10.246.2.2)")
+  w+=("$(iperf r2 r1 192.168.79.52)")
+  lk+=("$(awk "BEGIN {print ${l[-1]}/${k[-1]}}")")
 done 2>/dev/null
 tm=$(printf '%s\n' "${t[@]}" | median); vm=$(printf '%s\n' "${v[@]}" | median)
 hm=$(printf '%s\n' "${h[@]}" | median); gm=$(printf '%s\n' "${g[@]}" | median); um=$(printf '%s\n' "${u[@]}" | median)
+lm=$(printf '%s\n' "${l[@]}" | median); km=$(printf '%s\n' "${k[@]}" | median); wm=$(printf '%s\n' "${w[@]}" | median)
+lkm=$(printf '%s\n' "${lk[@]}" | median)
 
 # Convergence: a third node joins; time from starting its daemon to the first successful ping from
 # a pod on t1 to a pod on the new node (its pod is created as soon as the node facts exist).
@@ -154,6 +180,10 @@ printf '| pod to pod across nodes, Tether over VXLAN | %.1f | %s | %s |\n' "$vm"
 printf '| pod to pod across nodes, hand-built flannel-style VXLAN | %.1f | %s | 100%% |\n' "$hm" "$(pct "$hm" "$um")"
 printf '| pod to pod across nodes, hand-built flannel host-gw (plain route) | %.1f | %s | %s |\n' "$gm" "$(pct "$gm" "$um")" "$(pct "$gm" "$hm")"
 printf '| node to node on the underlay (limit) | %.1f | 100%% | %s |\n' "$um" "$(pct "$um" "$hm")"
+printf '\n| across a router (two subnets), median of %s x %s s | Gbit/s | vs underlay across the router | vs hand-built VXLAN across the router |\n|---|---|---|---|\n' "$reps" "$secs"
+printf '| pod to pod, Tether (VXLAN to a peer beyond the L2) | %.1f | %s | %s (paired rounds: %.2fx) |\n' "$lm" "$(pct "$lm" "$wm")" "$(pct "$lm" "$km")" "$lkm"
+printf '| pod to pod, hand-built flannel-style VXLAN | %.1f | %s | 100%% |\n' "$km" "$(pct "$km" "$wm")"
+printf '| node to node across the router (limit) | %.1f | 100%% | %s |\n' "$wm" "$(pct "$wm" "$km")"
 printf '\n| measure | value |\n|---|---|\n'
 printf '| node join to first cross-node ping | %s ms |\n' "$converge_ms"
 printf '| tether-overlayd RSS | %s KiB (%.1f MB) |\n' "$rss_kb" "$(awk "BEGIN {print $rss_kb/1024}")"

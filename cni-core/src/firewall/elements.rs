@@ -38,8 +38,9 @@ const NFTA_VERDICT_CODE: u16 = 1;
 const NFTA_VERDICT_CHAIN: u16 = 2;
 const NFT_JUMP: i32 = -3;
 
-/// The most elements one message carries (a batch holds as many messages as it needs).
-const ELEMENTS_PER_MESSAGE: usize = 512;
+/// The most element bytes one message carries: its element list is one attribute, whose length
+/// is 16 bits (a batch holds as many messages as it needs).
+const ELEMENT_BYTES_PER_MESSAGE: usize = 48 << 10;
 
 /// An nftables table family as the kernel numbers it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -218,6 +219,29 @@ fn element_message(
     m.finish()
 }
 
+/// An upper bound of an element's bytes in a message.
+fn element_bytes(element: &Element) -> usize {
+    16 + element.key.len() + element.jump.as_ref().map_or(0, |chain| 24 + chain.len())
+}
+
+/// `elements` in runs that each fit one message.
+fn chunks(elements: &[Element]) -> Vec<&[Element]> {
+    let mut out = Vec::new();
+    let (mut start, mut bytes) = (0, 0);
+    for (i, element) in elements.iter().enumerate() {
+        let size = element_bytes(element);
+        if i > start && bytes + size > ELEMENT_BYTES_PER_MESSAGE {
+            out.push(&elements[start..i]);
+            (start, bytes) = (i, 0);
+        }
+        bytes += size;
+    }
+    if start < elements.len() {
+        out.push(&elements[start..]);
+    }
+    out
+}
+
 /// The bytes of one batch, and the sequence numbers of the messages the kernel answers.
 fn encode(family: Family, table: &str, changes: &[Change], first_seq: u32) -> (Vec<u8>, Vec<u32>) {
     let mut seq = first_seq;
@@ -231,7 +255,7 @@ fn encode(family: Family, table: &str, changes: &[Change], first_seq: u32) -> (V
     .finish();
     let mut answered = Vec::new();
     for change in changes {
-        for chunk in change.elements.chunks(ELEMENTS_PER_MESSAGE) {
+        for chunk in chunks(&change.elements) {
             seq += 1;
             bytes.extend(element_message(
                 family,
@@ -333,7 +357,7 @@ pub fn apply(family: Family, table: &str, changes: &[Change]) -> Result<(), Fire
 fn message_set(changes: &[Change], index: usize) -> String {
     let mut seen = 0;
     for change in changes {
-        let messages = change.elements.len().div_ceil(ELEMENTS_PER_MESSAGE);
+        let messages = chunks(&change.elements).len();
         if index < seen + messages {
             return change.set.clone();
         }
@@ -403,12 +427,26 @@ mod tests {
     }
 
     #[test]
+    fn long_chain_names_split_messages_before_an_attribute_overflows() {
+        let elements: Vec<Element> = (0..1000u32)
+            .map(|i| Element::jump(IpAddr::from(i.to_be_bytes()), &"c".repeat(250)))
+            .collect();
+        let runs = chunks(&elements);
+        assert!(runs.len() >= 6, "{}", runs.len());
+        assert_eq!(runs.iter().map(|r| r.len()).sum::<usize>(), 1000);
+        for run in runs {
+            let message = element_message(Family::Inet, "t", "m", false, run, 1);
+            assert!(message.len() < u16::MAX as usize, "{}", message.len());
+        }
+    }
+
+    #[test]
     fn a_batch_is_begin_messages_end_with_lengths_that_add_up() {
         let changes = vec![
             Change {
                 set: "a".into(),
                 delete: false,
-                elements: (0..1000u32)
+                elements: (0..3000u32)
                     .map(|i| Element::address(IpAddr::from(i.to_be_bytes())))
                     .collect(),
             },
@@ -419,7 +457,7 @@ mod tests {
             },
         ];
         let (bytes, answered) = encode(Family::Inet, "t", &changes, 1);
-        // 1000 elements take two messages, the delete one.
+        // 3,000 addresses (20 bytes each at most) take two messages, the delete one.
         assert_eq!(answered, [2, 3, 4]);
         let mut at = 0;
         let mut kinds = Vec::new();
