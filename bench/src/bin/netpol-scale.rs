@@ -254,7 +254,7 @@ fn start_agent(
 }
 
 /// Medians over the agent's writes after its first (the changes timed above), from its JSON log:
-/// plan, table, difference, nft transaction, in ms.
+/// plan, table, difference, kernel write (netlink for set members only, nft otherwise), in ms.
 fn write_phases(log: &std::path::Path) -> [f64; 4] {
     let text = std::fs::read_to_string(log).unwrap_or_default();
     let writes: Vec<serde_json::Value> = text
@@ -594,7 +594,7 @@ fn main() {
                 ),
             ],
             vec![
-                "a change's write, median: plan / table / difference / nft transaction".into(),
+                "a change's write, median: plan / table / difference / kernel write".into(),
                 format!(
                     "{:.1} / {:.1} / {:.1} / {:.1} ms",
                     phases[0], phases[1], phases[2], phases[3]
