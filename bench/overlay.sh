@@ -173,6 +173,21 @@ until nsx ta ping -c1 -W1 -i 0.01 "$tc" >/dev/null 2>&1; do :; done
 converge_ms=$(( ($(date +%s%N) - start) / 1000000 ))
 rss_kb=$(awk '/^VmRSS:/ {print $2}' "/proc/${daemon_pid[t1]}/status")
 
+# One line per path for bench/plot.py (overlay-throughput.png), this run's medians.
+mkdir -p target/bench
+run=$(date -u +%Y-%m-%dT%H:%M:%SZ)
+{
+  [ -s target/bench/overlay-throughput.csv ] || echo "run,segment,path,gbit_per_s"
+  printf '%s,one L2,underlay (node to node),%s\n' "$run" "$um"
+  printf '%s,one L2,Tether direct routing,%s\n' "$run" "$tm"
+  printf '%s,one L2,Tether VXLAN,%s\n' "$run" "$vm"
+  printf '%s,one L2,flannel-style VXLAN (by hand),%s\n' "$run" "$hm"
+  printf '%s,one L2,flannel host-gw (by hand),%s\n' "$run" "$gm"
+  printf '%s,across a router,underlay (node to node),%s\n' "$run" "$wm"
+  printf '%s,across a router,Tether VXLAN,%s\n' "$run" "$lm"
+  printf '%s,across a router,flannel-style VXLAN (by hand),%s\n' "$run" "$km"
+} >> target/bench/overlay-throughput.csv
+
 pct() { awk "BEGIN {printf \"%.0f%%\", 100*$1/$2}"; }
 printf '\n| iperf3 TCP, median of %s x %s s | Gbit/s | vs underlay | vs hand-built VXLAN |\n|---|---|---|---|\n' "$reps" "$secs"
 printf '| pod to pod across nodes, Tether direct routing (default) | %.1f | %s | %s |\n' "$tm" "$(pct "$tm" "$um")" "$(pct "$tm" "$hm")"

@@ -4,7 +4,8 @@
     python3 bench/plot.py [csv dir] [png dir]     (defaults target/bench and bench/plots)
 
 Installs matplotlib (PyPI, pinned) when it is missing. Each plot is drawn only when its CSV
-exists: run bench/overlay-scale.sh, bench/pods-per-node.sh and bench/csi-scale.sh first.
+exists: run bench/overlay-scale.sh, bench/pods-per-node.sh, bench/csi-scale.sh and
+bench/overlay.sh first.
 """
 
 import csv
@@ -124,11 +125,48 @@ def csi(csv_dir, png_dir):
     finish(ax, fig, png_dir, "csi-scale.png")
 
 
+def throughput(csv_dir, png_dir):
+    """bench/overlay.sh's medians per path, one bar per run, one panel per segment."""
+    path = os.path.join(csv_dir, "overlay-throughput.csv")
+    if not os.path.exists(path):
+        return
+    data = {}
+    runs = []
+    for run, segment, what, gbit in rows(path):
+        data.setdefault(segment, {}).setdefault(what, {})[run] = float(gbit)
+        if run not in runs:
+            runs.append(run)
+    segments = [s for s in ("one L2", "across a router") if s in data]
+    fig, axes = plt.subplots(
+        1, len(segments), figsize=(6 * len(segments), 4.5), sharey=True, squeeze=False
+    )
+    width = 0.8 / max(len(runs), 1)
+    for ax, segment in zip(axes[0], segments):
+        paths = list(data[segment])
+        for k, run in enumerate(runs):
+            ax.bar(
+                [i + k * width for i in range(len(paths))],
+                [data[segment][p].get(run, 0) for p in paths],
+                width,
+                label=f"run {k + 1}",
+            )
+        ax.set_xticks([i + width * (len(runs) - 1) / 2 for i in range(len(paths))])
+        ax.set_xticklabels(paths, rotation=25, ha="right", fontsize=8)
+        ax.set_title(segment)
+        ax.grid(alpha=0.3, axis="y")
+        ax.legend(fontsize=8)
+    axes[0][0].set_ylabel("iperf3 TCP, Gbit/s (median of each run)")
+    fig.suptitle("Pod to pod across two nodes, per path (bench/overlay.sh)")
+    fig.tight_layout()
+    fig.savefig(os.path.join(png_dir, "overlay-throughput.png"), dpi=110)
+    plt.close(fig)
+
+
 def main():
     csv_dir = sys.argv[1] if len(sys.argv) > 1 else "target/bench"
     png_dir = sys.argv[2] if len(sys.argv) > 2 else "bench/plots"
     os.makedirs(png_dir, exist_ok=True)
-    for draw in (overlay, pods_per_node, csi):
+    for draw in (overlay, pods_per_node, csi, throughput):
         draw(csv_dir, png_dir)
     print("plots in", png_dir, ":", ", ".join(sorted(os.listdir(png_dir))))
 
