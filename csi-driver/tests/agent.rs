@@ -14,19 +14,13 @@ use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 
 use common::agent::{world, World, AGENT};
-use common::{create_request, mount_capability, Driver};
+use common::{create, create_request, from_snapshot, from_volume, mount_capability, Driver};
 use tether_csi::share::ids::SnapshotId;
 use tether_csi::share::store;
-use tether_csi_proto::v1::{
-    self as csi, volume_capability::access_mode::Mode, volume_content_source,
-};
+use tether_csi_proto::v1::{self as csi, volume_capability::access_mode::Mode};
 use tonic::Code;
 
-fn image_request(
-    w: &World,
-    name: &str,
-    source: Option<volume_content_source::Type>,
-) -> csi::CreateVolumeRequest {
+fn image_request(w: &World, name: &str) -> csi::CreateVolumeRequest {
     let mut req = create_request(
         &w.nfs,
         name,
@@ -34,7 +28,6 @@ fn image_request(
         &[("layout", "image"), ("agent", AGENT)],
     );
     req.volume_capabilities = vec![mount_capability(Mode::SingleNodeWriter, &[])];
-    req.volume_content_source = source.map(|t| csi::VolumeContentSource { r#type: Some(t) });
     req
 }
 
@@ -69,13 +62,7 @@ async fn snapshots_restores_and_clones_are_clones_on_the_server() {
     let mut c = driver.controller().await;
 
     // An image volume full of data (written on the server, as a pod's writes would land).
-    let volume = c
-        .create_volume(image_request(&w, "pvc-img", None))
-        .await
-        .unwrap()
-        .into_inner()
-        .volume
-        .unwrap();
+    let volume = create(&mut c, image_request(&w, "pvc-img")).await;
     assert_eq!(volume.volume_context["limit"], "none", "{volume:?}"); // an image limits itself
     let image = image_of(&w, &volume);
     let pattern: Vec<u8> = (0..64u32 << 20).map(|i| (i / 4096) as u8).collect();
@@ -83,17 +70,7 @@ async fn snapshots_restores_and_clones_are_clones_on_the_server() {
 
     // The snapshot: ready at once, one clone, its blocks shared.
     let free = w.fs.free();
-    let snapshot = c
-        .create_snapshot(csi::CreateSnapshotRequest {
-            source_volume_id: volume.volume_id.clone(),
-            name: "snapshot-1".into(),
-            ..Default::default()
-        })
-        .await
-        .unwrap()
-        .into_inner()
-        .snapshot
-        .unwrap();
+    let snapshot = common::snapshot(&mut c, &volume.volume_id, "snapshot-1").await;
     assert!(snapshot.ready_to_use, "{snapshot:?}");
     let used = free.saturating_sub(w.fs.free());
     assert!(
@@ -110,21 +87,11 @@ async fn snapshots_restores_and_clones_are_clones_on_the_server() {
 
     // The volume changes after the snapshot; a restore is the snapshot, cloned again.
     std::fs::write(&image, b"changed after the snapshot").unwrap();
-    let restored = c
-        .create_volume(image_request(
-            &w,
-            "pvc-restored",
-            Some(volume_content_source::Type::Snapshot(
-                volume_content_source::SnapshotSource {
-                    snapshot_id: snapshot.snapshot_id.clone(),
-                },
-            )),
-        ))
-        .await
-        .unwrap()
-        .into_inner()
-        .volume
-        .unwrap();
+    let restored = create(
+        &mut c,
+        from_snapshot(image_request(&w, "pvc-restored"), &snapshot.snapshot_id),
+    )
+    .await;
     assert_eq!(
         restored.volume_context["filledBy"], "agent_reflink",
         "{restored:?}"
@@ -132,53 +99,26 @@ async fn snapshots_restores_and_clones_are_clones_on_the_server() {
     assert_eq!(std::fs::read(image_of(&w, &restored)).unwrap(), pattern);
 
     // A clone of a volume.
-    let cloned = c
-        .create_volume(image_request(
-            &w,
-            "pvc-cloned",
-            Some(volume_content_source::Type::Volume(
-                volume_content_source::VolumeSource {
-                    volume_id: restored.volume_id.clone(),
-                },
-            )),
-        ))
-        .await
-        .unwrap()
-        .into_inner()
-        .volume
-        .unwrap();
+    let cloned = create(
+        &mut c,
+        from_volume(image_request(&w, "pvc-cloned"), &restored.volume_id),
+    )
+    .await;
     assert_eq!(cloned.volume_context["filledBy"], "agent_reflink");
     assert_eq!(std::fs::read(image_of(&w, &cloned)).unwrap(), pattern);
 
     // A directory volume: its snapshot clones the tree. This kernel has no project quota, so
     // the volume is not limited, and says so.
-    let dir_volume = c
-        .create_volume(create_request(
-            &w.nfs,
-            "pvc-dir",
-            16 << 20,
-            &[("agent", AGENT)],
-        ))
-        .await
-        .unwrap()
-        .into_inner()
-        .volume
-        .unwrap();
+    let dir_volume = create(
+        &mut c,
+        create_request(&w.nfs, "pvc-dir", 16 << 20, &[("agent", AGENT)]),
+    )
+    .await;
     assert_eq!(dir_volume.volume_context["limit"], "none");
     let root = w.fs.mnt.join(&dir_volume.volume_context["path"]);
     std::fs::create_dir_all(root.join("a/b")).unwrap();
     std::fs::write(root.join("a/b/c.txt"), b"tree").unwrap();
-    let tree_snapshot = c
-        .create_snapshot(csi::CreateSnapshotRequest {
-            source_volume_id: dir_volume.volume_id.clone(),
-            name: "snapshot-2".into(),
-            ..Default::default()
-        })
-        .await
-        .unwrap()
-        .into_inner()
-        .snapshot
-        .unwrap();
+    let tree_snapshot = common::snapshot(&mut c, &dir_volume.volume_id, "snapshot-2").await;
     assert!(tree_snapshot.ready_to_use);
     let data = snapshot_dir(&w, &tree_snapshot.snapshot_id).join("data");
     assert_eq!(std::fs::read(data.join("a/b/c.txt")).unwrap(), b"tree");

@@ -21,11 +21,9 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use common::agent::{world, World, AGENT};
-use common::{create_request, mount_capability, Driver};
+use common::{create, create_request, from_snapshot, modify_request, mount_capability, Driver};
 use tether_csi::share::store;
-use tether_csi_proto::v1::{
-    self as csi, volume_capability::access_mode::Mode, volume_content_source,
-};
+use tether_csi_proto::v1::{self as csi, volume_capability::access_mode::Mode};
 
 const MIB: i64 = 1 << 20;
 /// The image writer's unit: each chunk holds its pass number, written with O_DIRECT (one
@@ -125,18 +123,11 @@ async fn guest_agent_suite() {
 
 async fn a_writer_stops_at_the_quota_and_goes_on_after_expansion(w: &World, driver: &Driver) {
     let mut c = driver.controller().await;
-    let volume = c
-        .create_volume(create_request(
-            &w.nfs,
-            "pvc-quota",
-            8 * MIB,
-            &[("agent", AGENT)],
-        ))
-        .await
-        .unwrap()
-        .into_inner()
-        .volume
-        .unwrap();
+    let volume = create(
+        &mut c,
+        create_request(&w.nfs, "pvc-quota", 8 * MIB, &[("agent", AGENT)]),
+    )
+    .await;
     assert_eq!(
         volume.volume_context["limit"], "project-quota",
         "{volume:?}"
@@ -226,11 +217,7 @@ async fn a_writer_stops_at_the_quota_and_goes_on_after_expansion(w: &World, driv
 
     // ControllerModifyVolume (a VolumeAttributesClass with limit: none) lifts the limit; back to
     // limit: capacity, it holds again.
-    let modify = |limit: &str| csi::ControllerModifyVolumeRequest {
-        volume_id: volume.volume_id.clone(),
-        mutable_parameters: [("limit".to_string(), limit.to_string())].into(),
-        ..Default::default()
-    };
+    let modify = |limit: &str| modify_request(&volume.volume_id, &[("limit", limit)]);
     c.controller_modify_volume(modify("none")).await.unwrap();
     let (written, _) = write_until_refused(&mount.path.join("unlimited.bin"), 24);
     println!("without a limit the writer wrote {written} MiB");
@@ -244,13 +231,7 @@ async fn a_writer_stops_at_the_quota_and_goes_on_after_expansion(w: &World, driv
     assert!(written < 16, "limit: capacity did not limit the volume");
     drop(mount);
     // The other volumes on the share are not limited by this one's quota.
-    let other = c
-        .create_volume(create_request(&w.nfs, "pvc-free", 64 * MIB, &[]))
-        .await
-        .unwrap()
-        .into_inner()
-        .volume
-        .unwrap();
+    let other = create(&mut c, create_request(&w.nfs, "pvc-free", 64 * MIB, &[])).await;
     let mount = NfsMount::new(w, &other.volume_context["path"]);
     let (written, _) = write_until_refused(&mount.path.join("free.bin"), 20);
     assert_eq!(written, 20, "an unlimited volume was limited");
@@ -289,13 +270,7 @@ async fn a_snapshot_under_a_writer_is_one_instant(w: &World, driver: &Driver) {
         &[("layout", "image"), ("agent", AGENT)],
     );
     req.volume_capabilities = vec![mount_capability(Mode::SingleNodeWriter, &[])];
-    let volume = c
-        .create_volume(req.clone())
-        .await
-        .unwrap()
-        .into_inner()
-        .volume
-        .unwrap();
+    let volume = create(&mut c, req.clone()).await;
     let mount = NfsMount::new(w, &volume.volume_context["path"]);
     let image = mount.path.join(store::IMAGE_FILE);
     let chunks = std::fs::metadata(&image).unwrap().len() as usize / CHUNK;
@@ -327,17 +302,7 @@ async fn a_snapshot_under_a_writer_is_one_instant(w: &World, driver: &Driver) {
         assert!(Instant::now() < deadline, "the writer is stuck");
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
-    let snapshot = c
-        .create_snapshot(csi::CreateSnapshotRequest {
-            source_volume_id: volume.volume_id.clone(),
-            name: "under-a-writer".into(),
-            ..Default::default()
-        })
-        .await
-        .unwrap()
-        .into_inner()
-        .snapshot
-        .unwrap();
+    let snapshot = common::snapshot(&mut c, &volume.volume_id, "under-a-writer").await;
     assert!(snapshot.ready_to_use, "{snapshot:?}");
     let during = pass.load(Ordering::Relaxed);
     stop.store(true, Ordering::Relaxed);
@@ -345,20 +310,7 @@ async fn a_snapshot_under_a_writer_is_one_instant(w: &World, driver: &Driver) {
     drop(mount);
 
     req.name = "pvc-db-restored".into();
-    req.volume_content_source = Some(csi::VolumeContentSource {
-        r#type: Some(volume_content_source::Type::Snapshot(
-            volume_content_source::SnapshotSource {
-                snapshot_id: snapshot.snapshot_id.clone(),
-            },
-        )),
-    });
-    let restored = c
-        .create_volume(req)
-        .await
-        .unwrap()
-        .into_inner()
-        .volume
-        .unwrap();
+    let restored = create(&mut c, from_snapshot(req, &snapshot.snapshot_id)).await;
     assert_eq!(restored.volume_context["filledBy"], "agent_reflink");
     let mount = NfsMount::new(w, &restored.volume_context["path"]);
     let passes = passes_of(&mount.path.join(store::IMAGE_FILE), chunks);

@@ -12,11 +12,12 @@ use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use common::{code, create_request, mount_capability, Driver};
+use common::{
+    code, create, create_request, from_snapshot, from_volume, mount_capability, snapshot, Driver,
+};
 use test_support::ganesha::NfsServer;
 use tether_csi_proto::v1::{
     self as csi, controller_client::ControllerClient, volume_capability::access_mode::Mode,
-    volume_content_source,
 };
 use tonic::transport::Channel;
 use tonic::Code;
@@ -35,37 +36,6 @@ fn request(nfs: &NfsServer, name: &str, version: &str, layout: &str) -> csi::Cre
     };
     r.volume_capabilities = vec![mount_capability(mode, &[&format!("nfsvers={version}")])];
     r
-}
-
-fn from_snapshot(mut r: csi::CreateVolumeRequest, id: &str) -> csi::CreateVolumeRequest {
-    r.volume_content_source = Some(csi::VolumeContentSource {
-        r#type: Some(volume_content_source::Type::Snapshot(
-            volume_content_source::SnapshotSource {
-                snapshot_id: id.into(),
-            },
-        )),
-    });
-    r
-}
-
-fn from_volume(mut r: csi::CreateVolumeRequest, id: &str) -> csi::CreateVolumeRequest {
-    r.volume_content_source = Some(csi::VolumeContentSource {
-        r#type: Some(volume_content_source::Type::Volume(
-            volume_content_source::VolumeSource {
-                volume_id: id.into(),
-            },
-        )),
-    });
-    r
-}
-
-async fn create(c: &mut ControllerClient<Channel>, r: csi::CreateVolumeRequest) -> csi::Volume {
-    c.create_volume(r)
-        .await
-        .unwrap()
-        .into_inner()
-        .volume
-        .unwrap()
 }
 
 async fn delete(c: &mut ControllerClient<Channel>, id: &str) {
@@ -526,19 +496,6 @@ fn assert_faithful(original: &Path, copy: &Path) {
         .read_exact_at(&mut middle, 100 << 20)
         .unwrap();
     assert_eq!(&middle, b"in the middle");
-}
-
-async fn snapshot(c: &mut ControllerClient<Channel>, source: &str, name: &str) -> csi::Snapshot {
-    c.create_snapshot(csi::CreateSnapshotRequest {
-        source_volume_id: source.into(),
-        name: name.into(),
-        ..Default::default()
-    })
-    .await
-    .unwrap()
-    .into_inner()
-    .snapshot
-    .unwrap()
 }
 
 #[tokio::test]

@@ -9,7 +9,10 @@ use std::collections::HashSet;
 use std::os::unix::fs::PermissionsExt;
 use std::time::{Duration, Instant};
 
-use common::{block_capability, code, create_request, mount_capability, rwx, Driver};
+use common::{
+    block_capability, code, create, create_request, modify_request, mount_capability, pairs, rwx,
+    Driver,
+};
 use test_support::ganesha::NfsServer;
 use tether_csi_proto::v1::{
     self as csi, volume_capability::access_mode::Mode, volume_content_source,
@@ -1409,35 +1412,12 @@ async fn modify_volume_changes_what_is_mutable_and_refuses_the_rest() {
     let nfs = NfsServer::start("csimv");
     let driver = Driver::start(&nfs, &[]);
     let mut c = driver.controller().await;
-    let modify = |id: &str, pairs: &[(&str, &str)]| csi::ControllerModifyVolumeRequest {
-        volume_id: id.to_string(),
-        mutable_parameters: pairs
-            .iter()
-            .map(|(k, v)| (k.to_string(), v.to_string()))
-            .collect(),
-        ..Default::default()
-    };
     // Created with a VolumeAttributesClass: its parameters win over the StorageClass's.
     let mut request = create_request(&nfs, "pvc-mod", GIB, &[("onDelete", "delete")]);
-    request.mutable_parameters = [("onDelete", "retain"), ("nconnect", "2")]
-        .iter()
-        .map(|(k, v)| (k.to_string(), v.to_string()))
-        .collect();
-    let volume = c
-        .create_volume(request.clone())
-        .await
-        .unwrap()
-        .into_inner()
-        .volume
-        .unwrap();
+    request.mutable_parameters = pairs(&[("onDelete", "retain"), ("nconnect", "2")]);
+    let volume = create(&mut c, request.clone()).await;
     // The same request again is the same volume (mutable parameters are not its identity).
-    let again = c
-        .create_volume(request)
-        .await
-        .unwrap()
-        .into_inner()
-        .volume
-        .unwrap();
+    let again = create(&mut c, request).await;
     assert_eq!(again.volume_id, volume.volume_id);
 
     // Unknown keys, immutable keys and bad values: INVALID_ARGUMENT, naming them.
@@ -1449,7 +1429,7 @@ async fn modify_volume_changes_what_is_mutable_and_refuses_the_rest() {
         (vec![("limit", "capacity")], "agent"),
     ] {
         let err = c
-            .controller_modify_volume(modify(&volume.volume_id, &pairs))
+            .controller_modify_volume(modify_request(&volume.volume_id, &pairs))
             .await
             .unwrap_err();
         assert_eq!(err.code(), Code::InvalidArgument, "{pairs:?}: {err:?}");
@@ -1457,31 +1437,31 @@ async fn modify_volume_changes_what_is_mutable_and_refuses_the_rest() {
     }
     // Creating with a bad class is refused too, and leaves nothing.
     let mut bad = create_request(&nfs, "pvc-bad", GIB, &[]);
-    bad.mutable_parameters = [("XXX_FakeKey".to_string(), "XXX_FakeValue".to_string())].into();
+    bad.mutable_parameters = pairs(&[("XXX_FakeKey", "XXX_FakeValue")]);
     assert_eq!(code(c.create_volume(bad).await), Code::InvalidArgument);
     assert!(!nfs.export().join("pvc-bad").exists());
 
     // No id: INVALID_ARGUMENT; an id of nothing: NOT_FOUND.
     assert_eq!(
-        code(c.controller_modify_volume(modify("", &[])).await),
+        code(c.controller_modify_volume(modify_request("", &[])).await),
         Code::InvalidArgument
     );
     assert_eq!(
         code(
-            c.controller_modify_volume(modify("non-existing-volume-id", &[]))
+            c.controller_modify_volume(modify_request("non-existing-volume-id", &[]))
                 .await
         ),
         Code::NotFound
     );
     // No parameters (a class without any): nothing to do.
-    c.controller_modify_volume(modify(&volume.volume_id, &[]))
+    c.controller_modify_volume(modify_request(&volume.volume_id, &[]))
         .await
         .unwrap();
 
     // onDelete: retain from the class at creation; modified to delete, then the volume goes.
     std::fs::write(volume_dir(&nfs, &volume.volume_id).join("data"), "x").unwrap();
     for _ in 0..2 {
-        c.controller_modify_volume(modify(
+        c.controller_modify_volume(modify_request(
             &volume.volume_id,
             &[("onDelete", "delete"), ("rsize", "65536")],
         ))
@@ -1497,15 +1477,9 @@ async fn modify_volume_changes_what_is_mutable_and_refuses_the_rest() {
     assert!(!volume_dir(&nfs, &volume.volume_id).exists());
 
     // The other way: created to be deleted, modified to be kept.
-    let kept = c
-        .create_volume(create_request(&nfs, "pvc-keep", GIB, &[]))
-        .await
-        .unwrap()
-        .into_inner()
-        .volume
-        .unwrap();
+    let kept = create(&mut c, create_request(&nfs, "pvc-keep", GIB, &[])).await;
     std::fs::write(volume_dir(&nfs, &kept.volume_id).join("data"), "keep me").unwrap();
-    c.controller_modify_volume(modify(&kept.volume_id, &[("onDelete", "retain")]))
+    c.controller_modify_volume(modify_request(&kept.volume_id, &[("onDelete", "retain")]))
         .await
         .unwrap();
     c.delete_volume(csi::DeleteVolumeRequest {

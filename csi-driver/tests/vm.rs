@@ -299,14 +299,10 @@ async fn directory_volume_lifecycle(guest: &mut Guest, vers: &str) {
     guest
         .controller()
         .await
-        .controller_modify_volume(csi::ControllerModifyVolumeRequest {
-            volume_id: volume.volume_id.clone(),
-            mutable_parameters: [("nconnect", "2"), ("rsize", "65536")]
-                .iter()
-                .map(|(k, v)| (k.to_string(), v.to_string()))
-                .collect(),
-            ..Default::default()
-        })
+        .controller_modify_volume(common::modify_request(
+            &volume.volume_id,
+            &[("nconnect", "2"), ("rsize", "65536")],
+        ))
         .await
         .unwrap();
 

@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 use test_support::ganesha::NfsServer;
 use tether_csi_proto::v1::{
     self as csi, controller_client::ControllerClient, identity_client::IdentityClient,
-    node_client::NodeClient, volume_capability, VolumeCapability,
+    node_client::NodeClient, volume_capability, volume_content_source, VolumeCapability,
 };
 use tonic::transport::Channel;
 
@@ -193,10 +193,82 @@ pub fn create_request(
     }
 }
 
+/// Key/value pairs as a protobuf map.
+pub fn pairs(pairs: &[(&str, &str)]) -> std::collections::HashMap<String, String> {
+    pairs
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect()
+}
+
+/// ControllerModifyVolume as csi-resizer sends it: a VolumeAttributesClass's parameters.
+pub fn modify_request(
+    volume_id: &str,
+    parameters: &[(&str, &str)],
+) -> csi::ControllerModifyVolumeRequest {
+    csi::ControllerModifyVolumeRequest {
+        volume_id: volume_id.to_string(),
+        mutable_parameters: pairs(parameters),
+        ..Default::default()
+    }
+}
+
 /// The gRPC code of a failed call.
 pub fn code<T: std::fmt::Debug>(result: Result<tonic::Response<T>, tonic::Status>) -> tonic::Code {
     match result {
         Ok(r) => panic!("expected an error, got {r:?}"),
         Err(status) => status.code(),
     }
+}
+
+/// `r` restoring the snapshot `id`.
+pub fn from_snapshot(mut r: csi::CreateVolumeRequest, id: &str) -> csi::CreateVolumeRequest {
+    r.volume_content_source = Some(csi::VolumeContentSource {
+        r#type: Some(volume_content_source::Type::Snapshot(
+            volume_content_source::SnapshotSource {
+                snapshot_id: id.into(),
+            },
+        )),
+    });
+    r
+}
+
+/// `r` cloning the volume `id`.
+pub fn from_volume(mut r: csi::CreateVolumeRequest, id: &str) -> csi::CreateVolumeRequest {
+    r.volume_content_source = Some(csi::VolumeContentSource {
+        r#type: Some(volume_content_source::Type::Volume(
+            volume_content_source::VolumeSource {
+                volume_id: id.into(),
+            },
+        )),
+    });
+    r
+}
+
+/// CreateVolume that must succeed: the volume.
+pub async fn create(c: &mut ControllerClient<Channel>, r: csi::CreateVolumeRequest) -> csi::Volume {
+    c.create_volume(r)
+        .await
+        .unwrap()
+        .into_inner()
+        .volume
+        .unwrap()
+}
+
+/// CreateSnapshot of `source` named `name` that must succeed: the snapshot.
+pub async fn snapshot(
+    c: &mut ControllerClient<Channel>,
+    source: &str,
+    name: &str,
+) -> csi::Snapshot {
+    c.create_snapshot(csi::CreateSnapshotRequest {
+        source_volume_id: source.into(),
+        name: name.into(),
+        ..Default::default()
+    })
+    .await
+    .unwrap()
+    .into_inner()
+    .snapshot
+    .unwrap()
 }
