@@ -108,7 +108,7 @@ fn unknown_objects_in_a_listing_are_skipped_not_fatal() {
 /// . port set and a verdict map (IPv4 and IPv6), in one transaction that is all or nothing.
 #[test]
 fn element_changes_over_netlink_land_in_one_transaction() {
-    use cni_core::firewall::elements::{apply, Change, Element, Family};
+    use cni_core::firewall::elements::{apply, Change, Element};
     require_root();
     let node = Netns::new("fwnl");
     node.exec(&[
@@ -131,7 +131,7 @@ fn element_changes_over_netlink_land_in_one_transaction() {
     let listing = || node.exec(&["nft", "list", "table", "inet", "tnl"]);
     ns.run(|| {
         apply(
-            Family::Inet,
+            NfFamily::INet,
             "tnl",
             &[
                 change(
@@ -171,7 +171,7 @@ fn element_changes_over_netlink_land_in_one_transaction() {
     // A map key changing its chain: deleted, then added in the same transaction.
     ns.run(|| {
         apply(
-            Family::Inet,
+            NfFamily::INet,
             "tnl",
             &[
                 change("d4", true, vec![Element::jump(ip("10.9.0.1"), "pod-a")]),
@@ -190,7 +190,7 @@ fn element_changes_over_netlink_land_in_one_transaction() {
     let err = ns
         .run(|| {
             apply(
-                Family::Inet,
+                NfFamily::INet,
                 "tnl",
                 &[
                     change("a6", false, vec![Element::address(ip("fd00::8"))]),
@@ -207,7 +207,7 @@ fn element_changes_over_netlink_land_in_one_transaction() {
     let err = ns
         .run(|| {
             apply(
-                Family::Inet,
+                NfFamily::INet,
                 "tnl",
                 &[change(
                     "nope",

@@ -583,7 +583,7 @@ impl Write {
 
     pub fn apply(&self) -> Result<(), FirewallError> {
         match self {
-            Write::Elements(changes) => elements::apply(elements::Family::Inet, TABLE, changes),
+            Write::Elements(changes) => elements::apply(FAMILY, TABLE, changes),
             Write::Batch(batch) => batch.apply(),
         }
     }

@@ -12,6 +12,7 @@ use std::net::IpAddr;
 
 use netlink_sys::{protocols::NETLINK_NETFILTER, Socket, SocketAddr};
 
+use super::types::NfFamily;
 use super::FirewallError;
 
 const NFNL_SUBSYS_NFTABLES: u16 = 10;
@@ -42,21 +43,15 @@ const NFT_JUMP: i32 = -3;
 /// is 16 bits (a batch holds as many messages as it needs).
 const ELEMENT_BYTES_PER_MESSAGE: usize = 48 << 10;
 
-/// An nftables table family as the kernel numbers it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Family {
-    Inet,
-    Ip,
-    Ip6,
-}
-
-impl Family {
-    fn number(self) -> u8 {
-        match self {
-            Family::Inet => 1,
-            Family::Ip => 2,
-            Family::Ip6 => 10,
-        }
+/// A table family as the kernel numbers it (`NFPROTO_*`).
+fn family_number(family: NfFamily) -> u8 {
+    match family {
+        NfFamily::INet => 1,
+        NfFamily::IP => 2,
+        NfFamily::ARP => 3,
+        NfFamily::NetDev => 5,
+        NfFamily::Bridge => 7,
+        NfFamily::IP6 => 10,
     }
 }
 
@@ -177,7 +172,7 @@ impl Message {
 }
 
 fn element_message(
-    family: Family,
+    family: NfFamily,
     table: &str,
     set: &str,
     delete: bool,
@@ -193,7 +188,7 @@ fn element_message(
         (NFNL_SUBSYS_NFTABLES << 8) | kind,
         flags,
         seq,
-        family.number(),
+        family_number(family),
         0,
     );
     m.string(NFTA_SET_ELEM_LIST_TABLE, table);
@@ -243,7 +238,12 @@ fn chunks(elements: &[Element]) -> Vec<&[Element]> {
 }
 
 /// The bytes of one batch, and the sequence numbers of the messages the kernel answers.
-fn encode(family: Family, table: &str, changes: &[Change], first_seq: u32) -> (Vec<u8>, Vec<u32>) {
+fn encode(
+    family: NfFamily,
+    table: &str,
+    changes: &[&Change],
+    first_seq: u32,
+) -> (Vec<u8>, Vec<u32>) {
     let mut seq = first_seq;
     let mut bytes = Message::new(
         NFNL_MSG_BATCH_BEGIN,
@@ -289,13 +289,12 @@ fn io(what: &'static str) -> impl Fn(std::io::Error) -> FirewallError {
 /// Applies `changes` to the sets and maps of `table` in one transaction: all of them, or (the
 /// kernel refusing one: a missing set, an element deleted that is not there, an element of the
 /// wrong size) none, with the kernel's reason.
-pub fn apply(family: Family, table: &str, changes: &[Change]) -> Result<(), FirewallError> {
+pub fn apply(family: NfFamily, table: &str, changes: &[Change]) -> Result<(), FirewallError> {
     let changes: Vec<&Change> = changes.iter().filter(|c| !c.elements.is_empty()).collect();
     if changes.is_empty() {
         return Ok(());
     }
-    let owned: Vec<Change> = changes.into_iter().cloned().collect();
-    let (bytes, answered) = encode(family, table, &owned, 1);
+    let (bytes, answered) = encode(family, table, &changes, 1);
     let mut socket = Socket::new(NETLINK_NETFILTER).map_err(io("opening a netlink socket"))?;
     socket.bind_auto().map_err(io("opening a netlink socket"))?;
     socket
@@ -341,7 +340,7 @@ pub fn apply(family: Family, table: &str, changes: &[Change]) -> Result<(), Fire
         None => Ok(()),
         Some((seq, errno)) => {
             let index = (seq as usize).saturating_sub(2);
-            let which = message_set(&owned, index);
+            let which = message_set(&changes, index);
             Err(FirewallError::Nft {
                 action: "changing set elements",
                 detail: format!(
@@ -354,7 +353,7 @@ pub fn apply(family: Family, table: &str, changes: &[Change]) -> Result<(), Fire
 }
 
 /// The set the `index`th element message changes.
-fn message_set(changes: &[Change], index: usize) -> String {
+fn message_set(changes: &[&Change], index: usize) -> String {
     let mut seen = 0;
     for change in changes {
         let messages = chunks(&change.elements).len();
@@ -435,14 +434,14 @@ mod tests {
         assert!(runs.len() >= 6, "{}", runs.len());
         assert_eq!(runs.iter().map(|r| r.len()).sum::<usize>(), 1000);
         for run in runs {
-            let message = element_message(Family::Inet, "t", "m", false, run, 1);
+            let message = element_message(NfFamily::INet, "t", "m", false, run, 1);
             assert!(message.len() < u16::MAX as usize, "{}", message.len());
         }
     }
 
     #[test]
     fn a_batch_is_begin_messages_end_with_lengths_that_add_up() {
-        let changes = vec![
+        let changes = [
             Change {
                 set: "a".into(),
                 delete: false,
@@ -456,7 +455,8 @@ mod tests {
                 elements: vec![Element::jump("10.0.0.1".parse().unwrap(), "c")],
             },
         ];
-        let (bytes, answered) = encode(Family::Inet, "t", &changes, 1);
+        let changes: Vec<&Change> = changes.iter().collect();
+        let (bytes, answered) = encode(NfFamily::INet, "t", &changes, 1);
         // 3,000 addresses (20 bytes each at most) take two messages, the delete one.
         assert_eq!(answered, [2, 3, 4]);
         let mut at = 0;

@@ -107,10 +107,7 @@ impl ControllerService {
         check_capabilities(&req.volume_capabilities, params.layout)?;
         // A VolumeAttributesClass's parameters win over the StorageClass's.
         let changes = Changes::parse(&req.mutable_parameters, true)?;
-        let from_class = Changes::parse(&req.parameters, false)?;
-        let has_agent = params.settings.agent.is_some();
-        from_class.check(params.layout, has_agent)?;
-        changes.check(params.layout, has_agent)?;
+        changes.check(params.layout, params.settings.agent.is_some())?;
         params.settings.mutable = changes.apply(&params.settings.mutable);
         let (capacity, _) = wanted_capacity(req.capacity_range.as_ref())?;
         if params.layout == Layout::Image && capacity == 0 {

@@ -60,8 +60,14 @@ impl csi::node_server::Node for NodeServer {
         let owned = req.clone();
         let service = self.0.clone();
         traced("NodePublishVolume", &req.volume_id, &req, async move {
-            let tuning = service.mount_tuning(&owned.volume_id).await;
-            blocking(&service, move |s| s.publish(&owned, &tuning)).await
+            let runtime = tokio::runtime::Handle::current();
+            blocking(&service, move |s| {
+                // Read from the share only if publishing has to mount (a block volume, or a
+                // stale staging mount staged again): most publishes are a bind mount.
+                let tuning = || runtime.block_on(s.mount_tuning(&owned.volume_id));
+                s.publish(&owned, &tuning)
+            })
+            .await
         })
         .await
     }

@@ -196,7 +196,7 @@ impl NodeService {
     pub(crate) fn publish(
         &self,
         req: &csi::NodePublishVolumeRequest,
-        tuning: &MountTuning,
+        tuning: &dyn Fn() -> MountTuning,
     ) -> CsiResult<csi::NodePublishVolumeResponse> {
         let target = required_path("target_path", &req.target_path)?;
         let staging = required_path("staging_target_path", &req.staging_target_path)?;
@@ -270,9 +270,10 @@ impl NodeService {
         id: &VolumeId,
         capability: &VolumeCapability,
         staging: &Path,
-        tuning: &MountTuning,
+        tuning: &dyn Fn() -> MountTuning,
     ) -> CsiResult<PathBuf> {
-        let flags = tuning.under(mount_flags(capability));
+        // The volume's mount options are read only when publishing has to mount.
+        let flags = || tuning().under(mount_flags(capability));
         if is_block(capability) {
             if id.layout != Layout::Image {
                 return Err(CsiError::invalid(
@@ -280,7 +281,7 @@ impl NodeService {
                 ));
             }
             let private = self.private_dir(&req.volume_id);
-            ensure_nfs_mount(id, &private, &flags, self.timeout)?;
+            ensure_nfs_mount(id, &private, &flags(), self.timeout)?;
             return Ok(image::attach(&private.join(IMAGE_FILE))?);
         }
         if mounts::mounted_at(staging)?.is_none() {
@@ -293,7 +294,7 @@ impl NodeService {
         if id.layout == Layout::Directory && !matches!(health(staging, self.timeout), Health::Fine)
         {
             // Stale or gone: stage again before publishing.
-            ensure_nfs_mount(id, staging, &flags, self.timeout)?;
+            ensure_nfs_mount(id, staging, &flags(), self.timeout)?;
         }
         Ok(staging.to_path_buf())
     }

@@ -48,10 +48,13 @@ impl NodeService {
             )
         } else if id.layout == Layout::Image {
             (filesystem_usage(&path)?, None)
-        } else if let Some(counted) = self.quota_usage(&path, &id).await {
-            counted
         } else {
-            self.directory_usage(&path, &id).await?
+            // The record (read once) says whether a quota holds the directory, and its size.
+            let record = self.record_of(&id).await;
+            match self.quota_usage(&path, &id, record.as_ref()).await {
+                Some(counted) => counted,
+                None => self.directory_usage(&path, record.as_ref()).await?,
+            }
         };
         Ok(csi::NodeGetVolumeStatsResponse {
             usage,
@@ -86,7 +89,7 @@ impl NodeService {
     async fn directory_usage(
         &self,
         path: &Path,
-        id: &VolumeId,
+        record: Option<&store::VolumeRecord>,
     ) -> CsiResult<(Vec<csi::VolumeUsage>, Option<String>)> {
         let vfs = statvfs(path)?;
         let (counted, note) = match self.usage.get(path).await {
@@ -96,9 +99,8 @@ impl NodeService {
                 Some("healthy; usage is still being counted".to_string()),
             ),
         };
-        let capacity = self
-            .capacity_of(id)
-            .await
+        let capacity = record
+            .and_then(|r| u64::try_from(r.capacity_bytes).ok())
             .filter(|c| *c > 0)
             .unwrap_or(vfs.total_bytes);
         let available = capacity
@@ -123,12 +125,6 @@ impl NodeService {
         ))
     }
 
-    /// The volume's recorded size, read from the share from user space (None if unreadable).
-    pub(crate) async fn capacity_of(&self, id: &VolumeId) -> Option<u64> {
-        let record = self.record_of(id).await?;
-        u64::try_from(record.capacity_bytes).ok()
-    }
-
     /// A directory volume held by a project quota: the quota's numbers, asked of the agent
     /// (nfs-ganesha's statfs answers for the whole export, so `df` over NFS cannot show them);
     /// no tree is walked. None when the volume has no quota, this node has no certificates for
@@ -137,8 +133,9 @@ impl NodeService {
         &self,
         path: &Path,
         id: &VolumeId,
+        record: Option<&store::VolumeRecord>,
     ) -> Option<(Vec<csi::VolumeUsage>, Option<String>)> {
-        let record = self.record_of(id).await.filter(|r| r.limited)?;
+        let record = record.filter(|r| r.limited)?;
         let agent = record.settings.agent.as_deref()?;
         let quota = match self
             .driver

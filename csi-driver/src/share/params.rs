@@ -133,7 +133,8 @@ impl VolumeParams {
                 )))
             }
         };
-        let mutable = Changes::parse(parameters, false)?.apply(&Mutable::default());
+        // The mutable parameters a StorageClass sets: their starting values.
+        let from_class = Changes::parse(parameters, false)?;
         let mount_permissions = match parameters.get("mountPermissions") {
             None => 0o777,
             Some(text) => u32::from_str_radix(text.trim_start_matches("0o"), 8)
@@ -164,6 +165,8 @@ impl VolumeParams {
             None | Some("") => None,
             Some(address) => Some(agent_address(address)?),
         };
+        from_class.check(layout, agent.is_some())?;
+        let mutable = from_class.apply(&Mutable::default());
         let path = match parameters.get("subDir").filter(|s| !s.is_empty()) {
             Some(template) => SharePath::parse(&expand(template, parameters)?)?,
             None => name.directory(&share)?,
