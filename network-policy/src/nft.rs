@@ -603,13 +603,8 @@ pub fn write(before: Option<&Table>, after: &Table) -> Result<Write, FirewallErr
     match before {
         Some(before)
             if before.chains == after.chains
-                && before.sets.len() == after.sets.len()
-                && after.sets.iter().all(|(name, set)| {
-                    before
-                        .sets
-                        .get(name)
-                        .is_some_and(|old| old.kind == set.kind)
-                }) =>
+                && before.sets.keys().eq(after.sets.keys())
+                && kinds_agree(before, after) =>
         {
             Ok(Write::Elements(element_changes(before, after)))
         }
