@@ -221,3 +221,111 @@ fn element_changes_over_netlink_land_in_one_transaction() {
         .to_string();
     assert!(err.contains("nope"), "{err}");
 }
+
+/// Elements with values, ranges of concatenations and comments, written over netlink and read
+/// back both ways (by `nft` and by the netlink listing), and a table deleted over netlink.
+#[test]
+fn element_values_ranges_and_comments_round_trip_over_netlink() {
+    use cni_core::firewall::elements::{apply, layout, list, Change, Data, Element};
+    use cni_core::firewall::tables;
+    require_root();
+    let node = Netns::new("fwnv");
+    node.exec(&[
+        "nft",
+        "add table inet tnv; \
+         add map inet tnv port4 { type ipv4_addr . inet_proto . inet_service : inet_service; }; \
+         add map inet tnv addr6 { type inet_proto . inet_service : ipv6_addr; }; \
+         add set inet tnv pair4 { type ipv4_addr . ipv4_addr; flags interval; }; \
+         add element inet tnv port4 { 10.0.0.1 . tcp . 80 comment \"by nft\" : 8080 }",
+    ]);
+    let ns = NetNs::open(&node.path()).unwrap();
+    let ip = |s: &str| s.parse::<std::net::IpAddr>().unwrap();
+    let v4 = |s: &str| layout::address(ip(s));
+    let key = |addr: &str, proto: u8, port: u16| {
+        layout::concat(&[v4(addr), layout::protocol(proto), layout::port(port)])
+    };
+    let port_element = Element::key(key("10.0.0.2", 17, 53))
+        .with_value(layout::lone_port(5353))
+        .with_comment("net/ctr/eth0");
+    let addr_element = Element::key(layout::concat(&[layout::protocol(6), layout::port(443)]))
+        .with_value(layout::address(ip("fd00::5")))
+        .with_comment("net/ctr/eth0");
+    let range = Element::key(layout::concat(&[v4("10.1.0.0"), v4("10.1.0.5")]))
+        .with_end(layout::concat(&[v4("10.1.0.255"), v4("10.1.0.5")]))
+        .with_comment("net/ctr/eth0");
+    let change = |set: &str, delete: bool, elements: Vec<Element>| Change {
+        set: set.into(),
+        delete,
+        elements,
+    };
+    ns.run(|| {
+        apply(
+            NfFamily::INet,
+            "tnv",
+            &[
+                change("port4", false, vec![port_element.clone()]),
+                change("addr6", false, vec![addr_element.clone()]),
+                change("pair4", false, vec![range.clone()]),
+            ],
+        )
+    })
+    .unwrap()
+    .unwrap();
+    let text = node.exec(&["nft", "list", "table", "inet", "tnv"]);
+    for expected in [
+        "10.0.0.2 . udp . 53 comment \"net/ctr/eth0\" : 5353",
+        "tcp . 443 comment \"net/ctr/eth0\" : fd00::5",
+        "10.1.0.0/24 . 10.1.0.5 comment \"net/ctr/eth0\"",
+    ] {
+        assert!(text.contains(expected), "{expected} missing:\n{text}");
+    }
+    let (ports, pairs, missing, none) = ns
+        .run(|| {
+            (
+                list(NfFamily::INet, "tnv", "port4").unwrap().unwrap(),
+                list(NfFamily::INet, "tnv", "pair4").unwrap().unwrap(),
+                list(NfFamily::INet, "tnv", "nope").unwrap(),
+                list(NfFamily::INet, "absent", "port4").unwrap(),
+            )
+        })
+        .unwrap();
+    assert_eq!(missing, None);
+    assert_eq!(none, None);
+    let by_nft = ports
+        .iter()
+        .find(|e| e.key == key("10.0.0.1", 6, 80))
+        .unwrap();
+    assert_eq!(by_nft.comment.as_deref(), Some("by nft"));
+    assert_eq!(by_nft.data, Data::Value(layout::lone_port(8080)));
+    assert!(ports.contains(&port_element), "{ports:?}");
+    assert!(
+        pairs
+            .iter()
+            .any(|e| e.same_member(&range) && e.comment == range.comment),
+        "{pairs:?}"
+    );
+    // A range is deleted by its key and end.
+    ns.run(|| {
+        apply(
+            NfFamily::INet,
+            "tnv",
+            &[change("pair4", true, vec![range.clone()])],
+        )
+    })
+    .unwrap()
+    .unwrap();
+    assert!(!node
+        .exec(&["nft", "list", "table", "inet", "tnv"])
+        .contains("10.1.0.5"));
+    let (before, deleted, again, after) = ns
+        .run(|| {
+            (
+                tables::exists(NfFamily::INet, "tnv").unwrap(),
+                tables::delete(NfFamily::INet, "tnv").unwrap(),
+                tables::delete(NfFamily::INet, "tnv").unwrap(),
+                tables::exists(NfFamily::INet, "tnv").unwrap(),
+            )
+        })
+        .unwrap();
+    assert_eq!((before, deleted, again, after), (true, true, false, false));
+}

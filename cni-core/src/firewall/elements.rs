@@ -1,31 +1,25 @@
 //! Set and map element changes written over an NFNETLINK socket: one nftables transaction (a
-//! batch), no `nft` process and no cache of the table. The hot path of the writers whose changes
-//! are mostly elements (a pod's address joining or leaving the sets a policy matches); anything
-//! else (chains, rules, new sets) goes through [`super::Batch`].
+//! batch), no `nft` process and no cache of the table; and one set's elements read back the
+//! same way. The hot path of the writers whose changes are mostly elements (a pod's address
+//! joining or leaving the sets a policy matches, a hostPort mapping); anything else (chains,
+//! rules, new sets) goes through [`super::Batch`].
 //!
-//! The wire format is the kernel's (`include/uapi/linux/netfilter/nf_tables.h`): a batch is
-//! `NFNL_MSG_BATCH_BEGIN`, one `NFT_MSG_NEWSETELEM`/`NFT_MSG_DELSETELEM` per set change and
-//! `NFNL_MSG_BATCH_END`, sent in one `sendmsg`; the kernel applies all of it or none, and acks or
-//! refuses each message.
+//! A batch is `NFNL_MSG_BATCH_BEGIN`, one `NFT_MSG_NEWSETELEM`/`NFT_MSG_DELSETELEM` per set
+//! change and `NFNL_MSG_BATCH_END`, sent in one `sendmsg`; the kernel applies all of it or none,
+//! and acks or refuses each message.
 
 use std::net::IpAddr;
 
-use netlink_sys::{protocols::NETLINK_NETFILTER, Socket, SocketAddr};
-
+use super::nfnetlink::{
+    self, attributes, family_number, nft_message, Message, Nfnl, NLM_F_ACK, NLM_F_CREATE,
+    NLM_F_DUMP, NLM_F_REQUEST,
+};
 use super::types::NfFamily;
 use super::FirewallError;
 
-const NFNL_SUBSYS_NFTABLES: u16 = 10;
-const NFNL_MSG_BATCH_BEGIN: u16 = 0x10;
-const NFNL_MSG_BATCH_END: u16 = 0x11;
 const NFT_MSG_NEWSETELEM: u16 = 12;
+const NFT_MSG_GETSETELEM: u16 = 13;
 const NFT_MSG_DELSETELEM: u16 = 14;
-
-const NLM_F_REQUEST: u16 = 0x1;
-const NLM_F_ACK: u16 = 0x4;
-const NLM_F_CREATE: u16 = 0x400;
-const NLMSG_ERROR: u16 = 0x2;
-const NLA_F_NESTED: u16 = 0x8000;
 
 const NFTA_SET_ELEM_LIST_TABLE: u16 = 1;
 const NFTA_SET_ELEM_LIST_SET: u16 = 2;
@@ -33,68 +27,134 @@ const NFTA_SET_ELEM_LIST_ELEMENTS: u16 = 3;
 const NFTA_LIST_ELEM: u16 = 1;
 const NFTA_SET_ELEM_KEY: u16 = 1;
 const NFTA_SET_ELEM_DATA: u16 = 2;
+const NFTA_SET_ELEM_USERDATA: u16 = 6;
+const NFTA_SET_ELEM_KEY_END: u16 = 10;
 const NFTA_DATA_VALUE: u16 = 1;
 const NFTA_DATA_VERDICT: u16 = 2;
 const NFTA_VERDICT_CODE: u16 = 1;
 const NFTA_VERDICT_CHAIN: u16 = 2;
 const NFT_JUMP: i32 = -3;
+/// nft's user data of an element: type-length-value records, the comment being type 0 (a
+/// NUL-terminated string), as `nft` writes and reads it.
+const UDATA_COMMENT: u8 = 0;
 
 /// The most element bytes one message carries: its element list is one attribute, whose length
 /// is 16 bits (a batch holds as many messages as it needs).
 const ELEMENT_BYTES_PER_MESSAGE: usize = 48 << 10;
 
-/// A table family as the kernel numbers it (`NFPROTO_*`).
-fn family_number(family: NfFamily) -> u8 {
-    match family {
-        NfFamily::INet => 1,
-        NfFamily::IP => 2,
-        NfFamily::ARP => 3,
-        NfFamily::NetDev => 5,
-        NfFamily::Bridge => 7,
-        NfFamily::IP6 => 10,
-    }
+/// What an element of a map maps its key to.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub enum Data {
+    /// A plain set's element.
+    #[default]
+    None,
+    /// A verdict map's `jump chain`.
+    Jump(String),
+    /// A value map's value, laid out as the map's data type.
+    Value(Vec<u8>),
 }
 
-/// One element: its key (as the set's type lays it out) and, in a verdict map, the chain it
-/// jumps to.
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// One element: its key (as the set's type lays it out), the end of its range in a set with
+/// intervals of concatenations, what it maps to and its comment.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct Element {
     pub key: Vec<u8>,
-    pub jump: Option<String>,
+    pub key_end: Option<Vec<u8>>,
+    pub data: Data,
+    pub comment: Option<String>,
+}
+
+/// Keys and values as nftables lays them out: a concatenation gives each field a 32-bit
+/// register, so a protocol (one byte) and a port (two) are padded to four bytes.
+pub mod layout {
+    use std::net::IpAddr;
+
+    /// An `ipv4_addr` or `ipv6_addr`.
+    pub fn address(ip: IpAddr) -> Vec<u8> {
+        match ip {
+            IpAddr::V4(v4) => v4.octets().to_vec(),
+            IpAddr::V6(v6) => v6.octets().to_vec(),
+        }
+    }
+
+    /// An `inet_proto` in a concatenation.
+    pub fn protocol(number: u8) -> Vec<u8> {
+        vec![number, 0, 0, 0]
+    }
+
+    /// An `inet_service` in a concatenation.
+    pub fn port(port: u16) -> Vec<u8> {
+        let [hi, lo] = port.to_be_bytes();
+        vec![hi, lo, 0, 0]
+    }
+
+    /// An `inet_service` standing alone (a map's value).
+    pub fn lone_port(port: u16) -> Vec<u8> {
+        port.to_be_bytes().to_vec()
+    }
+
+    /// Fields joined into one concatenation.
+    pub fn concat(fields: &[Vec<u8>]) -> Vec<u8> {
+        fields.concat()
+    }
 }
 
 impl Element {
     /// An element of an `ipv4_addr` or `ipv6_addr` set.
     pub fn address(ip: IpAddr) -> Element {
         Element {
-            key: address_bytes(ip),
-            jump: None,
+            key: layout::address(ip),
+            ..Element::default()
         }
     }
 
-    /// An element of an `ipv4_addr . inet_proto . inet_service` set (or its IPv6 twin): each
-    /// field takes a 32-bit register, so the protocol and the port are padded to four bytes.
+    /// An element of an `ipv4_addr . inet_proto . inet_service` set (or its IPv6 twin).
     pub fn address_protocol_port(ip: IpAddr, protocol: u8, port: u16) -> Element {
-        let mut key = address_bytes(ip);
-        key.extend_from_slice(&[protocol, 0, 0, 0]);
-        key.extend_from_slice(&port.to_be_bytes());
-        key.extend_from_slice(&[0, 0]);
-        Element { key, jump: None }
+        Element {
+            key: layout::concat(&[
+                layout::address(ip),
+                layout::protocol(protocol),
+                layout::port(port),
+            ]),
+            ..Element::default()
+        }
     }
 
     /// An element of an address verdict map: `ip : jump chain`.
     pub fn jump(ip: IpAddr, chain: &str) -> Element {
         Element {
-            key: address_bytes(ip),
-            jump: Some(chain.to_string()),
+            key: layout::address(ip),
+            data: Data::Jump(chain.to_string()),
+            ..Element::default()
         }
     }
-}
 
-fn address_bytes(ip: IpAddr) -> Vec<u8> {
-    match ip {
-        IpAddr::V4(v4) => v4.octets().to_vec(),
-        IpAddr::V6(v6) => v6.octets().to_vec(),
+    /// An element with this key and nothing else (yet).
+    pub fn key(key: Vec<u8>) -> Element {
+        Element {
+            key,
+            ..Element::default()
+        }
+    }
+
+    pub fn with_value(mut self, value: Vec<u8>) -> Element {
+        self.data = Data::Value(value);
+        self
+    }
+
+    pub fn with_end(mut self, key_end: Vec<u8>) -> Element {
+        self.key_end = Some(key_end);
+        self
+    }
+
+    pub fn with_comment(mut self, comment: &str) -> Element {
+        self.comment = Some(comment.to_string());
+        self
+    }
+
+    /// Whether two elements name the same member (what a delete needs to match).
+    pub fn same_member(&self, other: &Element) -> bool {
+        self.key == other.key && self.key_end == other.key_end
     }
 }
 
@@ -106,69 +166,26 @@ pub struct Change {
     pub elements: Vec<Element>,
 }
 
-/// A netlink message under construction: attributes appended, lengths patched on close.
-struct Message {
-    bytes: Vec<u8>,
-    nests: Vec<usize>,
+fn user_data(comment: &str) -> Vec<u8> {
+    // Type, length (the string and its NUL), the string: what nft keeps is at most 128 bytes.
+    let text: Vec<u8> = comment.bytes().take(127).collect();
+    let mut out = vec![UDATA_COMMENT, (text.len() + 1) as u8];
+    out.extend(text);
+    out.push(0);
+    out
 }
 
-impl Message {
-    fn new(kind: u16, flags: u16, seq: u32, family: u8, res_id: u16) -> Message {
-        let mut bytes = Vec::with_capacity(256);
-        bytes.extend_from_slice(&0u32.to_ne_bytes()); // length, patched in finish
-        bytes.extend_from_slice(&kind.to_ne_bytes());
-        bytes.extend_from_slice(&flags.to_ne_bytes());
-        bytes.extend_from_slice(&seq.to_ne_bytes());
-        bytes.extend_from_slice(&0u32.to_ne_bytes()); // port id: the kernel's
-                                                      // struct nfgenmsg: family, version, resource id (big-endian).
-        bytes.push(family);
-        bytes.push(0);
-        bytes.extend_from_slice(&res_id.to_be_bytes());
-        Message {
-            bytes,
-            nests: Vec::new(),
+fn comment_of(user_data: &[u8]) -> Option<String> {
+    let mut at = 0;
+    while at + 2 <= user_data.len() {
+        let (kind, len) = (user_data[at], user_data[at + 1] as usize);
+        let value = user_data.get(at + 2..at + 2 + len)?;
+        if kind == UDATA_COMMENT {
+            return Some(nfnetlink::string(value));
         }
+        at += 2 + len;
     }
-
-    fn pad(&mut self) {
-        while !self.bytes.len().is_multiple_of(4) {
-            self.bytes.push(0);
-        }
-    }
-
-    fn attr(&mut self, kind: u16, value: &[u8]) {
-        let len = u16::try_from(4 + value.len()).unwrap_or(u16::MAX);
-        self.bytes.extend_from_slice(&len.to_ne_bytes());
-        self.bytes.extend_from_slice(&kind.to_ne_bytes());
-        self.bytes.extend_from_slice(value);
-        self.pad();
-    }
-
-    fn string(&mut self, kind: u16, value: &str) {
-        let mut bytes = value.as_bytes().to_vec();
-        bytes.push(0);
-        self.attr(kind, &bytes);
-    }
-
-    fn open(&mut self, kind: u16) {
-        self.nests.push(self.bytes.len());
-        self.bytes.extend_from_slice(&0u16.to_ne_bytes());
-        self.bytes
-            .extend_from_slice(&(kind | NLA_F_NESTED).to_ne_bytes());
-    }
-
-    fn close(&mut self) {
-        if let Some(start) = self.nests.pop() {
-            let len = u16::try_from(self.bytes.len() - start).unwrap_or(u16::MAX);
-            self.bytes[start..start + 2].copy_from_slice(&len.to_ne_bytes());
-        }
-    }
-
-    fn finish(mut self) -> Vec<u8> {
-        let len = self.bytes.len() as u32;
-        self.bytes[0..4].copy_from_slice(&len.to_ne_bytes());
-        self.bytes
-    }
+    None
 }
 
 fn element_message(
@@ -184,13 +201,7 @@ fn element_message(
     } else {
         (NFT_MSG_NEWSETELEM, NLM_F_REQUEST | NLM_F_ACK | NLM_F_CREATE)
     };
-    let mut m = Message::new(
-        (NFNL_SUBSYS_NFTABLES << 8) | kind,
-        flags,
-        seq,
-        family_number(family),
-        0,
-    );
+    let mut m = Message::new(nft_message(kind), flags, seq, family_number(family), 0);
     m.string(NFTA_SET_ELEM_LIST_TABLE, table);
     m.string(NFTA_SET_ELEM_LIST_SET, set);
     m.open(NFTA_SET_ELEM_LIST_ELEMENTS);
@@ -199,14 +210,32 @@ fn element_message(
         m.open(NFTA_SET_ELEM_KEY);
         m.attr(NFTA_DATA_VALUE, &element.key);
         m.close();
-        // A deleted map element is named by its key alone.
-        if let (Some(chain), false) = (&element.jump, delete) {
-            m.open(NFTA_SET_ELEM_DATA);
-            m.open(NFTA_DATA_VERDICT);
-            m.attr(NFTA_VERDICT_CODE, &NFT_JUMP.to_be_bytes());
-            m.string(NFTA_VERDICT_CHAIN, chain);
+        if let Some(end) = &element.key_end {
+            m.open(NFTA_SET_ELEM_KEY_END);
+            m.attr(NFTA_DATA_VALUE, end);
             m.close();
-            m.close();
+        }
+        // A deleted element is named by its key (and end) alone.
+        if !delete {
+            match &element.data {
+                Data::None => {}
+                Data::Jump(chain) => {
+                    m.open(NFTA_SET_ELEM_DATA);
+                    m.open(NFTA_DATA_VERDICT);
+                    m.attr(NFTA_VERDICT_CODE, &NFT_JUMP.to_be_bytes());
+                    m.string(NFTA_VERDICT_CHAIN, chain);
+                    m.close();
+                    m.close();
+                }
+                Data::Value(value) => {
+                    m.open(NFTA_SET_ELEM_DATA);
+                    m.attr(NFTA_DATA_VALUE, value);
+                    m.close();
+                }
+            }
+            if let Some(comment) = &element.comment {
+                m.attr(NFTA_SET_ELEM_USERDATA, &user_data(comment));
+            }
         }
         m.close();
     }
@@ -216,7 +245,15 @@ fn element_message(
 
 /// An upper bound of an element's bytes in a message.
 fn element_bytes(element: &Element) -> usize {
-    16 + element.key.len() + element.jump.as_ref().map_or(0, |chain| 24 + chain.len())
+    let data = match &element.data {
+        Data::None => 0,
+        Data::Jump(chain) => 24 + chain.len(),
+        Data::Value(value) => 12 + value.len(),
+    };
+    16 + element.key.len()
+        + element.key_end.as_ref().map_or(0, |end| 12 + end.len())
+        + data
+        + element.comment.as_ref().map_or(0, |c| 8 + c.len())
 }
 
 /// `elements` in runs that each fit one message.
@@ -238,52 +275,22 @@ fn chunks(elements: &[Element]) -> Vec<&[Element]> {
 }
 
 /// The bytes of one batch, and the sequence numbers of the messages the kernel answers.
-fn encode(
-    family: NfFamily,
-    table: &str,
-    changes: &[&Change],
-    first_seq: u32,
-) -> (Vec<u8>, Vec<u32>) {
-    let mut seq = first_seq;
-    let mut bytes = Message::new(
-        NFNL_MSG_BATCH_BEGIN,
-        NLM_F_REQUEST,
-        seq,
-        0,
-        NFNL_SUBSYS_NFTABLES,
-    )
-    .finish();
-    let mut answered = Vec::new();
+fn encode(family: NfFamily, table: &str, changes: &[&Change]) -> (Vec<u8>, Vec<u32>) {
+    let mut batch = nfnetlink::Batch::new();
     for change in changes {
         for chunk in chunks(&change.elements) {
-            seq += 1;
-            bytes.extend(element_message(
+            let message = element_message(
                 family,
                 table,
                 &change.set,
                 change.delete,
                 chunk,
-                seq,
-            ));
-            answered.push(seq);
+                batch.next_seq(),
+            );
+            batch.push(message);
         }
     }
-    seq += 1;
-    bytes.extend(
-        Message::new(
-            NFNL_MSG_BATCH_END,
-            NLM_F_REQUEST,
-            seq,
-            0,
-            NFNL_SUBSYS_NFTABLES,
-        )
-        .finish(),
-    );
-    (bytes, answered)
-}
-
-fn io(what: &'static str) -> impl Fn(std::io::Error) -> FirewallError {
-    move |e| FirewallError::Netlink { what, source: e }
+    batch.finish()
 }
 
 /// Applies `changes` to the sets and maps of `table` in one transaction: all of them, or (the
@@ -294,48 +301,8 @@ pub fn apply(family: NfFamily, table: &str, changes: &[Change]) -> Result<(), Fi
     if changes.is_empty() {
         return Ok(());
     }
-    let (bytes, answered) = encode(family, table, &changes, 1);
-    let mut socket = Socket::new(NETLINK_NETFILTER).map_err(io("opening a netlink socket"))?;
-    socket.bind_auto().map_err(io("opening a netlink socket"))?;
-    socket
-        .connect(&SocketAddr::new(0, 0))
-        .map_err(io("opening a netlink socket"))?;
-    // A big batch needs a send buffer as big (root may exceed the default limit).
-    let wanted = i32::try_from(bytes.len() + 4096).unwrap_or(i32::MAX);
-    if bytes.len() > 100 << 10 {
-        set_send_buffer(&socket, wanted);
-    }
-    socket.send(&bytes, 0).map_err(io("sending the batch"))?;
-    set_receive_timeout(&socket, std::time::Duration::from_secs(10));
-    let mut pending: std::collections::BTreeSet<u32> = answered.into_iter().collect();
-    let mut refused: Option<(u32, i32)> = None;
-    while !pending.is_empty() {
-        let buf = match socket.recv_from_full() {
-            Ok((data, _)) => data,
-            // Every message answered that the kernel will answer: a refusal is known.
-            Err(_) if refused.is_some() => break,
-            Err(e) => return Err(io("reading the kernel's answer")(e)),
-        };
-        let n = buf.len();
-        let mut at = 0;
-        while at + 16 <= n {
-            let len = u32::from_ne_bytes([buf[at], buf[at + 1], buf[at + 2], buf[at + 3]]) as usize;
-            let kind = u16::from_ne_bytes([buf[at + 4], buf[at + 5]]);
-            let seq = u32::from_ne_bytes([buf[at + 8], buf[at + 9], buf[at + 10], buf[at + 11]]);
-            if len < 16 || at + len > n {
-                break;
-            }
-            if kind == NLMSG_ERROR && len >= 20 {
-                let code =
-                    i32::from_ne_bytes([buf[at + 16], buf[at + 17], buf[at + 18], buf[at + 19]]);
-                pending.remove(&seq);
-                if code != 0 && refused.is_none() {
-                    refused = Some((seq, -code));
-                }
-            }
-            at += (len + 3) & !3;
-        }
-    }
+    let (bytes, answered) = encode(family, table, &changes);
+    let refused = Nfnl::open()?.transact(&bytes, &answered)?;
     match refused {
         None => Ok(()),
         Some((seq, errno)) => {
@@ -352,6 +319,87 @@ pub fn apply(family: NfFamily, table: &str, changes: &[Change]) -> Result<(), Fi
     }
 }
 
+/// The elements of `set` in `table`, with their ends, values and comments; `None` when the
+/// table or the set does not exist.
+pub fn list(
+    family: NfFamily,
+    table: &str,
+    set: &str,
+) -> Result<Option<Vec<Element>>, FirewallError> {
+    let mut request = Message::new(
+        nft_message(NFT_MSG_GETSETELEM),
+        NLM_F_REQUEST | NLM_F_DUMP,
+        1,
+        family_number(family),
+        0,
+    );
+    request.string(NFTA_SET_ELEM_LIST_TABLE, table);
+    request.string(NFTA_SET_ELEM_LIST_SET, set);
+    let payloads = match Nfnl::open()?.dump(request.finish())? {
+        Ok(payloads) => payloads,
+        Err(errno) if errno == libc::ENOENT => return Ok(None),
+        Err(errno) => {
+            return Err(FirewallError::Nft {
+                action: "listing set elements",
+                detail: format!(
+                    "the kernel refused to list set {set} of table {table}: {}",
+                    std::io::Error::from_raw_os_error(errno)
+                ),
+            })
+        }
+    };
+    let mut out = Vec::new();
+    for payload in &payloads {
+        for (kind, value) in attributes(payload) {
+            if kind != NFTA_SET_ELEM_LIST_ELEMENTS {
+                continue;
+            }
+            for (kind, element) in attributes(value) {
+                if kind == NFTA_LIST_ELEM {
+                    out.push(decode_element(element));
+                }
+            }
+        }
+    }
+    Ok(Some(out))
+}
+
+fn decode_element(bytes: &[u8]) -> Element {
+    let value_of = |nested: &[u8]| {
+        attributes(nested)
+            .into_iter()
+            .find(|(kind, _)| *kind == NFTA_DATA_VALUE)
+            .map(|(_, v)| v.to_vec())
+    };
+    let mut element = Element::default();
+    for (kind, value) in attributes(bytes) {
+        match kind {
+            NFTA_SET_ELEM_KEY => element.key = value_of(value).unwrap_or_default(),
+            NFTA_SET_ELEM_KEY_END => element.key_end = value_of(value),
+            NFTA_SET_ELEM_USERDATA => element.comment = comment_of(value),
+            NFTA_SET_ELEM_DATA => {
+                for (kind, data) in attributes(value) {
+                    match kind {
+                        NFTA_DATA_VALUE => element.data = Data::Value(data.to_vec()),
+                        NFTA_DATA_VERDICT => {
+                            let chain = attributes(data)
+                                .into_iter()
+                                .find(|(k, _)| *k == NFTA_VERDICT_CHAIN)
+                                .map(|(_, c)| nfnetlink::string(c));
+                            if let Some(chain) = chain {
+                                element.data = Data::Jump(chain);
+                            }
+                        }
+                        _ => {}
+                    }
+                }
+            }
+            _ => {}
+        }
+    }
+    element
+}
+
 /// The set the `index`th element message changes.
 fn message_set(changes: &[&Change], index: usize) -> String {
     let mut seen = 0;
@@ -363,50 +411,6 @@ fn message_set(changes: &[&Change], index: usize) -> String {
         seen += messages;
     }
     "?".into()
-}
-
-fn set_receive_timeout(socket: &Socket, limit: std::time::Duration) {
-    use std::os::fd::AsRawFd;
-    let value = libc::timeval {
-        tv_sec: limit.as_secs() as libc::time_t,
-        tv_usec: 0,
-    };
-    // SAFETY: setsockopt with a valid fd and a pointer to a timeval that lives across the call.
-    unsafe {
-        libc::setsockopt(
-            socket.as_raw_fd(),
-            libc::SOL_SOCKET,
-            libc::SO_RCVTIMEO,
-            (&value as *const libc::timeval).cast(),
-            std::mem::size_of::<libc::timeval>() as libc::socklen_t,
-        );
-    }
-}
-
-fn set_send_buffer(socket: &Socket, bytes: i32) {
-    use std::os::fd::AsRawFd;
-    // SAFETY: setsockopt with a valid fd and a pointer to an i32 that lives across the call.
-    unsafe {
-        let value = bytes;
-        let ptr = (&value as *const i32).cast();
-        let size = std::mem::size_of::<i32>() as libc::socklen_t;
-        if libc::setsockopt(
-            socket.as_raw_fd(),
-            libc::SOL_SOCKET,
-            libc::SO_SNDBUFFORCE,
-            ptr,
-            size,
-        ) != 0
-        {
-            libc::setsockopt(
-                socket.as_raw_fd(),
-                libc::SOL_SOCKET,
-                libc::SO_SNDBUF,
-                ptr,
-                size,
-            );
-        }
-    }
 }
 
 #[cfg(test)]
@@ -456,7 +460,7 @@ mod tests {
             },
         ];
         let changes: Vec<&Change> = changes.iter().collect();
-        let (bytes, answered) = encode(NfFamily::INet, "t", &changes, 1);
+        let (bytes, answered) = encode(NfFamily::INet, "t", &changes);
         // 3,000 addresses (20 bytes each at most) take two messages, the delete one.
         assert_eq!(answered, [2, 3, 4]);
         let mut at = 0;
@@ -472,11 +476,11 @@ mod tests {
         assert_eq!(
             kinds,
             [
-                NFNL_MSG_BATCH_BEGIN,
+                0x10,
                 (10 << 8) | NFT_MSG_NEWSETELEM,
                 (10 << 8) | NFT_MSG_NEWSETELEM,
                 (10 << 8) | NFT_MSG_DELSETELEM,
-                NFNL_MSG_BATCH_END
+                0x11
             ]
         );
         assert_eq!(message_set(&changes, 1), "a");

@@ -7,6 +7,8 @@
 
 pub mod build;
 pub mod elements;
+mod nfnetlink;
+pub mod tables;
 
 use std::path::Path;
 

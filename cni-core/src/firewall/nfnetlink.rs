@@ -1,0 +1,367 @@
+//! The NFNETLINK exchange nftables speaks, for the writers that need no `nft` process: messages
+//! built attribute by attribute, a batch sent in one `sendmsg` with its acks read back, a dump
+//! read to its end, and the attributes of an answer walked.
+//!
+//! The wire format is the kernel's (`include/uapi/linux/netfilter/nf_tables.h`,
+//! `nfnetlink.h`): every message is a netlink header, a `struct nfgenmsg` (family, version,
+//! resource id) and attributes. Changes travel between `NFNL_MSG_BATCH_BEGIN` and
+//! `NFNL_MSG_BATCH_END`: the kernel applies the whole batch or none of it.
+
+use std::collections::BTreeSet;
+use std::time::Duration;
+
+use netlink_sys::{protocols::NETLINK_NETFILTER, Socket, SocketAddr};
+
+use super::types::NfFamily;
+use super::FirewallError;
+
+pub(super) const NFNL_SUBSYS_NFTABLES: u16 = 10;
+const NFNL_MSG_BATCH_BEGIN: u16 = 0x10;
+const NFNL_MSG_BATCH_END: u16 = 0x11;
+
+pub(super) const NLM_F_REQUEST: u16 = 0x1;
+pub(super) const NLM_F_ACK: u16 = 0x4;
+pub(super) const NLM_F_DUMP: u16 = 0x300;
+pub(super) const NLM_F_CREATE: u16 = 0x400;
+const NLMSG_ERROR: u16 = 0x2;
+const NLMSG_DONE: u16 = 0x3;
+const NLA_F_NESTED: u16 = 0x8000;
+const NLA_TYPE_MASK: u16 = 0x3fff;
+
+/// A table family as the kernel numbers it (`NFPROTO_*`).
+pub(super) fn family_number(family: NfFamily) -> u8 {
+    match family {
+        NfFamily::INet => 1,
+        NfFamily::IP => 2,
+        NfFamily::ARP => 3,
+        NfFamily::NetDev => 5,
+        NfFamily::Bridge => 7,
+        NfFamily::IP6 => 10,
+    }
+}
+
+/// An nf_tables message type (`NFT_MSG_*`) as the netlink header carries it.
+pub(super) fn nft_message(kind: u16) -> u16 {
+    (NFNL_SUBSYS_NFTABLES << 8) | kind
+}
+
+/// A netlink message under construction: attributes appended, lengths patched on close.
+pub(super) struct Message {
+    bytes: Vec<u8>,
+    nests: Vec<usize>,
+}
+
+impl Message {
+    pub(super) fn new(kind: u16, flags: u16, seq: u32, family: u8, res_id: u16) -> Message {
+        let mut bytes = Vec::with_capacity(256);
+        bytes.extend_from_slice(&0u32.to_ne_bytes()); // length, patched in finish
+        bytes.extend_from_slice(&kind.to_ne_bytes());
+        bytes.extend_from_slice(&flags.to_ne_bytes());
+        bytes.extend_from_slice(&seq.to_ne_bytes());
+        bytes.extend_from_slice(&0u32.to_ne_bytes()); // port id: the kernel's
+        bytes.push(family);
+        bytes.push(0); // NFNETLINK_V0
+        bytes.extend_from_slice(&res_id.to_be_bytes());
+        Message {
+            bytes,
+            nests: Vec::new(),
+        }
+    }
+
+    fn pad(&mut self) {
+        while !self.bytes.len().is_multiple_of(4) {
+            self.bytes.push(0);
+        }
+    }
+
+    pub(super) fn attr(&mut self, kind: u16, value: &[u8]) {
+        let len = u16::try_from(4 + value.len()).unwrap_or(u16::MAX);
+        self.bytes.extend_from_slice(&len.to_ne_bytes());
+        self.bytes.extend_from_slice(&kind.to_ne_bytes());
+        self.bytes.extend_from_slice(value);
+        self.pad();
+    }
+
+    pub(super) fn string(&mut self, kind: u16, value: &str) {
+        let mut bytes = value.as_bytes().to_vec();
+        bytes.push(0);
+        self.attr(kind, &bytes);
+    }
+
+    pub(super) fn open(&mut self, kind: u16) {
+        self.nests.push(self.bytes.len());
+        self.bytes.extend_from_slice(&0u16.to_ne_bytes());
+        self.bytes
+            .extend_from_slice(&(kind | NLA_F_NESTED).to_ne_bytes());
+    }
+
+    pub(super) fn close(&mut self) {
+        if let Some(start) = self.nests.pop() {
+            let len = u16::try_from(self.bytes.len() - start).unwrap_or(u16::MAX);
+            self.bytes[start..start + 2].copy_from_slice(&len.to_ne_bytes());
+        }
+    }
+
+    pub(super) fn finish(mut self) -> Vec<u8> {
+        let len = self.bytes.len() as u32;
+        self.bytes[0..4].copy_from_slice(&len.to_ne_bytes());
+        self.bytes
+    }
+}
+
+/// A batch of change messages, framed by BEGIN and END, with the sequence numbers the kernel
+/// answers.
+pub(super) struct Batch {
+    bytes: Vec<u8>,
+    seq: u32,
+    pub(super) answered: Vec<u32>,
+}
+
+impl Batch {
+    pub(super) fn new() -> Batch {
+        let bytes = Message::new(
+            NFNL_MSG_BATCH_BEGIN,
+            NLM_F_REQUEST,
+            1,
+            0,
+            NFNL_SUBSYS_NFTABLES,
+        )
+        .finish();
+        Batch {
+            bytes,
+            seq: 1,
+            answered: Vec::new(),
+        }
+    }
+
+    /// The next message's sequence number (to build it with).
+    pub(super) fn next_seq(&self) -> u32 {
+        self.seq + 1
+    }
+
+    pub(super) fn push(&mut self, message: Vec<u8>) {
+        self.seq += 1;
+        self.answered.push(self.seq);
+        self.bytes.extend(message);
+    }
+
+    pub(super) fn finish(mut self) -> (Vec<u8>, Vec<u32>) {
+        self.seq += 1;
+        self.bytes.extend(
+            Message::new(
+                NFNL_MSG_BATCH_END,
+                NLM_F_REQUEST,
+                self.seq,
+                0,
+                NFNL_SUBSYS_NFTABLES,
+            )
+            .finish(),
+        );
+        (self.bytes, self.answered)
+    }
+}
+
+fn io(what: &'static str) -> impl Fn(std::io::Error) -> FirewallError {
+    move |e| FirewallError::Netlink { what, source: e }
+}
+
+/// One netlink message of an answer: its type, flags-free header fields and its payload after
+/// the `nfgenmsg`.
+pub(super) struct Answer {
+    pub(super) kind: u16,
+    pub(super) seq: u32,
+    pub(super) payload: Vec<u8>,
+}
+
+/// A socket to the kernel's nf_tables.
+pub(super) struct Nfnl {
+    socket: Socket,
+}
+
+impl Nfnl {
+    pub(super) fn open() -> Result<Nfnl, FirewallError> {
+        let mut socket = Socket::new(NETLINK_NETFILTER).map_err(io("opening a netlink socket"))?;
+        socket.bind_auto().map_err(io("opening a netlink socket"))?;
+        socket
+            .connect(&SocketAddr::new(0, 0))
+            .map_err(io("opening a netlink socket"))?;
+        set_receive_timeout(&socket, Duration::from_secs(10));
+        Ok(Nfnl { socket })
+    }
+
+    /// Reads one datagram and splits it into messages.
+    fn receive(&mut self) -> std::io::Result<Vec<Answer>> {
+        let (buf, _) = self.socket.recv_from_full()?;
+        let mut out = Vec::new();
+        let mut at = 0;
+        while at + 16 <= buf.len() {
+            let len = u32::from_ne_bytes([buf[at], buf[at + 1], buf[at + 2], buf[at + 3]]) as usize;
+            let kind = u16::from_ne_bytes([buf[at + 4], buf[at + 5]]);
+            let seq = u32::from_ne_bytes([buf[at + 8], buf[at + 9], buf[at + 10], buf[at + 11]]);
+            if len < 16 || at + len > buf.len() {
+                break;
+            }
+            out.push(Answer {
+                kind,
+                seq,
+                payload: buf[at + 16..at + len].to_vec(),
+            });
+            at += (len + 3) & !3;
+        }
+        Ok(out)
+    }
+
+    /// Sends a batch and reads the kernel's answer to every message: the first refusal as
+    /// (sequence number, errno), or none.
+    pub(super) fn transact(
+        &mut self,
+        bytes: &[u8],
+        answered: &[u32],
+    ) -> Result<Option<(u32, i32)>, FirewallError> {
+        // A big batch needs a send buffer as big (root may exceed the default limit).
+        if bytes.len() > 100 << 10 {
+            set_send_buffer(
+                &self.socket,
+                i32::try_from(bytes.len() + 4096).unwrap_or(i32::MAX),
+            );
+        }
+        self.socket
+            .send(bytes, 0)
+            .map_err(io("sending the batch"))?;
+        let mut pending: BTreeSet<u32> = answered.iter().copied().collect();
+        let mut refused: Option<(u32, i32)> = None;
+        while !pending.is_empty() {
+            let answers = match self.receive() {
+                Ok(answers) => answers,
+                // Every message answered that the kernel will answer: a refusal is known.
+                Err(_) if refused.is_some() => break,
+                Err(e) => return Err(io("reading the kernel's answer")(e)),
+            };
+            for answer in answers {
+                if answer.kind == NLMSG_ERROR && answer.payload.len() >= 4 {
+                    let code = error_code(&answer.payload);
+                    pending.remove(&answer.seq);
+                    if code != 0 && refused.is_none() {
+                        refused = Some((answer.seq, -code));
+                    }
+                }
+            }
+        }
+        Ok(refused)
+    }
+
+    /// Sends one dump request and reads every answer up to DONE: the payloads (after the
+    /// `nfgenmsg`) of its messages, or the kernel's errno.
+    pub(super) fn dump(
+        &mut self,
+        request: Vec<u8>,
+    ) -> Result<Result<Vec<Vec<u8>>, i32>, FirewallError> {
+        self.socket
+            .send(&request, 0)
+            .map_err(io("sending a dump request"))?;
+        let mut payloads = Vec::new();
+        loop {
+            for answer in self.receive().map_err(io("reading a dump"))? {
+                match answer.kind {
+                    NLMSG_DONE => return Ok(Ok(payloads)),
+                    NLMSG_ERROR => {
+                        let code = error_code(&answer.payload);
+                        if code != 0 {
+                            return Ok(Err(-code));
+                        }
+                        return Ok(Ok(payloads));
+                    }
+                    _ => payloads.push(answer.payload.get(4..).unwrap_or_default().to_vec()),
+                }
+            }
+        }
+    }
+
+    /// Sends one request that the kernel acks (or refuses with an errno).
+    pub(super) fn request(&mut self, request: Vec<u8>) -> Result<Result<(), i32>, FirewallError> {
+        self.socket
+            .send(&request, 0)
+            .map_err(io("sending a request"))?;
+        loop {
+            for answer in self.receive().map_err(io("reading the kernel's answer"))? {
+                if answer.kind == NLMSG_ERROR {
+                    let code = error_code(&answer.payload);
+                    return Ok(if code == 0 { Ok(()) } else { Err(-code) });
+                }
+            }
+        }
+    }
+}
+
+fn error_code(payload: &[u8]) -> i32 {
+    match payload.get(..4) {
+        Some(b) => i32::from_ne_bytes([b[0], b[1], b[2], b[3]]),
+        None => 0,
+    }
+}
+
+/// The attributes in `bytes`: (type without the nested flag, value).
+pub(super) fn attributes(bytes: &[u8]) -> Vec<(u16, &[u8])> {
+    let mut out = Vec::new();
+    let mut at = 0;
+    while at + 4 <= bytes.len() {
+        let len = u16::from_ne_bytes([bytes[at], bytes[at + 1]]) as usize;
+        let kind = u16::from_ne_bytes([bytes[at + 2], bytes[at + 3]]) & NLA_TYPE_MASK;
+        if len < 4 || at + len > bytes.len() {
+            break;
+        }
+        out.push((kind, &bytes[at + 4..at + len]));
+        at += (len + 3) & !3;
+    }
+    out
+}
+
+/// A NUL-terminated string attribute.
+pub(super) fn string(value: &[u8]) -> String {
+    let end = value.iter().position(|b| *b == 0).unwrap_or(value.len());
+    String::from_utf8_lossy(&value[..end]).into_owned()
+}
+
+fn set_receive_timeout(socket: &Socket, limit: Duration) {
+    use std::os::fd::AsRawFd;
+    let value = libc::timeval {
+        tv_sec: limit.as_secs() as libc::time_t,
+        tv_usec: 0,
+    };
+    // SAFETY: setsockopt with a valid fd and a pointer to a timeval that lives across the call.
+    unsafe {
+        libc::setsockopt(
+            socket.as_raw_fd(),
+            libc::SOL_SOCKET,
+            libc::SO_RCVTIMEO,
+            (&value as *const libc::timeval).cast(),
+            std::mem::size_of::<libc::timeval>() as libc::socklen_t,
+        );
+    }
+}
+
+fn set_send_buffer(socket: &Socket, bytes: i32) {
+    use std::os::fd::AsRawFd;
+    // SAFETY: setsockopt with a valid fd and a pointer to an i32 that lives across the call.
+    unsafe {
+        let value = bytes;
+        let ptr = (&value as *const i32).cast();
+        let size = std::mem::size_of::<i32>() as libc::socklen_t;
+        if libc::setsockopt(
+            socket.as_raw_fd(),
+            libc::SOL_SOCKET,
+            libc::SO_SNDBUFFORCE,
+            ptr,
+            size,
+        ) != 0
+        {
+            libc::setsockopt(
+                socket.as_raw_fd(),
+                libc::SOL_SOCKET,
+                libc::SO_SNDBUF,
+                ptr,
+                size,
+            );
+        }
+    }
+}
