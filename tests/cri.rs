@@ -547,7 +547,10 @@ fn a_pod_through_the_cri_gets_host_ports_and_bandwidth_and_leaves_nothing() {
     assert!(!node.ip(&["-o", "link"]).contains("bwp"), "ifb left");
     let tables =
         String::from_utf8_lossy(&node.try_exec(&["nft", "list", "tables"]).stdout).into_owned();
-    assert!(!tables.contains("tether-portmap"), "{tables}");
+    assert!(
+        !tables.contains("tether-hostports") && !tables.contains("tether-portmap"),
+        "{tables}"
+    );
     let conntrack =
         String::from_utf8_lossy(&node.try_exec(&["cat", "/proc/net/nf_conntrack"]).stdout)
             .into_owned();

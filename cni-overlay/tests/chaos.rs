@@ -419,7 +419,7 @@ fn check_round(
     assert_eq!(node.links("veth"), veths, "veths\n{}", context());
     assert_eq!(node.links("ifb").len(), live.len(), "ifbs\n{}", context());
     // Portmap: elements of live pods only; no UDP flow to a gone pod's hostPort.
-    let portmap = node.text(&["nft", "list", "table", "inet", "tether-portmap"]);
+    let portmap = node.text(&["nft", "list", "table", "inet", "tether-hostports"]);
     let owners: BTreeSet<&str> = portmap
         .split("comment \"")
         .skip(1)

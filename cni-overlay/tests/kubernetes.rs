@@ -430,7 +430,10 @@ fn the_deployed_conflist_is_written_when_ready_and_its_chain_serves_pods() {
         assert!(!node.ns.ip(&["-o", "link"]).contains("bwp"));
         let tables = String::from_utf8_lossy(&node.ns.try_exec(&["nft", "list", "tables"]).stdout)
             .into_owned();
-        assert!(!tables.contains("tether-portmap"), "{tables}");
+        assert!(
+            !tables.contains("tether-hostports") && !tables.contains("tether-portmap"),
+            "{tables}"
+        );
         assert_eq!(node.leases(), 0);
     }
 

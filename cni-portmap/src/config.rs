@@ -34,6 +34,21 @@ impl Protocol {
         }
     }
 
+    /// The IANA protocol number, as nftables keys it.
+    pub fn number(self) -> u8 {
+        match self {
+            Protocol::Tcp => 6,
+            Protocol::Udp => 17,
+            Protocol::Sctp => 132,
+        }
+    }
+
+    pub fn from_number(number: u8) -> Option<Protocol> {
+        [Protocol::Tcp, Protocol::Udp, Protocol::Sctp]
+            .into_iter()
+            .find(|p| p.number() == number)
+    }
+
     pub fn parse(text: &str) -> Option<Protocol> {
         match text.to_ascii_lowercase().as_str() {
             "" | "tcp" => Some(Protocol::Tcp),

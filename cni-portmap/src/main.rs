@@ -2,8 +2,10 @@
 
 mod config;
 mod error;
+mod legacy;
 mod plugin;
 mod rules;
+mod table;
 
 fn main() -> std::process::ExitCode {
     cni_core::run(&plugin::PortmapPlugin)

@@ -80,14 +80,11 @@ impl Plugin for PortmapPlugin {
     }
 
     fn del(&self, req: &Request) -> Result<(), PortmapError> {
+        // Everything the attachment owns goes, found by its owner: neither the netns nor the
+        // mappings (nor a readable configuration) are needed.
         let owner = owner_of(req);
-        // The mappings the runtime passes again make DEL quick; a DEL without them (or with
-        // unreadable ones) still removes everything of the attachment.
-        let mappings = PortmapConf::from_request(req)
-            .map(|c| c.mappings)
-            .unwrap_or_default();
         let mut failures = Failures::new("teardown step");
-        if let Some(udp) = failures.note(rules::remove_owner(&owner, &mappings)) {
+        if let Some(udp) = failures.note(rules::remove(&Select::Owner(&owner))) {
             flush_udp(&udp, &mut failures);
         }
         failures.finish_with(PortmapError::Several)

@@ -112,5 +112,8 @@ fn cni_portmap_and_cni_bandwidth_after_the_reference_bridge() {
     };
     exercise(&list, &node, &outside, "io2", true);
     let tables = node.exec(&["nft", "list", "tables"]);
-    assert!(!tables.contains("tether-portmap"), "{tables}");
+    assert!(
+        !tables.contains("tether-portmap") && !tables.contains("tether-hostports"),
+        "{tables}"
+    );
 }

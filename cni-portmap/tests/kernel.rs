@@ -75,7 +75,7 @@ impl Site {
         String::from_utf8_lossy(
             &self
                 .node
-                .try_exec(&["nft", "list", "table", "inet", "tether-portmap"])
+                .try_exec(&["nft", "list", "table", "inet", "tether-hostports"])
                 .stdout,
         )
         .into_owned()
@@ -173,8 +173,14 @@ fn host_ports_from_outside_the_node_localhost_pods_and_hairpin() {
 
     // CHECK passes, and notices a mapping removed behind the plugin's back.
     list.check(&att_a, &result_a).unwrap();
-    site.node
-        .exec(&["nft", "flush", "map", "inet", "tether-portmap", "ports"]);
+    site.node.exec(&[
+        "nft",
+        "flush",
+        "map",
+        "inet",
+        "tether-hostports",
+        "anyaddr4",
+    ]);
     let err = list.check(&att_a, &result_a).unwrap_err();
     assert_eq!(err.json["code"], 142, "{}", err.stdout);
     // The runtime retries the portmap step: the mappings are put back.
@@ -325,11 +331,82 @@ fn host_port_conflicts_follow_the_addresses_they_cover() {
         ask(&site.outside, "2001:db8::1", 9090, "tcp", 0).as_deref(),
         Some("2001:db8::2")
     );
-    assert!(site.nft().contains("portsany4") && site.nft().contains("portsany6"));
+    let table = site.nft();
+    assert!(
+        table.contains("pmnet/any4/eth0") && table.contains("pmnet/any6/eth0"),
+        "{table}"
+    );
     // The refused pods left nothing of theirs in the table.
     for refused in ["pmnet/one/", "pmnet/all2/", "pmnet/v4one/"] {
         assert!(!site.nft().contains(refused), "{refused}: {}", site.nft());
     }
     list.gc(&[]).unwrap();
+    assert!(site.nft().is_empty(), "{}", site.nft());
+}
+
+/// A node upgraded with pods running keeps the table of the earlier layout (a verdict map
+/// jumping to a chain per attachment): DEL and GC empty it and remove it, and ADD writes only
+/// the new table.
+#[test]
+fn the_earlier_layouts_table_is_emptied_by_del_and_gc() {
+    let site = Site::new("pml");
+    let list = site.conflist_of("1.1.0");
+    let chain = |owner: &str| {
+        let network = owner.split('/').next().unwrap();
+        format!(
+            "pm_{:08x}_{:016x}",
+            cni_core::names::hash32(network.bytes()),
+            cni_core::names::hash64(owner.bytes())
+        )
+    };
+    let (old, gone) = (chain("pmnet/old/eth0"), chain("pmnet/gone/eth0"));
+    site.node.exec(&[
+        "nft",
+        &format!(
+            "add table inet tether-portmap; \
+             add map inet tether-portmap ports {{ type inet_proto . inet_service : verdict; }}; \
+             add chain inet tether-portmap {old}; add chain inet tether-portmap {gone}; \
+             add element inet tether-portmap ports {{ tcp . 7100 comment \"pmnet/old/eth0\" : jump {old}, \
+                 udp . 7101 comment \"pmnet/gone/eth0\" : jump {gone} }}"
+        ),
+    ]);
+    let legacy = || {
+        String::from_utf8_lossy(
+            &site
+                .node
+                .try_exec(&["nft", "list", "table", "inet", "tether-portmap"])
+                .stdout,
+        )
+        .into_owned()
+    };
+    let pod = Netns::new("pmlp");
+    let path = pod.path().display().to_string();
+    let new = Attachment {
+        id: "new",
+        netns: &path,
+        ifname: "eth0",
+        runtime: json!({"portMappings": [mapping(7102, 80, "tcp", "")]}),
+    };
+    list.add(&new).unwrap();
+    assert!(site.nft().contains("pmnet/new/eth0"), "{}", site.nft());
+    assert!(!legacy().contains("pmnet/new/eth0"), "{}", legacy());
+    // GC keeps the valid ones of both layouts.
+    list.gc(&[("new", "eth0"), ("old", "eth0")]).unwrap();
+    let table = legacy();
+    assert!(
+        table.contains("7100") && !table.contains("7101") && !table.contains(&gone),
+        "{table}"
+    );
+    // DEL of the last attachment of the earlier layout removes its table.
+    let old_attachment = Attachment {
+        id: "old",
+        netns: "",
+        ifname: "eth0",
+        runtime: json!({}),
+    };
+    list.del(&old_attachment, None).unwrap();
+    assert!(legacy().is_empty(), "{}", legacy());
+    assert!(site.nft().contains("pmnet/new/eth0"), "{}", site.nft());
+    list.del(&new, None).unwrap();
     assert!(site.nft().is_empty(), "{}", site.nft());
 }

@@ -308,6 +308,29 @@ pub fn jump(chain: &str) -> Statement<'static> {
 pub fn mapping(key: Expression<'static>, value: Expression<'static>) -> Expression<'static> {
     Expression::List(vec![key, value])
 }
+/// `dnat ip to <key> map @<addresses> : <key> map @<ports>` (or `ip6`): the address and the
+/// port looked up by one key in two maps; no element, no translation (the rule falls through).
+pub fn dnat_by_maps(
+    v6: bool,
+    key: Expression<'static>,
+    addresses: &str,
+    ports: &str,
+) -> Statement<'static> {
+    use nftables::expr::Map;
+    use nftables::stmt::{NATFamily, NAT};
+    let lookup = |map: &str| {
+        Expression::Named(NamedExpression::Map(Box::new(Map {
+            key: key.clone(),
+            data: set_ref(map),
+        })))
+    };
+    Statement::DNAT(Some(NAT {
+        addr: Some(lookup(addresses)),
+        family: Some(if v6 { NATFamily::IP6 } else { NATFamily::IP }),
+        port: Some(lookup(ports)),
+        flags: None,
+    }))
+}
 
 /// `dnat ip to <ip>:<port>` (`ip6` for an IPv6 address).
 pub fn dnat(ip: IpAddr, port: u16) -> Statement<'static> {
@@ -375,6 +398,19 @@ pub fn verdict_map(
     name: &str,
     key_types: &[&str],
 ) -> serde_json::Value {
+    value_map(family, table, name, key_types, "verdict")
+}
+
+/// The `add map` command of a map from `key_types` to one value type (`ipv4_addr`,
+/// `inet_service`, `verdict`). nft 1.0.6 cannot read a concatenated value type from JSON (it
+/// fails, or crashes), so a map has one value type: a key needing two values takes two maps.
+pub fn value_map(
+    family: NfFamily,
+    table: &str,
+    name: &str,
+    key_types: &[&str],
+    value_type: &str,
+) -> serde_json::Value {
     // One key type is written alone: nft reads a list of one as a concatenation of one field,
     // and then refuses plain elements added in the same batch as the map.
     let key = match key_types {
@@ -386,6 +422,6 @@ pub fn verdict_map(
         "table": table,
         "name": name,
         "type": key,
-        "map": "verdict",
+        "map": value_type,
     }}})
 }

@@ -167,8 +167,8 @@ pub struct Change {
 }
 
 fn user_data(comment: &str) -> Vec<u8> {
-    // Type, length (the string and its NUL), the string: what nft keeps is at most 128 bytes.
-    let text: Vec<u8> = comment.bytes().take(127).collect();
+    // Type, length (the string and its NUL, one byte), the string.
+    let text: Vec<u8> = comment.bytes().take(254).collect();
     let mut out = vec![UDATA_COMMENT, (text.len() + 1) as u8];
     out.extend(text);
     out.push(0);

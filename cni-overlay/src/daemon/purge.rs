@@ -2,7 +2,7 @@
 //! (drain it first: pods still on the bridge lose their network). Read from the conflist the
 //! node was given, so that the names are the ones in use: the bridge (`cni0` unless set), the
 //! IPAM lease directory of the network, cni-overlay's state directory, and Tether's nftables
-//! tables (cni-bridge's `inet tether` and `bridge tether`, cni-portmap's `inet tether-portmap`).
+//! tables (cni-bridge's `inet tether` and `bridge tether`, cni-portmap's `inet tether-hostports`, and `inet tether-portmap` of its earlier layout).
 //! Every step is tried; the failures are reported together.
 
 use std::path::{Path, PathBuf};
@@ -68,6 +68,7 @@ impl Leftovers {
         for (family, table) in [
             (NfFamily::INet, "tether"),
             (NfFamily::Bridge, "tether"),
+            (NfFamily::INet, "tether-hostports"),
             (NfFamily::INet, "tether-portmap"),
         ] {
             failures.note(remove_table(family, table));
