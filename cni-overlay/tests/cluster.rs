@@ -21,7 +21,7 @@ fn three_nodes_full_mesh_without_nat_between_pods() {
         n2.pod("ovm-d"),
     ];
 
-    // Subnets are distinct and come from the cluster CIDR; the facts carry the VXLAN MTU.
+    // Subnets are distinct and come from the cluster CIDR; the facts carry the pod MTU.
     let subnets: Vec<String> = cluster
         .nodes
         .iter()
@@ -38,8 +38,10 @@ fn three_nodes_full_mesh_without_nat_between_pods() {
     assert!(subnets
         .iter()
         .all(|s| s.starts_with("10.244.") && s.ends_with("/24")));
-    assert_eq!(n0.facts()["mtu"], 1450, "underlay 1500 - 50");
+    // Every peer over VXLAN: pods take the tunnel's MTU, 1500 - 50.
+    assert_eq!(n0.facts()["mtu"], 1450);
     assert_eq!(pods[0].0.ip_json(&["link", "show", "eth0"])[0]["mtu"], 1450);
+    assert_eq!(n0.ns.ip_json(&["link", "show", "tether.1"])[0]["mtu"], 1450);
 
     wait_for(
         "cross-node reachability",
@@ -511,8 +513,11 @@ fn vxlan_runs_over_an_ipv6_underlay() {
         ]);
         node.start(&["--underlay-address", &address]);
     }
-    // VXLAN over IPv6 costs 70 bytes: 1500 - 70.
-    assert_eq!(cluster.nodes[0].facts()["mtu"], 1430);
+    // VXLAN over IPv6 costs 70 bytes: 1500 - 70 for the tunnel (the pods take 1500).
+    assert_eq!(
+        cluster.nodes[0].ns.ip_json(&["link", "show", "tether.1"])[0]["mtu"],
+        1430
+    );
     let link = cluster.nodes[0]
         .ns
         .ip_json(&["-d", "link", "show", "tether.1"]);
@@ -600,6 +605,31 @@ fn direct_routes_on_one_segment_and_vxlan_across_a_router() {
         "VXLAN, no NAT"
     );
 
+    // Pods take the underlay's MTU (direct peers talk full size); TCP into the tunnel has its
+    // MSS clamped to the tunnel's MTU on both nodes, and a DF packet too big for it is answered
+    // with "fragmentation needed", which the pod learns as the path's MTU.
+    assert_eq!(n0.facts()["mtu"], 1500);
+    assert_eq!(pods[0].0.ip_json(&["link", "show", "eth0"])[0]["mtu"], 1500);
+    let direct_mss = tcp_mss(&pods[0].0, &pods[1].0, &pods[1].1);
+    let tunnel_mss = tcp_mss(&pods[0].0, &pods[2].0, &pods[2].1);
+    let back_mss = tcp_mss(&pods[2].0, &pods[0].0, &pods[0].1);
+    assert!(direct_mss > 1410, "direct MSS {direct_mss}");
+    assert!(
+        tunnel_mss <= 1410 && back_mss <= 1410,
+        "through VXLAN (1450): MSS {tunnel_mss} there, {back_mss} back"
+    );
+    let too_big = pods[0].0.try_exec(&[
+        "ping", "-c", "2", "-W", "2", "-M", "do", "-s", "1472", &pods[2].1,
+    ]);
+    assert!(!too_big.status.success());
+    let learned = pods[0].0.ip(&["-4", "route", "get", &pods[2].1]);
+    assert!(learned.contains("mtu 1450"), "{learned}");
+    assert!(pods[0]
+        .0
+        .try_exec(&["ping", "-c", "1", "-W", "2", "-M", "do", "-s", "1422", &pods[2].1])
+        .status
+        .success());
+
     // node1 moves behind the router: node0 switches it to VXLAN once node1 re-registers.
     let n1 = &cluster.nodes[1];
     cluster.underlay.ip(&["link", "set", "ovdrp1", "nomaster"]);
@@ -631,4 +661,37 @@ fn direct_routes_on_one_segment_and_vxlan_across_a_router() {
         || pods[0].0.ping(&pods[1].1),
         || n0.log(),
     );
+}
+
+/// The MSS a TCP connection from `from` to `ip` (in `to`) settles on, as iperf3 reports it
+/// after sending a megabyte.
+fn tcp_mss(from: &Netns, to: &Netns, ip: &str) -> u64 {
+    struct Server(std::process::Child);
+    impl Drop for Server {
+        fn drop(&mut self) {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+    let _server = Server(
+        std::process::Command::new("ip")
+            .args([
+                "netns", "exec", &to.name, "iperf3", "-s", "-1", "-p", "5299",
+            ])
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
+    let mut last = String::new();
+    for _ in 0..50 {
+        let out = from.try_exec(&["iperf3", "-c", ip, "-p", "5299", "-n", "1M", "-J"]);
+        last = String::from_utf8_lossy(&out.stdout).into_owned();
+        if out.status.success() {
+            let report: serde_json::Value = serde_json::from_str(&last).unwrap();
+            return report["start"]["tcp_mss_default"].as_u64().unwrap();
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    panic!("iperf3 to {ip} never ran: {last}");
 }

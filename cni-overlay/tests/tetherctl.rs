@@ -338,7 +338,8 @@ fn diagnose_names_what_stands_between_two_pods() {
     cluster.api().delete(NETWORK_POLICIES, "default", "deny-b");
     settle("a -> b open again", || pa.ping(&ipb), String::new);
 
-    // node0's underlay MTU below its pods': packets larger than the path are lost.
+    // node0's underlay MTU below its pods' (the underlay's 1500, direct routing): packets
+    // larger than the direct path are lost.
     cluster.nodes[0]
         .ns
         .ip(&["link", "set", "eth0", "mtu", "1400"]);
@@ -347,7 +348,7 @@ fn diagnose_names_what_stands_between_two_pods() {
     println!("mtu:\n{report}");
     assert_eq!(out.status.code(), Some(1), "{report}");
     assert!(
-        report.contains("default/a's MTU is 1450 but the path to node1 carries at most 1400"),
+        report.contains("default/a's MTU is 1500 but the path to node1 carries at most 1400"),
         "{report}"
     );
     cluster.nodes[0]

@@ -355,7 +355,10 @@ async fn path_between(
                         format!("NO OVERLAY ROUTE (best match: {best})")
                     }
                 };
-                if let (Some(pod), Some(path)) = (pod_mtu, path_mtu) {
+                // Through the tunnel a pod MTU above the device's is by design (TCP is clamped
+                // to it, larger packets get ICMP "fragmentation needed"); on a direct route
+                // nothing lowers it.
+                if let (Some(pod), Some(path), false) = (pod_mtu, path_mtu, via == "vxlan") {
                     if pod > path {
                         d.problems.push(format!(
                             "{}: {}'s MTU is {pod} but the path to {} carries at most {path} (link {link}): larger packets are lost; set the underlay MTU to the path's, restart tether-overlayd and recreate the pods",

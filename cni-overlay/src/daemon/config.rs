@@ -86,6 +86,15 @@ pub struct Args {
         default_missing_value = "true"
     )]
     pub direct_routing: bool,
+    /// The MTU of pod interfaces: `auto` (the underlay's MTU when direct routing is on, so
+    /// pods on the same L2 talk at full size; the VXLAN device's otherwise), `vxlan` (the VXLAN
+    /// device's MTU for every pod: no packet is ever too big for a tunnel, at the cost of
+    /// smaller packets between direct peers), or a number. With a pod MTU above the VXLAN
+    /// device's, TCP connections through the tunnel have their MSS clamped to its MTU and
+    /// other packets too big for it are answered with ICMP "fragmentation needed" (DF) or
+    /// fragmented (no DF).
+    #[arg(long, env = "TETHER_POD_MTU", default_value = "auto", value_parser = PodMtu::parse)]
+    pub pod_mtu: PodMtu,
     /// Where the facts file for cni-overlay (overlay.json) is written.
     #[arg(long, env = "TETHER_RUN_DIR", default_value = "/run/tether")]
     pub run_dir: PathBuf,
@@ -238,5 +247,37 @@ mod tests {
     #[test]
     fn the_configuration_reference_is_what_the_arguments_say() {
         test_support::reference::check(&<Args as clap::CommandFactory>::command());
+    }
+}
+
+/// How the pod MTU is chosen (`--pod-mtu`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PodMtu {
+    Auto,
+    Vxlan,
+    Fixed(u32),
+}
+
+impl PodMtu {
+    pub fn parse(text: &str) -> Result<PodMtu, String> {
+        match text {
+            "auto" => Ok(PodMtu::Auto),
+            "vxlan" => Ok(PodMtu::Vxlan),
+            n => match n.parse::<u32>() {
+                Ok(mtu) if (1280..=65535).contains(&mtu) => Ok(PodMtu::Fixed(mtu)),
+                _ => Err(format!(
+                    "{n:?} is not auto, vxlan or an MTU between 1280 and 65535"
+                )),
+            },
+        }
+    }
+
+    /// The pod MTU on a node whose underlay has `underlay` and whose VXLAN device `vxlan`.
+    pub fn resolve(self, direct_routing: bool, underlay: u32, vxlan: u32) -> u32 {
+        match self {
+            PodMtu::Auto if direct_routing => underlay,
+            PodMtu::Auto | PodMtu::Vxlan => vxlan,
+            PodMtu::Fixed(mtu) => mtu,
+        }
     }
 }

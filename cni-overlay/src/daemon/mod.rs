@@ -2,6 +2,7 @@
 //! VTEP, writes the node facts for the CNI plugin, and keeps the kernel's VXLAN entries for every
 //! other node in step with the datastore: at start-up, on every change, and on a resync timer.
 
+mod clamp;
 pub mod config;
 mod datastore;
 pub mod error;
@@ -290,15 +291,19 @@ fn publish_local(
     subnets: NodeSubnets,
 ) -> Result<(), DaemonError> {
     let vxlan = kernel.ensure_vxlan(&subnets.all())?;
+    let mtu = args
+        .pod_mtu
+        .resolve(args.direct_routing, kernel.underlay.mtu, vxlan.mtu);
     NodeFacts {
         node_name: args.node_name.clone(),
         subnets: subnets.all(),
         cluster_cidrs: clusters.all(),
-        mtu: vxlan.mtu,
+        mtu,
         vxlan_device: kernel.vxlan_name().to_string(),
     }
     .write(&args.run_dir)?;
-    masq::apply(subnets, clusters)
+    masq::apply(subnets, clusters)?;
+    clamp::apply(kernel.vxlan_name())
 }
 
 /// Once the node can serve pods: the conflist goes in place (until then kubelet keeps the
