@@ -85,6 +85,11 @@ node v1 192.168.78.31; node v2 192.168.78.32
 daemon v1 247 --direct-routing=false; daemon v2 247 --direct-routing=false
 va=$(pod v1 va); vb=$(pod v2 vb)
 until nsx va ping -c1 -W1 "$vb" >/dev/null 2>&1; do sleep 0.1; done
+# What the pod MTU costs: direct routing with the tunnel's MTU on the pods (--pod-mtu=vxlan).
+node m1 192.168.78.51; node m2 192.168.78.52
+daemon m1 249 --pod-mtu=vxlan; daemon m2 249 --pod-mtu=vxlan
+ma=$(pod m1 ma); mb=$(pod m2 mb)
+until nsx ma ping -c1 -W1 "$mb" >/dev/null 2>&1; do sleep 0.1; done
 
 # flannel-style by hand: VXLAN (vni 2, port 8472, learning off, MTU 1450), the subnet's network
 # address on it, cni0 with the gateway, a veth pod; static neighbour + FDB + onlink route;
@@ -145,7 +150,7 @@ hostgw g1 1 192.168.78.42 2
 hostgw g2 2 192.168.78.41 1
 nsx g1-pod ping -c1 -W2 10.248.2.2 >/dev/null
 
-t=(); v=(); h=(); g=(); u=(); l=(); k=(); w=(); lk=()
+t=(); v=(); h=(); g=(); u=(); l=(); k=(); w=(); lk=(); m=(); tu=(); gu=()
 for r in $(seq 1 "$reps"); do
   echo "iperf3 round $r/$reps ($secs s each)" >&2
   t+=("$(iperf tb ta "$tb")")
@@ -153,6 +158,9 @@ for r in $(seq 1 "$reps"); do
   h+=("$(iperf h2-pod h1-pod 10.246.2.2)")
   g+=("$(iperf g2-pod g1-pod 10.248.2.2)")
   u+=("$(iperf t2 t1 192.168.78.12)")
+  m+=("$(iperf mb ma "$mb")")
+  tu+=("$(awk "BEGIN {print ${t[-1]}/${u[-1]}}")")
+  gu+=("$(awk "BEGIN {print ${g[-1]}/${u[-1]}}")")
   l+=("$(iperf rb ra "$rb")")
   k+=("$(iperf k2-pod k1-pod 10.246.2.2)")
   w+=("$(iperf r2 r1 192.168.79.52)")
@@ -161,7 +169,8 @@ done 2>/dev/null
 tm=$(printf '%s\n' "${t[@]}" | median); vm=$(printf '%s\n' "${v[@]}" | median)
 hm=$(printf '%s\n' "${h[@]}" | median); gm=$(printf '%s\n' "${g[@]}" | median); um=$(printf '%s\n' "${u[@]}" | median)
 lm=$(printf '%s\n' "${l[@]}" | median); km=$(printf '%s\n' "${k[@]}" | median); wm=$(printf '%s\n' "${w[@]}" | median)
-lkm=$(printf '%s\n' "${lk[@]}" | median)
+lkm=$(printf '%s\n' "${lk[@]}" | median); mm=$(printf '%s\n' "${m[@]}" | median)
+tum=$(printf '%s\n' "${tu[@]}" | median); gum=$(printf '%s\n' "${gu[@]}" | median)
 
 # Convergence: a third node joins; time from starting its daemon to the first successful ping from
 # a pod on t1 to a pod on the new node (its pod is created as soon as the node facts exist).
@@ -180,6 +189,7 @@ run=$(date -u +%Y-%m-%dT%H:%M:%SZ)
   [ -s target/bench/overlay-throughput.csv ] || echo "run,segment,path,gbit_per_s"
   printf '%s,one L2,underlay (node to node),%s\n' "$run" "$um"
   printf '%s,one L2,Tether direct routing,%s\n' "$run" "$tm"
+  printf '%s,one L2,Tether direct (pod MTU 1450),%s\n' "$run" "$mm"
   printf '%s,one L2,Tether VXLAN,%s\n' "$run" "$vm"
   printf '%s,one L2,flannel-style VXLAN (by hand),%s\n' "$run" "$hm"
   printf '%s,one L2,flannel host-gw (by hand),%s\n' "$run" "$gm"
@@ -190,10 +200,11 @@ run=$(date -u +%Y-%m-%dT%H:%M:%SZ)
 
 pct() { awk "BEGIN {printf \"%.0f%%\", 100*$1/$2}"; }
 printf '\n| iperf3 TCP, median of %s x %s s | Gbit/s | vs underlay | vs hand-built VXLAN |\n|---|---|---|---|\n' "$reps" "$secs"
-printf '| pod to pod across nodes, Tether direct routing (default) | %.1f | %s | %s |\n' "$tm" "$(pct "$tm" "$um")" "$(pct "$tm" "$hm")"
+printf '| pod to pod across nodes, Tether direct routing (default, pod MTU 1500) | %.1f | %s (paired rounds: %.2fx) | %s |\n' "$tm" "$(pct "$tm" "$um")" "$tum" "$(pct "$tm" "$hm")"
+printf '| pod to pod across nodes, Tether direct routing, pod MTU 1450 (--pod-mtu=vxlan) | %.1f | %s | %s |\n' "$mm" "$(pct "$mm" "$um")" "$(pct "$mm" "$hm")"
 printf '| pod to pod across nodes, Tether over VXLAN | %.1f | %s | %s |\n' "$vm" "$(pct "$vm" "$um")" "$(pct "$vm" "$hm")"
 printf '| pod to pod across nodes, hand-built flannel-style VXLAN | %.1f | %s | 100%% |\n' "$hm" "$(pct "$hm" "$um")"
-printf '| pod to pod across nodes, hand-built flannel host-gw (plain route) | %.1f | %s | %s |\n' "$gm" "$(pct "$gm" "$um")" "$(pct "$gm" "$hm")"
+printf '| pod to pod across nodes, hand-built flannel host-gw (plain route) | %.1f | %s (paired rounds: %.2fx) | %s |\n' "$gm" "$(pct "$gm" "$um")" "$gum" "$(pct "$gm" "$hm")"
 printf '| node to node on the underlay (limit) | %.1f | 100%% | %s |\n' "$um" "$(pct "$um" "$hm")"
 printf '\n| across a router (two subnets), median of %s x %s s | Gbit/s | vs underlay across the router | vs hand-built VXLAN across the router |\n|---|---|---|---|\n' "$reps" "$secs"
 printf '| pod to pod, Tether (VXLAN to a peer beyond the L2) | %.1f | %s | %s (paired rounds: %.2fx) |\n' "$lm" "$(pct "$lm" "$wm")" "$(pct "$lm" "$km")" "$lkm"

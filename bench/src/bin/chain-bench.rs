@@ -62,6 +62,7 @@ impl Chain {
         netns: &str,
         runtime: &Value,
         cached: Option<&Value>,
+        mode: &str,
     ) -> (Duration, bool, Value) {
         let mut entries: Vec<Value> = self.list["plugins"].as_array().cloned().unwrap_or_default();
         if command == "DEL" {
@@ -78,7 +79,7 @@ impl Chain {
             total += call.elapsed;
             if let Ok(mut b) = BREAKDOWN.lock() {
                 let key = format!(
-                    "{} {command} {}",
+                    "{} {command} {} ({mode})",
                     self.label,
                     entry["type"].as_str().unwrap_or_default()
                 );
@@ -136,6 +137,7 @@ fn round(chain: &Chain, node: &std::fs::File, pods: &[BenchNs], threads: usize, 
                         &pods[i].path(),
                         &runtime_of(i),
                         cached.as_ref(),
+                        if threads == 1 { "sequential" } else { "parallel" },
                     );
                     if command == "ADD" {
                         if let Ok(mut r) = results.lock() {
