@@ -86,8 +86,8 @@ daemon v1 247 --direct-routing=false; daemon v2 247 --direct-routing=false
 va=$(pod v1 va); vb=$(pod v2 vb)
 until nsx va ping -c1 -W1 "$vb" >/dev/null 2>&1; do sleep 0.1; done
 # What the pod MTU costs: direct routing with the tunnel's MTU on the pods (--pod-mtu=vxlan).
-node m1 192.168.78.51; node m2 192.168.78.52
-daemon m1 249 --pod-mtu=vxlan; daemon m2 249 --pod-mtu=vxlan
+node m1 192.168.78.61; node m2 192.168.78.62
+daemon m1 243 --pod-mtu=vxlan; daemon m2 243 --pod-mtu=vxlan
 ma=$(pod m1 ma); mb=$(pod m2 mb)
 until nsx ma ping -c1 -W1 "$mb" >/dev/null 2>&1; do sleep 0.1; done
 
