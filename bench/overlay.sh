@@ -69,9 +69,10 @@ pod() { # pod NODE POD -> prints the pod address
       CNI_PATH="$bin" "$bin/cni-overlay" | jq -r '.ips[0].address' | cut -d/ -f1
 }
 iperf() { # iperf SERVER_NS CLIENT_NS SERVER_IP -> Gbit/s
-  nsx "$1" iperf3 -s -1 -B "$3" >/dev/null 2>&1 & local s=$!
+  # Server on CPU 1, client on CPU 0: the scheduler moving them is much of the run-to-run noise.
+  nsx "$1" taskset -c 1 iperf3 -s -1 -B "$3" >/dev/null 2>&1 & local s=$!
   sleep 0.3
-  nsx "$2" iperf3 -c "$3" -t "$secs" -J | jq '.end.sum_received.bits_per_second / 1e9'
+  nsx "$2" taskset -c 0 iperf3 -c "$3" -t "$secs" -J | jq '.end.sum_received.bits_per_second / 1e9'
   wait "$s" 2>/dev/null || true
 }
 median() { sort -g | awk '{a[NR]=$1} END {print a[int((NR+1)/2)]}'; }
@@ -153,12 +154,13 @@ nsx g1-pod ping -c1 -W2 10.248.2.2 >/dev/null
 t=(); v=(); h=(); g=(); u=(); l=(); k=(); w=(); lk=(); m=(); tu=(); gu=()
 for r in $(seq 1 "$reps"); do
   echo "iperf3 round $r/$reps ($secs s each)" >&2
+  # Each path next to the underlay it is compared with: paired ratios per round.
   t+=("$(iperf tb ta "$tb")")
+  u+=("$(iperf t2 t1 192.168.78.12)")
+  g+=("$(iperf g2-pod g1-pod 10.248.2.2)")
+  m+=("$(iperf mb ma "$mb")")
   v+=("$(iperf vb va "$vb")")
   h+=("$(iperf h2-pod h1-pod 10.246.2.2)")
-  g+=("$(iperf g2-pod g1-pod 10.248.2.2)")
-  u+=("$(iperf t2 t1 192.168.78.12)")
-  m+=("$(iperf mb ma "$mb")")
   tu+=("$(awk "BEGIN {print ${t[-1]}/${u[-1]}}")")
   gu+=("$(awk "BEGIN {print ${g[-1]}/${u[-1]}}")")
   l+=("$(iperf rb ra "$rb")")

@@ -166,13 +166,27 @@ impl Plugin for OverlayPlugin {
             std::fs::create_dir_all(&settings.state_dir)?;
             write_atomic(&state, &serde_json::to_vec(&conf).unwrap_or_default())
         };
-        save().map_err(|source| OverlayError::State {
-            path: state.clone(),
-            source,
-        })?;
-        match delegate::invoke(req, DELEGATE, Command::Add, &conf) {
-            Ok(result) => Ok(result.unwrap_or_default()),
-            Err(e) => {
+        // The delegate starts first and the configuration is saved (fsync included) while it
+        // works: a DEL that finds no saved configuration (this process killed in between) works
+        // it out again from the node facts.
+        let running = delegate::start(req, DELEGATE, Command::Add, &conf)?;
+        let saved = save();
+        match (running.finish(), saved) {
+            (Ok(result), Ok(())) => Ok(result.unwrap_or_default()),
+            (Ok(_), Err(source)) => {
+                // Not saved: the delegate's work is undone, so nothing is left without a record.
+                if let Err(undo) = delegate::invoke(req, DELEGATE, Command::Del, &conf) {
+                    tracing::warn!(error = %cni_core::error::chain(&undo), "undoing the delegate after the configuration could not be saved");
+                }
+                if let Err(undo) = remove_if_exists(&state) {
+                    tracing::warn!(error = %undo, path = %state.display(), "removing the saved delegate configuration");
+                }
+                Err(OverlayError::State {
+                    path: state,
+                    source,
+                })
+            }
+            (Err(e), _) => {
                 // The delegate undid its part; nothing is left for a DEL to find.
                 if let Err(undo) = remove_if_exists(&state) {
                     tracing::warn!(error = %undo, path = %state.display(), "removing the saved delegate configuration");

@@ -1,6 +1,7 @@
 //! The node agent's loop: three watches (Pods, Namespaces, NetworkPolicies; list and watch
-//! only), one view of the cluster, and after every burst of changes the table rewritten by the
-//! difference. Nothing is written before all three lists are complete, so a restart never
+//! only), one view of the cluster, and once no further change is waiting the table rewritten
+//! by the difference: a lone change reaches the kernel at once, a burst (changes arriving while
+//! the agent works) is written together. Nothing is written before all three lists are complete, so a restart never
 //! writes a partial view (which could open a pod); the old table stays in force until then.
 
 use std::collections::BTreeMap;
@@ -8,7 +9,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use futures::{stream, StreamExt};
+use futures::{stream, FutureExt, StreamExt};
 use k8s_openapi::api::core::v1::{Namespace, Pod};
 use k8s_openapi::api::networking::v1::NetworkPolicy;
 use kube::api::Api;
@@ -20,9 +21,6 @@ use kube::{Client, Config, Resource, ResourceExt};
 use crate::metrics::Metrics;
 use crate::model::{Cluster, PodInfo};
 use crate::nft::{self, Table};
-
-/// How long a burst of changes is gathered before the table is written.
-const SETTLE: Duration = Duration::from_millis(5);
 
 #[derive(Debug, thiserror::Error)]
 pub enum AgentError {
@@ -160,9 +158,10 @@ pub async fn run(settings: Settings) -> Result<(), AgentError> {
     let mut since = Instant::now();
     loop {
         let next = if dirty {
-            match tokio::time::timeout(SETTLE, changes.next()).await {
-                Ok(next) => next,
-                Err(_) => {
+            // A change already received joins this write; none waiting: write now.
+            match changes.next().now_or_never() {
+                Some(next) => next,
+                None => {
                     applied = write(
                         &settings,
                         &metrics,

@@ -18,9 +18,60 @@ use k8s_openapi::api::core::v1::Pod;
 use k8s_openapi::api::networking::v1::{
     NetworkPolicy, NetworkPolicyEgressRule, NetworkPolicyPeer, NetworkPolicyPort,
 };
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector;
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 
 use crate::selector::{matches, Labels};
+
+/// The live pods by label, built once per plan: a selector that requires a label (`matchLabels`,
+/// or `In` values) only has to look at the pods that carry it, not at every pod of the cluster.
+struct LabelIndex<'a> {
+    by_label: HashMap<(&'a str, &'a str), Vec<&'a PodInfo>>,
+}
+
+impl<'a> LabelIndex<'a> {
+    fn new(pods: impl Iterator<Item = &'a PodInfo>) -> LabelIndex<'a> {
+        let mut by_label: HashMap<(&str, &str), Vec<&PodInfo>> = HashMap::new();
+        for pod in pods {
+            for (k, v) in &pod.labels {
+                by_label.entry((k, v)).or_default().push(pod);
+            }
+        }
+        LabelIndex { by_label }
+    }
+
+    /// Every pod `selector` can pick (a superset: the selector still decides), or `None` when
+    /// it requires no particular label value.
+    fn candidates(&self, selector: &LabelSelector) -> Option<Vec<&'a PodInfo>> {
+        if let Some((k, v)) = selector.match_labels.iter().flatten().next() {
+            return Some(
+                self.by_label
+                    .get(&(k.as_str(), v.as_str()))
+                    .cloned()
+                    .unwrap_or_default(),
+            );
+        }
+        let expression = selector
+            .match_expressions
+            .iter()
+            .flatten()
+            .find(|e| e.operator == "In")?;
+        Some(
+            expression
+                .values
+                .iter()
+                .flatten()
+                .flat_map(|v| {
+                    self.by_label
+                        .get(&(expression.key.as_str(), v.as_str()))
+                        .into_iter()
+                        .flatten()
+                        .copied()
+                })
+                .collect(),
+        )
+    }
+}
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub enum Protocol {
@@ -259,7 +310,12 @@ impl Cluster {
     }
 
     /// Pod addresses a peer's selectors pick (none for an ipBlock peer).
-    fn peer_pods(&self, peer: &NetworkPolicyPeer, namespace: &str) -> BTreeSet<IpAddr> {
+    fn peer_pods(
+        &self,
+        peer: &NetworkPolicyPeer,
+        namespace: &str,
+        index: &LabelIndex<'_>,
+    ) -> BTreeSet<IpAddr> {
         if peer.pod_selector.is_none() && peer.namespace_selector.is_none() {
             return BTreeSet::new();
         }
@@ -268,11 +324,27 @@ impl Cluster {
                 .as_ref()
                 .is_none_or(|s| matches(s, &p.labels))
         };
+        let empty = Labels::new();
+        // A namespace the agent has no labels for is matched as one without labels.
+        let by_namespace = |p: &&PodInfo| match &peer.namespace_selector {
+            None => p.namespace == namespace,
+            Some(selector) => matches(
+                selector,
+                self.namespaces.get(&p.namespace).unwrap_or(&empty),
+            ),
+        };
+        if let Some(candidates) = peer.pod_selector.as_ref().and_then(|s| index.candidates(s)) {
+            return candidates
+                .into_iter()
+                .filter(by_namespace)
+                .filter(by_pod)
+                .flat_map(|p| p.ips.iter().copied())
+                .collect();
+        }
         let pods: Vec<&PodInfo> = match &peer.namespace_selector {
             None => self.in_namespace(namespace).filter(by_pod).collect(),
             // A selector that also picks a namespace the agent has no labels for: every pod.
-            Some(selector) if matches(selector, &Labels::new()) => {
-                let empty = Labels::new();
+            Some(selector) if matches(selector, &empty) => {
                 // Pods come ordered by namespace: each namespace is matched once.
                 let mut last: Option<(&str, bool)> = None;
                 self.live_pods()
@@ -305,6 +377,7 @@ impl Cluster {
         &self,
         peers: Option<&Vec<NetworkPolicyPeer>>,
         namespace: &str,
+        index: &LabelIndex<'_>,
         problems: &mut Vec<String>,
     ) -> Peers {
         let Some(peers) = peers.filter(|p| !p.is_empty()) else {
@@ -315,7 +388,7 @@ impl Cluster {
         };
         let mut out = Peers::default();
         for peer in peers {
-            out.pods.extend(self.peer_pods(peer, namespace));
+            out.pods.extend(self.peer_pods(peer, namespace, index));
             if let Some(block) = &peer.ip_block {
                 match block.cidr.parse::<IpNetwork>() {
                     Ok(cidr) => out.blocks.push(Block {
@@ -394,6 +467,7 @@ impl Cluster {
             ..Plan::default()
         };
         let mut known_peers: HashMap<String, (Peers, Vec<String>)> = HashMap::new();
+        let by_label = LabelIndex::new(self.live_pods());
         for ((namespace, name), policy) in &self.policies {
             let targets = self.selected(policy, node);
             if targets.is_empty() {
@@ -431,7 +505,10 @@ impl Cluster {
                         .entry(peers_key.clone())
                         .or_insert_with(|| {
                             let mut problems = Vec::new();
-                            (self.peers(peers, namespace, &mut problems), problems)
+                            (
+                                self.peers(peers, namespace, &by_label, &mut problems),
+                                problems,
+                            )
                         })
                         .clone();
                     plan.problems.extend(problems);

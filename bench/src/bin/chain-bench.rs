@@ -62,8 +62,7 @@ impl Chain {
         netns: &str,
         runtime: &Value,
         cached: Option<&Value>,
-        mode: &str,
-    ) -> (Duration, bool, Value) {
+    ) -> (Duration, bool, Value, Vec<(String, Duration)>) {
         let mut entries: Vec<Value> = self.list["plugins"].as_array().cloned().unwrap_or_default();
         if command == "DEL" {
             entries.reverse();
@@ -72,21 +71,16 @@ impl Chain {
         let mut total = Duration::ZERO;
         let mut prev = cached.cloned();
         let mut ok = true;
+        let mut each = Vec::new();
         for entry in &entries {
             let plugin = self.dir.join(entry["type"].as_str().unwrap_or_default());
             let conf = self.plugin_conf(entry, runtime, prev.as_ref());
             let call = call_in(Some(node), &plugin, command, id, netns, &cni_path, &conf);
             total += call.elapsed;
-            if let Ok(mut b) = BREAKDOWN.lock() {
-                let key = format!(
-                    "{} {command} {} ({mode})",
-                    self.label,
-                    entry["type"].as_str().unwrap_or_default()
-                );
-                let e = b.entry(key).or_insert((Duration::ZERO, 0));
-                e.0 += call.elapsed;
-                e.1 += 1;
-            }
+            each.push((
+                entry["type"].as_str().unwrap_or_default().to_string(),
+                call.elapsed,
+            ));
             ok &= call.ok;
             if command == "ADD" {
                 if !call.ok {
@@ -95,7 +89,7 @@ impl Chain {
                 prev = Some(call.stdout);
             }
         }
-        (total, ok, prev.unwrap_or(Value::Null))
+        (total, ok, prev.unwrap_or(Value::Null), each)
     }
 }
 
@@ -130,15 +124,27 @@ fn round(chain: &Chain, node: &std::fs::File, pods: &[BenchNs], threads: usize, 
                     }
                     let id = format!("chain-{}-{i}", chain.label);
                     let cached = results.lock().ok().and_then(|r| r[i].clone());
-                    let (took, ok, result) = chain.run(
+                    let (took, ok, result, each) = chain.run(
                         node,
                         command,
                         &id,
                         &pods[i].path(),
                         &runtime_of(i),
                         cached.as_ref(),
-                        if threads == 1 { "sequential" } else { "parallel" },
                     );
+                    let mode = if threads == 1 {
+                        "sequential"
+                    } else {
+                        "parallel"
+                    };
+                    if let Ok(mut b) = BREAKDOWN.lock() {
+                        for (plugin, elapsed) in each {
+                            let key = format!("{} {command} {plugin} ({mode})", chain.label);
+                            let e = b.entry(key).or_insert((Duration::ZERO, 0));
+                            e.0 += elapsed;
+                            e.1 += 1;
+                        }
+                    }
                     if command == "ADD" {
                         if let Ok(mut r) = results.lock() {
                             r[i] = Some(result);
