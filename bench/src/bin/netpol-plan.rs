@@ -114,6 +114,12 @@ fn main() {
     let started = Instant::now();
     let mut applied = nft::render(&cluster.plan(NODE), &options);
     let full = started.elapsed();
+    // What a start writes: the whole table as one nft document (not applied here).
+    let started = Instant::now();
+    let document = nft::batch(None, &applied)
+        .map(|b| b.to_json().len())
+        .unwrap_or_default();
+    let whole = started.elapsed();
 
     let mut phases: [Vec<Duration>; 6] = Default::default();
     for c in 0..rounds {
@@ -150,8 +156,11 @@ fn main() {
         applied = table;
     }
     println!(
-        "{local} local pods, {total} pods, {policies} policies; first plan and render {} ms; {} rules, {} elements",
+        "{local} local pods, {total} pods, {policies} policies; first plan and render {} ms; \
+         the whole table as one nft document {} ms ({} KiB); {} rules, {} elements",
         ms(full),
+        ms(whole),
+        document / 1024,
         applied.rule_count(),
         applied.element_count()
     );

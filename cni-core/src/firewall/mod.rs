@@ -85,10 +85,12 @@ fn run(action: &'static str, args: &[&str], stdin: Option<&str>) -> Result<Strin
     }
 }
 
-/// Commands applied together, atomically.
+/// Commands applied together, atomically. Each command is kept as its JSON text, not as a
+/// `serde_json::Value` tree: a whole table (a start of tether-netpol: thousands of elements and
+/// hundreds of rules) as trees took several times the memory of the document itself.
 #[derive(Debug, Default, Clone)]
 pub struct Batch {
-    commands: Vec<Value>,
+    commands: Vec<String>,
 }
 
 impl Batch {
@@ -98,8 +100,8 @@ impl Batch {
 
     fn push(&mut self, cmd: NfCmd<'_>) {
         // The crate's types always serialize.
-        if let Ok(value) = serde_json::to_value(NfObject::CmdObject(cmd)) {
-            self.commands.push(value);
+        if let Ok(text) = serde_json::to_string(&NfObject::CmdObject(cmd)) {
+            self.commands.push(text);
         }
     }
 
@@ -123,7 +125,7 @@ impl Batch {
 
     /// A command the crate's schema cannot express, as libnftables-json(5) spells it.
     pub fn raw(&mut self, command: Value) -> &mut Batch {
-        self.commands.push(command);
+        self.commands.push(command.to_string());
         self
     }
 
@@ -137,7 +139,17 @@ impl Batch {
 
     /// The batch as the JSON document `nft -j -f` reads.
     pub fn to_json(&self) -> String {
-        serde_json::json!({ "nftables": self.commands }).to_string()
+        let size: usize = self.commands.iter().map(|c| c.len() + 1).sum();
+        let mut out = String::with_capacity(size + 16);
+        out.push_str("{\"nftables\":[");
+        for (i, command) in self.commands.iter().enumerate() {
+            if i > 0 {
+                out.push(',');
+            }
+            out.push_str(command);
+        }
+        out.push_str("]}");
+        out
     }
 
     /// Applies every command as one transaction. An empty batch is a no-op.
@@ -325,4 +337,25 @@ const LOCK_DIR: &str = "/run/tether";
 /// Whether nft can be run and the kernel answers (for STATUS and readiness).
 pub fn probe() -> Result<(), FirewallError> {
     run("listing tables", &["list", "tables"], None).map(drop)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_batch_is_one_document_of_its_commands_in_order() {
+        let mut batch = Batch::new();
+        assert_eq!(batch.to_json(), r#"{"nftables":[]}"#);
+        batch
+            .add(build::table(NfFamily::INet, "t"))
+            .raw(serde_json::json!({"flush": {"set": {"family": "inet", "table": "t", "name": "s"}}}))
+            .delete(build::table(NfFamily::INet, "t"));
+        let document: Value = serde_json::from_str(&batch.to_json()).unwrap();
+        let commands = document["nftables"].as_array().unwrap();
+        assert_eq!(commands.len(), 3);
+        assert_eq!(commands[0]["add"]["table"]["name"], "t");
+        assert_eq!(commands[1]["flush"]["set"]["name"], "s");
+        assert_eq!(commands[2]["delete"]["table"]["family"], "inet");
+    }
 }
