@@ -664,7 +664,8 @@ fn direct_routes_on_one_segment_and_vxlan_across_a_router() {
 }
 
 /// The MSS a TCP connection from `from` to `ip` (in `to`) settles on, as iperf3 reports it
-/// after sending a megabyte.
+/// after sending a megabyte (its control connection's MSS, `start.tcp_mss_default`; iperf3 leaves
+/// it out when it could not read it, and then the run is repeated).
 fn tcp_mss(from: &Netns, to: &Netns, ip: &str) -> u64 {
     struct Server(std::process::Child);
     impl Drop for Server {
@@ -673,25 +674,30 @@ fn tcp_mss(from: &Netns, to: &Netns, ip: &str) -> u64 {
             let _ = self.0.wait();
         }
     }
-    let _server = Server(
-        std::process::Command::new("ip")
-            .args([
-                "netns", "exec", &to.name, "iperf3", "-s", "-1", "-p", "5299",
-            ])
-            .stdout(std::process::Stdio::null())
-            .stderr(std::process::Stdio::null())
-            .spawn()
-            .unwrap(),
-    );
     let mut last = String::new();
-    for _ in 0..50 {
-        let out = from.try_exec(&["iperf3", "-c", ip, "-p", "5299", "-n", "1M", "-J"]);
-        last = String::from_utf8_lossy(&out.stdout).into_owned();
-        if out.status.success() {
-            let report: serde_json::Value = serde_json::from_str(&last).unwrap();
-            return report["start"]["tcp_mss_default"].as_u64().unwrap();
+    for _ in 0..5 {
+        let _server = Server(
+            std::process::Command::new("ip")
+                .args([
+                    "netns", "exec", &to.name, "iperf3", "-s", "-1", "-p", "5299",
+                ])
+                .stdout(std::process::Stdio::null())
+                .stderr(std::process::Stdio::null())
+                .spawn()
+                .unwrap(),
+        );
+        for _ in 0..50 {
+            let out = from.try_exec(&["iperf3", "-c", ip, "-p", "5299", "-n", "1M", "-J"]);
+            last = String::from_utf8_lossy(&out.stdout).into_owned();
+            if out.status.success() {
+                let report: serde_json::Value = serde_json::from_str(&last).unwrap();
+                match report["start"]["tcp_mss_default"].as_u64() {
+                    Some(mss) => return mss,
+                    None => break,
+                }
+            }
+            std::thread::sleep(Duration::from_millis(100));
         }
-        std::thread::sleep(Duration::from_millis(100));
     }
-    panic!("iperf3 to {ip} never ran: {last}");
+    panic!("iperf3 to {ip} reported no MSS: {last}");
 }
