@@ -56,6 +56,7 @@ impl ControllerService {
         let _guard = self.driver.locks.acquire(&[
             format!("volume name {}", req.name),
             format!("volume {}", wanted.id),
+            claim_lock(&wanted.name.claim_key()),
         ])?;
         let share_ref = &wanted.params.share;
         let share = self.driver.prepared_share(share_ref).await?;
@@ -558,4 +559,10 @@ async fn touch(share: &Share, path: &str) {
             }
         }
     }
+}
+
+/// The lock a request holds while it works on the name claim `key` (the sweep leaves a claim
+/// whose lock it cannot take to that request).
+pub(crate) fn claim_lock(key: &str) -> String {
+    format!("volume claim {key}")
 }

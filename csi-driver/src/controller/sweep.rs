@@ -11,6 +11,7 @@
 
 use std::sync::Arc;
 
+use crate::controller::create::claim_lock;
 use crate::controller::remove_volume;
 use crate::driver::Driver;
 use crate::grpc::error::NfsError;
@@ -26,6 +27,10 @@ pub struct Swept {
     pub abandoned: usize,
     pub claims: usize,
 }
+
+/// How old a temporary file of this process must be before the sweep removes it: far longer
+/// than any write takes.
+const OWN_WRITE_AGE: std::time::Duration = std::time::Duration::from_secs(600);
 
 /// Sweeps every known share now and then every `tuning.sweep_every`, until the process ends.
 pub async fn run(driver: Arc<Driver>) {
@@ -65,7 +70,7 @@ pub async fn sweep(driver: &Driver, share: &Share) -> Result<Swept, NfsError> {
         swept.temporary += temporary(share, &dir, cutoff).await?;
     }
     swept.abandoned = abandoned(driver, share, cutoff).await?;
-    swept.claims = claims(share, cutoff).await?;
+    swept.claims = claims(driver, share, cutoff).await?;
     Ok(swept)
 }
 
@@ -90,10 +95,20 @@ async fn trash(share: &Share, cutoff: u64) -> Result<usize, NfsError> {
     Ok(removed)
 }
 
+/// A temporary file this process made may be a write in flight: it goes only once it is older
+/// than both `cutoff` and [`OWN_WRITE_AGE`] (a process's earlier incarnation in a container
+/// has the same process id; its files wait that long).
 async fn temporary(share: &Share, dir: &str, cutoff: u64) -> Result<usize, NfsError> {
     let mut removed = 0;
+    let own = format!(".tmp-{}-", std::process::id());
+    let own_cutoff = cutoff.min(store::now_unix().saturating_sub(OWN_WRITE_AGE.as_secs()));
     for entry in share.list_or_empty(dir).await? {
         let temp = entry.name.starts_with('.') && entry.name.contains(".tmp-");
+        let cutoff = if entry.name.contains(&own) {
+            own_cutoff
+        } else {
+            cutoff
+        };
         if temp && entry.kind != Kind::Dir && entry.modified_unix() < cutoff {
             share.remove_file(&format!("{dir}/{}", entry.name)).await?;
             removed += 1;
@@ -142,12 +157,16 @@ async fn abandoned(driver: &Driver, share: &Share, cutoff: u64) -> Result<usize,
 
 /// Claims older than `cutoff` that lead to no volume record: the attempt that made them died
 /// before it got further. An empty directory it made goes too; anything else stays.
-async fn claims(share: &Share, cutoff: u64) -> Result<usize, NfsError> {
+async fn claims(driver: &Driver, share: &Share, cutoff: u64) -> Result<usize, NfsError> {
     let mut removed = 0;
     for entry in share.list_or_empty(store::NAMES).await? {
         if entry.kind != Kind::Symlink || entry.modified_unix() >= cutoff {
             continue;
         }
+        // A request at work on this name holds its lock: leave the claim to that request.
+        let Ok(_guard) = driver.locks.acquire(&[claim_lock(&entry.name)]) else {
+            continue;
+        };
         let claim = format!("{}/{}", store::NAMES, entry.name);
         let Some(target) = share.read_link(&claim).await? else {
             continue;

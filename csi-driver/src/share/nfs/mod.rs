@@ -59,6 +59,26 @@ macro_rules! in_dir {
     }};
 }
 
+/// An NFSv4.1 answer that says the session's slots and the client's sequence disagree (a
+/// request the client resent under load whose reply the server did not keep, a session the
+/// server dropped): the outcome of the call is unknown and the session unusable. Like a lost
+/// connection, the next use starts a new one and the caller retries the whole request.
+fn session_lost(e: &nfs_rs::NfsError) -> bool {
+    use nfs_rs::Nfs4ErrorCode as C;
+    matches!(
+        e,
+        nfs_rs::NfsError::Nfs4(
+            C::NFS4ERR_BADSESSION
+                | C::NFS4ERR_BADSLOT
+                | C::NFS4ERR_DEADSESSION
+                | C::NFS4ERR_SEQ_MISORDERED
+                | C::NFS4ERR_SEQ_FALSE_RETRY
+                | C::NFS4ERR_RETRY_UNCACHED_REP
+                | C::NFS4ERR_CONN_NOT_BOUND_TO_SESSION
+        )
+    )
+}
+
 impl Share {
     pub fn label(&self) -> &str {
         &self.label
@@ -110,6 +130,7 @@ impl Share {
             return NfsError::Exists { share, what };
         }
         if e.is_connection_lost()
+            || session_lost(&e)
             || matches!(
                 e,
                 nfs_rs::NfsError::Io(_) | nfs_rs::NfsError::Rpc(_) | nfs_rs::NfsError::Xdr(_)
@@ -588,5 +609,25 @@ impl Share {
             Err(e) if e.is_not_found() => Ok(Vec::new()),
             other => other,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::session_lost;
+    use nfs_rs::{Nfs4ErrorCode as C, NfsError};
+
+    #[test]
+    fn session_errors_rebuild_the_connection_and_others_do_not() {
+        for code in [
+            C::NFS4ERR_RETRY_UNCACHED_REP,
+            C::NFS4ERR_BADSESSION,
+            C::NFS4ERR_DEADSESSION,
+            C::NFS4ERR_SEQ_MISORDERED,
+        ] {
+            assert!(session_lost(&NfsError::Nfs4(code)), "{code:?}");
+        }
+        assert!(!session_lost(&NfsError::Nfs4(C::NFS4ERR_NOENT)));
+        assert!(!session_lost(&NfsError::Nfs4(C::NFS4ERR_ACCESS)));
     }
 }
