@@ -223,6 +223,13 @@ fn write(
     let started = Instant::now();
     let plan = cluster.plan(&settings.node_name);
     let planned = started.elapsed();
+    let table = nft::render(&plan, &settings.table);
+    let rendered = started.elapsed();
+    let written = nft::write(applied, &table).and_then(|w| {
+        let diffed = started.elapsed();
+        w.apply().map(|()| (w.len(), w.path(), diffed))
+    });
+    // What the kernel does not wait for comes after the write.
     let now = if plan.policies_exist {
         crate::metrics::same_node_policed(&settings.bridge).err()
     } else {
@@ -240,12 +247,6 @@ fn write(
     for problem in &plan.problems {
         tracing::warn!(%problem, "part of a policy cannot be enforced");
     }
-    let table = nft::render(&plan, &settings.table);
-    let rendered = started.elapsed();
-    let written = nft::write(applied, &table).and_then(|w| {
-        let diffed = started.elapsed();
-        w.apply().map(|()| (w.len(), w.path(), diffed))
-    });
     match written {
         Ok((commands, path, diffed)) => {
             let ms = |d: Duration| d.as_secs_f64() * 1e3;

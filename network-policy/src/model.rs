@@ -12,6 +12,7 @@
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::net::IpAddr;
+use std::sync::Arc;
 
 use ipnetwork::IpNetwork;
 use k8s_openapi::api::core::v1::Pod;
@@ -209,8 +210,9 @@ pub struct Block {
 pub struct Peers {
     /// A rule without peers: any address.
     pub any: bool,
-    /// Pod addresses selected by the rule's pod and namespace selectors.
-    pub pods: BTreeSet<IpAddr>,
+    /// Pod addresses selected by the rule's pod and namespace selectors (shared by the rules
+    /// whose peers are written alike).
+    pub pods: Arc<BTreeSet<IpAddr>>,
     pub blocks: Vec<Block>,
 }
 
@@ -233,8 +235,8 @@ pub struct Rule {
     /// The policy's namespace (its targets are pods of that namespace only).
     pub namespace: String,
     pub direction: Direction,
-    /// This node's pods the policy selects.
-    pub targets: BTreeSet<IpAddr>,
+    /// This node's pods the policy selects (shared by the policy's rules).
+    pub targets: Arc<BTreeSet<IpAddr>>,
     /// Equal for rules whose `targets` are always equal: the policy (`<namespace>/<policy>`).
     pub targets_key: String,
     pub peers: Peers,
@@ -300,12 +302,19 @@ impl Cluster {
             .filter(|p| !p.host_network && !p.ips.is_empty())
     }
 
-    fn selected<'a>(&'a self, policy: &'a NetworkPolicy, node: &'a str) -> Vec<&'a PodInfo> {
+    /// The pods of `local` (this node's live pods by namespace) that `policy` selects.
+    fn selected<'a>(
+        policy: &NetworkPolicy,
+        local: &HashMap<&str, Vec<&'a PodInfo>>,
+    ) -> Vec<&'a PodInfo> {
         let namespace = policy.metadata.namespace.as_deref().unwrap_or("default");
         let selector = policy.spec.as_ref().and_then(|s| s.pod_selector.as_ref());
-        self.in_namespace(namespace)
-            .filter(|p| p.node == node)
+        local
+            .get(namespace)
+            .into_iter()
+            .flatten()
             .filter(|p| selector.is_none_or(|s| matches(s, &p.labels)))
+            .copied()
             .collect()
     }
 
@@ -387,8 +396,9 @@ impl Cluster {
             };
         };
         let mut out = Peers::default();
+        let mut pods = BTreeSet::new();
         for peer in peers {
-            out.pods.extend(self.peer_pods(peer, namespace, index));
+            pods.extend(self.peer_pods(peer, namespace, index));
             if let Some(block) = &peer.ip_block {
                 match block.cidr.parse::<IpNetwork>() {
                     Ok(cidr) => out.blocks.push(Block {
@@ -404,6 +414,7 @@ impl Cluster {
                 }
             }
         }
+        out.pods = Arc::new(pods);
         out
     }
 
@@ -457,10 +468,14 @@ impl Cluster {
 
     /// The plan for `node`'s pods.
     pub fn plan(&self, node: &str) -> Plan {
+        let mut local: HashMap<&str, Vec<&PodInfo>> = HashMap::new();
+        for pod in self.live_pods().filter(|p| p.node == node) {
+            local.entry(&pod.namespace).or_default().push(pod);
+        }
         let mut plan = Plan {
-            local_pods: self
-                .live_pods()
-                .filter(|p| p.node == node)
+            local_pods: local
+                .values()
+                .flatten()
                 .flat_map(|p| p.ips.iter().copied())
                 .collect(),
             policies_exist: !self.policies.is_empty(),
@@ -469,20 +484,20 @@ impl Cluster {
         let mut known_peers: HashMap<String, (Peers, Vec<String>)> = HashMap::new();
         let by_label = LabelIndex::new(self.live_pods());
         for ((namespace, name), policy) in &self.policies {
-            let targets = self.selected(policy, node);
+            let targets = Self::selected(policy, &local);
             if targets.is_empty() {
                 continue;
             }
-            let target_ips: BTreeSet<IpAddr> =
-                targets.iter().flat_map(|p| p.ips.iter().copied()).collect();
+            let target_ips: Arc<BTreeSet<IpAddr>> =
+                Arc::new(targets.iter().flat_map(|p| p.ips.iter().copied()).collect());
             let spec = policy.spec.as_ref();
-            for ip in &target_ips {
+            for ip in target_ips.iter() {
                 plan.namespaces.insert(*ip, namespace.clone());
             }
             for direction in policy_types(policy) {
                 match direction {
-                    Direction::Ingress => plan.ingress_isolated.extend(&target_ips),
-                    Direction::Egress => plan.egress_isolated.extend(&target_ips),
+                    Direction::Ingress => plan.ingress_isolated.extend(target_ips.iter()),
+                    Direction::Egress => plan.egress_isolated.extend(target_ips.iter()),
                 }
                 let rules: Vec<RuleParts> = match direction {
                     Direction::Ingress => spec
@@ -791,7 +806,7 @@ mod tests {
         let plan = c.plan("n1");
         assert_eq!(plan.rules.len(), 2);
         for rule in &plan.rules {
-            assert_eq!(rule.peers.pods, [ip("10.0.0.2"), ip("10.0.0.4")].into());
+            assert_eq!(*rule.peers.pods, [ip("10.0.0.2"), ip("10.0.0.4")].into());
             assert!(rule.peers.blocks.is_empty());
         }
         assert_eq!(plan.problems.len(), 2, "{:?}", plan.problems);

@@ -93,12 +93,17 @@ fn family_of(ip: &IpAddr) -> bool {
     ip.is_ipv6()
 }
 
+/// The address set `name` of the family (made once: a name stands for one key, so the rules
+/// that share it share its members).
 fn addr_set(
     table: &mut Table,
     name: String,
     v6: bool,
     ips: impl Iterator<Item = IpAddr>,
 ) -> String {
+    if table.sets.contains_key(&name) {
+        return name;
+    }
     let elements = ips
         .filter(|ip| family_of(ip) == v6)
         .map(Elem::Addr)
