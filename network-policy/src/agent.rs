@@ -19,7 +19,7 @@ use kube::runtime::WatchStreamExt;
 use kube::{Client, Config, Resource, ResourceExt};
 
 use crate::metrics::Metrics;
-use crate::model::{Cluster, PodInfo};
+use crate::model::{Cluster, PodInfo, Policy};
 use crate::nft::{self, Table};
 
 #[derive(Debug, thiserror::Error)]
@@ -150,7 +150,7 @@ pub async fn run(settings: Settings) -> Result<(), AgentError> {
 
     let mut pods: Kind<(String, String), PodInfo> = Kind::default();
     let mut namespaces: Kind<String, crate::selector::Labels> = Kind::default();
-    let mut policies: Kind<(String, String), NetworkPolicy> = Kind::default();
+    let mut policies: Kind<(String, String), Policy> = Kind::default();
     let mut cluster = Cluster::default();
     let mut applied: Option<Table> = None;
     let mut bypass: Option<String> = None;
@@ -197,7 +197,7 @@ pub async fn run(settings: Settings) -> Result<(), AgentError> {
             ),
             Some(Ok(Change::Policy(e))) => {
                 policies.apply(&mut cluster.policies, e, namespaced, |p: &NetworkPolicy| {
-                    Some(p.clone())
+                    Some(Policy::from(p.clone()))
                 })
             }
         };

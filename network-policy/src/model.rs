@@ -183,7 +183,66 @@ pub struct Cluster {
     /// Namespace name -> its labels.
     pub namespaces: BTreeMap<String, Labels>,
     /// By (namespace, name).
-    pub policies: BTreeMap<(String, String), NetworkPolicy>,
+    pub policies: BTreeMap<(String, String), Policy>,
+}
+
+/// A NetworkPolicy as plans use it: the object, and what every plan would otherwise work out
+/// again from it (its directions, each rule's id and peers key), worked out once when it
+/// arrives.
+#[derive(Debug, Clone)]
+pub struct Policy {
+    pub object: NetworkPolicy,
+    /// `<namespace>/<name>`.
+    key: Arc<str>,
+    /// Its directions, each with its rules' ids and peers keys, in order.
+    directions: Vec<(Direction, Vec<(Arc<str>, Arc<str>)>)>,
+}
+
+impl From<NetworkPolicy> for Policy {
+    fn from(object: NetworkPolicy) -> Policy {
+        let namespace = object.metadata.namespace.clone().unwrap_or_default();
+        let name = object.metadata.name.clone().unwrap_or_default();
+        let directions = policy_types(&object)
+            .into_iter()
+            .map(|direction| {
+                let rules = rule_parts(&object, direction)
+                    .into_iter()
+                    .enumerate()
+                    .map(|(index, (peers, _))| {
+                        (
+                            Arc::from(format!("{namespace}/{name} {direction:?} {index}")),
+                            Arc::from(peers_key(peers, &namespace)),
+                        )
+                    })
+                    .collect();
+                (direction, rules)
+            })
+            .collect();
+        Policy {
+            key: Arc::from(format!("{namespace}/{name}")),
+            object,
+            directions,
+        }
+    }
+}
+
+/// The peers and ports of each of `policy`'s rules for `direction`, in order.
+fn rule_parts(policy: &NetworkPolicy, direction: Direction) -> Vec<RuleParts<'_>> {
+    let spec = policy.spec.as_ref();
+    match direction {
+        Direction::Ingress => spec
+            .and_then(|s| s.ingress.as_ref())
+            .into_iter()
+            .flatten()
+            .map(|r| (r.from.as_ref(), r.ports.as_ref()))
+            .collect(),
+        Direction::Egress => spec
+            .and_then(|s| s.egress.as_ref())
+            .into_iter()
+            .flatten()
+            .map(|r: &NetworkPolicyEgressRule| (r.to.as_ref(), r.ports.as_ref()))
+            .collect(),
+    }
 }
 
 /// A rule's peers and ports, whichever direction it is for.
@@ -231,18 +290,18 @@ pub struct Ports {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Rule {
     /// Stable within a plan: `<namespace>/<policy> <direction> <index>`.
-    pub id: String,
+    pub id: Arc<str>,
     /// The policy's namespace (its targets are pods of that namespace only).
     pub namespace: String,
     pub direction: Direction,
     /// This node's pods the policy selects (shared by the policy's rules).
     pub targets: Arc<BTreeSet<IpAddr>>,
     /// Equal for rules whose `targets` are always equal: the policy (`<namespace>/<policy>`).
-    pub targets_key: String,
+    pub targets_key: Arc<str>,
     pub peers: Peers,
     /// Equal for rules whose `peers.pods` are always equal: the peer list as written, plus the
     /// policy's namespace unless every peer names its namespaces.
-    pub peers_key: String,
+    pub peers_key: Arc<str>,
     pub ports: Ports,
 }
 
@@ -481,43 +540,29 @@ impl Cluster {
             policies_exist: !self.policies.is_empty(),
             ..Plan::default()
         };
-        let mut known_peers: HashMap<String, (Peers, Vec<String>)> = HashMap::new();
         let by_label = LabelIndex::new(self.live_pods());
-        for ((namespace, name), policy) in &self.policies {
-            let targets = Self::selected(policy, &local);
+        let mut known_peers: HashMap<&str, (Peers, Vec<String>)> = HashMap::new();
+        for ((namespace, _), policy) in &self.policies {
+            let targets = Self::selected(&policy.object, &local);
             if targets.is_empty() {
                 continue;
             }
             let target_ips: Arc<BTreeSet<IpAddr>> =
                 Arc::new(targets.iter().flat_map(|p| p.ips.iter().copied()).collect());
-            let spec = policy.spec.as_ref();
             for ip in target_ips.iter() {
                 plan.namespaces.insert(*ip, namespace.clone());
             }
-            for direction in policy_types(policy) {
+            for (direction, keys) in &policy.directions {
+                let direction = *direction;
                 match direction {
                     Direction::Ingress => plan.ingress_isolated.extend(target_ips.iter()),
                     Direction::Egress => plan.egress_isolated.extend(target_ips.iter()),
                 }
-                let rules: Vec<RuleParts> = match direction {
-                    Direction::Ingress => spec
-                        .and_then(|s| s.ingress.as_ref())
-                        .into_iter()
-                        .flatten()
-                        .map(|r| (r.from.as_ref(), r.ports.as_ref()))
-                        .collect(),
-                    Direction::Egress => spec
-                        .and_then(|s| s.egress.as_ref())
-                        .into_iter()
-                        .flatten()
-                        .map(|r: &NetworkPolicyEgressRule| (r.to.as_ref(), r.ports.as_ref()))
-                        .collect(),
-                };
-                for (index, (peers, ports)) in rules.into_iter().enumerate() {
-                    let peers_key = peers_key(peers, namespace);
+                let rules = rule_parts(&policy.object, direction);
+                for ((peers, ports), (id, peers_key)) in rules.into_iter().zip(keys) {
                     // The key decides the peers: rules written alike are worked out once.
                     let (peers, problems) = known_peers
-                        .entry(peers_key.clone())
+                        .entry(peers_key)
                         .or_insert_with(|| {
                             let mut problems = Vec::new();
                             (
@@ -551,13 +596,13 @@ impl Cluster {
                         }
                     };
                     plan.rules.push(Rule {
-                        id: format!("{namespace}/{name} {direction:?} {index}"),
+                        id: id.clone(),
                         namespace: namespace.clone(),
                         direction,
                         targets: target_ips.clone(),
-                        targets_key: format!("{namespace}/{name}"),
+                        targets_key: policy.key.clone(),
                         peers,
-                        peers_key,
+                        peers_key: peers_key.clone(),
                         ports,
                     });
                 }
@@ -634,7 +679,7 @@ pub fn judge(
         .rules
         .iter()
         .filter(|r| r.direction == direction && r.targets.contains(&pod) && rule_allows(r))
-        .map(|r| r.id.clone())
+        .map(|r| r.id.to_string())
         .collect();
     if allowing.is_empty() {
         Judgement::Denied
@@ -661,9 +706,10 @@ impl Cluster {
             .iter()
             .filter(|((namespace, _), _)| *namespace == pod.namespace)
             .filter(|(_, policy)| {
-                let selector = policy.spec.as_ref().and_then(|s| s.pod_selector.as_ref());
+                let object = &policy.object;
+                let selector = object.spec.as_ref().and_then(|s| s.pod_selector.as_ref());
                 selector.is_none_or(|s| matches(s, &pod.labels))
-                    && policy_types(policy).contains(&direction)
+                    && policy.directions.iter().any(|(d, _)| *d == direction)
             })
             .map(|((namespace, name), _)| format!("{namespace}/{name}"))
             .collect()
@@ -709,7 +755,8 @@ mod tests {
             let policy: NetworkPolicy = serde_json::from_value(json!({
                 "metadata": {"name": format!("p{i}"), "namespace": ns}, "spec": spec}))
             .unwrap();
-            c.policies.insert((ns.to_string(), format!("p{i}")), policy);
+            c.policies
+                .insert((ns.to_string(), format!("p{i}")), policy.into());
         }
         c
     }

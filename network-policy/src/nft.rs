@@ -20,8 +20,9 @@
 //! Traffic from the node itself to its pods (kubelet's probes) leaves through `output` and is
 //! never policed.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::net::IpAddr;
+use std::sync::Arc;
 
 use cni_core::firewall::build::{
     self, anonymous_set, concat, ct, eq, field, meta, ne, number, prefix, set_ref, text,
@@ -239,9 +240,9 @@ pub fn render(plan: &Plan, options: &Options) -> Table {
     }
     let mut names = SetNames::default();
     for rule in &plan.rules {
-        let n = names.get(&format!("rule {}", rule.id));
-        let t = names.get(&format!("targets {}", rule.targets_key));
-        let p = names.get(&format!("peers {}", rule.peers_key));
+        let n = names.get("rule", &rule.id);
+        let t = names.get("targets", &rule.targets_key);
+        let p = names.get("peers", &rule.peers_key);
         for v6 in [false, true] {
             let f = if v6 { "6" } else { "4" };
             let (own, peer) = match rule.direction {
@@ -318,9 +319,17 @@ pub fn render(plan: &Plan, options: &Options) -> Table {
 
 /// FNV-1a: short, stable names from longer keys.
 fn fnv(key: &str) -> u64 {
-    key.bytes().fold(0xcbf2_9ce4_8422_2325_u64, |h, b| {
-        (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3)
-    })
+    fnv_parts(&[key])
+}
+
+/// FNV-1a of the parts written one after the other.
+fn fnv_parts(parts: &[&str]) -> u64 {
+    parts
+        .iter()
+        .flat_map(|p| p.bytes())
+        .fold(0xcbf2_9ce4_8422_2325_u64, |h, b| {
+            (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3)
+        })
 }
 
 /// The chain of the rules of `namespace`'s policies in `direction`: `in-<hash>` or
@@ -375,23 +384,26 @@ fn dispatch_map(
 /// same hash gets a suffix.
 #[derive(Default)]
 struct SetNames {
-    by_key: BTreeMap<String, String>,
-    taken: BTreeSet<String>,
+    /// FNV-1a of `<prefix> <key>` -> each (prefix, key) with that hash, and its name.
+    by_hash: HashMap<u64, Vec<(&'static str, String, Arc<str>)>>,
+    taken: HashSet<Arc<str>>,
 }
 
 impl SetNames {
-    fn get(&mut self, key: &str) -> String {
-        if let Some(name) = self.by_key.get(key) {
+    fn get(&mut self, prefix: &'static str, key: &str) -> Arc<str> {
+        let hash = fnv_parts(&[prefix, " ", key]);
+        let known = self.by_hash.entry(hash).or_default();
+        if let Some((_, _, name)) = known.iter().find(|(p, k, _)| *p == prefix && k == key) {
             return name.clone();
         }
-        let base = format!("r{:016x}", fnv(key));
-        let mut name = base.clone();
+        let base = format!("r{hash:016x}");
+        let mut name: Arc<str> = Arc::from(base.as_str());
         let mut n = 1;
         while !self.taken.insert(name.clone()) {
-            name = format!("{base}x{n}");
+            name = Arc::from(format!("{base}x{n}"));
             n += 1;
         }
-        self.by_key.insert(key.to_string(), name.clone());
+        known.push((prefix, key.to_string(), name.clone()));
         name
     }
 }

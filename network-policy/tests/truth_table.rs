@@ -481,7 +481,7 @@ fn fresh_table(api: &ApiServer) -> tether_netpol::nft::Table {
             p.metadata.namespace.clone().unwrap(),
             p.metadata.name.clone().unwrap(),
         );
-        cluster.policies.insert(key, p);
+        cluster.policies.insert(key, p.into());
     }
     let options = Options {
         log_denied: false,

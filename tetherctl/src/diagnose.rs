@@ -412,7 +412,7 @@ async fn policies(
             policy.metadata.namespace.clone().unwrap_or_default(),
             policy.metadata.name.clone().unwrap_or_default(),
         );
-        world.policies.insert(key, policy);
+        world.policies.insert(key, policy.into());
     }
     let infos: Vec<PodInfo> = pods.iter().filter_map(|p| PodInfo::from_pod(p)).collect();
     for info in &infos {

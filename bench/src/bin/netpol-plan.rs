@@ -5,6 +5,7 @@
 //! profiler can be pointed at it (`perf record target/.../netpol-plan`).
 //!
 //! Usage: netpol-plan [LOCAL] [PODS] [POLICIES] [ROUNDS]   (defaults 250 2000 500 20)
+//! NETPOL_PLAN_PAUSE_MS=100 pauses before each change as netpol-scale does (cold caches).
 
 use std::time::{Duration, Instant};
 
@@ -69,6 +70,13 @@ fn work(
     options: &nft::Options,
     applied: &nft::Table,
 ) -> (nft::Table, [Duration; 3]) {
+    // The agent sees changes apart (netpol-scale: 100 ms), its data no longer in the CPU's
+    // caches: NETPOL_PLAN_PAUSE_MS=100 times that case, 0 (the default) a hot loop.
+    let pause = std::env::var("NETPOL_PLAN_PAUSE_MS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0);
+    std::thread::sleep(Duration::from_millis(pause));
     let t0 = Instant::now();
     let plan = cluster.plan(NODE);
     let t1 = Instant::now();
@@ -105,7 +113,7 @@ fn main() {
         let (name, ns) = (format!("np{k}"), format!("ns{}", k % NAMESPACE_COUNT));
         cluster
             .policies
-            .insert((ns.clone(), name.clone()), policy(k, &name, &ns));
+            .insert((ns.clone(), name.clone()), policy(k, &name, &ns).into());
     }
     let options = nft::Options {
         log_denied: false,
@@ -145,7 +153,7 @@ fn main() {
                 spec.pod_selector = serde_json::from_value(json!({"matchLabels": {"app": "app7"}}))
                     .expect("selector");
             }
-            cluster.policies.insert(("ns7".into(), name), p);
+            cluster.policies.insert(("ns7".into(), name), p.into());
         } else {
             cluster.policies.remove(&("ns7".to_string(), name));
         }
