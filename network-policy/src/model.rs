@@ -195,8 +195,11 @@ pub struct Policy {
     /// `<namespace>/<name>`.
     key: Arc<str>,
     /// Its directions, each with its rules' ids and peers keys, in order.
-    directions: Vec<(Direction, Vec<(Arc<str>, Arc<str>)>)>,
+    directions: Vec<(Direction, Vec<RuleKeys>)>,
 }
+
+/// A rule's id (`<namespace>/<name> <direction> <index>`) and its peers key.
+type RuleKeys = (Arc<str>, Arc<str>);
 
 impl From<NetworkPolicy> for Policy {
     fn from(object: NetworkPolicy) -> Policy {

@@ -385,9 +385,12 @@ fn dispatch_map(
 #[derive(Default)]
 struct SetNames {
     /// FNV-1a of `<prefix> <key>` -> each (prefix, key) with that hash, and its name.
-    by_hash: HashMap<u64, Vec<(&'static str, String, Arc<str>)>>,
+    by_hash: HashMap<u64, Vec<NamedKey>>,
     taken: HashSet<Arc<str>>,
 }
+
+/// A set's (prefix, key) and the name it got.
+type NamedKey = (&'static str, String, Arc<str>);
 
 impl SetNames {
     fn get(&mut self, prefix: &'static str, key: &str) -> Arc<str> {
