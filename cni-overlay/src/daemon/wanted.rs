@@ -13,9 +13,11 @@ use ipnetwork::IpNetwork;
 use super::kernel::Entry;
 use super::state::{peer_entries, Desired, Peer, PeerEntries, RouteWant, Scope};
 
-/// Values per key, per node asking for them.
+/// Values per key, per node asking for them. The askers of a key are a list sorted by node name
+/// (almost always one): a map per key would allocate a whole tree node (about a kilobyte) for
+/// each of the cluster's keys.
 #[derive(Debug)]
-struct Owned<K, V>(BTreeMap<K, BTreeMap<String, V>>);
+struct Owned<K, V>(BTreeMap<K, Vec<(String, V)>>);
 
 impl<K: Ord + Clone, V: Clone> Owned<K, V> {
     fn new() -> Self {
@@ -23,17 +25,17 @@ impl<K: Ord + Clone, V: Clone> Owned<K, V> {
     }
 
     fn value(&self, key: &K) -> Option<&V> {
-        self.0.get(key)?.values().next_back()
+        self.0.get(key)?.last().map(|(_, v)| v)
     }
 
     fn owner(&self, key: &K) -> Option<&str> {
-        self.0.get(key)?.keys().next_back().map(String::as_str)
+        self.0.get(key)?.last().map(|(node, _)| node.as_str())
     }
 
     fn view(&self) -> BTreeMap<K, V> {
         self.0
             .iter()
-            .filter_map(|(k, owners)| Some((k.clone(), owners.values().next_back()?.clone())))
+            .filter_map(|(k, owners)| Some((k.clone(), owners.last()?.1.clone())))
             .collect()
     }
 
@@ -55,17 +57,18 @@ impl<K: Ord + Clone, V: Clone> Owned<K, V> {
         }
         for (key, _) in old {
             if let Some(owners) = self.0.get_mut(key) {
-                owners.remove(node);
+                owners.retain(|(n, _)| n != node);
                 if owners.is_empty() {
                     self.0.remove(key);
                 }
             }
         }
         for (key, value) in new {
-            self.0
-                .entry(key.clone())
-                .or_default()
-                .insert(node.to_string(), value.clone());
+            let owners = self.0.entry(key.clone()).or_default();
+            match owners.binary_search_by(|(n, _)| n.as_str().cmp(node)) {
+                Ok(at) => owners[at].1 = value.clone(),
+                Err(at) => owners.insert(at, (node.to_string(), value.clone())),
+            }
         }
         for key in keys {
             if let Some(v) = self.value(key) {
