@@ -169,6 +169,11 @@ pub fn peer_entries(peer: &Peer, scope: &Scope) -> PeerEntries {
         };
         out.routes.push((subnet, want));
     }
+    // Kept for as long as the peer is: no room for growth (a vector's first push makes room
+    // for four), which at thousands of peers is most of the daemon's memory.
+    out.neighbours.shrink_to_fit();
+    out.fdb.shrink_to_fit();
+    out.routes.shrink_to_fit();
     out
 }
 

@@ -7,6 +7,7 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::IpAddr;
+use std::sync::Arc;
 
 use ipnetwork::IpNetwork;
 
@@ -14,10 +15,11 @@ use super::kernel::Entry;
 use super::state::{peer_entries, Desired, Peer, PeerEntries, RouteWant, Scope};
 
 /// Values per key, per node asking for them. The askers of a key are a list sorted by node name
-/// (almost always one): a map per key would allocate a whole tree node (about a kilobyte) for
-/// each of the cluster's keys.
+/// (almost always one, so made with room for one): a map per key would allocate a whole tree
+/// node (about a kilobyte) for each of the cluster's keys. A node's name is one allocation
+/// shared by all its keys.
 #[derive(Debug)]
-struct Owned<K, V>(BTreeMap<K, Vec<(String, V)>>);
+struct Owned<K, V>(BTreeMap<K, Vec<(Arc<str>, V)>>);
 
 impl<K: Ord + Clone, V: Clone> Owned<K, V> {
     fn new() -> Self {
@@ -29,7 +31,7 @@ impl<K: Ord + Clone, V: Clone> Owned<K, V> {
     }
 
     fn owner(&self, key: &K) -> Option<&str> {
-        self.0.get(key)?.last().map(|(node, _)| node.as_str())
+        self.0.get(key)?.last().map(|(node, _)| &**node)
     }
 
     fn view(&self) -> BTreeMap<K, V> {
@@ -43,7 +45,7 @@ impl<K: Ord + Clone, V: Clone> Owned<K, V> {
     /// touched, before and after.
     fn swap(
         &mut self,
-        node: &str,
+        node: &Arc<str>,
         old: &[(K, V)],
         new: &[(K, V)],
         before: &mut BTreeMap<K, V>,
@@ -58,16 +60,20 @@ impl<K: Ord + Clone, V: Clone> Owned<K, V> {
         for (key, _) in old {
             if let Some(owners) = self.0.get_mut(key) {
                 owners.retain(|(n, _)| n != node);
+                owners.shrink_to_fit();
                 if owners.is_empty() {
                     self.0.remove(key);
                 }
             }
         }
         for (key, value) in new {
-            let owners = self.0.entry(key.clone()).or_default();
-            match owners.binary_search_by(|(n, _)| n.as_str().cmp(node)) {
+            let owners = self
+                .0
+                .entry(key.clone())
+                .or_insert_with(|| Vec::with_capacity(1));
+            match owners.binary_search_by(|(n, _)| n.cmp(node)) {
                 Ok(at) => owners[at].1 = value.clone(),
-                Err(at) => owners.insert(at, (node.to_string(), value.clone())),
+                Err(at) => owners.insert(at, (node.clone(), value.clone())),
             }
         }
         for key in keys {
@@ -122,6 +128,8 @@ impl Wanted {
         };
         let empty = PeerEntries::default();
         let entries = new.as_ref().unwrap_or(&empty);
+        let name: Arc<str> = Arc::from(node);
+        let node = &name;
         let (mut before, mut after) = (Desired::default(), Desired::default());
         self.neighbours.swap(
             node,
