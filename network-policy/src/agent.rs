@@ -18,9 +18,10 @@ use kube::runtime::watcher::{self, Event};
 use kube::runtime::WatchStreamExt;
 use kube::{Client, Config, Resource, ResourceExt};
 
+use crate::delta;
 use crate::metrics::Metrics;
 use crate::model::{Cluster, PodInfo, Policy};
-use crate::nft::{self, Table};
+use crate::nft::{self, Edit, Table};
 
 #[derive(Debug, thiserror::Error)]
 pub enum AgentError {
@@ -44,6 +45,28 @@ enum Change {
     Pod(Box<Event<Pod>>),
     Namespace(Event<Namespace>),
     Policy(Event<NetworkPolicy>),
+}
+
+/// What changed since the last write: nothing, one pod (with what the agent knew of it before
+/// its first change), or more (the whole plan).
+enum Pending {
+    Nothing,
+    Pod((String, String), Option<PodInfo>),
+    More,
+}
+
+impl Pending {
+    /// Adds a change of the pod `key` (`None`: of something else, or of many).
+    fn add(self, key: Option<(String, String)>, cluster: &Cluster) -> Pending {
+        match (self, key) {
+            (Pending::Nothing, Some(key)) => {
+                let before = cluster.pods.get(&key).cloned();
+                Pending::Pod(key, before)
+            }
+            (Pending::Pod(known, before), Some(key)) if known == key => Pending::Pod(known, before),
+            _ => Pending::More,
+        }
+    }
 }
 
 /// The list-and-watch state of one kind of object; its items live in the [`Cluster`], swapped in
@@ -154,6 +177,7 @@ pub async fn run(settings: Settings) -> Result<(), AgentError> {
     let mut cluster = Cluster::default();
     let mut applied: Option<Table> = None;
     let mut bypass: Option<String> = None;
+    let mut pending = Pending::Nothing;
     let mut dirty = false;
     let mut since = Instant::now();
     loop {
@@ -162,14 +186,29 @@ pub async fn run(settings: Settings) -> Result<(), AgentError> {
             match changes.next().now_or_never() {
                 Some(next) => next,
                 None => {
-                    applied = write(
-                        &settings,
-                        &metrics,
-                        since,
-                        &cluster,
-                        applied.as_ref(),
-                        &mut bypass,
-                    );
+                    let started = Instant::now();
+                    let relabelled = match (&pending, applied.as_ref()) {
+                        (Pending::Pod(key, Some(before)), Some(table)) => {
+                            cluster.pods.get(key).and_then(|after| {
+                                delta::relabel(&cluster, &settings.node_name, table, before, after)
+                            })
+                        }
+                        _ => None,
+                    };
+                    applied = match (relabelled, applied.take()) {
+                        (Some(edits), Some(table)) => {
+                            write_edits(&metrics, since, started, table, &edits)
+                        }
+                        (_, table) => write(
+                            &settings,
+                            &metrics,
+                            since,
+                            &cluster,
+                            table.as_ref(),
+                            &mut bypass,
+                        ),
+                    };
+                    pending = Pending::Nothing;
                     dirty = applied.is_none();
                     if dirty {
                         tokio::time::sleep(Duration::from_secs(1)).await;
@@ -187,15 +226,24 @@ pub async fn run(settings: Settings) -> Result<(), AgentError> {
                 false
             }
             Some(Ok(Change::Pod(e))) => {
+                let key = match &*e {
+                    Event::Apply(pod) | Event::Delete(pod) => Some(namespaced(pod)),
+                    _ => None,
+                };
+                pending = pending.add(key, &cluster);
                 pods.apply(&mut cluster.pods, *e, namespaced, PodInfo::from_pod)
             }
-            Some(Ok(Change::Namespace(e))) => namespaces.apply(
-                &mut cluster.namespaces,
-                e,
-                |n: &Namespace| n.name_any(),
-                |n: &Namespace| Some(n.labels().clone()),
-            ),
+            Some(Ok(Change::Namespace(e))) => {
+                pending = Pending::More;
+                namespaces.apply(
+                    &mut cluster.namespaces,
+                    e,
+                    |n: &Namespace| n.name_any(),
+                    |n: &Namespace| Some(n.labels().clone()),
+                )
+            }
             Some(Ok(Change::Policy(e))) => {
+                pending = Pending::More;
                 policies.apply(&mut cluster.policies, e, namespaced, |p: &NetworkPolicy| {
                     Some(Policy::from(p.clone()))
                 })
@@ -206,6 +254,49 @@ pub async fn run(settings: Settings) -> Result<(), AgentError> {
             since = Instant::now();
         }
         dirty |= ready;
+    }
+}
+
+/// Writes a relabel's moved set members ([`delta::relabel`], worked out from `started`) into
+/// `table`, the table in the kernel: that table with them, or `None` when the write failed
+/// (the next write is whole).
+fn write_edits(
+    metrics: &Metrics,
+    since: Instant,
+    started: Instant,
+    mut table: Table,
+    edits: &[Edit],
+) -> Option<Table> {
+    let worked_out = started.elapsed();
+    let write = nft::Write::edits(edits);
+    let started = Instant::now();
+    let written = if write.is_empty() {
+        Ok(())
+    } else {
+        write.apply()
+    };
+    match written {
+        Ok(()) => {
+            table.apply_edits(edits);
+            let ms = |d: Duration| d.as_secs_f64() * 1e3;
+            tracing::info!(
+                elements = table.element_count(),
+                commands = write.len(),
+                path = "netlink (relabel)",
+                delta_ms = ms(worked_out),
+                write_ms = ms(started.elapsed()),
+                "policies applied"
+            );
+            metrics.elements.set(table.element_count() as i64);
+            metrics.written(Ok(()), since.elapsed());
+            Some(table)
+        }
+        Err(e) => {
+            let e = cni_core::error::chain(&e);
+            tracing::error!(error = %e, "writing a relabel's set members failed; rewriting the table");
+            metrics.written(Err(e), since.elapsed());
+            None
+        }
     }
 }
 

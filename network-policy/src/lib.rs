@@ -3,6 +3,7 @@
 //! ([`nft`]).
 
 pub mod agent;
+pub mod delta;
 pub mod metrics;
 pub mod model;
 pub mod nft;

@@ -229,6 +229,88 @@ impl From<NetworkPolicy> for Policy {
     }
 }
 
+impl Policy {
+    /// `<namespace>/<name>`: what its targets set is named after.
+    pub fn key(&self) -> &Arc<str> {
+        &self.key
+    }
+
+    /// Whether it selects `pod`: a pod of its namespace that its pod selector matches.
+    pub fn selects(&self, pod: &PodInfo) -> bool {
+        let namespace = self
+            .object
+            .metadata
+            .namespace
+            .as_deref()
+            .unwrap_or("default");
+        let selector = self
+            .object
+            .spec
+            .as_ref()
+            .and_then(|s| s.pod_selector.as_ref());
+        pod.namespace == namespace && selector.is_none_or(|s| matches(s, &pod.labels))
+    }
+
+    /// Whether the pods it selects are isolated for `direction`.
+    pub fn isolates(&self, direction: Direction) -> bool {
+        self.directions.iter().any(|(d, _)| *d == direction)
+    }
+
+    /// Each of its rules as written, with its id and peers key.
+    pub fn rules(&self) -> Vec<RuleView<'_>> {
+        self.directions
+            .iter()
+            .flat_map(|(direction, keys)| {
+                rule_parts(&self.object, *direction)
+                    .into_iter()
+                    .zip(keys)
+                    .map(move |((peers, ports), (id, peers_key))| RuleView {
+                        id,
+                        direction: *direction,
+                        peers_key,
+                        peers,
+                        ports,
+                    })
+            })
+            .collect()
+    }
+}
+
+/// One rule of a policy as written.
+pub struct RuleView<'a> {
+    pub id: &'a Arc<str>,
+    pub direction: Direction,
+    pub peers_key: &'a Arc<str>,
+    pub peers: Option<&'a Vec<NetworkPolicyPeer>>,
+    pub ports: Option<&'a Vec<NetworkPolicyPort>>,
+}
+
+impl RuleView<'_> {
+    /// What its named ports resolve to on `pod` (when `pod` receives its traffic).
+    pub fn named_ports_on(&self, pod: &PodInfo) -> Vec<(IpAddr, Protocol, u16)> {
+        let mut out = Vec::new();
+        for port in self.ports.into_iter().flatten() {
+            let (Some(IntOrString::String(name)), Some(protocol)) =
+                (&port.port, Protocol::parse(port.protocol.as_deref()))
+            else {
+                continue;
+            };
+            if let Some(number) = pod.port_named(name, protocol) {
+                out.extend(pod.ips.iter().map(|ip| (*ip, protocol, number)));
+            }
+        }
+        out
+    }
+}
+
+/// Whether a rule's ports name one (a container port's name instead of a number).
+fn names_ports(ports: Option<&Vec<NetworkPolicyPort>>) -> bool {
+    ports
+        .into_iter()
+        .flatten()
+        .any(|p| matches!(p.port, Some(IntOrString::String(_))))
+}
+
 /// The peers and ports of each of `policy`'s rules for `direction`, in order.
 fn rule_parts(policy: &NetworkPolicy, direction: Direction) -> Vec<RuleParts<'_>> {
     let spec = policy.spec.as_ref();
@@ -350,9 +432,7 @@ fn policy_types(policy: &NetworkPolicy) -> BTreeSet<Direction> {
 
 impl Cluster {
     fn live_pods(&self) -> impl Iterator<Item = &PodInfo> {
-        self.pods
-            .values()
-            .filter(|p| !p.host_network && !p.ips.is_empty())
+        self.pods.values().filter(|p| Self::is_live(p))
     }
 
     /// The live pods of one namespace (the map is ordered by namespace first).
@@ -361,23 +441,55 @@ impl Cluster {
             .range((namespace.to_string(), String::new())..)
             .take_while(move |((ns, _), _)| ns == namespace)
             .map(|(_, p)| p)
-            .filter(|p| !p.host_network && !p.ips.is_empty())
+            .filter(|p| Self::is_live(p))
     }
 
     /// The pods of `local` (this node's live pods by namespace) that `policy` selects.
-    fn selected<'a>(
-        policy: &NetworkPolicy,
-        local: &HashMap<&str, Vec<&'a PodInfo>>,
-    ) -> Vec<&'a PodInfo> {
-        let namespace = policy.metadata.namespace.as_deref().unwrap_or("default");
-        let selector = policy.spec.as_ref().and_then(|s| s.pod_selector.as_ref());
+    fn selected<'a>(policy: &Policy, local: &HashMap<&str, Vec<&'a PodInfo>>) -> Vec<&'a PodInfo> {
+        let namespace = policy
+            .object
+            .metadata
+            .namespace
+            .as_deref()
+            .unwrap_or("default");
         local
             .get(namespace)
             .into_iter()
             .flatten()
-            .filter(|p| selector.is_none_or(|s| matches(s, &p.labels)))
+            .filter(|p| policy.selects(p))
             .copied()
             .collect()
+    }
+
+    /// Whether `peer` (of a policy in `namespace`) picks the live pod `pod`: the one definition
+    /// of a peer's pods, which [`Cluster::peer_pods`] finds faster through an index.
+    pub fn peer_picks(&self, peer: &NetworkPolicyPeer, namespace: &str, pod: &PodInfo) -> bool {
+        (peer.pod_selector.is_some() || peer.namespace_selector.is_some())
+            && peer_picks_pod(peer, pod)
+            && self.peer_picks_namespace(peer, namespace, pod)
+    }
+
+    /// A namespace the agent has no labels for is matched as one without labels.
+    fn peer_picks_namespace(
+        &self,
+        peer: &NetworkPolicyPeer,
+        namespace: &str,
+        pod: &PodInfo,
+    ) -> bool {
+        match &peer.namespace_selector {
+            None => pod.namespace == namespace,
+            Some(selector) => matches(
+                selector,
+                self.namespaces
+                    .get(&pod.namespace)
+                    .unwrap_or(&Labels::new()),
+            ),
+        }
+    }
+
+    /// Whether a live pod is one the agent polices or counts as a pod peer.
+    pub fn is_live(pod: &PodInfo) -> bool {
+        !pod.host_network && !pod.ips.is_empty()
     }
 
     /// Pod addresses a peer's selectors pick (none for an ipBlock peer).
@@ -390,20 +502,9 @@ impl Cluster {
         if peer.pod_selector.is_none() && peer.namespace_selector.is_none() {
             return BTreeSet::new();
         }
-        let by_pod = |p: &&PodInfo| {
-            peer.pod_selector
-                .as_ref()
-                .is_none_or(|s| matches(s, &p.labels))
-        };
+        let by_pod = |p: &&PodInfo| peer_picks_pod(peer, p);
         let empty = Labels::new();
-        // A namespace the agent has no labels for is matched as one without labels.
-        let by_namespace = |p: &&PodInfo| match &peer.namespace_selector {
-            None => p.namespace == namespace,
-            Some(selector) => matches(
-                selector,
-                self.namespaces.get(&p.namespace).unwrap_or(&empty),
-            ),
-        };
+        let by_namespace = |p: &&PodInfo| self.peer_picks_namespace(peer, namespace, p);
         if let Some(candidates) = peer.pod_selector.as_ref().and_then(|s| index.candidates(s)) {
             return candidates
                 .into_iter()
@@ -546,7 +647,7 @@ impl Cluster {
         let by_label = LabelIndex::new(self.live_pods());
         let mut known_peers: HashMap<&str, (Peers, Vec<String>)> = HashMap::new();
         for ((namespace, _), policy) in &self.policies {
-            let targets = Self::selected(&policy.object, &local);
+            let targets = Self::selected(policy, &local);
             if targets.is_empty() {
                 continue;
             }
@@ -582,11 +683,7 @@ impl Cluster {
                         }
                         // The peers receive: named ports are resolved on every pod they pick.
                         Direction::Egress => {
-                            let named = ports
-                                .into_iter()
-                                .flatten()
-                                .any(|p| matches!(p.port, Some(IntOrString::String(_))));
-                            let receivers: Vec<&PodInfo> = if !named {
+                            let receivers: Vec<&PodInfo> = if !names_ports(ports) {
                                 Vec::new()
                             } else if peers.any {
                                 self.live_pods().collect()
@@ -613,6 +710,13 @@ impl Cluster {
         }
         plan
     }
+}
+
+/// Whether `peer`'s pod selector (none: every pod) matches `pod`.
+fn peer_picks_pod(peer: &NetworkPolicyPeer, pod: &PodInfo) -> bool {
+    peer.pod_selector
+        .as_ref()
+        .is_none_or(|s| matches(s, &pod.labels))
 }
 
 /// See [`Rule::peers_key`].

@@ -77,6 +77,28 @@ pub struct Table {
     pub chains: BTreeMap<String, Vec<Vec<Statement<'static>>>>,
     /// Whether denied packets are logged (rate-limited).
     pub log_denied: bool,
+    /// The names the sets of each peers key and each policy's targets got.
+    pub names: SetIndex,
+}
+
+/// The base name (before `-p4`, `-t6`, ...) of the sets each key got: what
+/// [`crate::delta`] needs to move a pod's address without rendering the table again.
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct SetIndex {
+    /// Peers key ([`Rule::peers_key`]) -> base name.
+    pub peers: HashMap<Arc<str>, Arc<str>>,
+    /// Policy (`<namespace>/<name>`) -> base name of its targets sets.
+    pub targets: HashMap<Arc<str>, Arc<str>>,
+    /// Rule id ([`Rule::id`]) -> base name of its named-port sets; every rule of the plan.
+    pub rules: HashMap<Arc<str>, Arc<str>>,
+}
+
+/// One member of one set, coming or going.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Edit {
+    pub set: String,
+    pub elem: Elem,
+    pub add: bool,
 }
 
 impl Table {
@@ -87,6 +109,19 @@ impl Table {
 
     pub fn element_count(&self) -> usize {
         self.sets.values().map(|s| s.elements.len()).sum()
+    }
+
+    /// The table once the kernel has taken `edits`.
+    pub fn apply_edits(&mut self, edits: &[Edit]) {
+        for edit in edits {
+            if let Some(set) = self.sets.get_mut(&edit.set) {
+                if edit.add {
+                    set.elements.insert(edit.elem.clone());
+                } else {
+                    set.elements.remove(&edit.elem);
+                }
+            }
+        }
     }
 }
 
@@ -213,14 +248,13 @@ pub fn render(plan: &Plan, options: &Options) -> Table {
     let mut forward: Vec<Vec<Statement<'static>>> = vec![established()];
     let mut input: Vec<Vec<Statement<'static>>> = vec![established()];
     for v6 in [false, true] {
-        let f = if v6 { "6" } else { "4" };
         if plan.policies_exist {
             hold_unknown(&mut table, plan, options, v6, &mut forward, &mut input);
         }
         let eg = dispatch_map(
             &mut table,
             &mut policy_chains,
-            format!("eg-by-ns{f}"),
+            dispatch_name(Direction::Egress, v6),
             v6,
             Direction::Egress,
             plan,
@@ -228,7 +262,7 @@ pub fn render(plan: &Plan, options: &Options) -> Table {
         let ing = dispatch_map(
             &mut table,
             &mut policy_chains,
-            format!("in-by-ns{f}"),
+            dispatch_name(Direction::Ingress, v6),
             v6,
             Direction::Ingress,
             plan,
@@ -243,6 +277,17 @@ pub fn render(plan: &Plan, options: &Options) -> Table {
         let n = names.get("rule", &rule.id);
         let t = names.get("targets", &rule.targets_key);
         let p = names.get("peers", &rule.peers_key);
+        table
+            .names
+            .targets
+            .entry(rule.targets_key.clone())
+            .or_insert_with(|| t.clone());
+        table
+            .names
+            .peers
+            .entry(rule.peers_key.clone())
+            .or_insert_with(|| p.clone());
+        table.names.rules.insert(rule.id.clone(), n.clone());
         for v6 in [false, true] {
             let f = if v6 { "6" } else { "4" };
             let (own, peer) = match rule.direction {
@@ -335,12 +380,21 @@ fn fnv_parts(parts: &[&str]) -> u64 {
 /// The chain of the rules of `namespace`'s policies in `direction`: `in-<hash>` or
 /// `eg-<hash>`. A pod is policed by its own namespace's policies only, so a verdict map from
 /// the pod's address to this chain sends a new connection through those rules alone.
-fn policy_chain(direction: Direction, namespace: &str) -> String {
+pub fn policy_chain(direction: Direction, namespace: &str) -> String {
     let prefix = match direction {
         Direction::Ingress => "in",
         Direction::Egress => "eg",
     };
     format!("{prefix}-{:016x}", fnv(namespace))
+}
+
+/// The verdict map of `direction` for a family: `in-by-ns4`, `eg-by-ns6`, ...
+pub fn dispatch_name(direction: Direction, v6: bool) -> String {
+    let prefix = match direction {
+        Direction::Ingress => "in",
+        Direction::Egress => "eg",
+    };
+    format!("{prefix}-by-ns{}", if v6 { "6" } else { "4" })
 }
 
 /// The verdict map `name`: each pod of the family isolated in `direction` -> its namespace's
@@ -606,6 +660,27 @@ impl Write {
             Write::Elements(changes) => elements::apply(FAMILY, TABLE, changes),
             Write::Batch(batch) => batch.apply(),
         }
+    }
+
+    /// The kernel write of `edits`: members going first, then members coming, a set's
+    /// members together.
+    pub fn edits(edits: &[Edit]) -> Write {
+        let mut changes = Vec::new();
+        for delete in [true, false] {
+            let mut by_set: BTreeMap<&str, Vec<elements::Element>> = BTreeMap::new();
+            for edit in edits.iter().filter(|e| e.add != delete) {
+                by_set
+                    .entry(&edit.set)
+                    .or_default()
+                    .push(element(&edit.elem));
+            }
+            changes.extend(by_set.into_iter().map(|(set, elements)| elements::Change {
+                set: set.to_string(),
+                delete,
+                elements,
+            }));
+        }
+        Write::Elements(changes)
     }
 
     pub fn path(&self) -> &'static str {

@@ -585,6 +585,55 @@ fn chaos_of_policies_labels_and_pods_ends_in_the_fresh_computation() {
     }
 }
 
+/// A relabel on its own is written as the set members it moves, worked out from the pod alone
+/// (`netlink (relabel)` in the log): a pod joining and leaving a rule's peers, and one joining a
+/// policy's pods with a named port. The kernel ends where a whole plan puts it, packets
+/// included.
+#[test]
+fn a_relabel_alone_moves_set_members_as_a_whole_plan_would() {
+    let w = World::new("tnpm");
+    w.policy(
+        "x",
+        "to-a",
+        json!({"podSelector": {"matchLabels": {"pod": "a"}},
+               "ingress": [{"from": [{"podSelector": {"matchLabels": {"role": "client"}}}],
+                            "ports": [{"port": "serve-80-tcp"}]}]}),
+    );
+    // Only the clients of x reach x's pods labelled a, on TCP 80.
+    let only = |clients: &'static [&'static str], targets: &'static [&'static str]| {
+        move |s: Who, d: Who, p: &str, port: u16| {
+            if d.ns == "x" && targets.contains(&d.pod) {
+                s.ns == "x" && clients.contains(&s.pod) && p == "tcp" && port == 80
+            } else {
+                true
+            }
+        }
+    };
+    // The first client makes the rule's peer set: a whole plan.
+    w.relabel("x", "b", json!({"pod": "b", "role": "client"}));
+    w.expect("x/b is a client", only(&["b"], &["a"]));
+    // Moved members: x/c joins the clients, then leaves them for the policy's own pods.
+    w.relabel("x", "c", json!({"pod": "c", "role": "client"}));
+    w.expect("x/b and x/c are clients", only(&["b", "c"], &["a"]));
+    w.relabel("x", "c", json!({"pod": "a"}));
+    w.expect("x/c is policed like x/a", only(&["b"], &["a", "c"]));
+    let started = Instant::now();
+    while kernel_sets(&w.node) != fresh_sets(&w.api) {
+        assert!(
+            started.elapsed() < Duration::from_secs(5),
+            "the kernel's sets differ from a fresh computation\n{}",
+            w.dump()
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let moved = w.log().matches("netlink (relabel)").count();
+    assert!(
+        moved >= 2,
+        "relabels were not written as moved members:\n{}",
+        w.log()
+    );
+}
+
 #[test]
 fn ipv6_is_policed_like_ipv4() {
     let w = World::new("tnp6");

@@ -14,7 +14,7 @@ use k8s_openapi::api::networking::v1::NetworkPolicy;
 use serde_json::json;
 use tether_bench::{ms, print_table, stats};
 use tether_netpol::model::{Cluster, PodInfo};
-use tether_netpol::nft;
+use tether_netpol::{delta, nft};
 
 const NAMESPACE_COUNT: usize = 20;
 const NODE: &str = "node1";
@@ -129,16 +129,28 @@ fn main() {
         .unwrap_or_default();
     let whole = started.elapsed();
 
-    let mut phases: [Vec<Duration>; 6] = Default::default();
+    let mut phases: [Vec<Duration>; 7] = Default::default();
+    let (mut moved, mut wrong) = (0, 0);
     for c in 0..rounds {
         // A local pod joins app7's selection, then goes back (as netpol-scale relabels).
         let i = 10 + (c / 2) % (local - 10);
         let app = if c.is_multiple_of(2) { 7 } else { i % 50 };
         let p = pod(i, true, app);
-        cluster
-            .pods
-            .insert((p.namespace.clone(), p.name.clone()), p);
+        let key = (p.namespace.clone(), p.name.clone());
+        let before = cluster.pods.insert(key, p.clone());
+        // What the agent does first: the relabel as moved set members.
+        let started = Instant::now();
+        let edits = before
+            .as_ref()
+            .and_then(|b| delta::relabel(&cluster, NODE, &applied, b, &p));
+        phases[6].push(started.elapsed());
         let (table, took) = work(&cluster, &options, &applied);
+        if let Some(edits) = edits {
+            moved += 1;
+            let mut check = applied.clone();
+            check.apply_edits(&edits);
+            wrong += usize::from(check != table);
+        }
         for (k, d) in took.into_iter().enumerate() {
             phases[k].push(d);
         }
@@ -172,6 +184,9 @@ fn main() {
         applied.rule_count(),
         applied.element_count()
     );
+    println!(
+        "relabels answered as moved set members: {moved} of {rounds} ({wrong} unlike the whole plan)"
+    );
     let names = [
         "relabel: plan",
         "relabel: render",
@@ -179,6 +194,7 @@ fn main() {
         "policy: plan",
         "policy: render",
         "policy: difference",
+        "relabel: delta (moved members)",
     ];
     let rows: Vec<Vec<String>> = names
         .iter()
