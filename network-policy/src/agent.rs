@@ -273,7 +273,7 @@ fn write_edits(
     let written = if write.is_empty() {
         Ok(())
     } else {
-        write.apply()
+        write.apply().map(drop)
     };
     match written {
         Ok(()) => {
@@ -314,11 +314,12 @@ fn write(
     let started = Instant::now();
     let plan = cluster.plan(&settings.node_name);
     let planned = started.elapsed();
-    let table = nft::render(&plan, &settings.table);
+    let mut table = nft::render(&plan, &settings.table);
     let rendered = started.elapsed();
     let written = nft::write(applied, &table).and_then(|w| {
         let diffed = started.elapsed();
-        w.apply().map(|()| (w.len(), w.path(), diffed))
+        w.apply()
+            .map(|handles| (w.len(), w.path(), w.patched(), diffed, handles))
     });
     // What the kernel does not wait for comes after the write.
     let now = if plan.policies_exist {
@@ -339,13 +340,15 @@ fn write(
         tracing::warn!(%problem, "part of a policy cannot be enforced");
     }
     match written {
-        Ok((commands, path, diffed)) => {
+        Ok((commands, path, patched, diffed, handles)) => {
+            table.handles = handles;
             let ms = |d: Duration| d.as_secs_f64() * 1e3;
             tracing::info!(
                 rules = table.rule_count(),
                 elements = table.element_count(),
                 commands,
                 path,
+                chains_patched = patched,
                 plan_ms = ms(planned),
                 render_ms = ms(rendered - planned),
                 diff_ms = ms(diffed - rendered),

@@ -79,7 +79,14 @@ pub struct Table {
     pub log_denied: bool,
     /// The names the sets of each peers key and each policy's targets got.
     pub names: SetIndex,
+    /// The kernel's handle of each rule of a chain, in the order of `chains`, for the chains
+    /// whose handles the agent learnt (from nft's echo of the batch that wrote them): a changed
+    /// policy chain then gets only its new rules inserted and its gone rules deleted.
+    pub handles: RuleHandles,
 }
+
+/// Chain name -> the handle of each of its rules.
+pub type RuleHandles = BTreeMap<String, Vec<u32>>;
 
 /// The base name (before `-p4`, `-t6`, ...) of the sets each key got: what
 /// [`crate::delta`] needs to move a pod's address without rendering the table again.
@@ -635,7 +642,18 @@ fn refill_chain(batch: &mut Batch, name: &str, rules: &[Vec<Statement<'static>>]
 }
 
 /// How a change reaches the kernel.
-pub enum Write {
+pub struct Write {
+    how: How,
+    /// The rule handles of the chains after the write, per chain in the table's order: `None`
+    /// for a rule the batch adds (learnt from its echo, in `added`'s order).
+    handles: BTreeMap<String, Vec<Option<u32>>>,
+    /// (chain, index) of each rule the batch adds or inserts, in the batch's order.
+    added: Vec<(String, usize)>,
+    /// Chains changed by rules inserted and deleted (not emptied and refilled).
+    patched: usize,
+}
+
+enum How {
     /// Only set and map members change: element adds and deletes over netlink (no process).
     Elements(Vec<elements::Change>),
     /// Chains, rules or sets change: one `nft` transaction.
@@ -645,9 +663,9 @@ pub enum Write {
 impl Write {
     /// How many commands (set changes, or batch commands) it holds.
     pub fn len(&self) -> usize {
-        match self {
-            Write::Elements(changes) => changes.len(),
-            Write::Batch(batch) => batch.len(),
+        match &self.how {
+            How::Elements(changes) => changes.len(),
+            How::Batch(batch) => batch.len(),
         }
     }
 
@@ -655,11 +673,32 @@ impl Write {
         self.len() == 0
     }
 
-    pub fn apply(&self) -> Result<(), FirewallError> {
-        match self {
-            Write::Elements(changes) => elements::apply(FAMILY, TABLE, changes),
-            Write::Batch(batch) => batch.apply(),
+    /// Writes it; the rule handles of the chains whose handles are known after it.
+    pub fn apply(&self) -> Result<RuleHandles, FirewallError> {
+        let learnt = match &self.how {
+            How::Elements(changes) => {
+                elements::apply(FAMILY, TABLE, changes)?;
+                Vec::new()
+            }
+            How::Batch(batch) if self.added.is_empty() => {
+                batch.apply()?;
+                Vec::new()
+            }
+            How::Batch(batch) => batch.apply_echo()?,
+        };
+        let mut handles = self.handles.clone();
+        if learnt.len() == self.added.len() {
+            for ((chain, index), handle) in self.added.iter().zip(learnt) {
+                if let Some(slot) = handles.get_mut(chain).and_then(|h| h.get_mut(*index)) {
+                    *slot = Some(handle);
+                }
+            }
         }
+        // A chain with a handle not learnt is one whose handles are unknown.
+        Ok(handles
+            .into_iter()
+            .filter_map(|(chain, h)| Some((chain, h.into_iter().collect::<Option<Vec<u32>>>()?)))
+            .collect())
     }
 
     /// The kernel write of `edits`: members going first, then members coming, a set's
@@ -680,13 +719,23 @@ impl Write {
                 elements,
             }));
         }
-        Write::Elements(changes)
+        Write {
+            how: How::Elements(changes),
+            handles: BTreeMap::new(),
+            added: Vec::new(),
+            patched: 0,
+        }
+    }
+
+    /// Chains changed by rules inserted and deleted by handle.
+    pub fn patched(&self) -> usize {
+        self.patched
     }
 
     pub fn path(&self) -> &'static str {
-        match self {
-            Write::Elements(_) => "netlink",
-            Write::Batch(_) => "nft",
+        match self.how {
+            How::Elements(_) => "netlink",
+            How::Batch(_) => "nft",
         }
     }
 }
@@ -701,10 +750,36 @@ pub fn write(before: Option<&Table>, after: &Table) -> Result<Write, FirewallErr
                 && before.sets.keys().eq(after.sets.keys())
                 && kinds_agree(before, after) =>
         {
-            Ok(Write::Elements(element_changes(before, after)))
+            Ok(Write {
+                how: How::Elements(element_changes(before, after)),
+                handles: known(&before.handles),
+                added: Vec::new(),
+                patched: 0,
+            })
         }
-        _ => batch(before, after).map(Write::Batch),
+        Some(before) if kinds_agree(before, after) => {
+            let (batch, handles, added, patched) = difference(before, after);
+            Ok(Write {
+                how: How::Batch(batch),
+                handles,
+                added,
+                patched,
+            })
+        }
+        _ => Ok(Write {
+            how: How::Batch(whole(after)?),
+            handles: BTreeMap::new(),
+            added: Vec::new(),
+            patched: 0,
+        }),
     }
+}
+
+fn known(handles: &RuleHandles) -> BTreeMap<String, Vec<Option<u32>>> {
+    handles
+        .iter()
+        .map(|(chain, h)| (chain.clone(), h.iter().copied().map(Some).collect()))
+        .collect()
 }
 
 /// Each set's members that go, then each set's members that come (a map key that changes its
@@ -751,7 +826,7 @@ fn element(elem: &Elem) -> elements::Element {
 /// element adds and deletes. Without `before` (a start), the whole table.
 pub fn batch(before: Option<&Table>, after: &Table) -> Result<Batch, FirewallError> {
     match before {
-        Some(before) if kinds_agree(before, after) => Ok(difference(before, after)),
+        Some(before) if kinds_agree(before, after) => Ok(difference(before, after).0),
         _ => whole(after),
     }
 }
@@ -773,8 +848,20 @@ fn chain_object(name: &str) -> cni_core::firewall::schema::Chain<'static> {
     }
 }
 
-fn difference(before: &Table, after: &Table) -> Batch {
+/// The batch, the handles of the chains' rules after it (see [`Write`]), the rules it adds, and
+/// how many chains it patches.
+type Difference = (
+    Batch,
+    BTreeMap<String, Vec<Option<u32>>>,
+    Vec<(String, usize)>,
+    usize,
+);
+
+fn difference(before: &Table, after: &Table) -> Difference {
     let mut batch = Batch::new();
+    let mut handles = BTreeMap::new();
+    let mut added = Vec::new();
+    let mut patched = 0;
     // Chains first: map elements and rules jump to them.
     for name in after.chains.keys() {
         if !before.chains.contains_key(name) {
@@ -801,9 +888,39 @@ fn difference(before: &Table, after: &Table) -> Batch {
         }
     }
     for (name, rules) in &after.chains {
-        if before.chains.get(name) != Some(rules) {
-            refill_chain(&mut batch, name, rules);
+        let old = before.chains.get(name);
+        let old_handles = before
+            .handles
+            .get(name)
+            .filter(|h| Some(h.len()) == old.map(Vec::len));
+        if old == Some(rules) {
+            if let Some(h) = old_handles {
+                handles.insert(name.clone(), h.iter().copied().map(Some).collect());
+            }
+            continue;
         }
+        let patch = old
+            .zip(old_handles)
+            .and_then(|(old, old_handles)| patch_chain(name, old, old_handles, rules));
+        let planned = match patch {
+            Some(patch) => {
+                patched += 1;
+                for handle in patch.gone {
+                    batch.delete(build::rule_handle(FAMILY, TABLE, name, handle));
+                }
+                for index in patch.new {
+                    batch.insert(build::rule(FAMILY, TABLE, name, rules[index].clone(), None));
+                    added.push((name.clone(), index));
+                }
+                patch.handles
+            }
+            None => {
+                refill_chain(&mut batch, name, rules);
+                added.extend((0..rules.len()).map(|i| (name.clone(), i)));
+                vec![None; rules.len()]
+            }
+        };
+        handles.insert(name.clone(), planned);
     }
     // Chains that are gone are emptied first; then only rules of the chains just refilled or
     // emptied, and map elements just deleted, could have used these sets and chains.
@@ -829,7 +946,63 @@ fn difference(before: &Table, after: &Table) -> Batch {
     for name in gone_chains {
         batch.delete(build::chain(FAMILY, TABLE, name));
     }
-    batch
+    (batch, handles, added, patched)
+}
+
+/// A policy chain's change as rules inserted and deleted by handle, instead of the chain
+/// emptied and refilled (which the kernel makes slow: a namespace's 26 rules took 15-38 ms).
+struct ChainPatch {
+    /// Handles of the rules that go.
+    gone: Vec<u32>,
+    /// Indexes (in the new rules) of the rules that come.
+    new: Vec<usize>,
+    /// The handle of each new rule: kept rules keep theirs, new ones are learnt.
+    handles: Vec<Option<u32>>,
+}
+
+/// A policy chain's rules allow (accept in `in-`, return in `eg-`) and end with the drop (after
+/// the log): the allowing rules' order does not matter, so a rule that comes is inserted first
+/// in the chain. `None` for other chains, a rule that comes and does not allow, and chains too
+/// long to match rule by rule.
+fn patch_chain(
+    name: &str,
+    old: &[Vec<Statement<'static>>],
+    old_handles: &[u32],
+    new: &[Vec<Statement<'static>>],
+) -> Option<ChainPatch> {
+    if !(name.starts_with("in-") || name.starts_with("eg-")) || old.len() * new.len() > 40_000 {
+        return None;
+    }
+    let mut unused = vec![true; old.len()];
+    let mut patch = ChainPatch {
+        gone: Vec::new(),
+        new: Vec::new(),
+        handles: Vec::with_capacity(new.len()),
+    };
+    for (index, rule) in new.iter().enumerate() {
+        match (0..old.len()).find(|&j| unused[j] && old[j] == *rule) {
+            Some(j) => {
+                unused[j] = false;
+                patch.handles.push(Some(old_handles[j]));
+            }
+            None => {
+                let allows = matches!(
+                    rule.last(),
+                    Some(Statement::Accept(_) | Statement::Return(_))
+                );
+                if !allows {
+                    return None;
+                }
+                patch.new.push(index);
+                patch.handles.push(None);
+            }
+        }
+    }
+    patch.gone = (0..old.len())
+        .filter(|&j| unused[j])
+        .map(|j| old_handles[j])
+        .collect();
+    Some(patch)
 }
 
 /// The whole table in one transaction: existing objects are emptied and refilled, so that
@@ -895,4 +1068,37 @@ pub fn remove() -> Result<(), FirewallError> {
         batch.apply()?;
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn allow(port: u32) -> Vec<Statement<'static>> {
+        vec![
+            eq(field("th", "dport"), number(port)),
+            Statement::Accept(None),
+        ]
+    }
+
+    #[test]
+    fn a_policy_chain_is_patched_by_handle_and_other_chains_are_refilled() {
+        let drop = vec![Statement::Drop(None)];
+        let old = vec![allow(80), allow(81), drop.clone()];
+        let new = vec![allow(82), allow(80), drop.clone()];
+        let patch = patch_chain("in-0123", &old, &[10, 11, 12], &new).unwrap();
+        assert_eq!(patch.gone, vec![11]);
+        assert_eq!(patch.new, vec![0]);
+        assert_eq!(patch.handles, vec![None, Some(10), Some(12)]);
+        // Rules written alike are matched one to one.
+        let twice = vec![allow(80), allow(80), drop.clone()];
+        let patch = patch_chain("eg-0123", &old, &[10, 11, 12], &twice).unwrap();
+        assert_eq!(patch.gone, vec![11]);
+        assert_eq!(patch.handles, vec![Some(10), None, Some(12)]);
+        // The base chains' order matters; a rule that comes and does not allow (the drop of a
+        // new chain) needs its place.
+        assert!(patch_chain("forward", &old, &[10, 11, 12], &new).is_none());
+        let without_drop = vec![allow(80)];
+        assert!(patch_chain("in-0123", &without_drop, &[10], &old).is_none());
+    }
 }

@@ -634,6 +634,53 @@ fn a_relabel_alone_moves_set_members_as_a_whole_plan_would() {
     );
 }
 
+/// Policies created and deleted in one namespace change its chain by rules inserted and deleted
+/// by handle (`chains_patched` in the log), not by emptying and refilling it; packets follow,
+/// and every chain of the kernel holds as many rules as a whole write of the table would.
+#[test]
+fn policy_changes_patch_their_namespace_chain_by_handle() {
+    let w = World::new("tnph");
+    let from = |ns: &str, port: u16| {
+        json!({"podSelector": {}, "ingress": [{
+            "from": [{"namespaceSelector": {"matchLabels": {"ns": ns}}}],
+            "ports": [{"protocol": "TCP", "port": port}]}]})
+    };
+    // The first policy of x makes its chain (learning the handles); the next ones patch it.
+    w.policy(
+        "x",
+        "deny",
+        json!({"podSelector": {}, "policyTypes": ["Ingress"]}),
+    );
+    w.policy("x", "from-y", from("y", 80));
+    w.policy("x", "from-z", from("z", 81));
+    w.expect("x lets y in on TCP 80 and z on TCP 81", |s, d, p, port| {
+        d.ns != "x" || (p == "tcp" && ((s.ns == "y" && port == 80) || (s.ns == "z" && port == 81)))
+    });
+    w.delete_policy("x", "from-y");
+    w.expect("x lets z in on TCP 81", |s, d, p, port| {
+        d.ns != "x" || (p == "tcp" && s.ns == "z" && port == 81)
+    });
+    let log = w.log();
+    assert!(
+        log.contains("chains_patched=1") || log.contains("\"chains_patched\":1"),
+        "no chain was patched:\n{log}"
+    );
+    let fresh = fresh_table(&w.api);
+    for (chain, rules) in &fresh.chains {
+        let out = w
+            .node
+            .exec(&["nft", "-j", "list", "chain", "inet", "tether-netpol", chain]);
+        let listed: Value = serde_json::from_str(&out).unwrap();
+        let in_kernel = listed["nftables"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|o| o.get("rule").is_some())
+            .count();
+        assert_eq!(in_kernel, rules.len(), "chain {chain}\n{}", w.dump());
+    }
+}
+
 #[test]
 fn ipv6_is_policed_like_ipv4() {
     let w = World::new("tnp6");

@@ -256,6 +256,17 @@ fn start_agent(
 /// Medians over the agent's writes after its first (the changes timed above), from its JSON log:
 /// plan, table, difference, kernel write, in ms, of the writes that took `path` ("netlink": set
 /// members only, the relabels; "nft": chains too, the policy changes).
+/// The first write of the agent (its start): plan, table, difference and `nft` write in ms.
+fn start_phases(log: &std::path::Path) -> [f64; 4] {
+    let text = std::fs::read_to_string(log).unwrap_or_default();
+    let first = text
+        .lines()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .find(|v| v["message"] == "policies applied")
+        .unwrap_or_default();
+    ["plan_ms", "render_ms", "diff_ms", "write_ms"].map(|f| first[f].as_f64().unwrap_or(0.0))
+}
+
 fn write_phases<const N: usize>(
     log: &std::path::Path,
     path: &str,
@@ -474,6 +485,7 @@ fn main() {
     let (moved, relabel_phases) = write_phases(&log, "netlink (relabel)", ["delta_ms", "write_ms"]);
     let (replanned, replanned_phases) = write_phases(&log, "netlink", whole);
     let (_, policy_phases) = write_phases(&log, "nft", whole);
+    let start = start_phases(&log);
     // Throughput: the agent stops (its table stays in force), the table is saved, and iperf3
     // runs alternate, ROUNDS times, between with and without the table (deleted and restored)
     // on both datapaths: plain bridge ports with br_netfilter, isolated ports routed by the node
@@ -587,6 +599,13 @@ fn main() {
             vec![
                 "agent start to complete table".into(),
                 format!("{} ms", ms(full_sync)),
+            ],
+            vec![
+                "the start's write: plan / table / difference / kernel write (nft)".into(),
+                format!(
+                    "{:.1} / {:.1} / {:.1} / {:.1} ms",
+                    start[0], start[1], start[2], start[3]
+                ),
             ],
             vec![
                 "nftables rules / sets / elements".into(),
