@@ -80,8 +80,9 @@ pub struct Table {
     /// The names the sets of each peers key and each policy's targets got.
     pub names: SetIndex,
     /// The kernel's handle of each rule of a chain, in the order of `chains`, for the chains
-    /// whose handles the agent learnt (from nft's echo of the batch that wrote them): a changed
-    /// policy chain then gets only its new rules inserted and its gone rules deleted.
+    /// whose handles the agent learnt (read back from the kernel after the batch that wrote
+    /// them): a changed policy chain then gets only its new rules inserted and its gone rules
+    /// deleted.
     pub handles: RuleHandles,
 }
 
@@ -645,12 +646,14 @@ fn refill_chain(batch: &mut Batch, name: &str, rules: &[Vec<Statement<'static>>]
 pub struct Write {
     how: How,
     /// The rule handles of the chains after the write, per chain in the table's order: `None`
-    /// for a rule the batch adds (learnt from its echo, in `added`'s order).
+    /// for a rule the batch adds (read back from the kernel after it).
     handles: BTreeMap<String, Vec<Option<u32>>>,
     /// (chain, index) of each rule the batch adds or inserts, in the batch's order.
     added: Vec<(String, usize)>,
     /// Chains changed by rules inserted and deleted (not emptied and refilled).
     patched: usize,
+    /// The chains whose new rules are inserted (first in the chain), not appended.
+    inserted: BTreeSet<String>,
 }
 
 enum How {
@@ -675,29 +678,30 @@ impl Write {
 
     /// Writes it; the rule handles of the chains whose handles are known after it.
     pub fn apply(&self) -> Result<RuleHandles, FirewallError> {
-        let learnt = match &self.how {
-            How::Elements(changes) => {
-                elements::apply(FAMILY, TABLE, changes)?;
-                Vec::new()
-            }
-            How::Batch(batch) if self.added.is_empty() => {
-                batch.apply()?;
-                Vec::new()
-            }
-            How::Batch(batch) => batch.apply_echo()?,
-        };
+        match &self.how {
+            How::Elements(changes) => elements::apply(FAMILY, TABLE, changes)?,
+            How::Batch(batch) => batch.apply()?,
+        }
         let mut handles = self.handles.clone();
-        if learnt.len() == self.added.len() {
-            for ((chain, index), handle) in self.added.iter().zip(learnt) {
-                if let Some(slot) = handles.get_mut(chain).and_then(|h| h.get_mut(*index)) {
-                    *slot = Some(handle);
+        let mut chains: BTreeMap<&str, Vec<usize>> = BTreeMap::new();
+        for (chain, index) in &self.added {
+            chains.entry(chain).or_default().push(*index);
+        }
+        for (chain, indexes) in chains {
+            if let Some(slots) = handles.get_mut(chain) {
+                if learn(chain, self.inserted.contains(chain), &indexes, slots).is_none() {
+                    // Unknown: the chain is refilled the next time it changes.
+                    slots.clear();
                 }
             }
         }
         // A chain with a handle not learnt is one whose handles are unknown.
         Ok(handles
             .into_iter()
-            .filter_map(|(chain, h)| Some((chain, h.into_iter().collect::<Option<Vec<u32>>>()?)))
+            .filter_map(|(chain, h)| {
+                let h: Vec<u32> = h.into_iter().collect::<Option<Vec<u32>>>()?;
+                (!h.is_empty()).then_some((chain, h))
+            })
             .collect())
     }
 
@@ -724,6 +728,7 @@ impl Write {
             handles: BTreeMap::new(),
             added: Vec::new(),
             patched: 0,
+            inserted: BTreeSet::new(),
         }
     }
 
@@ -755,15 +760,17 @@ pub fn write(before: Option<&Table>, after: &Table) -> Result<Write, FirewallErr
                 handles: known(&before.handles),
                 added: Vec::new(),
                 patched: 0,
+                inserted: BTreeSet::new(),
             })
         }
         Some(before) if kinds_agree(before, after) => {
-            let (batch, handles, added, patched) = difference(before, after);
+            let (batch, handles, added, inserted) = difference(before, after);
             Ok(Write {
                 how: How::Batch(batch),
                 handles,
                 added,
-                patched,
+                patched: inserted.len(),
+                inserted,
             })
         }
         _ => Ok(Write {
@@ -771,6 +778,7 @@ pub fn write(before: Option<&Table>, after: &Table) -> Result<Write, FirewallErr
             handles: BTreeMap::new(),
             added: Vec::new(),
             patched: 0,
+            inserted: BTreeSet::new(),
         }),
     }
 }
@@ -849,19 +857,19 @@ fn chain_object(name: &str) -> cni_core::firewall::schema::Chain<'static> {
 }
 
 /// The batch, the handles of the chains' rules after it (see [`Write`]), the rules it adds, and
-/// how many chains it patches.
+/// the chains it patches (inserting rules).
 type Difference = (
     Batch,
     BTreeMap<String, Vec<Option<u32>>>,
     Vec<(String, usize)>,
-    usize,
+    BTreeSet<String>,
 );
 
 fn difference(before: &Table, after: &Table) -> Difference {
     let mut batch = Batch::new();
     let mut handles = BTreeMap::new();
     let mut added = Vec::new();
-    let mut patched = 0;
+    let mut patched = BTreeSet::new();
     // Chains first: map elements and rules jump to them.
     for name in after.chains.keys() {
         if !before.chains.contains_key(name) {
@@ -904,7 +912,7 @@ fn difference(before: &Table, after: &Table) -> Difference {
             .and_then(|(old, old_handles)| patch_chain(name, old, old_handles, rules));
         let planned = match patch {
             Some(patch) => {
-                patched += 1;
+                patched.insert(name.clone());
                 for handle in patch.gone {
                     batch.delete(build::rule_handle(FAMILY, TABLE, name, handle));
                 }
@@ -947,6 +955,32 @@ fn difference(before: &Table, after: &Table) -> Difference {
         batch.delete(build::chain(FAMILY, TABLE, name));
     }
     (batch, handles, added, patched)
+}
+
+/// The handles of the rules a batch added to `chain` (at `indexes` of its rules, in the
+/// batch's order), read back from the kernel: the chain's handles that `slots` does not know
+/// yet. Rules appended (a refilled chain) are in the batch's order; rules inserted (each one
+/// first in the chain) in the reverse order. `None` when the count does not match.
+fn learn(chain: &str, inserted: bool, indexes: &[usize], slots: &mut [Option<u32>]) -> Option<()> {
+    let listed = cni_core::firewall::rules::handles(FAMILY, TABLE, chain)
+        .ok()
+        .flatten()?;
+    let known: HashSet<u32> = slots.iter().flatten().copied().collect();
+    let mut fresh: Vec<u32> = listed
+        .into_iter()
+        .filter_map(|h| u32::try_from(h).ok())
+        .filter(|h| !known.contains(h))
+        .collect();
+    if inserted {
+        fresh.reverse();
+    }
+    if fresh.len() != indexes.len() {
+        return None;
+    }
+    for (index, handle) in indexes.iter().zip(fresh) {
+        *slots.get_mut(*index)? = Some(handle);
+    }
+    Some(())
 }
 
 /// A policy chain's change as rules inserted and deleted by handle, instead of the chain

@@ -5,7 +5,8 @@
 //! profiler can be pointed at it (`perf record target/.../netpol-plan`).
 //!
 //! Usage: netpol-plan [LOCAL] [PODS] [POLICIES] [ROUNDS]   (defaults 250 2000 500 20)
-//! NETPOL_PLAN_PAUSE_MS=100 pauses before each change as netpol-scale does (cold caches).
+//! NETPOL_PLAN_PAUSE_MS=100 pauses before each change as netpol-scale does (cold caches);
+//! NETPOL_PLAN_DUMP=FILE writes the whole table's nft document to FILE.
 
 use std::time::{Duration, Instant};
 
@@ -125,7 +126,14 @@ fn main() {
     // What a start writes: the whole table as one nft document (not applied here).
     let started = Instant::now();
     let document = nft::batch(None, &applied)
-        .map(|b| b.to_json().len())
+        .map(|b| {
+            let json = b.to_json();
+            // NETPOL_PLAN_DUMP=FILE keeps the document (to load it into a namespace by hand).
+            if let Ok(path) = std::env::var("NETPOL_PLAN_DUMP") {
+                let _ = std::fs::write(path, &json);
+            }
+            json.len()
+        })
         .unwrap_or_default();
     let whole = started.elapsed();
 

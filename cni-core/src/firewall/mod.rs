@@ -8,6 +8,7 @@
 pub mod build;
 pub mod elements;
 mod nfnetlink;
+pub mod rules;
 pub mod tables;
 
 use std::path::Path;
@@ -167,41 +168,6 @@ impl Batch {
         tracing::debug!(batch = %payload, "nft batch");
         run("applying a batch", &["-j", "-f", "-"], Some(&payload)).map(drop)
     }
-
-    /// Applies every command as one transaction, as [`Batch::apply`], and answers the kernel's
-    /// handle of each rule it added or inserted, in the batch's order (from nft's echo).
-    pub fn apply_echo(&self) -> Result<Vec<u32>, FirewallError> {
-        if self.commands.is_empty() {
-            return Ok(Vec::new());
-        }
-        let payload = self.to_json();
-        tracing::debug!(batch = %payload, "nft batch");
-        let echo = run("applying a batch", &["-j", "-e", "-f", "-"], Some(&payload))?;
-        rule_handles(&echo)
-    }
-}
-
-/// The handles of the rules added or inserted, in order, of nft's JSON echo of a batch.
-fn rule_handles(echo: &str) -> Result<Vec<u32>, FirewallError> {
-    let unreadable = |detail: String| FirewallError::Nft {
-        action: "reading the echo of a batch",
-        detail,
-    };
-    let document: Value = serde_json::from_str(echo).map_err(|e| unreadable(e.to_string()))?;
-    let commands = document["nftables"].as_array().map(Vec::as_slice);
-    let mut handles = Vec::new();
-    for command in commands.unwrap_or_default() {
-        for verb in ["add", "insert"] {
-            if let Some(rule) = command.get(verb).and_then(|o| o.get("rule")) {
-                let handle = rule["handle"]
-                    .as_u64()
-                    .and_then(|h| u32::try_from(h).ok())
-                    .ok_or_else(|| unreadable(format!("a rule without a handle: {rule}")))?;
-                handles.push(handle);
-            }
-        }
-    }
-    Ok(handles)
 }
 
 /// What one table holds, parsed. Objects the schema cannot read are skipped (and logged), so one

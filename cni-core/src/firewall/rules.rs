@@ -1,0 +1,58 @@
+//! The handles of one chain's rules, read over an NFNETLINK socket (a dump of that chain only):
+//! what a writer that inserts and deletes rules by handle needs after a batch. `nft --echo`
+//! would tell the same, but it lists the whole table first (50 ms at tether-netpol's 1,205
+//! sets, against 6 ms for the write itself).
+
+use super::nfnetlink::{
+    attributes, family_number, nft_message, Message, Nfnl, NLM_F_DUMP, NLM_F_REQUEST,
+};
+use super::types::NfFamily;
+use super::FirewallError;
+
+const NFT_MSG_GETRULE: u16 = 7;
+const NFTA_RULE_TABLE: u16 = 1;
+const NFTA_RULE_CHAIN: u16 = 2;
+const NFTA_RULE_HANDLE: u16 = 3;
+
+/// The handles of `chain`'s rules in the kernel's order (the order packets meet them); `None`
+/// when the table or chain does not exist.
+pub fn handles(
+    family: NfFamily,
+    table: &str,
+    chain: &str,
+) -> Result<Option<Vec<u64>>, FirewallError> {
+    let mut request = Message::new(
+        nft_message(NFT_MSG_GETRULE),
+        NLM_F_REQUEST | NLM_F_DUMP,
+        1,
+        family_number(family),
+        0,
+    );
+    request.string(NFTA_RULE_TABLE, table);
+    request.string(NFTA_RULE_CHAIN, chain);
+    let payloads = match Nfnl::open()?.dump(request.finish())? {
+        Ok(payloads) => payloads,
+        Err(errno) if errno == libc::ENOENT => return Ok(None),
+        Err(errno) => {
+            return Err(FirewallError::Nft {
+                action: "listing a chain's rules",
+                detail: format!(
+                    "the kernel refused to list chain {chain} of table {table}: {}",
+                    std::io::Error::from_raw_os_error(errno)
+                ),
+            })
+        }
+    };
+    Ok(Some(
+        payloads
+            .iter()
+            .filter_map(|payload| {
+                attributes(payload)
+                    .into_iter()
+                    .find(|(kind, _)| *kind == NFTA_RULE_HANDLE)
+                    .and_then(|(_, value)| <[u8; 8]>::try_from(value).ok())
+                    .map(u64::from_be_bytes)
+            })
+            .collect(),
+    ))
+}
