@@ -187,15 +187,17 @@ pub async fn run(settings: Settings) -> Result<(), AgentError> {
                 Some(next) => next,
                 None => {
                     let started = Instant::now();
-                    let relabelled = match (&pending, applied.as_ref()) {
-                        (Pending::Pod(key, Some(before)), Some(table)) => {
-                            cluster.pods.get(key).and_then(|after| {
-                                delta::relabel(&cluster, &settings.node_name, table, before, after)
-                            })
-                        }
+                    let moved = match (&pending, applied.as_ref()) {
+                        (Pending::Pod(key, before), Some(table)) => delta::pod_change(
+                            &cluster,
+                            &settings.node_name,
+                            table,
+                            before.as_ref(),
+                            cluster.pods.get(key),
+                        ),
                         _ => None,
                     };
-                    applied = match (relabelled, applied.take()) {
+                    applied = match (moved, applied.take()) {
                         (Some(edits), Some(table)) => {
                             write_edits(&metrics, since, started, table, &edits)
                         }
@@ -257,7 +259,7 @@ pub async fn run(settings: Settings) -> Result<(), AgentError> {
     }
 }
 
-/// Writes a relabel's moved set members ([`delta::relabel`], worked out from `started`) into
+/// Writes a pod's moved set members ([`delta::pod_change`], worked out from `started`) into
 /// `table`, the table in the kernel: that table with them, or `None` when the write failed
 /// (the next write is whole).
 fn write_edits(
@@ -282,7 +284,7 @@ fn write_edits(
             tracing::info!(
                 elements = table.element_count(),
                 commands = write.len(),
-                path = "netlink (relabel)",
+                path = "netlink (pod)",
                 delta_ms = ms(worked_out),
                 write_ms = ms(started.elapsed()),
                 "policies applied"
@@ -293,7 +295,7 @@ fn write_edits(
         }
         Err(e) => {
             let e = cni_core::error::chain(&e);
-            tracing::error!(error = %e, "writing a relabel's set members failed; rewriting the table");
+            tracing::error!(error = %e, "writing a pod's set members failed; rewriting the table");
             metrics.written(Err(e), since.elapsed());
             None
         }

@@ -585,12 +585,12 @@ fn chaos_of_policies_labels_and_pods_ends_in_the_fresh_computation() {
     }
 }
 
-/// A relabel on its own is written as the set members it moves, worked out from the pod alone
-/// (`netlink (relabel)` in the log): a pod joining and leaving a rule's peers, and one joining a
-/// policy's pods with a named port. The kernel ends where a whole plan puts it, packets
-/// included.
+/// A pod's change on its own is written as the set members it moves, worked out from the pod
+/// alone (`netlink (pod)` in the log): a pod joining and leaving a rule's peers, joining a
+/// policy's pods with a named port, going and coming back. The kernel ends where a whole plan
+/// puts it, packets included.
 #[test]
-fn a_relabel_alone_moves_set_members_as_a_whole_plan_would() {
+fn a_pod_change_alone_moves_set_members_as_a_whole_plan_would() {
     let w = World::new("tnpm");
     w.policy(
         "x",
@@ -617,6 +617,15 @@ fn a_relabel_alone_moves_set_members_as_a_whole_plan_would() {
     w.expect("x/b and x/c are clients", only(&["b", "c"], &["a"]));
     w.relabel("x", "c", json!({"pod": "a"}));
     w.expect("x/c is policed like x/a", only(&["b"], &["a", "c"]));
+    // A pod going and coming back: its members leave and return (while it is unknown, its
+    // address is held both ways).
+    w.api.delete(PODS, "x", "c");
+    let xc = w.pod("x", "c").who;
+    w.expect("x/c is gone", |s, d, p, port| {
+        s != xc && d != xc && only(&["b"], &["a"])(s, d, p, port)
+    });
+    w.relabel("x", "c", json!({"pod": "c"}));
+    w.expect("x/c is back, unselected", only(&["b"], &["a"]));
     let started = Instant::now();
     while kernel_sets(&w.node) != fresh_sets(&w.api) {
         assert!(
@@ -626,10 +635,10 @@ fn a_relabel_alone_moves_set_members_as_a_whole_plan_would() {
         );
         std::thread::sleep(Duration::from_millis(100));
     }
-    let moved = w.log().matches("netlink (relabel)").count();
+    let moved = w.log().matches("netlink (pod)").count();
     assert!(
-        moved >= 2,
-        "relabels were not written as moved members:\n{}",
+        moved >= 4,
+        "pod changes were not written as moved members:\n{}",
         w.log()
     );
 }

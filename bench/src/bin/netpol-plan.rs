@@ -150,7 +150,7 @@ fn main() {
         let started = Instant::now();
         let edits = before
             .as_ref()
-            .and_then(|b| delta::relabel(&cluster, NODE, &applied, b, &p));
+            .and_then(|b| delta::pod_change(&cluster, NODE, &applied, Some(b), Some(&p)));
         phases[6].push(started.elapsed());
         let (table, took) = work(&cluster, &options, &applied);
         if let Some(edits) = edits {

@@ -482,7 +482,7 @@ fn main() {
     let peak = status_kib(pid, "VmHWM:");
     let whole = ["plan_ms", "render_ms", "diff_ms", "write_ms"];
     let log = dir.join("agent2.log");
-    let (moved, relabel_phases) = write_phases(&log, "netlink (relabel)", ["delta_ms", "write_ms"]);
+    let (moved, relabel_phases) = write_phases(&log, "netlink (pod)", ["delta_ms", "write_ms"]);
     let (replanned, replanned_phases) = write_phases(&log, "netlink", whole);
     let (_, policy_phases) = write_phases(&log, "nft", whole);
     let start = start_phases(&log);
