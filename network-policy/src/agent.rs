@@ -293,12 +293,12 @@ fn write_edits(
             metrics.written(Ok(()), since.elapsed());
             Some(table)
         }
-        Err(e) => {
-            let e = cni_core::error::chain(&e);
-            tracing::error!(error = %e, "writing a pod's set members failed; rewriting the table");
-            metrics.written(Err(e), since.elapsed());
-            None
-        }
+        Err(e) => failed(
+            metrics,
+            since,
+            &e,
+            "writing a pod's set members failed; rewriting the table",
+        ),
     }
 }
 
@@ -363,11 +363,24 @@ fn write(
             metrics.written(Ok(()), since.elapsed());
             Some(table)
         }
-        Err(e) => {
-            let e = cni_core::error::chain(&e);
-            tracing::error!(error = %e, "writing the policy table failed; retrying");
-            metrics.written(Err(e), since.elapsed());
-            None
-        }
+        Err(e) => failed(
+            metrics,
+            since,
+            &e,
+            "writing the policy table failed; retrying",
+        ),
     }
+}
+
+/// A write that failed: logged and counted; the next write is whole (`None`: no table known).
+fn failed(
+    metrics: &Metrics,
+    since: Instant,
+    error: &cni_core::firewall::FirewallError,
+    what: &str,
+) -> Option<Table> {
+    let e = cni_core::error::chain(error);
+    tracing::error!(error = %e, "{what}");
+    metrics.written(Err(e), since.elapsed());
+    None
 }

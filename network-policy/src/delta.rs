@@ -95,10 +95,8 @@ fn keeps_policies(
     after: Option<&PodInfo>,
 ) -> Option<()> {
     let pod = before.or(after)?;
-    for ((namespace, _), policy) in &cluster.policies {
-        if *namespace != pod.namespace
-            || targeted(node, before, policy) == targeted(node, after, policy)
-        {
+    for policy in cluster.policies_in(&pod.namespace) {
+        if targeted(node, before, policy) == targeted(node, after, policy) {
             continue;
         }
         let others = cluster.pods.values().any(|p| {
@@ -172,10 +170,7 @@ fn members(
     }
     let mut isolated = BTreeSet::new();
     let policies = cluster
-        .policies
-        .range((pod.namespace.clone(), String::new())..)
-        .take_while(|((ns, _), _)| *ns == pod.namespace)
-        .map(|(_, policy)| policy)
+        .policies_in(&pod.namespace)
         .filter(|policy| policy.selects(pod));
     for policy in policies {
         for direction in [Direction::Ingress, Direction::Egress] {

@@ -435,6 +435,14 @@ impl Cluster {
         self.pods.values().filter(|p| Self::is_live(p))
     }
 
+    /// The policies of one namespace (the map is ordered by namespace first).
+    pub fn policies_in<'a>(&'a self, namespace: &'a str) -> impl Iterator<Item = &'a Policy> + 'a {
+        self.policies
+            .range((namespace.to_string(), String::new())..)
+            .take_while(move |((ns, _), _)| ns == namespace)
+            .map(|(_, policy)| policy)
+    }
+
     /// The live pods of one namespace (the map is ordered by namespace first).
     fn in_namespace<'a>(&'a self, namespace: &'a str) -> impl Iterator<Item = &'a PodInfo> + 'a {
         self.pods

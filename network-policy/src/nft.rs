@@ -650,8 +650,6 @@ pub struct Write {
     handles: BTreeMap<String, Vec<Option<u32>>>,
     /// (chain, index) of each rule the batch adds or inserts, in the batch's order.
     added: Vec<(String, usize)>,
-    /// Chains changed by rules inserted and deleted (not emptied and refilled).
-    patched: usize,
     /// The chains whose new rules are inserted (first in the chain), not appended.
     inserted: BTreeSet<String>,
 }
@@ -727,14 +725,13 @@ impl Write {
             how: How::Elements(changes),
             handles: BTreeMap::new(),
             added: Vec::new(),
-            patched: 0,
             inserted: BTreeSet::new(),
         }
     }
 
     /// Chains changed by rules inserted and deleted by handle.
     pub fn patched(&self) -> usize {
-        self.patched
+        self.inserted.len()
     }
 
     pub fn path(&self) -> &'static str {
@@ -759,7 +756,6 @@ pub fn write(before: Option<&Table>, after: &Table) -> Result<Write, FirewallErr
                 how: How::Elements(element_changes(before, after)),
                 handles: known(&before.handles),
                 added: Vec::new(),
-                patched: 0,
                 inserted: BTreeSet::new(),
             })
         }
@@ -769,7 +765,6 @@ pub fn write(before: Option<&Table>, after: &Table) -> Result<Write, FirewallErr
                 how: How::Batch(batch),
                 handles,
                 added,
-                patched: inserted.len(),
                 inserted,
             })
         }
@@ -777,7 +772,6 @@ pub fn write(before: Option<&Table>, after: &Table) -> Result<Write, FirewallErr
             how: How::Batch(whole(after)?),
             handles: BTreeMap::new(),
             added: Vec::new(),
-            patched: 0,
             inserted: BTreeSet::new(),
         }),
     }

@@ -335,18 +335,11 @@ pub fn list(
     );
     request.string(NFTA_SET_ELEM_LIST_TABLE, table);
     request.string(NFTA_SET_ELEM_LIST_SET, set);
-    let payloads = match Nfnl::open()?.dump(request.finish())? {
-        Ok(payloads) => payloads,
-        Err(errno) if errno == libc::ENOENT => return Ok(None),
-        Err(errno) => {
-            return Err(FirewallError::Nft {
-                action: "listing set elements",
-                detail: format!(
-                    "the kernel refused to list set {set} of table {table}: {}",
-                    std::io::Error::from_raw_os_error(errno)
-                ),
-            })
-        }
+    let Some(payloads) = Nfnl::dump_existing(request.finish(), "listing set elements", || {
+        format!("set {set} of table {table}")
+    })?
+    else {
+        return Ok(None);
     };
     let mut out = Vec::new();
     for payload in &payloads {

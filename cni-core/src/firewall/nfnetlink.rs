@@ -277,6 +277,27 @@ impl Nfnl {
         }
     }
 
+    /// [`Nfnl::dump`] of an object that may not exist: `None` when the kernel answers ENOENT;
+    /// another refusal is an error naming `action` and `what` was listed.
+    pub(super) fn dump_existing(
+        request: Vec<u8>,
+        action: &'static str,
+        what: impl FnOnce() -> String,
+    ) -> Result<Option<Vec<Vec<u8>>>, FirewallError> {
+        match Nfnl::open()?.dump(request)? {
+            Ok(payloads) => Ok(Some(payloads)),
+            Err(errno) if errno == libc::ENOENT => Ok(None),
+            Err(errno) => Err(FirewallError::Nft {
+                action,
+                detail: format!(
+                    "the kernel refused to list {}: {}",
+                    what(),
+                    std::io::Error::from_raw_os_error(errno)
+                ),
+            }),
+        }
+    }
+
     /// Sends one request that the kernel acks (or refuses with an errno).
     pub(super) fn request(&mut self, request: Vec<u8>) -> Result<Result<(), i32>, FirewallError> {
         self.socket

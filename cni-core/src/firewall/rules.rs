@@ -30,18 +30,11 @@ pub fn handles(
     );
     request.string(NFTA_RULE_TABLE, table);
     request.string(NFTA_RULE_CHAIN, chain);
-    let payloads = match Nfnl::open()?.dump(request.finish())? {
-        Ok(payloads) => payloads,
-        Err(errno) if errno == libc::ENOENT => return Ok(None),
-        Err(errno) => {
-            return Err(FirewallError::Nft {
-                action: "listing a chain's rules",
-                detail: format!(
-                    "the kernel refused to list chain {chain} of table {table}: {}",
-                    std::io::Error::from_raw_os_error(errno)
-                ),
-            })
-        }
+    let Some(payloads) = Nfnl::dump_existing(request.finish(), "listing a chain's rules", || {
+        format!("chain {chain} of table {table}")
+    })?
+    else {
+        return Ok(None);
     };
     Ok(Some(
         payloads
