@@ -113,9 +113,12 @@ impl NfsServer {
     fn launch(&mut self) {
         let dir = self.dir.path();
         // rpcbind's socket and lock live in /run: a private tmpfs there keeps them off the host.
+        // ganesha registers its programs once, at start: it waits (5 s at most) for rpcbind's
+        // socket, else under load it can come first and never serve MOUNT ("Cannot register").
         // The shell stays as the parent of both and is what we stop.
         let script = format!(
             "mount -t tmpfs none /run || exit 1; rpcbind -f -w & rp=$!; \
+             for i in $(seq 100); do [ -S /run/rpcbind.sock ] && break; sleep 0.05; done; \
              ganesha.nfsd -F -f {conf} -L {log} -p {pid} & gp=$!; \
              trap 'kill -TERM $gp; wait $gp; kill -TERM $rp; wait $rp' TERM; wait $gp",
             conf = dir.join("ganesha.conf").display(),
