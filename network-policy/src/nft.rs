@@ -735,8 +735,9 @@ impl Write {
     }
 
     pub fn path(&self) -> &'static str {
-        match self.how {
+        match &self.how {
             How::Elements(_) => "netlink",
+            How::Batch(batch) if batch.over_netlink() => "netlink (batch)",
             How::Batch(_) => "nft",
         }
     }

@@ -274,6 +274,15 @@ fn chunks(elements: &[Element]) -> Vec<&[Element]> {
     out
 }
 
+/// The messages of one change (sequence number 0: the batch sets it), in runs that each fit
+/// one message.
+pub(super) fn messages(family: NfFamily, table: &str, change: &Change) -> Vec<Vec<u8>> {
+    chunks(&change.elements)
+        .into_iter()
+        .map(|chunk| element_message(family, table, &change.set, change.delete, chunk, 0))
+        .collect()
+}
+
 /// The bytes of one batch, and the sequence numbers of the messages the kernel answers.
 fn encode(family: NfFamily, table: &str, changes: &[&Change]) -> (Vec<u8>, Vec<u32>) {
     let mut batch = nfnetlink::Batch::new();

@@ -10,6 +10,7 @@ pub mod elements;
 mod nfnetlink;
 pub mod rules;
 pub mod tables;
+mod wire;
 
 use std::path::Path;
 
@@ -86,12 +87,25 @@ fn run(action: &'static str, args: &[&str], stdin: Option<&str>) -> Result<Strin
     }
 }
 
-/// Commands applied together, atomically. Each command is kept as its JSON text, not as a
-/// `serde_json::Value` tree: a whole table (a start of tether-netpol: thousands of elements and
-/// hundreds of rules) as trees took several times the memory of the document itself.
-#[derive(Debug, Default, Clone)]
+/// Commands applied together, atomically: over netlink when every command is one the
+/// encoder knows ([`wire`]: no process, no cache of the table), else as one `nft -j -f`
+/// document. Each command is kept as its JSON text, not as a `serde_json::Value` tree: a whole
+/// table (a start of tether-netpol: thousands of elements and hundreds of rules) as trees took
+/// several times the memory of the document itself.
+#[derive(Debug, Clone)]
 pub struct Batch {
     commands: Vec<String>,
+    /// The commands as netlink messages; `None` once one of them is not encoded.
+    wire: Option<wire::Wire>,
+}
+
+impl Default for Batch {
+    fn default() -> Batch {
+        Batch {
+            commands: Vec::new(),
+            wire: Some(wire::Wire::default()),
+        }
+    }
 }
 
 impl Batch {
@@ -100,10 +114,25 @@ impl Batch {
     }
 
     fn push(&mut self, cmd: NfCmd<'_>) {
+        self.encode(|wire| wire.command(&cmd));
         // The crate's types always serialize.
         if let Ok(text) = serde_json::to_string(&NfObject::CmdObject(cmd)) {
             self.commands.push(text);
         }
+    }
+
+    fn encode(&mut self, how: impl FnOnce(&mut wire::Wire) -> Result<(), wire::Unsupported>) {
+        if let Some(wire) = &mut self.wire {
+            if let Err(why) = how(wire) {
+                tracing::debug!(reason = why.0, "batch goes through nft");
+                self.wire = None;
+            }
+        }
+    }
+
+    /// Whether [`Batch::apply`] writes it over netlink (else through `nft`).
+    pub fn over_netlink(&self) -> bool {
+        self.wire.is_some()
     }
 
     /// `add`: creates the object, or leaves an existing one (tables, chains, sets) alone.
@@ -132,6 +161,7 @@ impl Batch {
 
     /// A command the crate's schema cannot express, as libnftables-json(5) spells it.
     pub fn raw(&mut self, command: Value) -> &mut Batch {
+        self.encode(|wire| wire.raw(&command));
         self.commands.push(command.to_string());
         self
     }
@@ -161,6 +191,17 @@ impl Batch {
 
     /// Applies every command as one transaction. An empty batch is a no-op.
     pub fn apply(&self) -> Result<(), FirewallError> {
+        if self.commands.is_empty() {
+            return Ok(());
+        }
+        match &self.wire {
+            Some(wire) => wire.apply(),
+            None => self.apply_by_process(),
+        }
+    }
+
+    /// Applies the batch through `nft` even when it could go over netlink (to compare both).
+    pub fn apply_by_process(&self) -> Result<(), FirewallError> {
         if self.commands.is_empty() {
             return Ok(());
         }
