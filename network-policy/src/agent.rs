@@ -20,8 +20,8 @@ use kube::{Client, Config, Resource, ResourceExt};
 
 use crate::delta;
 use crate::metrics::Metrics;
-use crate::model::{Cluster, PodInfo, Policy};
-use crate::nft::{self, Edit, Table};
+use crate::model::{Cluster, Plan, PodInfo, Policy};
+use crate::nft::{self, Edit, Scope, Table};
 
 #[derive(Debug, thiserror::Error)]
 pub enum AgentError {
@@ -48,16 +48,17 @@ enum Change {
 }
 
 /// What changed since the last write: nothing, one pod (with what the agent knew of it before
-/// its first change), or more (the whole plan).
+/// its first change), one policy, or more (the whole plan).
 enum Pending {
     Nothing,
     Pod((String, String), Option<PodInfo>),
+    Policy((String, String)),
     More,
 }
 
 impl Pending {
     /// Adds a change of the pod `key` (`None`: of something else, or of many).
-    fn add(self, key: Option<(String, String)>, cluster: &Cluster) -> Pending {
+    fn pod(self, key: Option<(String, String)>, cluster: &Cluster) -> Pending {
         match (self, key) {
             (Pending::Nothing, Some(key)) => {
                 let before = cluster.pods.get(&key).cloned();
@@ -67,6 +68,23 @@ impl Pending {
             _ => Pending::More,
         }
     }
+
+    /// Adds a change of the policy `key` (`None`: of many).
+    fn policy(self, key: Option<(String, String)>) -> Pending {
+        match (self, key) {
+            (Pending::Nothing, Some(key)) => Pending::Policy(key),
+            (Pending::Policy(known), Some(key)) if known == key => Pending::Policy(known),
+            _ => Pending::More,
+        }
+    }
+}
+
+/// A change worked out without the whole plan.
+enum Delta {
+    /// A pod's moved set members.
+    Pod(Vec<Edit>),
+    /// A policy's change: the plan and table after it, and what of the table it touches.
+    Policy(Box<(Plan, Table, Scope)>),
 }
 
 /// The list-and-watch state of one kind of object; its items live in the [`Cluster`], swapped in
@@ -176,6 +194,9 @@ pub async fn run(settings: Settings) -> Result<(), AgentError> {
     let mut policies: Kind<(String, String), Policy> = Kind::default();
     let mut cluster = Cluster::default();
     let mut applied: Option<Table> = None;
+    // The plan `applied` was rendered from; `None` after a pod's delta (worked out again while
+    // nothing waits) or a failed write.
+    let mut planned: Option<Plan> = None;
     let mut bypass: Option<String> = None;
     let mut pending = Pending::Nothing;
     let mut dirty = false;
@@ -187,34 +208,59 @@ pub async fn run(settings: Settings) -> Result<(), AgentError> {
                 Some(next) => next,
                 None => {
                     let started = Instant::now();
-                    let moved = match (&pending, applied.as_ref()) {
-                        (Pending::Pod(key, before), Some(table)) => delta::pod_change(
+                    let node = settings.node_name.as_str();
+                    let delta = match (&pending, applied.as_ref(), planned.as_ref()) {
+                        (Pending::Pod(key, before), Some(table), _) => delta::pod_change(
                             &cluster,
-                            &settings.node_name,
+                            node,
                             table,
                             before.as_ref(),
                             cluster.pods.get(key),
-                        ),
+                        )
+                        .map(Delta::Pod),
+                        (Pending::Policy(key), Some(table), Some(plan)) => {
+                            delta::policy_change(&cluster, node, plan, table, key)
+                                .map(|d| Delta::Policy(Box::new(d)))
+                        }
                         _ => None,
                     };
-                    applied = match (moved, applied.take()) {
-                        (Some(edits), Some(table)) => {
-                            write_edits(&metrics, since, started, table, &edits)
+                    (applied, planned) = match (delta, applied.take(), planned.take()) {
+                        (Some(Delta::Pod(edits)), Some(table), _) => {
+                            (write_edits(&metrics, since, started, table, &edits), None)
                         }
-                        (_, table) => write(
+                        (Some(Delta::Policy(change)), Some(table), _) => {
+                            let (plan, after, scope) = *change;
+                            match write_policy(&metrics, since, started, &table, after, &scope) {
+                                Some(table) => (Some(table), Some(plan)),
+                                None => (None, None),
+                            }
+                        }
+                        (_, table, _) => write(
                             &settings,
                             &metrics,
                             since,
                             &cluster,
                             table.as_ref(),
                             &mut bypass,
-                        ),
+                        )
+                        .map_or((None, None), |(table, plan)| (Some(table), Some(plan))),
                     };
+                    metrics.policies.set(cluster.policies.len() as i64);
                     pending = Pending::Nothing;
                     dirty = applied.is_none();
                     if dirty {
                         tokio::time::sleep(Duration::from_secs(1)).await;
                     }
+                    continue;
+                }
+            }
+        } else if applied.is_some() && planned.is_none() {
+            // The plan of the table, worked out while no change waits (a policy's change
+            // starts from it).
+            match changes.next().now_or_never() {
+                Some(next) => next,
+                None => {
+                    planned = Some(cluster.plan(&settings.node_name));
                     continue;
                 }
             }
@@ -232,7 +278,7 @@ pub async fn run(settings: Settings) -> Result<(), AgentError> {
                     Event::Apply(pod) | Event::Delete(pod) => Some(namespaced(pod)),
                     _ => None,
                 };
-                pending = pending.add(key, &cluster);
+                pending = pending.pod(key, &cluster);
                 pods.apply(&mut cluster.pods, *e, namespaced, PodInfo::from_pod)
             }
             Some(Ok(Change::Namespace(e))) => {
@@ -245,7 +291,11 @@ pub async fn run(settings: Settings) -> Result<(), AgentError> {
                 )
             }
             Some(Ok(Change::Policy(e))) => {
-                pending = Pending::More;
+                let key = match &e {
+                    Event::Apply(policy) | Event::Delete(policy) => Some(namespaced(policy)),
+                    _ => None,
+                };
+                pending = pending.policy(key);
                 policies.apply(&mut cluster.policies, e, namespaced, |p: &NetworkPolicy| {
                     Some(Policy::from(p.clone()))
                 })
@@ -302,6 +352,53 @@ fn write_edits(
     }
 }
 
+/// Writes a policy's change ([`delta::policy_change`], worked out from `started`): `after`, the
+/// table after it, differs from `before` (the table in the kernel) within `scope` only. The
+/// table in the kernel after it, or `None` when the write failed (the next write is whole).
+fn write_policy(
+    metrics: &Metrics,
+    since: Instant,
+    started: Instant,
+    before: &Table,
+    mut after: Table,
+    scope: &Scope,
+) -> Option<Table> {
+    let write = nft::write_scoped(before, &after, scope);
+    let worked_out = started.elapsed();
+    let writing = Instant::now();
+    match write.apply() {
+        Ok(handles) => {
+            after.handles = handles;
+            let ms = |d: Duration| d.as_secs_f64() * 1e3;
+            tracing::info!(
+                rules = after.rule_count(),
+                elements = after.element_count(),
+                commands = write.len(),
+                path = if write.path() == "nft" {
+                    "nft (policy)"
+                } else {
+                    "netlink (policy)"
+                },
+                chains_patched = write.patched(),
+                delta_ms = ms(worked_out),
+                write_ms = ms(writing.elapsed()),
+                "policies applied"
+            );
+            metrics.rules.set(after.rule_count() as i64);
+            metrics.sets.set(after.sets.len() as i64);
+            metrics.elements.set(after.element_count() as i64);
+            metrics.written(Ok(()), since.elapsed());
+            Some(after)
+        }
+        Err(e) => failed(
+            metrics,
+            since,
+            &e,
+            "writing a policy's change failed; rewriting the table",
+        ),
+    }
+}
+
 /// Writes the table for `cluster`; what is in the kernel now, or `None` when the write failed.
 /// `since`: when the first change it carries reached the agent; `bypass`: why traffic between
 /// pods of the node escapes the table, as last warned of.
@@ -312,7 +409,7 @@ fn write(
     cluster: &Cluster,
     applied: Option<&Table>,
     bypass: &mut Option<String>,
-) -> Option<Table> {
+) -> Option<(Table, Plan)> {
     let started = Instant::now();
     let plan = cluster.plan(&settings.node_name);
     let planned = started.elapsed();
@@ -336,7 +433,6 @@ fn write(
         }
         *bypass = now;
     }
-    metrics.policies.set(cluster.policies.len() as i64);
     metrics.problems.set(plan.problems.len() as i64);
     for problem in &plan.problems {
         tracing::warn!(%problem, "part of a policy cannot be enforced");
@@ -361,14 +457,17 @@ fn write(
             metrics.sets.set(table.sets.len() as i64);
             metrics.elements.set(table.element_count() as i64);
             metrics.written(Ok(()), since.elapsed());
-            Some(table)
+            Some((table, plan))
         }
-        Err(e) => failed(
-            metrics,
-            since,
-            &e,
-            "writing the policy table failed; retrying",
-        ),
+        Err(e) => {
+            failed(
+                metrics,
+                since,
+                &e,
+                "writing the policy table failed; retrying",
+            );
+            None
+        }
     }
 }
 

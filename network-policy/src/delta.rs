@@ -1,5 +1,6 @@
-//! One pod's change (its labels, or the pod coming or going) as the set members it moves,
-//! without planning and rendering the whole table again.
+//! One pod's change (its labels, or the pod coming or going) as the set members it moves, and
+//! one policy's change as its namespace's part of the table rendered again, without planning
+//! and rendering the whole table again.
 //!
 //! What changes most in a cluster is pods: a rollout relabels, starts and stops them. A pod's
 //! part of the table is members only: its addresses in the peer sets of the rules that pick it,
@@ -12,10 +13,86 @@
 //! pod of this node, an address another live pod holds.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::net::IpAddr;
 use std::sync::Arc;
 
-use crate::model::{Cluster, Direction, PodInfo, RuleView};
-use crate::nft::{self, Edit, Elem, Table};
+use crate::model::{Cluster, Direction, Plan, PodInfo, Rule, RuleView};
+use crate::nft::{self, Edit, Elem, Scope, Table};
+
+/// One policy's change (`key`: created, changed or deleted; nothing else changed since `plan`
+/// and `table` were written) as the plan and table after it, and the part of the table it
+/// touches. The policy's rules are worked out alone and take the place of its old ones; the
+/// isolation of its namespace's pods on this node is worked out again from that namespace's
+/// policies; the namespace's chains, verdict-map entries and the sets of its rules are rendered
+/// again ([`nft::render_namespace`]). `None` (the whole plan runs) when more could change: the
+/// first policy of the cluster or its last one (pods of unknown addresses are held only while
+/// policies exist), a plan with problems to report, an address of the namespace's pods that the
+/// plan gives another namespace.
+pub fn policy_change(
+    cluster: &Cluster,
+    node: &str,
+    plan: &Plan,
+    table: &Table,
+    key: &(String, String),
+) -> Option<(Plan, Table, Scope)> {
+    if !plan.problems.is_empty() || plan.policies_exist == cluster.policies.is_empty() {
+        return None;
+    }
+    let (namespace, name) = (key.0.as_str(), key.1.as_str());
+    let (rules, problems) = cluster.policy_rules(node, key);
+    if !problems.is_empty() {
+        return None;
+    }
+    let mut next = plan.clone();
+    let of_policy = |r: &Rule| r.targets_key.split_once('/') == Some((namespace, name));
+    let (old, kept): (Vec<Rule>, Vec<Rule>) = std::mem::take(&mut next.rules)
+        .into_iter()
+        .partition(|r| of_policy(r));
+    // In the policies' order, as the whole plan has them.
+    let at = kept
+        .iter()
+        .position(|r| {
+            let (ns, policy) = r.targets_key.split_once('/').unwrap_or_default();
+            (ns, policy) > (namespace, name)
+        })
+        .unwrap_or(kept.len());
+    next.rules = kept;
+    next.rules.splice(at..at, rules);
+    // Each address of the namespace's pods of this node: selected, isolated each way.
+    let mut isolation: BTreeMap<IpAddr, (bool, bool, bool)> = BTreeMap::new();
+    for pod in cluster.local_in(namespace, node) {
+        let (selected, ingress, egress) = cluster.isolation(pod);
+        for ip in &pod.ips {
+            let e = isolation.entry(*ip).or_default();
+            *e = (e.0 | selected, e.1 | ingress, e.2 | egress);
+        }
+    }
+    for (ip, (selected, ingress, egress)) in isolation {
+        if next
+            .namespaces
+            .get(&ip)
+            .is_some_and(|ns| ns.as_str() != namespace)
+        {
+            return None;
+        }
+        let toggle = |set: &mut BTreeSet<IpAddr>, on: bool| {
+            if on {
+                set.insert(ip);
+            } else {
+                set.remove(&ip);
+            }
+        };
+        toggle(&mut next.ingress_isolated, ingress);
+        toggle(&mut next.egress_isolated, egress);
+        if selected {
+            next.namespaces.insert(ip, namespace.to_string());
+        } else {
+            next.namespaces.remove(&ip);
+        }
+    }
+    let (table, scope) = nft::render_namespace(table, &next, namespace, &old)?;
+    Some((next, table, scope))
+}
 
 /// The edits that bring `table` (written for the cluster with `before` as the pod) to the table
 /// of `cluster` (which holds `after` in its place; `None`: no such pod), for this `node`; `None`
@@ -423,5 +500,95 @@ mod tests {
             pod_change(&c, NODE, &applied, Some(&before), Some(&before)),
             Some(Vec::new())
         );
+    }
+
+    /// Creates, changes and deletes `rounds` random policies of a cluster of `pods`; every
+    /// change the policy delta answers must give exactly the plan and table of a whole plan,
+    /// and its scoped write the batch of the whole difference. Returns (answered, left).
+    fn policy_changes(pods: usize, rounds: usize, log_denied: bool) -> (usize, usize) {
+        let mut c = cluster(pods);
+        let options = Options {
+            log_denied,
+            pod_subnets: vec!["10.1.0.0/24".parse().unwrap(), "fd00::/64".parse().unwrap()],
+        };
+        let mut plan = c.plan(NODE);
+        let mut applied = render(&plan, &options);
+        let mut seed: u64 = 11;
+        let mut next = |n: usize| {
+            seed = seed
+                .wrapping_mul(6364136223846793005)
+                .wrapping_add(1442695040888963407);
+            ((seed >> 33) % n as u64) as usize
+        };
+        let (mut answered, mut left) = (0, 0);
+        for round in 0..rounds {
+            let existing = c
+                .policies
+                .keys()
+                .nth(next(c.policies.len().max(1)))
+                .cloned();
+            let key = match (next(3), existing) {
+                // One goes.
+                (0, Some(key)) => {
+                    c.policies.remove(&key);
+                    key
+                }
+                // One changes: another kind of rule, maybe another selector.
+                (1, Some(key)) => {
+                    let mut object = policy(next(48)).object;
+                    object.metadata.namespace = Some(key.0.clone());
+                    object.metadata.name = Some(key.1.clone());
+                    c.policies.insert(key.clone(), object.into());
+                    key
+                }
+                // One comes (in a namespace picked by its kind).
+                _ => {
+                    let mut object = policy(next(48)).object;
+                    object.metadata.name = Some(format!("new{round}"));
+                    let key = (
+                        object.metadata.namespace.clone().unwrap_or_default(),
+                        format!("new{round}"),
+                    );
+                    c.policies.insert(key.clone(), object.into());
+                    key
+                }
+            };
+            let whole_plan = c.plan(NODE);
+            let whole = render(&whole_plan, &options);
+            match policy_change(&c, NODE, &plan, &applied, &key) {
+                Some((next_plan, table, scope)) => {
+                    assert_eq!(next_plan, whole_plan, "plan after {key:?}");
+                    assert_eq!(table, whole, "table after {key:?}");
+                    let scoped = nft::write_scoped(&applied, &table, &scope).to_json();
+                    let full = nft::write(Some(&applied), &whole).unwrap().to_json();
+                    assert_eq!(
+                        scoped,
+                        full.or(Some(r#"{"nftables":[]}"#.into())),
+                        "{key:?}"
+                    );
+                    answered += 1;
+                }
+                None => left += 1,
+            }
+            plan = whole_plan;
+            applied = whole;
+        }
+        (answered, left)
+    }
+
+    #[test]
+    fn every_policy_change_it_answers_gives_the_whole_plans_table() {
+        let (answered, left) = policy_changes(60, 300, false);
+        assert!(answered > 250, "answered {answered}, left {left}");
+        let (answered, left) = policy_changes(12, 200, true);
+        assert!(answered > 100, "answered {answered}, left {left}");
+        // From no policy at all: the first one is the whole plan's.
+        let mut c = cluster(20);
+        c.policies.clear();
+        let plan = c.plan(NODE);
+        let applied = table(&c);
+        let key = ("ns0".to_string(), "np0".to_string());
+        c.policies.insert(key.clone(), policy(0));
+        assert!(policy_change(&c, NODE, &plan, &applied, &key).is_none());
     }
 }

@@ -505,7 +505,7 @@ impl Cluster {
         &self,
         peer: &NetworkPolicyPeer,
         namespace: &str,
-        index: &LabelIndex<'_>,
+        index: Option<&LabelIndex<'_>>,
     ) -> BTreeSet<IpAddr> {
         if peer.pod_selector.is_none() && peer.namespace_selector.is_none() {
             return BTreeSet::new();
@@ -513,7 +513,12 @@ impl Cluster {
         let by_pod = |p: &&PodInfo| peer_picks_pod(peer, p);
         let empty = Labels::new();
         let by_namespace = |p: &&PodInfo| self.peer_picks_namespace(peer, namespace, p);
-        if let Some(candidates) = peer.pod_selector.as_ref().and_then(|s| index.candidates(s)) {
+        if let Some(candidates) = peer
+            .pod_selector
+            .as_ref()
+            .zip(index)
+            .and_then(|(s, index)| index.candidates(s))
+        {
             return candidates
                 .into_iter()
                 .filter(by_namespace)
@@ -557,7 +562,7 @@ impl Cluster {
         &self,
         peers: Option<&Vec<NetworkPolicyPeer>>,
         namespace: &str,
-        index: &LabelIndex<'_>,
+        index: Option<&LabelIndex<'_>>,
         problems: &mut Vec<String>,
     ) -> Peers {
         let Some(peers) = peers.filter(|p| !p.is_empty()) else {
@@ -637,12 +642,18 @@ impl Cluster {
         out
     }
 
-    /// The plan for `node`'s pods.
-    pub fn plan(&self, node: &str) -> Plan {
+    /// This node's live pods, by namespace.
+    fn local_pods(&self, node: &str) -> HashMap<&str, Vec<&PodInfo>> {
         let mut local: HashMap<&str, Vec<&PodInfo>> = HashMap::new();
         for pod in self.live_pods().filter(|p| p.node == node) {
             local.entry(&pod.namespace).or_default().push(pod);
         }
+        local
+    }
+
+    /// The plan for `node`'s pods.
+    pub fn plan(&self, node: &str) -> Plan {
+        let local = self.local_pods(node);
         let mut plan = Plan {
             local_pods: local
                 .values()
@@ -653,70 +664,135 @@ impl Cluster {
             ..Plan::default()
         };
         let by_label = LabelIndex::new(self.live_pods());
-        let mut known_peers: HashMap<&str, (Peers, Vec<String>)> = HashMap::new();
+        let mut known_peers = HashMap::new();
         for ((namespace, _), policy) in &self.policies {
             let targets = Self::selected(policy, &local);
             if targets.is_empty() {
                 continue;
             }
-            let target_ips: Arc<BTreeSet<IpAddr>> =
-                Arc::new(targets.iter().flat_map(|p| p.ips.iter().copied()).collect());
-            for ip in target_ips.iter() {
+            for ip in targets.iter().flat_map(|p| p.ips.iter()) {
                 plan.namespaces.insert(*ip, namespace.clone());
-            }
-            for (direction, keys) in &policy.directions {
-                let direction = *direction;
-                match direction {
-                    Direction::Ingress => plan.ingress_isolated.extend(target_ips.iter()),
-                    Direction::Egress => plan.egress_isolated.extend(target_ips.iter()),
-                }
-                let rules = rule_parts(&policy.object, direction);
-                for ((peers, ports), (id, peers_key)) in rules.into_iter().zip(keys) {
-                    // The key decides the peers: rules written alike are worked out once.
-                    let (peers, problems) = known_peers
-                        .entry(peers_key)
-                        .or_insert_with(|| {
-                            let mut problems = Vec::new();
-                            (
-                                self.peers(peers, namespace, &by_label, &mut problems),
-                                problems,
-                            )
-                        })
-                        .clone();
-                    plan.problems.extend(problems);
-                    let ports = match direction {
-                        // The policy's own pods receive.
-                        Direction::Ingress => {
-                            self.ports(ports, targets.iter().copied(), &mut plan.problems)
-                        }
-                        // The peers receive: named ports are resolved on every pod they pick.
-                        Direction::Egress => {
-                            let receivers: Vec<&PodInfo> = if !names_ports(ports) {
-                                Vec::new()
-                            } else if peers.any {
-                                self.live_pods().collect()
-                            } else {
-                                self.live_pods()
-                                    .filter(|p| p.ips.iter().any(|ip| peers.pods.contains(ip)))
-                                    .collect()
-                            };
-                            self.ports(ports, receivers.into_iter(), &mut plan.problems)
-                        }
+                for (direction, _) in &policy.directions {
+                    match direction {
+                        Direction::Ingress => plan.ingress_isolated.insert(*ip),
+                        Direction::Egress => plan.egress_isolated.insert(*ip),
                     };
-                    plan.rules.push(Rule {
-                        id: id.clone(),
-                        namespace: namespace.clone(),
-                        direction,
-                        targets: target_ips.clone(),
-                        targets_key: policy.key.clone(),
-                        peers,
-                        peers_key: peers_key.clone(),
-                        ports,
-                    });
                 }
             }
+            let rules = self.rules_of(
+                policy,
+                &targets,
+                Some(&by_label),
+                &mut known_peers,
+                &mut plan.problems,
+            );
+            plan.rules.extend(rules);
         }
         plan
+    }
+
+    /// One policy's part of [`Cluster::plan`]: its rules for `node`'s pods (none when it selects
+    /// none of them, or does not exist), and the problems they have.
+    pub fn policy_rules(&self, node: &str, key: &(String, String)) -> (Vec<Rule>, Vec<String>) {
+        let mut problems = Vec::new();
+        let Some(policy) = self.policies.get(key) else {
+            return (Vec::new(), problems);
+        };
+        let local: Vec<&PodInfo> = self
+            .in_namespace(&key.0)
+            .filter(|p| p.node == node)
+            .collect();
+        let targets: Vec<&PodInfo> = local.into_iter().filter(|p| policy.selects(p)).collect();
+        if targets.is_empty() {
+            return (Vec::new(), problems);
+        }
+        let rules = self.rules_of(policy, &targets, None, &mut HashMap::new(), &mut problems);
+        (rules, problems)
+    }
+
+    /// This node's live pods of `namespace`.
+    pub fn local_in<'a>(
+        &'a self,
+        namespace: &'a str,
+        node: &'a str,
+    ) -> impl Iterator<Item = &'a PodInfo> + 'a {
+        self.in_namespace(namespace).filter(move |p| p.node == node)
+    }
+
+    /// Whether some policy of its namespace selects `pod`, and isolates it for ingress and for
+    /// egress (what [`Cluster::plan`] puts in `namespaces` and the isolated sets).
+    pub fn isolation(&self, pod: &PodInfo) -> (bool, bool, bool) {
+        let mut out = (false, false, false);
+        for policy in self.policies_in(&pod.namespace) {
+            if policy.selects(pod) {
+                out.0 = true;
+                out.1 |= policy.isolates(Direction::Ingress);
+                out.2 |= policy.isolates(Direction::Egress);
+            }
+        }
+        out
+    }
+
+    /// The rules of `policy` for `targets` (this node's pods it selects, not none). Peers
+    /// written alike (`known_peers`, by peers key) are worked out once.
+    fn rules_of<'a>(
+        &'a self,
+        policy: &'a Policy,
+        targets: &[&PodInfo],
+        index: Option<&LabelIndex<'_>>,
+        known_peers: &mut HashMap<&'a str, (Peers, Vec<String>)>,
+        problems: &mut Vec<String>,
+    ) -> Vec<Rule> {
+        let namespace = policy.object.metadata.namespace.clone().unwrap_or_default();
+        let target_ips: Arc<BTreeSet<IpAddr>> =
+            Arc::new(targets.iter().flat_map(|p| p.ips.iter().copied()).collect());
+        let mut out = Vec::new();
+        for (direction, keys) in &policy.directions {
+            let direction = *direction;
+            let rules = rule_parts(&policy.object, direction);
+            for ((peers, ports), (id, peers_key)) in rules.into_iter().zip(keys) {
+                // The key decides the peers: rules written alike are worked out once.
+                let (peers, peer_problems) = known_peers
+                    .entry(peers_key)
+                    .or_insert_with(|| {
+                        let mut problems = Vec::new();
+                        (
+                            self.peers(peers, &namespace, index, &mut problems),
+                            problems,
+                        )
+                    })
+                    .clone();
+                problems.extend(peer_problems);
+                let ports = match direction {
+                    // The policy's own pods receive.
+                    Direction::Ingress => self.ports(ports, targets.iter().copied(), problems),
+                    // The peers receive: named ports are resolved on every pod they pick.
+                    Direction::Egress => {
+                        let receivers: Vec<&PodInfo> = if !names_ports(ports) {
+                            Vec::new()
+                        } else if peers.any {
+                            self.live_pods().collect()
+                        } else {
+                            self.live_pods()
+                                .filter(|p| p.ips.iter().any(|ip| peers.pods.contains(ip)))
+                                .collect()
+                        };
+                        self.ports(ports, receivers.into_iter(), problems)
+                    }
+                };
+                out.push(Rule {
+                    id: id.clone(),
+                    namespace: namespace.clone(),
+                    direction,
+                    targets: target_ips.clone(),
+                    targets_key: policy.key.clone(),
+                    peers,
+                    peers_key: peers_key.clone(),
+                    ports,
+                });
+            }
+        }
+        out
     }
 }
 

@@ -296,78 +296,225 @@ pub fn render(plan: &Plan, options: &Options) -> Table {
             .entry(rule.peers_key.clone())
             .or_insert_with(|| p.clone());
         table.names.rules.insert(rule.id.clone(), n.clone());
-        for v6 in [false, true] {
-            let f = if v6 { "6" } else { "4" };
-            let (own, peer) = match rule.direction {
-                Direction::Ingress => ("daddr", "saddr"),
-                Direction::Egress => ("saddr", "daddr"),
-            };
-            let targets = addr_set(
-                &mut table,
-                format!("{t}-t{f}"),
-                v6,
-                rule.targets.iter().copied(),
-            );
-            let mut peer_matches: Vec<Vec<Statement<'static>>> = Vec::new();
-            if rule.peers.any {
-                peer_matches.push(Vec::new());
-            } else {
-                if rule.peers.pods.iter().any(|ip| family_of(ip) == v6) {
-                    let set = addr_set(
-                        &mut table,
-                        format!("{p}-p{f}"),
-                        v6,
-                        rule.peers.pods.iter().copied(),
-                    );
-                    peer_matches.push(vec![eq(addr_field(v6, peer), set_ref(&set))]);
-                }
-                for block in rule.peers.blocks.iter().filter(|b| b.cidr.is_ipv6() == v6) {
-                    peer_matches.push(block_match(block, addr_field(v6, peer)));
-                }
-            }
-            let named: BTreeSet<Elem> = rule
-                .ports
-                .named
-                .iter()
-                .filter(|(ip, _, _)| family_of(ip) == v6)
-                .map(|(ip, p, port)| Elem::Named(*ip, *p, *port))
-                .collect();
-            let named_set = (!named.is_empty()).then(|| {
-                let name = format!("{n}-n{f}");
-                table.sets.insert(
-                    name.clone(),
-                    SetDef {
-                        kind: SetKind::Named { v6 },
-                        elements: named,
-                    },
-                );
-                name
-            });
-            let ports = port_matches(rule, v6, named_set.as_deref());
-            let chain = policy_chains
-                .entry(policy_chain(rule.direction, &rule.namespace))
-                .or_default();
-            for peer_match in &peer_matches {
-                for port_match in &ports {
-                    let mut statements = vec![eq(addr_field(v6, own), set_ref(&targets))];
-                    statements.extend(peer_match.iter().cloned());
-                    statements.extend(port_match.iter().cloned());
-                    statements.push(verdict(rule.direction));
-                    chain.push(statements);
-                }
-            }
-        }
+        let chain = policy_chains
+            .entry(policy_chain(rule.direction, &rule.namespace))
+            .or_default();
+        render_rule(&mut table, rule, [&n, &t, &p], chain);
     }
     for chain in policy_chains.values_mut() {
-        if log_denied {
-            chain.push(log_statement());
-        }
-        chain.push(vec![Statement::Drop(None)]);
+        close_chain(chain, log_denied);
     }
     table.chains.insert("forward".into(), forward);
     table.chains.insert("input".into(), input);
     table.chains.extend(policy_chains);
     table
+}
+
+/// The sets `rule` uses (made once: a name stands for one key, so the rules that share it
+/// share its members), and its rules, one per peer match and port match, pushed to `chain`.
+/// `names`: the base names of its named-port, targets and peers sets.
+fn render_rule(
+    table: &mut Table,
+    rule: &Rule,
+    names: [&str; 3],
+    chain: &mut Vec<Vec<Statement<'static>>>,
+) {
+    let [n, t, p] = names;
+    for v6 in [false, true] {
+        let f = if v6 { "6" } else { "4" };
+        let (own, peer) = match rule.direction {
+            Direction::Ingress => ("daddr", "saddr"),
+            Direction::Egress => ("saddr", "daddr"),
+        };
+        let targets = addr_set(table, format!("{t}-t{f}"), v6, rule.targets.iter().copied());
+        let mut peer_matches: Vec<Vec<Statement<'static>>> = Vec::new();
+        if rule.peers.any {
+            peer_matches.push(Vec::new());
+        } else {
+            if rule.peers.pods.iter().any(|ip| family_of(ip) == v6) {
+                let set = addr_set(
+                    table,
+                    format!("{p}-p{f}"),
+                    v6,
+                    rule.peers.pods.iter().copied(),
+                );
+                peer_matches.push(vec![eq(addr_field(v6, peer), set_ref(&set))]);
+            }
+            for block in rule.peers.blocks.iter().filter(|b| b.cidr.is_ipv6() == v6) {
+                peer_matches.push(block_match(block, addr_field(v6, peer)));
+            }
+        }
+        let named: BTreeSet<Elem> = rule
+            .ports
+            .named
+            .iter()
+            .filter(|(ip, _, _)| family_of(ip) == v6)
+            .map(|(ip, p, port)| Elem::Named(*ip, *p, *port))
+            .collect();
+        let named_set = (!named.is_empty()).then(|| {
+            let name = format!("{n}-n{f}");
+            table.sets.insert(
+                name.clone(),
+                SetDef {
+                    kind: SetKind::Named { v6 },
+                    elements: named,
+                },
+            );
+            name
+        });
+        let ports = port_matches(rule, v6, named_set.as_deref());
+        for peer_match in &peer_matches {
+            for port_match in &ports {
+                let mut statements = vec![eq(addr_field(v6, own), set_ref(&targets))];
+                statements.extend(peer_match.iter().cloned());
+                statements.extend(port_match.iter().cloned());
+                statements.push(verdict(rule.direction));
+                chain.push(statements);
+            }
+        }
+    }
+}
+
+/// A policy chain's end: what no rule allowed is dropped (logged first, if asked).
+fn close_chain(chain: &mut Vec<Vec<Statement<'static>>>, log_denied: bool) {
+    if log_denied {
+        chain.push(log_statement());
+    }
+    chain.push(vec![Statement::Drop(None)]);
+}
+
+/// The sets and chains a change can touch (the rest of the table stays as it is): what a
+/// write compares, instead of the whole table.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Scope {
+    pub sets: BTreeSet<String>,
+    pub chains: BTreeSet<String>,
+}
+
+/// The table after a change confined to `namespace`'s policies (one of them created, changed or
+/// deleted: its rules were `old`, `plan` is the plan after it), from `before` (the table of the
+/// plan before it): the namespace's chains rendered again from the plan's rules of the
+/// namespace, the sets only the old rules held gone, the sets of the new rules made, the
+/// namespace's pods in the verdict maps as isolated now; and the scope of that change. What a
+/// whole render of `plan` gives (the delta's test holds it to that). `None` when a new set's
+/// name is taken by another key (a hash collision: the whole render resolves it).
+pub fn render_namespace(
+    before: &Table,
+    plan: &Plan,
+    namespace: &str,
+    old: &[Rule],
+) -> Option<(Table, Scope)> {
+    let mut table = before.clone();
+    let mut scope = Scope::default();
+    let mut drop_sets = |table: &mut Table, base: &str, kind: char| {
+        for f in ['4', '6'] {
+            let name = format!("{base}-{kind}{f}");
+            table.sets.remove(&name);
+            scope.sets.insert(name);
+        }
+    };
+    // The old rules' targets and named-port sets are worked out again (the policy changed);
+    // its peer sets stay while a rule of the plan has their peers.
+    for rule in old {
+        if let Some(t) = table.names.targets.get(&rule.targets_key).cloned() {
+            drop_sets(&mut table, &t, 't');
+            if !plan.rules.iter().any(|r| r.targets_key == rule.targets_key) {
+                table.names.targets.remove(&rule.targets_key);
+            }
+        }
+        if let Some(n) = table.names.rules.get(&rule.id).cloned() {
+            drop_sets(&mut table, &n, 'n');
+            if !plan.rules.iter().any(|r| r.id == rule.id) {
+                table.names.rules.remove(&rule.id);
+            }
+        }
+        if !plan.rules.iter().any(|r| r.peers_key == rule.peers_key) {
+            if let Some(p) = table.names.peers.remove(&rule.peers_key) {
+                drop_sets(&mut table, &p, 'p');
+            }
+        }
+    }
+    let mut chains: BTreeMap<String, Vec<Vec<Statement<'static>>>> = BTreeMap::new();
+    for direction in [Direction::Ingress, Direction::Egress] {
+        let name = policy_chain(direction, namespace);
+        let isolated = match direction {
+            Direction::Ingress => &plan.ingress_isolated,
+            Direction::Egress => &plan.egress_isolated,
+        };
+        let mine = |ip: &&IpAddr| plan.namespaces.get(*ip).map(String::as_str) == Some(namespace);
+        if isolated.iter().any(|ip| mine(&ip)) {
+            chains.insert(name.clone(), Vec::new());
+        }
+        for v6 in [false, true] {
+            let map = dispatch_name(direction, v6);
+            let set = table.sets.get_mut(&map)?;
+            set.elements
+                .retain(|e| !matches!(e, Elem::Jump(_, chain) if *chain == name));
+            set.elements.extend(
+                isolated
+                    .iter()
+                    .filter(|ip| family_of(ip) == v6 && mine(ip))
+                    .map(|ip| Elem::Jump(*ip, name.clone())),
+            );
+            scope.sets.insert(map);
+        }
+        table.chains.remove(&name);
+        scope.chains.insert(name);
+    }
+    for rule in plan.rules.iter().filter(|r| r.namespace == namespace) {
+        let n = known_or_new(&mut table.names, SetKey::Rule, &rule.id)?;
+        let t = known_or_new(&mut table.names, SetKey::Targets, &rule.targets_key)?;
+        let p = known_or_new(&mut table.names, SetKey::Peers, &rule.peers_key)?;
+        for (base, kind) in [(&n, 'n'), (&t, 't'), (&p, 'p')] {
+            for f in ['4', '6'] {
+                scope.sets.insert(format!("{base}-{kind}{f}"));
+            }
+        }
+        let chain = chains
+            .entry(policy_chain(rule.direction, namespace))
+            .or_default();
+        render_rule(&mut table, rule, [&n, &t, &p], chain);
+    }
+    for chain in chains.values_mut() {
+        close_chain(chain, table.log_denied);
+    }
+    table.chains.extend(chains);
+    Some((table, scope))
+}
+
+/// Which of [`SetIndex`]'s maps a key is in.
+#[derive(Clone, Copy)]
+enum SetKey {
+    Rule,
+    Targets,
+    Peers,
+}
+
+/// The base name `key` has in `names`, or the one a whole render gives a key it has not seen
+/// (recorded); `None` when that name is another key's.
+fn known_or_new(names: &mut SetIndex, which: SetKey, key: &Arc<str>) -> Option<Arc<str>> {
+    let (prefix, map) = match which {
+        SetKey::Rule => ("rule", &names.rules),
+        SetKey::Targets => ("targets", &names.targets),
+        SetKey::Peers => ("peers", &names.peers),
+    };
+    if let Some(name) = map.get(key) {
+        return Some(name.clone());
+    }
+    let name: Arc<str> = Arc::from(format!("r{:016x}", fnv_parts(&[prefix, " ", key])));
+    let taken = [&names.rules, &names.targets, &names.peers]
+        .iter()
+        .any(|m| m.values().any(|n| *n == name));
+    if taken {
+        return None;
+    }
+    let map = match which {
+        SetKey::Rule => &mut names.rules,
+        SetKey::Targets => &mut names.targets,
+        SetKey::Peers => &mut names.peers,
+    };
+    map.insert(key.clone(), name.clone());
+    Some(name)
 }
 
 /// FNV-1a: short, stable names from longer keys.
@@ -729,6 +876,15 @@ impl Write {
         }
     }
 
+    /// The batch's document (`None` for element changes), to compare writes in tests.
+    #[cfg(test)]
+    pub fn to_json(&self) -> Option<String> {
+        match &self.how {
+            How::Batch(batch) => Some(batch.to_json()),
+            How::Elements(_) => None,
+        }
+    }
+
     /// Chains changed by rules inserted and deleted by handle.
     pub fn patched(&self) -> usize {
         self.inserted.len()
@@ -761,7 +917,7 @@ pub fn write(before: Option<&Table>, after: &Table) -> Result<Write, FirewallErr
             })
         }
         Some(before) if kinds_agree(before, after) => {
-            let (batch, handles, added, inserted) = difference(before, after);
+            let (batch, handles, added, inserted) = difference(before, after, None);
             Ok(Write {
                 how: How::Batch(batch),
                 handles,
@@ -775,6 +931,18 @@ pub fn write(before: Option<&Table>, after: &Table) -> Result<Write, FirewallErr
             added: Vec::new(),
             inserted: BTreeSet::new(),
         }),
+    }
+}
+
+/// What brings the kernel from `before` to `after` when they differ only within `scope` (a
+/// policy's change: [`render_namespace`]): the difference of those sets and chains alone.
+pub fn write_scoped(before: &Table, after: &Table, scope: &Scope) -> Write {
+    let (batch, handles, added, inserted) = difference(before, after, Some(scope));
+    Write {
+        how: How::Batch(batch),
+        handles,
+        added,
+        inserted,
     }
 }
 
@@ -829,7 +997,7 @@ fn element(elem: &Elem) -> elements::Element {
 /// element adds and deletes. Without `before` (a start), the whole table.
 pub fn batch(before: Option<&Table>, after: &Table) -> Result<Batch, FirewallError> {
     match before {
-        Some(before) if kinds_agree(before, after) => Ok(difference(before, after).0),
+        Some(before) if kinds_agree(before, after) => Ok(difference(before, after, None).0),
         _ => whole(after),
     }
 }
@@ -860,18 +1028,30 @@ type Difference = (
     BTreeSet<String>,
 );
 
-fn difference(before: &Table, after: &Table) -> Difference {
+fn difference(before: &Table, after: &Table, scope: Option<&Scope>) -> Difference {
     let mut batch = Batch::new();
-    let mut handles = BTreeMap::new();
+    // Names the change can touch: the scope's, or every name of both tables.
+    let (sets, chains): (BTreeSet<&String>, BTreeSet<&String>) = match scope {
+        Some(scope) => (scope.sets.iter().collect(), scope.chains.iter().collect()),
+        None => (
+            before.sets.keys().chain(after.sets.keys()).collect(),
+            before.chains.keys().chain(after.chains.keys()).collect(),
+        ),
+    };
+    // Chains outside the scope keep their rules and handles.
+    let mut handles: BTreeMap<String, Vec<Option<u32>>> = known(&before.handles)
+        .into_iter()
+        .filter(|(name, _)| !chains.contains(name) && after.chains.contains_key(name))
+        .collect();
     let mut added = Vec::new();
     let mut patched = BTreeSet::new();
     // Chains first: map elements and rules jump to them.
-    for name in after.chains.keys() {
-        if !before.chains.contains_key(name) {
+    for name in chains.iter().filter(|n| after.chains.contains_key(**n)) {
+        if !before.chains.contains_key(*name) {
             add_chain(&mut batch, name);
         }
     }
-    for (name, set) in &after.sets {
+    for (name, set) in sets.iter().filter_map(|n| Some((*n, after.sets.get(*n)?))) {
         match before.sets.get(name) {
             None => {
                 add_set(&mut batch, name, set.kind);
@@ -890,7 +1070,10 @@ fn difference(before: &Table, after: &Table) -> Difference {
             }
         }
     }
-    for (name, rules) in &after.chains {
+    for (name, rules) in chains
+        .iter()
+        .filter_map(|n| Some((*n, after.chains.get(*n)?)))
+    {
         let old = before.chains.get(name);
         let old_handles = before
             .handles
@@ -927,15 +1110,15 @@ fn difference(before: &Table, after: &Table) -> Difference {
     }
     // Chains that are gone are emptied first; then only rules of the chains just refilled or
     // emptied, and map elements just deleted, could have used these sets and chains.
-    let gone_chains: Vec<&String> = before
-        .chains
-        .keys()
-        .filter(|name| !after.chains.contains_key(*name))
+    let gone_chains: Vec<&String> = chains
+        .iter()
+        .copied()
+        .filter(|name| before.chains.contains_key(*name) && !after.chains.contains_key(*name))
         .collect();
     for name in &gone_chains {
         flush_chain(&mut batch, name);
     }
-    for (name, old) in &before.sets {
+    for (name, old) in sets.iter().filter_map(|n| Some((*n, before.sets.get(*n)?))) {
         if !after.sets.contains_key(name) {
             batch.raw(build::set_command(
                 "delete",

@@ -649,9 +649,11 @@ fn a_pod_change_alone_moves_set_members_as_a_whole_plan_would() {
     );
 }
 
-/// Policies created and deleted in one namespace change its chain by rules inserted and deleted
-/// by handle (`chains_patched` in the log), not by emptying and refilling it; packets follow,
-/// and every chain of the kernel holds as many rules as a whole write of the table would.
+/// Policies created and deleted in one namespace are worked out alone (`netlink (policy)` in
+/// the log: the policy's rules, its namespace's chains and sets, no whole plan) and change its
+/// chain by rules inserted and deleted by handle (`chains_patched`), not by emptying and
+/// refilling it; packets follow, and every chain of the kernel holds as many rules as a whole
+/// write of the table would.
 #[test]
 fn policy_changes_patch_their_namespace_chain_by_handle() {
     let w = World::new("tnph");
@@ -679,6 +681,10 @@ fn policy_changes_patch_their_namespace_chain_by_handle() {
     assert!(
         log.contains("chains_patched=1") || log.contains("\"chains_patched\":1"),
         "no chain was patched:\n{log}"
+    );
+    assert!(
+        log.contains("path=\"netlink (policy)\"") || log.contains("\"path\":\"netlink (policy)\""),
+        "no policy was worked out alone:\n{log}"
     );
     let fresh = fresh_table(&w.api);
     for (chain, rules) in &fresh.chains {
