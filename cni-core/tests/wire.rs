@@ -290,6 +290,36 @@ fn a_batch_over_netlink_leaves_the_table_nft_would() {
     let (ta, tb) = (listing(&a), listing(&b));
     assert_eq!(ta, tb, "netlink:\n{ta}\nnft:\n{tb}");
     assert!(ta.contains("ip saddr != { 10.98.0.0/15 }"), "{ta}");
+    // The table's names, by netlink: chains, named sets and maps (anonymous sets left out).
+    let names = nsa
+        .run(|| cni_core::firewall::tables::names(F, T))
+        .unwrap()
+        .unwrap()
+        .unwrap();
+    let mut chains = names.chains.clone();
+    chains.sort();
+    assert_eq!(chains, ["c", "d", "forward", "gone", "input"]);
+    let mut sets = names.sets.clone();
+    sets.sort();
+    let expected: Vec<(String, bool)> = [
+        ("m4", true),
+        ("m6", true),
+        ("n4", false),
+        ("n6", false),
+        ("s4", false),
+        ("s6", false),
+        ("spare", false),
+    ]
+    .iter()
+    .map(|(n, m)| (n.to_string(), *m))
+    .collect();
+    assert_eq!(sets, expected);
+    assert_eq!(
+        nsa.run(|| cni_core::firewall::tables::names(F, "absent"))
+            .unwrap()
+            .unwrap(),
+        None
+    );
     assert!(ta.contains("tcp dport { 80-90, 7000 }"), "{ta}");
 
     // Handles differ between the namespaces only if the kernel numbered them differently; the

@@ -31,7 +31,7 @@ use cni_core::firewall::expr::{Expression, MetaKey, Range};
 use cni_core::firewall::schema::{SetType, SetTypeValue};
 use cni_core::firewall::stmt::{Operator, Statement};
 use cni_core::firewall::types::{NfChainPolicy, NfChainType, NfFamily, NfHook};
-use cni_core::firewall::{elements, list_table, Batch, FirewallError};
+use cni_core::firewall::{elements, tables, Batch, FirewallError};
 use ipnetwork::IpNetwork;
 
 use crate::model::{Block, Direction, Plan, Protocol, Rule};
@@ -1244,26 +1244,19 @@ fn whole(after: &Table) -> Result<Batch, FirewallError> {
     }
     // What is gone: its chains emptied first, then nothing refers to those sets, maps and
     // chains (every other chain and map was refilled above).
-    let listed = list_table(FAMILY, TABLE)?;
+    let listed = tables::names(FAMILY, TABLE)?.unwrap_or_default();
     let gone_chains: Vec<&str> = listed
         .chains
         .iter()
-        .map(|c| c.name.as_ref())
+        .map(String::as_str)
         .filter(|name| !after.chains.contains_key(*name))
         .collect();
     for name in &gone_chains {
         flush_chain(&mut batch, name);
     }
-    for set in &listed.sets {
-        if !after.sets.contains_key(set.name.as_ref()) {
-            batch.raw(build::set_command(
-                "delete", FAMILY, TABLE, &set.name, false,
-            ));
-        }
-    }
-    for map in &listed.maps {
-        if !after.sets.contains_key(map.name.as_str()) {
-            batch.raw(build::set_command("delete", FAMILY, TABLE, &map.name, true));
+    for (name, map) in &listed.sets {
+        if !after.sets.contains_key(name) {
+            batch.raw(build::set_command("delete", FAMILY, TABLE, name, *map));
         }
     }
     for name in gone_chains {
@@ -1274,12 +1267,7 @@ fn whole(after: &Table) -> Result<Batch, FirewallError> {
 
 /// Removes the table (the agent is uninstalled); missing is fine.
 pub fn remove() -> Result<(), FirewallError> {
-    if list_table(FAMILY, TABLE)?.exists {
-        let mut batch = Batch::new();
-        batch.delete(build::table(FAMILY, TABLE));
-        batch.apply()?;
-    }
-    Ok(())
+    tables::delete(FAMILY, TABLE).map(drop)
 }
 
 #[cfg(test)]

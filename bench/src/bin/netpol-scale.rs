@@ -379,16 +379,27 @@ fn main() {
     let started = Instant::now();
     let agent = start_agent(&node, agent_bin, &kubeconfig, &dir.join("agent2.log"));
     let pid = agent.0.id();
-    // Complete: the rule count stops growing (the table is written in one transaction).
-    let mut counts = (0, 0, 0);
-    while started.elapsed() < Duration::from_secs(120) {
-        counts = nft_counts(&node);
-        if counts.0 > 10 {
-            break;
+    // Complete: the server's namespace has its ingress chain with rules (the table is written
+    // in one transaction), seen by a netlink dump of that chain every 2 ms; an nft listing of
+    // the whole table would itself take ~50 ms.
+    let chain = tether_netpol::nft::policy_chain(
+        tether_netpol::model::Direction::Ingress,
+        &format!("ns{}", SERVER % NAMESPACE_COUNT),
+    );
+    let full_sync = in_netns(&node, move || {
+        use cni_core::firewall::{rules, types::NfFamily};
+        while started.elapsed() < Duration::from_secs(120) {
+            let written = rules::handles(NfFamily::INet, tether_netpol::nft::TABLE, &chain);
+            if written.is_ok_and(|h| h.is_some_and(|h| !h.is_empty())) {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(2));
         }
-        std::thread::sleep(Duration::from_millis(10));
-    }
-    let full_sync = started.elapsed();
+        started.elapsed()
+    })
+    .join()
+    .expect("waiting for the table");
+    let counts = nft_counts(&node);
 
     // Relabels: a local pod joins (and then leaves) app7's selection; timed to the kernel.
     let monitor_lines: Arc<Mutex<Vec<(Instant, String)>>> = Arc::default();
