@@ -79,14 +79,6 @@ impl Pending {
     }
 }
 
-/// A change worked out without the whole plan.
-enum Delta {
-    /// A pod's moved set members.
-    Pod(Vec<Edit>),
-    /// A policy's change: the plan and table after it, and what of the table it touches.
-    Policy(Box<(Plan, Table, Scope)>),
-}
-
 /// The list-and-watch state of one kind of object; its items live in the [`Cluster`], swapped in
 /// whole at the end of a (re)list.
 struct Kind<K, V> {
@@ -209,33 +201,8 @@ pub async fn run(settings: Settings) -> Result<(), AgentError> {
                 None => {
                     let started = Instant::now();
                     let node = settings.node_name.as_str();
-                    let delta = match (&pending, applied.as_ref(), planned.as_ref()) {
-                        (Pending::Pod(key, before), Some(table), _) => delta::pod_change(
-                            &cluster,
-                            node,
-                            table,
-                            before.as_ref(),
-                            cluster.pods.get(key),
-                        )
-                        .map(Delta::Pod),
-                        (Pending::Policy(key), Some(table), Some(plan)) => {
-                            delta::policy_change(&cluster, node, plan, table, key)
-                                .map(|d| Delta::Policy(Box::new(d)))
-                        }
-                        _ => None,
-                    };
-                    (applied, planned) = match (delta, applied.take(), planned.take()) {
-                        (Some(Delta::Pod(edits)), Some(table), _) => {
-                            (write_edits(&metrics, since, started, table, &edits), None)
-                        }
-                        (Some(Delta::Policy(change)), Some(table), _) => {
-                            let (plan, after, scope) = *change;
-                            match write_policy(&metrics, since, started, &table, after, &scope) {
-                                Some(table) => (Some(table), Some(plan)),
-                                None => (None, None),
-                            }
-                        }
-                        (_, table, _) => write(
+                    let mut whole = |table: Option<Table>| {
+                        write(
                             &settings,
                             &metrics,
                             since,
@@ -243,7 +210,33 @@ pub async fn run(settings: Settings) -> Result<(), AgentError> {
                             table.as_ref(),
                             &mut bypass,
                         )
-                        .map_or((None, None), |(table, plan)| (Some(table), Some(plan))),
+                        .map_or((None, None), |(table, plan)| (Some(table), Some(plan)))
+                    };
+                    (applied, planned) = match (&pending, applied.take(), planned.take()) {
+                        (Pending::Pod(key, before), Some(table), _) => match delta::pod_change(
+                            &cluster,
+                            node,
+                            &table,
+                            before.as_ref(),
+                            cluster.pods.get(key),
+                        ) {
+                            Some(edits) => {
+                                (write_edits(&metrics, since, started, table, &edits), None)
+                            }
+                            None => whole(Some(table)),
+                        },
+                        (Pending::Policy(key), Some(mut table), Some(mut plan)) => {
+                            match delta::policy_change(&cluster, node, &mut plan, &mut table, key) {
+                                Some((scope, was)) => {
+                                    let written =
+                                        write_policy(&metrics, since, started, &was, table, &scope);
+                                    let plan = written.is_some().then_some(plan);
+                                    (written, plan)
+                                }
+                                None => whole(Some(table)),
+                            }
+                        }
+                        (_, table, _) => whole(table),
                     };
                     metrics.policies.set(cluster.policies.len() as i64);
                     pending = Pending::Nothing;
@@ -353,8 +346,9 @@ fn write_edits(
 }
 
 /// Writes a policy's change ([`delta::policy_change`], worked out from `started`): `after`, the
-/// table after it, differs from `before` (the table in the kernel) within `scope` only. The
-/// table in the kernel after it, or `None` when the write failed (the next write is whole).
+/// table after it, differs from the table in the kernel within `scope` only, where that table
+/// was `before`. The table in the kernel after it, or `None` when the write failed (the next
+/// write is whole).
 fn write_policy(
     metrics: &Metrics,
     since: Instant,

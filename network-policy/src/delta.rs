@@ -20,21 +20,22 @@ use crate::model::{Cluster, Direction, Plan, PodInfo, Rule, RuleView};
 use crate::nft::{self, Edit, Elem, Scope, Table};
 
 /// One policy's change (`key`: created, changed or deleted; nothing else changed since `plan`
-/// and `table` were written) as the plan and table after it, and the part of the table it
-/// touches. The policy's rules are worked out alone and take the place of its old ones; the
-/// isolation of its namespace's pods on this node is worked out again from that namespace's
-/// policies; the namespace's chains, verdict-map entries and the sets of its rules are rendered
-/// again ([`nft::render_namespace`]). `None` (the whole plan runs) when more could change: the
-/// first policy of the cluster or its last one (pods of unknown addresses are held only while
-/// policies exist), a plan with problems to report, an address of the namespace's pods that the
-/// plan gives another namespace.
+/// and `table` were written), made to `plan` and `table` in place: the policy's rules are
+/// worked out alone and take the place of its old ones; the isolation of its namespace's pods
+/// on this node is worked out again from that namespace's policies; the namespace's chains,
+/// verdict-map entries and the sets of its rules are rendered again
+/// ([`nft::render_namespace`]). Returns the part of the table it touches and that part as it
+/// was (what the write compares). `None`, with both untouched, when more could change (the
+/// whole plan runs): the first policy of the cluster or its last one (pods of unknown addresses
+/// are held only while policies exist), a plan with problems to report, an address of the
+/// namespace's pods that the plan gives another namespace.
 pub fn policy_change(
     cluster: &Cluster,
     node: &str,
-    plan: &Plan,
-    table: &Table,
+    plan: &mut Plan,
+    table: &mut Table,
     key: &(String, String),
-) -> Option<(Plan, Table, Scope)> {
+) -> Option<(Scope, Table)> {
     if !plan.problems.is_empty() || plan.policies_exist == cluster.policies.is_empty() {
         return None;
     }
@@ -43,21 +44,12 @@ pub fn policy_change(
     if !problems.is_empty() {
         return None;
     }
-    let mut next = plan.clone();
     let of_policy = |r: &Rule| r.targets_key.split_once('/') == Some((namespace, name));
-    let (old, kept): (Vec<Rule>, Vec<Rule>) = std::mem::take(&mut next.rules)
-        .into_iter()
-        .partition(|r| of_policy(r));
-    // In the policies' order, as the whole plan has them.
-    let at = kept
-        .iter()
-        .position(|r| {
-            let (ns, policy) = r.targets_key.split_once('/').unwrap_or_default();
-            (ns, policy) > (namespace, name)
-        })
-        .unwrap_or(kept.len());
-    next.rules = kept;
-    next.rules.splice(at..at, rules);
+    // The new rules go where the whole plan has them: in the policies' order.
+    let later = |r: &Rule| {
+        let (ns, policy) = r.targets_key.split_once('/').unwrap_or_default();
+        (ns, policy) > (namespace, name)
+    };
     // Each address of the namespace's pods of this node: selected, isolated each way.
     let mut isolation: BTreeMap<IpAddr, (bool, bool, bool)> = BTreeMap::new();
     for pod in cluster.local_in(namespace, node) {
@@ -67,14 +59,49 @@ pub fn policy_change(
             *e = (e.0 | selected, e.1 | ingress, e.2 | egress);
         }
     }
-    for (ip, (selected, ingress, egress)) in isolation {
-        if next
-            .namespaces
-            .get(&ip)
+    let elsewhere = |ip: &IpAddr| {
+        plan.namespaces
+            .get(ip)
             .is_some_and(|ns| ns.as_str() != namespace)
-        {
-            return None;
-        }
+    };
+    if isolation.keys().any(elsewhere) {
+        return None;
+    }
+    let old: Vec<Rule> = plan
+        .rules
+        .iter()
+        .filter(|r| of_policy(r))
+        .cloned()
+        .collect();
+    let (first, last): (Vec<&Rule>, Vec<&Rule>) = plan
+        .rules
+        .iter()
+        .filter(|r| r.namespace == namespace && !of_policy(r))
+        .partition(|r| !later(r));
+    let view = nft::NamespaceView {
+        namespace,
+        rules: first.into_iter().chain(&rules).chain(last).collect(),
+        ingress: isolation
+            .iter()
+            .filter(|(_, i)| i.1)
+            .map(|(ip, _)| *ip)
+            .collect(),
+        egress: isolation
+            .iter()
+            .filter(|(_, i)| i.2)
+            .map(|(ip, _)| *ip)
+            .collect(),
+    };
+    let (scope, was) = nft::render_namespace(table, plan, &view, &old)?;
+    drop(view);
+    plan.rules.retain(|r| !of_policy(r));
+    let at = plan
+        .rules
+        .iter()
+        .position(later)
+        .unwrap_or(plan.rules.len());
+    plan.rules.splice(at..at, rules);
+    for (ip, (selected, ingress, egress)) in isolation {
         let toggle = |set: &mut BTreeSet<IpAddr>, on: bool| {
             if on {
                 set.insert(ip);
@@ -82,16 +109,15 @@ pub fn policy_change(
                 set.remove(&ip);
             }
         };
-        toggle(&mut next.ingress_isolated, ingress);
-        toggle(&mut next.egress_isolated, egress);
+        toggle(&mut plan.ingress_isolated, ingress);
+        toggle(&mut plan.egress_isolated, egress);
         if selected {
-            next.namespaces.insert(ip, namespace.to_string());
+            plan.namespaces.insert(ip, namespace.to_string());
         } else {
-            next.namespaces.remove(&ip);
+            plan.namespaces.remove(&ip);
         }
     }
-    let (table, scope) = nft::render_namespace(table, &next, namespace, &old)?;
-    Some((next, table, scope))
+    Some((scope, was))
 }
 
 /// The edits that bring `table` (written for the cluster with `before` as the pod) to the table
@@ -555,11 +581,12 @@ mod tests {
             };
             let whole_plan = c.plan(NODE);
             let whole = render(&whole_plan, &options);
-            match policy_change(&c, NODE, &plan, &applied, &key) {
-                Some((next_plan, table, scope)) => {
+            let (mut next_plan, mut table) = (plan.clone(), applied.clone());
+            match policy_change(&c, NODE, &mut next_plan, &mut table, &key) {
+                Some((scope, was)) => {
                     assert_eq!(next_plan, whole_plan, "plan after {key:?}");
                     assert_eq!(table, whole, "table after {key:?}");
-                    let scoped = nft::write_scoped(&applied, &table, &scope).to_json();
+                    let scoped = nft::write_scoped(&was, &table, &scope).to_json();
                     let full = nft::write(Some(&applied), &whole).unwrap().to_json();
                     assert_eq!(
                         scoped,
@@ -568,7 +595,10 @@ mod tests {
                     );
                     answered += 1;
                 }
-                None => left += 1,
+                None => {
+                    assert!(next_plan == plan && table == applied, "{key:?} half made");
+                    left += 1;
+                }
             }
             plan = whole_plan;
             applied = whole;
@@ -585,10 +615,10 @@ mod tests {
         // From no policy at all: the first one is the whole plan's.
         let mut c = cluster(20);
         c.policies.clear();
-        let plan = c.plan(NODE);
-        let applied = table(&c);
+        let mut plan = c.plan(NODE);
+        let mut applied = table(&c);
         let key = ("ns0".to_string(), "np0".to_string());
         c.policies.insert(key.clone(), policy(0));
-        assert!(policy_change(&c, NODE, &plan, &applied, &key).is_none());
+        assert!(policy_change(&c, NODE, &mut plan, &mut applied, &key).is_none());
     }
 }

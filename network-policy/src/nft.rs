@@ -391,95 +391,173 @@ pub struct Scope {
     pub chains: BTreeSet<String>,
 }
 
-/// The table after a change confined to `namespace`'s policies (one of them created, changed or
-/// deleted: its rules were `old`, `plan` is the plan after it), from `before` (the table of the
-/// plan before it): the namespace's chains rendered again from the plan's rules of the
-/// namespace, the sets only the old rules held gone, the sets of the new rules made, the
-/// namespace's pods in the verdict maps as isolated now; and the scope of that change. What a
-/// whole render of `plan` gives (the delta's test holds it to that). `None` when a new set's
-/// name is taken by another key (a hash collision: the whole render resolves it).
+/// A namespace's part of a plan after a change confined to its policies: what
+/// [`render_namespace`] renders.
+pub struct NamespaceView<'a> {
+    pub namespace: &'a str,
+    /// The namespace's rules after the change, in the plan's order.
+    pub rules: Vec<&'a Rule>,
+    /// The namespace's addresses isolated for ingress and for egress after it.
+    pub ingress: BTreeSet<IpAddr>,
+    pub egress: BTreeSet<IpAddr>,
+}
+
+/// Changes `table` (the table of `plan`) in place to the table after a change confined to one
+/// namespace's policies (one of them created, changed or deleted: its rules were `old`; `view`
+/// is the namespace after it): the namespace's chains rendered again from its rules, the sets
+/// only the old rules held gone, the sets of the new rules made, the namespace's pods in the
+/// verdict maps as isolated now. What a whole render of the plan after it gives (the delta's
+/// test holds it to that). Returns the change's scope and that scope's part of the table as it
+/// was (what the write compares); `None`, with `table` untouched, when a new set's name is
+/// taken by another key (a hash collision: the whole render resolves it) or a verdict map is
+/// missing.
 pub fn render_namespace(
-    before: &Table,
+    table: &mut Table,
     plan: &Plan,
-    namespace: &str,
+    view: &NamespaceView<'_>,
     old: &[Rule],
-) -> Option<(Table, Scope)> {
-    let mut table = before.clone();
+) -> Option<(Scope, Table)> {
+    let namespace = view.namespace;
+    let in_view = |f: &dyn Fn(&Rule) -> bool| {
+        view.rules.iter().any(|r| f(r))
+            || plan.rules.iter().any(|r| r.namespace != namespace && f(r))
+    };
+    // First every name and check, nothing changed yet.
     let mut scope = Scope::default();
-    let mut drop_sets = |table: &mut Table, base: &str, kind: char| {
+    let scope_sets = |scope: &mut Scope, base: &str, kind: char| {
         for f in ['4', '6'] {
-            let name = format!("{base}-{kind}{f}");
-            table.sets.remove(&name);
-            scope.sets.insert(name);
+            scope.sets.insert(format!("{base}-{kind}{f}"));
         }
     };
-    // The old rules' targets and named-port sets are worked out again (the policy changed);
-    // its peer sets stay while a rule of the plan has their peers.
+    let mut gone_keys: Vec<(SetKey, Arc<str>)> = Vec::new();
     for rule in old {
-        if let Some(t) = table.names.targets.get(&rule.targets_key).cloned() {
-            drop_sets(&mut table, &t, 't');
-            if !plan.rules.iter().any(|r| r.targets_key == rule.targets_key) {
-                table.names.targets.remove(&rule.targets_key);
+        // Its targets and named-port sets are worked out again (the policy changed); its peer
+        // sets stay while a rule has their peers.
+        if let Some(t) = table.names.targets.get(&rule.targets_key) {
+            scope_sets(&mut scope, t, 't');
+            if !in_view(&|r| r.targets_key == rule.targets_key) {
+                gone_keys.push((SetKey::Targets, rule.targets_key.clone()));
             }
         }
-        if let Some(n) = table.names.rules.get(&rule.id).cloned() {
-            drop_sets(&mut table, &n, 'n');
-            if !plan.rules.iter().any(|r| r.id == rule.id) {
-                table.names.rules.remove(&rule.id);
+        if let Some(n) = table.names.rules.get(&rule.id) {
+            scope_sets(&mut scope, n, 'n');
+            if !in_view(&|r| r.id == rule.id) {
+                gone_keys.push((SetKey::Rule, rule.id.clone()));
             }
         }
-        if !plan.rules.iter().any(|r| r.peers_key == rule.peers_key) {
-            if let Some(p) = table.names.peers.remove(&rule.peers_key) {
-                drop_sets(&mut table, &p, 'p');
+        if let Some(p) = table.names.peers.get(&rule.peers_key) {
+            if !in_view(&|r| r.peers_key == rule.peers_key) {
+                scope_sets(&mut scope, p, 'p');
+                gone_keys.push((SetKey::Peers, rule.peers_key.clone()));
             }
         }
     }
+    let mut fresh: Vec<(SetKey, Arc<str>, Arc<str>)> = Vec::new();
+    let mut names: Vec<[Arc<str>; 3]> = Vec::with_capacity(view.rules.len());
+    for rule in &view.rules {
+        let mut three = Vec::with_capacity(3);
+        for (which, key, kind) in [
+            (SetKey::Rule, &rule.id, 'n'),
+            (SetKey::Targets, &rule.targets_key, 't'),
+            (SetKey::Peers, &rule.peers_key, 'p'),
+        ] {
+            let name = match table.names.map(which).get(key) {
+                Some(name) => name.clone(),
+                None => match fresh.iter().find(|(w, k, _)| {
+                    std::mem::discriminant(w) == std::mem::discriminant(&which) && k == key
+                }) {
+                    Some((_, _, name)) => name.clone(),
+                    None => {
+                        let name = new_name(which, key);
+                        if table.names.taken(&name) || fresh.iter().any(|(_, _, n)| *n == name) {
+                            return None;
+                        }
+                        fresh.push((which, key.clone(), name.clone()));
+                        name
+                    }
+                },
+            };
+            scope_sets(&mut scope, &name, kind);
+            three.push(name);
+        }
+        let [n, t, p]: [Arc<str>; 3] = three.try_into().ok()?;
+        names.push([n, t, p]);
+    }
+    let directions = [
+        (Direction::Ingress, &view.ingress),
+        (Direction::Egress, &view.egress),
+    ];
+    for (direction, _) in directions {
+        scope.chains.insert(policy_chain(direction, namespace));
+        for v6 in [false, true] {
+            let map = dispatch_name(direction, v6);
+            table.sets.get(&map)?;
+            scope.sets.insert(map);
+        }
+    }
+    // What the write compares: the scope as it was.
+    let before = Table {
+        sets: scope
+            .sets
+            .iter()
+            .filter_map(|n| Some((n.clone(), table.sets.get(n)?.clone())))
+            .collect(),
+        chains: scope
+            .chains
+            .iter()
+            .filter_map(|n| Some((n.clone(), table.chains.get(n)?.clone())))
+            .collect(),
+        handles: scope
+            .chains
+            .iter()
+            .filter_map(|n| Some((n.clone(), table.handles.get(n)?.clone())))
+            .collect(),
+        log_denied: table.log_denied,
+        names: SetIndex::default(),
+    };
+    // Then the change.
+    for name in &scope.sets {
+        if !name.contains("-by-ns") {
+            table.sets.remove(name);
+        }
+    }
+    for (which, key) in gone_keys {
+        table.names.map_mut(which).remove(&key);
+    }
+    for (which, key, name) in fresh {
+        table.names.map_mut(which).insert(key, name);
+    }
     let mut chains: BTreeMap<String, Vec<Vec<Statement<'static>>>> = BTreeMap::new();
-    for direction in [Direction::Ingress, Direction::Egress] {
+    for (direction, isolated) in directions {
         let name = policy_chain(direction, namespace);
-        let isolated = match direction {
-            Direction::Ingress => &plan.ingress_isolated,
-            Direction::Egress => &plan.egress_isolated,
-        };
-        let mine = |ip: &&IpAddr| plan.namespaces.get(*ip).map(String::as_str) == Some(namespace);
-        if isolated.iter().any(|ip| mine(&ip)) {
+        if !isolated.is_empty() {
             chains.insert(name.clone(), Vec::new());
         }
         for v6 in [false, true] {
-            let map = dispatch_name(direction, v6);
-            let set = table.sets.get_mut(&map)?;
-            set.elements
-                .retain(|e| !matches!(e, Elem::Jump(_, chain) if *chain == name));
-            set.elements.extend(
-                isolated
-                    .iter()
-                    .filter(|ip| family_of(ip) == v6 && mine(ip))
-                    .map(|ip| Elem::Jump(*ip, name.clone())),
-            );
-            scope.sets.insert(map);
-        }
-        table.chains.remove(&name);
-        scope.chains.insert(name);
-    }
-    for rule in plan.rules.iter().filter(|r| r.namespace == namespace) {
-        let n = known_or_new(&mut table.names, SetKey::Rule, &rule.id)?;
-        let t = known_or_new(&mut table.names, SetKey::Targets, &rule.targets_key)?;
-        let p = known_or_new(&mut table.names, SetKey::Peers, &rule.peers_key)?;
-        for (base, kind) in [(&n, 'n'), (&t, 't'), (&p, 'p')] {
-            for f in ['4', '6'] {
-                scope.sets.insert(format!("{base}-{kind}{f}"));
+            if let Some(set) = table.sets.get_mut(&dispatch_name(direction, v6)) {
+                set.elements
+                    .retain(|e| !matches!(e, Elem::Jump(_, chain) if *chain == name));
+                set.elements.extend(
+                    isolated
+                        .iter()
+                        .filter(|ip| family_of(ip) == v6)
+                        .map(|ip| Elem::Jump(*ip, name.clone())),
+                );
             }
         }
+        table.chains.remove(&name);
+    }
+    for (rule, [n, t, p]) in view.rules.iter().zip(&names) {
         let chain = chains
             .entry(policy_chain(rule.direction, namespace))
             .or_default();
-        render_rule(&mut table, rule, [&n, &t, &p], chain);
+        render_rule(table, rule, [n, t, p], chain);
     }
     for chain in chains.values_mut() {
         close_chain(chain, table.log_denied);
     }
     table.chains.extend(chains);
-    Some((table, scope))
+    Some((scope, before))
 }
 
 /// Which of [`SetIndex`]'s maps a key is in.
@@ -490,31 +568,39 @@ enum SetKey {
     Peers,
 }
 
-/// The base name `key` has in `names`, or the one a whole render gives a key it has not seen
-/// (recorded); `None` when that name is another key's.
-fn known_or_new(names: &mut SetIndex, which: SetKey, key: &Arc<str>) -> Option<Arc<str>> {
-    let (prefix, map) = match which {
-        SetKey::Rule => ("rule", &names.rules),
-        SetKey::Targets => ("targets", &names.targets),
-        SetKey::Peers => ("peers", &names.peers),
+/// The base name a whole render gives `key` when no other key has it.
+fn new_name(which: SetKey, key: &str) -> Arc<str> {
+    let prefix = match which {
+        SetKey::Rule => "rule",
+        SetKey::Targets => "targets",
+        SetKey::Peers => "peers",
     };
-    if let Some(name) = map.get(key) {
-        return Some(name.clone());
+    Arc::from(format!("r{:016x}", fnv_parts(&[prefix, " ", key])))
+}
+
+impl SetIndex {
+    fn map(&self, which: SetKey) -> &HashMap<Arc<str>, Arc<str>> {
+        match which {
+            SetKey::Rule => &self.rules,
+            SetKey::Targets => &self.targets,
+            SetKey::Peers => &self.peers,
+        }
     }
-    let name: Arc<str> = Arc::from(format!("r{:016x}", fnv_parts(&[prefix, " ", key])));
-    let taken = [&names.rules, &names.targets, &names.peers]
-        .iter()
-        .any(|m| m.values().any(|n| *n == name));
-    if taken {
-        return None;
+
+    fn map_mut(&mut self, which: SetKey) -> &mut HashMap<Arc<str>, Arc<str>> {
+        match which {
+            SetKey::Rule => &mut self.rules,
+            SetKey::Targets => &mut self.targets,
+            SetKey::Peers => &mut self.peers,
+        }
     }
-    let map = match which {
-        SetKey::Rule => &mut names.rules,
-        SetKey::Targets => &mut names.targets,
-        SetKey::Peers => &mut names.peers,
-    };
-    map.insert(key.clone(), name.clone());
-    Some(name)
+
+    /// Whether some key has the base name `name`.
+    fn taken(&self, name: &Arc<str>) -> bool {
+        [&self.rules, &self.targets, &self.peers]
+            .iter()
+            .any(|m| m.values().any(|n| n == name))
+    }
 }
 
 /// FNV-1a: short, stable names from longer keys.
@@ -936,6 +1022,8 @@ pub fn write(before: Option<&Table>, after: &Table) -> Result<Write, FirewallErr
 
 /// What brings the kernel from `before` to `after` when they differ only within `scope` (a
 /// policy's change: [`render_namespace`]): the difference of those sets and chains alone.
+/// `before` needs to hold the scope only; `after` is the whole table after the change (made
+/// from the one in the kernel: the handles of the chains outside the scope are its).
 pub fn write_scoped(before: &Table, after: &Table, scope: &Scope) -> Write {
     let (batch, handles, added, inserted) = difference(before, after, Some(scope));
     Write {
@@ -1038,8 +1126,9 @@ fn difference(before: &Table, after: &Table, scope: Option<&Scope>) -> Differenc
             before.chains.keys().chain(after.chains.keys()).collect(),
         ),
     };
-    // Chains outside the scope keep their rules and handles.
-    let mut handles: BTreeMap<String, Vec<Option<u32>>> = known(&before.handles)
+    // Chains outside the scope keep their rules and handles (`after` was made from the table
+    // in the kernel, handles included; `before` may hold the scope alone).
+    let mut handles: BTreeMap<String, Vec<Option<u32>>> = known(&after.handles)
         .into_iter()
         .filter(|(name, _)| !chains.contains(name) && after.chains.contains_key(name))
         .collect();

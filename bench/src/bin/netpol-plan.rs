@@ -65,6 +65,15 @@ fn policy(k: usize, name: &str, namespace: &str) -> NetworkPolicy {
     .expect("policy")
 }
 
+/// Sleeps NETPOL_PLAN_PAUSE_MS (default 0).
+fn pause() {
+    let pause = std::env::var("NETPOL_PLAN_PAUSE_MS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0);
+    std::thread::sleep(Duration::from_millis(pause));
+}
+
 /// Plan, render and difference for the cluster as it is now, against `applied`.
 fn work(
     cluster: &Cluster,
@@ -73,11 +82,7 @@ fn work(
 ) -> (nft::Table, [Duration; 3]) {
     // The agent sees changes apart (netpol-scale: 100 ms), its data no longer in the CPU's
     // caches: NETPOL_PLAN_PAUSE_MS=100 times that case, 0 (the default) a hot loop.
-    let pause = std::env::var("NETPOL_PLAN_PAUSE_MS")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(0);
-    std::thread::sleep(Duration::from_millis(pause));
+    pause();
     let t0 = Instant::now();
     let plan = cluster.plan(NODE);
     let t1 = Instant::now();
@@ -137,7 +142,9 @@ fn main() {
         .unwrap_or_default();
     let whole = started.elapsed();
 
-    let mut phases: [Vec<Duration>; 7] = Default::default();
+    let mut phases: [Vec<Duration>; 9] = Default::default();
+    let mut planned = cluster.plan(NODE);
+    let mut alone = 0;
     let (mut moved, mut wrong) = (0, 0);
     for c in 0..rounds {
         // A local pod joins app7's selection, then goes back (as netpol-scale relabels).
@@ -147,6 +154,7 @@ fn main() {
         let key = (p.namespace.clone(), p.name.clone());
         let before = cluster.pods.insert(key, p.clone());
         // What the agent does first: the relabel as moved set members.
+        pause();
         let started = Instant::now();
         let edits = before
             .as_ref()
@@ -173,13 +181,35 @@ fn main() {
                 spec.pod_selector = serde_json::from_value(json!({"matchLabels": {"app": "app7"}}))
                     .expect("selector");
             }
-            cluster.policies.insert(("ns7".into(), name), p.into());
+            cluster
+                .policies
+                .insert(("ns7".into(), name.clone()), p.into());
         } else {
-            cluster.policies.remove(&("ns7".to_string(), name));
+            cluster.policies.remove(&("ns7".to_string(), name.clone()));
+        }
+        // What the agent does first: the policy worked out alone (on its own copies of the
+        // plan and table, made before the clock starts), and its scoped write.
+        let (mut plan, mut changed) = (planned.clone(), applied.clone());
+        pause();
+        let started = Instant::now();
+        let key = ("ns7".to_string(), name);
+        let change = delta::policy_change(&cluster, NODE, &mut plan, &mut changed, &key);
+        let worked_out = started.elapsed();
+        if let Some((scope, was)) = &change {
+            std::hint::black_box(nft::write_scoped(was, &changed, scope).len());
+            phases[7].push(worked_out);
+            phases[8].push(started.elapsed() - worked_out);
         }
         let (table, took) = work(&cluster, &options, &applied);
         for (k, d) in took.into_iter().enumerate() {
             phases[3 + k].push(d);
+        }
+        if change.is_some() {
+            alone += 1;
+            wrong += usize::from(changed != table);
+            planned = plan;
+        } else {
+            planned = cluster.plan(NODE);
         }
         applied = table;
     }
@@ -193,7 +223,8 @@ fn main() {
         applied.element_count()
     );
     println!(
-        "relabels answered as moved set members: {moved} of {rounds} ({wrong} unlike the whole plan)"
+        "relabels answered as moved set members: {moved} of {rounds}, policies worked out alone: \
+         {alone} of {rounds} ({wrong} unlike the whole plan)"
     );
     let names = [
         "relabel: plan",
@@ -203,6 +234,8 @@ fn main() {
         "policy: render",
         "policy: difference",
         "relabel: delta (moved members)",
+        "policy: delta (worked out alone)",
+        "policy: its scoped difference",
     ];
     let rows: Vec<Vec<String>> = names
         .iter()
