@@ -8,6 +8,7 @@
 //! `NFNL_MSG_BATCH_END`: the kernel applies the whole batch or none of it.
 
 use std::collections::BTreeSet;
+use std::os::fd::AsRawFd;
 use std::time::Duration;
 
 use netlink_sys::{protocols::NETLINK_NETFILTER, Socket, SocketAddr};
@@ -175,7 +176,135 @@ pub(super) struct Answer {
 
 /// A socket to the kernel's nf_tables.
 pub(super) struct Nfnl {
-    socket: Socket,
+    /// Closed by [`Nfnl`]'s drop (in a helper process after a deletion).
+    socket: std::mem::ManuallyDrop<Socket>,
+}
+
+/// This process committed a deletion: closing a socket waits (see [`Nfnl`]'s drop).
+static FREEING: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+/// Whether `bytes` (a batch) holds a deletion: a table, chain, rule, set or element deleted
+/// (`NFT_MSG_DEL*`, `NFT_MSG_DESTROY*`).
+fn deletes(bytes: &[u8]) -> bool {
+    let mut at = 0;
+    while at + 16 <= bytes.len() {
+        let len = u32::from_ne_bytes([bytes[at], bytes[at + 1], bytes[at + 2], bytes[at + 3]]);
+        let kind = u16::from_ne_bytes([bytes[at + 4], bytes[at + 5]]);
+        if kind >> 8 == NFNL_SUBSYS_NFTABLES && matches!(kind & 0xff, 2 | 5 | 8 | 11 | 14 | 26..=32)
+        {
+            return true;
+        }
+        if len < 16 {
+            break;
+        }
+        at += (len as usize + 3) & !3;
+    }
+    false
+}
+
+impl Drop for Nfnl {
+    /// After a committed deletion, closing an nf_tables socket waits (in the kernel's
+    /// NETLINK_URELEASE handler of nf_tables, which flushes the deferred freeing of what
+    /// batches replaced, holding the commit mutex) for an RCU grace period: 8-25 ms on this VM,
+    /// against well under a millisecond for the batch itself, which is committed and seen by
+    /// every packet before that. Once this process has deleted something, a helper process
+    /// (double-forked, as [`crate::netlink::detached`]'s) holds the last reference and makes
+    /// that close 200 ms later, when the freeing is done; this process closes its own at once.
+    fn drop(&mut self) {
+        // SAFETY: the socket is taken once, here, and never used again.
+        let socket = unsafe { std::mem::ManuallyDrop::take(&mut self.socket) };
+        if FREEING.load(std::sync::atomic::Ordering::Relaxed) {
+            close_after_helper(socket);
+        }
+    }
+}
+
+/// Closes `socket` with a double-forked helper holding it, the helper closing it last (see
+/// [`Nfnl`]'s drop); if no helper can be made, this close is the last one and waits instead.
+fn close_after_helper(socket: Socket) {
+    use std::os::fd::{FromRawFd, IntoRawFd, OwnedFd};
+    let fd = socket.into_raw_fd();
+    // SAFETY: `fd` was just released by the socket; it is owned here alone.
+    let fd = unsafe { OwnedFd::from_raw_fd(fd) };
+    let devnull = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open("/dev/null");
+    let mut pipe = [0; 2];
+    // SAFETY: pipe2 writes two descriptors into the array it is given.
+    let piped = unsafe { libc::pipe2(pipe.as_mut_ptr(), libc::O_CLOEXEC) } == 0;
+    let (Ok(devnull), true) = (devnull, piped) else {
+        return;
+    };
+    // SAFETY: both descriptors were just created and are owned by nobody else.
+    let (read_end, write_end) =
+        unsafe { (OwnedFd::from_raw_fd(pipe[0]), OwnedFd::from_raw_fd(pipe[1])) };
+    let keep = [fd.as_raw_fd(), read_end.as_raw_fd(), devnull.as_raw_fd()];
+    // SAFETY: the children call only async-signal-safe functions (fork, dup2, close,
+    // close_range, read, _exit) on values prepared before the fork, so they are correct even if
+    // the caller has other threads.
+    let first = unsafe { libc::fork() };
+    if first < 0 {
+        return;
+    }
+    if first == 0 {
+        // SAFETY: see above; this branch never returns.
+        unsafe {
+            if libc::fork() == 0 {
+                helper_close(keep, write_end.as_raw_fd());
+            }
+            libc::_exit(0);
+        }
+    }
+    let mut status = 0;
+    loop {
+        // SAFETY: reaps the intermediate child, which exits right after forking the helper.
+        let reaped = unsafe { libc::waitpid(first, &mut status, 0) };
+        if reaped >= 0 || std::io::Error::last_os_error().raw_os_error() != Some(libc::EINTR) {
+            break;
+        }
+    }
+    // Ours first; then the pipe's end tells the helper that its close is the last.
+    drop(fd);
+    drop(write_end);
+}
+
+/// The helper: stdio to /dev/null (a runtime waits for a plugin's stdout to close) and every
+/// other descriptor closed (a lock held through one would stay held), then, once the pipe says
+/// the caller has closed its own and the kernel has had time to free what was deleted, the
+/// socket's last close.
+///
+/// # Safety
+/// Runs in a freshly forked child; uses only async-signal-safe calls and never returns.
+unsafe fn helper_close(keep: [std::os::fd::RawFd; 3], write_end: std::os::fd::RawFd) -> ! {
+    let [socket, read_end, devnull] = keep;
+    libc::close(write_end);
+    for std in 0..3 {
+        libc::dup2(devnull, std);
+    }
+    let mut kept = [socket, read_end, devnull];
+    kept.sort_unstable();
+    let mut from: u32 = 3;
+    for fd in kept {
+        let fd = u32::try_from(fd).unwrap_or(0);
+        if fd > from {
+            libc::syscall(libc::SYS_close_range, from, fd - 1, 0u32);
+        }
+        from = from.max(fd + 1);
+    }
+    libc::syscall(libc::SYS_close_range, from, u32::MAX, 0u32);
+    let mut byte = 0u8;
+    while libc::read(read_end, (&mut byte as *mut u8).cast(), 1) < 0 {}
+    // By then the kernel's deferred freeing has run on its own, and the close finds nothing to
+    // wait for: waiting there holds nf_tables' commit mutex, which every other batch of the
+    // node needs.
+    let pause = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 200_000_000,
+    };
+    libc::nanosleep(&pause, std::ptr::null_mut());
+    libc::close(socket);
+    libc::_exit(0)
 }
 
 impl Nfnl {
@@ -186,7 +315,9 @@ impl Nfnl {
             .connect(&SocketAddr::new(0, 0))
             .map_err(io("opening a netlink socket"))?;
         set_receive_timeout(&socket, Duration::from_secs(10));
-        Ok(Nfnl { socket })
+        Ok(Nfnl {
+            socket: std::mem::ManuallyDrop::new(socket),
+        })
     }
 
     /// Reads one datagram and splits it into messages.
@@ -228,6 +359,11 @@ impl Nfnl {
         self.socket
             .send(bytes, 0)
             .map_err(io("sending the batch"))?;
+        // Sent is processed (netlink to the kernel runs in this call): a refused batch freed
+        // nothing, but it is cheaper to assume it did than to wait.
+        if deletes(bytes) {
+            FREEING.store(true, std::sync::atomic::Ordering::Relaxed);
+        }
         let mut pending: BTreeSet<u32> = answered.iter().copied().collect();
         let mut refused: Option<(u32, i32)> = None;
         while !pending.is_empty() {
@@ -344,7 +480,6 @@ pub(super) fn string(value: &[u8]) -> String {
 }
 
 fn set_receive_timeout(socket: &Socket, limit: Duration) {
-    use std::os::fd::AsRawFd;
     let value = libc::timeval {
         tv_sec: limit.as_secs() as libc::time_t,
         tv_usec: 0,
@@ -362,7 +497,6 @@ fn set_receive_timeout(socket: &Socket, limit: Duration) {
 }
 
 fn set_send_buffer(socket: &Socket, bytes: i32) {
-    use std::os::fd::AsRawFd;
     // SAFETY: setsockopt with a valid fd and a pointer to an i32 that lives across the call.
     unsafe {
         let value = bytes;
