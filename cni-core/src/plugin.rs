@@ -31,6 +31,9 @@ pub fn run<P: Plugin>(plugin: &P) -> std::process::ExitCode {
         &mut std::io::stdin().lock(),
         &mut std::io::stdout().lock(),
     );
+    // The answer is out; the kept nf_tables socket is not closed by the exit (which would wait
+    // for the kernel to free what this call deleted).
+    crate::firewall::release();
     std::process::ExitCode::from(code)
 }
 

@@ -18,6 +18,7 @@ use nftables::schema::{Chain, NfCmd, NfListObject, NfObject, Rule, Set};
 use nftables::types::NfFamily;
 use serde_json::Value;
 
+pub use nfnetlink::release;
 pub use nftables::{expr, schema, stmt, types};
 
 const CANDIDATES: [&str; 3] = ["/usr/sbin/nft", "/sbin/nft", "/usr/bin/nft"];

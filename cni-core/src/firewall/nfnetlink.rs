@@ -174,10 +174,58 @@ pub(super) struct Answer {
     pub(super) payload: Vec<u8>,
 }
 
-/// A socket to the kernel's nf_tables.
+/// A socket to the kernel's nf_tables: this thread's, kept for its next use in the same
+/// network namespace (see [`release`]).
 pub(super) struct Nfnl {
-    /// Closed by [`Nfnl`]'s drop (in a helper process after a deletion).
+    /// Kept or closed by [`Nfnl`]'s drop.
     socket: std::mem::ManuallyDrop<Socket>,
+    /// The network namespace it was opened in (a socket stays in it; a thread may move).
+    netns: Option<u64>,
+    /// Nothing went wrong on it: what it reads next answers what it sends next.
+    healthy: bool,
+}
+
+thread_local! {
+    /// This thread's socket, with its network namespace.
+    static KEPT: std::cell::RefCell<Option<(u64, Socket)>> = const { std::cell::RefCell::new(None) };
+}
+
+/// The network namespace of the calling thread (the inode of its `ns/net`).
+fn netns_of_thread() -> Option<u64> {
+    use std::os::unix::fs::MetadataExt;
+    std::fs::metadata("/proc/thread-self/ns/net")
+        .ok()
+        .map(|m| m.ino())
+}
+
+/// Closes this thread's kept socket (a short-lived process calls it before it exits: see
+/// [`Nfnl`]'s drop for why the last close of a socket is not left to the exit).
+pub fn release() {
+    if let Ok(Some((_, socket))) = KEPT.try_with(|kept| kept.borrow_mut().take()) {
+        close(socket);
+    }
+}
+
+/// Closes `socket`: by a helper once this process has deleted something.
+fn close(socket: Socket) {
+    if FREEING.load(std::sync::atomic::Ordering::Relaxed) {
+        close_after_helper(socket);
+    }
+}
+
+/// Reads and drops whatever is waiting on `socket` (answers a failed exchange left behind).
+fn drain(socket: &Socket) {
+    let mut buf = [0u8; 4096];
+    // SAFETY: recv into a buffer this function owns, with its length.
+    while unsafe {
+        libc::recv(
+            socket.as_raw_fd(),
+            buf.as_mut_ptr().cast(),
+            buf.len(),
+            libc::MSG_DONTWAIT,
+        )
+    } > 0
+    {}
 }
 
 /// This process committed a deletion: closing a socket waits (see [`Nfnl`]'s drop).
@@ -203,7 +251,8 @@ fn deletes(bytes: &[u8]) -> bool {
 }
 
 impl Drop for Nfnl {
-    /// After a committed deletion, closing an nf_tables socket waits (in the kernel's
+    /// A socket is kept for the thread's next use in the same namespace: a daemon never closes
+    /// it. Closing one matters because after a committed deletion, closing an nf_tables socket waits (in the kernel's
     /// NETLINK_URELEASE handler of nf_tables, which flushes the deferred freeing of what
     /// batches replaced, holding the commit mutex) for an RCU grace period: 8-25 ms on this VM,
     /// against well under a millisecond for the batch itself, which is committed and seen by
@@ -213,8 +262,19 @@ impl Drop for Nfnl {
     fn drop(&mut self) {
         // SAFETY: the socket is taken once, here, and never used again.
         let socket = unsafe { std::mem::ManuallyDrop::take(&mut self.socket) };
-        if FREEING.load(std::sync::atomic::Ordering::Relaxed) {
-            close_after_helper(socket);
+        let (Some(netns), true) = (self.netns, self.healthy) else {
+            return close(socket);
+        };
+        // Kept for this thread's next use; one kept before (another namespace) is closed.
+        let mut socket = Some(socket);
+        let _ = KEPT.try_with(|kept| {
+            if let Some((_, old)) = kept.borrow_mut().replace((netns, socket.take()?)) {
+                close(old);
+            }
+            Some(())
+        });
+        if let Some(socket) = socket {
+            close(socket);
         }
     }
 }
@@ -309,6 +369,28 @@ unsafe fn helper_close(keep: [std::os::fd::RawFd; 3], write_end: std::os::fd::Ra
 
 impl Nfnl {
     pub(super) fn open() -> Result<Nfnl, FirewallError> {
+        let netns = netns_of_thread();
+        let kept = KEPT
+            .try_with(|kept| {
+                let mut kept = kept.borrow_mut();
+                match kept.take() {
+                    Some((id, socket)) if Some(id) == netns => Some(socket),
+                    other => {
+                        *kept = other;
+                        None
+                    }
+                }
+            })
+            .ok()
+            .flatten();
+        if let Some(socket) = kept {
+            drain(&socket);
+            return Ok(Nfnl {
+                socket: std::mem::ManuallyDrop::new(socket),
+                netns,
+                healthy: true,
+            });
+        }
         let mut socket = Socket::new(NETLINK_NETFILTER).map_err(io("opening a netlink socket"))?;
         socket.bind_auto().map_err(io("opening a netlink socket"))?;
         socket
@@ -317,6 +399,8 @@ impl Nfnl {
         set_receive_timeout(&socket, Duration::from_secs(10));
         Ok(Nfnl {
             socket: std::mem::ManuallyDrop::new(socket),
+            netns,
+            healthy: true,
         })
     }
 
@@ -349,6 +433,8 @@ impl Nfnl {
         bytes: &[u8],
         answered: &[u32],
     ) -> Result<Option<(u32, i32)>, FirewallError> {
+        // Until every answer is read, the socket is not one to use again.
+        self.healthy = false;
         // A big batch needs a send buffer as big (root may exceed the default limit).
         if bytes.len() > 100 << 10 {
             set_send_buffer(
@@ -370,7 +456,7 @@ impl Nfnl {
             let answers = match self.receive() {
                 Ok(answers) => answers,
                 // Every message answered that the kernel will answer: a refusal is known.
-                Err(_) if refused.is_some() => break,
+                Err(_) if refused.is_some() => return Ok(refused),
                 Err(e) => return Err(io("reading the kernel's answer")(e)),
             };
             for answer in answers {
@@ -383,6 +469,7 @@ impl Nfnl {
                 }
             }
         }
+        self.healthy = true;
         Ok(refused)
     }
 
@@ -392,6 +479,7 @@ impl Nfnl {
         &mut self,
         request: Vec<u8>,
     ) -> Result<Result<Vec<Vec<u8>>, i32>, FirewallError> {
+        self.healthy = false;
         self.socket
             .send(&request, 0)
             .map_err(io("sending a dump request"))?;
@@ -399,8 +487,12 @@ impl Nfnl {
         loop {
             for answer in self.receive().map_err(io("reading a dump"))? {
                 match answer.kind {
-                    NLMSG_DONE => return Ok(Ok(payloads)),
+                    NLMSG_DONE => {
+                        self.healthy = true;
+                        return Ok(Ok(payloads));
+                    }
                     NLMSG_ERROR => {
+                        self.healthy = true;
                         let code = error_code(&answer.payload);
                         if code != 0 {
                             return Ok(Err(-code));
@@ -436,12 +528,14 @@ impl Nfnl {
 
     /// Sends one request that the kernel acks (or refuses with an errno).
     pub(super) fn request(&mut self, request: Vec<u8>) -> Result<Result<(), i32>, FirewallError> {
+        self.healthy = false;
         self.socket
             .send(&request, 0)
             .map_err(io("sending a request"))?;
         loop {
             for answer in self.receive().map_err(io("reading the kernel's answer"))? {
                 if answer.kind == NLMSG_ERROR {
+                    self.healthy = true;
                     let code = error_code(&answer.payload);
                     return Ok(if code == 0 { Ok(()) } else { Err(-code) });
                 }
