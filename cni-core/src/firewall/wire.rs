@@ -1236,7 +1236,10 @@ fn ct_state(m: &mut Message, op: Operator, right: &Expression<'_>) -> Encoded {
 }
 
 /// A named set's element from its expression: `known` is the set's key when this batch made
-/// it; otherwise the expression alone decides (an address; `address . protocol . port`).
+/// it; otherwise the expression alone decides (an address; `address . protocol . port`). Such
+/// an element is a plain key: an element of an interval set this batch did not make would need
+/// its end too, and no writer adds single addresses to one (cni-portmap's interval sets are
+/// concatenations of two addresses, which are not inferred and go through `nft`).
 fn element(expr: &Expression<'_>, known: Option<&[Kind]>) -> Encoded<super::elements::Element> {
     use super::elements::{layout, Element};
     match expr {
