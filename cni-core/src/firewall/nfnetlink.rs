@@ -187,7 +187,22 @@ pub(super) struct Nfnl {
 
 thread_local! {
     /// This thread's socket, with its network namespace.
-    static KEPT: std::cell::RefCell<Option<(u64, Socket)>> = const { std::cell::RefCell::new(None) };
+    static KEPT: std::cell::RefCell<Option<Kept>> = const { std::cell::RefCell::new(None) };
+}
+
+/// A thread's kept socket; closed as [`close`] does when dropped (the thread ends, or a socket
+/// of another namespace takes its place).
+struct Kept {
+    netns: u64,
+    socket: Option<Socket>,
+}
+
+impl Drop for Kept {
+    fn drop(&mut self) {
+        if let Some(socket) = self.socket.take() {
+            close(socket);
+        }
+    }
 }
 
 /// The network namespace of the calling thread (the inode of its `ns/net`).
@@ -201,9 +216,8 @@ fn netns_of_thread() -> Option<u64> {
 /// Closes this thread's kept socket (a short-lived process calls it before it exits: see
 /// [`Nfnl`]'s drop for why the last close of a socket is not left to the exit).
 pub fn release() {
-    if let Ok(Some((_, socket))) = KEPT.try_with(|kept| kept.borrow_mut().take()) {
-        close(socket);
-    }
+    // Dropping it closes it.
+    let _ = KEPT.try_with(|kept| kept.borrow_mut().take());
 }
 
 /// Closes `socket`: by a helper once this process has deleted something.
@@ -265,17 +279,19 @@ impl Drop for Nfnl {
         let (Some(netns), true) = (self.netns, self.healthy) else {
             return close(socket);
         };
-        // Kept for this thread's next use; one kept before (another namespace) is closed.
-        let mut socket = Some(socket);
-        let _ = KEPT.try_with(|kept| {
-            if let Some((_, old)) = kept.borrow_mut().replace((netns, socket.take()?)) {
-                close(old);
+        // Kept for this thread's next use; one kept before (another namespace) is closed as
+        // it drops. Past the thread's end, `kept` drops (and closes) here.
+        let kept = Kept {
+            netns,
+            socket: Some(socket),
+        };
+        let mut kept = Some(kept);
+        let _ = KEPT.try_with(|slot| {
+            if let Some(k) = kept.take() {
+                let old = slot.borrow_mut().replace(k);
+                drop(old);
             }
-            Some(())
         });
-        if let Some(socket) = socket {
-            close(socket);
-        }
     }
 }
 
@@ -373,12 +389,9 @@ impl Nfnl {
         let kept = KEPT
             .try_with(|kept| {
                 let mut kept = kept.borrow_mut();
-                match kept.take() {
-                    Some((id, socket)) if Some(id) == netns => Some(socket),
-                    other => {
-                        *kept = other;
-                        None
-                    }
+                match kept.as_mut() {
+                    Some(k) if Some(k.netns) == netns => k.socket.take(),
+                    _ => None,
                 }
             })
             .ok()
