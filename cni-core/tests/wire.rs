@@ -12,7 +12,7 @@ use cni_core::firewall::build::{
 };
 use cni_core::firewall::expr::{Expression, MetaKey, Range};
 use cni_core::firewall::schema::{NfListObject, SetType, SetTypeValue};
-use cni_core::firewall::stmt::{Limit, Log, Operator, Statement};
+use cni_core::firewall::stmt::{Operator, Statement};
 use cni_core::firewall::types::{NfChainPolicy, NfChainType, NfFamily, NfHook};
 use cni_core::firewall::{rules, Batch};
 use cni_core::netns::NetNs;
@@ -200,25 +200,10 @@ fn first() -> Batch {
         F,
         T,
         "c",
-        vec![
-            Statement::Limit(Limit {
-                rate: 10,
-                rate_unit: None,
-                per: Some("second".into()),
-                burst: Some(20),
-                burst_unit: None,
-                inv: None,
-            }),
-            Statement::Log(Some(Log {
-                prefix: Some("tether-wire denied: ".into()),
-                group: None,
-                snaplen: None,
-                queue_threshold: None,
-                level: None,
-                flags: None,
-            })),
-            Statement::Drop(None),
-        ],
+        build::rate_limited_log(10, 20, "tether-wire denied: ")
+            .into_iter()
+            .chain([Statement::Drop(None)])
+            .collect(),
         Some("the end"),
     ))
     .insert(r(

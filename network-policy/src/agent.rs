@@ -332,8 +332,7 @@ fn write_edits(
                 write_ms = ms(started.elapsed()),
                 "policies applied"
             );
-            metrics.elements.set(table.element_count() as i64);
-            metrics.written(Ok(()), since.elapsed());
+            succeeded(metrics, &table, since);
             Some(table)
         }
         Err(e) => failed(
@@ -378,10 +377,7 @@ fn write_policy(
                 write_ms = ms(writing.elapsed()),
                 "policies applied"
             );
-            metrics.rules.set(after.rule_count() as i64);
-            metrics.sets.set(after.sets.len() as i64);
-            metrics.elements.set(after.element_count() as i64);
-            metrics.written(Ok(()), since.elapsed());
+            succeeded(metrics, &after, since);
             Some(after)
         }
         Err(e) => failed(
@@ -447,10 +443,7 @@ fn write(
                 write_ms = ms(started.elapsed() - diffed),
                 "policies applied"
             );
-            metrics.rules.set(table.rule_count() as i64);
-            metrics.sets.set(table.sets.len() as i64);
-            metrics.elements.set(table.element_count() as i64);
-            metrics.written(Ok(()), since.elapsed());
+            succeeded(metrics, &table, since);
             Some((table, plan))
         }
         Err(e) => {
@@ -463,6 +456,14 @@ fn write(
             None
         }
     }
+}
+
+/// A write that succeeded: counted, and the table's size in the metrics.
+fn succeeded(metrics: &Metrics, table: &Table, since: Instant) {
+    metrics.rules.set(table.rule_count() as i64);
+    metrics.sets.set(table.sets.len() as i64);
+    metrics.elements.set(table.element_count() as i64);
+    metrics.written(Ok(()), since.elapsed());
 }
 
 /// A write that failed: logged and counted; the next write is whole (`None`: no table known).

@@ -403,6 +403,16 @@ mod tests {
         c
     }
 
+    /// Pseudo-random numbers below `n`, the same every run for a `seed`.
+    fn numbers(mut seed: u64) -> impl FnMut(usize) -> usize {
+        move |n| {
+            seed = seed
+                .wrapping_mul(6364136223846793005)
+                .wrapping_add(1442695040888963407);
+            ((seed >> 33) % n as u64) as usize
+        }
+    }
+
     fn table(c: &Cluster) -> Table {
         let options = Options {
             log_denied: false,
@@ -417,13 +427,7 @@ mod tests {
     fn changes(pods: usize, rounds: usize) -> (usize, usize) {
         let mut c = cluster(pods);
         let mut applied = table(&c);
-        let mut seed: u64 = 7;
-        let mut next = |n: usize| {
-            seed = seed
-                .wrapping_mul(6364136223846793005)
-                .wrapping_add(1442695040888963407);
-            ((seed >> 33) % n as u64) as usize
-        };
+        let mut next = numbers(7);
         let (mut answered, mut left) = (0, 0);
         for round in 0..rounds {
             let key = c.pods.keys().nth(next(c.pods.len())).unwrap().clone();
@@ -539,13 +543,7 @@ mod tests {
         };
         let mut plan = c.plan(NODE);
         let mut applied = render(&plan, &options);
-        let mut seed: u64 = 11;
-        let mut next = |n: usize| {
-            seed = seed
-                .wrapping_mul(6364136223846793005)
-                .wrapping_add(1442695040888963407);
-            ((seed >> 33) % n as u64) as usize
-        };
+        let mut next = numbers(11);
         let (mut answered, mut left) = (0, 0);
         for round in 0..rounds {
             let existing = c

@@ -766,25 +766,7 @@ fn established() -> Vec<Statement<'static>> {
 }
 
 fn log_statement() -> Vec<Statement<'static>> {
-    use cni_core::firewall::stmt::{Limit, Log};
-    vec![
-        Statement::Limit(Limit {
-            rate: 10,
-            rate_unit: None,
-            per: Some("second".into()),
-            burst: Some(20),
-            burst_unit: None,
-            inv: None,
-        }),
-        Statement::Log(Some(Log {
-            prefix: Some("tether-netpol denied: ".into()),
-            group: None,
-            snaplen: None,
-            queue_threshold: None,
-            level: None,
-            flags: None,
-        })),
-    ]
+    build::rate_limited_log(10, 20, "tether-netpol denied: ")
 }
 
 fn set_type(kind: SetKind) -> SetTypeValue<'static> {

@@ -425,3 +425,27 @@ pub fn value_map(
         "map": value_type,
     }}})
 }
+
+/// `limit rate <per_second>/second burst <burst> packets log prefix "<prefix>"`: a log that a
+/// flood cannot turn into a flood of log lines.
+pub fn rate_limited_log(per_second: u32, burst: u32, prefix: &str) -> Vec<Statement<'static>> {
+    use nftables::stmt::{Limit, Log};
+    vec![
+        Statement::Limit(Limit {
+            rate: per_second,
+            rate_unit: None,
+            per: Some(s("second")),
+            burst: Some(burst),
+            burst_unit: None,
+            inv: None,
+        }),
+        Statement::Log(Some(Log {
+            prefix: Some(s(prefix)),
+            group: None,
+            snaplen: None,
+            queue_threshold: None,
+            level: None,
+            flags: None,
+        })),
+    ]
+}

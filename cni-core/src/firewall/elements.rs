@@ -10,6 +10,7 @@
 
 use std::net::IpAddr;
 
+use super::nfnetlink::numbers::*;
 use super::nfnetlink::{
     self, attributes, family_number, nft_message, Message, Nfnl, NLM_F_ACK, NLM_F_CREATE,
     NLM_F_DUMP, NLM_F_REQUEST,
@@ -17,23 +18,11 @@ use super::nfnetlink::{
 use super::types::NfFamily;
 use super::FirewallError;
 
-const NFT_MSG_NEWSETELEM: u16 = 12;
 const NFT_MSG_GETSETELEM: u16 = 13;
-const NFT_MSG_DELSETELEM: u16 = 14;
 
-const NFTA_SET_ELEM_LIST_TABLE: u16 = 1;
-const NFTA_SET_ELEM_LIST_SET: u16 = 2;
-const NFTA_SET_ELEM_LIST_ELEMENTS: u16 = 3;
-const NFTA_LIST_ELEM: u16 = 1;
-const NFTA_SET_ELEM_KEY: u16 = 1;
 const NFTA_SET_ELEM_DATA: u16 = 2;
 const NFTA_SET_ELEM_USERDATA: u16 = 6;
 const NFTA_SET_ELEM_KEY_END: u16 = 10;
-const NFTA_DATA_VALUE: u16 = 1;
-const NFTA_DATA_VERDICT: u16 = 2;
-const NFTA_VERDICT_CODE: u16 = 1;
-const NFTA_VERDICT_CHAIN: u16 = 2;
-const NFT_JUMP: i32 = -3;
 /// nft's user data of an element: type-length-value records, the comment being type 0 (a
 /// NUL-terminated string), as `nft` writes and reads it.
 const UDATA_COMMENT: u8 = 0;

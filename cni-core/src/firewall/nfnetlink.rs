@@ -29,6 +29,35 @@ const NLMSG_DONE: u16 = 0x3;
 const NLA_F_NESTED: u16 = 0x8000;
 const NLA_TYPE_MASK: u16 = 0x3fff;
 
+/// The kernel's nf_tables numbers (`nf_tables.h`) that more than one module of the firewall
+/// layer uses: message types, attributes, flags.
+pub(super) mod numbers {
+    pub const NFTA_CHAIN_NAME: u16 = 3;
+    pub const NFTA_CHAIN_TABLE: u16 = 1;
+    pub const NFTA_DATA_VALUE: u16 = 1;
+    pub const NFTA_DATA_VERDICT: u16 = 2;
+    pub const NFTA_LIST_ELEM: u16 = 1;
+    pub const NFTA_RULE_CHAIN: u16 = 2;
+    pub const NFTA_RULE_HANDLE: u16 = 3;
+    pub const NFTA_RULE_TABLE: u16 = 1;
+    pub const NFTA_SET_ELEM_KEY: u16 = 1;
+    pub const NFTA_SET_ELEM_LIST_ELEMENTS: u16 = 3;
+    pub const NFTA_SET_ELEM_LIST_SET: u16 = 2;
+    pub const NFTA_SET_ELEM_LIST_TABLE: u16 = 1;
+    pub const NFTA_SET_FLAGS: u16 = 3;
+    pub const NFTA_SET_NAME: u16 = 2;
+    pub const NFTA_SET_TABLE: u16 = 1;
+    pub const NFTA_TABLE_NAME: u16 = 1;
+    pub const NFTA_VERDICT_CHAIN: u16 = 2;
+    pub const NFTA_VERDICT_CODE: u16 = 1;
+    pub const NFT_JUMP: i32 = -3;
+    pub const NFT_MSG_DELSETELEM: u16 = 14;
+    pub const NFT_MSG_DELTABLE: u16 = 2;
+    pub const NFT_MSG_NEWSETELEM: u16 = 12;
+    pub const NFT_SET_ANONYMOUS: u32 = 0x1;
+    pub const NFT_SET_MAP: u32 = 0x8;
+}
+
 /// A table family as the kernel numbers it (`NFPROTO_*`).
 pub(super) fn family_number(family: NfFamily) -> u8 {
     match family {

@@ -1,5 +1,6 @@
 //! Whole tables over NFNETLINK: whether one exists, and deleting one, without an `nft` process.
 
+use super::nfnetlink::numbers::*;
 use super::nfnetlink::{
     family_number, nft_message, Batch, Message, Nfnl, NLM_F_ACK, NLM_F_REQUEST,
 };
@@ -7,8 +8,6 @@ use super::types::NfFamily;
 use super::FirewallError;
 
 const NFT_MSG_GETTABLE: u16 = 1;
-const NFT_MSG_DELTABLE: u16 = 2;
-const NFTA_TABLE_NAME: u16 = 1;
 
 fn refused(action: &'static str, name: &str, errno: i32) -> FirewallError {
     FirewallError::Nft {
@@ -56,13 +55,6 @@ pub fn delete(family: NfFamily, name: &str) -> Result<bool, FirewallError> {
 
 const NFT_MSG_GETCHAIN: u16 = 4;
 const NFT_MSG_GETSET: u16 = 10;
-const NFTA_CHAIN_TABLE: u16 = 1;
-const NFTA_CHAIN_NAME: u16 = 3;
-const NFTA_SET_TABLE: u16 = 1;
-const NFTA_SET_NAME: u16 = 2;
-const NFTA_SET_FLAGS: u16 = 3;
-const NFT_SET_ANONYMOUS: u32 = 0x1;
-const NFT_SET_MAP: u32 = 0x8;
 
 /// The names in a table: its chains, and its named sets and maps (anonymous sets left out).
 #[derive(Debug, Clone, Default, PartialEq, Eq)]

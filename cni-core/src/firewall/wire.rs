@@ -18,6 +18,7 @@ use nftables::stmt::{Operator, Statement};
 use nftables::types::{NfChainPolicy, NfChainType, NfFamily, NfHook};
 use serde_json::Value;
 
+use super::nfnetlink::numbers::*;
 use super::nfnetlink::{self, family_number, nft_message, Message, Nfnl, NLM_F_ACK};
 use super::nfnetlink::{NLM_F_CREATE, NLM_F_REQUEST};
 use super::FirewallError;
@@ -31,57 +32,34 @@ type Encoded<T = ()> = Result<T, Unsupported>;
 const NLM_F_APPEND: u16 = 0x800;
 
 const NFT_MSG_NEWTABLE: u16 = 0;
-const NFT_MSG_DELTABLE: u16 = 2;
 const NFT_MSG_NEWCHAIN: u16 = 3;
 const NFT_MSG_DELCHAIN: u16 = 5;
 const NFT_MSG_NEWRULE: u16 = 6;
 const NFT_MSG_DELRULE: u16 = 8;
 const NFT_MSG_NEWSET: u16 = 9;
 const NFT_MSG_DELSET: u16 = 11;
-const NFT_MSG_NEWSETELEM: u16 = 12;
-const NFT_MSG_DELSETELEM: u16 = 14;
 
-const NFTA_TABLE_NAME: u16 = 1;
-const NFTA_CHAIN_TABLE: u16 = 1;
-const NFTA_CHAIN_NAME: u16 = 3;
 const NFTA_CHAIN_HOOK: u16 = 4;
 const NFTA_CHAIN_POLICY: u16 = 5;
 const NFTA_CHAIN_TYPE: u16 = 7;
 const NFTA_HOOK_HOOKNUM: u16 = 1;
 const NFTA_HOOK_PRIORITY: u16 = 2;
-const NFTA_RULE_TABLE: u16 = 1;
-const NFTA_RULE_CHAIN: u16 = 2;
-const NFTA_RULE_HANDLE: u16 = 3;
 const NFTA_RULE_EXPRESSIONS: u16 = 4;
 const NFTA_RULE_POSITION: u16 = 6;
 const NFTA_RULE_USERDATA: u16 = 7;
-const NFTA_SET_TABLE: u16 = 1;
-const NFTA_SET_NAME: u16 = 2;
-const NFTA_SET_FLAGS: u16 = 3;
 const NFTA_SET_KEY_TYPE: u16 = 4;
 const NFTA_SET_KEY_LEN: u16 = 5;
 const NFTA_SET_DATA_TYPE: u16 = 6;
 const NFTA_SET_DESC: u16 = 9;
 const NFTA_SET_ID: u16 = 10;
 const NFTA_SET_DESC_SIZE: u16 = 1;
-const NFTA_SET_ELEM_LIST_TABLE: u16 = 1;
-const NFTA_SET_ELEM_LIST_SET: u16 = 2;
-const NFTA_SET_ELEM_LIST_ELEMENTS: u16 = 3;
 const NFTA_SET_ELEM_LIST_SET_ID: u16 = 4;
-const NFTA_SET_ELEM_KEY: u16 = 1;
 const NFTA_SET_ELEM_FLAGS: u16 = 3;
-const NFTA_LIST_ELEM: u16 = 1;
 const NFTA_EXPR_NAME: u16 = 1;
 const NFTA_EXPR_DATA: u16 = 2;
-const NFTA_DATA_VALUE: u16 = 1;
-const NFTA_DATA_VERDICT: u16 = 2;
-const NFTA_VERDICT_CODE: u16 = 1;
-const NFTA_VERDICT_CHAIN: u16 = 2;
 
-const NFT_SET_ANONYMOUS: u32 = 0x1;
 const NFT_SET_CONSTANT: u32 = 0x2;
 const NFT_SET_INTERVAL: u32 = 0x4;
-const NFT_SET_MAP: u32 = 0x8;
 const NFT_SET_TIMEOUT: u32 = 0x10;
 const NFT_SET_EVAL: u32 = 0x20;
 const NFT_SET_ELEM_INTERVAL_END: u32 = 0x1;
@@ -94,7 +72,6 @@ const NFT_REG32_00: u32 = 8;
 const NF_DROP: i32 = 0;
 const NF_ACCEPT: i32 = 1;
 const NFT_CONTINUE: i32 = -1;
-const NFT_JUMP: i32 = -3;
 const NFT_GOTO: i32 = -4;
 const NFT_RETURN: i32 = -5;
 
@@ -849,8 +826,6 @@ impl Wire {
             }
             word += (load.kind.len() as u32).div_ceil(4);
         }
-        // A match of a field already met (`meta l4proto tcp` after a dependency) is kept: it
-        // is the same test again.
         Ok(loads.iter().map(|l| l.kind).collect())
     }
 
@@ -989,16 +964,7 @@ impl Wire {
             return Err(Unsupported("a concatenation matched without a named set"));
         };
         let eq_or_ne = if negate { NFT_CMP_NEQ } else { NFT_CMP_EQ };
-        let items: Vec<&Expression<'_>> = match right {
-            Expression::Named(NamedExpression::Set(items)) => items
-                .iter()
-                .map(|item| match item {
-                    SetItem::Element(e) => Ok(e),
-                    _ => Err(Unsupported("a mapping in an anonymous set")),
-                })
-                .collect::<Encoded<_>>()?,
-            other => vec![other],
-        };
+        let items = items_of(right)?;
         match items[..] {
             [] => Err(Unsupported("an empty anonymous set")),
             [Expression::Range(_)] | [Expression::Named(NamedExpression::Prefix(_))]
@@ -1190,19 +1156,24 @@ fn expr_payload(m: &mut Message, reg: u32, base: u32, offset: u32, kind: Kind) {
     });
 }
 
-/// `ct state established,related` (or `in { ... }`, or one state): the state's bits tested.
-fn ct_state(m: &mut Message, op: Operator, right: &Expression<'_>) -> Encoded {
-    let names: Vec<&Expression<'_>> = match right {
-        Expression::List(items) => items.iter().collect(),
+/// The values a right-hand side stands for: an anonymous set's or a list's items, or itself.
+fn items_of<'a, 'b>(right: &'a Expression<'b>) -> Encoded<Vec<&'a Expression<'b>>> {
+    match right {
+        Expression::List(items) => Ok(items.iter().collect()),
         Expression::Named(NamedExpression::Set(items)) => items
             .iter()
-            .map(|i| match i {
+            .map(|item| match item {
                 SetItem::Element(e) => Ok(e),
-                _ => Err(Unsupported("a ct state mapping")),
+                _ => Err(Unsupported("a mapping in an anonymous set")),
             })
-            .collect::<Encoded<_>>()?,
-        other => vec![other],
-    };
+            .collect(),
+        other => Ok(vec![other]),
+    }
+}
+
+/// `ct state established,related` (or `in { ... }`, or one state): the state's bits tested.
+fn ct_state(m: &mut Message, op: Operator, right: &Expression<'_>) -> Encoded {
+    let names = items_of(right)?;
     let mut mask = 0u32;
     for name in names {
         let Expression::String(name) = name else {
