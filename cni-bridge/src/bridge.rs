@@ -4,7 +4,7 @@ use std::collections::HashSet;
 use std::net::IpAddr;
 use std::path::Path;
 
-use cni_core::delegate;
+use cni_core::delegate::{self, Delegates};
 use cni_core::names;
 use cni_core::netlink::detached as unlink;
 use cni_core::netlink::{AddressOptions, Link, Netlink, RouteSpec, VethSpec};
@@ -23,6 +23,9 @@ use crate::routed;
 const FALLBACK_MTU: u32 = 1500;
 
 pub struct BridgePlugin;
+
+/// cni-ipam is called in-process (the IPAM executable of another name is run as one).
+const DELEGATES: Delegates = Delegates::linking(&[("cni-ipam", &cni_ipam::HostLocalIpam)]);
 
 impl Plugin for BridgePlugin {
     type Error = BridgeError;
@@ -45,11 +48,12 @@ impl Plugin for BridgePlugin {
         };
         let bridge = ensure_bridge(&mut host_nl, &conf, mtu)?;
 
-        // IPAM runs in its own process; the veth pair, which needs no address, is made meanwhile.
+        // IPAM runs in its own process or thread; the veth pair, which needs no address, is made
+        // meanwhile.
         let ipam_run = conf
             .ipam_type
             .as_deref()
-            .map(|plugin| delegate::start(req, plugin, Command::Add, &full_config(req)))
+            .map(|plugin| DELEGATES.start(req, plugin, Command::Add, &full_config(req)))
             .transpose()?;
         let attached = PodAttachment::new(req, &conf, &pod_ns, mtu);
         let link = attached.create_link(&mut host_nl, &bridge);
@@ -90,7 +94,7 @@ impl Plugin for BridgePlugin {
             .as_ref()
             .ok_or_else(|| BridgeError::InvalidConfig("CHECK needs prevResult".into()))?;
         if let Some(plugin) = &conf.ipam_type {
-            delegate::invoke(req, plugin, Command::Check, &full_config(req))?;
+            DELEGATES.invoke(req, plugin, Command::Check, &full_config(req))?;
         }
         check_attachment(req, &conf, prev)
     }
@@ -99,12 +103,7 @@ impl Plugin for BridgePlugin {
         let conf = BridgeConf::from_request(req)?;
         let mut failures = Failures::default();
         if let Some(plugin) = &conf.ipam_type {
-            failures.note(delegate::invoke(
-                req,
-                plugin,
-                Command::Gc,
-                &full_config(req),
-            ));
+            failures.note(DELEGATES.invoke(req, plugin, Command::Gc, &full_config(req)));
         }
         let valid_owners: HashSet<String> = valid
             .iter()
@@ -146,7 +145,7 @@ impl Plugin for BridgePlugin {
     fn status(&self, req: &Request) -> Result<(), BridgeError> {
         let conf = BridgeConf::from_request(req)?;
         if let Some(plugin) = &conf.ipam_type {
-            delegate::invoke(req, plugin, Command::Status, &full_config(req))?;
+            DELEGATES.invoke(req, plugin, Command::Status, &full_config(req))?;
         }
         let unavailable = |e: BridgeError| BridgeError::NotAvailable(cni_core::error::chain(&e));
         let mut nl = Netlink::open().map_err(|e| unavailable(e.into()))?;
@@ -582,12 +581,7 @@ fn teardown(req: &Request, conf: &BridgeConf) -> Result<(), BridgeError> {
         .is_some();
     // While the pair may still exist, the address stays leased: the retried DEL releases it.
     if let Some(plugin) = conf.ipam_type.as_deref().filter(|_| pair_gone) {
-        failures.note(delegate::invoke(
-            req,
-            plugin,
-            Command::Del,
-            &full_config(req),
-        ));
+        failures.note(DELEGATES.invoke(req, plugin, Command::Del, &full_config(req)));
     }
     let owner = nft::owner(&req.container_id, &req.ifname);
     if conf.ip_masq {

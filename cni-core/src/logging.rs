@@ -10,6 +10,10 @@ use tracing_subscriber::filter::LevelFilter;
 /// per line (for log collectors), anything else text. A log file that cannot be opened falls
 /// back to stderr rather than failing the operation.
 pub fn init(log_file: Option<&str>, level: Option<&str>, format: Option<&str>) {
+    // A delegate called in-process finds its caller's subscriber (the same conflist's logging).
+    if tracing::dispatcher::has_been_set() {
+        return;
+    }
     let level = std::env::var("TETHER_LOG")
         .ok()
         .or_else(|| level.map(str::to_string))

@@ -63,9 +63,14 @@ pub fn run_with<P: Plugin>(
     code
 }
 
-type Outcome = Result<Option<Value>, ErrorObject>;
+/// What a plugin call gives the runtime: a result (ADD, VERSION), nothing, or an error object.
+pub(crate) type Outcome = Result<Option<Value>, ErrorObject>;
 
-fn dispatch<P: Plugin>(
+/// Reads and validates one request and runs it: everything [`run_with`] does but writing the
+/// answer. Returns the version the answer is given in with the outcome. Also the in-process
+/// delegate's entry ([`crate::delegate::Delegates`]), so that a linked plugin sees exactly what
+/// an executed one would.
+pub(crate) fn dispatch<P: Plugin + ?Sized>(
     plugin: &P,
     env: &dyn Fn(&str) -> Option<String>,
     stdin: &mut dyn Read,

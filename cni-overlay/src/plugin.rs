@@ -6,8 +6,8 @@
 use std::collections::HashSet;
 use std::path::{Path, PathBuf};
 
-use cni_core::delegate::{self, DelegateError};
-use cni_core::fsutil::{remove_if_exists, write_atomic};
+use cni_core::delegate::{DelegateError, Delegates};
+use cni_core::fsutil::{remove_if_exists, write_replace};
 use cni_core::teardown::Failures;
 use cni_core::{Attachment, CniError, CniResult, Code, Command, Plugin, Request};
 use serde::Deserialize;
@@ -17,6 +17,8 @@ use crate::facts::{FactsError, NodeFacts, DEFAULT_RUN_DIR};
 
 pub const DEFAULT_STATE_DIR: &str = "/var/lib/cni/tether-overlay";
 const DELEGATE: &str = "cni-bridge";
+/// cni-bridge (and through it cni-ipam) is called in-process, not executed.
+const DELEGATES: Delegates = Delegates::linking(&[(DELEGATE, &cni_bridge::BridgePlugin)]);
 /// The pods' bridge (unless the conflist names another).
 pub const BRIDGE: &str = "cni0";
 const DEFAULT_IPAM: &str = "cni-ipam";
@@ -162,31 +164,19 @@ impl Plugin for OverlayPlugin {
         })?;
         let conf = delegate_config(req, Some(&facts));
         let state = settings.state_file(&req.container_id, &req.ifname);
-        let save = || -> std::io::Result<()> {
-            std::fs::create_dir_all(&settings.state_dir)?;
-            write_atomic(&state, &serde_json::to_vec(&conf).unwrap_or_default())
-        };
-        // The delegate starts first and the configuration is saved (fsync included) while it
-        // works: a DEL that finds no saved configuration (this process killed in between) works
-        // it out again from the node facts.
-        let running = delegate::start(req, DELEGATE, Command::Add, &conf)?;
-        let saved = save();
-        match (running.finish(), saved) {
-            (Ok(result), Ok(())) => Ok(result.unwrap_or_default()),
-            (Ok(_), Err(source)) => {
-                // Not saved: the delegate's work is undone, so nothing is left without a record.
-                if let Err(undo) = delegate::invoke(req, DELEGATE, Command::Del, &conf) {
-                    tracing::warn!(error = %cni_core::error::chain(&undo), "undoing the delegate after the configuration could not be saved");
-                }
-                if let Err(undo) = remove_if_exists(&state) {
-                    tracing::warn!(error = %undo, path = %state.display(), "removing the saved delegate configuration");
-                }
-                Err(OverlayError::State {
-                    path: state,
-                    source,
-                })
-            }
-            (Err(e), _) => {
+        // Saved before the delegate acts, so that a DEL always finds what this ADD may have
+        // made. Renamed into place, not flushed: a process killed at any point leaves the old
+        // file or the new one, and only a power loss (which takes the node's pods with it) can
+        // leave it empty or missing, when DEL works the configuration out again from the facts.
+        std::fs::create_dir_all(&settings.state_dir)
+            .and_then(|()| write_replace(&state, &serde_json::to_vec(&conf).unwrap_or_default()))
+            .map_err(|source| OverlayError::State {
+                path: state.clone(),
+                source,
+            })?;
+        match DELEGATES.invoke(req, DELEGATE, Command::Add, &conf) {
+            Ok(result) => Ok(result.unwrap_or_default()),
+            Err(e) => {
                 // The delegate undid its part; nothing is left for a DEL to find.
                 if let Err(undo) = remove_if_exists(&state) {
                     tracing::warn!(error = %undo, path = %state.display(), "removing the saved delegate configuration");
@@ -203,7 +193,7 @@ impl Plugin for OverlayPlugin {
             let facts = NodeFacts::read(&settings.run_dir).ok();
             delegate_config(req, facts.as_ref())
         });
-        delegate::invoke(req, DELEGATE, Command::Del, &conf)?;
+        DELEGATES.invoke(req, DELEGATE, Command::Del, &conf)?;
         remove_if_exists(&state).map_err(|source| OverlayError::State {
             path: state,
             source,
@@ -220,7 +210,7 @@ impl Plugin for OverlayPlugin {
                 delegate_config(req, Some(&facts))
             }
         };
-        delegate::invoke(req, DELEGATE, Command::Check, &conf)?;
+        DELEGATES.invoke(req, DELEGATE, Command::Check, &conf)?;
         Ok(())
     }
 
@@ -228,7 +218,7 @@ impl Plugin for OverlayPlugin {
         let settings = Settings::from_request(req)?;
         let facts = NodeFacts::read(&settings.run_dir).ok();
         let mut failures: Failures<OverlayError> = Failures::new("GC step");
-        failures.note(delegate::invoke(
+        failures.note(DELEGATES.invoke(
             req,
             DELEGATE,
             Command::Gc,
@@ -256,7 +246,7 @@ impl Plugin for OverlayPlugin {
     fn status(&self, req: &Request) -> Result<(), OverlayError> {
         let settings = Settings::from_request(req)?;
         let facts = NodeFacts::read(&settings.run_dir).map_err(OverlayError::NotAvailable)?;
-        delegate::invoke(
+        DELEGATES.invoke(
             req,
             DELEGATE,
             Command::Status,

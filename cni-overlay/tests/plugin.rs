@@ -1,18 +1,16 @@
 #![allow(clippy::unwrap_used)] // Tests fail loudly by design.
 
 //! cni-overlay as a runtime runs it, without the daemon: the node facts are written by the test.
-//! A delegate ADD that fails leaves no saved delegate configuration behind.
+//! A delegate ADD that fails leaves no saved delegate configuration behind. cni-bridge and
+//! cni-ipam are linked into cni-overlay: CNI_PATH here holds cni-overlay alone.
 
 use std::path::PathBuf;
 
 use serde_json::{json, Value};
-use test_support::{require_root, run_plugin_in, workspace_binary, Netns};
+use test_support::{require_root, run_plugin_in, Netns};
 
 fn bin() -> PathBuf {
-    let me = PathBuf::from(env!("CARGO_BIN_EXE_cni-overlay"));
-    workspace_binary(&me, "cni-bridge");
-    workspace_binary(&me, "cni-ipam");
-    me
+    PathBuf::from(env!("CARGO_BIN_EXE_cni-overlay"))
 }
 
 #[test]
@@ -43,13 +41,16 @@ fn a_failed_delegate_add_leaves_no_saved_configuration() {
         }
         c
     };
-    let path = bin().parent().unwrap().display().to_string();
-    let run = |id: &str, netns: &str, args: &str, conf: &Value| {
+    let cni_dir = tempfile::tempdir().unwrap();
+    let overlay = cni_dir.path().join("cni-overlay");
+    std::fs::copy(bin(), &overlay).unwrap();
+    let path = cni_dir.path().display().to_string();
+    let call = |command: &str, id: &str, netns: &str, args: &str, conf: &Value| {
         run_plugin_in(
             Some(&node),
-            &bin(),
+            &overlay,
             &[
-                ("CNI_COMMAND", "ADD"),
+                ("CNI_COMMAND", command),
                 ("CNI_CONTAINERID", id),
                 ("CNI_NETNS", netns),
                 ("CNI_IFNAME", "eth0"),
@@ -59,6 +60,7 @@ fn a_failed_delegate_add_leaves_no_saved_configuration() {
             conf,
         )
     };
+    let run = |id: &str, netns: &str, args: &str, conf: &Value| call("ADD", id, netns, args, conf);
     let pod_path = pod.path().display().to_string();
     let saved = || {
         std::fs::read_dir(state.path().join("ovnet"))
@@ -97,7 +99,25 @@ fn a_failed_delegate_add_leaves_no_saved_configuration() {
     );
     assert_eq!(out.json["code"], 7, "{}", out.stdout);
     assert_eq!(saved(), 0, "saved delegate configurations were left");
-    // And a good ADD still saves one.
-    run("ok1", &pod_path, "", &conf(json!({}))).ok();
+    // And a good ADD still saves one, which its DEL (twice) removes with the lease.
+    call("ADD", "ok1", &pod_path, "", &conf(json!({}))).ok();
     assert_eq!(saved(), 1);
+    let leased = || {
+        std::fs::read_dir(leases.path().join("ovnet"))
+            .unwrap()
+            .filter(|e| {
+                e.as_ref()
+                    .unwrap()
+                    .file_name()
+                    .to_string_lossy()
+                    .starts_with("10.")
+            })
+            .count()
+    };
+    assert_eq!(leased(), 1);
+    for _ in 0..2 {
+        call("DEL", "ok1", &pod_path, "", &conf(json!({}))).ok();
+    }
+    assert_eq!(saved(), 0);
+    assert_eq!(leased(), 0);
 }

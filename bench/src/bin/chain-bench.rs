@@ -21,7 +21,7 @@ use tether_bench::{call_in, print_latency_table, stats, BenchNs};
 const PARALLEL: usize = 8;
 
 /// Time per plugin and verb, to see where a chain spends it.
-static BREAKDOWN: Mutex<std::collections::BTreeMap<String, (Duration, u32)>> =
+static BREAKDOWN: Mutex<std::collections::BTreeMap<String, Vec<Duration>>> =
     Mutex::new(std::collections::BTreeMap::new());
 
 struct Chain {
@@ -140,9 +140,7 @@ fn round(chain: &Chain, node: &std::fs::File, pods: &[BenchNs], threads: usize, 
                     if let Ok(mut b) = BREAKDOWN.lock() {
                         for (plugin, elapsed) in each {
                             let key = format!("{} {command} {plugin} ({mode})", chain.label);
-                            let e = b.entry(key).or_insert((Duration::ZERO, 0));
-                            e.0 += elapsed;
-                            e.1 += 1;
+                            b.entry(key).or_default().push(elapsed);
                         }
                     }
                     if command == "ADD" {
@@ -255,13 +253,19 @@ fn main() {
         ],
     );
     println!();
-    println!("| plugin and verb | calls | mean ms |");
-    println!("|---|---|---|");
-    if let Ok(b) = BREAKDOWN.lock() {
-        for (key, (total, n)) in b.iter() {
+    println!("| plugin and verb | calls | mean ms | p50 ms | p99 ms |");
+    println!("|---|---|---|---|---|");
+    if let Ok(mut b) = BREAKDOWN.lock() {
+        for (key, samples) in b.iter_mut() {
+            let total: Duration = samples.iter().sum();
+            let n = samples.len().max(1) as f64;
+            let s = stats(samples);
             println!(
-                "| {key} | {n} | {:.2} |",
-                total.as_secs_f64() * 1000.0 / f64::from((*n).max(1))
+                "| {key} | {} | {:.2} | {} | {} |",
+                samples.len(),
+                total.as_secs_f64() * 1000.0 / n,
+                tether_bench::ms(s.p50),
+                tether_bench::ms(s.p99)
             );
         }
     }
