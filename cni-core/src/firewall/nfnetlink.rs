@@ -301,7 +301,8 @@ impl Drop for Nfnl {
     /// against well under a millisecond for the batch itself, which is committed and seen by
     /// every packet before that. Once this process has deleted something, a helper process
     /// (double-forked, as [`crate::netlink::detached`]'s) holds the last reference and makes
-    /// that close 200 ms later, when the freeing is done; this process closes its own at once.
+    /// that close once the namespace's nf_tables have been quiet for a while, when the freeing
+    /// is done ([`wait_until_quiet`]); this process closes its own at once.
     fn drop(&mut self) {
         // SAFETY: the socket is taken once, here, and never used again.
         let socket = unsafe { std::mem::ManuallyDrop::take(&mut self.socket) };
@@ -376,8 +377,8 @@ fn close_after_helper(socket: Socket) {
 
 /// The helper: stdio to /dev/null (a runtime waits for a plugin's stdout to close) and every
 /// other descriptor closed (a lock held through one would stay held), then, once the pipe says
-/// the caller has closed its own and the kernel has had time to free what was deleted, the
-/// socket's last close.
+/// the caller has closed its own and the node's nf_tables have been quiet long enough for the
+/// kernel to have freed what was deleted ([`wait_until_quiet`]), the socket's last close.
 ///
 /// # Safety
 /// Runs in a freshly forked child; uses only async-signal-safe calls and never returns.
@@ -400,16 +401,98 @@ unsafe fn helper_close(keep: [std::os::fd::RawFd; 3], write_end: std::os::fd::Ra
     libc::syscall(libc::SYS_close_range, from, u32::MAX, 0u32);
     let mut byte = 0u8;
     while libc::read(read_end, (&mut byte as *mut u8).cast(), 1) < 0 {}
-    // By then the kernel's deferred freeing has run on its own, and the close finds nothing to
-    // wait for: waiting there holds nf_tables' commit mutex, which every other batch of the
-    // node needs.
-    let pause = libc::timespec {
-        tv_sec: 0,
-        tv_nsec: 200_000_000,
-    };
-    libc::nanosleep(&pause, std::ptr::null_mut());
+    wait_until_quiet(socket);
     libc::close(socket);
     libc::_exit(0)
+}
+
+/// How long the node's nf_tables must have been unchanged before the helper's close: past the
+/// grace period (8-25 ms on this VM) of the kernel's deferred freeing of the last commit.
+const QUIET_MS: i64 = 60;
+/// How often the helper asks for the generation meanwhile.
+const POLL_MS: i64 = 20;
+/// The longest a helper waits for quiet (a node whose rules never rest for that long).
+const QUIET_CAP_MS: i64 = 10_000;
+/// `NFT_MSG_GETGEN` and the answer `NFT_MSG_NEWGEN`.
+const NFT_MSG_GETGEN: u16 = 16;
+const NFT_MSG_NEWGEN: u16 = 15;
+
+/// Returns once the namespace's nf_tables generation has not moved for [`QUIET_MS`] (or after
+/// [`QUIET_CAP_MS`], or when the socket fails). The kernel's deferred freeing after a commit
+/// (an RCU grace period) is then done, so the close that follows finds nothing to wait for:
+/// waiting there would hold the namespace's nf_tables commit mutex, which every other batch and
+/// every deletion of a network device of the namespace (under the RTNL lock, so every link
+/// change of the node) needs. A fixed pause is not enough on a node deleting pods back to back:
+/// each deletion queues new freeing, so a close at any fixed time meets some.
+///
+/// # Safety
+/// Called by the forked helper: only async-signal-safe calls, no allocation.
+unsafe fn wait_until_quiet(socket: std::os::fd::RawFd) {
+    let mut request = [0u8; 20];
+    request[..4].copy_from_slice(&20u32.to_ne_bytes());
+    request[4..6].copy_from_slice(&(NFNL_SUBSYS_NFTABLES << 8 | NFT_MSG_GETGEN).to_ne_bytes());
+    request[6..8].copy_from_slice(&NLM_F_REQUEST.to_ne_bytes());
+    let now_ms = || {
+        let mut t = libc::timespec {
+            tv_sec: 0,
+            tv_nsec: 0,
+        };
+        libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut t);
+        t.tv_sec * 1000 + t.tv_nsec / 1_000_000
+    };
+    let mut buf = [0u8; 512];
+    // Answers of earlier exchanges still waiting are not the generation's.
+    while libc::recv(
+        socket,
+        buf.as_mut_ptr().cast(),
+        buf.len(),
+        libc::MSG_DONTWAIT,
+    ) > 0
+    {}
+    let start = now_ms();
+    let mut last = [0u8; 512];
+    let mut last_len = 0usize;
+    let mut same_since = start;
+    loop {
+        if libc::send(socket, request.as_ptr().cast(), request.len(), 0) != 20 {
+            return;
+        }
+        let mut ready = libc::pollfd {
+            fd: socket,
+            events: libc::POLLIN,
+            revents: 0,
+        };
+        if libc::poll(&mut ready, 1, 1000) != 1 {
+            return;
+        }
+        let got = libc::recv(socket, buf.as_mut_ptr().cast(), buf.len(), 0);
+        let Ok(got) = usize::try_from(got) else {
+            return;
+        };
+        let kind = u16::from_ne_bytes([buf[4], buf[5]]);
+        if got < 20 || kind != NFNL_SUBSYS_NFTABLES << 8 | NFT_MSG_NEWGEN {
+            return;
+        }
+        let now = now_ms();
+        // The answer past its header: the generation (and this helper's pid and name).
+        if got == last_len && buf[16..got] == last[16..got] {
+            if now - same_since >= QUIET_MS {
+                return;
+            }
+        } else {
+            last[..got].copy_from_slice(&buf[..got]);
+            last_len = got;
+            same_since = now;
+        }
+        if now - start >= QUIET_CAP_MS {
+            return;
+        }
+        let pause = libc::timespec {
+            tv_sec: 0,
+            tv_nsec: POLL_MS * 1_000_000,
+        };
+        libc::nanosleep(&pause, std::ptr::null_mut());
+    }
 }
 
 impl Nfnl {
