@@ -20,7 +20,7 @@ fn live_children() -> usize {
         let children = std::fs::read_to_string(task.unwrap().path().join("children")).unwrap();
         for pid in children.split_whitespace() {
             if let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) {
-                if stat.rsplit(") ").next().unwrap_or("").chars().next() != Some('Z') {
+                if !stat.rsplit(") ").next().unwrap_or("").starts_with('Z') {
                     live += 1;
                 }
             }
