@@ -57,7 +57,10 @@ impl Plugin for HostLocalIpam {
             };
             leases.push((index, ip));
         }
-        store.reserve(&req.container_id, &req.ifname, &leases)?;
+        let unsynced = store.reserve(&req.container_id, &req.ifname, &leases)?;
+        // The lock goes before the flush (see `Unsynced`); success only once it is durable.
+        drop(store);
+        unsynced.sync()?;
         tracing::info!(container = %req.container_id, ifname = %req.ifname, ips = %join(&leases.iter().map(|l| l.1).collect::<Vec<_>>()), "leased");
 
         let ips = leases
@@ -81,7 +84,9 @@ impl Plugin for HostLocalIpam {
 
     fn del(&self, req: &Request) -> Result<(), IpamError> {
         if let Some(store) = Store::open_existing(&lease_dir(req)?)? {
-            let freed = store.release(&req.container_id, &req.ifname)?;
+            let (freed, unsynced) = store.release(&req.container_id, &req.ifname)?;
+            drop(store);
+            unsynced.sync()?;
             tracing::info!(container = %req.container_id, ifname = %req.ifname, ips = %join(&freed), "released");
         }
         Ok(())

@@ -168,13 +168,13 @@ impl Store {
 
     /// Records the leases: index entry first, then the lease files, then the round-robin hints.
     /// Everything is renamed into place before anything is flushed, so that one journal commit
-    /// makes it all durable before ADD reports success.
+    /// makes it all durable; the caller flushes ([`Unsynced::sync`]) before ADD reports success.
     pub fn reserve(
         &self,
         container_id: &str,
         ifname: &str,
         leases: &[(usize, IpAddr)],
-    ) -> Result<(), IpamError> {
+    ) -> Result<Unsynced, IpamError> {
         let ips: Vec<IpAddr> = leases.iter().map(|(_, ip)| *ip).collect();
         self.write_index_entry(&index_key(container_id, ifname), &ips)?;
         let owner = format!("{container_id}\r\n{ifname}");
@@ -190,15 +190,19 @@ impl Store {
             overwrite_in_place(&hint, ip.to_string().as_bytes())
                 .map_err(IpamError::io("writing", &hint))?;
         }
-        for (path, file) in written {
-            file.sync_all()
-                .map_err(IpamError::io("syncing lease", &path))?;
-        }
-        self.sync()
+        Ok(Unsynced {
+            dir: self.dir.clone(),
+            files: written,
+        })
     }
 
-    /// Frees every lease of the attachment; returns what was freed. Unknown attachments free nothing.
-    pub fn release(&self, container_id: &str, ifname: &str) -> Result<Vec<IpAddr>, IpamError> {
+    /// Frees every lease of the attachment; returns what was freed, and the unlinks to flush
+    /// ([`Unsynced::sync`]) before DEL reports success. Unknown attachments free nothing.
+    pub fn release(
+        &self,
+        container_id: &str,
+        ifname: &str,
+    ) -> Result<(Vec<IpAddr>, Unsynced), IpamError> {
         let mut freed = Vec::new();
         for key in [index_key(container_id, ifname), index_key(container_id, "")] {
             for ip in self.read_index_entry(&key)? {
@@ -211,8 +215,13 @@ impl Store {
             let entry = self.dir.join(&key);
             remove_if_exists(&entry).map_err(IpamError::io("removing index entry", &entry))?;
         }
-        self.sync()?;
-        Ok(freed)
+        Ok((
+            freed,
+            Unsynced {
+                dir: self.dir.clone(),
+                files: Vec::new(),
+            },
+        ))
     }
 
     /// Frees every lease and index entry whose attachment is not in `valid`, and any temporary
@@ -314,6 +323,27 @@ impl Store {
     }
 }
 
+/// Changes in place (renamed or unlinked under the lock, so every later reader sees them) but
+/// not yet durable. They are flushed after the lock is released: concurrent ADDs and DELs then
+/// flush side by side (a journaling filesystem commits them together) instead of one after
+/// another behind the lock, and each still reports success only once its own are durable. A
+/// power loss before the flush loses only changes whose call never reported success.
+#[must_use = "the changes are not durable until synced"]
+pub struct Unsynced {
+    dir: PathBuf,
+    files: Vec<(PathBuf, fs::File)>,
+}
+
+impl Unsynced {
+    pub fn sync(self) -> Result<(), IpamError> {
+        for (path, file) in self.files {
+            file.sync_all()
+                .map_err(IpamError::io("syncing lease", &path))?;
+        }
+        sync_dir(&self.dir).map_err(IpamError::io("syncing", &self.dir))
+    }
+}
+
 /// Container IDs never contain ':' (validated by cni-core), so the key splits unambiguously.
 fn index_key(container_id: &str, ifname: &str) -> String {
     format!("{INDEX_PREFIX}{container_id}:{ifname}")
@@ -368,10 +398,14 @@ mod tests {
         assert_eq!(store.held_by("c2", "eth0").unwrap(), [ip3]);
 
         let ip4: IpAddr = "10.0.0.4".parse().unwrap();
-        store.reserve("c3", "eth0", &[(0, ip4)]).unwrap();
+        store
+            .reserve("c3", "eth0", &[(0, ip4)])
+            .unwrap()
+            .sync()
+            .unwrap();
         assert_eq!(store.last_reserved(0), Some(ip4));
-        assert_eq!(store.release("c3", "eth0").unwrap(), [ip4]);
-        assert!(store.release("c3", "eth0").unwrap().is_empty());
+        assert_eq!(store.release("c3", "eth0").unwrap().0, [ip4]);
+        assert!(store.release("c3", "eth0").unwrap().0.is_empty());
         assert!(!store.is_leased(ip4));
     }
 }
