@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The deployed CNI chain (cni-overlay -> cni-bridge -> cni-ipam, cni-portmap, cni-bandwidth) vs
+# The deployed CNI conflist (cni-overlay, running cni-bridge -> cni-ipam, cni-portmap and cni-bandwidth in-process) vs
 # the reference chain (bridge + host-local, portmap, bandwidth), side by side in one run: ADD and
 # DEL of pods with a hostPort and a bandwidth limit. Run as root:
 #   bench/chain.sh [pods] [rounds]      (defaults 100 and 2)

@@ -13,6 +13,7 @@ use cni_core::{Attachment, CniError, CniResult, Code, Command, Plugin, Request};
 use serde::Deserialize;
 use serde_json::{json, Map, Value};
 
+use crate::chained::{self, Chained};
 use crate::facts::{FactsError, NodeFacts, DEFAULT_RUN_DIR};
 
 pub const DEFAULT_STATE_DIR: &str = "/var/lib/cni/tether-overlay";
@@ -71,6 +72,8 @@ struct OverlayConfIn {
 struct Settings {
     run_dir: PathBuf,
     state_dir: PathBuf,
+    /// cni-portmap and cni-bandwidth, when the entry runs them in-process.
+    chained: Chained,
 }
 
 impl Settings {
@@ -86,6 +89,7 @@ impl Settings {
                 .state_dir
                 .unwrap_or_else(|| PathBuf::from(DEFAULT_STATE_DIR))
                 .join(&req.config.name),
+            chained: Chained::from_request(req).map_err(OverlayError::InvalidConfig)?,
         })
     }
 
@@ -98,8 +102,9 @@ impl Settings {
 /// ipam `dataDir`...) are kept; facts, when known, fill the subnet, routes and MTU.
 pub fn delegate_config(req: &Request, facts: Option<&NodeFacts>) -> Value {
     let mut conf: Map<String, Value> = req.raw_config.clone();
-    conf.remove("runDir");
-    conf.remove("stateDir");
+    conf.retain(|key, _| {
+        !matches!(key.as_str(), "runDir" | "stateDir") && !chained::is_step_key(key)
+    });
     conf.insert("type".into(), json!(DELEGATE));
     for (key, value) in [
         ("bridge", json!(BRIDGE)),
@@ -174,16 +179,29 @@ impl Plugin for OverlayPlugin {
                 path: state.clone(),
                 source,
             })?;
-        match DELEGATES.invoke(req, DELEGATE, Command::Add, &conf) {
-            Ok(result) => Ok(result.unwrap_or_default()),
+        let undo_state = || {
+            if let Err(undo) = remove_if_exists(&state) {
+                tracing::warn!(error = %undo, path = %state.display(), "removing the saved delegate configuration");
+            }
+        };
+        let result = match DELEGATES.invoke(req, DELEGATE, Command::Add, &conf) {
+            Ok(result) => result.unwrap_or_default(),
             Err(e) => {
                 // The delegate undid its part; nothing is left for a DEL to find.
-                if let Err(undo) = remove_if_exists(&state) {
-                    tracing::warn!(error = %undo, path = %state.display(), "removing the saved delegate configuration");
-                }
-                Err(e.into())
+                undo_state();
+                return Err(e.into());
             }
-        }
+        };
+        settings.chained.add(req, result).map_err(|e| {
+            // The chained plugins undid theirs; the bridge's goes too, then its record.
+            match DELEGATES.invoke(req, DELEGATE, Command::Del, &conf) {
+                Ok(_) => undo_state(),
+                Err(undo) => {
+                    tracing::warn!(error = %cni_core::error::chain(&undo), "undoing the bridge after a chained plugin failed")
+                }
+            }
+            e.into()
+        })
     }
 
     fn del(&self, req: &Request) -> Result<(), OverlayError> {
@@ -193,6 +211,7 @@ impl Plugin for OverlayPlugin {
             let facts = NodeFacts::read(&settings.run_dir).ok();
             delegate_config(req, facts.as_ref())
         });
+        settings.chained.del(req)?;
         DELEGATES.invoke(req, DELEGATE, Command::Del, &conf)?;
         remove_if_exists(&state).map_err(|source| OverlayError::State {
             path: state,
@@ -211,6 +230,11 @@ impl Plugin for OverlayPlugin {
             }
         };
         DELEGATES.invoke(req, DELEGATE, Command::Check, &conf)?;
+        settings
+            .chained
+            .each(req, Command::Check)
+            .into_iter()
+            .collect::<Result<(), _>>()?;
         Ok(())
     }
 
@@ -224,6 +248,9 @@ impl Plugin for OverlayPlugin {
             Command::Gc,
             &delegate_config(req, facts.as_ref()),
         ));
+        for outcome in settings.chained.each(req, Command::Gc) {
+            failures.note(outcome);
+        }
         let keep: HashSet<String> = valid
             .iter()
             .map(|a| format!("{}:{}.json", a.container_id, a.ifname))
@@ -252,6 +279,11 @@ impl Plugin for OverlayPlugin {
             Command::Status,
             &delegate_config(req, Some(&facts)),
         )?;
+        settings
+            .chained
+            .each(req, Command::Status)
+            .into_iter()
+            .collect::<Result<(), _>>()?;
         Ok(())
     }
 }

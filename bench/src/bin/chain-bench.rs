@@ -3,7 +3,8 @@
 //! plugin a process, prevResult handed on, DEL in reverse order), sequentially and with 8 pods
 //! in flight, inside a simulated node.
 //!
-//!   Tether:    cni-overlay (-> cni-bridge -> cni-ipam), cni-portmap, cni-bandwidth
+//!   Tether:    the deployed conflist: cni-overlay, which runs cni-bridge (-> cni-ipam),
+//!              cni-portmap and cni-bandwidth in its own process
 //!   reference: bridge (-> host-local), portmap, bandwidth   (containernetworking-plugins)
 //!
 //! Rounds alternate between the two (and which goes first), and their samples are pooled.
@@ -191,9 +192,9 @@ fn main() {
         dir: ours_dir,
         list: json!({"cniVersion": "1.0.0", "name": "bench-tether", "plugins": [
             {"type": "cni-overlay", "runDir": work.join("run"), "stateDir": work.join("state"),
-             "bridge": "cni0", "ipam": {"dataDir": work.join("leases")}},
-            {"type": "cni-portmap", "capabilities": {"portMappings": true}},
-            {"type": "cni-bandwidth", "capabilities": {"bandwidth": true}}
+             "bridge": "cni0", "ipam": {"dataDir": work.join("leases")},
+             "portmap": {}, "bandwidth": {},
+             "capabilities": {"portMappings": true, "bandwidth": true}}
         ]}),
     };
     let reference = Chain {
