@@ -407,17 +407,16 @@ unsafe fn helper_close(keep: [std::os::fd::RawFd; 3], write_end: std::os::fd::Ra
 }
 
 /// How long the node's nf_tables must have been unchanged before the helper's close: past the
-/// grace period (8-25 ms on this VM) of the kernel's deferred freeing of the last commit.
+/// grace period (8-25 ms on this VM) of the kernel's deferred freeing of the last commit. The
+/// generation is read this often (a node deleting many pods at once has a helper for each).
 const QUIET_MS: i64 = 60;
-/// How often the helper asks for the generation meanwhile.
-const POLL_MS: i64 = 20;
 /// The longest a helper waits for quiet (a node whose rules never rest for that long).
 const QUIET_CAP_MS: i64 = 10_000;
 /// `NFT_MSG_GETGEN` and the answer `NFT_MSG_NEWGEN`.
 const NFT_MSG_GETGEN: u16 = 16;
 const NFT_MSG_NEWGEN: u16 = 15;
 
-/// Returns once the namespace's nf_tables generation has not moved for [`QUIET_MS`] (or after
+/// Returns once the namespace's nf_tables generation has not moved over [`QUIET_MS`] (or after
 /// [`QUIET_CAP_MS`], or when the socket fails). The kernel's deferred freeing after a commit
 /// (an RCU grace period) is then done, so the close that follows finds nothing to wait for:
 /// waiting there would hold the namespace's nf_tables commit mutex, which every other batch and
@@ -452,7 +451,6 @@ unsafe fn wait_until_quiet(socket: std::os::fd::RawFd) {
     let start = now_ms();
     let mut last = [0u8; 512];
     let mut last_len = 0usize;
-    let mut same_since = start;
     loop {
         if libc::send(socket, request.as_ptr().cast(), request.len(), 0) != 20 {
             return;
@@ -473,23 +471,19 @@ unsafe fn wait_until_quiet(socket: std::os::fd::RawFd) {
         if got < 20 || kind != NFNL_SUBSYS_NFTABLES << 8 | NFT_MSG_NEWGEN {
             return;
         }
-        let now = now_ms();
-        // The answer past its header: the generation (and this helper's pid and name).
+        // The answer past its header: the generation (and this helper's pid and name), the
+        // same as [`QUIET_MS`] ago: no commit since.
         if got == last_len && buf[16..got] == last[16..got] {
-            if now - same_since >= QUIET_MS {
-                return;
-            }
-        } else {
-            last[..got].copy_from_slice(&buf[..got]);
-            last_len = got;
-            same_since = now;
+            return;
         }
-        if now - start >= QUIET_CAP_MS {
+        last[..got].copy_from_slice(&buf[..got]);
+        last_len = got;
+        if now_ms() - start >= QUIET_CAP_MS {
             return;
         }
         let pause = libc::timespec {
             tv_sec: 0,
-            tv_nsec: POLL_MS * 1_000_000,
+            tv_nsec: QUIET_MS * 1_000_000,
         };
         libc::nanosleep(&pause, std::ptr::null_mut());
     }
