@@ -290,8 +290,9 @@ fn execute(
 /// by a valid list the runtime has moved past, or writing a lease after the runtime's DEL.
 /// `PR_SET_PDEATHSIG` sends SIGKILL when the forking thread exits: the main thread, or a linked
 /// delegate's thread, which waits for its own delegates before it ends (a [`Running`] waits when
-/// dropped), so the signal comes with the process's death and never early; a parent that died before the child set it is caught by
-/// comparing the parent's pid, and the child exits before exec. The kernel sends the signal
+/// dropped), so the signal comes with the process's death and never early; a parent that died
+/// before the child set it is caught by comparing the parent's pid, and the child exits before
+/// exec. The kernel sends the signal
 /// before the parent's exit is visible to the runtime, so nothing the runtime does afterwards
 /// races with the child beyond a system call it had already entered (and cni-ipam's lock
 /// serializes those).

@@ -295,9 +295,10 @@ fn deletes(bytes: &[u8]) -> bool {
 
 impl Drop for Nfnl {
     /// A socket is kept for the thread's next use in the same namespace: a daemon never closes
-    /// it. Closing one matters because after a committed deletion, closing an nf_tables socket waits (in the kernel's
-    /// NETLINK_URELEASE handler of nf_tables, which flushes the deferred freeing of what
-    /// batches replaced, holding the commit mutex) for an RCU grace period: 8-25 ms on this VM,
+    /// it. Closing one matters because after a committed deletion, closing an nf_tables socket
+    /// waits (in the kernel's NETLINK_URELEASE handler of nf_tables, which flushes the deferred
+    /// freeing of what batches replaced, holding the commit mutex) for an RCU grace period: 8-25
+    /// ms on this VM,
     /// against well under a millisecond for the batch itself, which is committed and seen by
     /// every packet before that. Once this process has deleted something, a helper process
     /// (double-forked, as [`crate::netlink::detached`]'s) holds the last reference and makes
