@@ -174,8 +174,7 @@ impl Delegates {
     ) -> Result<Option<CniResult>, DelegateError> {
         match self.linked(plugin) {
             Some(linked) => {
-                let call = LinkedCall::new(req, command, config);
-                let outcome = linked.call(&|key| call.env(key), &call.input);
+                let outcome = LinkedCall::new(req, command, config).serve(linked);
                 result_of(plugin, command, outcome)
             }
             None => self.start(req, plugin, command, config)?.finish(),
@@ -195,14 +194,13 @@ impl Delegates {
                 let call = LinkedCall::new(req, command, config);
                 let thread = std::thread::Builder::new()
                     .name(plugin.to_string())
-                    .spawn(move || linked.call(&|key| call.env(key), &call.input));
+                    .spawn(move || call.serve(linked));
                 match thread {
                     Ok(thread) => Work::Thread(thread),
                     // No thread to be had: the call is made here and now instead.
                     Err(e) => {
                         tracing::debug!(plugin, error = %e, "no thread for a linked delegate");
-                        let call = LinkedCall::new(req, command, config);
-                        Work::Done(linked.call(&|key| call.env(key), &call.input))
+                        Work::Done(LinkedCall::new(req, command, config).serve(linked))
                     }
                 }
             }
@@ -238,6 +236,10 @@ impl LinkedCall {
                 .unwrap_or_default(),
             input: serde_json::to_vec(config).unwrap_or_default(),
         }
+    }
+
+    fn serve(&self, linked: &dyn Linked) -> Outcome {
+        linked.call(&|key| self.env(key), &self.input)
     }
 
     /// The four variables a delegate is given; the rest (CNI_PATH, CNI_ARGS) are inherited.

@@ -11,22 +11,14 @@ use cni_core::firewall::schema::{SetType, SetTypeValue};
 use cni_core::firewall::types::NfFamily;
 use cni_core::firewall::Batch;
 use cni_core::netns::NetNs;
-use test_support::{require_root, Netns};
+use test_support::{helpers, require_root, Netns};
 
 /// Live (not zombie) children of this process.
 fn live_children() -> usize {
-    let mut live = 0;
-    for task in std::fs::read_dir("/proc/self/task").unwrap() {
-        let children = std::fs::read_to_string(task.unwrap().path().join("children")).unwrap();
-        for pid in children.split_whitespace() {
-            if let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) {
-                if !stat.rsplit(") ").next().unwrap_or("").starts_with('Z') {
-                    live += 1;
-                }
-            }
-        }
-    }
-    live
+    helpers::children()
+        .iter()
+        .filter(|(_, state)| *state != 'Z')
+        .count()
 }
 
 fn table_with_set(name: &str) -> Batch {
@@ -52,12 +44,7 @@ fn deletion_of(name: &str) -> Batch {
 #[test]
 fn the_helper_closes_once_batches_stop_and_exits() {
     require_root();
-    // Adopt orphans, so that the helper (a grandchild) is reaped here and its status seen.
-    // SAFETY: prctl with integer arguments only.
-    assert_eq!(
-        unsafe { libc::prctl(libc::PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) },
-        0
-    );
+    helpers::adopt_orphans();
     let node = Netns::new("fwclose");
     let ns = NetNs::open(&node.path()).unwrap();
     ns.run(|| table_with_set("tether-close").apply().unwrap())
@@ -104,24 +91,6 @@ fn the_helper_closes_once_batches_stop_and_exits() {
         eprintln!("batches paused for {widest_gap:?}: not checking that the helper waited");
     }
     // Quiet now: the helper closes, exits and is reaped.
-    let deadline = Instant::now() + Duration::from_secs(15);
-    let mut reaped = 0;
-    loop {
-        let mut status = 0;
-        // SAFETY: waitpid writes the status into the integer it is given.
-        let pid = unsafe { libc::waitpid(-1, &mut status, libc::WNOHANG) };
-        if pid > 0 {
-            assert!(
-                libc::WIFEXITED(status) && libc::WEXITSTATUS(status) == 0,
-                "status {status}"
-            );
-            reaped += 1;
-        } else if pid < 0 {
-            break;
-        } else {
-            assert!(Instant::now() < deadline, "the helper is still running");
-            std::thread::sleep(Duration::from_millis(10));
-        }
-    }
+    let reaped = helpers::reap_all(Duration::from_secs(15));
     assert_eq!(reaped, 1, "exactly one helper process");
 }

@@ -2,28 +2,20 @@
 
 //! Deleting a veth pair without waiting for the kernel to free it, against the real kernel.
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use cni_core::netlink::delete_link_detached;
 use cni_core::netlink::{Netlink, VethSpec};
 use cni_core::netns::NetNs;
-use test_support::{require_root, Netns};
+use test_support::{helpers, require_root, Netns};
 
 /// Zombie children of this process (the helper must never leave one behind).
 fn zombie_children() -> Vec<String> {
-    let mut zombies = Vec::new();
-    for task in std::fs::read_dir("/proc/self/task").unwrap() {
-        let children = std::fs::read_to_string(task.unwrap().path().join("children")).unwrap();
-        for pid in children.split_whitespace() {
-            if let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) {
-                let state = stat.rsplit(") ").next().unwrap_or("").chars().next();
-                if state == Some('Z') {
-                    zombies.push(pid.to_string());
-                }
-            }
-        }
-    }
-    zombies
+    helpers::children()
+        .into_iter()
+        .filter(|(_, state)| *state == 'Z')
+        .map(|(pid, _)| pid)
+        .collect()
 }
 
 #[test]
@@ -94,12 +86,7 @@ fn the_pair_is_gone_when_the_call_returns_and_the_name_is_free() {
 #[test]
 fn the_helper_finishes_the_deletion_and_exits() {
     require_root();
-    // Adopt orphans, so that the helper (a grandchild) is reaped here and its status seen.
-    // SAFETY: prctl with integer arguments only.
-    assert_eq!(
-        unsafe { libc::prctl(libc::PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) },
-        0
-    );
+    helpers::adopt_orphans();
     let host = Netns::new("ulreap");
     let host_ns = NetNs::open(&host.path()).unwrap();
     let mut nl = Netlink::open_in(&host_ns).unwrap();
@@ -120,24 +107,6 @@ fn the_helper_finishes_the_deletion_and_exits() {
         .unwrap());
     assert!(nl.link("vethrp1").unwrap().is_none());
 
-    let deadline = Instant::now() + Duration::from_secs(20);
-    let mut reaped = 0;
-    loop {
-        let mut status = 0;
-        // SAFETY: waitpid writes the status into the integer it is given.
-        let pid = unsafe { libc::waitpid(-1, &mut status, libc::WNOHANG) };
-        if pid > 0 {
-            assert!(
-                libc::WIFEXITED(status) && libc::WEXITSTATUS(status) == 0,
-                "status {status}"
-            );
-            reaped += 1;
-        } else if pid < 0 {
-            break; // ECHILD: nothing left
-        } else {
-            assert!(Instant::now() < deadline, "the helper is still running");
-            std::thread::sleep(Duration::from_millis(10));
-        }
-    }
+    let reaped = helpers::reap_all(Duration::from_secs(20));
     assert_eq!(reaped, 1, "exactly one helper process");
 }

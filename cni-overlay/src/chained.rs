@@ -104,7 +104,6 @@ impl Chained {
             ) {
                 Ok(next) => result = next.unwrap_or_default(),
                 Err(e) => {
-                    let prev = result.to_value(req.version);
                     for step in self.steps[..done].iter().rev() {
                         let conf = self.config(step, req, Some(&prev));
                         if let Err(undo) = LINKED.invoke(req, step.plugin, Command::Del, &conf) {
@@ -134,20 +133,24 @@ impl Chained {
         Ok(())
     }
 
-    /// CHECK, STATUS or GC of each step, forward; GC keeps going past a failure.
-    pub fn each(&self, req: &Request, command: Command) -> Vec<Result<(), DelegateError>> {
+    /// CHECK or STATUS of each step, forward, stopping at the first failure.
+    pub fn verify(&self, req: &Request, command: Command) -> Result<(), DelegateError> {
         let prev = req.raw_config.get("prevResult");
-        let mut outcomes = Vec::new();
         for step in &self.steps {
-            let outcome = LINKED
-                .invoke(req, step.plugin, command, &self.config(step, req, prev))
-                .map(drop);
-            let failed = outcome.is_err();
-            outcomes.push(outcome);
-            if failed && command != Command::Gc {
-                break;
-            }
+            LINKED.invoke(req, step.plugin, command, &self.config(step, req, prev))?;
         }
-        outcomes
+        Ok(())
+    }
+
+    /// GC of each step, each whatever the others gave.
+    pub fn gc(&self, req: &Request) -> Vec<Result<(), DelegateError>> {
+        self.steps
+            .iter()
+            .map(|step| {
+                LINKED
+                    .invoke(req, step.plugin, Command::Gc, &self.config(step, req, None))
+                    .map(drop)
+            })
+            .collect()
     }
 }

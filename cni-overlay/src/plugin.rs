@@ -230,11 +230,7 @@ impl Plugin for OverlayPlugin {
             }
         };
         DELEGATES.invoke(req, DELEGATE, Command::Check, &conf)?;
-        settings
-            .chained
-            .each(req, Command::Check)
-            .into_iter()
-            .collect::<Result<(), _>>()?;
+        settings.chained.verify(req, Command::Check)?;
         Ok(())
     }
 
@@ -248,7 +244,7 @@ impl Plugin for OverlayPlugin {
             Command::Gc,
             &delegate_config(req, facts.as_ref()),
         ));
-        for outcome in settings.chained.each(req, Command::Gc) {
+        for outcome in settings.chained.gc(req) {
             failures.note(outcome);
         }
         let keep: HashSet<String> = valid
@@ -279,11 +275,7 @@ impl Plugin for OverlayPlugin {
             Command::Status,
             &delegate_config(req, Some(&facts)),
         )?;
-        settings
-            .chained
-            .each(req, Command::Status)
-            .into_iter()
-            .collect::<Result<(), _>>()?;
+        settings.chained.verify(req, Command::Status)?;
         Ok(())
     }
 }

@@ -12,6 +12,7 @@ use serde_json::Value;
 pub mod apiserver;
 pub mod chain;
 pub mod ganesha;
+pub mod helpers;
 pub mod kube_proxy;
 pub mod nfs_agent;
 pub mod policy_world;

@@ -258,17 +258,17 @@ fn close(socket: Socket) {
 
 /// Reads and drops whatever is waiting on `socket` (answers a failed exchange left behind).
 fn drain(socket: &Socket) {
+    // SAFETY: the descriptor is the socket's own, open for the call.
+    unsafe { drain_fd(socket.as_raw_fd()) }
+}
+
+/// [`drain`] on a bare descriptor.
+///
+/// # Safety
+/// `fd` must be open. Only async-signal-safe calls and no allocation: the close helper uses it.
+unsafe fn drain_fd(fd: std::os::fd::RawFd) {
     let mut buf = [0u8; 4096];
-    // SAFETY: recv into a buffer this function owns, with its length.
-    while unsafe {
-        libc::recv(
-            socket.as_raw_fd(),
-            buf.as_mut_ptr().cast(),
-            buf.len(),
-            libc::MSG_DONTWAIT,
-        )
-    } > 0
-    {}
+    while libc::recv(fd, buf.as_mut_ptr().cast(), buf.len(), libc::MSG_DONTWAIT) > 0 {}
 }
 
 /// This process committed a deletion: closing a socket waits (see [`Nfnl`]'s drop).
@@ -298,9 +298,8 @@ impl Drop for Nfnl {
     /// it. Closing one matters because after a committed deletion, closing an nf_tables socket
     /// waits (in the kernel's NETLINK_URELEASE handler of nf_tables, which flushes the deferred
     /// freeing of what batches replaced, holding the commit mutex) for an RCU grace period: 8-25
-    /// ms on this VM,
-    /// against well under a millisecond for the batch itself, which is committed and seen by
-    /// every packet before that. Once this process has deleted something, a helper process
+    /// ms on this VM, against well under a millisecond for the batch itself, which is committed
+    /// and seen by every packet before that. Once this process has deleted something, a helper process
     /// (double-forked, as [`crate::netlink::detached`]'s) holds the last reference and makes
     /// that close once the namespace's nf_tables have been quiet for a while, when the freeing
     /// is done ([`wait_until_quiet`]); this process closes its own at once.
@@ -440,15 +439,9 @@ unsafe fn wait_until_quiet(socket: std::os::fd::RawFd) {
         libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut t);
         t.tv_sec * 1000 + t.tv_nsec / 1_000_000
     };
-    let mut buf = [0u8; 512];
     // Answers of earlier exchanges still waiting are not the generation's.
-    while libc::recv(
-        socket,
-        buf.as_mut_ptr().cast(),
-        buf.len(),
-        libc::MSG_DONTWAIT,
-    ) > 0
-    {}
+    drain_fd(socket);
+    let mut buf = [0u8; 512];
     let start = now_ms();
     let mut last = [0u8; 512];
     let mut last_len = 0usize;
