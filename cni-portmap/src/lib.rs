@@ -7,6 +7,6 @@ mod error;
 mod legacy;
 mod plugin;
 mod rules;
-mod table;
+pub mod table;
 
 pub use plugin::PortmapPlugin;

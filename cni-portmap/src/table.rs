@@ -1,4 +1,4 @@
-//! The shape of cni-portmap's table, `inet tether-hostports`, and the one `nft` run that
+//! The shape of cni-portmap's table, `inet tether-hostports`, and the one transaction that
 //! creates it (the first mapping on a node; every mapping after it is elements only):
 //!
 //! ```text
@@ -135,8 +135,13 @@ fn chain(name: &str) -> Chain<'static> {
 }
 
 /// Creates the table, its maps, sets and chains (again: a no-op for what exists; the chains'
-/// rules are written afresh), in one `nft` transaction.
+/// rules are written afresh), in one transaction over netlink.
 pub fn create(mark_bit: u32) -> Result<(), FirewallError> {
+    batch(mark_bit).apply()
+}
+
+/// The commands that create the table (see [`create`]).
+pub fn batch(mark_bit: u32) -> Batch {
     let mark = 1u32 << mark_bit;
     let mut batch = Batch::new();
     batch.add(build::table(FAMILY, TABLE));
@@ -254,5 +259,5 @@ pub fn create(mark_bit: u32) -> Result<(), FirewallError> {
             Some("tether-portmap: localhost and hairpin"),
         ));
     }
-    batch.apply()
+    batch
 }

@@ -23,6 +23,8 @@ use super::nfnetlink::{self, family_number, nft_message, Message, Nfnl, NLM_F_AC
 use super::nfnetlink::{NLM_F_CREATE, NLM_F_REQUEST};
 use super::FirewallError;
 
+mod nat;
+
 /// Why a command is not encoded (it goes to `nft` with the rest of its batch).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Unsupported(pub &'static str);
@@ -52,7 +54,10 @@ const NFTA_SET_KEY_LEN: u16 = 5;
 const NFTA_SET_DATA_TYPE: u16 = 6;
 const NFTA_SET_DESC: u16 = 9;
 const NFTA_SET_ID: u16 = 10;
+const NFTA_SET_DATA_LEN: u16 = 7;
 const NFTA_SET_DESC_SIZE: u16 = 1;
+const NFTA_SET_DESC_CONCAT: u16 = 2;
+const NFTA_SET_FIELD_LEN: u16 = 1;
 const NFTA_SET_ELEM_LIST_SET_ID: u16 = 4;
 const NFTA_SET_ELEM_FLAGS: u16 = 3;
 const NFTA_EXPR_NAME: u16 = 1;
@@ -62,6 +67,7 @@ const NFT_SET_CONSTANT: u32 = 0x2;
 const NFT_SET_INTERVAL: u32 = 0x4;
 const NFT_SET_TIMEOUT: u32 = 0x10;
 const NFT_SET_EVAL: u32 = 0x20;
+const NFT_SET_CONCAT: u32 = 0x80;
 const NFT_SET_ELEM_INTERVAL_END: u32 = 0x1;
 const NFT_DATA_VERDICT: u32 = 0xffff_ff00;
 
@@ -209,6 +215,13 @@ fn protocol_number(name: &str) -> Option<u8> {
         "udplite" => 136,
         _ => return None,
     })
+}
+
+/// What a map's elements map their keys to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum MapData {
+    Verdict,
+    Value(Kind),
 }
 
 /// Where a value is loaded from.
@@ -396,10 +409,19 @@ fn verdict(m: &mut Message, code: i32, chain: Option<&str>) {
     });
 }
 
-fn lookup(m: &mut Message, set: &str, set_id: Option<u32>, dreg: Option<u32>, invert: bool) {
+/// A lookup of the key in `sreg` in `set` (made in this batch when `set_id` is given): a
+/// match, or with `dreg` the element's value loaded there.
+fn lookup(
+    m: &mut Message,
+    sreg: u32,
+    set: &str,
+    set_id: Option<u32>,
+    dreg: Option<u32>,
+    invert: bool,
+) {
     expr(m, "lookup", |m| {
         m.string(1, set);
-        be32(m, 2, NFT_REG_1);
+        be32(m, 2, sreg);
         if let Some(dreg) = dreg {
             be32(m, 3, dreg);
         }
@@ -522,7 +544,7 @@ impl Wire {
                 self.delete_set(family, table, name);
                 Ok(())
             }
-            ("add", "map") if text("map") == Some("verdict") => {
+            ("add", "map") => {
                 let keys: Vec<Kind> = match fields.get("type") {
                     Some(Value::String(t)) => vec![Kind::of_name(t)?],
                     Some(Value::Array(ts)) => ts
@@ -537,7 +559,12 @@ impl Wire {
                 if fields.as_object().map_or(0, |o| o.len()) != 5 {
                     return Err(Unsupported("a map with more than its type"));
                 }
-                self.new_set(family, table, name, &keys, NFT_SET_MAP, true);
+                let data = match text("map") {
+                    Some("verdict") => MapData::Verdict,
+                    Some(value) => MapData::Value(Kind::of_name(value)?),
+                    None => return Err(Unsupported("a map without a value type")),
+                };
+                self.new_set(family, table, name, &keys, NFT_SET_MAP, Some(data));
                 Ok(())
             }
             _ => Err(Unsupported("a raw command outside the encoded ones")),
@@ -565,8 +592,14 @@ impl Wire {
         name: &str,
         keys: &[Kind],
         flags: u32,
-        verdicts: bool,
+        data: Option<MapData>,
     ) {
+        // An interval set of concatenations is flagged as one (its own set backend).
+        let flags = if keys.len() > 1 && flags & NFT_SET_INTERVAL != 0 {
+            flags | NFT_SET_CONCAT
+        } else {
+            flags
+        };
         let mut m = message(NFT_MSG_NEWSET, NLM_F_CREATE, family);
         m.string(NFTA_SET_TABLE, table);
         m.string(NFTA_SET_NAME, name);
@@ -581,14 +614,30 @@ impl Wire {
         };
         be32(&mut m, NFTA_SET_KEY_TYPE, key_type);
         be32(&mut m, NFTA_SET_KEY_LEN, key_len as u32);
-        if verdicts {
-            be32(&mut m, NFTA_SET_DATA_TYPE, NFT_DATA_VERDICT);
+        match data {
+            Some(MapData::Verdict) => be32(&mut m, NFTA_SET_DATA_TYPE, NFT_DATA_VERDICT),
+            Some(MapData::Value(kind)) => {
+                be32(&mut m, NFTA_SET_DATA_TYPE, kind.type_id());
+                be32(&mut m, NFTA_SET_DATA_LEN, kind.len() as u32);
+            }
+            None => {}
         }
         // Every new set has a batch-local id (the kernel requires one).
         self.next_set_id += 1;
         be32(&mut m, NFTA_SET_ID, self.next_set_id);
-        // A concatenation's field lengths (NFTA_SET_DESC_CONCAT) are for interval sets of
-        // concatenations only, which are not encoded: the kernel refuses them elsewhere.
+        // A concatenation's field lengths are for interval sets of concatenations only (the
+        // kernel refuses them elsewhere).
+        if keys.len() > 1 && flags & NFT_SET_INTERVAL != 0 {
+            m.open(NFTA_SET_DESC);
+            m.open(NFTA_SET_DESC_CONCAT);
+            for key in keys {
+                m.open(NFTA_LIST_ELEM);
+                be32(&mut m, NFTA_SET_FIELD_LEN, key.len() as u32);
+                m.close();
+            }
+            m.close();
+            m.close();
+        }
         self.sets.insert(name.to_string(), keys.to_vec());
         self.push(m, format!("add set {name}"));
     }
@@ -664,18 +713,15 @@ impl Wire {
                 for flag in s.flags.iter().flatten() {
                     flags |= match flag {
                         SetFlag::Constant => NFT_SET_CONSTANT,
-                        SetFlag::Interval if keys.len() == 1 => NFT_SET_INTERVAL,
+                        SetFlag::Interval => NFT_SET_INTERVAL,
                         SetFlag::Timeout => NFT_SET_TIMEOUT,
                         SetFlag::Dynamic => NFT_SET_EVAL,
-                        SetFlag::Interval => {
-                            return Err(Unsupported("an interval set of concatenations"))
-                        }
                     };
                 }
                 if flags & NFT_SET_INTERVAL != 0 && s.elem.is_some() {
                     return Err(Unsupported("initial elements of an interval set"));
                 }
-                self.new_set(s.family, &s.table, &s.name, &keys, flags, false);
+                self.new_set(s.family, &s.table, &s.name, &keys, flags, None);
                 if let Some(elements) = &s.elem {
                     self.elements(s.family, &s.table, &s.name, elements, false)?;
                 }
@@ -794,6 +840,18 @@ impl Wire {
         family: NfFamily,
         expr: &Expression<'_>,
     ) -> Encoded<Vec<Kind>> {
+        Self::load_into(m, rule, family, expr, NFT_REG_1)
+    }
+
+    /// Loads `expr` from the 16-byte register `base` on (a concatenation's later fields in the
+    /// 32-bit registers after it), after the matches its meaning depends on.
+    fn load_into(
+        m: &mut Message,
+        rule: &mut RuleState,
+        family: NfFamily,
+        expr: &Expression<'_>,
+        base: u32,
+    ) -> Encoded<Vec<Kind>> {
         let loads = match expr {
             Expression::Named(NamedExpression::Concat(parts)) => parts
                 .iter()
@@ -815,10 +873,10 @@ impl Wire {
         }
         let mut word = 0u32;
         for load in &loads {
-            let reg = if loads.len() == 1 || word == 0 {
-                NFT_REG_1
+            let reg = if word == 0 {
+                base
             } else {
-                NFT_REG32_00 + word
+                NFT_REG32_00 + (base - NFT_REG_1) * 4 + word
             };
             match load.source {
                 Source::Payload { base, offset } => expr_payload(m, reg, base, offset, load.kind),
@@ -900,8 +958,11 @@ impl Wire {
                     return Err(Unsupported("an anonymous verdict map"));
                 };
                 Self::load(m, rule, family, &vmap.key)?;
-                lookup(m, name, None, Some(NFT_REG_VERDICT), false);
+                lookup(m, NFT_REG_1, name, None, Some(NFT_REG_VERDICT), false);
             }
+            Statement::Masquerade(None) => expr(m, "masq", |_| {}),
+            Statement::DNAT(Some(to)) => nat::dnat_by_maps(m, rule, family, to)?,
+            Statement::Mangle(mangle) => nat::set_mark_bits(m, mangle)?,
             Statement::Match(matched) => self.matched(
                 m,
                 rule,
@@ -930,6 +991,16 @@ impl Wire {
         if is_ct_state(left) {
             return ct_state(m, op, right);
         }
+        match left {
+            Expression::Named(NamedExpression::Fib(fib)) => return nat::fib(m, fib, op, right),
+            Expression::Named(NamedExpression::CT(ct)) if ct.key == "status" => {
+                return nat::ct_status(m, ct, op, right)
+            }
+            Expression::BinaryOperation(binary) => {
+                return nat::masked(m, rule, family, binary, op, right)
+            }
+            _ => {}
+        }
         let negate = match op {
             Operator::EQ | Operator::IN => false,
             Operator::NEQ => true,
@@ -955,7 +1026,7 @@ impl Wire {
         if let Expression::String(text) = right {
             if let Some(set) = text.strip_prefix('@') {
                 Self::load(m, rule, family, left)?;
-                lookup(m, set, None, None, negate);
+                lookup(m, NFT_REG_1, set, None, None, negate);
                 return Ok(());
             }
         }
@@ -995,13 +1066,7 @@ impl Wire {
                 let (first, last) = interval(kind, items[0])?;
                 let len = kind.len();
                 let mask = from_number(!(first ^ last) & max_of(len), len);
-                expr(m, "bitwise", |m| {
-                    be32(m, 1, NFT_REG_1);
-                    be32(m, 2, NFT_REG_1);
-                    be32(m, 3, len as u32);
-                    data(m, 4, &mask);
-                    data(m, 5, &vec![0; len]);
-                });
+                bitwise(m, &mask, &vec![0; len]);
                 cmp(m, NFT_REG_1, eq_or_ne, &from_number(first, len));
                 Ok(())
             }
@@ -1011,7 +1076,7 @@ impl Wire {
             }
             _ => {
                 let id = self.anonymous_set(family, table, kind, &items)?;
-                lookup(m, "__set%d", Some(id), None, negate);
+                lookup(m, NFT_REG_1, "__set%d", Some(id), None, negate);
                 Ok(())
             }
         }
@@ -1186,24 +1251,30 @@ fn ct_state(m: &mut Message, op: Operator, right: &Expression<'_>) -> Encoded {
         Operator::NEQ => false,
         _ => return Err(Unsupported("a ct state operator")),
     };
+    ct_bits(m, NFT_CT_STATE, mask, matched_is_nonzero);
+    Ok(())
+}
+
+/// A test of bits of a conntrack key (`ct state`, `ct status`): any of `mask` set, or none.
+fn ct_bits(m: &mut Message, key: u32, mask: u32, any_set: bool) {
     expr(m, "ct", |m| {
         be32(m, 1, NFT_REG_1);
-        be32(m, 2, NFT_CT_STATE);
+        be32(m, 2, key);
     });
+    bitwise(m, &mask.to_ne_bytes(), &[0; 4]);
+    let op = if any_set { NFT_CMP_NEQ } else { NFT_CMP_EQ };
+    cmp(m, NFT_REG_1, op, &[0; 4]);
+}
+
+/// The first register as `(reg & mask) ^ xor`.
+fn bitwise(m: &mut Message, mask: &[u8], xor: &[u8]) {
     expr(m, "bitwise", |m| {
         be32(m, 1, NFT_REG_1);
         be32(m, 2, NFT_REG_1);
-        be32(m, 3, 4);
-        data(m, 4, &mask.to_ne_bytes());
-        data(m, 5, &[0; 4]);
+        be32(m, 3, mask.len() as u32);
+        data(m, 4, mask);
+        data(m, 5, xor);
     });
-    let op = if matched_is_nonzero {
-        NFT_CMP_NEQ
-    } else {
-        NFT_CMP_EQ
-    };
-    cmp(m, NFT_REG_1, op, &[0; 4]);
-    Ok(())
 }
 
 /// A named set's element from its expression: `known` is the set's key when this batch made
