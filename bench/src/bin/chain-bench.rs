@@ -197,17 +197,29 @@ fn main() {
              "capabilities": {"portMappings": true, "bandwidth": true}}
         ]}),
     };
+    // A second build of Tether in the reference's place (its directory holds cni-overlay)
+    // compares two builds in one run, the VM's drift between runs taken out.
+    let other_build = ref_dir.join("cni-overlay").exists();
     let reference = Chain {
         label: "reference",
+        list: if other_build {
+            json!({"cniVersion": "1.0.0", "name": "bench-other", "plugins": [
+                {"type": "cni-overlay", "runDir": work.join("run"), "stateDir": work.join("other-state"),
+                 "bridge": "cni0", "ipam": {"dataDir": work.join("other-leases")},
+                 "portmap": {}, "bandwidth": {},
+                 "capabilities": {"portMappings": true, "bandwidth": true}}
+            ]})
+        } else {
+            json!({"cniVersion": "1.0.0", "name": "bench-ref", "plugins": [
+                {"type": "bridge", "bridge": "cni1", "isGateway": true, "isDefaultGateway": true,
+                 "hairpinMode": true, "mtu": 1400,
+                 "ipam": {"type": "host-local", "dataDir": work.join("ref-leases"),
+                          "ranges": [[{"subnet": "10.97.0.0/22"}]], "routes": [{"dst": "10.97.0.0/16"}]}},
+                {"type": "portmap", "capabilities": {"portMappings": true}},
+                {"type": "bandwidth", "capabilities": {"bandwidth": true}}
+            ]})
+        },
         dir: ref_dir,
-        list: json!({"cniVersion": "1.0.0", "name": "bench-ref", "plugins": [
-            {"type": "bridge", "bridge": "cni1", "isGateway": true, "isDefaultGateway": true,
-             "hairpinMode": true, "mtu": 1400,
-             "ipam": {"type": "host-local", "dataDir": work.join("ref-leases"),
-                      "ranges": [[{"subnet": "10.97.0.0/22"}]], "routes": [{"dst": "10.97.0.0/16"}]}},
-            {"type": "portmap", "capabilities": {"portMappings": true}},
-            {"type": "bandwidth", "capabilities": {"bandwidth": true}}
-        ]}),
     };
     let pods: Vec<BenchNs> = (0..pods_n)
         .map(|i| BenchNs::new(format!("tb-chp-{}-{i}", std::process::id())))
