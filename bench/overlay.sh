@@ -134,11 +134,17 @@ hand k2 192.168.79.62 2 192.168.78.61 1 03 04
 nsx k1-pod ping -c1 -W2 10.246.2.2 >/dev/null
 
 # flannel "host-gw" by hand: cni0 with the gateway, a veth pod, a plain route to the other node's
-# pod subnet via its underlay address (the full underlay MTU, no encapsulation).
+# pod subnet via its underlay address (the full underlay MTU, no encapsulation), and flannel's
+# masquerade of traffic leaving the cluster (its --ip-masq, on in its manifest), so conntrack
+# runs on the node as it does on a flannel node (and on Tether's).
 hostgw() { # hostgw NODE N PEER_IP PEER_N
   local n=$1 i=$2 peer=$3 j=$4
   nsx "$n" ip link add cni0 type bridge; nsx "$n" ip addr add "10.248.$i.1/24" dev cni0; nsx "$n" ip link set cni0 up
   nsx "$n" sysctl -qw net.ipv4.ip_forward=1
+  printf '%s\n' 'add table inet hand' \
+    'add chain inet hand post { type nat hook postrouting priority srcnat; policy accept; }' \
+    "add rule inet hand post ip saddr 10.248.$i.0/24 ip daddr != 10.248.0.0/16 masquerade" |
+    nsx "$n" nft -f -
   nsx "$n" ip route add "10.248.$j.0/24" via "$peer" dev eth0
   ip netns add "tb-ov-$n-pod"
   nsx "$n" ip link add vethp mtu 1500 type veth peer name eth0 mtu 1500 netns "tb-ov-$n-pod"
