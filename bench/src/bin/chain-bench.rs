@@ -234,6 +234,13 @@ fn main() {
             round(chain, &node_fd, &pods, PARALLEL, &mut samples[which]);
         }
     }
+    // Everything made is removed before anything is printed: a reader that stops reading (a
+    // pipe into `head`) ends the process at its next line, and release builds abort on panic,
+    // so no destructor would run.
+    drop(node_fd);
+    drop(pods);
+    drop(node);
+    let _ = std::fs::remove_dir_all(&work);
     let [mut o, mut f] = samples;
     println!(
         "{pods_n} pods x {rounds} rounds; failures: tether {}, reference {}",
@@ -282,5 +289,4 @@ fn main() {
             );
         }
     }
-    let _ = std::fs::remove_dir_all(&work);
 }
