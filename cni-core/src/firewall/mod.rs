@@ -1,6 +1,7 @@
-//! A typed layer over nftables: batches built from the `nftables` crate's schema, applied with
-//! one `nft -j -f -` (one kernel transaction: all of it or none of it), and listings parsed into
-//! the same types. Callers own their tables and rule logic; nobody builds nft text.
+//! A typed layer over nftables: batches built from the `nftables` crate's schema, applied as one
+//! kernel transaction (all of it or none of it) over netlink, or with one `nft -j -f -` when a
+//! command is outside what [`wire`] encodes, and listings parsed into the same types. Callers
+//! own their tables and rule logic; nobody builds nft text.
 //!
 //! Where the crate's schema has no word for something nft accepts (a map whose values are
 //! verdicts), [`Batch::raw`] takes the JSON command as nft documents it; each such use says why.
