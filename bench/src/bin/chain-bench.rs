@@ -11,6 +11,7 @@
 //!
 //! Usage: chain-bench <tether bin dir> <reference bin dir> [pods] [rounds]
 
+use std::io::Write;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Mutex;
@@ -111,6 +112,13 @@ fn runtime_of(i: usize) -> Value {
     })
 }
 
+/// `CHAIN_BENCH_TRACE=<file>`: every call's latency, in the order the calls ended (`label verb
+/// mode pod ms`), to find where the tails are.
+static TRACE: std::sync::LazyLock<Option<Mutex<std::fs::File>>> = std::sync::LazyLock::new(|| {
+    let path = std::env::var_os("CHAIN_BENCH_TRACE")?;
+    std::fs::File::create(path).ok().map(Mutex::new)
+});
+
 fn round(chain: &Chain, node: &std::fs::File, pods: &[BenchNs], threads: usize, out: &mut Samples) {
     let results: Mutex<Vec<Option<Value>>> = Mutex::new(vec![None; pods.len()]);
     for command in ["ADD", "DEL"] {
@@ -147,6 +155,16 @@ fn round(chain: &Chain, node: &std::fs::File, pods: &[BenchNs], threads: usize, 
                     if command == "ADD" {
                         if let Ok(mut r) = results.lock() {
                             r[i] = Some(result);
+                        }
+                    }
+                    if let Some(trace) = TRACE.as_ref() {
+                        if let Ok(mut f) = trace.lock() {
+                            let _ = writeln!(
+                                f,
+                                "{} {command} {mode} {i} {:.3}",
+                                chain.label,
+                                took.as_secs_f64() * 1000.0
+                            );
                         }
                     }
                     if let Ok(mut t) = times.lock() {
