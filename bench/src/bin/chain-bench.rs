@@ -205,15 +205,19 @@ fn main() {
         .to_string(),
     )
     .expect("facts");
+    // The deployed one-entry conflist, its state under `tag`.
+    let tether_list = |name: &str, tag: &str| {
+        json!({"cniVersion": "1.0.0", "name": name, "plugins": [
+            {"type": "cni-overlay", "runDir": work.join("run"), "stateDir": work.join(format!("{tag}state")),
+             "bridge": "cni0", "ipam": {"dataDir": work.join(format!("{tag}leases"))},
+             "portmap": {}, "bandwidth": {},
+             "capabilities": {"portMappings": true, "bandwidth": true}}
+        ]})
+    };
     let ours = Chain {
         label: "tether",
         dir: ours_dir,
-        list: json!({"cniVersion": "1.0.0", "name": "bench-tether", "plugins": [
-            {"type": "cni-overlay", "runDir": work.join("run"), "stateDir": work.join("state"),
-             "bridge": "cni0", "ipam": {"dataDir": work.join("leases")},
-             "portmap": {}, "bandwidth": {},
-             "capabilities": {"portMappings": true, "bandwidth": true}}
-        ]}),
+        list: tether_list("bench-tether", ""),
     };
     // A second build of Tether in the reference's place (its directory holds cni-overlay)
     // compares two builds in one run, the VM's drift between runs taken out.
@@ -221,12 +225,7 @@ fn main() {
     let reference = Chain {
         label: "reference",
         list: if other_build {
-            json!({"cniVersion": "1.0.0", "name": "bench-other", "plugins": [
-                {"type": "cni-overlay", "runDir": work.join("run"), "stateDir": work.join("other-state"),
-                 "bridge": "cni0", "ipam": {"dataDir": work.join("other-leases")},
-                 "portmap": {}, "bandwidth": {},
-                 "capabilities": {"portMappings": true, "bandwidth": true}}
-            ]})
+            tether_list("bench-other", "other-")
         } else {
             json!({"cniVersion": "1.0.0", "name": "bench-ref", "plugins": [
                 {"type": "bridge", "bridge": "cni1", "isGateway": true, "isDefaultGateway": true,

@@ -594,8 +594,10 @@ impl Wire {
         flags: u32,
         data: Option<MapData>,
     ) {
-        // An interval set of concatenations is flagged as one (its own set backend).
-        let flags = if keys.len() > 1 && flags & NFT_SET_INTERVAL != 0 {
+        // An interval set of concatenations is flagged as one (its own set backend) and
+        // carries its fields' lengths (the kernel refuses them on any other set).
+        let concat_intervals = keys.len() > 1 && flags & NFT_SET_INTERVAL != 0;
+        let flags = if concat_intervals {
             flags | NFT_SET_CONCAT
         } else {
             flags
@@ -625,9 +627,7 @@ impl Wire {
         // Every new set has a batch-local id (the kernel requires one).
         self.next_set_id += 1;
         be32(&mut m, NFTA_SET_ID, self.next_set_id);
-        // A concatenation's field lengths are for interval sets of concatenations only (the
-        // kernel refuses them elsewhere).
-        if keys.len() > 1 && flags & NFT_SET_INTERVAL != 0 {
+        if concat_intervals {
             m.open(NFTA_SET_DESC);
             m.open(NFTA_SET_DESC_CONCAT);
             for key in keys {
@@ -951,10 +951,7 @@ impl Wire {
                 });
             }
             Statement::VerdictMap(vmap) => {
-                let Expression::String(name) = &vmap.data else {
-                    return Err(Unsupported("an anonymous verdict map"));
-                };
-                let Some(name) = name.strip_prefix('@') else {
+                let Some(name) = named_set(&vmap.data) else {
                     return Err(Unsupported("an anonymous verdict map"));
                 };
                 Self::load(m, rule, family, &vmap.key)?;
@@ -1023,12 +1020,10 @@ impl Wire {
             }
             _ => return Err(Unsupported("an operator outside ==, !=, in, <, >, <=, >=")),
         };
-        if let Expression::String(text) = right {
-            if let Some(set) = text.strip_prefix('@') {
-                Self::load(m, rule, family, left)?;
-                lookup(m, NFT_REG_1, set, None, None, negate);
-                return Ok(());
-            }
+        if let Some(set) = named_set(right) {
+            Self::load(m, rule, family, left)?;
+            lookup(m, NFT_REG_1, set, None, None, negate);
+            return Ok(());
         }
         let kinds = Self::load(m, rule, family, left)?;
         let [kind] = kinds[..] else {
@@ -1219,6 +1214,14 @@ fn expr_payload(m: &mut Message, reg: u32, base: u32, offset: u32, kind: Kind) {
         be32(m, 3, offset);
         be32(m, 4, kind.len() as u32);
     });
+}
+
+/// The name of the set or map `@name` refers to.
+fn named_set<'a>(expr: &'a Expression<'_>) -> Option<&'a str> {
+    match expr {
+        Expression::String(text) => text.strip_prefix('@'),
+        _ => None,
+    }
 }
 
 /// The values a right-hand side stands for: an anonymous set's or a list's items, or itself.

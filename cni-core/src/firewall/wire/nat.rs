@@ -8,8 +8,8 @@ use nftables::stmt::{Mangle, NATFamily, Operator, NAT};
 use nftables::types::NfFamily;
 
 use super::{
-    be32, bitwise, cmp, ct_bits, expr, lookup, meta_load, Encoded, RuleState, Unsupported, Wire,
-    NFT_CMP_EQ, NFT_CMP_NEQ, NFT_META_MARK, NFT_REG_1,
+    be32, bitwise, cmp, ct_bits, expr, lookup, meta_load, named_set, Encoded, RuleState,
+    Unsupported, Wire, NFT_CMP_EQ, NFT_CMP_NEQ, NFT_META_MARK, NFT_REG_1,
 };
 
 const NFT_REG_2: u32 = 2;
@@ -101,18 +101,30 @@ pub(super) fn masked(
     Ok(())
 }
 
+/// `<value> | <number>`: the value and the number.
+fn or_of_number<'a, 'b>(expr: &'a Expression<'b>) -> Option<(&'a Expression<'b>, u32)> {
+    let Expression::BinaryOperation(binary) = expr else {
+        return None;
+    };
+    let BinaryOperation::OR(parts) = binary.as_ref() else {
+        return None;
+    };
+    match parts.as_slice() {
+        [value, Expression::Number(number)] => Some((value, *number)),
+        _ => None,
+    }
+}
+
 /// `meta mark set meta mark | <bits>`.
 pub(super) fn set_mark_bits(m: &mut super::Message, mangle: &Mangle<'_>) -> Encoded {
     let is_mark = |e: &Expression<'_>| matches!(e, Expression::Named(NamedExpression::Meta(meta)) if meta.key == MetaKey::Mark);
-    let Expression::BinaryOperation(binary) = &mangle.value else {
-        return Err(Unsupported("a mangle other than of bits of the mark"));
-    };
-    let bits = match (&mangle.key, binary.as_ref()) {
-        (key, BinaryOperation::OR(parts)) if is_mark(key) => match parts.as_slice() {
-            [from, Expression::Number(bits)] if is_mark(from) => *bits,
-            _ => return Err(Unsupported("a mark set other than mark | bits")),
-        },
-        _ => return Err(Unsupported("a mangle other than of bits of the mark")),
+    let bits = match or_of_number(&mangle.value) {
+        Some((from, bits)) if is_mark(&mangle.key) && is_mark(from) => bits,
+        _ => {
+            return Err(Unsupported(
+                "a mangle other than meta mark set meta mark | bits",
+            ))
+        }
     };
     meta_load(m, NFT_META_MARK, NFT_REG_1);
     bitwise(m, &(!bits).to_ne_bytes(), &bits.to_ne_bytes());
@@ -134,13 +146,9 @@ pub(super) fn dnat_by_maps(
 ) -> Encoded {
     fn map_of<'a>(e: &'a Option<Expression<'_>>) -> Encoded<(&'a Expression<'a>, &'a str)> {
         match e {
-            Some(Expression::Named(NamedExpression::Map(map))) => match &map.data {
-                Expression::String(name) => match name.strip_prefix('@') {
-                    Some(name) => Ok((&map.key, name)),
-                    None => Err(Unsupported("a dnat map that is not a named map")),
-                },
-                _ => Err(Unsupported("a dnat map that is not a named map")),
-            },
+            Some(Expression::Named(NamedExpression::Map(map))) => named_set(&map.data)
+                .map(|name| (&map.key, name))
+                .ok_or(Unsupported("a dnat map that is not a named map")),
             _ => Err(Unsupported("a dnat other than by two named maps")),
         }
     }
