@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Tether across two nodes of one segment, with direct routing (the default: a plain route via the
 # other node's underlay address) and over VXLAN (--direct-routing=false), vs a hand-built
-# flannel-style VXLAN and a hand-built flannel "host-gw" pair with the same settings, and the
+# flannel-style VXLAN, a hand-built flannel "host-gw" pair with the same settings, a hand-built
+# Calico-style routed-veth pair (no bridge), and the
 # underlay itself (the limit), interleaved in one run; the same across an L3 boundary (two subnets
 # joined by a router: Tether keeps VXLAN to a peer beyond its L2, beside a hand-built VXLAN over
 # the same router); then the time from a node joining to the first successful cross-node ping,
@@ -157,18 +158,44 @@ hostgw g1 1 192.168.78.42 2
 hostgw g2 2 192.168.78.41 1
 nsx g1-pod ping -c1 -W2 10.248.2.2 >/dev/null
 
-t=(); v=(); h=(); g=(); u=(); l=(); k=(); w=(); lk=(); m=(); tu=(); gu=()
+# Calico-style routed veth by hand (the shape of Tether's routed datapath, with nothing else): the pod's
+# host-side veth with proxy ARP and a /32 route to the pod, the pod's default route via
+# 169.254.1.1 on its eth0; a plain route to the other node's pods, the same masquerade rule.
+routed() { # routed NODE N PEER_IP PEER_N
+  local n=$1 i=$2 peer=$3 j=$4
+  nsx "$n" sysctl -qw net.ipv4.ip_forward=1
+  printf '%s\n' 'add table inet hand' \
+    'add chain inet hand post { type nat hook postrouting priority srcnat; policy accept; }' \
+    "add rule inet hand post ip saddr 10.250.$i.0/24 ip daddr != 10.250.0.0/16 masquerade" |
+    nsx "$n" nft -f -
+  nsx "$n" ip route add "10.250.$j.0/24" via "$peer" dev eth0
+  ip netns add "tb-ov-$n-pod"
+  nsx "$n" ip link add vethp mtu 1500 type veth peer name eth0 mtu 1500 netns "tb-ov-$n-pod"
+  nsx "$n" ip link set vethp up
+  nsx "$n" sysctl -qw net.ipv4.conf.vethp.proxy_arp=1
+  nsx "$n" ip route add "10.250.$i.2/32" dev vethp
+  nsx "$n-pod" ip addr add "10.250.$i.2/32" dev eth0; nsx "$n-pod" ip link set eth0 up; nsx "$n-pod" ip link set lo up
+  nsx "$n-pod" ip route add 169.254.1.1 dev eth0; nsx "$n-pod" ip route add default via 169.254.1.1 dev eth0
+}
+node c1 192.168.78.71; node c2 192.168.78.72
+routed c1 1 192.168.78.72 2
+routed c2 2 192.168.78.71 1
+nsx c1-pod ping -c1 -W2 10.250.2.2 >/dev/null
+
+t=(); v=(); h=(); g=(); u=(); l=(); k=(); w=(); lk=(); m=(); tu=(); gu=(); c=(); cu=()
 for r in $(seq 1 "$reps"); do
   echo "iperf3 round $r/$reps ($secs s each)" >&2
   # Each path next to the underlay it is compared with: paired ratios per round.
   t+=("$(iperf tb ta "$tb")")
   u+=("$(iperf t2 t1 192.168.78.12)")
   g+=("$(iperf g2-pod g1-pod 10.248.2.2)")
+  c+=("$(iperf c2-pod c1-pod 10.250.2.2)")
   m+=("$(iperf mb ma "$mb")")
   v+=("$(iperf vb va "$vb")")
   h+=("$(iperf h2-pod h1-pod 10.246.2.2)")
   tu+=("$(awk "BEGIN {print ${t[-1]}/${u[-1]}}")")
   gu+=("$(awk "BEGIN {print ${g[-1]}/${u[-1]}}")")
+  cu+=("$(awk "BEGIN {print ${c[-1]}/${u[-1]}}")")
   l+=("$(iperf rb ra "$rb")")
   k+=("$(iperf k2-pod k1-pod 10.246.2.2)")
   w+=("$(iperf r2 r1 192.168.79.52)")
@@ -179,6 +206,7 @@ hm=$(printf '%s\n' "${h[@]}" | median); gm=$(printf '%s\n' "${g[@]}" | median); 
 lm=$(printf '%s\n' "${l[@]}" | median); km=$(printf '%s\n' "${k[@]}" | median); wm=$(printf '%s\n' "${w[@]}" | median)
 lkm=$(printf '%s\n' "${lk[@]}" | median); mm=$(printf '%s\n' "${m[@]}" | median)
 tum=$(printf '%s\n' "${tu[@]}" | median); gum=$(printf '%s\n' "${gu[@]}" | median)
+cm=$(printf '%s\n' "${c[@]}" | median); cum=$(printf '%s\n' "${cu[@]}" | median)
 
 # Convergence: a third node joins; time from starting its daemon to the first successful ping from
 # a pod on t1 to a pod on the new node (its pod is created as soon as the node facts exist).
@@ -201,6 +229,7 @@ run=$(date -u +%Y-%m-%dT%H:%M:%SZ)
   printf '%s,one L2,Tether VXLAN,%s\n' "$run" "$vm"
   printf '%s,one L2,flannel-style VXLAN (by hand),%s\n' "$run" "$hm"
   printf '%s,one L2,flannel host-gw (by hand),%s\n' "$run" "$gm"
+  printf '%s,one L2,Calico-style routed veth (by hand),%s\n' "$run" "$cm"
   printf '%s,across a router,underlay (node to node),%s\n' "$run" "$wm"
   printf '%s,across a router,Tether VXLAN,%s\n' "$run" "$lm"
   printf '%s,across a router,flannel-style VXLAN (by hand),%s\n' "$run" "$km"
@@ -213,6 +242,7 @@ printf '| pod to pod across nodes, Tether direct routing, pod MTU 1450 (--pod-mt
 printf '| pod to pod across nodes, Tether over VXLAN | %.1f | %s | %s |\n' "$vm" "$(pct "$vm" "$um")" "$(pct "$vm" "$hm")"
 printf '| pod to pod across nodes, hand-built flannel-style VXLAN | %.1f | %s | 100%% |\n' "$hm" "$(pct "$hm" "$um")"
 printf '| pod to pod across nodes, hand-built flannel host-gw (plain route) | %.1f | %s (paired rounds: %.2fx) | %s |\n' "$gm" "$(pct "$gm" "$um")" "$gum" "$(pct "$gm" "$hm")"
+printf '| pod to pod across nodes, hand-built Calico-style routed veth (no bridge, plain route) | %.1f | %s (paired rounds: %.2fx) | %s |\n' "$cm" "$(pct "$cm" "$um")" "$cum" "$(pct "$cm" "$hm")"
 printf '| node to node on the underlay (limit) | %.1f | 100%% | %s |\n' "$um" "$(pct "$um" "$hm")"
 printf '\n| across a router (two subnets), median of %s x %s s | Gbit/s | vs underlay across the router | vs hand-built VXLAN across the router |\n|---|---|---|---|\n' "$reps" "$secs"
 printf '| pod to pod, Tether (VXLAN to a peer beyond the L2) | %.1f | %s | %s (paired rounds: %.2fx) |\n' "$lm" "$(pct "$lm" "$wm")" "$(pct "$lm" "$km")" "$lkm"
