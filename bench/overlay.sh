@@ -183,23 +183,29 @@ routed c2 2 192.168.78.71 1
 nsx c1-pod ping -c1 -W2 10.250.2.2 >/dev/null
 
 t=(); v=(); h=(); g=(); u=(); l=(); k=(); w=(); lk=(); m=(); tu=(); gu=(); c=(); cu=()
+# Every path once a round, in an order rotated by one place each round, so that no path always
+# runs first or right after the same neighbour (a fixed order had put Tether first in every round
+# and its underlay right after it). Ratios are paired within a round.
+declare -A ends=(
+  [t]="tb ta $tb" [u]="t2 t1 192.168.78.12" [g]="g2-pod g1-pod 10.248.2.2" [c]="c2-pod c1-pod 10.250.2.2"
+  [m]="mb ma $mb" [v]="vb va $vb" [h]="h2-pod h1-pod 10.246.2.2"
+  [l]="rb ra $rb" [k]="k2-pod k1-pod 10.246.2.2" [w]="r2 r1 192.168.79.52"
+)
+order=(t u g c m v h l k w)
 for r in $(seq 1 "$reps"); do
   echo "iperf3 round $r/$reps ($secs s each)" >&2
-  # Each path next to the underlay it is compared with: paired ratios per round.
-  t+=("$(iperf tb ta "$tb")")
-  u+=("$(iperf t2 t1 192.168.78.12)")
-  g+=("$(iperf g2-pod g1-pod 10.248.2.2)")
-  c+=("$(iperf c2-pod c1-pod 10.250.2.2)")
-  m+=("$(iperf mb ma "$mb")")
-  v+=("$(iperf vb va "$vb")")
-  h+=("$(iperf h2-pod h1-pod 10.246.2.2)")
-  tu+=("$(awk "BEGIN {print ${t[-1]}/${u[-1]}}")")
-  gu+=("$(awk "BEGIN {print ${g[-1]}/${u[-1]}}")")
-  cu+=("$(awk "BEGIN {print ${c[-1]}/${u[-1]}}")")
-  l+=("$(iperf rb ra "$rb")")
-  k+=("$(iperf k2-pod k1-pod 10.246.2.2)")
-  w+=("$(iperf r2 r1 192.168.79.52)")
-  lk+=("$(awk "BEGIN {print ${l[-1]}/${k[-1]}}")")
+  declare -A got=()
+  for ((i = 0; i < ${#order[@]}; i++)); do
+    path=${order[(i + r) % ${#order[@]}]}
+    # shellcheck disable=SC2086 # the server namespace, client namespace and address, split
+    got[$path]=$(iperf ${ends[$path]})
+  done
+  t+=("${got[t]}"); u+=("${got[u]}"); g+=("${got[g]}"); c+=("${got[c]}"); m+=("${got[m]}")
+  v+=("${got[v]}"); h+=("${got[h]}"); l+=("${got[l]}"); k+=("${got[k]}"); w+=("${got[w]}")
+  tu+=("$(awk "BEGIN {print ${got[t]}/${got[u]}}")")
+  gu+=("$(awk "BEGIN {print ${got[g]}/${got[u]}}")")
+  cu+=("$(awk "BEGIN {print ${got[c]}/${got[u]}}")")
+  lk+=("$(awk "BEGIN {print ${got[l]}/${got[k]}}")")
 done 2>/dev/null
 tm=$(printf '%s\n' "${t[@]}" | median); vm=$(printf '%s\n' "${v[@]}" | median)
 hm=$(printf '%s\n' "${h[@]}" | median); gm=$(printf '%s\n' "${g[@]}" | median); um=$(printf '%s\n' "${u[@]}" | median)
