@@ -197,7 +197,7 @@ for r in $(seq 1 "$reps"); do
   declare -A got=()
   for ((i = 0; i < ${#order[@]}; i++)); do
     path=${order[(i + r) % ${#order[@]}]}
-    # shellcheck disable=SC2086 # the server namespace, client namespace and address, split
+    # unquoted on purpose: the server namespace, the client namespace and the address
     got[$path]=$(iperf ${ends[$path]})
   done
   t+=("${got[t]}"); u+=("${got[u]}"); g+=("${got[g]}"); c+=("${got[c]}"); m+=("${got[m]}")
