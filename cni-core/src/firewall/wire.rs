@@ -24,6 +24,7 @@ use super::nfnetlink::{NLM_F_CREATE, NLM_F_REQUEST};
 use super::FirewallError;
 
 mod nat;
+mod tcpopt;
 
 /// Why a command is not encoded (it goes to `nft` with the rest of its batch).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -113,6 +114,7 @@ enum Kind {
     Mark,
     Ifname,
     Nfproto,
+    TcpFlags,
 }
 
 impl Kind {
@@ -120,7 +122,7 @@ impl Kind {
         match self {
             Kind::Addr4 | Kind::Mark => 4,
             Kind::Addr6 | Kind::Ifname => 16,
-            Kind::Proto | Kind::Nfproto => 1,
+            Kind::Proto | Kind::Nfproto | Kind::TcpFlags => 1,
             Kind::Port => 2,
         }
     }
@@ -135,6 +137,7 @@ impl Kind {
             Kind::Mark => 19,
             Kind::Ifname => 41,
             Kind::Nfproto => 2,
+            Kind::TcpFlags => 15,
         }
     }
 
@@ -192,6 +195,18 @@ impl Kind {
                 bytes.resize(16, 0);
                 Ok(bytes)
             }
+            (Kind::TcpFlags, Expression::String(name)) => tcp_flag(name)
+                .map(|bit| vec![bit])
+                .ok_or(Unsupported("a TCP flag name")),
+            (Kind::TcpFlags, Expression::List(names)) => names
+                .iter()
+                .map(|n| match n {
+                    Expression::String(name) => tcp_flag(name),
+                    _ => None,
+                })
+                .try_fold(0u8, |all, bit| bit.map(|b| all | b))
+                .map(|bits| vec![bits])
+                .ok_or(Unsupported("a list of TCP flag names")),
             (Kind::Nfproto, Expression::String(name)) => match name.as_ref() {
                 "ipv4" => Ok(vec![2]),
                 "ipv6" => Ok(vec![10]),
@@ -200,6 +215,21 @@ impl Kind {
             _ => unsupported,
         }
     }
+}
+
+/// A TCP flag's bit in the header's flags byte.
+fn tcp_flag(name: &str) -> Option<u8> {
+    Some(match name {
+        "fin" => 0x01,
+        "syn" => 0x02,
+        "rst" => 0x04,
+        "psh" => 0x08,
+        "ack" => 0x10,
+        "urg" => 0x20,
+        "ecn" => 0x40,
+        "cwr" => 0x80,
+        _ => return None,
+    })
 }
 
 fn protocol_number(name: &str) -> Option<u8> {
@@ -266,7 +296,7 @@ fn load_of(family: NfFamily, expr: &Expression<'_>) -> Encoded<Load> {
                     needs,
                 })
             };
-            let transport = |offset: u32, needs: Option<Need>| -> Encoded<Load> {
+            let transport = |offset: u32, kind: Kind, needs: Option<Need>| -> Encoded<Load> {
                 if !matches!(family, NfFamily::INet | NfFamily::IP | NfFamily::IP6) {
                     return Err(Unsupported("a transport field outside ip, ip6 and inet"));
                 }
@@ -275,7 +305,7 @@ fn load_of(family: NfFamily, expr: &Expression<'_>) -> Encoded<Load> {
                         base: NFT_PAYLOAD_TRANSPORT_HEADER,
                         offset,
                     },
-                    kind: Kind::Port,
+                    kind,
                     needs,
                 })
             };
@@ -286,12 +316,13 @@ fn load_of(family: NfFamily, expr: &Expression<'_>) -> Encoded<Load> {
                 ("ip6", "saddr") => network(8, Kind::Addr6, true),
                 ("ip6", "daddr") => network(24, Kind::Addr6, true),
                 ("ip6", "nexthdr") => network(6, Kind::Proto, true),
-                ("th", "sport") => transport(0, None),
-                ("th", "dport") => transport(2, None),
-                ("tcp", "sport") => transport(0, Some(Need::L4proto(6))),
-                ("tcp", "dport") => transport(2, Some(Need::L4proto(6))),
-                ("udp", "sport") => transport(0, Some(Need::L4proto(17))),
-                ("udp", "dport") => transport(2, Some(Need::L4proto(17))),
+                ("th", "sport") => transport(0, Kind::Port, None),
+                ("th", "dport") => transport(2, Kind::Port, None),
+                ("tcp", "sport") => transport(0, Kind::Port, Some(Need::L4proto(6))),
+                ("tcp", "dport") => transport(2, Kind::Port, Some(Need::L4proto(6))),
+                ("udp", "sport") => transport(0, Kind::Port, Some(Need::L4proto(17))),
+                ("udp", "dport") => transport(2, Kind::Port, Some(Need::L4proto(17))),
+                ("tcp", "flags") => transport(13, Kind::TcpFlags, Some(Need::L4proto(6))),
                 _ => Err(Unsupported("a payload field outside the encoded ones")),
             }
         }
@@ -959,6 +990,9 @@ impl Wire {
             }
             Statement::Masquerade(None) => expr(m, "masq", |_| {}),
             Statement::DNAT(Some(to)) => nat::dnat_by_maps(m, rule, family, to)?,
+            Statement::Mangle(mangle) if tcpopt::is_tcp_option(mangle) => {
+                tcpopt::set_mss_from_route(m, rule, mangle)?
+            }
             Statement::Mangle(mangle) => nat::set_mark_bits(m, mangle)?,
             Statement::Match(matched) => self.matched(
                 m,

@@ -13,15 +13,20 @@ use cni_core::firewall::types::{NfChainPolicy, NfChainType, NfFamily, NfHook};
 use cni_core::firewall::Batch;
 
 use super::error::DaemonError;
-use super::masq::TABLE;
+pub use super::masq::TABLE;
 
 const CHAIN: &str = "forward";
 /// `mangle`: before the filter chains see the SYN.
 const MANGLE: i32 = -150;
 
 /// `oifname <vxlan> tcp flags & (syn | rst) == syn tcp option maxseg size set rt mtu`, in its
-/// own chain of the overlay's table (written again whole: idempotent).
+/// own chain of the overlay's table (written again whole: idempotent), over netlink.
 pub fn apply(vxlan_device: &str) -> Result<(), DaemonError> {
+    Ok(batch(vxlan_device).apply()?)
+}
+
+/// The chain and its one rule, as commands.
+pub fn batch(vxlan_device: &str) -> Batch {
     let fam = NfFamily::INet;
     let syn_only = build::eq(
         Expression::BinaryOperation(Box::new(BinaryOperation::AND(
@@ -69,5 +74,5 @@ pub fn apply(vxlan_device: &str) -> Result<(), DaemonError> {
             ],
             Some("tether-overlay: TCP MSS to the tunnel's MTU"),
         ));
-    Ok(batch.apply()?)
+    batch
 }

@@ -2,7 +2,7 @@
 //! VTEP, writes the node facts for the CNI plugin, and keeps the kernel's VXLAN entries for every
 //! other node in step with the datastore: at start-up, on every change, and on a resync timer.
 
-mod clamp;
+pub mod clamp;
 pub mod config;
 mod datastore;
 pub mod error;
