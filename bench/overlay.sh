@@ -97,6 +97,13 @@ until nsx ma ping -c1 -W1 "$mb" >/dev/null 2>&1; do sleep 0.1; done
 # address on it, cni0 with the gateway, a veth pod; static neighbour + FDB + onlink route;
 # masquerade of traffic leaving the cluster, as Tether and flannel do.
 node h1 192.168.78.21; node h2 192.168.78.22
+forward_and_masquerade() { # NODE NET16 N: forwarding on, NET16.N.0/24 masqueraded out of NET16.0.0/16
+  nsx "$1" sysctl -qw net.ipv4.ip_forward=1
+  printf '%s\n' 'add table inet hand' \
+    'add chain inet hand post { type nat hook postrouting priority srcnat; policy accept; }' \
+    "add rule inet hand post ip saddr $2.$3.0/24 ip daddr != $2.0.0/16 masquerade" |
+    nsx "$1" nft -f -
+}
 hand() { # hand NODE LOCAL_IP N PEER_IP PEER_N PEER_MAC_SUFFIX MAC_SUFFIX
   local n=$1 local=$2 i=$3 peer=$4 j=$5 peermac=0e:00:00:00:00:$6 mac=0e:00:00:00:00:$7
   nsx "$n" ip link add vx type vxlan id 2 dstport 8472 local "$local" dev eth0 nolearning
@@ -106,12 +113,8 @@ hand() { # hand NODE LOCAL_IP N PEER_IP PEER_N PEER_MAC_SUFFIX MAC_SUFFIX
   nsx "$n" bridge fdb append "$peermac" dev vx dst "$peer" self permanent
   nsx "$n" ip route add "10.246.$j.0/24" via "10.246.$j.0" dev vx onlink
   nsx "$n" ip link add cni0 type bridge; nsx "$n" ip addr add "10.246.$i.1/24" dev cni0; nsx "$n" ip link set cni0 up
-  nsx "$n" sysctl -qw net.ipv4.ip_forward=1
   # flannel masquerades traffic leaving the cluster too; the same rule (and so conntrack) here.
-  printf '%s\n' 'add table inet hand' \
-    'add chain inet hand post { type nat hook postrouting priority srcnat; policy accept; }' \
-    "add rule inet hand post ip saddr 10.246.$i.0/24 ip daddr != 10.246.0.0/16 masquerade" |
-    nsx "$n" nft -f -
+  forward_and_masquerade "$n" 10.246 "$i"
   ip netns add "tb-ov-$n-pod"
   nsx "$n" ip link add vethp mtu 1450 type veth peer name eth0 mtu 1450 netns "tb-ov-$n-pod"
   nsx "$n" ip link set vethp master cni0 up
@@ -141,11 +144,7 @@ nsx k1-pod ping -c1 -W2 10.246.2.2 >/dev/null
 hostgw() { # hostgw NODE N PEER_IP PEER_N
   local n=$1 i=$2 peer=$3 j=$4
   nsx "$n" ip link add cni0 type bridge; nsx "$n" ip addr add "10.248.$i.1/24" dev cni0; nsx "$n" ip link set cni0 up
-  nsx "$n" sysctl -qw net.ipv4.ip_forward=1
-  printf '%s\n' 'add table inet hand' \
-    'add chain inet hand post { type nat hook postrouting priority srcnat; policy accept; }' \
-    "add rule inet hand post ip saddr 10.248.$i.0/24 ip daddr != 10.248.0.0/16 masquerade" |
-    nsx "$n" nft -f -
+  forward_and_masquerade "$n" 10.248 "$i"
   nsx "$n" ip route add "10.248.$j.0/24" via "$peer" dev eth0
   ip netns add "tb-ov-$n-pod"
   nsx "$n" ip link add vethp mtu 1500 type veth peer name eth0 mtu 1500 netns "tb-ov-$n-pod"
@@ -163,11 +162,7 @@ nsx g1-pod ping -c1 -W2 10.248.2.2 >/dev/null
 # 169.254.1.1 on its eth0; a plain route to the other node's pods, the same masquerade rule.
 routed() { # routed NODE N PEER_IP PEER_N
   local n=$1 i=$2 peer=$3 j=$4
-  nsx "$n" sysctl -qw net.ipv4.ip_forward=1
-  printf '%s\n' 'add table inet hand' \
-    'add chain inet hand post { type nat hook postrouting priority srcnat; policy accept; }' \
-    "add rule inet hand post ip saddr 10.250.$i.0/24 ip daddr != 10.250.0.0/16 masquerade" |
-    nsx "$n" nft -f -
+  forward_and_masquerade "$n" 10.250 "$i"
   nsx "$n" ip route add "10.250.$j.0/24" via "$peer" dev eth0
   ip netns add "tb-ov-$n-pod"
   nsx "$n" ip link add vethp mtu 1500 type veth peer name eth0 mtu 1500 netns "tb-ov-$n-pod"

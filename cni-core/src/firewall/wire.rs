@@ -890,17 +890,8 @@ impl Wire {
                 .collect::<Encoded<Vec<_>>>()?,
             other => vec![load_of(family, other)?],
         };
-        for load in &loads {
-            if let Some(need) = load.needs {
-                if rule.met.insert(need) {
-                    let (key, value) = match need {
-                        Need::Nfproto(p) => (NFT_META_NFPROTO, p),
-                        Need::L4proto(p) => (NFT_META_L4PROTO, p),
-                    };
-                    meta_load(m, key, NFT_REG_1);
-                    cmp(m, NFT_REG_1, NFT_CMP_EQ, &[value]);
-                }
-            }
+        for need in loads.iter().filter_map(|l| l.needs) {
+            rule.require(m, need);
         }
         let mut word = 0u32;
         for load in &loads {
@@ -1232,6 +1223,20 @@ impl Wire {
 #[derive(Default)]
 struct RuleState {
     met: std::collections::HashSet<Need>,
+}
+
+impl RuleState {
+    /// Matches what a later load depends on (`meta nfproto`, `meta l4proto`), once per rule.
+    fn require(&mut self, m: &mut Message, need: Need) {
+        if self.met.insert(need) {
+            let (key, value) = match need {
+                Need::Nfproto(p) => (NFT_META_NFPROTO, p),
+                Need::L4proto(p) => (NFT_META_L4PROTO, p),
+            };
+            meta_load(m, key, NFT_REG_1);
+            cmp(m, NFT_REG_1, NFT_CMP_EQ, &[value]);
+        }
+    }
 }
 
 fn meta_load(m: &mut Message, key: u32, reg: u32) {

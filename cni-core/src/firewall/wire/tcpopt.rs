@@ -4,10 +4,7 @@
 use nftables::expr::{Expression, NamedExpression, RTKey, TcpOption, RT};
 use nftables::stmt::Mangle;
 
-use super::{
-    be32, cmp, expr, meta_load, Encoded, Need, RuleState, Unsupported, NFT_CMP_EQ,
-    NFT_META_L4PROTO, NFT_REG_1,
-};
+use super::{be32, expr, Encoded, Need, RuleState, Unsupported, NFT_REG_1};
 
 const TCP: u8 = 6;
 const NFT_RT_TCPMSS: u32 = 3;
@@ -45,10 +42,7 @@ pub(super) fn set_mss_from_route(
             "a TCP option set other than tcp option maxseg size set rt mtu",
         ));
     }
-    if rule.met.insert(Need::L4proto(TCP)) {
-        meta_load(m, NFT_META_L4PROTO, NFT_REG_1);
-        cmp(m, NFT_REG_1, NFT_CMP_EQ, &[TCP]);
-    }
+    rule.require(m, Need::L4proto(TCP));
     expr(m, "rt", |m| {
         be32(m, 1, NFT_REG_1);
         be32(m, 2, NFT_RT_TCPMSS);
